@@ -1,0 +1,272 @@
+"""The entity actor: one entity's state, its mailbox, and its turns.
+
+A turn is: decide (the command handler) → apply (pure event handlers, on a copy
+of the state) → append (the journal's optimistic check) → commit the new state
+→ reply. The state is replaced only after the events are durable, so a failed
+or refused write leaves the actor exactly as it was.
+
+An actor owns no task. Its mailbox is the FIFO queue of senders waiting for
+the turn lock, and a turn runs on the sender's task. That keeps idle actors
+down to their state (a million live entities would otherwise mean a million
+parked tasks), makes the mailbox bound a simple count, and lets a sender who
+gives up while queued leave without a trace. A sender cancelled in the middle
+of a write is the one hard case: the write may still land, so the actor marks
+itself unrecovered and the next turn reloads from the journal.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import OrderedDict
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+import structlog
+
+from .effect import Effect
+from .entity import CommandSpec, EntityModel
+from .envelope import Envelope, Snapshot
+from .errors import CommandError, ConcurrencyConflict, EntityDeleted, ErrorCode, JournalError
+
+if TYPE_CHECKING:
+    from .runtime import Runtime
+
+log = structlog.get_logger("memoir.actor")
+
+
+class Reply(msgspec.Struct, frozen=True):
+    """A successful command: its result, the entity's seq after it, and whether it was a repeat."""
+
+    result: Any
+    seq: int
+    duplicate: bool = False
+
+
+class CommandMeta(msgspec.Struct, frozen=True):
+    command_id: str | None = None
+    correlation_id: str | None = None
+    causation_id: str | None = None
+
+
+class SnapshotBody(msgspec.Struct, array_like=True):
+    """A snapshot's payload: the state and the recent command ids (so dedup survives recovery)."""
+
+    state: msgspec.Raw
+    replies: list[tuple[str, int, msgspec.Raw | None]]
+
+
+_snapshot_body = msgspec.json.Decoder(SnapshotBody)
+_encoder = msgspec.json.Encoder()
+
+
+class Actor:
+    __slots__ = (
+        "model",
+        "entity",
+        "entity_id",
+        "state",
+        "seq",
+        "recovered",
+        "deleted",
+        "lock",
+        "queued",
+        "replies",
+        "last_used",
+        "since_snapshot",
+    )
+
+    def __init__(self, model: EntityModel, entity_id: str) -> None:
+        self.model = model
+        self.entity_id = entity_id
+        self.entity = model.cls(entity_id)
+        self.state: Any = model.initial
+        self.seq = 0
+        self.recovered = False
+        self.deleted = False
+        self.lock = asyncio.Lock()  # FIFO: the mailbox
+        self.queued = 0  # senders holding or waiting for the lock
+        self.replies: OrderedDict[str, tuple[int, bytes | None]] = OrderedDict()
+        self.last_used = time.monotonic()
+        self.since_snapshot = 0
+
+    @property
+    def idle(self) -> bool:
+        return self.queued == 0
+
+    async def ask(self, rt: Runtime, spec: CommandSpec, args: Any, meta: CommandMeta) -> Reply:
+        if self.queued >= rt.mailbox_size:
+            raise CommandError(
+                ErrorCode.OVERLOADED,
+                f"{self.model.type_name}/{self.entity_id}: mailbox full ({rt.mailbox_size} commands queued)",
+            )
+        self.queued += 1
+        try:
+            async with self.lock:
+                return await self._turn(rt, spec, args, meta)
+        finally:
+            self.queued -= 1
+            self.last_used = time.monotonic()
+
+    # -- recovery -----------------------------------------------------------------------------
+
+    async def recover(self, rt: Runtime) -> None:
+        model = self.model
+        try:
+            rec = await rt.journal.recover(model.type_name, self.entity_id)
+            state = model.initial
+            replies: OrderedDict[str, tuple[int, bytes | None]] = OrderedDict()
+            if rec.snapshot is not None:
+                body = _snapshot_body.decode(rec.snapshot.payload)
+                state = model.state_decoder.decode(body.state)
+                for cid, seq, data in body.replies:
+                    replies[cid] = (seq, bytes(data) if data is not None else None)
+            for env in rec.events:
+                state = model.apply(self.entity, state, model.codec.decode(env))
+                if env.command_id is not None:
+                    replies[env.command_id] = (env.seq, env.reply)
+                    replies.move_to_end(env.command_id)
+        except JournalError as exc:
+            raise CommandError(ErrorCode.INTERNAL, f"cannot recover {model.type_name}/{self.entity_id}: {exc}") from exc
+        except msgspec.DecodeError as exc:
+            raise CommandError(
+                ErrorCode.INTERNAL, f"cannot recover {model.type_name}/{self.entity_id}: bad snapshot: {exc}"
+            ) from exc
+        while len(replies) > rt.dedupe_window:
+            replies.popitem(last=False)
+        self.state, self.seq, self.replies = state, rec.head, replies
+        self.deleted = rec.deleted
+        self.since_snapshot = len(rec.events)
+        self.recovered = True
+
+    # -- the turn -------------------------------------------------------------------------------
+
+    async def _turn(self, rt: Runtime, spec: CommandSpec, args: Any, meta: CommandMeta) -> Reply:
+        model = self.model
+        if not self.recovered:
+            await self.recover(rt)
+        if self.deleted:
+            raise CommandError(ErrorCode.REJECTED, f"{model.type_name}/{self.entity_id} was deleted")
+        cid = meta.command_id
+        if cid is not None:
+            seen = self.replies.get(cid)
+            if seen is not None:
+                seq, data = seen
+                return Reply(None if data is None else model.decode_reply(spec, data), seq, duplicate=True)
+
+        effect = await self._decide(spec, args)
+        if effect.error is not None:
+            raise effect.error
+        try:
+            state = model.fold(self.entity, self.state, effect.events)
+            result = effect.reply_for(state)
+            envelopes = self._envelopes(effect, meta, model.encode_reply(result) if cid is not None else None)
+        except CommandError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - an event handler or the reply function failed
+            raise self._internal(spec, exc) from exc
+
+        if envelopes:
+            await self._append(rt, envelopes)
+            self.state = state
+            if cid is not None:
+                self._remember(rt, cid, self.seq, envelopes[-1].reply)
+            self._maybe_snapshot(rt, len(envelopes))
+        if effect.delete_entity:
+            await rt.journal.delete(model.type_name, self.entity_id)
+            self.deleted = True
+        return Reply(result, self.seq)
+
+    async def _decide(self, spec: CommandSpec, args: Any) -> Effect[Any]:
+        try:
+            effect = self.model.decide(self.entity, self.state, spec, args)
+            if spec.is_async:
+                effect = await effect
+        except CommandError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a handler bug answers one command, never kills the actor
+            raise self._internal(spec, exc) from exc
+        if not isinstance(effect, Effect):
+            raise self._internal(spec, TypeError(f"handler returned {type(effect).__name__}, not an Effect"))
+        return effect
+
+    def _internal(self, spec: CommandSpec, exc: BaseException) -> CommandError:
+        log.error(
+            "command handler failed",
+            entity_type=self.model.type_name,
+            entity_id=self.entity_id,
+            command=spec.name,
+            exc_info=exc,
+        )
+        return CommandError(
+            ErrorCode.INTERNAL, f"{self.model.type_name}.{spec.name} failed: {type(exc).__name__}: {exc}"
+        )
+
+    def _envelopes(self, effect: Effect[Any], meta: CommandMeta, reply: bytes | None) -> list[Envelope]:
+        if not effect.events:
+            return []
+        codec = self.model.codec
+        now = time.time_ns()
+        out = []
+        last = len(effect.events) - 1
+        for i, event in enumerate(effect.events):
+            spec = codec.spec(event)
+            out.append(
+                Envelope(
+                    entity_type=self.model.type_name,
+                    entity_id=self.entity_id,
+                    seq=self.seq + 1 + i,
+                    name=spec.name,
+                    version=spec.version,
+                    payload=codec.encode(event),
+                    recorded_at=now,
+                    command_id=meta.command_id,
+                    correlation_id=meta.correlation_id,
+                    causation_id=meta.causation_id,
+                    reply=reply if i == last else None,
+                )
+            )
+        return out
+
+    async def _append(self, rt: Runtime, envelopes: list[Envelope]) -> None:
+        where = f"{self.model.type_name}/{self.entity_id}"
+        try:
+            stored = await rt.journal.append(envelopes, self.seq)
+        except ConcurrencyConflict as exc:
+            self.recovered = False  # someone else wrote: reload before the next turn
+            raise CommandError(ErrorCode.CONFLICT, f"{where}: {exc}; retry with the same command id") from exc
+        except EntityDeleted as exc:
+            self.deleted = True
+            raise CommandError(ErrorCode.REJECTED, str(exc)) from exc
+        except JournalError as exc:
+            self.recovered = False
+            raise CommandError(ErrorCode.INTERNAL, f"{where}: journal write failed: {exc}") from exc
+        except BaseException:
+            self.recovered = False  # cancelled mid-write: it may have landed; reload to find out
+            raise
+        self.seq = stored[-1].seq
+
+    def _remember(self, rt: Runtime, cid: str, seq: int, reply: bytes | None) -> None:
+        self.replies[cid] = (seq, reply)
+        if len(self.replies) > rt.dedupe_window:
+            self.replies.popitem(last=False)
+
+    def _maybe_snapshot(self, rt: Runtime, appended: int) -> None:
+        every = self.model.snapshot_every
+        self.since_snapshot += appended
+        if not every or self.since_snapshot < every:
+            return
+        self.since_snapshot = 0
+        body = SnapshotBody(
+            state=msgspec.Raw(self.model.state_encoder.encode(self.state)),
+            replies=[(cid, seq, None if r is None else msgspec.Raw(r)) for cid, (seq, r) in self.replies.items()],
+        )
+        rt.offer_snapshot(
+            Snapshot(
+                entity_type=self.model.type_name,
+                entity_id=self.entity_id,
+                seq=self.seq,
+                payload=_encoder.encode(body),
+                recorded_at=time.time_ns(),
+            )
+        )

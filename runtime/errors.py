@@ -1,0 +1,82 @@
+"""The errors Memoir raises, and the reply codes of the wire protocol.
+
+A command either succeeds or fails with a `CommandError` whose `code` is one of
+`ErrorCode`: the same codes travel over NATS, so a client in any language can
+branch on them. Journal errors are separate: they describe storage, and the
+runtime translates them into command errors at the actor boundary.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Any
+
+
+class ErrorCode(enum.StrEnum):
+    INVALID = "invalid"  # bad payload: the message names the field
+    REJECTED = "rejected"  # the entity said no
+    UNKNOWN_COMMAND = "unknown_command"
+    UNKNOWN_ENTITY_TYPE = "unknown_entity_type"
+    CONFLICT = "conflict"  # another writer appended first; safe to retry with the same command id
+    OVERLOADED = "overloaded"  # the mailbox is full: back-pressure, retry later
+    INTERNAL = "internal"  # a handler raised or storage failed; nothing was persisted
+
+
+class MemoirError(Exception):
+    """Base of every error Memoir raises on purpose."""
+
+
+class CommandError(MemoirError):
+    """A command was not carried out; nothing it decided was persisted."""
+
+    def __init__(self, code: ErrorCode | str, message: str, details: Any = None) -> None:
+        super().__init__(message)
+        self.code = ErrorCode(code) if code in ErrorCode._value2member_map_ else code
+        self.message = message
+        self.details = details
+
+    def __repr__(self) -> str:
+        return f"CommandError({str(self.code)!r}, {self.message!r})"
+
+    def __str__(self) -> str:
+        return f"{self.code}: {self.message}"
+
+
+class JournalError(MemoirError):
+    """Storage failed or returned something that cannot be trusted."""
+
+
+class ConcurrencyConflict(JournalError):
+    """The entity's highest seq was not the one the writer expected: someone else wrote first."""
+
+    def __init__(self, entity_type: str, entity_id: str, expected_seq: int, actual_seq: int | None = None) -> None:
+        actual = "" if actual_seq is None else f", found {actual_seq}"
+        super().__init__(f"{entity_type}/{entity_id}: expected seq {expected_seq}{actual}")
+        self.entity_type = entity_type
+        self.entity_id = entity_id
+        self.expected_seq = expected_seq
+        self.actual_seq = actual_seq
+
+
+class EntityDeleted(JournalError):
+    """The entity was deleted (tombstoned) and takes no more events."""
+
+    def __init__(self, entity_type: str, entity_id: str) -> None:
+        super().__init__(f"{entity_type}/{entity_id} was deleted")
+        self.entity_type = entity_type
+        self.entity_id = entity_id
+
+
+class EventDecodeError(JournalError):
+    """A stored event could not be decoded into its class; names the entity and seq."""
+
+    def __init__(self, entity_type: str, entity_id: str, seq: int, reason: str) -> None:
+        super().__init__(f"cannot decode event {entity_type}/{entity_id} seq {seq}: {reason}")
+        self.entity_type = entity_type
+        self.entity_id = entity_id
+        self.seq = seq
+        self.reason = reason
+
+
+class ConfigError(MemoirError):
+    """A configuration value (URL, option, entity class) is wrong; the message names it."""

@@ -1,0 +1,27 @@
+"""Journals: one protocol, several backends, chosen by URL.
+
+| URL | backend |
+| --- | --- |
+| `memory://` | a dict; tests only |
+| `sqlite:///path.db` | the embedded default: WAL, synchronous=FULL, group commit |
+"""
+
+from __future__ import annotations
+
+from ..errors import ConfigError
+from .base import Journal
+from .memory import MemoryJournal
+from .sqlite import SqliteJournal
+
+
+def open_journal(url: str) -> Journal:
+    """Build (not yet open) the journal a URL names; use it as `async with open_journal(url) as j:`."""
+    scheme = url.split(":", 1)[0].lower() if ":" in url else ""
+    if scheme == "memory":
+        return MemoryJournal(url)
+    if scheme == "sqlite":
+        return SqliteJournal.from_url(url)
+    raise ConfigError(f"unknown journal URL {url!r}: expected memory:// or sqlite:///path.db")
+
+
+__all__ = ["Journal", "MemoryJournal", "SqliteJournal", "open_journal"]

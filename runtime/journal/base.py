@@ -1,0 +1,125 @@
+"""The journal protocol every backend implements, and its shared checks.
+
+Semantics (the conformance suite in tests/journal holds every backend to them):
+- `append` stores one entity's events atomically, all or none, only if the
+  entity's highest seq is still `expected_seq`; otherwise `ConcurrencyConflict`.
+  The events carry seqs `expected_seq + 1 …` and come back with positions.
+- positions are strictly increasing and never reused; `read_all` returns events
+  in position order, and a reader that has seen position P never later finds a
+  new event below P (the property a tailer relies on).
+- `delete` removes events (and, for the whole entity, marks it deleted); an
+  entity's highest seq never goes down, so a seq is never reused.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Sequence
+from types import TracebackType
+from typing import Self
+
+from ..envelope import Envelope, Recovery, Snapshot
+from ..errors import JournalError
+
+
+class Journal(abc.ABC):
+    """Where envelopes live. Use as `async with journal:`; every method is safe to call concurrently."""
+
+    url: str = ""
+
+    async def __aenter__(self) -> Self:
+        await self.open()
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    async def open(self) -> None:  # noqa: B027 - optional hook
+        """Connect and create the schema; called by `async with`."""
+
+    async def close(self) -> None:  # noqa: B027 - optional hook
+        """Flush what was acknowledged and release the store."""
+
+    # -- events ---------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def append(self, events: Sequence[Envelope], expected_seq: int) -> list[Envelope]:
+        """Store one entity's events atomically if its highest seq is `expected_seq`."""
+
+    @abc.abstractmethod
+    async def read(
+        self, entity_type: str, entity_id: str, from_seq: int = 1, to_seq: int | None = None, limit: int | None = None
+    ) -> list[Envelope]:
+        """One entity's events with `from_seq <= seq <= to_seq`, in seq order."""
+
+    @abc.abstractmethod
+    async def read_all(self, from_position: int = 1, limit: int = 1000) -> list[Envelope]:
+        """Every entity's events with position >= `from_position`, in position order."""
+
+    @abc.abstractmethod
+    async def head(self, entity_type: str, entity_id: str) -> int:
+        """The highest seq ever appended to the entity (0 if none); deletion never lowers it."""
+
+    @abc.abstractmethod
+    async def last_position(self) -> int:
+        """The highest position assigned so far (0 if none)."""
+
+    @abc.abstractmethod
+    async def delete(self, entity_type: str, entity_id: str, to_seq: int | None = None) -> None:
+        """Delete events with seq <= `to_seq`; with no `to_seq`, the whole entity and its snapshots (a tombstone)."""
+
+    # -- snapshots ------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def save_snapshot(self, snapshot: Snapshot) -> None:
+        """Store a snapshot; one per (entity, seq), a later save at the same seq replaces it."""
+
+    @abc.abstractmethod
+    async def load_snapshot(self, entity_type: str, entity_id: str, max_seq: int | None = None) -> Snapshot | None:
+        """The latest snapshot, or the latest at or below `max_seq`."""
+
+    @abc.abstractmethod
+    async def delete_snapshots(self, entity_type: str, entity_id: str, to_seq: int) -> None:
+        """Delete the entity's snapshots with seq <= `to_seq`."""
+
+    # -- checkpoints (the publisher's and the views' positions, kept beside the events) --
+
+    @abc.abstractmethod
+    async def load_checkpoint(self, name: str) -> int:
+        """A named reader's position (0 if never saved)."""
+
+    @abc.abstractmethod
+    async def save_checkpoint(self, name: str, position: int) -> None:
+        """Store a named reader's position."""
+
+    # -- recovery ---------------------------------------------------------------------------
+
+    async def recover(self, entity_type: str, entity_id: str) -> Recovery:
+        """Latest snapshot plus the events after it; backends override this to do it in one round trip."""
+        snapshot = await self.load_snapshot(entity_type, entity_id)
+        events = await self.read(entity_type, entity_id, from_seq=(snapshot.seq + 1) if snapshot else 1)
+        head = await self.head(entity_type, entity_id)
+        return Recovery(snapshot, events, head, deleted=await self.is_deleted(entity_type, entity_id))
+
+    @abc.abstractmethod
+    async def is_deleted(self, entity_type: str, entity_id: str) -> bool:
+        """Whether the whole entity was deleted."""
+
+
+def check_batch(events: Sequence[Envelope], expected_seq: int) -> tuple[str, str]:
+    """Validate an append's shape before any backend touches storage; returns the entity key."""
+    if not events:
+        raise JournalError("append needs at least one event")
+    if expected_seq < 0:
+        raise JournalError(f"expected_seq must be >= 0, got {expected_seq}")
+    first = events[0]
+    for i, env in enumerate(events):
+        if env.entity_type != first.entity_type or env.entity_id != first.entity_id:
+            raise JournalError("one append holds the events of one entity")
+        if env.seq != expected_seq + 1 + i:
+            raise JournalError(
+                f"{env.entity_type}/{env.entity_id}: event {i} has seq {env.seq}, expected {expected_seq + 1 + i}"
+            )
+    return first.entity_type, first.entity_id
