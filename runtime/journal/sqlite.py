@@ -5,19 +5,25 @@
   `?synchronous=NORMAL` trades the last transactions on power loss for speed.
 - Group commit: every write goes through one `Batcher`, and one worker-thread
   call runs the whole batch in one `BEGIN IMMEDIATE … COMMIT` (one fsync).
-  Activations are batched the same way on a second, read-only connection, so
-  a burst of first commands to a million entities costs few thread hops.
-- No SQLite call runs on the event loop.
-- Positions are assigned inside the write transaction from a counter row, so
-  they are strictly increasing, never reused after deletion, and gap-free in
-  commit order; BEGIN IMMEDIATE also makes this safe if a second process
-  writes to the same file (the file lock serializes the writers).
+  Activations are batched the same way on a second connection, so a burst of
+  first commands to many entities costs few thread hops. No SQLite call runs
+  on the event loop.
+- Compact rows: an entity's (type, id) is stored once, in `streams`, and events
+  refer to it by integer. The events' index is then small integers, which
+  keeps the pages a random-access workload dirties (and fsyncs) few. The
+  `event_log` view joins them back for ad-hoc SQL.
+- Positions are SQLite AUTOINCREMENT row ids, assigned inside the exclusive
+  write transaction: strictly increasing, never reused after deletion, visible
+  in commit order. BEGIN IMMEDIATE also serializes a second writing process.
+- An entity's head is the larger of its highest stored seq and `floor`, the
+  highest seq ever deleted, so deletion never lets a seq be reused.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import itertools
 import sqlite3
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -34,22 +40,23 @@ from .base import Journal, check_batch
 from .batching import Batcher
 
 T = TypeVar("T")
+Key = tuple[str, str]
 
 SCHEMA_VERSION = 1
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS memoir_meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS streams (
+    id INTEGER PRIMARY KEY,
     entity_type TEXT NOT NULL,
     entity_id TEXT NOT NULL,
-    head INTEGER NOT NULL,
+    floor INTEGER NOT NULL DEFAULT 0,
     deleted INTEGER NOT NULL DEFAULT 0,
-    PRIMARY KEY (entity_type, entity_id)
-) WITHOUT ROWID;
+    UNIQUE (entity_type, entity_id)
+);
 CREATE TABLE IF NOT EXISTS events (
-    position INTEGER PRIMARY KEY,
-    entity_type TEXT NOT NULL,
-    entity_id TEXT NOT NULL,
+    position INTEGER PRIMARY KEY AUTOINCREMENT,
+    stream INTEGER NOT NULL REFERENCES streams (id),
     seq INTEGER NOT NULL,
     name TEXT NOT NULL,
     version INTEGER NOT NULL,
@@ -59,32 +66,34 @@ CREATE TABLE IF NOT EXISTS events (
     causation_id TEXT,
     reply BLOB,
     payload BLOB NOT NULL,
-    UNIQUE (entity_type, entity_id, seq)
+    UNIQUE (stream, seq)
 );
 CREATE TABLE IF NOT EXISTS snapshots (
-    entity_type TEXT NOT NULL,
-    entity_id TEXT NOT NULL,
+    stream INTEGER NOT NULL REFERENCES streams (id),
     seq INTEGER NOT NULL,
     recorded_at INTEGER NOT NULL,
     payload BLOB NOT NULL,
-    PRIMARY KEY (entity_type, entity_id, seq)
+    PRIMARY KEY (stream, seq)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS checkpoints (name TEXT PRIMARY KEY, position INTEGER NOT NULL);
-INSERT OR IGNORE INTO memoir_meta VALUES ('schema_version', 1), ('position', 0);
+CREATE VIEW IF NOT EXISTS event_log AS
+    SELECT e.position, s.entity_type, s.entity_id, e.seq, e.name, e.version, e.recorded_at,
+           e.command_id, e.correlation_id, e.causation_id, e.reply, e.payload
+    FROM events e JOIN streams s ON s.id = e.stream;
+INSERT OR IGNORE INTO memoir_meta VALUES ('schema_version', 1);
 """
 
 _COLUMNS = (
     "position, entity_type, entity_id, seq, name, version, recorded_at,"
     " command_id, correlation_id, causation_id, reply, payload"
 )
-_INSERT = f"INSERT INTO events ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)"
+_INSERT_COLUMNS = "stream, seq, name, version, recorded_at, command_id, correlation_id, causation_id, reply, payload"
+_HEAD = "max(s.floor, coalesce((SELECT max(seq) FROM events WHERE stream = s.id), 0))"
 
 
-def _row(env: Envelope, position: int) -> tuple[Any, ...]:
+def _row(env: Envelope) -> tuple[Any, ...]:
+    """The event's columns after `stream`, built on the event loop so the writer thread only binds."""
     return (
-        position,
-        env.entity_type,
-        env.entity_id,
         env.seq,
         env.name,
         env.version,
@@ -114,18 +123,108 @@ def _envelope(r: tuple[Any, ...]) -> Envelope:
     )
 
 
-# -- write operations, carried out by the batch writer -------------------------------------
+# -- the batch writer -------------------------------------------------------------------------
+#
+# A batch is written in a handful of multi-row statements, not a statement per
+# event: the optimistic check of every append is one query, the events one
+# INSERT. Only when that check finds a conflict does the batch fall back to
+# checking its appends one by one, to say exactly which failed and why.
+
+_CHUNK = 400  # rows per statement: 10 columns x 400 stays under SQLite's 32,766 variables
 
 
 class _Append(msgspec.Struct):
-    events: Sequence[Envelope]
+    key: Key
     expected_seq: int
+    rows: list[tuple[Any, ...]]
 
 
 class _Op(msgspec.Struct):
-    """Any other write: a bound method that runs inside the batch's transaction."""
+    """Any other write: a function that runs inside the batch's transaction."""
 
-    fn: Callable[[sqlite3.Connection], Any]
+    fn: Callable[[sqlite3.Connection, _Streams], Any]
+
+
+@functools.lru_cache(maxsize=None)
+def _values(n: int, width: int) -> str:
+    one = "(" + ",".join("?" * width) + ")"
+    return ",".join([one] * n)
+
+
+def _chunked(items: Sequence[T]) -> list[Sequence[T]]:
+    return [items[i : i + _CHUNK] for i in range(0, len(items), _CHUNK)]
+
+
+class _Streams:
+    """(type, id) -> stream row id, cached: ids never change once assigned."""
+
+    MAX = 200_000
+
+    def __init__(self) -> None:
+        self.ids: dict[Key, int] = {}
+
+    def lookup(self, conn: sqlite3.Connection, keys: Sequence[Key], *, create: bool) -> dict[Key, int]:
+        missing = list({k for k in keys if k not in self.ids})
+        if missing:
+            if len(self.ids) + len(missing) > self.MAX:
+                self.ids.clear()
+            if create:
+                conn.executemany("INSERT OR IGNORE INTO streams (entity_type, entity_id) VALUES (?,?)", missing)
+            for chunk in _chunked(missing):
+                rows = conn.execute(
+                    "SELECT entity_type, entity_id, id FROM streams"
+                    f" WHERE (entity_type, entity_id) IN (VALUES {_values(len(chunk), 2)})",
+                    list(itertools.chain.from_iterable(chunk)),
+                ).fetchall()
+                self.ids.update(((t, i), sid) for t, i, sid in rows)
+        return self.ids
+
+    def one(self, conn: sqlite3.Connection, key: Key, *, create: bool) -> int | None:
+        return self.lookup(conn, [key], create=create).get(key)
+
+
+def _insert_events(conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> int:
+    """Insert rows in order; returns the first position. AUTOINCREMENT gives the next ones in
+    order and never below the sequence; we hold the write lock, so nobody else takes any."""
+    found = conn.execute("SELECT seq FROM sqlite_sequence WHERE name='events'").fetchone()
+    conn.executemany(f"INSERT INTO events ({_INSERT_COLUMNS}) VALUES {_values(1, 10)}", rows)
+    return (found[0] if found else 0) + 1
+
+
+def _heads_match(conn: sqlite3.Connection, checks: list[tuple[int, int]]) -> bool:
+    """One query: is every stream's head its append's expected seq, and none deleted?"""
+    for chunk in _chunked(checks):
+        (mismatches,) = conn.execute(
+            f"SELECT count(*) FROM (VALUES {_values(len(chunk), 2)}) AS v JOIN streams s ON s.id = v.column1"
+            f" WHERE s.deleted != 0 OR {_HEAD} != v.column2",
+            list(itertools.chain.from_iterable(chunk)),
+        ).fetchone()
+        if mismatches:
+            return False
+    return True
+
+
+def _append_one(conn: sqlite3.Connection, stream: int, op: _Append) -> int | JournalError:
+    """The slow path: check one append on its own and say exactly why it fails."""
+    deleted, head = conn.execute(f"SELECT s.deleted, {_HEAD} FROM streams s WHERE s.id=?", (stream,)).fetchone()
+    if deleted:
+        return EntityDeleted(*op.key)
+    if head != op.expected_seq:
+        return ConcurrencyConflict(op.key[0], op.key[1], op.expected_seq, head)
+    return _insert_events(conn, [(stream, *r) for r in op.rows])
+
+
+def _write_appends(conn: sqlite3.Connection, streams: _Streams, appends: list[_Append]) -> list[int | JournalError]:
+    ids = streams.lookup(conn, [op.key for op in appends], create=True)
+    sids = [ids[op.key] for op in appends]
+    if len(set(sids)) < len(sids) or not _heads_match(conn, [(s, op.expected_seq) for s, op in zip(sids, appends)]):
+        return [_append_one(conn, s, op) for s, op in zip(sids, appends, strict=True)]
+    first = _insert_events(conn, [(s, *r) for s, op in zip(sids, appends, strict=True) for r in op.rows])
+    out: list[int | JournalError] = []
+    for op in appends:
+        out.append(first)
+        first += len(op.rows)
+    return out
 
 
 def parse_sqlite_url(url: str) -> tuple[str, dict[str, str]]:
@@ -154,6 +253,7 @@ class SqliteJournal(Journal):
         )
         self._write_limiter = anyio.CapacityLimiter(1)
         self._read_limiter = anyio.CapacityLimiter(1)
+        self._streams = _Streams()  # used only by the writer thread
         self._w: sqlite3.Connection | None = None
         self._r: sqlite3.Connection | None = None
         self._stack: contextlib.AsyncExitStack | None = None
@@ -171,10 +271,13 @@ class SqliteJournal(Journal):
     def _connect(self) -> sqlite3.Connection:
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
+        conn = sqlite3.connect(
+            self.path, isolation_level=None, check_same_thread=False, timeout=30, cached_statements=1024
+        )
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute(f"PRAGMA synchronous={self.synchronous}")
         conn.execute("PRAGMA cache_size=-65536")  # 64 MiB
+        conn.execute("PRAGMA wal_autocheckpoint=4000")  # checkpoint every ~16 MiB of WAL, not every 4
         return conn
 
     def _open_sync(self) -> None:
@@ -221,8 +324,9 @@ class SqliteJournal(Journal):
     # -- writes ---------------------------------------------------------------------------------
 
     async def append(self, events: Sequence[Envelope], expected_seq: int) -> list[Envelope]:
-        check_batch(events, expected_seq)
-        return await self._writes.submit(_Append(events, expected_seq))  # type: ignore[no-any-return]
+        key = check_batch(events, expected_seq)
+        first = await self._writes.submit(_Append(key, expected_seq, [_row(e) for e in events]))
+        return [msgspec.structs.replace(e, position=first + i) for i, e in enumerate(events)]
 
     async def _flush_writes(self, batch: list[_Append | _Op]) -> list[Any]:
         try:
@@ -231,90 +335,69 @@ class SqliteJournal(Journal):
             raise JournalError(f"sqlite journal {self.path!r}: write failed: {exc}") from exc
 
     def _write_batch(self, batch: list[_Append | _Op]) -> list[Any]:
+        """One transaction for the whole batch; appends and other writes keep their order."""
         conn = self._w
         assert conn is not None
         results: list[Any] = []
-        rows: list[tuple[Any, ...]] = []
         conn.execute("BEGIN IMMEDIATE")
         try:
-            (position,) = conn.execute("SELECT value FROM memoir_meta WHERE key='position'").fetchone()
+            run: list[_Append] = []
             for op in batch:
-                if isinstance(op, _Op):
-                    results.append(op.fn(conn))
+                if isinstance(op, _Append):
+                    run.append(op)
                     continue
-                failure = self._claim(conn, op)
-                if failure is not None:
-                    results.append(failure)
-                    continue
-                stored = []
-                for env in op.events:
-                    position += 1
-                    rows.append(_row(env, position))
-                    stored.append(msgspec.structs.replace(env, position=position))
-                results.append(stored)
-            if rows:
-                conn.executemany(_INSERT, rows)
-                conn.execute("UPDATE memoir_meta SET value=? WHERE key='position'", (position,))
+                if run:
+                    results += _write_appends(conn, self._streams, run)
+                    run = []
+                results.append(op.fn(conn, self._streams))
+            if run:
+                results += _write_appends(conn, self._streams, run)
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
+            self._streams.ids.clear()  # ids created in this transaction are gone
             raise
         return results
 
-    @staticmethod
-    def _claim(conn: sqlite3.Connection, op: _Append) -> JournalError | None:
-        """The optimistic check: move the entity's head from expected_seq to the new seq, or say why not."""
-        first = op.events[0]
-        key = (first.entity_type, first.entity_id)
-        new_head = op.expected_seq + len(op.events)
-        if op.expected_seq == 0:
-            cur = conn.execute("INSERT OR IGNORE INTO streams (entity_type, entity_id, head) VALUES (?,?,?)",
-                               (*key, new_head))
-        else:
-            cur = conn.execute(
-                "UPDATE streams SET head=? WHERE entity_type=? AND entity_id=? AND head=? AND deleted=0",
-                (new_head, *key, op.expected_seq),
-            )
-        if cur.rowcount == 1:
-            return None
-        row = conn.execute("SELECT head, deleted FROM streams WHERE entity_type=? AND entity_id=?", key).fetchone()
-        if row is not None and row[1]:
-            return EntityDeleted(*key)
-        return ConcurrencyConflict(key[0], key[1], op.expected_seq, row[0] if row else 0)
-
-    async def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+    async def _write(self, fn: Callable[[sqlite3.Connection, _Streams], T]) -> T:
         return await self._writes.submit(_Op(fn))  # type: ignore[no-any-return]
 
     async def delete(self, entity_type: str, entity_id: str, to_seq: int | None = None) -> None:
         key = (entity_type, entity_id)
 
-        def run(conn: sqlite3.Connection) -> None:
+        def run(conn: sqlite3.Connection, streams: _Streams) -> None:
+            sid = streams.one(conn, key, create=True)
+            (head,) = conn.execute(f"SELECT {_HEAD} FROM streams s WHERE s.id=?", (sid,)).fetchone()
+            upto = head if to_seq is None else min(to_seq, head)
+            conn.execute("DELETE FROM events WHERE stream=? AND seq<=?", (sid, upto))
+            conn.execute("UPDATE streams SET floor=max(floor, ?) WHERE id=?", (upto, sid))
             if to_seq is None:
-                conn.execute("DELETE FROM events WHERE entity_type=? AND entity_id=?", key)
-                conn.execute("DELETE FROM snapshots WHERE entity_type=? AND entity_id=?", key)
-                conn.execute(
-                    "INSERT INTO streams (entity_type, entity_id, head, deleted) VALUES (?,?,0,1)"
-                    " ON CONFLICT DO UPDATE SET deleted=1",
-                    key,
-                )
-            else:
-                conn.execute("DELETE FROM events WHERE entity_type=? AND entity_id=? AND seq<=?", (*key, to_seq))
+                conn.execute("DELETE FROM snapshots WHERE stream=?", (sid,))
+                conn.execute("UPDATE streams SET deleted=1 WHERE id=?", (sid,))
 
         await self._write(run)
 
     async def save_snapshot(self, snapshot: Snapshot) -> None:
         s = snapshot
-        row = (s.entity_type, s.entity_id, s.seq, s.recorded_at, s.payload)
-        await self._write(lambda c: c.execute("INSERT OR REPLACE INTO snapshots VALUES (?,?,?,?,?)", row))
+
+        def run(conn: sqlite3.Connection, streams: _Streams) -> None:
+            sid = streams.one(conn, (s.entity_type, s.entity_id), create=True)
+            conn.execute("INSERT OR REPLACE INTO snapshots VALUES (?,?,?,?)", (sid, s.seq, s.recorded_at, s.payload))
+
+        await self._write(run)
 
     async def delete_snapshots(self, entity_type: str, entity_id: str, to_seq: int) -> None:
-        args = (entity_type, entity_id, to_seq)
-        await self._write(
-            lambda c: c.execute("DELETE FROM snapshots WHERE entity_type=? AND entity_id=? AND seq<=?", args)
-        )
+        def run(conn: sqlite3.Connection, streams: _Streams) -> None:
+            sid = streams.one(conn, (entity_type, entity_id), create=False)
+            if sid is not None:
+                conn.execute("DELETE FROM snapshots WHERE stream=? AND seq<=?", (sid, to_seq))
+
+        await self._write(run)
 
     async def save_checkpoint(self, name: str, position: int) -> None:
-        await self._write(lambda c: c.execute("INSERT OR REPLACE INTO checkpoints VALUES (?,?)", (name, position)))
+        await self._write(
+            lambda c, _: c.execute("INSERT OR REPLACE INTO checkpoints VALUES (?,?)", (name, position))
+        )
 
     # -- reads ------------------------------------------------------------------------------------
 
@@ -332,7 +415,7 @@ class SqliteJournal(Journal):
         self, entity_type: str, entity_id: str, from_seq: int = 1, to_seq: int | None = None, limit: int | None = None
     ) -> list[Envelope]:
         rows = await self._fetch(
-            f"SELECT {_COLUMNS} FROM events WHERE entity_type=? AND entity_id=? AND seq>=? AND seq<=?"
+            f"SELECT {_COLUMNS} FROM event_log WHERE entity_type=? AND entity_id=? AND seq>=? AND seq<=?"
             " ORDER BY seq LIMIT ?",
             entity_type, entity_id, from_seq, to_seq if to_seq is not None else 2**62, -1 if limit is None else limit,
         )
@@ -340,33 +423,39 @@ class SqliteJournal(Journal):
 
     async def read_all(self, from_position: int = 1, limit: int = 1000) -> list[Envelope]:
         rows = await self._fetch(
-            f"SELECT {_COLUMNS} FROM events WHERE position>=? ORDER BY position LIMIT ?", from_position, limit
+            f"SELECT {_COLUMNS} FROM event_log WHERE position>=? ORDER BY position LIMIT ?", from_position, limit
         )
         return [_envelope(r) for r in rows]
 
+    async def _stream(self, entity_type: str, entity_id: str) -> tuple[int, int]:
+        """(head, deleted) of an entity; (0, 0) if it never existed."""
+        rows = await self._fetch(
+            f"SELECT {_HEAD}, s.deleted FROM streams s WHERE s.entity_type=? AND s.entity_id=?", entity_type, entity_id
+        )
+        return (rows[0][0], rows[0][1]) if rows else (0, 0)
+
     async def head(self, entity_type: str, entity_id: str) -> int:
-        rows = await self._fetch("SELECT head FROM streams WHERE entity_type=? AND entity_id=?", entity_type, entity_id)
-        return rows[0][0] if rows else 0
+        return (await self._stream(entity_type, entity_id))[0]
 
     async def is_deleted(self, entity_type: str, entity_id: str) -> bool:
-        rows = await self._fetch("SELECT deleted FROM streams WHERE entity_type=? AND entity_id=?", entity_type, entity_id)
-        return bool(rows and rows[0][0])
+        return bool((await self._stream(entity_type, entity_id))[1])
 
     async def last_position(self) -> int:
-        rows = await self._fetch("SELECT value FROM memoir_meta WHERE key='position'")
-        return int(rows[0][0])
+        rows = await self._fetch("SELECT seq FROM sqlite_sequence WHERE name='events'")
+        return int(rows[0][0]) if rows else 0
 
     async def load_snapshot(self, entity_type: str, entity_id: str, max_seq: int | None = None) -> Snapshot | None:
         rows = await self._fetch(
-            "SELECT seq, recorded_at, payload FROM snapshots WHERE entity_type=? AND entity_id=? AND seq<=?"
-            " ORDER BY seq DESC LIMIT 1",
+            "SELECT n.seq, n.recorded_at, n.payload FROM snapshots n JOIN streams s ON s.id = n.stream"
+            " WHERE s.entity_type=? AND s.entity_id=? AND n.seq<=? ORDER BY n.seq DESC LIMIT 1",
             entity_type, entity_id, max_seq if max_seq is not None else 2**62,
         )
         if not rows:
             return None
         seq, recorded_at, payload = rows[0]
-        return Snapshot(entity_type=entity_type, entity_id=entity_id, seq=seq, recorded_at=recorded_at,
-                        payload=bytes(payload))
+        return Snapshot(
+            entity_type=entity_type, entity_id=entity_id, seq=seq, recorded_at=recorded_at, payload=bytes(payload)
+        )
 
     async def load_checkpoint(self, name: str) -> int:
         rows = await self._fetch("SELECT position FROM checkpoints WHERE name=?", name)
@@ -377,44 +466,45 @@ class SqliteJournal(Journal):
     async def recover(self, entity_type: str, entity_id: str) -> Recovery:
         return await self._recoveries.submit((entity_type, entity_id))
 
-    async def _flush_recoveries(self, keys: list[tuple[str, str]]) -> list[Recovery | BaseException]:
-        return await self._in_reader(functools.partial(self._recover_batch, keys))
+    async def _flush_recoveries(self, keys: list[Key]) -> list[Recovery | BaseException]:
+        try:
+            return await self._in_reader(functools.partial(self._recover_batch, keys))
+        except sqlite3.Error as exc:
+            raise JournalError(f"sqlite journal {self.path!r}: recovery failed: {exc}") from exc
 
-    def _recover_batch(self, keys: list[tuple[str, str]]) -> list[Recovery | BaseException]:
+    def _recover_batch(self, keys: list[Key]) -> list[Recovery | BaseException]:
         conn = self._r
         assert conn is not None
-        out: list[Recovery | BaseException] = []
         conn.execute("BEGIN")  # one consistent read snapshot for the whole batch
         try:
-            for key in keys:
-                try:
-                    out.append(self._recover_one(conn, key))
-                except sqlite3.Error as exc:
-                    out.append(JournalError(f"cannot recover {key[0]}/{key[1]}: {exc}"))
+            streams: dict[Key, tuple[int, int, int]] = {}
+            for chunk in _chunked(keys):  # one query finds which entities exist at all, and their heads
+                rows = conn.execute(
+                    f"SELECT s.entity_type, s.entity_id, s.id, {_HEAD}, s.deleted FROM streams s"
+                    f" WHERE (s.entity_type, s.entity_id) IN (VALUES {_values(len(chunk), 2)})",
+                    list(itertools.chain.from_iterable(chunk)),
+                ).fetchall()
+                streams.update(((t, i), (sid, h, d)) for t, i, sid, h, d in rows)
+            return [self._recover_one(conn, key, streams.get(key)) for key in keys]
         finally:
             conn.execute("COMMIT")
-        return out
 
     @staticmethod
-    def _recover_one(conn: sqlite3.Connection, key: tuple[str, str]) -> Recovery:
-        stream = conn.execute("SELECT head, deleted FROM streams WHERE entity_type=? AND entity_id=?", key).fetchone()
+    def _recover_one(conn: sqlite3.Connection, key: Key, stream: tuple[int, int, int] | None) -> Recovery:
         if stream is None:
             return Recovery(None, [], 0)
-        head, deleted = stream
+        sid, head, deleted = stream
         snap = conn.execute(
-            "SELECT seq, recorded_at, payload FROM snapshots WHERE entity_type=? AND entity_id=?"
-            " ORDER BY seq DESC LIMIT 1",
-            key,
+            "SELECT seq, recorded_at, payload FROM snapshots WHERE stream=? ORDER BY seq DESC LIMIT 1", (sid,)
         ).fetchone()
         snapshot = None
-        after = 0
         if snap is not None:
-            after = snap[0]
-            snapshot = Snapshot(entity_type=key[0], entity_id=key[1], seq=snap[0], recorded_at=snap[1],
-                                payload=bytes(snap[2]))
+            snapshot = Snapshot(
+                entity_type=key[0], entity_id=key[1], seq=snap[0], recorded_at=snap[1], payload=bytes(snap[2])
+            )
         rows = conn.execute(
-            f"SELECT {_COLUMNS} FROM events WHERE entity_type=? AND entity_id=? AND seq>? ORDER BY seq",
-            (*key, after),
+            f"SELECT position, ?, ?, {_INSERT_COLUMNS.removeprefix('stream, ')} FROM events"
+            " WHERE stream=? AND seq>? ORDER BY seq",
+            (*key, sid, snapshot.seq if snapshot else 0),
         ).fetchall()
         return Recovery(snapshot, [_envelope(r) for r in rows], head, bool(deleted))
-
