@@ -173,7 +173,13 @@ class Actor:
                 self._remember(rt, cid, self.seq, envelopes[-1].reply)
             self._maybe_snapshot(rt, len(envelopes))
         if effect.delete_entity:
-            await rt.journal.delete(model.type_name, self.entity_id)
+            try:
+                await rt.journal.delete(model.type_name, self.entity_id)
+            except JournalError as exc:
+                self.recovered = False
+                raise CommandError(
+                    ErrorCode.INTERNAL, f"{model.type_name}/{self.entity_id}: delete failed: {exc}"
+                ) from exc
             self.deleted = True
         return Reply(result, self.seq)
 

@@ -18,6 +18,8 @@ from collections.abc import Sequence
 from types import TracebackType
 from typing import Self
 
+import anyio
+
 from ..envelope import Envelope, Recovery, Snapshot
 from ..errors import JournalError
 
@@ -26,6 +28,21 @@ class Journal(abc.ABC):
     """Where envelopes live. Use as `async with journal:`; every method is safe to call concurrently."""
 
     url: str = ""
+    _appended: anyio.Event | None = None
+
+    def next_append(self) -> anyio.Event:
+        """An event set by the next append in this process: lets a tailer sleep until there is news.
+
+        Take it *before* reading, so an append between the read and the wait is not missed.
+        Appends by other processes are not seen; tailers also poll.
+        """
+        if self._appended is None or self._appended.is_set():
+            self._appended = anyio.Event()
+        return self._appended
+
+    def _notify_appended(self) -> None:
+        if self._appended is not None:
+            self._appended.set()
 
     async def __aenter__(self) -> Self:
         await self.open()

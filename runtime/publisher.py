@@ -1,0 +1,289 @@
+"""The outbox publisher: the journal, tailed by position, onto one JetStream stream per entity type.
+
+It reads the journal from a checkpoint kept in the journal's own store and
+publishes each event with `Nats-Msg-Id = {type}/{id}/{seq}`. Publishing is
+pipelined: up to `window` messages are in flight, and acks are awaited in
+order, so the checkpoint only ever moves past acknowledged messages. A crash
+between append and publish re-publishes from the checkpoint, and JetStream
+drops what it already has:
+
+- inside the stream's duplicate window, by `Nats-Msg-Id`;
+- beyond it, because on start the publisher reads the `Memoir-Position` of
+  each stream's last message and skips events at or below it (a stream
+  receives its messages in order, so everything below is there).
+
+So every acknowledged event reaches its stream exactly once, in per-entity order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+import time
+from collections import deque
+from collections.abc import Iterable
+from typing import Any
+
+import anyio
+import msgspec
+import structlog
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.errors import Error as NatsError
+from nats.js import api
+from nats.js.errors import Error as JetStreamError
+from nats.js.errors import NotFoundError
+
+from .envelope import Envelope
+from .errors import JournalError
+from .journal import Journal
+from .wire import H_POSITION, event_headers, event_subject, events_filter, stream_name
+
+log = structlog.get_logger("memoir.publisher")
+
+CHECKPOINT = "memoir.publisher"
+CHECKPOINT_SYNCED = "memoir.publisher.synced"  # a checkpoint at least one stream sync interval old
+
+
+class StreamSettings(msgspec.Struct, frozen=True, kw_only=True):
+    """How the per-type event streams are created (and updated at start-up)."""
+
+    storage: str = "file"  # or "memory"
+    replicas: int = 1  # 3 on a cluster
+    duplicate_window: float = 120.0  # seconds
+    max_age: float = 0.0  # 0: keep forever; the journal is the source of truth either way
+
+    def config(self, prefix: str, entity_type: str) -> api.StreamConfig:
+        return api.StreamConfig(
+            name=stream_name(prefix, entity_type),
+            subjects=[events_filter(prefix, entity_type)],
+            storage=api.StorageType(self.storage),
+            num_replicas=self.replicas,
+            retention=api.RetentionPolicy.LIMITS,
+            duplicate_window=self.duplicate_window,
+            max_age=self.max_age,
+        )
+
+
+async def ensure_stream(js: Any, prefix: str, entity_type: str, settings: StreamSettings) -> None:
+    config = settings.config(prefix, entity_type)
+    try:
+        await js.stream_info(config.name)
+    except NotFoundError:
+        await js.add_stream(config)
+    else:
+        await js.update_stream(config)
+
+
+class PublishError(Exception):
+    pass
+
+
+_RETRYABLE = (PublishError, NatsError, JetStreamError, TimeoutError, JournalError)
+
+
+class _Acks:
+    """One inbox subscription for all pending acks: pipelined publishing that still sees every rejection.
+
+    (nats-py's publish_async does not surface server-side rejections, nats.py #985.)
+    asyncio futures, not anyio events: this runs once per published event.
+    """
+
+    def __init__(self, nc: NATS) -> None:
+        self.nc = nc
+        self.prefix = f"{nc.new_inbox()}.{secrets.token_hex(4)}."
+        self.pending: dict[str, asyncio.Future[Msg]] = {}
+        self.n = 0
+        self.sub: Any = None
+
+    async def open(self) -> None:
+        self.sub = await self.nc.subscribe(f"{self.prefix}*", cb=self._on_ack)
+
+    async def close(self) -> None:
+        if self.sub is not None:
+            await self.sub.unsubscribe()
+        for fut in self.pending.values():
+            fut.cancel()
+        self.pending.clear()
+
+    async def _on_ack(self, msg: Msg) -> None:
+        fut = self.pending.pop(msg.subject, None)
+        if fut is not None and not fut.done():
+            fut.set_result(msg)
+
+    async def publish(self, subject: str, payload: bytes, headers: dict[str, str]) -> asyncio.Future[Msg]:
+        self.n += 1
+        reply = f"{self.prefix}{self.n}"
+        fut = self.pending[reply] = asyncio.get_running_loop().create_future()
+        await self.nc.publish(subject, payload, reply=reply, headers=headers)
+        return fut
+
+    @staticmethod
+    async def wait(fut: asyncio.Future[Msg]) -> None:
+        check_ack(await fut)
+
+
+def check_ack(msg: Msg) -> dict[str, Any]:
+    """A JetStream publish ack, or PublishError with the server's reason."""
+    if msg.headers and msg.headers.get("Status") == "503":
+        raise PublishError("no stream is listening on that subject (503 no responders)")
+    try:
+        ack = msgspec.json.decode(msg.data)
+    except msgspec.DecodeError as exc:
+        raise PublishError(f"unreadable publish ack: {msg.data[:200]!r}") from exc
+    if "error" in ack:
+        err = ack["error"]
+        raise PublishError(f"{err.get('err_code')}: {err.get('description')}")
+    return ack  # type: ignore[no-any-return]
+
+
+class Publisher:
+    """Run with `tg.start_soon(publisher.run)`; stop by cancelling, or `flush()` then cancel."""
+
+    def __init__(
+        self,
+        journal: Journal,
+        nc: NATS,
+        *,
+        prefix: str = "memoir",
+        entity_types: Iterable[str] = (),
+        settings: StreamSettings | None = None,
+        batch_size: int = 1000,
+        window: int = 1024,
+        poll_interval: float = 0.25,
+        ack_timeout: float = 5.0,
+        stream_sync_interval: float = 120.0,
+    ) -> None:
+        self.journal = journal
+        self.nc = nc
+        self.js = nc.jetstream()
+        self.prefix = prefix
+        self.settings = settings or StreamSettings()
+        self.batch_size = batch_size
+        self.window = window
+        self.poll_interval = poll_interval
+        self.ack_timeout = ack_timeout
+        self.stream_sync_interval = stream_sync_interval
+        self.checkpoint = 0
+        self.published = 0
+        self._types = set(entity_types)
+        self._ready: set[str] = set()
+        self._high_water: dict[str, int] = {}
+
+    async def _prepare(self, entity_type: str) -> None:
+        """Create or update the type's stream and learn the position of its last message."""
+        if entity_type in self._ready:
+            return
+        await ensure_stream(self.js, self.prefix, entity_type, self.settings)
+        name = stream_name(self.prefix, entity_type)
+        info = await self.js.stream_info(name)
+        if info.state.last_seq:
+            try:
+                last = await self.js.get_msg(name, seq=info.state.last_seq)
+                self._high_water[entity_type] = int((last.headers or {}).get(H_POSITION, 0))
+            except NotFoundError:
+                pass
+        self._ready.add(entity_type)
+
+    async def run(self) -> None:
+        self.checkpoint = await self.journal.load_checkpoint(CHECKPOINT)
+        # A stream's server fsyncs every `stream_sync_interval`: after a machine crash it may have lost
+        # what it acknowledged since. So start from the checkpoint that is at least that old; the
+        # streams' high-water marks skip whatever did survive.
+        resume = await self.journal.load_checkpoint(CHECKPOINT_SYNCED)
+        sample = (time.monotonic(), self.checkpoint)
+        self.checkpoint = min(resume, self.checkpoint)
+        acks = _Acks(self.nc)
+        await acks.open()
+        backoff = 0.1
+        try:
+            for t in sorted(self._types):
+                await self._prepare(t)
+            batch: list[Envelope] = []
+            while True:
+                try:
+                    if not batch:
+                        news = self.journal.next_append()
+                        batch = await self.journal.read_all(self.checkpoint + 1, limit=self.batch_size)
+                        if not batch:
+                            with anyio.move_on_after(self.poll_interval):
+                                await news.wait()
+                            continue
+                    batch = await self._publish_and_prefetch(acks, batch)
+                    backoff = 0.1
+                except _RETRYABLE as exc:
+                    log.warning("publish failed; retrying from the checkpoint", error=str(exc),
+                                checkpoint=self.checkpoint, retry_in=backoff)
+                    batch = []
+                    await anyio.sleep(backoff)
+                    backoff = min(backoff * 2, 5.0)
+                if time.monotonic() - sample[0] >= self.stream_sync_interval:
+                    await self.journal.save_checkpoint(CHECKPOINT_SYNCED, sample[1])
+                    sample = (time.monotonic(), self.checkpoint)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await acks.close()
+
+    async def _publish_and_prefetch(self, acks: _Acks, batch: list[Envelope]) -> list[Envelope]:
+        """Publish one batch while the next is read from the journal; returns the next batch."""
+        nxt: list[Envelope] = []
+        failure: Exception | None = None
+
+        async def prefetch() -> None:
+            with contextlib.suppress(JournalError):  # the main loop re-reads and reports it
+                nxt.extend(await self.journal.read_all(batch[-1].position + 1, limit=self.batch_size))
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(prefetch)
+            try:
+                # One deadline per batch, not per message: a timer per event costs more than the event.
+                with anyio.fail_after(self.ack_timeout + len(batch) / 1000):
+                    await self._publish(acks, batch)
+            except _RETRYABLE as exc:
+                failure = exc
+                tg.cancel_scope.cancel()
+        if failure is not None:
+            raise failure
+        return nxt
+
+    async def _publish(self, acks: _Acks, batch: list[Envelope]) -> None:
+        inflight: deque[tuple[Envelope, asyncio.Future[Msg]]] = deque()
+        done = self.checkpoint
+        try:
+            for env in batch:
+                if env.entity_type not in self._ready:
+                    await self._prepare(env.entity_type)
+                if env.position <= self._high_water.get(env.entity_type, 0):
+                    if not inflight:
+                        done = env.position  # already in its stream
+                    continue
+                if len(inflight) >= self.window:
+                    done = await self._settle(acks, inflight)
+                fut = await acks.publish(
+                    event_subject(self.prefix, env.entity_type, env.entity_id), env.payload, event_headers(env)
+                )
+                inflight.append((env, fut))
+            while inflight:
+                done = await self._settle(acks, inflight)
+        finally:
+            if done > self.checkpoint:
+                self.checkpoint = done
+                with anyio.CancelScope(shield=True):
+                    await self.journal.save_checkpoint(CHECKPOINT, done)
+
+    async def _settle(self, acks: _Acks, inflight: deque[tuple[Envelope, asyncio.Future[Msg]]]) -> int:
+        env, fut = inflight.popleft()
+        await acks.wait(fut)
+        self.published += 1
+        return env.position
+
+    async def lag(self) -> int:
+        """How many positions the stream is behind the journal."""
+        return await self.journal.last_position() - self.checkpoint
+
+    async def flush(self, timeout: float = 30.0) -> None:
+        """Wait until everything appended so far is published (for a graceful shutdown)."""
+        with anyio.fail_after(timeout):
+            while await self.journal.read_all(self.checkpoint + 1, limit=1):
+                await anyio.sleep(0.01)
