@@ -3,7 +3,8 @@
 from runtime import App
 
 from .inventory import InventoryItem
+from .social import CountPosts, Post, PostsByAuthor, Profile
 
-app = App("examples", entities=[InventoryItem])
+app = App("examples", entities=[InventoryItem, Post, Profile], views=[PostsByAuthor], consumers=[CountPosts])
 
-__all__ = ["InventoryItem", "app"]
+__all__ = ["CountPosts", "InventoryItem", "Post", "PostsByAuthor", "Profile", "app"]

@@ -55,9 +55,12 @@ class StreamSettings(msgspec.Struct, frozen=True, kw_only=True):
     max_age: float = 0.0  # 0: keep forever; the journal is the source of truth either way
 
     def config(self, prefix: str, entity_type: str) -> api.StreamConfig:
+        return self.config_for(stream_name(prefix, entity_type), [events_filter(prefix, entity_type)])
+
+    def config_for(self, name: str, subjects: list[str]) -> api.StreamConfig:
         return api.StreamConfig(
-            name=stream_name(prefix, entity_type),
-            subjects=[events_filter(prefix, entity_type)],
+            name=name,
+            subjects=subjects,
             storage=api.StorageType(self.storage),
             num_replicas=self.replicas,
             retention=api.RetentionPolicy.LIMITS,
@@ -67,7 +70,11 @@ class StreamSettings(msgspec.Struct, frozen=True, kw_only=True):
 
 
 async def ensure_stream(js: Any, prefix: str, entity_type: str, settings: StreamSettings) -> None:
-    config = settings.config(prefix, entity_type)
+    await ensure_stream_config(js, settings.config(prefix, entity_type))
+
+
+async def ensure_stream_config(js: Any, config: api.StreamConfig) -> None:
+    """Create the stream, or bring an existing one to this configuration."""
     try:
         await js.stream_info(config.name)
     except NotFoundError:

@@ -1,0 +1,167 @@
+"""Consumers: code that reacts to one entity type's events by sending commands to others.
+
+```python
+class CountPosts(Consumer, name="count_posts", sources=[Post]):
+    @on
+    async def published(self, ctx: Context, e: Published) -> None:
+        await ctx.send("profile", e.author, "count_post")
+```
+
+Delivery is at-least-once; exactly-once *effects* come from command ids: every
+command a handler sends carries the source event's id (`{type}/{id}/{seq}`,
+suffixed `#2`, `#3` … for a second command to the same entity), so the target
+entity persists it once however often the event is redelivered.
+
+A handler that raises is retried with backoff (the message is nak'ed with a
+delay, and the ones behind it go on). After `max_attempts` it is parked on
+`{prefix}.deadletter.{consumer}` with the error in `Memoir-Error` and acked,
+so one poisonous event never stalls the stream. Per-entity order holds except
+across such retries.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import anyio
+import msgspec
+import structlog
+from nats.aio.msg import Msg
+from nats.js import api
+
+from .actor import Reply
+from .entity import EventSourcedEntity
+from .envelope import Envelope
+from .handlers import HandlerTable
+from .publisher import StreamSettings, ensure_stream_config
+from .subscription import pull_loop
+from .wire import envelope_from_message
+
+if TYPE_CHECKING:
+    from .runtime import Runtime
+
+log = structlog.get_logger("memoir.consumer")
+
+
+class Context:
+    """What a consumer handler can do: send commands, attributed to the event being handled."""
+
+    def __init__(self, runtime: Runtime, envelope: Envelope) -> None:
+        self.runtime = runtime
+        self.envelope = envelope
+        self._sent: dict[tuple[str, str], int] = {}
+
+    async def send(
+        self, entity_type: str, entity_id: str, command: str, args: Mapping[str, Any] | msgspec.Struct | None = None
+    ) -> Reply:
+        env = self.envelope
+        n = self._sent[(entity_type, entity_id)] = self._sent.get((entity_type, entity_id), 0) + 1
+        command_id = env.key if n == 1 else f"{env.key}#{n}"
+        return await self.runtime.ask(
+            entity_type,
+            entity_id,
+            command,
+            args,
+            command_id=command_id,
+            correlation_id=env.correlation_id or env.key,
+            causation_id=env.key,
+        )
+
+
+class Consumer:
+    name: ClassVar[str]
+    sources: ClassVar[tuple[type[EventSourcedEntity[Any]], ...]]
+    max_attempts: ClassVar[int] = 5
+    backoff: ClassVar[float] = 0.2  # seconds before the first retry; doubles each time
+
+    def __init_subclass__(
+        cls, name: str | None = None, sources: Iterable[type[EventSourcedEntity[Any]]] = (), **kw: Any
+    ) -> None:
+        super().__init_subclass__(**kw)
+        cls.name = name or cls.__dict__.get("name") or cls.__name__.lower()
+        cls.sources = tuple(sources) or cls.__dict__.get("sources", ())
+
+    @classmethod
+    def table(cls) -> HandlerTable:
+        table = cls.__dict__.get("_table")
+        if table is None:
+            table = cls._table = HandlerTable(cls, "consumer", cls.name, cls.sources)  # type: ignore[attr-defined]
+        return table
+
+
+def dead_letter_subject(prefix: str, consumer: str) -> str:
+    return f"{prefix}.deadletter.{consumer}"
+
+
+async def ensure_dead_letter_stream(js: Any, prefix: str, settings: StreamSettings) -> None:
+    """Parked events are kept in `{PREFIX}_DEADLETTER`, so nothing is lost while nobody listens."""
+    name = f"{prefix.replace('.', '_')}_DEADLETTER".upper()
+    await ensure_stream_config(js, settings.config_for(name, [f"{prefix}.deadletter.>"]))
+
+
+class ConsumerRunner:
+    def __init__(self, consumer: type[Consumer], runtime: Runtime, js: Any, *, prefix: str) -> None:
+        self.consumer = consumer
+        self.instance = consumer()
+        self.table = consumer.table()
+        self.runtime = runtime
+        self.js = js
+        self.prefix = prefix
+        self.handled = 0
+        self.retried = 0
+        self.dead_lettered = 0
+
+    async def run(self) -> None:
+        async with anyio.create_task_group() as tg:
+            for entity_type in self.table.sources:
+                tg.start_soon(self._follow, entity_type)
+
+    async def _follow(self, entity_type: str) -> None:
+        await pull_loop(
+            self.js,
+            prefix=self.prefix,
+            entity_type=entity_type,
+            owner=self.consumer.name,
+            handle=self._handle_batch,
+            ack_policy=api.AckPolicy.EXPLICIT,
+            batch=100,
+            max_ack_pending=1000,
+        )
+
+    async def _handle_batch(self, msgs: list[Msg]) -> None:
+        for msg in msgs:
+            await self._handle(msg)
+
+    async def _handle(self, msg: Msg) -> None:
+        attempt = msg.metadata.num_delivered or 1
+        try:
+            env = envelope_from_message(msg.subject, msg.headers, msg.data)
+            found = self.table.decode(env)
+            if found is not None:
+                event, handler = found
+                await HandlerTable.call(handler, self.instance, Context(self.runtime, env), event, env)
+        except Exception as exc:  # noqa: BLE001 - a failing handler is retried, then parked; never fatal
+            if attempt < self.consumer.max_attempts:
+                self.retried += 1
+                delay = self.consumer.backoff * 2 ** (attempt - 1)
+                log.warning("consumer handler failed; will retry", consumer=self.consumer.name,
+                            subject=msg.subject, attempt=attempt, retry_in=delay, error=str(exc))
+                await msg.nak(delay=delay)
+                return
+            await self._dead_letter(msg, exc)
+            return
+        self.handled += 1
+        await msg.ack()
+
+    async def _dead_letter(self, msg: Msg, exc: Exception) -> None:
+        headers = dict(msg.headers or {})
+        headers.pop("Nats-Msg-Id", None)
+        reason = " ".join(f"{type(exc).__name__}: {exc}".split())  # one line: header values cannot break
+        headers["Memoir-Error"] = reason[:1000].encode("ascii", "replace").decode()
+        headers["Memoir-Original-Subject"] = msg.subject
+        await self.js.publish(dead_letter_subject(self.prefix, self.consumer.name), msg.data, headers=headers)
+        await msg.ack()
+        self.dead_lettered += 1
+        log.error("event parked on the dead-letter subject", consumer=self.consumer.name,
+                  subject=msg.subject, error=str(exc))

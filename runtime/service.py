@@ -1,0 +1,128 @@
+"""A service: the runtime plus everything that moves its events — publisher, views, consumers.
+
+```python
+async with EmbeddedNats() as nats_server, open_journal(url) as journal, \\
+        Service(app, journal, nats_url=nats_server.url) as svc:
+    await svc.runtime.ask("post", "p1", "publish", {"author": "ann", "text": "hi"})
+    await svc.view("posts_by_author").get("ann")
+```
+
+Start-up order: connect to NATS, create the streams, start the runtime, then
+the publisher, views and consumers. Shutdown runs it backwards: consumers stop
+sending, the publisher flushes what was appended, the runtime finishes its
+turns, the connection drains.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from types import TracebackType
+from typing import Any, Self
+
+import anyio
+import nats
+import structlog
+from nats.aio.client import Client as NATS
+
+from .app import App
+from .consumer import ConsumerRunner, ensure_dead_letter_stream
+from .journal import Journal
+from .publisher import Publisher, StreamSettings, ensure_stream
+from .runtime import Runtime
+from .view import ViewQuery, ViewRunner
+from .view_store import MemoryViewStore, ViewStore
+from .wire import check_prefix
+
+log = structlog.get_logger("memoir.service")
+
+
+class Service:
+    def __init__(
+        self,
+        app: App,
+        journal: Journal,
+        *,
+        nats_url: str | None = None,
+        nc: NATS | None = None,
+        prefix: str = "memoir",
+        view_store: ViewStore | None = None,
+        streams: StreamSettings | None = None,
+        publish: bool = True,
+        flush_timeout: float = 30.0,
+        **runtime_options: Any,
+    ) -> None:
+        if (nats_url is None) == (nc is None):
+            raise ValueError("give exactly one of nats_url and nc")
+        self.app = app
+        self.journal = journal
+        self.nats_url = nats_url
+        self.nc = nc
+        self.prefix = check_prefix(prefix)
+        self.view_store = view_store or MemoryViewStore()
+        self.streams = streams or StreamSettings()
+        self.publish = publish
+        self.flush_timeout = flush_timeout
+        self.runtime = Runtime(app, journal, **runtime_options)
+        self.publisher: Publisher | None = None
+        self.views: dict[str, ViewRunner] = {}
+        self.consumers: dict[str, ConsumerRunner] = {}
+        self._stack: contextlib.AsyncExitStack | None = None
+
+    def view(self, name: str) -> ViewQuery[Any]:
+        try:
+            return self.views[name].query
+        except KeyError:
+            raise KeyError(f"no view {name!r} (known: {sorted(self.views)})") from None
+
+    async def __aenter__(self) -> Self:
+        stack = contextlib.AsyncExitStack()
+        await stack.__aenter__()
+        try:
+            await self._start(stack)
+        except BaseException:
+            await stack.aclose()
+            raise
+        self._stack = stack
+        return self
+
+    async def _start(self, stack: contextlib.AsyncExitStack) -> None:
+        if self.nc is None:
+            self.nc = await nats.connect(self.nats_url, name=f"memoir-{self.app.name}", max_reconnect_attempts=-1)
+            stack.push_async_callback(self.nc.drain)
+        js = self.nc.jetstream()
+        types = sorted(self.runtime.models)
+        for t in types:
+            await ensure_stream(js, self.prefix, t, self.streams)
+        await ensure_dead_letter_stream(js, self.prefix, self.streams)
+        await stack.enter_async_context(self.runtime)
+
+        background = await stack.enter_async_context(anyio.create_task_group())
+        stack.callback(background.cancel_scope.cancel)
+        if self.publish:
+            self.publisher = Publisher(self.journal, self.nc, prefix=self.prefix, entity_types=types,
+                                       settings=self.streams)
+            background.start_soon(self.publisher.run)
+            stack.push_async_callback(self._flush)
+        for view in self.app.views:
+            runner = self.views[view.name] = ViewRunner(view, self.view_store, js, prefix=self.prefix)
+            background.start_soon(runner.run)
+        consumers = await stack.enter_async_context(anyio.create_task_group())
+        stack.callback(consumers.cancel_scope.cancel)  # first to stop: no new commands from consumers
+        for consumer in self.app.consumers:
+            runner = self.consumers[consumer.name] = ConsumerRunner(consumer, self.runtime, js, prefix=self.prefix)
+            consumers.start_soon(runner.run)
+
+    async def _flush(self) -> None:
+        assert self.publisher is not None
+        try:
+            await self.publisher.flush(self.flush_timeout)
+        except TimeoutError:
+            log.warning("publisher not flushed on shutdown; it resumes from its checkpoint next start",
+                        lag=await self.publisher.lag())
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        stack, self._stack = self._stack, None
+        if stack is not None:
+            await stack.__aexit__(et, e, tb)

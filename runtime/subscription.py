@@ -1,0 +1,94 @@
+"""A durable JetStream pull consumer on one entity type's stream, fetched in batches until cancelled.
+
+Views and consumers both read events this way; they differ only in what they do
+with a batch and how they acknowledge it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import anyio
+import structlog
+from nats.aio.msg import Msg
+from nats.errors import Error as NatsError
+from nats.errors import TimeoutError as NatsTimeoutError
+from nats.js import api
+from nats.js.errors import Error as JetStreamError
+from nats.js.errors import NotFoundError
+
+from .wire import events_filter, stream_name
+
+log = structlog.get_logger("memoir.subscription")
+
+Handle = Callable[[list[Msg]], Awaitable[None]]
+
+
+def consumer_name(owner: str, entity_type: str) -> str:
+    return f"{owner}__{entity_type}"
+
+
+async def delete_durable(js: Any, prefix: str, entity_type: str, owner: str) -> None:
+    """Forget a durable consumer's position (a view being rebuilt starts again at the stream's start)."""
+    try:
+        await js.delete_consumer(stream_name(prefix, entity_type), consumer_name(owner, entity_type))
+    except NotFoundError:
+        pass
+
+
+async def pull_loop(
+    js: Any,
+    *,
+    prefix: str,
+    entity_type: str,
+    owner: str,
+    handle: Handle,
+    ack_policy: api.AckPolicy = api.AckPolicy.ALL,
+    batch: int = 500,
+    max_ack_pending: int = 10_000,
+    ack_wait: float = 30.0,
+    fetch_timeout: float = 0.5,
+) -> None:
+    """Fetch and handle batches forever; connection trouble is logged and retried, never fatal."""
+    stream = stream_name(prefix, entity_type)
+    config = api.ConsumerConfig(
+        durable_name=consumer_name(owner, entity_type),
+        deliver_policy=api.DeliverPolicy.ALL,
+        ack_policy=ack_policy,
+        ack_wait=ack_wait,
+        max_ack_pending=max_ack_pending,
+        filter_subject=events_filter(prefix, entity_type),
+    )
+    backoff = 0.1
+    while True:
+        try:
+            psub = await js.pull_subscribe(
+                events_filter(prefix, entity_type), durable=config.durable_name, stream=stream, config=config
+            )
+            break
+        except (NatsError, JetStreamError) as exc:  # the stream may not exist yet: the publisher makes it
+            log.info("waiting for stream", stream=stream, owner=owner, error=str(exc))
+            await anyio.sleep(backoff)
+            backoff = min(backoff * 2, 2.0)
+    try:
+        backoff = 0.1
+        while True:
+            try:
+                msgs = await psub.fetch(batch, timeout=fetch_timeout)
+            except NatsTimeoutError:
+                continue
+            except (NatsError, JetStreamError) as exc:
+                log.warning("fetch failed", stream=stream, owner=owner, error=str(exc))
+                await anyio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+                continue
+            backoff = 0.1
+            if msgs:
+                await handle(msgs)
+    finally:
+        with anyio.CancelScope(shield=True):
+            try:
+                await psub.unsubscribe()
+            except (NatsError, JetStreamError):
+                pass

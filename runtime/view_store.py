@@ -1,0 +1,226 @@
+"""Where views keep their rows, with each view's checkpoints in the same transaction.
+
+A batch of events is applied inside one store transaction that also moves the
+view's checkpoint (the last stream sequence applied, per source stream). After
+a crash either both landed or neither did, so re-delivered events below the
+checkpoint are skipped and each event's effect lands exactly once.
+
+View handlers are pure row updates, so a whole batch runs inside the store's
+worker thread with synchronous row access: one thread hop per batch, not per
+row read.
+"""
+
+from __future__ import annotations
+
+import abc
+import contextlib
+import sqlite3
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from types import TracebackType
+from typing import Protocol, Self, TypeVar
+
+import anyio
+import anyio.to_thread
+
+from .errors import ConfigError, JournalError
+
+T = TypeVar("T")
+
+
+class RawRows(Protocol):
+    """Synchronous row access inside a store transaction (encoded rows)."""
+
+    def get(self, key: str) -> bytes | None: ...
+
+
+Work = Callable[[RawRows], tuple[Mapping[str, bytes | None], Mapping[str, int]]]
+"""Reads rows, returns (rows to write, None meaning delete; checkpoints to set)."""
+
+
+class ViewStore(abc.ABC):
+    async def __aenter__(self) -> Self:
+        await self.open()
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    async def open(self) -> None:  # noqa: B027 - optional hook
+        pass
+
+    async def close(self) -> None:  # noqa: B027 - optional hook
+        pass
+
+    @abc.abstractmethod
+    async def transact(self, view: str, work: Work) -> None:
+        """Run `work` with row access, then write its rows and checkpoints atomically."""
+
+    @abc.abstractmethod
+    async def checkpoints(self, view: str) -> dict[str, int]:
+        """The view's checkpoint per source stream."""
+
+    @abc.abstractmethod
+    async def get(self, view: str, key: str) -> bytes | None: ...
+
+    @abc.abstractmethod
+    async def scan(self, view: str, *, after: str = "", limit: int = 100) -> list[tuple[str, bytes]]:
+        """Rows in key order after `after`."""
+
+    @abc.abstractmethod
+    async def reset(self, view: str) -> None:
+        """Drop the view's rows and checkpoints (before a rebuild)."""
+
+
+class MemoryViewStore(ViewStore):
+    def __init__(self) -> None:
+        self.rows: dict[str, dict[str, bytes]] = {}
+        self._checkpoints: dict[str, dict[str, int]] = {}
+
+    async def transact(self, view: str, work: Work) -> None:
+        rows = self.rows.setdefault(view, {})
+        writes, checkpoints = work(rows)
+        for key, value in writes.items():
+            if value is None:
+                rows.pop(key, None)
+            else:
+                rows[key] = value
+        self._checkpoints.setdefault(view, {}).update(checkpoints)
+
+    async def checkpoints(self, view: str) -> dict[str, int]:
+        return dict(self._checkpoints.get(view, {}))
+
+    async def get(self, view: str, key: str) -> bytes | None:
+        return self.rows.get(view, {}).get(key)
+
+    async def scan(self, view: str, *, after: str = "", limit: int = 100) -> list[tuple[str, bytes]]:
+        rows = self.rows.get(view, {})
+        return [(k, rows[k]) for k in sorted(k for k in rows if k > after)][:limit]
+
+    async def reset(self, view: str) -> None:
+        self.rows.pop(view, None)
+        self._checkpoints.pop(view, None)
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS view_rows (
+    view TEXT NOT NULL, key TEXT NOT NULL, row BLOB NOT NULL, PRIMARY KEY (view, key)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS view_checkpoints (
+    view TEXT NOT NULL, stream TEXT NOT NULL, seq INTEGER NOT NULL, PRIMARY KEY (view, stream)
+) WITHOUT ROWID;
+"""
+
+
+class _SqliteRows:
+    def __init__(self, conn: sqlite3.Connection, view: str) -> None:
+        self.conn = conn
+        self.view = view
+
+    def get(self, key: str) -> bytes | None:
+        row = self.conn.execute("SELECT row FROM view_rows WHERE view=? AND key=?", (self.view, key)).fetchone()
+        return None if row is None else bytes(row[0])
+
+
+class SqliteViewStore(ViewStore):
+    """`sqlite:///views.db`: rows and checkpoints in one SQLite file (may be the journal's own file)."""
+
+    def __init__(self, path: str | Path, *, synchronous: str = "FULL") -> None:
+        self.path = str(path)
+        self.synchronous = synchronous
+        self._conn: sqlite3.Connection | None = None
+        self._limiter = anyio.CapacityLimiter(1)
+
+    def _open(self) -> None:
+        if self.path != ":memory:":
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute(f"PRAGMA synchronous={self.synchronous}")
+        conn.executescript(_SCHEMA)
+        self._conn = conn
+
+    async def open(self) -> None:
+        try:
+            await anyio.to_thread.run_sync(self._open)
+        except sqlite3.Error as exc:
+            raise ConfigError(f"cannot open view store {self.path!r}: {exc}") from exc
+
+    async def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            await anyio.to_thread.run_sync(conn.close, limiter=self._limiter)
+
+    async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        conn = self._conn
+        if conn is None:
+            raise JournalError("the view store is not open")
+        try:
+            return await anyio.to_thread.run_sync(fn, conn, limiter=self._limiter)
+        except sqlite3.Error as exc:
+            raise JournalError(f"view store {self.path!r}: {exc}") from exc
+
+    async def transact(self, view: str, work: Work) -> None:
+        def run(conn: sqlite3.Connection) -> None:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                writes, checkpoints = work(_SqliteRows(conn, view))
+                puts = [(view, k, v) for k, v in writes.items() if v is not None]
+                dels = [(view, k) for k, v in writes.items() if v is None]
+                if puts:
+                    conn.executemany("INSERT OR REPLACE INTO view_rows VALUES (?,?,?)", puts)
+                if dels:
+                    conn.executemany("DELETE FROM view_rows WHERE view=? AND key=?", dels)
+                conn.executemany(
+                    "INSERT OR REPLACE INTO view_checkpoints VALUES (?,?,?)",
+                    [(view, s, seq) for s, seq in checkpoints.items()],
+                )
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+
+        await self._run(run)
+
+    async def checkpoints(self, view: str) -> dict[str, int]:
+        rows = await self._run(
+            lambda c: c.execute("SELECT stream, seq FROM view_checkpoints WHERE view=?", (view,)).fetchall()
+        )
+        return dict(rows)
+
+    async def get(self, view: str, key: str) -> bytes | None:
+        return await self._run(lambda c: _SqliteRows(c, view).get(key))
+
+    async def scan(self, view: str, *, after: str = "", limit: int = 100) -> list[tuple[str, bytes]]:
+        rows = await self._run(
+            lambda c: c.execute(
+                "SELECT key, row FROM view_rows WHERE view=? AND key>? ORDER BY key LIMIT ?", (view, after, limit)
+            ).fetchall()
+        )
+        return [(k, bytes(v)) for k, v in rows]
+
+    async def reset(self, view: str) -> None:
+        def run(conn: sqlite3.Connection) -> None:
+            with contextlib.closing(conn.cursor()) as cur:
+                cur.execute("BEGIN IMMEDIATE")
+                cur.execute("DELETE FROM view_rows WHERE view=?", (view,))
+                cur.execute("DELETE FROM view_checkpoints WHERE view=?", (view,))
+                cur.execute("COMMIT")
+
+        await self._run(run)
+
+
+def open_view_store(url: str) -> ViewStore:
+    if url.startswith("memory:"):
+        return MemoryViewStore()
+    if url.startswith("sqlite:"):
+        from .journal.sqlite import parse_sqlite_url
+
+        path, opts = parse_sqlite_url(url)
+        return SqliteViewStore(path, synchronous=opts.get("synchronous", "FULL"))
+    raise ConfigError(f"unknown view store URL {url!r}: expected memory:// or sqlite:///path.db")
+
+
+__all__ = ["MemoryViewStore", "RawRows", "SqliteViewStore", "ViewStore", "open_view_store"]
