@@ -13,7 +13,8 @@ suffixed `#2`, `#3` … for a second command to the same entity), so the target
 entity persists it once however often the event is redelivered.
 
 A handler that raises is retried with backoff (the message is nak'ed with a
-delay, and the ones behind it go on). After `max_attempts` it is parked on
+delay, and the ones behind it go on). Events of one source entity are handled
+in order, different entities concurrently. After `max_attempts` it is parked on
 `{prefix}.deadletter.{consumer}` with the error in `Memoir-Error` and acked,
 so one poisonous event never stalls the stream. Per-entity order holds except
 across such retries.
@@ -130,6 +131,15 @@ class ConsumerRunner:
         )
 
     async def _handle_batch(self, msgs: list[Msg]) -> None:
+        """Events of one source entity in order; different entities concurrently."""
+        by_entity: dict[str, list[Msg]] = {}
+        for msg in msgs:
+            by_entity.setdefault(msg.subject, []).append(msg)
+        async with anyio.create_task_group() as tg:
+            for group in by_entity.values():
+                tg.start_soon(self._handle_in_order, group)
+
+    async def _handle_in_order(self, msgs: list[Msg]) -> None:
         for msg in msgs:
             await self._handle(msg)
 

@@ -1,7 +1,9 @@
 """A durable JetStream pull consumer on one entity type's stream, fetched in batches until cancelled.
 
 Views and consumers both read events this way; they differ only in what they do
-with a batch and how they acknowledge it.
+with a batch and how they acknowledge it. A batch interrupted by a shutdown is
+nak'ed so it is redelivered at once; one held by a process that died comes
+back after `ack_wait` (10 s).
 """
 
 from __future__ import annotations
@@ -13,7 +15,6 @@ import anyio
 import structlog
 from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
-from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import api
 from nats.js.errors import Error as JetStreamError
 from nats.js.errors import NotFoundError
@@ -23,6 +24,15 @@ from .wire import events_filter, stream_name
 log = structlog.get_logger("memoir.subscription")
 
 Handle = Callable[[list[Msg]], Awaitable[None]]
+
+
+async def _nak_unacked(msgs: list[Msg]) -> None:
+    for msg in msgs:
+        if not msg.is_acked:
+            try:
+                await msg.nak()
+            except (NatsError, JetStreamError):
+                return  # the connection is gone; the server redelivers after ack_wait
 
 
 def consumer_name(owner: str, entity_type: str) -> str:
@@ -47,7 +57,7 @@ async def pull_loop(
     ack_policy: api.AckPolicy = api.AckPolicy.ALL,
     batch: int = 500,
     max_ack_pending: int = 10_000,
-    ack_wait: float = 30.0,
+    ack_wait: float = 10.0,
     fetch_timeout: float = 0.5,
 ) -> None:
     """Fetch and handle batches forever; connection trouble is logged and retried, never fatal."""
@@ -76,7 +86,7 @@ async def pull_loop(
         while True:
             try:
                 msgs = await psub.fetch(batch, timeout=fetch_timeout)
-            except NatsTimeoutError:
+            except TimeoutError:  # nothing new (nats-py raises its own and asyncio's, both subclass this)
                 continue
             except (NatsError, JetStreamError) as exc:
                 log.warning("fetch failed", stream=stream, owner=owner, error=str(exc))
@@ -85,7 +95,14 @@ async def pull_loop(
                 continue
             backoff = 0.1
             if msgs:
-                await handle(msgs)
+                try:
+                    await handle(msgs)
+                except BaseException:
+                    # Stopping (or failing) mid-batch: hand back what was not acknowledged now,
+                    # rather than leaving it to wait out ack_wait on the server.
+                    with anyio.CancelScope(shield=True):
+                        await _nak_unacked(msgs)
+                    raise
     finally:
         with anyio.CancelScope(shield=True):
             try:

@@ -1,0 +1,146 @@
+"""The outbox publisher, checked by an independent plain nats-py reader against the journal."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import anyio
+import msgspec
+import nats
+import pytest
+
+from entities import InventoryItem
+from runtime import App, Runtime, SqliteJournal
+from runtime.nats_server import EmbeddedNats
+from runtime.publisher import CHECKPOINT, Publisher
+from runtime.service import Service
+from runtime.wire import stream_name, token
+
+from .helpers import eventually, journal_events, stream_messages
+
+app = App("test", entities=[InventoryItem])
+ODD_IDS = ["XYZ-1", "with.dots.in.it", "with spaces", "ünïcødé-ß", "a*b>c", "100%"]
+
+
+async def _send_some(rt: Runtime, ids: list[str], per_id: int = 3) -> None:
+    for entity_id in ids:
+        await rt.ask("inventory", entity_id, "open", {"units": 10}, command_id=f"open-{entity_id}",
+                     correlation_id="corr-1")
+        for i in range(per_id):
+            await rt.ask("inventory", entity_id, "receive", {"units": i + 1, "on": "2022-03-01"})
+
+
+async def test_embedded_server_starts_serves_and_stops(tmp_path: Path) -> None:
+    server = EmbeddedNats(tmp_path / "n")
+    async with server:
+        client = await nats.connect(server.url)
+        js = client.jetstream()
+        await js.add_stream(name="T", subjects=["t.>"])
+        ack = await js.publish("t.one", b"x")
+        assert ack.seq == 1
+        await client.close()
+    with pytest.raises(OSError):
+        await anyio.connect_tcp("127.0.0.1", server.port)
+
+
+async def test_independent_subscriber_sees_exactly_the_journal(tmp_path: Path, nats_server: EmbeddedNats) -> None:
+    async with SqliteJournal(tmp_path / "j.db") as journal:
+        async with Service(app, journal, nats_url=nats_server.url) as svc:
+            await _send_some(svc.runtime, ODD_IDS)
+            assert svc.publisher is not None
+            await svc.publisher.flush()
+        stored = await journal_events(journal)
+
+    client = await nats.connect(nats_server.url)
+    msgs = await stream_messages(client.jetstream(), stream_name("memoir", "inventory"))
+    await client.close()
+
+    assert len(msgs) == len(stored) == len(ODD_IDS) * 4
+    for msg, env in zip(msgs, stored, strict=True):  # one stream: the journal's order
+        assert msg.subject == f"memoir.events.inventory.{token(env.entity_id)}"
+        assert msg.subject.count(".") == 3, "an id is exactly one subject token"
+        h = msg.headers
+        assert h["Nats-Msg-Id"] == f"inventory/{token(env.entity_id)}/{env.seq}"
+        assert h["Memoir-Seq"] == str(env.seq)
+        assert h["Memoir-Position"] == str(env.position)
+        assert h["Memoir-Event"] == env.name
+        assert h["Memoir-Event-Version"] == str(env.version)
+        assert h["Memoir-Recorded-At"] == str(env.recorded_at)
+        assert h.get("Memoir-Command-Id") == (token(env.command_id) if env.command_id else None)
+        assert h.get("Memoir-Correlation-Id") == (token(env.correlation_id) if env.correlation_id else None)
+        assert msgspec.json.decode(msg.data) == msgspec.json.decode(env.payload)
+
+
+async def test_republishing_after_a_lost_checkpoint_adds_no_duplicates(
+    tmp_path: Path, nats_server: EmbeddedNats
+) -> None:
+    async with SqliteJournal(tmp_path / "j.db") as journal:
+        async with Service(app, journal, nats_url=nats_server.url) as svc:
+            await _send_some(svc.runtime, ODD_IDS[:3], per_id=10)
+        total = len(await journal_events(journal))
+        # A crash between publishing and saving the checkpoint: the publisher starts from 0 again.
+        await journal.save_checkpoint(CHECKPOINT, 0)
+        client = await nats.connect(nats_server.url)
+        publisher = Publisher(journal, client, entity_types=["inventory"])
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(publisher.run)
+            await publisher.flush()
+            tg.cancel_scope.cancel()
+        msgs = await stream_messages(client.jetstream(), stream_name("memoir", "inventory"))
+        await client.close()
+    assert len(msgs) == total
+    assert publisher.checkpoint == total
+    assert publisher.published == 0, "everything was already in the stream"
+
+
+async def test_stream_holds_every_event_once_after_nats_restarts_under_load(tmp_path: Path) -> None:
+    server = EmbeddedNats(tmp_path / "n")
+    await server.start()
+    try:
+        async with SqliteJournal(tmp_path / "j.db") as journal:
+            async with Service(app, journal, nats_url=server.url, flush_timeout=60) as svc:
+                async def load(k: int) -> None:
+                    for i in range(150):
+                        await svc.runtime.ask("inventory", f"sku-{k}", "receive", {"units": 1, "on": "2022-03-01"},
+                                              command_id=f"{k}-{i}")
+                        await anyio.sleep(0)
+
+                async with anyio.create_task_group() as tg:
+                    for k in range(8):
+                        tg.start_soon(load, k)
+                    await anyio.sleep(0.05)
+                    await server.stop(kill=True)  # the server dies while events are being published
+                    await anyio.sleep(0.3)
+                    await server.start()  # same port, same data directory
+            stored = await journal_events(journal)
+        client = await nats.connect(server.url)
+        msgs = await stream_messages(client.jetstream(), stream_name("memoir", "inventory"))
+        await client.close()
+    finally:
+        await server.stop()
+
+    assert len(stored) == 8 * 150
+    assert sorted(m.headers["Nats-Msg-Id"] for m in msgs) == sorted(
+        f"inventory/{e.entity_id}/{e.seq}" for e in stored
+    ), "every journal event is in the stream exactly once"
+    per_entity: dict[str, list[int]] = {}
+    for m in msgs:
+        per_entity.setdefault(m.subject, []).append(int(m.headers["Memoir-Seq"]))
+    for seqs in per_entity.values():
+        assert seqs == list(range(1, len(seqs) + 1)), "per-entity order"
+
+
+async def test_service_flushes_the_publisher_on_shutdown(tmp_path: Path, nats_server: EmbeddedNats) -> None:
+    async with SqliteJournal(tmp_path / "j.db") as journal:
+        async with Service(app, journal, nats_url=nats_server.url) as svc:
+            await _send_some(svc.runtime, ["a", "b"], per_id=50)
+        # No explicit flush: leaving the service must have published everything.
+        assert await journal.load_checkpoint(CHECKPOINT) == await journal.last_position()
+    await eventually(lambda: _count(nats_server, 102), what="102 messages in the stream")
+
+
+async def _count(server: EmbeddedNats, expected: int) -> bool:
+    client = await nats.connect(server.url)
+    info = await client.jetstream().stream_info(stream_name("memoir", "inventory"))
+    await client.close()
+    return bool(info.state.messages == expected)
