@@ -7,7 +7,8 @@ a bad argument) are one clear line on stderr and exit code 2, never a traceback.
 from __future__ import annotations
 
 import argparse
-import os
+import datetime as dt
+import json
 import sys
 from collections.abc import Sequence
 from datetime import date
@@ -17,23 +18,35 @@ from typing import Any
 import anyio
 import msgspec
 
-from .errors import CommandError, MemoirError
+from .client import Client
 from .entity import model_of
-from .history import history
+from .errors import CommandError, ConfigError, MemoirError
+from .history import history, state_at
 from .journal import open_journal
 from .runtime import Runtime
+from .server import Settings, load_app, nats_url_file, serve
 
-DEFAULT_DATA_DIR = ".memoir"
-
-
-def data_dir(args: argparse.Namespace) -> Path:
-    return Path(args.data_dir or os.environ.get("MEMOIR_DATA_DIR") or DEFAULT_DATA_DIR)
+def settings(args: argparse.Namespace) -> Settings:
+    """Flags over MEMOIR_* environment variables over defaults, as `memoir run` reads them."""
+    names = [f.name for f in msgspec.structs.fields(Settings)]
+    return Settings.from_env(**{n: getattr(args, n, None) for n in names})
 
 
 def journal_url(args: argparse.Namespace) -> str:
-    """The journal URL: --journal, else MEMOIR_JOURNAL_URL, else SQLite in the data directory."""
-    url = args.journal or os.environ.get("MEMOIR_JOURNAL_URL")
-    return url or f"sqlite:///{data_dir(args) / 'journal.db'}"
+    return settings(args).journal()
+
+
+def nats_url(args: argparse.Namespace) -> str:
+    """--nats-url, MEMOIR_NATS_URL, or the embedded server a `memoir run` in this data dir started."""
+    s = settings(args)
+    if s.nats_url:
+        return s.nats_url
+    try:
+        return nats_url_file(s.data).read_text().strip()
+    except OSError:
+        raise MemoirError(
+            f"no NATS URL: give --nats-url, or start `memoir run` with data dir {s.data} first"
+        ) from None
 
 
 # -- memoir demo -------------------------------------------------------------------------------
@@ -98,15 +111,225 @@ async def demo(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- memoir run / send / query / replay: over NATS ------------------------------------------------
+
+
+async def run(args: argparse.Namespace) -> int:
+    if args.app_spec:
+        args.app = args.app_spec
+    await serve(settings(args))
+    return 0
+
+
+def _print(args: argparse.Namespace, value: Any, human: str) -> None:
+    print(msgspec.json.encode(value).decode() if args.json else human)
+
+
+async def send(args: argparse.Namespace) -> int:
+    try:
+        payload = json.loads(args.args) if args.args else {}
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"ARGS is not JSON: {exc}") from None
+    if not isinstance(payload, dict):
+        raise ConfigError("ARGS must be a JSON object of the command's arguments")
+    async with Client(nats_url(args), prefix=settings(args).prefix) as client:
+        try:
+            reply = await client.send(
+                args.type, args.id, args.cmd, payload, command_id=args.command_id, timeout=args.timeout
+            )
+        except CommandError as exc:
+            _print(args, {"ok": False, "error": {"code": exc.code, "message": exc.message, "details": exc.details}},
+                   f"{exc.code}: {exc.message}")
+            return 1
+    again = " (repeat of an earlier command id: nothing stored)" if reply.duplicate else ""
+    _print(args, {"ok": True, "result": reply.result, "seq": reply.seq, "duplicate": reply.duplicate},
+           f"{msgspec.json.encode(reply.result).decode()} (seq {reply.seq}){again}")
+    return 0
+
+
+async def _request(args: argparse.Namespace, subject: str, payload: dict[str, Any]) -> Any:
+    import nats
+
+    from nats.errors import NoRespondersError
+    from nats.errors import TimeoutError as NatsTimeout
+
+    url = nats_url(args)
+    try:
+        nc = await nats.connect(url, allow_reconnect=False, connect_timeout=5)
+    except Exception as exc:  # noqa: BLE001 - nats-py raises several types here
+        raise MemoirError(f"cannot connect to NATS at {url}: {exc}") from exc
+    try:
+        msg = await nc.request(subject, msgspec.json.encode(payload), timeout=args.timeout)
+    except (NoRespondersError, NatsTimeout):
+        raise MemoirError(f"no Memoir runtime answered on {subject} at {url}") from None
+    finally:
+        await nc.close()
+    answer = msgspec.json.decode(msg.data)
+    if not answer.get("ok"):
+        err = answer.get("error", {})
+        raise MemoirError(f"{err.get('code')}: {err.get('message')}")
+    return answer.get("result")
+
+
+async def query(args: argparse.Namespace) -> int:
+    prefix = settings(args).prefix
+    if args.key is not None:
+        row = await _request(args, f"{prefix}.view.{args.view}.get", {"key": args.key})
+        _print(args, row, json.dumps(row, ensure_ascii=False, indent=2) if row is not None else "(no row)")
+        return 0 if row is not None else 1
+    rows = await _request(args, f"{prefix}.view.{args.view}.scan", {"after": args.after, "limit": args.limit})
+    if args.json:
+        print(msgspec.json.encode(rows).decode())
+    else:
+        for key, row in rows:
+            print(f"{key}\t{json.dumps(row, ensure_ascii=False)}")
+    return 0
+
+
+async def replay(args: argparse.Namespace) -> int:
+    await _request(args, f"{settings(args).prefix}.admin.replay", {"view": args.view})
+    _print(args, {"ok": True}, f"view {args.view} is being rebuilt from the start of its streams")
+    return 0
+
+
+# -- memoir events / state / export: straight from the journal -----------------------------------
+
+
+def _event_dict(env: Any) -> dict[str, Any]:
+    return {
+        "entity_type": env.entity_type,
+        "entity_id": env.entity_id,
+        "seq": env.seq,
+        "position": env.position,
+        "event": env.name,
+        "version": env.version,
+        "recorded_at": env.recorded.isoformat(),
+        "command_id": env.command_id,
+        "correlation_id": env.correlation_id,
+        "causation_id": env.causation_id,
+        "payload": msgspec.json.decode(env.payload),
+    }
+
+
+async def events(args: argparse.Namespace) -> int:
+    async with open_journal(journal_url(args)) as journal:
+        found = 0
+        from_seq = 1
+        while page := await journal.read(args.type, args.id, from_seq=from_seq, limit=1000):
+            for env in page:
+                found += 1
+                d = _event_dict(env)
+                _print(args, d, f"{env.seq:>5}  {d['recorded_at']}  {env.name:<16} {env.payload.decode()}")
+            from_seq = page[-1].seq + 1
+        if not found:
+            deleted = await journal.is_deleted(args.type, args.id)
+            print(f"{args.type}/{args.id} {'was deleted' if deleted else 'has no events'}", file=sys.stderr)
+            return 1
+    return 0
+
+
+async def state(args: argparse.Namespace) -> int:
+    app = load_app(settings(args).app)
+    model = model_of(app.entity(args.type))
+    at = None
+    if args.at:
+        try:
+            at = dt.datetime.fromisoformat(args.at.replace("Z", "+00:00"))
+        except ValueError:
+            raise ConfigError(f"--at {args.at!r} is not an ISO 8601 time (e.g. 2026-11-22T10:00:00Z)") from None
+        if at.tzinfo is None:
+            raise ConfigError(f"--at {args.at!r} has no timezone; add Z or +hh:mm")
+    async with open_journal(journal_url(args)) as journal:
+        value, seq = await state_at(journal, model, args.id, seq=args.seq, at=at)
+    _print(args, {"seq": seq, "state": value}, f"after seq {seq}: {msgspec.json.encode(value).decode()}")
+    return 0
+
+
+async def export(args: argparse.Namespace) -> int:
+    out = open(args.out, "w", encoding="utf-8") if args.out else sys.stdout  # noqa: SIM115
+    count = 0
+    try:
+        async with open_journal(journal_url(args)) as journal:
+            position = args.from_position
+            while page := await journal.read_all(position, limit=1000):
+                for env in page:
+                    out.write(msgspec.json.encode(_event_dict(env)).decode() + "\n")
+                    count += 1
+                position = page[-1].position + 1
+    finally:
+        if args.out:
+            out.close()
+    print(f"exported {count} events", file=sys.stderr)
+    return 0
+
+
 # -- entry point ---------------------------------------------------------------------------------
 
 
 def parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    g = common.add_argument_group("where (each also a MEMOIR_* environment variable)")
+    g.add_argument("--data-dir", help="data directory (default .memoir)")
+    g.add_argument("--journal", dest="journal_url", help="journal URL (default sqlite in the data dir)")
+    g.add_argument("--nats-url", help="NATS URL (default: the embedded server `memoir run` started)")
+    g.add_argument("--prefix", help="subject prefix (default memoir)")
+    g.add_argument("--app", help="the app as module:attribute (default entities:app)")
+    g.add_argument("--json", action="store_true", help="machine-readable output")
+    g.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for a reply")
+
     p = argparse.ArgumentParser(prog="memoir", description="Event-sourced entities as async actors.")
-    p.add_argument("--journal", help="journal URL (env MEMOIR_JOURNAL_URL; default sqlite in the data dir)")
-    p.add_argument("--data-dir", help=f"data directory (env MEMOIR_DATA_DIR; default {DEFAULT_DATA_DIR})")
     sub = p.add_subparsers(dest="command", required=True)
-    d = sub.add_parser("demo", help="run the seed's inventory scenario and print its history")
+
+    r = sub.add_parser("run", parents=[common], help="start the runtime as a process")
+    r.add_argument("app_spec", nargs="?", metavar="app", help="module:attribute of the App (default entities:app)")
+    r.add_argument("--view-store", dest="view_store_url", help="view store URL (default sqlite in the data dir)")
+    r.add_argument("--log-format", choices=["auto", "console", "json"])
+    r.add_argument("--log-level")
+    r.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port (0: any free port)")
+    r.add_argument("--mailbox-size", type=int)
+    r.add_argument("--max-live-actors", type=int)
+    r.add_argument("--passivate-after", type=float, help="seconds an idle actor stays in memory")
+    r.add_argument("--workers", type=int, help="NATS requests served at once")
+    r.set_defaults(fn=run)
+
+    s = sub.add_parser("send", parents=[common], help="send a command: TYPE ID COMMAND [JSON]")
+    s.add_argument("type")
+    s.add_argument("id")
+    s.add_argument("cmd", metavar="command")
+    s.add_argument("args", nargs="?", help="the arguments as a JSON object")
+    s.add_argument("--command-id", help="idempotency key: a repeat gets the first reply")
+    s.set_defaults(fn=send)
+
+    e = sub.add_parser("events", parents=[common], help="an entity's history")
+    e.add_argument("type")
+    e.add_argument("id")
+    e.set_defaults(fn=events)
+
+    st = sub.add_parser("state", parents=[common], help="an entity's state now, after event N, or at a time")
+    st.add_argument("type")
+    st.add_argument("id")
+    when = st.add_mutually_exclusive_group()
+    when.add_argument("--seq", type=int, help="the state right after this event")
+    when.add_argument("--at", help="the state as of this recorded time (ISO 8601 with timezone)")
+    st.set_defaults(fn=state)
+
+    rp = sub.add_parser("replay", parents=[common], help="rebuild a view from history (runtime must be running)")
+    rp.add_argument("view")
+    rp.set_defaults(fn=replay)
+
+    q = sub.add_parser("query", parents=[common], help="read a view: one row by KEY, or rows in key order")
+    q.add_argument("view")
+    q.add_argument("key", nargs="?")
+    q.add_argument("--after", default="", help="scan: start after this key")
+    q.add_argument("--limit", type=int, default=100)
+    q.set_defaults(fn=query)
+
+    x = sub.add_parser("export", parents=[common], help="the journal as JSON Lines, from a position")
+    x.add_argument("--from", dest="from_position", type=int, default=1)
+    x.add_argument("--out", help="file to write (default stdout)")
+    x.set_defaults(fn=export)
+
+    d = sub.add_parser("demo", parents=[common], help="run the seed's inventory scenario and print its history")
     d.add_argument("--sku", default="XYZ-1", help="the item's id (default XYZ-1)")
     d.set_defaults(fn=demo)
     return p

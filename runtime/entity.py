@@ -112,6 +112,16 @@ def _hints(fn: Callable[..., Any], owner: type) -> dict[str, Any]:
         raise ConfigError(f"{owner.__name__}.{fn.__name__}: cannot resolve type hints: {exc}") from exc
 
 
+def _describe(exc: Exception, payload: object) -> str:
+    """msgspec's message, except that bytes which are not UTF-8 are called that, not 'malformed JSON'."""
+    if isinstance(payload, (bytes, bytearray, memoryview)):
+        try:
+            bytes(payload).decode("utf-8")
+        except UnicodeDecodeError as bad:
+            return f"payload is not valid UTF-8 (byte {bad.start})"
+    return str(exc)
+
+
 class EntityModel:
     """An entity class compiled for the runtime: command table, event table, codecs."""
 
@@ -197,9 +207,9 @@ class EntityModel:
             if not isinstance(args, Mapping):
                 raise msgspec.ValidationError(f"Expected `object`, got `{type(args).__name__}`")
             return msgspec.convert(args, spec.args_type, strict=False)
-        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        except (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError) as exc:
             raise CommandError(
-                ErrorCode.INVALID, f"{self.type_name}.{spec.name}: {exc}", {"command": spec.name}
+                ErrorCode.INVALID, f"{self.type_name}.{spec.name}: {_describe(exc, args)}", {"command": spec.name}
             ) from None
 
     def decide(self, entity: EventSourcedEntity[Any], state: Any, spec: CommandSpec, args: Any) -> Any:

@@ -80,3 +80,48 @@ class EventDecodeError(JournalError):
 
 class ConfigError(MemoirError):
     """A configuration value (URL, option, entity class) is wrong; the message names it."""
+
+
+# Typed command errors, one per wire code, so callers can `except Rejected:`.
+class Invalid(CommandError):
+    pass
+
+
+class Rejected(CommandError):
+    pass
+
+
+class UnknownCommand(CommandError):
+    pass
+
+
+class UnknownEntityType(CommandError):
+    pass
+
+
+class Conflict(CommandError):
+    pass
+
+
+class Overloaded(CommandError):
+    pass
+
+
+class InternalError(CommandError):
+    pass
+
+
+_TYPED: dict[str, type[CommandError]] = {
+    ErrorCode.INVALID: Invalid,
+    ErrorCode.REJECTED: Rejected,
+    ErrorCode.UNKNOWN_COMMAND: UnknownCommand,
+    ErrorCode.UNKNOWN_ENTITY_TYPE: UnknownEntityType,
+    ErrorCode.CONFLICT: Conflict,
+    ErrorCode.OVERLOADED: Overloaded,
+    ErrorCode.INTERNAL: InternalError,
+}
+
+
+def command_error(code: str, message: str, details: Any = None) -> CommandError:
+    """The typed CommandError for a wire code (a plain CommandError for codes this version does not know)."""
+    return _TYPED.get(code, CommandError)(code, message, details)

@@ -20,6 +20,7 @@ from types import TracebackType
 from typing import Any, Self
 
 import anyio
+import anyio.abc
 import nats
 import structlog
 from nats.aio.client import Client as NATS
@@ -67,6 +68,9 @@ class Service:
         self.views: dict[str, ViewRunner] = {}
         self.consumers: dict[str, ConsumerRunner] = {}
         self._stack: contextlib.AsyncExitStack | None = None
+        self._background: anyio.abc.TaskGroup
+        self._view_scopes: dict[str, anyio.CancelScope] = {}
+        self._view_stopped: dict[str, anyio.Event] = {}
 
     def view(self, name: str) -> ViewQuery[Any]:
         try:
@@ -103,14 +107,34 @@ class Service:
                                        settings=self.streams)
             background.start_soon(self.publisher.run)
             stack.push_async_callback(self._flush)
+        self._background = background
         for view in self.app.views:
             runner = self.views[view.name] = ViewRunner(view, self.view_store, js, prefix=self.prefix)
-            background.start_soon(runner.run)
+            background.start_soon(self._run_view, runner)
         consumers = await stack.enter_async_context(anyio.create_task_group())
         stack.callback(consumers.cancel_scope.cancel)  # first to stop: no new commands from consumers
         for consumer in self.app.consumers:
             runner = self.consumers[consumer.name] = ConsumerRunner(consumer, self.runtime, js, prefix=self.prefix)
             consumers.start_soon(runner.run)
+
+    async def _run_view(self, runner: ViewRunner) -> None:
+        stopped = self._view_stopped[runner.view.name] = anyio.Event()
+        scope = self._view_scopes[runner.view.name] = anyio.CancelScope()
+        try:
+            with scope:
+                await runner.run()
+        finally:
+            stopped.set()
+
+    async def replay(self, name: str) -> None:
+        """Rebuild a view from the start of its streams while the service keeps running."""
+        runner = self.views.get(name)
+        if runner is None:
+            raise KeyError(f"no view {name!r} (known: {sorted(self.views)})")
+        self._view_scopes[name].cancel()
+        await self._view_stopped[name].wait()
+        await runner.rebuild()
+        self._background.start_soon(self._run_view, runner)
 
     async def _flush(self) -> None:
         assert self.publisher is not None

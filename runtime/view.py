@@ -199,6 +199,10 @@ class ViewRunner:
         self.applied += len(work)
         self.last_recorded_at = max(self.last_recorded_at, newest)
 
+    def checkpoint(self, stream: str) -> int:
+        """The last stream sequence this view applied from `stream`."""
+        return self._checkpoints.get(stream, 0)
+
     async def rebuild(self) -> None:
         """Forget everything: rows, checkpoints and the durable consumers. Run again to replay history."""
         await self.store.reset(self.view.name)

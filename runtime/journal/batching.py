@@ -36,6 +36,7 @@ class Batcher(Generic[Req, Res]):
         self._closed = False
         self.batches = 0  # counters for metrics and benchmarks
         self.requests = 0
+        self.sizes = [0] * 16  # batches by size: bucket i holds sizes up to 2**i
 
     async def submit(self, request: Req) -> Res:
         if self._closed:
@@ -64,6 +65,7 @@ class Batcher(Generic[Req, Res]):
     async def _flush_batch(self, batch: list[tuple[Req, asyncio.Future[Res]]]) -> None:
         self.batches += 1
         self.requests += len(batch)
+        self.sizes[min((len(batch) - 1).bit_length(), 15)] += 1
         try:
             results = await self._flush([req for req, _ in batch])
         except BaseException as exc:  # noqa: BLE001 - every waiter must hear of it

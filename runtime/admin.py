@@ -1,0 +1,118 @@
+"""View queries and administration over NATS request/reply.
+
+- `{prefix}.view.{name}.get` with `{"key": "…"}` → `{"ok": true, "result": row or null}`
+- `{prefix}.view.{name}.scan` with `{"after": "", "limit": 100}` → `{"ok": true, "result": [[key, row], …]}`
+- `{prefix}.admin.replay` with `{"view": "…"}` → rebuild that view from history; `{"ok": true}`
+
+Errors use the command protocol's envelope and codes (`invalid` for a bad payload,
+`unknown_view` for a view this service does not host).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import anyio
+import msgspec
+import structlog
+from nats.aio.msg import Msg
+from nats.errors import Error as NatsError
+
+from .service import Service
+
+log = structlog.get_logger("memoir.admin")
+
+
+class GetArgs(msgspec.Struct, forbid_unknown_fields=True):
+    key: str
+
+
+class ScanArgs(msgspec.Struct, forbid_unknown_fields=True):
+    after: str = ""
+    limit: int = 100
+
+
+class ReplayArgs(msgspec.Struct, forbid_unknown_fields=True):
+    view: str
+
+
+_enc = msgspec.json.Encoder()
+
+
+def _error(code: str, message: str) -> bytes:
+    return _enc.encode({"ok": False, "error": {"code": code, "message": message}})
+
+
+def _ok(result: Any = None) -> bytes:
+    return _enc.encode({"ok": True, "result": result})
+
+
+def _decode(data: bytes, tp: type[Any]) -> Any:
+    return msgspec.json.decode(data or b"{}", type=tp)
+
+
+class Admin:
+    def __init__(self, service: Service, *, queue: str = "memoir") -> None:
+        self.service = service
+        self.queue = queue
+        self._subs: list[Any] = []
+
+    async def start(self) -> None:
+        nc = self.service.nc
+        assert nc is not None
+        p = self.service.prefix
+        self._subs = [
+            await nc.subscribe(f"{p}.view.*.*", queue=self.queue, cb=self._on_view),
+            await nc.subscribe(f"{p}.admin.replay", cb=self._on_replay),  # every process rebuilds its own
+        ]
+
+    async def stop(self) -> None:
+        for sub in self._subs:
+            try:
+                await sub.unsubscribe()
+            except NatsError:
+                pass
+        self._subs = []
+
+    async def _on_view(self, msg: Msg) -> None:
+        *_, name, op = msg.subject.split(".")
+        try:
+            query = self.service.view(name)
+        except KeyError as exc:
+            return await self._answer(msg, _error("unknown_view", str(exc.args[0])))
+        try:
+            if op == "get":
+                args = _decode(msg.data, GetArgs)
+                row = await query.get(args.key)
+                body = _ok(row)
+            elif op == "scan":
+                sargs = _decode(msg.data, ScanArgs)
+                if not 1 <= sargs.limit <= 10_000:
+                    raise msgspec.ValidationError("limit must be between 1 and 10000 - at `$.limit`")
+                body = _ok([[k, v] for k, v in await query.scan(after=sargs.after, limit=sargs.limit)])
+            else:
+                body = _error("unknown_command", f"views answer get and scan, not {op!r}")
+        except (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError) as exc:
+            body = _error("invalid", f"view {name} {op}: {exc}")
+        await self._answer(msg, body)
+
+    async def _on_replay(self, msg: Msg) -> None:
+        try:
+            args = _decode(msg.data, ReplayArgs)
+            with anyio.fail_after(60):
+                await self.service.replay(args.view)
+            body = _ok()
+        except (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError) as exc:
+            body = _error("invalid", f"replay: {exc}")
+        except KeyError as exc:
+            body = _error("unknown_view", str(exc.args[0]))
+        log.info("view replay requested", subject=msg.subject)
+        await self._answer(msg, body)
+
+    @staticmethod
+    async def _answer(msg: Msg, body: bytes) -> None:
+        if msg.reply:
+            try:
+                await msg.respond(body)
+            except NatsError:
+                pass

@@ -1,0 +1,115 @@
+"""Prometheus metrics for a running service, served by a small anyio HTTP endpoint.
+
+Command counts and latencies are recorded as commands are served; everything
+else (live actors, journal batch sizes, publisher lag, view lag) is read at
+scrape time, so the command path pays nothing for it.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import anyio.abc
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import HistogramMetricFamily
+
+from .wire import stream_name
+
+if TYPE_CHECKING:
+    from .service import Service
+
+
+class _BatchSizes:
+    """Exports the journal Batcher's size buckets as a histogram (if the journal has one)."""
+
+    def __init__(self, service: Service) -> None:
+        self.service = service
+
+    def collect(self) -> Any:
+        batcher = getattr(self.service.journal, "_writes", None)
+        if batcher is None:
+            return
+        buckets, total = [], 0
+        for i, n in enumerate(batcher.sizes):
+            total += n
+            buckets.append((str(2**i) if i < 15 else "+Inf", total))
+        if buckets[-1][0] != "+Inf":
+            buckets.append(("+Inf", total))
+        yield HistogramMetricFamily(
+            "memoir_journal_batch_size", "Appends per group-commit transaction", buckets=buckets,
+            sum_value=batcher.requests,
+        )
+
+
+class Metrics:
+    def __init__(self, service: Service) -> None:
+        self.service = service
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.commands = Counter(
+            "memoir_commands", "Commands served, by entity type, command and outcome",
+            ["entity_type", "command", "outcome"], registry=r,
+        )
+        self.latency = Histogram(
+            "memoir_command_seconds", "Command latency as served over NATS", ["entity_type"], registry=r,
+            buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+        )
+        self.live_actors = Gauge("memoir_live_actors", "Entity actors in memory", registry=r)
+        self.publisher_lag = Gauge("memoir_publisher_lag", "Journal positions not yet published", registry=r)
+        self.view_lag = Gauge("memoir_view_lag", "Stream messages a view has not applied yet", ["view"], registry=r)
+        r.register(_BatchSizes(service))
+        self._children: dict[tuple[str, str, str], tuple[Any, Any]] = {}
+
+    def observe(self, entity_type: str, command: str, outcome: str, seconds: float) -> None:
+        key = (entity_type, command, outcome)
+        pair = self._children.get(key)
+        if pair is None:
+            if len(self._children) > 10_000:  # unknown types/commands from outside must not grow this forever
+                key = ("other", "other", outcome)
+            pair = self._children[key] = (self.commands.labels(*key), self.latency.labels(key[0]))
+        pair[0].inc()
+        pair[1].observe(seconds)
+
+    async def refresh(self) -> None:
+        svc = self.service
+        self.live_actors.set(svc.runtime.live_actors)
+        if svc.publisher is not None:
+            self.publisher_lag.set(await svc.publisher.lag())
+        js = svc.nc.jetstream() if svc.nc is not None else None
+        for name, runner in svc.views.items():
+            if js is None:
+                break
+            behind = 0
+            for entity_type in runner.table.sources:
+                stream = stream_name(svc.prefix, entity_type)
+                info = await js.stream_info(stream)
+                behind += max(0, info.state.last_seq - runner.checkpoint(stream))
+            self.view_lag.labels(name).set(behind)
+
+    async def render(self) -> bytes:
+        await self.refresh()
+        return generate_latest(self.registry)
+
+    async def serve(
+        self, port: int, host: str = "127.0.0.1", *, task_status: anyio.abc.TaskStatus[int] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Serve `GET /metrics` until cancelled; reports the bound port (0 picks a free one)."""
+        listener = await anyio.create_tcp_listener(local_host=host, local_port=port)
+        async with listener:
+            task_status.started(listener.extra(anyio.abc.SocketAttribute.local_port))
+            await listener.serve(self._handle)
+
+    async def _handle(self, stream: anyio.abc.SocketStream) -> None:
+        async with stream:
+            try:
+                with anyio.fail_after(5):
+                    request = await stream.receive(4096)
+                    if request.startswith(b"GET /metrics"):
+                        body, status, ctype = await self.render(), b"200 OK", b"text/plain; version=0.0.4"
+                    else:
+                        body, status, ctype = b"see /metrics\n", b"404 Not Found", b"text/plain"
+                    head = b"HTTP/1.1 %s\r\nContent-Type: %s\r\nContent-Length: %d\r\nConnection: close\r\n\r\n"
+                    await stream.send(head % (status, ctype, len(body)) + body)
+            except (TimeoutError, anyio.EndOfStream, anyio.BrokenResourceError, OSError):
+                pass

@@ -1,0 +1,171 @@
+"""`memoir run`: the runtime as a process.
+
+With no NATS URL it starts an embedded nats-server (data in `{data_dir}/nats`,
+its URL written to `{data_dir}/nats.url` so `memoir send` finds it); with no
+journal URL it uses SQLite in the data directory. SIGTERM or SIGINT shut it
+down gracefully: stop taking commands, finish the turns in flight, flush the
+publisher, close the journal, exit 0. A SIGKILL loses nothing acknowledged:
+every reply was sent after its events were durable.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import os
+import signal
+import socket
+import sys
+from pathlib import Path
+from typing import Any
+
+import anyio
+import msgspec
+import structlog
+
+from .admin import Admin
+from .app import App
+from .errors import ConfigError
+from .journal import open_journal
+from .logs import configure
+from .metrics import Metrics
+from .nats_server import EmbeddedNats, free_port
+from .service import Service
+from .transport import Transport
+from .view_store import open_view_store
+from .wire import check_prefix
+
+log = structlog.get_logger("memoir.server")
+
+
+class Settings(msgspec.Struct, kw_only=True):
+    """Every option of `memoir run`; each is also a MEMOIR_<NAME> environment variable."""
+
+    app: str = "entities:app"
+    data_dir: str = ".memoir"
+    nats_url: str | None = None
+    journal_url: str | None = None
+    view_store_url: str | None = None
+    prefix: str = "memoir"
+    log_format: str = "auto"
+    log_level: str = "info"
+    metrics_port: int | None = None  # None: no metrics endpoint; 0: a free port
+    mailbox_size: int = 256
+    max_live_actors: int = 100_000
+    passivate_after: float = 300.0
+    workers: int = 256  # NATS requests served at once
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None, **overrides: Any) -> Settings:
+        """Environment variables first, flags (`overrides` that are not None) on top; values validated."""
+        env = dict(os.environ if env is None else env)
+        raw: dict[str, Any] = {}
+        for field in msgspec.structs.fields(cls):
+            value = env.get(f"MEMOIR_{field.name.upper()}")
+            if value not in (None, ""):
+                raw[field.name] = value
+        raw.update({k: v for k, v in overrides.items() if v is not None})
+        try:
+            settings = msgspec.convert(raw, cls, strict=False)
+        except msgspec.ValidationError as exc:
+            raise ConfigError(f"bad setting: {exc} (flags, or MEMOIR_* environment variables)") from None
+        check_prefix(settings.prefix)
+        if settings.mailbox_size < 1 or settings.max_live_actors < 1 or settings.workers < 1:
+            raise ConfigError("mailbox_size, max_live_actors and workers must be at least 1")
+        return settings
+
+    @property
+    def data(self) -> Path:
+        return Path(self.data_dir)
+
+    def journal(self) -> str:
+        return self.journal_url or f"sqlite:///{self.data / 'journal.db'}"
+
+    def views(self) -> str:
+        return self.view_store_url or f"sqlite:///{self.data / 'views.db'}"
+
+
+def load_app(spec: str) -> App:
+    """`module:attribute` -> the App it names."""
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise ConfigError(f"app must be given as module:attribute, got {spec!r}")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigError(f"cannot import {module_name!r} for app {spec!r}: {exc}") from exc
+    app = getattr(module, attr, None)
+    if not isinstance(app, App):
+        raise ConfigError(f"{spec!r} is not a memoir App (got {type(app).__name__})")
+    return app
+
+
+def nats_url_file(data_dir: Path) -> Path:
+    return data_dir / "nats.url"
+
+
+def _embedded_port(data_dir: Path) -> int:
+    """Reuse the port of the last run when it is free, so clients keep working across restarts."""
+    with contextlib.suppress(OSError, ValueError):
+        port = int(nats_url_file(data_dir).read_text().rsplit(":", 1)[1])
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", port))
+        return port
+    return free_port()
+
+
+async def serve(settings: Settings, *, ready: anyio.Event | None = None) -> None:
+    """Run until SIGTERM or SIGINT (or cancellation), then shut down gracefully."""
+    configure(settings.log_format, settings.log_level)
+    app = load_app(settings.app)
+    settings.data.mkdir(parents=True, exist_ok=True)
+    async with contextlib.AsyncExitStack() as stack:
+        nats_url, where = settings.nats_url, "external"
+        if nats_url is None:
+            server = EmbeddedNats(settings.data / "nats", port=_embedded_port(settings.data))
+            await stack.enter_async_context(server)
+            nats_url, where = server.url, f"embedded, data {settings.data / 'nats'}"
+            nats_url_file(settings.data).write_text(nats_url)
+        journal = await stack.enter_async_context(open_journal(settings.journal()))
+        views = await stack.enter_async_context(open_view_store(settings.views()))
+        svc = await stack.enter_async_context(
+            Service(
+                app, journal, nats_url=nats_url, prefix=settings.prefix, view_store=views,
+                mailbox_size=settings.mailbox_size, max_live_actors=settings.max_live_actors,
+                passivate_after=settings.passivate_after,
+            )
+        )
+        assert svc.nc is not None
+        metrics = Metrics(svc)
+        admin = Admin(svc)
+        transport = Transport(
+            svc.runtime, svc.nc, prefix=settings.prefix, workers=settings.workers, observe=metrics.observe
+        )
+        async with anyio.create_task_group() as side:  # the metrics endpoint
+            metrics_url = "off"
+            if settings.metrics_port is not None:
+                port = await side.start(metrics.serve, settings.metrics_port)
+                metrics_url = f"http://127.0.0.1:{port}/metrics"
+            async with anyio.create_task_group() as serving:
+                await admin.start()
+                await serving.start(transport.run)
+                print(
+                    f"memoir: serving {app.name} ({', '.join(sorted(svc.runtime.models))};"
+                    f" views: {', '.join(svc.views) or 'none'}; consumers: {', '.join(svc.consumers) or 'none'})"
+                    f" on {nats_url} ({where}) as {settings.prefix}.cmd.<type>.<id>.<command>;"
+                    f" journal {journal.url}; metrics {metrics_url}",
+                    flush=True,
+                )
+                if ready is not None:
+                    ready.set()
+                with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                    async for signum in signals:
+                        log.info("shutting down", signal=signal.Signals(signum).name)
+                        break
+                await admin.stop()
+                await transport.stop()  # no new commands; the workers finish what they hold, then return
+            side.cancel_scope.cancel()
+        # Leaving the stack: consumers stop, the publisher flushes, the runtime closes, the journal
+        # closes, the embedded server stops.
+    log.info("stopped")
+    sys.stdout.flush()
