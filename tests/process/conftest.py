@@ -1,0 +1,64 @@
+"""`memoir run` as a real process, for the CLI, crash and bad-input tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+MEMOIR = [sys.executable, "-m", "runtime.cli"]
+
+
+class RunningRuntime:
+    def __init__(self, data: Path, *extra: str) -> None:
+        self.data = data
+        self.extra = extra
+        self.proc: subprocess.Popen[str] | None = None
+        self.banner = ""
+
+    def start(self, timeout: float = 30.0) -> RunningRuntime:
+        self.proc = subprocess.Popen(
+            [*MEMOIR, "run", "--data-dir", str(self.data), "--log-format", "json", *self.extra],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=open(self.data.parent / f"{self.data.name}.log", "a"),  # noqa: SIM115
+            text=True,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+        )
+        assert self.proc.stdout is not None
+        self.banner = self.proc.stdout.readline()  # printed once it serves
+        assert self.banner.startswith("memoir: serving"), f"memoir run did not start: {self.banner!r}"
+        return self
+
+    @property
+    def nats_url(self) -> str:
+        return (self.data / "nats.url").read_text().strip()
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+        code = self.proc.wait(timeout)
+        self.proc = None
+        return code
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*MEMOIR, *args, "--data-dir", str(self.data)],
+            cwd=ROOT, capture_output=True, text=True, timeout=60,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+        )
+
+
+@pytest.fixture
+def runtime_process(tmp_path: Path) -> Iterator[RunningRuntime]:
+    rt = RunningRuntime(tmp_path / "data").start()
+    yield rt
+    if rt.proc is not None:
+        rt.proc.kill()
+        rt.proc.wait()
