@@ -119,6 +119,8 @@ def _describe(exc: Exception, payload: object) -> str:
             bytes(payload).decode("utf-8")
         except UnicodeDecodeError as bad:
             return f"payload is not valid UTF-8 (byte {bad.start})"
+    if not isinstance(exc, msgspec.ValidationError):  # ValidationError subclasses DecodeError
+        return f"payload is not valid JSON: {exc}"
     return str(exc)
 
 

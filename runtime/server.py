@@ -104,13 +104,31 @@ def nats_url_file(data_dir: Path) -> Path:
     return data_dir / "nats.url"
 
 
-def _embedded_port(data_dir: Path) -> int:
-    """Reuse the port of the last run when it is free, so clients keep working across restarts."""
-    with contextlib.suppress(OSError, ValueError):
-        port = int(nats_url_file(data_dir).read_text().rsplit(":", 1)[1])
-        with socket.socket() as s:
+def _port_free(port: int) -> bool:
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as nats-server (Go) binds
+        try:
             s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+async def _embedded_port(data_dir: Path) -> int:
+    """Reuse the port of the last run, so clients keep working across restarts.
+
+    After a crash the old server is being killed with us (see nats_server), so give it a
+    few seconds to let go of the port before settling for a new one.
+    """
+    try:
+        port = int(nats_url_file(data_dir).read_text().rsplit(":", 1)[1])
+    except (OSError, ValueError, IndexError):
+        return free_port()
+    with anyio.move_on_after(5):
+        while not _port_free(port):
+            await anyio.sleep(0.1)
         return port
+    log.warning("the previous NATS port is taken; using a new one", port=port)
     return free_port()
 
 
@@ -122,7 +140,7 @@ async def serve(settings: Settings, *, ready: anyio.Event | None = None) -> None
     async with contextlib.AsyncExitStack() as stack:
         nats_url, where = settings.nats_url, "external"
         if nats_url is None:
-            server = EmbeddedNats(settings.data / "nats", port=_embedded_port(settings.data))
+            server = EmbeddedNats(settings.data / "nats", port=await _embedded_port(settings.data))
             await stack.enter_async_context(server)
             nats_url, where = server.url, f"embedded, data {settings.data / 'nats'}"
             nats_url_file(settings.data).write_text(nats_url)

@@ -1,0 +1,85 @@
+"""Bad input over the wire: each gets its documented code and a message naming the problem,
+the process keeps serving, and the journal is unchanged."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import nats
+import pytest
+
+from runtime import SqliteJournal
+from runtime.wire import token
+
+from .conftest import RunningRuntime
+
+GOOD = b'{"units": 5, "on": "2022-03-01"}'
+LONG_ID = "x" * 300
+
+CASES: list[tuple[str, str, bytes, dict[str, str] | None, str, str]] = [
+    # name, subject suffix, payload, headers, expected code, expected words in the message
+    ("malformed json", "inventory.A.receive", b'{"units": ', None, "invalid", "not valid JSON"),
+    ("wrong type", "inventory.A.receive", b'{"units": "five", "on": "2022-03-01"}', None, "invalid", "$.units"),
+    ("missing field", "inventory.A.receive", b'{"units": 5}', None, "invalid", "missing required field `on`"),
+    ("extra field", "inventory.A.receive", b'{"units": 5, "on": "2022-03-01", "x": 1}', None, "invalid",
+     "unknown field `x`"),
+    ("not an object", "inventory.A.receive", b"[5, 6]", None, "invalid", "Expected `object`, got `array`"),
+    ("null", "inventory.A.receive", b"null", None, "invalid", "Expected `object`, got `null`"),
+    ("bad date", "inventory.A.receive", b'{"units": 5, "on": "March"}', None, "invalid", "$.on"),
+    ("not utf-8", "inventory.A.receive", b'{"units": 5, "on": "\xff\xfe"}', None, "invalid", "not valid UTF-8"),
+    ("binary", "inventory.A.receive", b"\x00\x01\x02\xff", None, "invalid", "not valid UTF-8"),
+    ("unknown command", "inventory.A.explode", b"{}", None, "unknown_command", "no command 'explode'"),
+    ("unknown entity type", "spaceship.A.launch", b"{}", None, "unknown_entity_type", "no entity type 'spaceship'"),
+    ("id too long", f"inventory.{LONG_ID}.receive", GOOD, None, "invalid", "300 characters, the limit is 256"),
+    ("id with control characters", "inventory.a%00b.receive", GOOD, None, "invalid", "control characters"),
+    ("no id token", "inventory.receive", GOOD, None, "invalid", "<prefix>.cmd.<type>.<id>.<command>"),
+    ("too many tokens", "inventory.A.B.receive", GOOD, None, "invalid", "<prefix>.cmd.<type>.<id>.<command>"),
+    ("payload over the limit", "inventory.A.receive", b'{"units": 5, "on": "2022-03-01", "pad": "'
+     + b"x" * (2 * 1024 * 1024) + b'"}', None, "invalid", "bytes, the limit is 1048576"),
+    ("command id too long", "inventory.A.receive", GOOD, {"Memoir-Command-Id": "c" * 300}, "invalid",
+     "header Memoir-Command-Id"),
+    ("negative units (the entity says so)", "inventory.A.receive", b'{"units": -5, "on": "2022-03-01"}', None,
+     "invalid", "units must be positive"),
+]
+
+
+async def _request(nc: Any, subject: str, payload: bytes, headers: dict[str, str] | None = None) -> dict[str, Any]:
+    msg = await nc.request(f"memoir.cmd.{subject}", payload, timeout=10, headers=headers)
+    return json.loads(msg.data)
+
+
+async def _last_position(data: Path) -> int:
+    async with SqliteJournal(data / "journal.db") as journal:
+        return await journal.last_position()
+
+
+async def test_bad_input_matrix(runtime_process: RunningRuntime) -> None:
+    nc = await nats.connect(runtime_process.nats_url)
+    try:
+        assert (await _request(nc, "inventory.A.open", b'{"units": 1}'))["ok"]
+        before = await _last_position(runtime_process.data)
+        for name, subject, payload, headers, code, words in CASES:
+            answer = await _request(nc, subject, payload, headers)
+            assert answer["ok"] is False, name
+            assert answer["error"]["code"] == code, (name, answer)
+            assert words in answer["error"]["message"], (name, answer)
+        assert await _last_position(runtime_process.data) == before, "a bad request persists nothing"
+        # ...and the process keeps serving.
+        answer = await _request(nc, "inventory.A.receive", GOOD)
+        assert answer == {"ok": True, "result": 6, "seq": 2}
+    finally:
+        await nc.close()
+
+
+@pytest.mark.parametrize("entity_id", ["with.dots", "with spaces", "ünïcødé ✓", "slash/and%percent", "*>"])
+async def test_odd_ids_are_one_token_and_round_trip(runtime_process: RunningRuntime, entity_id: str) -> None:
+    nc = await nats.connect(runtime_process.nats_url)
+    try:
+        answer = await _request(nc, f"inventory.{token(entity_id)}.open", b'{"units": 3}')
+        assert answer == {"ok": True, "result": 3, "seq": 1}
+    finally:
+        await nc.close()
+    events = runtime_process.cli("events", "inventory", entity_id, "--json")
+    assert [json.loads(x)["entity_id"] for x in events.stdout.splitlines()] == [entity_id]
