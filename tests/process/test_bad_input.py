@@ -15,6 +15,8 @@ from runtime.wire import token
 
 from .conftest import RunningRuntime
 
+pytestmark = pytest.mark.anyio
+
 GOOD = b'{"units": 5, "on": "2022-03-01"}'
 LONG_ID = "x" * 300
 

@@ -10,14 +10,17 @@ from typing import Any
 
 import anyio
 import nats
+import pytest
+from streams.helpers import eventually, journal_events, stream_messages
 
 from runtime import SqliteJournal
 from runtime.client import Client
 from runtime.errors import CommandError
 from runtime.wire import stream_name, token
 
-from streams.helpers import eventually, journal_events, stream_messages
 from .conftest import RunningRuntime
+
+pytestmark = pytest.mark.anyio
 
 TOTAL, CLIENTS, KILL_AFTER = 10_000, 8, 3_000
 

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import anyio
+import pytest
 
 from entities import app
 from runtime import SqliteJournal
@@ -17,6 +18,8 @@ from runtime.service import Service
 from runtime.view_store import SqliteViewStore
 
 from .helpers import eventually
+
+pytestmark = pytest.mark.anyio
 
 POSTS, AUTHORS = 1000, 50
 ROOT = Path(__file__).resolve().parents[2]

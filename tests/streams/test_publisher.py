@@ -18,6 +18,8 @@ from runtime.wire import stream_name, token
 
 from .helpers import eventually, journal_events, stream_messages
 
+pytestmark = pytest.mark.anyio
+
 app = App("test", entities=[InventoryItem])
 ODD_IDS = ["XYZ-1", "with.dots.in.it", "with spaces", "ünïcødé-ß", "a*b>c", "100%"]
 

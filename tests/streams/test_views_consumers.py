@@ -6,6 +6,7 @@ from pathlib import Path
 
 import msgspec
 import nats
+import pytest
 
 from entities.social import AuthorPosts, CountPosts, Post, PostsByAuthor, Profile, Published
 from runtime import App, SqliteJournal
@@ -16,6 +17,8 @@ from runtime.service import Service
 from runtime.view_store import SqliteViewStore
 
 from .helpers import eventually
+
+pytestmark = pytest.mark.anyio
 
 
 async def _publish_posts(svc: Service, n: int, authors: int) -> dict[str, int]:
