@@ -53,7 +53,7 @@ class SnapshotBody(msgspec.Struct, array_like=True):
     """A snapshot's payload: the state and the recent command ids (so dedup survives recovery)."""
 
     state: msgspec.Raw
-    replies: list[tuple[str, int, msgspec.Raw | None]]
+    replies: list[tuple[str, int, msgspec.Raw]]  # (command id, seq, encoded reply)
 
 
 _snapshot_body = msgspec.json.Decoder(SnapshotBody)
@@ -120,7 +120,7 @@ class Actor:
                 body = _snapshot_body.decode(rec.snapshot.payload)
                 state = model.state_decoder.decode(body.state)
                 for cid, seq, data in body.replies:
-                    replies[cid] = (seq, bytes(data) if data is not None else None)
+                    replies[cid] = (seq, bytes(data))
             for env in rec.events:
                 state = model.apply(self.entity, state, model.codec.decode(env))
                 if env.command_id is not None:
@@ -265,7 +265,7 @@ class Actor:
         self.since_snapshot = 0
         body = SnapshotBody(
             state=msgspec.Raw(self.model.state_encoder.encode(self.state)),
-            replies=[(cid, seq, None if r is None else msgspec.Raw(r)) for cid, (seq, r) in self.replies.items()],
+            replies=[(cid, seq, msgspec.Raw(r or b"null")) for cid, (seq, r) in self.replies.items()],
         )
         rt.offer_snapshot(
             Snapshot(

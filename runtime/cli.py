@@ -16,7 +16,6 @@ from typing import Any
 
 import anyio
 import msgspec
-
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 
@@ -27,6 +26,7 @@ from .history import history, state_at
 from .journal import open_journal
 from .runtime import Runtime
 from .server import Settings, load_app, nats_url_file, serve
+
 
 def settings(args: argparse.Namespace) -> Settings:
     """Flags over MEMOIR_* environment variables over defaults, as `memoir run` reads them."""
