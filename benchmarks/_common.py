@@ -1,0 +1,71 @@
+"""What every benchmark shares: argument defaults, percentiles, goal lines, and the final JSON line.
+
+Rules (DEVELOPERS.md): each benchmark runs its baseline in the same run and prints ratios,
+`--quick` finishes in under a minute, and the last line printed is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import operator
+import os
+import platform
+import resource
+import shutil
+import sys
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+
+def parser(description: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--quick", action="store_true", help="a smaller run that finishes in under a minute")
+    return p
+
+
+def percentile(values: list[float], p: float) -> float:
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * p / 100))]
+
+
+@contextlib.contextmanager
+def scratch_dir(prefix: str = "memoir-bench-") -> Iterator[Path]:
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def line(label: str, value: Any, unit: str = "") -> None:
+    shown = f"{value:,.0f}" if isinstance(value, (int, float)) and abs(value) >= 100 else f"{value}"
+    print(f"  {label:<44} {shown} {unit}".rstrip(), flush=True)
+
+
+_OPS: dict[str, Callable[[float, float], bool]] = {">=": operator.ge, "<=": operator.le, "<": operator.lt}
+
+
+def goal(label: str, value: float, op: str, target: float) -> bool:
+    met = _OPS[op](value, target)
+    print(f"  goal {label} {op} {target:g}: {value:,.3g} — {'met' if met else 'NOT met'}", flush=True)
+    return met
+
+
+def finish(fields: dict[str, Any]) -> None:
+    """The last line: one JSON object with the fields and where it ran."""
+    fields = {**fields, "python": platform.python_version(), "cpus": os.cpu_count()}
+    print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in fields.items()}), flush=True)

@@ -1,0 +1,147 @@
+"""Commands per second through the in-process runtime, beside the journal's raw limit and the peer library.
+
+- memoir: senders call `Runtime.ask` with JSON bytes (as the wire delivers them) to many entities;
+  every command waits for its own durable, group-committed write.
+- raw: the same rows inserted with plain sqlite3 into the same schema, in transactions of the
+  batch size the runtime achieved: what the journal could do with no runtime at all.
+- eventsourcing: the same commands on the `eventsourcing` library's SQLite persistence.
+"""
+
+from __future__ import annotations
+
+import random
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+import _common as c  # noqa: I001 - puts the repository on sys.path
+from entities import InventoryItem
+from runtime import App, Runtime, open_journal
+from runtime.journal.sqlite import _SCHEMA
+
+PAYLOAD = b'{"units": 1, "on": "2022-03-01"}'
+app = App("bench", entities=[InventoryItem])
+
+
+async def run_memoir(url: str, commands: int, entities: int, concurrency: int) -> dict[str, Any]:
+    ids = [f"SKU-{i}" for i in range(entities)]
+    latencies: list[float] = []
+    async with open_journal(url) as journal, Runtime(app, journal) as rt:
+        for sku in ids:  # activation is not what this measures
+            await rt.ask("inventory", sku, "open", {"units": 0})
+        remaining = commands
+
+        async def sender(seed: int) -> None:
+            nonlocal remaining
+            rnd = random.Random(seed)
+            while remaining > 0:
+                remaining -= 1
+                t = time.perf_counter()
+                await rt.ask("inventory", ids[rnd.randrange(entities)], "receive", PAYLOAD)
+                latencies.append(time.perf_counter() - t)
+
+        writes = getattr(journal, "_writes", None)
+        b0, r0 = (writes.batches, writes.requests) if writes else (0, 0)
+        started = time.perf_counter()
+        async with anyio.create_task_group() as tg:
+            for s in range(concurrency):
+                tg.start_soon(sender, s)
+        elapsed = time.perf_counter() - started
+        batches = (writes.batches - b0) if writes else 0
+        avg_batch = ((writes.requests - r0) / batches) if batches else 1.0
+    return {
+        "commands_per_s": commands / elapsed,
+        "p50_ms": c.percentile(latencies, 50) * 1000,
+        "p99_ms": c.percentile(latencies, 99) * 1000,
+        "batches": batches,
+        "avg_batch": avg_batch,
+    }
+
+
+def raw_sqlite(path: Path, rows: int, entities: int, batch: int) -> float:
+    """Plain sqlite3, same schema and pragmas, same rows: the ceiling the journal works under."""
+    db = sqlite3.connect(path, isolation_level=None)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=FULL")
+    db.execute("PRAGMA cache_size=-65536")
+    db.execute("PRAGMA wal_autocheckpoint=4000")
+    db.executescript(_SCHEMA)
+    db.executemany("INSERT INTO streams (entity_type, entity_id) VALUES ('inventory', ?)",
+                   [(f"SKU-{i}",) for i in range(entities)])
+    heads = [0] * (entities + 1)
+    rnd = random.Random(1)
+    sql = ("INSERT INTO events (stream, seq, name, version, recorded_at, command_id, correlation_id,"
+           " causation_id, reply, payload) VALUES (?,?,?,?,?,?,?,?,?,?)")
+    started = time.perf_counter()
+    done = 0
+    while done < rows:
+        chunk = []
+        for _ in range(min(batch, rows - done)):
+            sid = rnd.randrange(entities) + 1
+            heads[sid] += 1
+            chunk.append((sid, heads[sid], "Received", 1, time.time_ns(), None, None, None, None, PAYLOAD))
+        db.execute("BEGIN IMMEDIATE")
+        db.executemany(sql, chunk)
+        db.execute("COMMIT")
+        done += len(chunk)
+    elapsed = time.perf_counter() - started
+    db.close()
+    return rows / elapsed
+
+
+def raw_memory(rows: int, entities: int) -> float:
+    """The memory journal's limit: appending the same rows to Python lists."""
+    log: list[tuple[Any, ...]] = []
+    rnd = random.Random(1)
+    started = time.perf_counter()
+    for i in range(rows):
+        log.append(("inventory", f"SKU-{rnd.randrange(entities)}", i, PAYLOAD))
+    return rows / (time.perf_counter() - started)
+
+
+def main() -> None:
+    p = c.parser(__doc__.splitlines()[0])
+    p.add_argument("--journal", choices=["sqlite", "memory"], default="sqlite")
+    p.add_argument("--commands", type=int)
+    p.add_argument("--entities", type=int, default=10_000)
+    p.add_argument("--concurrency", type=int, default=1000)
+    args = p.parse_args()
+    commands = args.commands or (60_000 if args.quick else 300_000)
+    es_commands = 3_000 if args.quick else 10_000
+    print(f"throughput: {commands:,} commands to {args.entities:,} entities, {args.concurrency} senders,"
+          f" journal {args.journal}", flush=True)
+    with c.scratch_dir() as d:
+        url = "memory://" if args.journal == "memory" else f"sqlite:///{d / 'memoir.db'}"
+        m = anyio.run(run_memoir, url, commands, args.entities, args.concurrency)
+        c.line("memoir commands/s", m["commands_per_s"])
+        c.line("memoir latency p50 / p99 (ms)", f"{m['p50_ms']:.2f} / {m['p99_ms']:.2f}")
+        c.line("group-commit batches (avg size)", f"{m['batches']} ({m['avg_batch']:.0f})")
+        if args.journal == "sqlite":
+            raw = raw_sqlite(d / "raw.db", commands, args.entities, max(1, round(m["avg_batch"])))
+        else:
+            raw = raw_memory(commands, args.entities)
+        c.line(f"raw {args.journal} rows/s (same rows, same batches)", raw)
+        from _eventsourcing import commands_per_s
+
+        es = commands_per_s(d / "es.db", es_commands, args.entities)
+        c.line("eventsourcing commands/s (sqlite)", es)
+    ratio_raw, ratio_es = m["commands_per_s"] / raw, m["commands_per_s"] / es
+    c.line("ratio vs raw", f"{ratio_raw:.2f}x")
+    c.line("ratio vs eventsourcing", f"{ratio_es:.1f}x")
+    if args.journal == "sqlite":
+        c.goal("commands/s", m["commands_per_s"], ">=", 30_000)
+        c.goal("ratio vs raw", ratio_raw, ">=", 0.25)
+    c.goal("ratio vs eventsourcing", ratio_es, ">=", 10)
+    c.finish({
+        "journal": args.journal, "commands": commands, "entities": args.entities, "concurrency": args.concurrency,
+        "commands_per_s": m["commands_per_s"], "p50_ms": m["p50_ms"], "p99_ms": m["p99_ms"],
+        "avg_batch": m["avg_batch"], "raw_rows_per_s": raw, "eventsourcing_commands_per_s": es,
+        "ratio_vs_raw": ratio_raw, "ratio_vs_eventsourcing": ratio_es,
+    })
+
+
+if __name__ == "__main__":
+    main()
