@@ -7,6 +7,7 @@ import time
 import anyio
 
 import _common as c  # noqa: I001 - puts the repository on sys.path
+from runtime.tuning import tune_gc
 from entities import InventoryItem
 from runtime import App, Runtime, SqliteJournal
 
@@ -39,6 +40,7 @@ async def run(path: str, entities: int, max_live: int, concurrency: int) -> dict
 
 
 def main() -> None:
+    tune_gc()  # as `memoir run` does (see runtime/tuning.py)
     p = c.parser(__doc__.splitlines()[0])
     p.add_argument("--entities", type=int)
     p.add_argument("--max-live", type=int, default=100_000)

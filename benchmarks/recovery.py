@@ -11,6 +11,7 @@ from typing import Any
 import anyio
 
 import _common as c  # noqa: I001 - puts the repository on sys.path
+from runtime.tuning import tune_gc
 from entities.inventory import InventoryItem, Received
 from runtime import App, Envelope, Runtime, SqliteJournal, model_of
 
@@ -90,6 +91,7 @@ def run_eventsourcing(path: Path, events: int) -> float:
 
 
 def main() -> None:
+    tune_gc()  # as `memoir run` does (see runtime/tuning.py)
     p = c.parser(__doc__.splitlines()[0])
     p.add_argument("--events", type=int, default=20_000)
     args = p.parse_args()

@@ -18,6 +18,7 @@ from typing import Any
 import anyio
 
 import _common as c  # noqa: I001 - puts the repository on sys.path
+from runtime.tuning import tune_gc
 from entities import InventoryItem
 from runtime import App, Runtime, open_journal
 from runtime.journal.sqlite import _SCHEMA
@@ -103,6 +104,7 @@ def raw_memory(rows: int, entities: int) -> float:
 
 
 def main() -> None:
+    tune_gc()  # as `memoir run` does (see runtime/tuning.py)
     p = c.parser(__doc__.splitlines()[0])
     p.add_argument("--journal", choices=["sqlite", "memory"], default="sqlite")
     p.add_argument("--commands", type=int)

@@ -32,6 +32,7 @@ from .metrics import Metrics
 from .nats_server import EmbeddedNats, free_port
 from .service import Service
 from .transport import Transport
+from .tuning import tune_gc
 from .view_store import open_view_store
 from .wire import check_prefix
 
@@ -174,6 +175,7 @@ async def serve(settings: Settings, *, ready: anyio.Event | None = None) -> None
                     f" journal {journal.url}; metrics {metrics_url}",
                     flush=True,
                 )
+                tune_gc()
                 if ready is not None:
                     ready.set()
                 with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
