@@ -107,16 +107,18 @@ async def view_lag(url: str, path: Path, rate: int, seconds: float) -> dict[str,
     async with SqliteJournal(path) as journal, Service(app, journal, nats_url=url, prefix="lag") as svc:
         rt: Runtime = svc.runtime
         started = time.perf_counter()
+        senders = 256
 
-        async def one(i: int) -> None:
-            await rt.ask("post", f"p{i}", "publish", {"author": f"a{i % 50}", "text": "x"})
-
-        async with anyio.create_task_group() as tg:
-            for i in range(total):
+        async def sender(k: int) -> None:  # sender k sends commands k, k+256, …, each at its due time
+            for i in range(k, total, senders):
                 delay = started + i / rate - time.perf_counter()
                 if delay > 0:
                     await anyio.sleep(delay)
-                tg.start_soon(one, i)
+                await rt.ask("post", f"p{i}", "publish", {"author": f"a{i % 50}", "text": "x"})
+
+        async with anyio.create_task_group() as tg:
+            for k in range(senders):
+                tg.start_soon(sender, k)
         achieved = total / (time.perf_counter() - started)
         with anyio.fail_after(60):
             while len(LAGS) < total:

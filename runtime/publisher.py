@@ -161,6 +161,7 @@ class Publisher:
         poll_interval: float = 0.25,
         ack_timeout: float = 5.0,
         stream_sync_interval: float = 120.0,
+        checkpoint_interval: float = 0.2,
     ) -> None:
         self.journal = journal
         self.nc = nc
@@ -172,6 +173,9 @@ class Publisher:
         self.poll_interval = poll_interval
         self.ack_timeout = ack_timeout
         self.stream_sync_interval = stream_sync_interval
+        self.checkpoint_interval = checkpoint_interval
+        self._saved = 0
+        self._saved_at = 0.0
         self.checkpoint = 0
         self.published = 0
         self._types = set(entity_types)
@@ -194,7 +198,7 @@ class Publisher:
         self._ready.add(entity_type)
 
     async def run(self) -> None:
-        self.checkpoint = await self.journal.load_checkpoint(CHECKPOINT)
+        self.checkpoint = self._saved = await self.journal.load_checkpoint(CHECKPOINT)
         # A stream's server fsyncs every `stream_sync_interval`: after a machine crash it may have lost
         # what it acknowledged since. So start from the checkpoint that is at least that old; the
         # streams' high-water marks skip whatever did survive.
@@ -214,6 +218,7 @@ class Publisher:
                         news = self.journal.next_append()
                         batch = await self.journal.read_all(self.checkpoint + 1, limit=self.batch_size)
                         if not batch:
+                            await self._save_checkpoint(force=True)  # caught up: store where we are
                             with anyio.move_on_after(self.poll_interval):
                                 await news.wait()
                             continue
@@ -231,6 +236,7 @@ class Publisher:
         finally:
             with anyio.CancelScope(shield=True):
                 await acks.close()
+                await self._save_checkpoint(force=True)
 
     async def _publish_and_prefetch(self, acks: _Acks, batch: list[Envelope]) -> list[Envelope]:
         """Publish one batch while the next is read from the journal; returns the next batch."""
@@ -276,8 +282,17 @@ class Publisher:
         finally:
             if done > self.checkpoint:
                 self.checkpoint = done
-                with anyio.CancelScope(shield=True):
-                    await self.journal.save_checkpoint(CHECKPOINT, done)
+                await self._save_checkpoint()
+
+    async def _save_checkpoint(self, *, force: bool = False) -> None:
+        """Store the checkpoint at most every `checkpoint_interval` seconds: each save waits for a
+        journal write, and a crash re-publishes at most that much (which JetStream then drops)."""
+        now = time.monotonic()
+        if self.checkpoint == self._saved or (not force and now - self._saved_at < self.checkpoint_interval):
+            return
+        with anyio.CancelScope(shield=True):
+            await self.journal.save_checkpoint(CHECKPOINT, self.checkpoint)
+        self._saved, self._saved_at = self.checkpoint, now
 
     async def _settle(self, acks: _Acks, inflight: deque[tuple[Envelope, asyncio.Future[Msg]]]) -> int:
         env, fut = inflight.popleft()
