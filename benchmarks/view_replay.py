@@ -1,0 +1,96 @@
+"""A new view catching up on 100,000 events from the start of its stream, beside a raw read of the
+same stream with a plain nats-py pull consumer."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import anyio
+import msgspec
+import nats
+from nats.js import api
+
+import _common as c  # noqa: I001 - puts the repository on sys.path
+from runtime.tuning import tune_gc
+from entities.social import AuthorPosts, PostsByAuthor
+from runtime import SqliteJournal
+from runtime.nats_server import EmbeddedNats
+from runtime.publisher import Publisher
+from runtime.view import ViewRunner
+from runtime.view_store import SqliteViewStore
+from runtime.wire import stream_name
+
+from publisher import fill  # noqa: E402 - the same events the publisher benchmark uses
+
+
+async def catch_up(js: Any, store: SqliteViewStore, events: int) -> float:
+    runner = ViewRunner(PostsByAuthor, store, js, prefix="bench", batch=1000)
+    started = time.perf_counter()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(runner.run)
+        while runner.applied < events:
+            await anyio.sleep(0.005)
+        tg.cancel_scope.cancel()
+    elapsed = time.perf_counter() - started
+    rows = await runner.query.all()
+    assert sum(r.posts for r in rows.values()) == events, "every event applied once"
+    assert isinstance(next(iter(rows.values())), AuthorPosts)
+    return events / elapsed
+
+
+async def raw_read(js: Any, events: int) -> float:
+    sub = await js.pull_subscribe(
+        "bench.events.post.*", stream=stream_name("bench", "post"),
+        config=api.ConsumerConfig(deliver_policy=api.DeliverPolicy.ALL, ack_policy=api.AckPolicy.ALL),
+    )
+    seen = 0
+    started = time.perf_counter()
+    while seen < events:
+        msgs = await sub.fetch(1000, timeout=5)
+        for m in msgs:
+            msgspec.json.decode(m.data)  # a reader does at least this much with each event
+        seen += len(msgs)
+        await msgs[-1].ack()
+    elapsed = time.perf_counter() - started
+    await sub.unsubscribe()
+    return events / elapsed
+
+
+async def run(events: int) -> dict[str, float]:
+    with c.scratch_dir() as d:
+        async with EmbeddedNats(d / "nats") as server:
+            nc = await nats.connect(server.url)
+            async with SqliteJournal(d / "journal.db") as journal:
+                await fill(journal, events, 1000)
+                publisher = Publisher(journal, nc, prefix="bench", entity_types=["post"])
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(publisher.run)
+                    await publisher.flush(timeout=300)
+                    tg.cancel_scope.cancel()
+            js = nc.jetstream()
+            raw = await raw_read(js, events)
+            async with SqliteViewStore(d / "views.db") as store:
+                ours = await catch_up(js, store, events)
+            await nc.close()
+    return {"replay_events_per_s": ours, "raw_read_per_s": raw}
+
+
+def main() -> None:
+    tune_gc()  # as `memoir run` does (see runtime/tuning.py)
+    p = c.parser(__doc__.splitlines()[0])
+    p.add_argument("--events", type=int)
+    args = p.parse_args()
+    events = args.events or (20_000 if args.quick else 100_000)
+    print(f"view replay: a new view over {events:,} events (SQLite view store)", flush=True)
+    r = anyio.run(run, events)
+    ratio = r["replay_events_per_s"] / r["raw_read_per_s"]
+    c.line("view catch-up events/s", r["replay_events_per_s"])
+    c.line("raw pull-consumer read msgs/s", r["raw_read_per_s"])
+    c.line("ratio vs raw", f"{ratio:.2f}x")
+    c.goal("view catch-up events/s", r["replay_events_per_s"], ">=", 50_000)
+    c.finish({"events": events, **r, "ratio_vs_raw": ratio})
+
+
+if __name__ == "__main__":
+    main()
