@@ -40,9 +40,43 @@ def _memory() -> Callable[[Path], Journal]:
     return lambda d: stores.setdefault(d, MemoryJournal())
 
 
+POSTGRES_URL = os.environ.get("MEMOIR_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+def postgres_reachable() -> str | None:
+    """None if PostgreSQL answers, else why not."""
+    import socket
+    from urllib.parse import urlsplit
+
+    p = urlsplit(POSTGRES_URL)
+    try:
+        with socket.create_connection((p.hostname or "127.0.0.1", p.port or 5432), timeout=2):
+            return None
+    except OSError as exc:
+        return f"PostgreSQL not reachable at {p.hostname}:{p.port or 5432}: {exc}"
+
+
+def need_postgres() -> None:
+    """Skip when no server answers — except in CI (CI=true), where PostgreSQL must be there."""
+    why = postgres_reachable()
+    if why is not None:
+        if in_ci():
+            pytest.fail(f"{why} (CI=true: the PostgreSQL tests must run)")
+        pytest.skip(why)
+
+
+def _postgres(directory: Path) -> Journal:
+    from runtime.journal.postgres import PostgresJournal
+
+    need_postgres()
+    schema = "t_" + "".join(ch for ch in directory.name.lower() if ch.isalnum())[-40:]
+    return PostgresJournal(f"{POSTGRES_URL}?schema={schema}")
+
+
 BACKENDS = [
     Backend("memory", _memory(), reopenable=True),  # the same object comes back: a reopen keeps it
     Backend("sqlite", lambda d: SqliteJournal(d / "journal.db")),
+    Backend("postgres", _postgres),
 ]
 
 
@@ -62,8 +96,16 @@ class JournalFactory:
 
 
 @pytest.fixture(params=BACKENDS, ids=lambda b: b.name)
-def journal_factory(request: pytest.FixtureRequest, tmp_path: Path) -> JournalFactory:
-    return JournalFactory(request.param, tmp_path)
+async def journal_factory(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[JournalFactory]:
+    factory = JournalFactory(request.param, tmp_path)
+    yield factory
+    if request.param.name == "postgres":  # each test has its own schema; drop it
+        import asyncpg
+
+        schema = factory.backend.open(tmp_path).schema  # type: ignore[attr-defined]
+        conn = await asyncpg.connect(POSTGRES_URL)
+        await conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+        await conn.close()
 
 
 @pytest.fixture

@@ -4,6 +4,7 @@
 | --- | --- |
 | `memory://` | a dict; tests only |
 | `sqlite:///path.db` | the embedded default: WAL, synchronous=FULL, group commit |
+| `postgresql://user@host/db?schema=memoir` | PostgreSQL via asyncpg (extra `memoir[postgres]`) |
 """
 
 from __future__ import annotations
@@ -21,7 +22,17 @@ def open_journal(url: str) -> Journal:
         return MemoryJournal(url)
     if scheme == "sqlite":
         return SqliteJournal.from_url(url)
-    raise ConfigError(f"unknown journal URL {url!r}: expected memory:// or sqlite:///path.db")
+    if scheme in ("postgresql", "postgres"):
+        try:
+            import asyncpg  # noqa: F401
+        except ImportError:
+            raise ConfigError("the postgresql:// journal needs asyncpg: pip install 'memoir[postgres]'") from None
+        from .postgres import PostgresJournal
+
+        return PostgresJournal(url)
+    raise ConfigError(
+        f"unknown journal URL {url!r}: expected memory://, sqlite:///path.db or postgresql://…"
+    )
 
 
 __all__ = ["Journal", "MemoryJournal", "SqliteJournal", "open_journal"]
