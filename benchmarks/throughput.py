@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 import sqlite3
 import time
@@ -93,6 +94,47 @@ def raw_sqlite(path: Path, rows: int, entities: int, batch: int) -> float:
     return rows / elapsed
 
 
+async def raw_postgres(url: str, rows: int, entities: int, batch: int) -> float:
+    """Plain asyncpg into the same schema: one unnest INSERT per batch in its own transaction."""
+    import asyncpg
+
+    from runtime.journal.postgres import _DDL, parse_postgres_url
+
+    dsn, schema = parse_postgres_url(url)
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute(_DDL.format(s=schema))
+        sids = await conn.fetch(
+            f"INSERT INTO {schema}.streams (entity_type, entity_id) SELECT 'inventory', unnest($1::text[])"
+            " RETURNING id", [f"SKU-{i}" for i in range(entities)],
+        )
+        ids = [r[0] for r in sids]
+        heads = dict.fromkeys(ids, 0)
+        rnd = random.Random(1)
+        position = 0
+        started = time.perf_counter()
+        done = 0
+        while done < rows:
+            cols: list[list[Any]] = [[] for _ in range(6)]
+            for _ in range(min(batch, rows - done)):
+                sid = ids[rnd.randrange(entities)]
+                heads[sid] += 1
+                position += 1
+                for col, v in zip(cols, (position, sid, heads[sid], "Received", time.time_ns(), PAYLOAD)):
+                    col.append(v)
+            async with conn.transaction():
+                await conn.execute(
+                    f"INSERT INTO {schema}.events (position, stream, seq, name, version, recorded_at, payload)"
+                    " SELECT p, s, q, n, 1, r, d FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::text[],"
+                    " $5::bigint[], $6::bytea[]) AS t(p, s, q, n, r, d)", *cols,
+                )
+            done += len(cols[0])
+        return rows / (time.perf_counter() - started)
+    finally:
+        await conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+        await conn.close()
+
+
 def raw_memory(rows: int, entities: int) -> float:
     """The memory journal's limit: appending the same rows to Python lists."""
     log: list[tuple[Any, ...]] = []
@@ -103,10 +145,19 @@ def raw_memory(rows: int, entities: int) -> float:
     return rows / (time.perf_counter() - started)
 
 
+async def drop_schema(url: str, schema: str) -> None:
+    import asyncpg
+
+    conn = await asyncpg.connect(url)
+    await conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+    await conn.close()
+
+
 def main() -> None:
     tune_gc()  # as `memoir run` does (see runtime/tuning.py)
     p = c.parser(__doc__.splitlines()[0])
-    p.add_argument("--journal", choices=["sqlite", "memory"], default="sqlite")
+    p.add_argument("--journal", choices=["sqlite", "postgres", "memory"], default="sqlite")
+    p.add_argument("--postgres-url", default="postgresql://postgres@127.0.0.1:5432/test")
     p.add_argument("--commands", type=int)
     p.add_argument("--entities", type=int, default=10_000)
     p.add_argument("--concurrency", type=int, default=1000)
@@ -116,13 +167,22 @@ def main() -> None:
     print(f"throughput: {commands:,} commands to {args.entities:,} entities, {args.concurrency} senders,"
           f" journal {args.journal}", flush=True)
     with c.scratch_dir() as d:
-        url = "memory://" if args.journal == "memory" else f"sqlite:///{d / 'memoir.db'}"
+        tag = f"bench_{os.getpid()}"
+        url = {
+            "memory": "memory://",
+            "sqlite": f"sqlite:///{d / 'memoir.db'}",
+            "postgres": f"{args.postgres_url}?schema={tag}",
+        }[args.journal]
         m = anyio.run(run_memoir, url, commands, args.entities, args.concurrency)
         c.line("memoir commands/s", m["commands_per_s"])
         c.line("memoir latency p50 / p99 (ms)", f"{m['p50_ms']:.2f} / {m['p99_ms']:.2f}")
         c.line("group-commit batches (avg size)", f"{m['batches']} ({m['avg_batch']:.0f})")
+        batch = max(1, round(m["avg_batch"]))
         if args.journal == "sqlite":
-            raw = raw_sqlite(d / "raw.db", commands, args.entities, max(1, round(m["avg_batch"])))
+            raw = raw_sqlite(d / "raw.db", commands, args.entities, batch)
+        elif args.journal == "postgres":
+            anyio.run(drop_schema, args.postgres_url, tag)
+            raw = anyio.run(raw_postgres, f"{args.postgres_url}?schema={tag}_raw", commands, args.entities, batch)
         else:
             raw = raw_memory(commands, args.entities)
         c.line(f"raw {args.journal} rows/s (same rows, same batches)", raw)
@@ -136,7 +196,11 @@ def main() -> None:
     if args.journal == "sqlite":
         c.goal("commands/s", m["commands_per_s"], ">=", 30_000)
         c.goal("ratio vs raw", ratio_raw, ">=", 0.25)
-    c.goal("ratio vs eventsourcing", ratio_es, ">=", 10)
+    if args.journal == "postgres":
+        c.goal("commands/s", m["commands_per_s"], ">=", 20_000)
+        c.goal("ratio vs raw", ratio_raw, ">=", 0.3)
+    if args.journal == "sqlite":
+        c.goal("ratio vs eventsourcing", ratio_es, ">=", 10)
     c.finish({
         "journal": args.journal, "commands": commands, "entities": args.entities, "concurrency": args.concurrency,
         "commands_per_s": m["commands_per_s"], "p50_ms": m["p50_ms"], "p99_ms": m["p99_ms"],
