@@ -22,7 +22,7 @@ across such retries.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import anyio
@@ -37,7 +37,7 @@ from .envelope import Envelope
 from .handlers import HandlerTable
 from .publisher import StreamSettings, ensure_stream_config
 from .subscription import pull_loop
-from .wire import envelope_from_message
+from .wire import envelope_from_message, stream_name
 
 if TYPE_CHECKING:
     from .runtime import Runtime
@@ -102,13 +102,22 @@ async def ensure_dead_letter_stream(js: Any, prefix: str, settings: StreamSettin
 
 
 class ConsumerRunner:
-    def __init__(self, consumer: type[Consumer], runtime: Runtime, js: Any, *, prefix: str) -> None:
+    def __init__(
+        self,
+        consumer: type[Consumer],
+        runtime: Runtime,
+        js: Any,
+        *,
+        prefix: str,
+        streams: Callable[[str], str] | None = None,
+    ) -> None:
         self.consumer = consumer
         self.instance = consumer()
         self.table = consumer.table()
         self.runtime = runtime
         self.js = js
         self.prefix = prefix
+        self.streams = streams or (lambda entity_type: stream_name(prefix, entity_type))
         self.handled = 0
         self.retried = 0
         self.dead_lettered = 0
@@ -122,6 +131,7 @@ class ConsumerRunner:
         await pull_loop(
             self.js,
             prefix=self.prefix,
+            stream=self.streams(entity_type),
             entity_type=entity_type,
             owner=self.consumer.name,
             handle=self._handle_batch,

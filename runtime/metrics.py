@@ -14,8 +14,6 @@ import anyio.abc
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import HistogramMetricFamily
 
-from .wire import stream_name
-
 if TYPE_CHECKING:
     from .service import Service
 
@@ -82,9 +80,8 @@ class Metrics:
                 break
             behind = 0
             for entity_type in runner.table.sources:
-                stream = stream_name(svc.prefix, entity_type)
-                info = await js.stream_info(stream)
-                behind += max(0, info.state.last_seq - runner.checkpoint(stream))
+                info = await js.stream_info(runner.streams(entity_type))
+                behind += max(0, info.state.last_seq - runner.checkpoint(entity_type))
             self.view_lag.labels(name).set(behind)
 
     async def render(self) -> bytes:

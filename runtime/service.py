@@ -16,6 +16,7 @@ turns, the connection drains.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from types import TracebackType
 from typing import Any, Self
 
@@ -27,12 +28,13 @@ from nats.aio.client import Client as NATS
 from .app import App
 from .client import connect
 from .consumer import ConsumerRunner, ensure_dead_letter_stream
+from .errors import ConfigError
 from .journal import Journal
 from .publisher import Publisher, StreamSettings, ensure_stream
 from .runtime import Runtime
 from .view import ViewQuery, ViewRunner
 from .view_store import MemoryViewStore, ViewStore
-from .wire import check_prefix
+from .wire import check_prefix, stream_name
 
 log = structlog.get_logger("memoir.service")
 
@@ -67,6 +69,7 @@ class Service:
         self.publisher: Publisher | None = None
         self.views: dict[str, ViewRunner] = {}
         self.consumers: dict[str, ConsumerRunner] = {}
+        self.stream_for: Callable[[str], str] = lambda entity_type: stream_name(self.prefix, entity_type)
         self._stack: contextlib.AsyncExitStack | None = None
         self._background: anyio.abc.TaskGroup
         self._view_scopes: dict[str, anyio.CancelScope] = {}
@@ -97,8 +100,15 @@ class Service:
             stack.push_async_callback(self.nc.drain)
         js = self.nc.jetstream()
         types = sorted(self.runtime.models)
-        for t in types:
-            await ensure_stream(js, self.prefix, t, self.streams)
+        journal_stream = getattr(self.journal, "stream_for", None)
+        if journal_stream is not None:  # the JetStream journal: the append is the publish
+            if getattr(self.journal, "prefix", self.prefix) != self.prefix:
+                raise ConfigError(f"the journal's prefix {self.journal.prefix!r} is not the service's {self.prefix!r}")  # type: ignore[attr-defined]
+            self.publish = False
+            self.stream_for = journal_stream
+        else:
+            for t in types:
+                await ensure_stream(js, self.prefix, t, self.streams)
         await ensure_dead_letter_stream(js, self.prefix, self.streams)
         await stack.enter_async_context(self.runtime)
 
@@ -111,12 +121,16 @@ class Service:
             stack.push_async_callback(self._flush)
         self._background = background
         for view in self.app.views:
-            runner = self.views[view.name] = ViewRunner(view, self.view_store, js, prefix=self.prefix)
+            runner = self.views[view.name] = ViewRunner(
+                view, self.view_store, js, prefix=self.prefix, streams=self.stream_for
+            )
             background.start_soon(self._run_view, runner)
         consumers = await stack.enter_async_context(anyio.create_task_group())
         stack.callback(consumers.cancel_scope.cancel)  # first to stop: no new commands from consumers
         for consumer in self.app.consumers:
-            runner = self.consumers[consumer.name] = ConsumerRunner(consumer, self.runtime, js, prefix=self.prefix)
+            runner = self.consumers[consumer.name] = ConsumerRunner(
+                consumer, self.runtime, js, prefix=self.prefix, streams=self.stream_for
+            )
             consumers.start_soon(runner.run)
 
     async def _run_view(self, runner: ViewRunner) -> None:

@@ -1,4 +1,7 @@
-"""A durable JetStream pull consumer on one entity type's stream, fetched in batches until cancelled.
+"""A durable JetStream pull consumer on one entity type's events, fetched in batches until cancelled.
+
+The events are in the type's own stream (the outbox's) or in the JetStream journal's
+stream; either way the consumer filters on `{prefix}.events.{type}.*`.
 
 Views and consumers both read events this way; they differ only in what they do
 with a batch and how they acknowledge it. A batch interrupted by a shutdown is
@@ -19,7 +22,7 @@ from nats.js import api
 from nats.js.errors import Error as JetStreamError
 from nats.js.errors import NotFoundError
 
-from .wire import events_filter, stream_name
+from .wire import events_filter
 
 log = structlog.get_logger("memoir.subscription")
 
@@ -52,10 +55,10 @@ def consumer_name(owner: str, entity_type: str) -> str:
     return f"{owner}__{entity_type}"
 
 
-async def delete_durable(js: Any, prefix: str, entity_type: str, owner: str) -> None:
+async def delete_durable(js: Any, stream: str, entity_type: str, owner: str) -> None:
     """Forget a durable consumer's position (a view being rebuilt starts again at the stream's start)."""
     try:
-        await js.delete_consumer(stream_name(prefix, entity_type), consumer_name(owner, entity_type))
+        await js.delete_consumer(stream, consumer_name(owner, entity_type))
     except NotFoundError:
         pass
 
@@ -64,6 +67,7 @@ async def pull_loop(
     js: Any,
     *,
     prefix: str,
+    stream: str,
     entity_type: str,
     owner: str,
     handle: Handle,
@@ -72,12 +76,19 @@ async def pull_loop(
     max_ack_pending: int = 10_000,
     ack_wait: float = 10.0,
     fetch_timeout: float = 0.5,
+    start_seq: int | None = None,
 ) -> None:
-    """Fetch and handle batches forever; connection trouble is logged and retried, never fatal."""
-    stream = stream_name(prefix, entity_type)
+    """Fetch and handle batches forever; connection trouble is logged and retried, never fatal.
+
+    With `start_seq` the durable consumer is recreated to start there: a view passes the
+    position after its own checkpoint, so what the server thinks was acknowledged (AckAll
+    acknowledges everything below, including messages a dead process held) never decides
+    what the view sees.
+    """
     config = api.ConsumerConfig(
         durable_name=consumer_name(owner, entity_type),
-        deliver_policy=api.DeliverPolicy.ALL,
+        deliver_policy=api.DeliverPolicy.ALL if start_seq is None else api.DeliverPolicy.BY_START_SEQUENCE,
+        opt_start_seq=start_seq,
         ack_policy=ack_policy,
         ack_wait=ack_wait,
         max_ack_pending=max_ack_pending,
@@ -86,6 +97,8 @@ async def pull_loop(
     backoff = 0.1
     while True:
         try:
+            if start_seq is not None:
+                await delete_durable(js, stream, entity_type, owner)
             psub = await js.pull_subscribe(
                 events_filter(prefix, entity_type), durable=config.durable_name, stream=stream, config=config
             )

@@ -14,14 +14,16 @@ class PostsByAuthor(View[AuthorPosts], name="posts_by_author", sources=[Post]):
 
 Each view is a durable JetStream consumer per source stream. A batch of events
 is applied in one store transaction together with the view's checkpoint, so
-every event's effect lands exactly once even when JetStream redelivers. A view
+every event's effect lands exactly once even when JetStream redelivers; on
+start the consumer is recreated at the position after that checkpoint, so the
+view's own store, not the server's ack state, decides where it resumes. A view
 added later starts at the beginning of its streams, so history flows into the
 new feature; `rebuild` drops the rows and does it again.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, ClassVar, Generic, TypeVar
 
 import anyio
@@ -131,7 +133,16 @@ class ViewQuery(Generic[R]):
 class ViewRunner:
     """Keeps one view up to date: one pull loop per source stream, one store transaction per batch."""
 
-    def __init__(self, view: type[View[Any]], store: ViewStore, js: Any, *, prefix: str, batch: int = 500) -> None:
+    def __init__(
+        self,
+        view: type[View[Any]],
+        store: ViewStore,
+        js: Any,
+        *,
+        prefix: str,
+        batch: int = 500,
+        streams: Callable[[str], str] | None = None,
+    ) -> None:
         self.view = view
         self.instance = view()
         self.table = view.table()
@@ -139,6 +150,7 @@ class ViewRunner:
         self.js = js
         self.prefix = prefix
         self.batch = batch
+        self.streams = streams or (lambda entity_type: stream_name(prefix, entity_type))
         self.query = ViewQuery(view, store)
         self.applied = 0
         self.last_recorded_at = 0  # the recorded time of the newest event applied (view lag)
@@ -153,15 +165,20 @@ class ViewRunner:
             for entity_type in self.table.sources:
                 tg.start_soon(self._follow, entity_type)
 
+    def source_key(self, entity_type: str) -> str:
+        """The checkpoint's key: one per stream and type (the JetStream journal keeps all types in one stream)."""
+        return f"{self.streams(entity_type)}:{entity_type}"
+
     async def _follow(self, entity_type: str) -> None:
-        stream = stream_name(self.prefix, entity_type)
+        key = self.source_key(entity_type)
 
         async def handle(msgs: list[Msg]) -> None:
-            await self._apply(stream, msgs)
+            await self._apply(key, msgs)
             await msgs[-1].ack()  # AckAll: everything up to here
 
         await pull_loop(
-            self.js, prefix=self.prefix, entity_type=entity_type, owner=self.view.name, handle=handle, batch=self.batch
+            self.js, prefix=self.prefix, stream=self.streams(entity_type), entity_type=entity_type,
+            owner=self.view.name, handle=handle, batch=self.batch, start_seq=self._checkpoints.get(key, 0) + 1,
         )
 
     async def _apply(self, stream: str, msgs: list[Msg]) -> None:
@@ -199,13 +216,13 @@ class ViewRunner:
         self.applied += len(work)
         self.last_recorded_at = max(self.last_recorded_at, newest)
 
-    def checkpoint(self, stream: str) -> int:
-        """The last stream sequence this view applied from `stream`."""
-        return self._checkpoints.get(stream, 0)
+    def checkpoint(self, entity_type: str) -> int:
+        """The last stream sequence this view applied from `entity_type`'s events."""
+        return self._checkpoints.get(self.source_key(entity_type), 0)
 
     async def rebuild(self) -> None:
         """Forget everything: rows, checkpoints and the durable consumers. Run again to replay history."""
         await self.store.reset(self.view.name)
         for entity_type in self.table.sources:
-            await delete_durable(self.js, self.prefix, entity_type, self.view.name)
+            await delete_durable(self.js, self.streams(entity_type), entity_type, self.view.name)
         self._checkpoints = {}

@@ -11,6 +11,7 @@ import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -73,10 +74,46 @@ def _postgres(directory: Path) -> Journal:
     return PostgresJournal(f"{POSTGRES_URL}?schema={schema}")
 
 
+class _JetStream:
+    """One embedded nats-server (sync_interval: always) per test directory, reused on reopen."""
+
+    def __init__(self) -> None:
+        self.servers: dict[Path, Any] = {}
+
+    def open(self, directory: Path) -> Journal:
+        from runtime.journal.jetstream import JetStreamJournal
+
+        return _ServedJournal(self, directory, JetStreamJournal)
+
+
+class _ServedJournal:
+    """Starts the test's server on first open; the journal itself is opened by `async with`."""
+
+    def __init__(self, owner: _JetStream, directory: Path, cls: Any) -> None:
+        self.owner, self.directory, self.cls = owner, directory, cls
+        self.journal: Any = None
+
+    async def __aenter__(self) -> Journal:
+        from runtime.nats_server import EmbeddedNats
+
+        server = self.owner.servers.get(self.directory)
+        if server is None:
+            server = self.owner.servers[self.directory] = EmbeddedNats(self.directory / "nats", sync="always")
+            await server.start()
+        self.journal = self.cls(server.url)
+        return await self.journal.__aenter__()  # type: ignore[no-any-return]
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.journal.__aexit__(*exc)
+
+
+JETSTREAM = _JetStream()
+
 BACKENDS = [
     Backend("memory", _memory(), reopenable=True),  # the same object comes back: a reopen keeps it
     Backend("sqlite", lambda d: SqliteJournal(d / "journal.db")),
     Backend("postgres", _postgres),
+    Backend("nats", JETSTREAM.open),
 ]
 
 
@@ -90,8 +127,7 @@ class JournalFactory:
 
     @contextlib.asynccontextmanager
     async def open(self) -> AsyncIterator[Journal]:
-        journal = self.backend.open(self.directory)
-        async with journal:
+        async with self.backend.open(self.directory) as journal:
             yield journal
 
 
@@ -99,6 +135,10 @@ class JournalFactory:
 async def journal_factory(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[JournalFactory]:
     factory = JournalFactory(request.param, tmp_path)
     yield factory
+    if request.param.name == "nats":  # each test has its own server; stop it
+        server = JETSTREAM.servers.pop(tmp_path, None)
+        if server is not None:
+            await server.stop()
     if request.param.name == "postgres":  # each test has its own schema; drop it
         import asyncpg
 

@@ -5,6 +5,7 @@
 | `memory://` | a dict; tests only |
 | `sqlite:///path.db` | the embedded default: WAL, synchronous=FULL, group commit |
 | `postgresql://user@host/db?schema=memoir` | PostgreSQL via asyncpg (extra `memoir[postgres]`) |
+| `nats://host:port?prefix=memoir` | JetStream itself: the append is the publish |
 """
 
 from __future__ import annotations
@@ -30,8 +31,12 @@ def open_journal(url: str) -> Journal:
         from .postgres import PostgresJournal
 
         return PostgresJournal(url)
+    if scheme in ("nats", "tls"):
+        from .jetstream import JetStreamJournal
+
+        return JetStreamJournal(url)
     raise ConfigError(
-        f"unknown journal URL {url!r}: expected memory://, sqlite:///path.db or postgresql://…"
+        f"unknown journal URL {url!r}: expected memory://, sqlite:///path.db, postgresql://… or nats://…"
     )
 
 

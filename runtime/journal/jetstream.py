@@ -1,0 +1,428 @@
+"""`nats://host:port?prefix=memoir`: JetStream itself as the journal.
+
+The journal is one stream, `{PREFIX}_EVENTS`, on the subjects the outbox would publish to
+(`{prefix}.events.{type}.{token(id)}`, same `Nats-Msg-Id` and `Memoir-*` headers), so
+views, consumers and any plain subscriber read it the same way. The append is the
+publish: no outbox runs, and the stream sequence is the position.
+
+- Optimistic concurrency is the server's: an append carries
+  `Nats-Expected-Last-Subject-Sequence`, the entity subject's last stream sequence,
+  and the server refuses it with err_code 10071 if another writer got there first
+  (a `ConcurrencyConflict`). A duplicate `Nats-Msg-Id` is accepted only if the stored
+  message is this very write (a retry that already landed); otherwise it is a conflict.
+- A multi-event append is an atomic batch (stream `allow_atomic`, server >= 2.12):
+  headers `Nats-Batch-Id`, `Nats-Batch-Sequence` 1..n and `Nats-Batch-Commit: 1` on the
+  last; the server stores all or none and acks the commit (10201 names a batch that
+  holds a duplicate message id). At most 1,000 events per append (the server's limit).
+- Appends are pipelined: many in flight on one connection, each awaiting its own ack
+  on a shared inbox (nats-py's publish_async would not report a refusal, nats.py #985).
+- Snapshots live in a second stream (the latest 16 per entity), checkpoints, deletion
+  floors and tombstones in KV buckets.
+
+Durability: JetStream fsyncs every `sync_interval` (2 minutes by default). An
+acknowledged append then survives a crash of the server process but not of the
+machine. For the journal run the server with `sync_interval: always` (the embedded
+server's `sync="always"`), or replicate the stream (R3) on a cluster.
+"""
+
+from __future__ import annotations
+
+import base64
+import secrets
+from collections.abc import Sequence
+from typing import Any
+from urllib.parse import parse_qs, urlsplit, urlunsplit
+
+import msgspec
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.errors import Error as NatsError
+from nats.js import api
+from nats.js.errors import Error as JetStreamError
+from nats.js.errors import KeyNotFoundError, NotFoundError
+
+from ..envelope import Envelope, Recovery, Snapshot
+from ..errors import ConcurrencyConflict, ConfigError, EntityDeleted, JournalError
+from ..wire import check_prefix, envelope_from_message, event_headers, event_subject, token, untoken
+from .base import Journal, check_batch
+
+Key = tuple[str, str]
+MAX_BATCH = 1000
+H_REPLY = "Memoir-Reply"
+WRONG_LAST_SEQUENCE = 10071
+BATCH_DUPLICATE = 10201
+
+
+class _Meta(msgspec.Struct):
+    floor: int = 0
+    deleted: bool = False
+
+
+def _kv_key(key: Key) -> str:
+    """KV keys allow only [-/_=.a-zA-Z0-9]: the entity key in unpadded base64url."""
+    return base64.urlsafe_b64encode(f"{key[0]}/{key[1]}".encode()).decode().rstrip("=")
+
+
+def parse_nats_journal_url(url: str) -> tuple[str, str]:
+    parts = urlsplit(url)
+    if parts.scheme not in ("nats", "tls"):
+        raise ConfigError(f"not a NATS URL: {url!r}")
+    opts = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+    unknown = set(opts) - {"prefix"}
+    if unknown:
+        raise ConfigError(f"unknown NATS journal URL option(s) {sorted(unknown)} in {url!r}")
+    return urlunsplit((parts.scheme, parts.netloc, parts.path, "", "")), check_prefix(opts.get("prefix", "memoir"))
+
+
+class JetStreamJournal(Journal):
+    def __init__(self, url: str, *, replicas: int = 1, ack_timeout: float = 10.0) -> None:
+        self.server, self.prefix = parse_nats_journal_url(url)
+        self.url = f"{self.server}?prefix={self.prefix}"
+        base = self.prefix.replace(".", "_").upper()
+        self.stream = f"{base}_EVENTS"
+        self.snapshot_stream = f"{base}_SNAPSHOTS"
+        self.replicas = replicas
+        self.ack_timeout = ack_timeout
+        self.nc: NATS | None = None
+        self.js: Any = None
+        self._meta: Any = None
+        self._checkpoints: Any = None
+        self._inbox = ""
+        self._pending: dict[str, Any] = {}
+        self._n = 0
+        # (entity) -> (last stream seq of its subject, head seq): what the next append expects
+        self._last: dict[Key, tuple[int, int]] = {}
+
+    def stream_for(self, entity_type: str) -> str:
+        """Views and consumers read every entity type from the journal stream itself."""
+        return self.stream
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        from ..client import connect
+
+        self.nc = await connect(self.server, timeout=10, name="memoir-journal", max_reconnect_attempts=-1)
+        self.js = self.nc.jetstream(timeout=self.ack_timeout)
+        try:
+            await self._ensure(api.StreamConfig(
+                name=self.stream, subjects=[f"{self.prefix}.events.>"], storage=api.StorageType.FILE,
+                num_replicas=self.replicas, allow_atomic=True, allow_direct=True, duplicate_window=120.0,
+            ))
+            await self._ensure(api.StreamConfig(
+                name=self.snapshot_stream, subjects=[f"{self.prefix}.snapshots.>"], storage=api.StorageType.FILE,
+                num_replicas=self.replicas, max_msgs_per_subject=16, allow_direct=True,
+            ))
+            base = self.prefix.replace(".", "_").upper()
+            self._meta = await self.js.create_key_value(bucket=f"{base}_JOURNAL_META", replicas=self.replicas)
+            self._checkpoints = await self.js.create_key_value(bucket=f"{base}_CHECKPOINTS", replicas=self.replicas)
+        except (NatsError, JetStreamError) as exc:
+            await self.nc.close()
+            raise JournalError(f"cannot open the JetStream journal at {self.server}: {exc}") from exc
+        self._inbox = f"{self.nc.new_inbox()}.{secrets.token_hex(4)}."
+        await self.nc.subscribe(f"{self._inbox}*", cb=self._on_ack)
+
+    async def _ensure(self, config: api.StreamConfig) -> None:
+        try:
+            await self.js.stream_info(config.name)
+        except NotFoundError:
+            await self.js.add_stream(config)
+        else:
+            await self.js.update_stream(config)
+
+    async def close(self) -> None:
+        if self.nc is not None:
+            nc, self.nc = self.nc, None
+            for fut in self._pending.values():
+                fut.cancel()
+            await nc.drain()
+
+    # -- appends -----------------------------------------------------------------------------------
+
+    async def _on_ack(self, msg: Msg) -> None:
+        fut = self._pending.pop(msg.subject, None)
+        if fut is not None and not fut.done():
+            fut.set_result(msg)
+
+    async def _request(self, subject: str, payload: bytes, headers: dict[str, str]) -> dict[str, Any]:
+        import asyncio
+
+        import anyio
+
+        assert self.nc is not None, "the JetStream journal is not open"
+        self._n += 1
+        reply = f"{self._inbox}{self._n}"
+        fut = self._pending[reply] = asyncio.get_running_loop().create_future()
+        try:
+            await self.nc.publish(subject, payload, reply=reply, headers=headers)
+            with anyio.fail_after(self.ack_timeout):
+                msg = await fut
+        except (NatsError, TimeoutError) as exc:
+            raise JournalError(f"JetStream journal at {self.server}: no ack for {subject}: {exc!r}") from exc
+        finally:
+            self._pending.pop(reply, None)
+        if msg.headers and msg.headers.get("Status") == "503":
+            raise JournalError(f"JetStream journal: no stream listens on {subject}")
+        return msgspec.json.decode(msg.data)  # type: ignore[no-any-return]
+
+    async def _expectation(self, key: Key) -> tuple[int, int]:
+        """(last stream seq of the entity's subject, head seq), from cache or the server."""
+        known = self._last.get(key)
+        if known is not None:
+            return known
+        meta = await self._load_meta(key)
+        if meta.deleted:
+            raise EntityDeleted(*key)
+        subject = event_subject(self.prefix, *key)
+        try:
+            last = await self.js.get_last_msg(self.stream, subject, direct=True)
+            found = (last.seq, max(meta.floor, int((last.headers or {}).get("Memoir-Seq", 0))))
+        except NotFoundError:
+            found = (0, meta.floor)
+        self._last[key] = found
+        return found
+
+    def _headers(self, env: Envelope) -> dict[str, str]:
+        h = event_headers(env)
+        if env.reply is not None:
+            h[H_REPLY] = token(env.reply.decode())
+        return h
+
+    async def append(self, events: Sequence[Envelope], expected_seq: int) -> list[Envelope]:
+        key = check_batch(events, expected_seq)
+        if len(events) > MAX_BATCH:
+            raise JournalError(f"the JetStream journal takes at most {MAX_BATCH} events in one append")
+        try:
+            last_seq, head = await self._expectation(key)
+            if head != expected_seq:
+                raise ConcurrencyConflict(key[0], key[1], expected_seq, head)
+            subject = event_subject(self.prefix, *key)
+            first_position = await (self._append_one if len(events) == 1 else self._append_batch)(
+                subject, events, last_seq
+            )
+        except (ConcurrencyConflict, EntityDeleted):
+            self._last.pop(key, None)
+            raise
+        except (NatsError, JetStreamError) as exc:
+            self._last.pop(key, None)
+            raise JournalError(f"JetStream journal at {self.server}: {exc}") from exc
+        stored = [msgspec.structs.replace(e, position=first_position + i) for i, e in enumerate(events)]
+        self._last[key] = (stored[-1].position, stored[-1].seq)
+        self._notify_appended()
+        return stored
+
+    async def _append_one(self, subject: str, events: Sequence[Envelope], last_seq: int) -> int:
+        env = events[0]
+        headers = self._headers(env)
+        headers["Nats-Expected-Last-Subject-Sequence"] = str(last_seq)
+        ack = await self._request(subject, env.payload, headers)
+        self._check(ack, env)
+        if ack.get("duplicate"):
+            await self._same_write(ack["seq"], env)
+        return int(ack["seq"])
+
+    async def _append_batch(self, subject: str, events: Sequence[Envelope], last_seq: int) -> int:
+        assert self.nc is not None
+        batch_id = secrets.token_hex(11)
+        for i, env in enumerate(events, 1):
+            headers = self._headers(env)
+            headers["Nats-Batch-Id"] = batch_id
+            headers["Nats-Batch-Sequence"] = str(i)
+            if i == 1:
+                headers["Nats-Expected-Last-Subject-Sequence"] = str(last_seq)
+            if i < len(events):
+                await self.nc.publish(subject, env.payload, headers=headers)
+            else:
+                headers["Nats-Batch-Commit"] = "1"
+                ack = await self._request(subject, env.payload, headers)
+        self._check(ack, events[0])
+        return int(ack["seq"]) - len(events) + 1
+
+    def _check(self, ack: dict[str, Any], env: Envelope) -> None:
+        err = ack.get("error")
+        if err is None:
+            return
+        code = err.get("err_code")
+        if code == WRONG_LAST_SEQUENCE:
+            raise ConcurrencyConflict(env.entity_type, env.entity_id, env.seq - 1)
+        if code == BATCH_DUPLICATE:
+            # A batch whose message ids are already stored: a retried write that landed, or another
+            # writer's events under the same ids. Either way this write did not happen; re-read.
+            raise ConcurrencyConflict(env.entity_type, env.entity_id, env.seq - 1)
+        raise JournalError(f"JetStream refused {env.key}: {code} {err.get('description')}")
+
+    async def _same_write(self, seq: int, env: Envelope) -> None:
+        """A duplicate Msg-Id ack: fine only if the stored message is this write."""
+        stored = await self.js.get_msg(self.stream, seq=seq, direct=True)
+        if stored.data != env.payload or (stored.headers or {}).get("Memoir-Command-Id") != (
+            token(env.command_id) if env.command_id else None
+        ):
+            raise ConcurrencyConflict(env.entity_type, env.entity_id, env.seq - 1)
+
+    # -- reads -------------------------------------------------------------------------------------
+
+    def _envelope(self, subject: str, headers: Any, data: bytes, position: int) -> Envelope:
+        try:
+            env = envelope_from_message(subject, headers, data)
+        except ValueError as exc:
+            raise JournalError(f"JetStream journal: message {position} on {subject} is not an event: {exc}") from exc
+        reply = (headers or {}).get(H_REPLY)
+        return msgspec.structs.replace(
+            env, position=position, reply=None if reply is None else untoken(str(reply)).encode()
+        )
+
+    async def _scan(self, stream: str, subject: str, start: int = 1, limit: int | None = None) -> list[Msg]:
+        """Messages of `subject` from stream sequence `start`, in order, with an ephemeral consumer."""
+        config = api.ConsumerConfig(
+            deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=max(1, start),
+            ack_policy=api.AckPolicy.NONE, filter_subject=subject, inactive_threshold=10.0,
+            mem_storage=True,
+        )
+        try:
+            psub = await self.js.pull_subscribe(subject, stream=stream, config=config)
+        except (NatsError, JetStreamError) as exc:
+            raise JournalError(f"JetStream journal: cannot read {subject}: {exc}") from exc
+        try:
+            info = await psub.consumer_info()
+            total = info.num_pending if limit is None else min(limit, info.num_pending)
+            out: list[Msg] = []
+            while len(out) < total:
+                out.extend(await psub.fetch(min(1000, total - len(out)), timeout=10))
+            return out
+        finally:
+            try:
+                await self.js.delete_consumer(stream, (await psub.consumer_info()).name)
+            except (NatsError, JetStreamError):
+                pass
+            await psub.unsubscribe()
+
+    async def read(
+        self, entity_type: str, entity_id: str, from_seq: int = 1, to_seq: int | None = None, limit: int | None = None
+    ) -> list[Envelope]:
+        return await self._read(entity_type, entity_id, from_seq, to_seq, limit)
+
+    async def _read(
+        self, entity_type: str, entity_id: str, from_seq: int, to_seq: int | None, limit: int | None, start: int = 1
+    ) -> list[Envelope]:
+        subject = event_subject(self.prefix, entity_type, entity_id)
+        out = []
+        for m in await self._scan(self.stream, subject, start):
+            env = self._envelope(m.subject, m.headers, m.data, m.metadata.sequence.stream)
+            if env.seq < from_seq or (to_seq is not None and env.seq > to_seq):
+                continue
+            out.append(env)
+            if limit is not None and len(out) >= limit:
+                break
+        return out
+
+    async def read_all(self, from_position: int = 1, limit: int = 1000) -> list[Envelope]:
+        msgs = await self._scan(self.stream, f"{self.prefix}.events.>", from_position, limit)
+        return [self._envelope(m.subject, m.headers, m.data, m.metadata.sequence.stream) for m in msgs]
+
+    async def head(self, entity_type: str, entity_id: str) -> int:
+        key = (entity_type, entity_id)
+        self._last.pop(key, None)  # ask the server: another writer may have moved it
+        try:
+            return (await self._expectation(key))[1]
+        except EntityDeleted:
+            return (await self._load_meta(key)).floor
+
+    async def is_deleted(self, entity_type: str, entity_id: str) -> bool:
+        return (await self._load_meta((entity_type, entity_id))).deleted
+
+    async def last_position(self) -> int:
+        info = await self.js.stream_info(self.stream)
+        return int(info.state.last_seq)
+
+    # -- deletion ----------------------------------------------------------------------------------
+
+    async def _load_meta(self, key: Key) -> _Meta:
+        try:
+            entry = await self._meta.get(_kv_key(key))
+        except KeyNotFoundError:
+            return _Meta()
+        return msgspec.json.decode(entry.value, type=_Meta) if entry.value else _Meta()
+
+    async def delete(self, entity_type: str, entity_id: str, to_seq: int | None = None) -> None:
+        key = (entity_type, entity_id)
+        self._last.pop(key, None)
+        meta = await self._load_meta(key)
+        events = await self.read(entity_type, entity_id)
+        head = max([meta.floor, *(e.seq for e in events)])
+        upto = head if to_seq is None else min(to_seq, head)
+        for env in events:
+            if env.seq <= upto:
+                await self.js.delete_msg(self.stream, env.position)
+        meta = _Meta(floor=max(meta.floor, upto), deleted=meta.deleted or to_seq is None)
+        await self._meta.put(_kv_key(key), msgspec.json.encode(meta))
+        if to_seq is None:
+            await self.js.purge_stream(self.snapshot_stream, subject=self._snapshot_subject(key))
+
+    # -- snapshots and checkpoints -----------------------------------------------------------------
+
+    def _snapshot_subject(self, key: Key) -> str:
+        return f"{self.prefix}.snapshots.{key[0]}.{token(key[1])}"
+
+    async def save_snapshot(self, snapshot: Snapshot) -> None:
+        key = (snapshot.entity_type, snapshot.entity_id)
+        headers = {"Memoir-Seq": str(snapshot.seq), "Memoir-Recorded-At": str(snapshot.recorded_at)}
+        last = self._last.get(key)
+        if last is not None and last[1] == snapshot.seq:
+            headers["Memoir-Position"] = str(last[0])  # where recovery resumes reading events
+        await self.js.publish(self._snapshot_subject(key), snapshot.payload, headers=headers)
+
+    def _snapshot(self, key: Key, headers: Any, data: bytes) -> Snapshot:
+        h = headers or {}
+        return Snapshot(entity_type=key[0], entity_id=key[1], seq=int(h["Memoir-Seq"]),
+                        recorded_at=int(h.get("Memoir-Recorded-At", 0)), payload=data)
+
+    async def _snapshots(self, key: Key) -> list[tuple[Snapshot, int, int]]:
+        """(snapshot, its stream seq, the event position it covers) for every kept snapshot."""
+        out = []
+        for m in await self._scan(self.snapshot_stream, self._snapshot_subject(key)):
+            out.append((self._snapshot(key, m.headers, m.data), m.metadata.sequence.stream,
+                        int((m.headers or {}).get("Memoir-Position", 0))))
+        return out
+
+    async def load_snapshot(self, entity_type: str, entity_id: str, max_seq: int | None = None) -> Snapshot | None:
+        found = await self._latest_snapshot((entity_type, entity_id), max_seq)
+        return None if found is None else found[0]
+
+    async def _latest_snapshot(self, key: Key, max_seq: int | None) -> tuple[Snapshot, int] | None:
+        try:
+            last = await self.js.get_last_msg(self.snapshot_stream, self._snapshot_subject(key), direct=True)
+        except NotFoundError:
+            return None
+        snap = self._snapshot(key, last.headers, last.data)
+        if max_seq is None or snap.seq <= max_seq:
+            return snap, int((last.headers or {}).get("Memoir-Position", 0))
+        fits = [(s, p) for s, _, p in await self._snapshots(key) if s.seq <= max_seq]
+        return max(fits, key=lambda sp: sp[0].seq) if fits else None
+
+    async def delete_snapshots(self, entity_type: str, entity_id: str, to_seq: int) -> None:
+        for snap, seq, _ in await self._snapshots((entity_type, entity_id)):
+            if snap.seq <= to_seq:
+                await self.js.delete_msg(self.snapshot_stream, seq)
+
+    async def load_checkpoint(self, name: str) -> int:
+        try:
+            entry = await self._checkpoints.get(name)
+        except KeyNotFoundError:
+            return 0
+        return int(entry.value or 0)
+
+    async def save_checkpoint(self, name: str, position: int) -> None:
+        await self._checkpoints.put(name, str(position).encode())
+
+    async def recover(self, entity_type: str, entity_id: str) -> Recovery:
+        key = (entity_type, entity_id)
+        meta = await self._load_meta(key)
+        if meta.deleted:
+            return Recovery(None, [], meta.floor, deleted=True)
+        found = await self._latest_snapshot(key, None)
+        snapshot, start = (found[0], found[1] + 1) if found else (None, 1)
+        events = await self._read(entity_type, entity_id, (snapshot.seq + 1) if snapshot else 1, None, None, start)
+        self._last.pop(key, None)
+        _, head = await self._expectation(key)
+        return Recovery(snapshot, events, head)
+
