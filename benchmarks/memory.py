@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import time
 
+import _common as c  # noqa: I001 - puts the repository on sys.path
 import anyio
 
-import _common as c  # noqa: I001 - puts the repository on sys.path
-from runtime.tuning import tune_gc
 from entities import InventoryItem
 from runtime import App, Runtime, SqliteJournal
+from runtime.tuning import tune_gc
 
 app = App("mem", entities=[InventoryItem])
 PAYLOAD = b'{"units": 5}'

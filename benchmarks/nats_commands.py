@@ -8,11 +8,9 @@ import os
 import subprocess
 import sys
 import time
-from pathlib import Path
-
-import anyio
 
 import _common as c  # noqa: I001 - puts the repository on sys.path
+import anyio
 import nats
 
 CLIENTS = 2  # processes; 32 requests in flight each

@@ -9,18 +9,18 @@ from collections import deque
 from pathlib import Path
 from typing import Any
 
+import _common as c  # noqa: I001 - puts the repository on sys.path
 import anyio
 import msgspec
 import nats
 
-import _common as c  # noqa: I001 - puts the repository on sys.path
-from runtime.tuning import tune_gc
 from entities.social import Post, Profile, Published
 from runtime import App, Envelope, Runtime, SqliteJournal, model_of
 from runtime.handlers import on
 from runtime.nats_server import EmbeddedNats
 from runtime.publisher import Publisher, StreamSettings, ensure_stream
 from runtime.service import Service
+from runtime.tuning import tune_gc
 from runtime.view import Rows, View
 from runtime.wire import event_headers, event_subject
 

@@ -8,12 +8,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+import _common as c  # noqa: I001 - puts the repository on sys.path
 import anyio
 
-import _common as c  # noqa: I001 - puts the repository on sys.path
-from runtime.tuning import tune_gc
 from entities.inventory import InventoryItem, Received
 from runtime import App, Envelope, Runtime, SqliteJournal, model_of
+from runtime.tuning import tune_gc
 
 
 class Unsnapshotted(InventoryItem, name="inventory"):

@@ -9,20 +9,22 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import sqlite3
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import _common as c  # noqa: I001 - puts the repository on sys.path
 import anyio
 
-import _common as c  # noqa: I001 - puts the repository on sys.path
-from runtime.tuning import tune_gc
 from entities import InventoryItem
 from runtime import App, Runtime, open_journal
 from runtime.journal.sqlite import _SCHEMA
+from runtime.tuning import tune_gc
 
 PAYLOAD = b'{"units": 1, "on": "2022-03-01"}'
 app = App("bench", entities=[InventoryItem])
@@ -135,6 +137,46 @@ async def raw_postgres(url: str, rows: int, entities: int, batch: int) -> float:
         await conn.close()
 
 
+async def raw_jetstream(url: str, rows: int, entities: int, window: int = 1024) -> float:
+    """Plain nats-py: the same events published to one stream with Nats-Msg-Id, `window` acks in flight."""
+    import asyncio
+    from collections import deque
+
+    import nats
+    from nats.js import api
+
+    nc = await nats.connect(url)
+    js = nc.jetstream()
+    await js.add_stream(api.StreamConfig(name="RAW_EVENTS", subjects=["raw.events.>"]))
+    inbox = nc.new_inbox() + "."
+    pending: dict[str, asyncio.Future[Any]] = {}
+
+    async def on_ack(msg: Any) -> None:
+        pending.pop(msg.subject).set_result(msg)
+
+    await nc.subscribe(inbox + "*", cb=on_ack)
+    loop = asyncio.get_running_loop()
+    rnd = random.Random(1)
+    heads = [0] * entities
+    inflight: deque[asyncio.Future[Any]] = deque()
+    started = time.perf_counter()
+    for i in range(rows):
+        k = rnd.randrange(entities)
+        heads[k] += 1
+        reply = f"{inbox}{i}"
+        fut = pending[reply] = loop.create_future()
+        await nc.publish(f"raw.events.inventory.SKU-{k}", PAYLOAD, reply=reply,
+                         headers={"Nats-Msg-Id": f"inventory/SKU-{k}/{heads[k]}"})
+        inflight.append(fut)
+        if len(inflight) >= window:
+            await inflight.popleft()
+    while inflight:
+        await inflight.popleft()
+    elapsed = time.perf_counter() - started
+    await nc.close()
+    return rows / elapsed
+
+
 def raw_memory(rows: int, entities: int) -> float:
     """The memory journal's limit: appending the same rows to Python lists."""
     log: list[tuple[Any, ...]] = []
@@ -143,6 +185,19 @@ def raw_memory(rows: int, entities: int) -> float:
     for i in range(rows):
         log.append(("inventory", f"SKU-{rnd.randrange(entities)}", i, PAYLOAD))
     return rows / (time.perf_counter() - started)
+
+
+@contextlib.contextmanager
+def embedded_nats(d: Path, sync: str) -> Iterator[str]:
+    """A private nats-server for the run, kept alive by a portal thread between the benchmark's phases."""
+    from anyio.from_thread import start_blocking_portal
+
+    from runtime.nats_server import EmbeddedNats
+
+    with start_blocking_portal() as portal:
+        server = EmbeddedNats(d / "nats", sync=None if sync == "default" else sync)
+        with portal.wrap_async_context_manager(server):
+            yield server.url
 
 
 async def drop_schema(url: str, schema: str) -> None:
@@ -156,22 +211,28 @@ async def drop_schema(url: str, schema: str) -> None:
 def main() -> None:
     tune_gc()  # as `memoir run` does (see runtime/tuning.py)
     p = c.parser(__doc__.splitlines()[0])
-    p.add_argument("--journal", choices=["sqlite", "postgres", "memory"], default="sqlite")
+    p.add_argument("--journal", choices=["sqlite", "postgres", "nats", "memory"], default="sqlite")
     p.add_argument("--postgres-url", default="postgresql://postgres@127.0.0.1:5432/test")
+    p.add_argument("--nats-sync", choices=["always", "default"], default="always",
+                   help="the embedded server's sync_interval: always (what the journal needs to survive a"
+                   " machine crash) or the server default (2 minutes)")
     p.add_argument("--commands", type=int)
     p.add_argument("--entities", type=int, default=10_000)
     p.add_argument("--concurrency", type=int, default=1000)
     args = p.parse_args()
     commands = args.commands or (60_000 if args.quick else 300_000)
     es_commands = 3_000 if args.quick else 10_000
+    sync = f" (nats sync_interval {args.nats_sync})" if args.journal == "nats" else ""
     print(f"throughput: {commands:,} commands to {args.entities:,} entities, {args.concurrency} senders,"
-          f" journal {args.journal}", flush=True)
-    with c.scratch_dir() as d:
+          f" journal {args.journal}{sync}", flush=True)
+    with c.scratch_dir() as d, contextlib.ExitStack() as stack:
+        nats_url = stack.enter_context(embedded_nats(d, args.nats_sync)) if args.journal == "nats" else ""
         tag = f"bench_{os.getpid()}"
         url = {
             "memory": "memory://",
             "sqlite": f"sqlite:///{d / 'memoir.db'}",
             "postgres": f"{args.postgres_url}?schema={tag}",
+            "nats": f"{nats_url}?prefix=bench",
         }[args.journal]
         m = anyio.run(run_memoir, url, commands, args.entities, args.concurrency)
         c.line("memoir commands/s", m["commands_per_s"])
@@ -180,6 +241,8 @@ def main() -> None:
         batch = max(1, round(m["avg_batch"]))
         if args.journal == "sqlite":
             raw = raw_sqlite(d / "raw.db", commands, args.entities, batch)
+        elif args.journal == "nats":
+            raw = anyio.run(raw_jetstream, nats_url, commands, args.entities)
         elif args.journal == "postgres":
             anyio.run(drop_schema, args.postgres_url, tag)
             raw = anyio.run(raw_postgres, f"{args.postgres_url}?schema={tag}_raw", commands, args.entities, batch)
@@ -199,10 +262,14 @@ def main() -> None:
     if args.journal == "postgres":
         c.goal("commands/s", m["commands_per_s"], ">=", 20_000)
         c.goal("ratio vs raw", ratio_raw, ">=", 0.3)
+    if args.journal == "nats":
+        c.goal("commands/s", m["commands_per_s"], ">=", 15_000)
+        c.goal("ratio vs raw", ratio_raw, ">=", 0.3)
     if args.journal == "sqlite":
         c.goal("ratio vs eventsourcing", ratio_es, ">=", 10)
     c.finish({
-        "journal": args.journal, "commands": commands, "entities": args.entities, "concurrency": args.concurrency,
+        "journal": args.journal, **({"nats_sync": args.nats_sync} if args.journal == "nats" else {}),
+        "commands": commands, "entities": args.entities, "concurrency": args.concurrency,
         "commands_per_s": m["commands_per_s"], "p50_ms": m["p50_ms"], "p99_ms": m["p99_ms"],
         "avg_batch": m["avg_batch"], "raw_rows_per_s": raw, "eventsourcing_commands_per_s": es,
         "ratio_vs_raw": ratio_raw, "ratio_vs_eventsourcing": ratio_es,

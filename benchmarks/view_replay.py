@@ -6,22 +6,21 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import _common as c  # noqa: I001 - puts the repository on sys.path
 import anyio
 import msgspec
 import nats
 from nats.js import api
+from publisher import fill  # noqa: E402 - the same events the publisher benchmark uses
 
-import _common as c  # noqa: I001 - puts the repository on sys.path
-from runtime.tuning import tune_gc
 from entities.social import AuthorPosts, PostsByAuthor
 from runtime import SqliteJournal
 from runtime.nats_server import EmbeddedNats
 from runtime.publisher import Publisher
+from runtime.tuning import tune_gc
 from runtime.view import ViewRunner
 from runtime.view_store import SqliteViewStore
 from runtime.wire import stream_name
-
-from publisher import fill  # noqa: E402 - the same events the publisher benchmark uses
 
 
 async def catch_up(js: Any, store: SqliteViewStore, events: int) -> float:

@@ -65,6 +65,14 @@ async def connect(url: str, *, timeout: float = 5.0, **options: Any) -> NATS:
         raise MemoirError(f"cannot connect to NATS at {url}: {reason}") from None
 
 
+async def close_quietly(nc: NATS) -> None:
+    """Drain (flush what was published, then close); if the server is already gone, just close."""
+    try:
+        await nc.drain()
+    except Exception:  # noqa: BLE001 - nats-py raises several types once a connection is broken
+        await nc.close()
+
+
 class Client:
     def __init__(self, nats_url: str | None = None, *, nc: NATS | None = None, prefix: str = "memoir") -> None:
         if (nats_url is None) == (nc is None):

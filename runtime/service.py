@@ -26,7 +26,7 @@ import structlog
 from nats.aio.client import Client as NATS
 
 from .app import App
-from .client import connect
+from .client import close_quietly, connect
 from .consumer import ConsumerRunner, ensure_dead_letter_stream
 from .errors import ConfigError
 from .journal import Journal
@@ -97,7 +97,7 @@ class Service:
             self.nc = await connect(
                 self.nats_url, timeout=10, name=f"memoir-{self.app.name}", max_reconnect_attempts=-1
             )
-            stack.push_async_callback(self.nc.drain)
+            stack.push_async_callback(close_quietly, self.nc)
         js = self.nc.jetstream()
         types = sorted(self.runtime.models)
         journal_stream = getattr(self.journal, "stream_for", None)

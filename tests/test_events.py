@@ -8,6 +8,7 @@ from pathlib import Path
 
 import msgspec
 import pytest
+from conftest import JournalFactory
 
 from runtime import (
     App,
@@ -81,12 +82,11 @@ class ProductV2(EventSourcedEntity[Price], name="product"):
         return Price(e.cents, e.currency, p.changes + 1)
 
 
-async def test_events_written_by_v1_load_with_v2_code(tmp_path: Path) -> None:
-    path = tmp_path / "j.db"
-    async with SqliteJournal(path) as j, Runtime(App("v1", entities=[ProductV1]), j) as rt:
+async def test_events_written_by_v1_load_with_v2_code(journal_factory: JournalFactory) -> None:
+    async with journal_factory.open() as j, Runtime(App("v1", entities=[ProductV1]), j) as rt:
         await rt.ask("product", "p", "set_price", {"euros": 3})
         await rt.ask("product", "p", "set_price", {"euros": 5})
-    async with SqliteJournal(path) as j, Runtime(App("v2", entities=[ProductV2]), j) as rt:
+    async with journal_factory.open() as j, Runtime(App("v2", entities=[ProductV2]), j) as rt:
         assert (await rt.ask("product", "p", "get")).result == Price(500, "EUR", 2)
         await rt.ask("product", "p", "set_price", {"cents": 650, "currency": "CHF"})
         assert (await rt.ask("product", "p", "get")).result == Price(650, "CHF", 3)

@@ -27,6 +27,7 @@ server's `sync="always"`), or replicate the stream (R3) on a cluster.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import secrets
 from collections.abc import Sequence
@@ -56,6 +57,14 @@ BATCH_DUPLICATE = 10201
 class _Meta(msgspec.Struct):
     floor: int = 0
     deleted: bool = False
+
+
+_ack_decoder = msgspec.json.Decoder(dict[str, Any])
+
+
+def _expire(fut: asyncio.Future[Any]) -> None:
+    if not fut.done():
+        fut.set_exception(TimeoutError("no publish ack"))
 
 
 def _kv_key(key: Key) -> str:
@@ -100,7 +109,7 @@ class JetStreamJournal(Journal):
     # -- lifecycle ---------------------------------------------------------------------------------
 
     async def open(self) -> None:
-        from ..client import connect
+        from ..client import connect  # imported late: client imports the runtime, which imports journals
 
         self.nc = await connect(self.server, timeout=10, name="memoir-journal", max_reconnect_attempts=-1)
         self.js = self.nc.jetstream(timeout=self.ack_timeout)
@@ -131,11 +140,13 @@ class JetStreamJournal(Journal):
             await self.js.update_stream(config)
 
     async def close(self) -> None:
+        from ..client import close_quietly
+
         if self.nc is not None:
             nc, self.nc = self.nc, None
             for fut in self._pending.values():
                 fut.cancel()
-            await nc.drain()
+            await close_quietly(nc)
 
     # -- appends -----------------------------------------------------------------------------------
 
@@ -145,25 +156,24 @@ class JetStreamJournal(Journal):
             fut.set_result(msg)
 
     async def _request(self, subject: str, payload: bytes, headers: dict[str, str]) -> dict[str, Any]:
-        import asyncio
-
-        import anyio
-
         assert self.nc is not None, "the JetStream journal is not open"
         self._n += 1
         reply = f"{self._inbox}{self._n}"
-        fut = self._pending[reply] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        fut = self._pending[reply] = loop.create_future()
+        # A timer handle, not a cancel scope: this runs once per append, and a scope costs more.
+        timer = loop.call_later(self.ack_timeout, _expire, fut)
         try:
             await self.nc.publish(subject, payload, reply=reply, headers=headers)
-            with anyio.fail_after(self.ack_timeout):
-                msg = await fut
+            msg = await fut
         except (NatsError, TimeoutError) as exc:
             raise JournalError(f"JetStream journal at {self.server}: no ack for {subject}: {exc!r}") from exc
         finally:
+            timer.cancel()
             self._pending.pop(reply, None)
         if msg.headers and msg.headers.get("Status") == "503":
             raise JournalError(f"JetStream journal: no stream listens on {subject}")
-        return msgspec.json.decode(msg.data)  # type: ignore[no-any-return]
+        return _ack_decoder.decode(msg.data)  # type: ignore[no-any-return]
 
     async def _expectation(self, key: Key) -> tuple[int, int]:
         """(last stream seq of the entity's subject, head seq), from cache or the server."""

@@ -1,0 +1,73 @@
+"""What only the JetStream journal has to prove: the server's own checks refuse a stale writer's atomic
+batch, an acknowledged append survives a SIGKILL of nats-server, and a service on it needs no outbox."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import anyio
+import nats
+import pytest
+
+from entities.social import CountPosts, Post, PostsByAuthor, Profile
+from runtime import App, ConcurrencyConflict, Envelope
+from runtime.journal.jetstream import JetStreamJournal
+from runtime.nats_server import EmbeddedNats
+from runtime.service import Service
+
+pytestmark = pytest.mark.anyio
+
+
+def ev(entity_id: str, seq: int, payload: bytes = b"{}") -> Envelope:
+    return Envelope(entity_type="thing", entity_id=entity_id, seq=seq, name="Happened", version=1,
+                    payload=payload, recorded_at=time.time_ns())
+
+
+async def test_the_server_refuses_a_stale_writers_atomic_batch(tmp_path: Path) -> None:
+    async with EmbeddedNats(tmp_path / "n", sync="always") as server:
+        async with JetStreamJournal(server.url) as one, JetStreamJournal(server.url) as two:
+            assert await two.head("thing", "x") == 0  # `two` now believes the subject is empty
+            await one.append([ev("x", 1, b'"one"')], 0)
+            with pytest.raises(ConcurrencyConflict):  # passes two's own check; the server refuses it
+                await two.append([ev("x", 1, b'"two"'), ev("x", 2, b'"two"'), ev("x", 3, b'"two"')], 0)
+            assert [e.payload for e in await one.read("thing", "x")] == [b'"one"']
+            assert await one.last_position() == 1, "none of the batch was stored"
+            # after the conflict `two` re-reads and can go on
+            assert [e.seq for e in await two.append([ev("x", 2)], await two.head("thing", "x"))] == [2]
+
+
+async def test_an_acknowledged_append_survives_a_sigkill_of_the_server(tmp_path: Path) -> None:
+    server = EmbeddedNats(tmp_path / "n", sync="always")
+    await server.start()
+    try:
+        async with JetStreamJournal(server.url) as journal:
+            stored = await journal.append([ev("x", 1), ev("x", 2)], 0)
+            stored += await journal.append([ev("x", 3)], 2)
+            await server.stop(kill=True)  # no flush, no goodbye
+        await server.start()  # same data directory and port
+        async with JetStreamJournal(server.url) as journal:
+            assert await journal.read("thing", "x") == stored
+            assert await journal.head("thing", "x") == 3
+    finally:
+        await server.stop()
+
+
+async def test_a_service_on_the_jetstream_journal_runs_no_outbox(tmp_path: Path) -> None:
+    app = App("js", entities=[Post, Profile], views=[PostsByAuthor], consumers=[CountPosts])
+    async with EmbeddedNats(tmp_path / "n", sync="always") as server:
+        async with JetStreamJournal(server.url) as journal, Service(app, journal, nats_url=server.url) as svc:
+            assert svc.publisher is None
+            for i in range(30):
+                await svc.runtime.ask("post", f"p{i}", "publish", {"author": f"a{i % 3}", "text": "x"})
+            with anyio.fail_after(30):
+                while True:
+                    rows = await svc.view("posts_by_author").all()
+                    counts = [(await svc.runtime.ask("profile", f"a{k}", "get")).result.posts for k in range(3)]
+                    if {k: r.posts for k, r in rows.items()} == {"a0": 10, "a1": 10, "a2": 10} and counts == [10] * 3:
+                        break
+                    await anyio.sleep(0.05)
+        client = await nats.connect(server.url)
+        names = [s.config.name for s in await client.jetstream().streams_info()]
+        await client.close()
+    assert "MEMOIR_EVENTS" in names and "MEMOIR_EVENTS_POST" not in names, "the journal stream is the event stream"
