@@ -22,7 +22,7 @@ across such retries.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import anyio
@@ -32,9 +32,8 @@ from nats.aio.msg import Msg
 from nats.js import api
 
 from .actor import Reply
-from .entity import EventSourcedEntity
 from .envelope import Envelope
-from .handlers import HandlerTable
+from .handlers import HandlerTable, Subscriber
 from .publisher import StreamSettings, ensure_stream_config
 from .subscription import pull_loop
 from .wire import envelope_from_message, stream_name
@@ -70,25 +69,12 @@ class Context:
         )
 
 
-class Consumer:
-    name: ClassVar[str]
-    sources: ClassVar[tuple[type[EventSourcedEntity[Any]], ...]]
+class Consumer(Subscriber):
+    """Base class of a consumer. Subclass with `name=` and `sources=[EntityClass, ...]`."""
+
+    kind = "consumer"
     max_attempts: ClassVar[int] = 5
     backoff: ClassVar[float] = 0.2  # seconds before the first retry; doubles each time
-
-    def __init_subclass__(
-        cls, name: str | None = None, sources: Iterable[type[EventSourcedEntity[Any]]] = (), **kw: Any
-    ) -> None:
-        super().__init_subclass__(**kw)
-        cls.name = name or cls.__dict__.get("name") or cls.__name__.lower()
-        cls.sources = tuple(sources) or cls.__dict__.get("sources", ())
-
-    @classmethod
-    def table(cls) -> HandlerTable:
-        table = cls.__dict__.get("_table")
-        if table is None:
-            table = cls._table = HandlerTable(cls, "consumer", cls.name, cls.sources)  # type: ignore[attr-defined]
-        return table
 
 
 def dead_letter_subject(prefix: str, consumer: str) -> str:

@@ -12,7 +12,7 @@ import inspect
 import typing
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import msgspec
 
@@ -80,3 +80,35 @@ class HandlerTable:
         result = handler.fn(*args)
         if handler.is_async:
             await result
+
+
+class Subscriber:
+    """What views and consumers share: a name, the entity types they follow, their `@on` table.
+
+    Subclass with `name="..."` and `sources=[EntityClass, ...]`.
+    """
+
+    name: ClassVar[str]
+    sources: ClassVar[tuple[type[EventSourcedEntity[Any]], ...]]
+    kind: ClassVar[str] = "subscriber"
+
+    def __init_subclass__(
+        cls, name: str | None = None, sources: Iterable[type[EventSourcedEntity[Any]]] = (), **kw: Any
+    ) -> None:
+        super().__init_subclass__(**kw)
+        cls.name = name or cls.__dict__.get("name") or cls.__name__.lower()
+        cls.sources = tuple(sources) or cls.__dict__.get("sources", ())
+
+    @classmethod
+    def table(cls) -> HandlerTable:
+        """The compiled handler table (built once; building validates the class)."""
+        table = cls.__dict__.get("_table")
+        if table is None:
+            table = HandlerTable(cls, cls.kind, cls.name, cls.sources)
+            cls.check(table)
+            cls._table = table  # type: ignore[attr-defined]
+        return table
+
+    @classmethod
+    def check(cls, table: HandlerTable) -> None:
+        """A hook for subclasses to refuse a table (raise ConfigError)."""

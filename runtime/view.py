@@ -23,7 +23,7 @@ new feature; `rebuild` drops the rows and does it again.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, ClassVar, Generic, TypeVar
 
 import anyio
@@ -31,9 +31,8 @@ import msgspec
 import structlog
 from nats.aio.msg import Msg
 
-from .entity import EventSourcedEntity
 from .errors import ConfigError, EventDecodeError
-from .handlers import Handler, HandlerTable
+from .handlers import Handler, HandlerTable, Subscriber
 from .subscription import delete_durable, pull_loop
 from .view_store import RawRows, ViewStore
 from .wire import envelope_from_message, stream_name
@@ -75,35 +74,25 @@ class Rows(Generic[R]):
         return out
 
 
-class View(Generic[R]):
-    """Base class of a view. Subclass with `name=` and `sources=[EntityClass, ...]`, and a `Row` type."""
+class View(Subscriber, Generic[R]):
+    """Base class of a view. Subclass with `name=`, `sources=[EntityClass, ...]` and a row type, View[Row]."""
 
-    name: ClassVar[str]
-    sources: ClassVar[tuple[type[EventSourcedEntity[Any]], ...]]
+    kind = "view"
     row_type: ClassVar[type]
 
-    def __init_subclass__(
-        cls, name: str | None = None, sources: Iterable[type[EventSourcedEntity[Any]]] = (), **kw: Any
-    ) -> None:
+    def __init_subclass__(cls, **kw: Any) -> None:
         super().__init_subclass__(**kw)
-        cls.name = name or cls.__dict__.get("name") or cls.__name__.lower()
-        cls.sources = tuple(sources) or cls.__dict__.get("sources", ())
         for base in getattr(cls, "__orig_bases__", ()):
             args = getattr(base, "__args__", ())
             if args and isinstance(args[0], type):
                 cls.row_type = args[0]
 
     @classmethod
-    def table(cls) -> HandlerTable:
-        table = cls.__dict__.get("_table")
-        if table is None:
-            if not isinstance(getattr(cls, "row_type", None), type):
-                raise ConfigError(f"view {cls.__name__}: declare the row type, View[MyRow]")
-            table = HandlerTable(cls, "view", cls.name, cls.sources)
-            if any(h.is_async for h in table.handlers.values()):
-                raise ConfigError(f"view {cls.__name__}: handlers update rows and must not be async")
-            cls._table = table  # type: ignore[attr-defined]
-        return table
+    def check(cls, table: HandlerTable) -> None:
+        if not isinstance(getattr(cls, "row_type", None), type):
+            raise ConfigError(f"view {cls.__name__}: declare the row type, View[MyRow]")
+        if any(h.is_async for h in table.handlers.values()):
+            raise ConfigError(f"view {cls.__name__}: handlers update rows and must not be async")
 
 
 class ViewQuery(Generic[R]):
