@@ -16,8 +16,7 @@ PAYLOAD = b'{"units": 5}'
 
 
 async def run(path: str, entities: int, max_live: int, concurrency: int) -> dict[str, float]:
-    async with SqliteJournal(path) as journal, \
-            Runtime(app, journal, max_live_actors=max_live) as rt:
+    async with SqliteJournal(path) as journal, Runtime(app, journal, max_live_actors=max_live) as rt:
         next_id = 0
         most_live = 0
 
@@ -57,10 +56,16 @@ def main() -> None:
     c.line("live actors at the end (most seen)", f"{r['live']:,} ({r['most_live']:,})")
     c.line("commands/s (each one an activation)", entities / r["seconds"])
     c.goal("peak RSS MB", peak, "<=", 1024)
-    c.finish({
-        "entities": entities, "peak_rss_mb": peak, "baseline_rss_mb": baseline, "live_actors": r["live"],
-        "max_live_actors": args.max_live, "commands_per_s": entities / r["seconds"],
-    })
+    c.finish(
+        {
+            "entities": entities,
+            "peak_rss_mb": peak,
+            "baseline_rss_mb": baseline,
+            "live_actors": r["live"],
+            "max_live_actors": args.max_live,
+            "commands_per_s": entities / r["seconds"],
+        }
+    )
 
 
 if __name__ == "__main__":

@@ -53,8 +53,11 @@ async def client(url: str, kind: str, seconds: float, rate: float, seed: int) ->
                 delay = started + i / rate - time.perf_counter()
                 if delay > 0:
                     await anyio.sleep(delay)
-            subject = (f"memoir.cmd.inventory.SKU-{seed}-{i % 500}.receive" if kind == "memoir"
-                       else f"echo.SKU-{seed}-{i % 500}")
+            subject = (
+                f"memoir.cmd.inventory.SKU-{seed}-{i % 500}.receive"
+                if kind == "memoir"
+                else f"echo.SKU-{seed}-{i % 500}"
+            )
             t = time.perf_counter()
             msg = await nc.request(subject, PAYLOAD, timeout=10)
             latencies.append(time.perf_counter() - t)
@@ -71,8 +74,11 @@ async def client(url: str, kind: str, seconds: float, rate: float, seed: int) ->
 
 def run_clients(url: str, kind: str, seconds: float, rate: float = 0.0) -> dict[str, float]:
     procs = [
-        subprocess.Popen([sys.executable, __file__, "--client", url, kind, str(seconds), str(rate / CLIENTS), str(k)],
-                         stdout=subprocess.PIPE, text=True)
+        subprocess.Popen(
+            [sys.executable, __file__, "--client", url, kind, str(seconds), str(rate / CLIENTS), str(k)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         for k in range(CLIENTS)
     ]
     results = [json.loads(p.communicate()[0].strip().splitlines()[-1]) for p in procs]
@@ -102,8 +108,22 @@ def main() -> None:
     print(f"nats commands: {CLIENTS} client processes x {INFLIGHT} in flight, {seconds:g}s per phase", flush=True)
     env = {**os.environ, "PYTHONPATH": str(c.ROOT)}
     with c.scratch_dir() as d:
-        runtime = start([sys.executable, "-m", "runtime.cli", "run", "--data-dir", str(d / "data"),
-                         "--log-format", "json", "--log-level", "warning"], "memoir: serving", env)
+        runtime = start(
+            [
+                sys.executable,
+                "-m",
+                "runtime.cli",
+                "run",
+                "--data-dir",
+                str(d / "data"),
+                "--log-format",
+                "json",
+                "--log-level",
+                "warning",
+            ],
+            "memoir: serving",
+            env,
+        )
         url = (d / "data" / "nats.url").read_text().strip()
         echo = start([sys.executable, __file__, "--echo", url], "ready", env)
         try:
@@ -121,15 +141,26 @@ def main() -> None:
     c.line("memoir latency p50 / p99 at peak (ms)", f"{peak['p50_ms']:.2f} / {peak['p99_ms']:.2f}")
     c.line("raw nats-py request/reply echo/s (64 in flight)", raw["per_s"])
     c.line("ratio vs raw", f"{ratio:.2f}x")
-    c.line(f"at half the peak rate ({half['per_s']:,.0f}/s): p50 / p99 (ms)", f"{half['p50_ms']:.2f} / {half['p99_ms']:.2f}")
+    c.line(
+        f"at half the peak rate ({half['per_s']:,.0f}/s): p50 / p99 (ms)",
+        f"{half['p50_ms']:.2f} / {half['p99_ms']:.2f}",
+    )
     c.line("command errors", peak["errors"] + half["errors"])
     c.goal("ratio vs raw", ratio, ">=", 0.5)
     c.goal("p99 ms at half the peak rate", half["p99_ms"], "<=", 10)
-    c.finish({
-        "commands_per_s": peak["per_s"], "raw_request_reply_per_s": raw["per_s"], "ratio_vs_raw": ratio,
-        "p50_ms": half["p50_ms"], "p99_ms": half["p99_ms"], "half_rate_per_s": half["per_s"],
-        "peak_p50_ms": peak["p50_ms"], "peak_p99_ms": peak["p99_ms"], "errors": peak["errors"] + half["errors"],
-    })
+    c.finish(
+        {
+            "commands_per_s": peak["per_s"],
+            "raw_request_reply_per_s": raw["per_s"],
+            "ratio_vs_raw": ratio,
+            "p50_ms": half["p50_ms"],
+            "p99_ms": half["p99_ms"],
+            "half_rate_per_s": half["per_s"],
+            "peak_p50_ms": peak["p50_ms"],
+            "peak_p99_ms": peak["p99_ms"],
+            "errors": peak["errors"] + half["errors"],
+        }
+    )
 
 
 if __name__ == "__main__":

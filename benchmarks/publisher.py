@@ -35,8 +35,15 @@ async def fill(journal: SqliteJournal, events: int, entities: int) -> list[Envel
     for i in range(events):
         k = i % entities
         heads[k] += 1
-        env = Envelope(entity_type="post", entity_id=f"post-{k}", seq=heads[k], name="Published", version=1,
-                       payload=codec.encode(Published(f"author-{k % 50}", f"text {i}")), recorded_at=now)
+        env = Envelope(
+            entity_type="post",
+            entity_id=f"post-{k}",
+            seq=heads[k],
+            name="Published",
+            version=1,
+            payload=codec.encode(Published(f"author-{k % 50}", f"text {i}")),
+            recorded_at=now,
+        )
         out.extend(await journal.append([env], heads[k] - 1))
     return out
 
@@ -144,8 +151,10 @@ def main() -> None:
     args = p.parse_args()
     events = args.events or (50_000 if args.quick else 200_000)
     lag_seconds = 3.0 if args.quick else 10.0
-    print(f"publisher: {events:,} journal events to JetStream; view lag at 5,000 commands/s for {lag_seconds:g}s",
-          flush=True)
+    print(
+        f"publisher: {events:,} journal events to JetStream; view lag at 5,000 commands/s for {lag_seconds:g}s",
+        flush=True,
+    )
     r = anyio.run(run, events, lag_seconds)
     ratio = r["published_per_s"] / r["raw_publish_per_s"]
     c.line("memoir publisher events/s", r["published_per_s"])
@@ -155,11 +164,17 @@ def main() -> None:
     c.line("append-to-view lag p50 / p99 (ms)", f"{r['p50']:.1f} / {r['p99']:.1f}")
     c.goal("ratio vs raw", ratio, ">=", 0.8)
     c.goal("view lag p99 ms", r["p99"], "<", 50)
-    c.finish({
-        "events": events, "published_per_s": r["published_per_s"], "raw_publish_per_s": r["raw_publish_per_s"],
-        "ratio_vs_raw": ratio, "view_lag_p50_ms": r["p50"], "view_lag_p99_ms": r["p99"],
-        "lag_rate_achieved": r["achieved_rate"],
-    })
+    c.finish(
+        {
+            "events": events,
+            "published_per_s": r["published_per_s"],
+            "raw_publish_per_s": r["raw_publish_per_s"],
+            "ratio_vs_raw": ratio,
+            "view_lag_p50_ms": r["p50"],
+            "view_lag_p99_ms": r["p99"],
+            "lag_rate_achieved": r["achieved_rate"],
+        }
+    )
 
 
 if __name__ == "__main__":

@@ -24,8 +24,18 @@ def envelopes(entity_id: str, first: int, n: int) -> list[Envelope]:
     codec = model_of(InventoryItem).codec
     payload = codec.encode(Received(1, __import__("datetime").date(2022, 3, 1)))
     now = time.time_ns()
-    return [Envelope(entity_type="inventory", entity_id=entity_id, seq=first + i, name="Received", version=1,
-                     payload=payload, recorded_at=now) for i in range(n)]
+    return [
+        Envelope(
+            entity_type="inventory",
+            entity_id=entity_id,
+            seq=first + i,
+            name="Received",
+            version=1,
+            payload=payload,
+            recorded_at=now,
+        )
+        for i in range(n)
+    ]
 
 
 async def fill(journal: SqliteJournal, entity_id: str, events: int) -> None:
@@ -96,8 +106,10 @@ def main() -> None:
     p.add_argument("--events", type=int, default=20_000)
     args = p.parse_args()
     snap_entities = 3 if args.quick else 10
-    print(f"recovery: one entity with {args.events:,} events; snapshot activation over {snap_entities} entities",
-          flush=True)
+    print(
+        f"recovery: one entity with {args.events:,} events; snapshot activation over {snap_entities} entities",
+        flush=True,
+    )
     with c.scratch_dir() as d:
         m = anyio.run(run_memoir, d / "memoir.db", args.events, snap_entities)
         es = run_eventsourcing(d / "es.db", args.events)
@@ -108,10 +120,15 @@ def main() -> None:
     c.line(f"activation from a snapshot at seq {m['snapshot_seq']} (ms, median)", f"{m['snapshot_activation_ms']:.3f}")
     c.goal("ratio vs eventsourcing", memoir_rate / es_rate, ">=", 3)
     c.goal("snapshot activation ms", m["snapshot_activation_ms"], "<", 1)
-    c.finish({
-        "events": args.events, "replay_events_per_s": memoir_rate, "eventsourcing_replay_events_per_s": es_rate,
-        "ratio_vs_eventsourcing": memoir_rate / es_rate, "snapshot_activation_ms": m["snapshot_activation_ms"],
-    })
+    c.finish(
+        {
+            "events": args.events,
+            "replay_events_per_s": memoir_rate,
+            "eventsourcing_replay_events_per_s": es_rate,
+            "ratio_vs_eventsourcing": memoir_rate / es_rate,
+            "snapshot_activation_ms": m["snapshot_activation_ms"],
+        }
+    )
 
 
 if __name__ == "__main__":

@@ -73,12 +73,15 @@ def raw_sqlite(path: Path, rows: int, entities: int, batch: int) -> float:
     db.execute("PRAGMA cache_size=-65536")
     db.execute("PRAGMA wal_autocheckpoint=4000")
     db.executescript(_SCHEMA)
-    db.executemany("INSERT INTO streams (entity_type, entity_id) VALUES ('inventory', ?)",
-                   [(f"SKU-{i}",) for i in range(entities)])
+    db.executemany(
+        "INSERT INTO streams (entity_type, entity_id) VALUES ('inventory', ?)", [(f"SKU-{i}",) for i in range(entities)]
+    )
     heads = [0] * (entities + 1)
     rnd = random.Random(1)
-    sql = ("INSERT INTO events (stream, seq, name, version, recorded_at, command_id, correlation_id,"
-           " causation_id, reply, payload) VALUES (?,?,?,?,?,?,?,?,?,?)")
+    sql = (
+        "INSERT INTO events (stream, seq, name, version, recorded_at, command_id, correlation_id,"
+        " causation_id, reply, payload) VALUES (?,?,?,?,?,?,?,?,?,?)"
+    )
     started = time.perf_counter()
     done = 0
     while done < rows:
@@ -108,7 +111,8 @@ async def raw_postgres(url: str, rows: int, entities: int, batch: int) -> float:
         await conn.execute(_DDL.format(s=schema))
         sids = await conn.fetch(
             f"INSERT INTO {schema}.streams (entity_type, entity_id) SELECT 'inventory', unnest($1::text[])"
-            " RETURNING id", [f"SKU-{i}" for i in range(entities)],
+            " RETURNING id",
+            [f"SKU-{i}" for i in range(entities)],
         )
         ids = [r[0] for r in sids]
         heads = dict.fromkeys(ids, 0)
@@ -122,13 +126,14 @@ async def raw_postgres(url: str, rows: int, entities: int, batch: int) -> float:
                 sid = ids[rnd.randrange(entities)]
                 heads[sid] += 1
                 position += 1
-                for col, v in zip(cols, (position, sid, heads[sid], "Received", time.time_ns(), PAYLOAD)):
+                for col, v in zip(cols, (position, sid, heads[sid], "Received", time.time_ns(), PAYLOAD), strict=True):
                     col.append(v)
             async with conn.transaction():
                 await conn.execute(
                     f"INSERT INTO {schema}.events (position, stream, seq, name, version, recorded_at, payload)"
                     " SELECT p, s, q, n, 1, r, d FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::text[],"
-                    " $5::bigint[], $6::bytea[]) AS t(p, s, q, n, r, d)", *cols,
+                    " $5::bigint[], $6::bytea[]) AS t(p, s, q, n, r, d)",
+                    *cols,
                 )
             done += len(cols[0])
         return rows / (time.perf_counter() - started)
@@ -165,8 +170,12 @@ async def raw_jetstream(url: str, rows: int, entities: int, window: int = 1024) 
         heads[k] += 1
         reply = f"{inbox}{i}"
         fut = pending[reply] = loop.create_future()
-        await nc.publish(f"raw.events.inventory.SKU-{k}", PAYLOAD, reply=reply,
-                         headers={"Nats-Msg-Id": f"inventory/SKU-{k}/{heads[k]}"})
+        await nc.publish(
+            f"raw.events.inventory.SKU-{k}",
+            PAYLOAD,
+            reply=reply,
+            headers={"Nats-Msg-Id": f"inventory/SKU-{k}/{heads[k]}"},
+        )
         inflight.append(fut)
         if len(inflight) >= window:
             await inflight.popleft()
@@ -213,9 +222,13 @@ def main() -> None:
     p = c.parser(__doc__.splitlines()[0])
     p.add_argument("--journal", choices=["sqlite", "postgres", "nats", "memory"], default="sqlite")
     p.add_argument("--postgres-url", default="postgresql://postgres@127.0.0.1:5432/test")
-    p.add_argument("--nats-sync", choices=["always", "default"], default="always",
-                   help="the embedded server's sync_interval: always (what the journal needs to survive a"
-                   " machine crash) or the server default (2 minutes)")
+    p.add_argument(
+        "--nats-sync",
+        choices=["always", "default"],
+        default="always",
+        help="the embedded server's sync_interval: always (what the journal needs to survive a"
+        " machine crash) or the server default (2 minutes)",
+    )
     p.add_argument("--commands", type=int)
     p.add_argument("--entities", type=int, default=10_000)
     p.add_argument("--concurrency", type=int, default=1000)
@@ -223,8 +236,11 @@ def main() -> None:
     commands = args.commands or (60_000 if args.quick else 300_000)
     es_commands = 3_000 if args.quick else 10_000
     sync = f" (nats sync_interval {args.nats_sync})" if args.journal == "nats" else ""
-    print(f"throughput: {commands:,} commands to {args.entities:,} entities, {args.concurrency} senders,"
-          f" journal {args.journal}{sync}", flush=True)
+    print(
+        f"throughput: {commands:,} commands to {args.entities:,} entities, {args.concurrency} senders,"
+        f" journal {args.journal}{sync}",
+        flush=True,
+    )
     with c.scratch_dir() as d, contextlib.ExitStack() as stack:
         nats_url = stack.enter_context(embedded_nats(d, args.nats_sync)) if args.journal == "nats" else ""
         tag = f"bench_{os.getpid()}"
@@ -267,13 +283,23 @@ def main() -> None:
         c.goal("ratio vs raw", ratio_raw, ">=", 0.3)
     if args.journal == "sqlite":
         c.goal("ratio vs eventsourcing", ratio_es, ">=", 10)
-    c.finish({
-        "journal": args.journal, **({"nats_sync": args.nats_sync} if args.journal == "nats" else {}),
-        "commands": commands, "entities": args.entities, "concurrency": args.concurrency,
-        "commands_per_s": m["commands_per_s"], "p50_ms": m["p50_ms"], "p99_ms": m["p99_ms"],
-        "avg_batch": m["avg_batch"], "raw_rows_per_s": raw, "eventsourcing_commands_per_s": es,
-        "ratio_vs_raw": ratio_raw, "ratio_vs_eventsourcing": ratio_es,
-    })
+    c.finish(
+        {
+            "journal": args.journal,
+            **({"nats_sync": args.nats_sync} if args.journal == "nats" else {}),
+            "commands": commands,
+            "entities": args.entities,
+            "concurrency": args.concurrency,
+            "commands_per_s": m["commands_per_s"],
+            "p50_ms": m["p50_ms"],
+            "p99_ms": m["p99_ms"],
+            "avg_batch": m["avg_batch"],
+            "raw_rows_per_s": raw,
+            "eventsourcing_commands_per_s": es,
+            "ratio_vs_raw": ratio_raw,
+            "ratio_vs_eventsourcing": ratio_es,
+        }
+    )
 
 
 if __name__ == "__main__":

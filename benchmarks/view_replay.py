@@ -40,7 +40,8 @@ async def catch_up(js: Any, store: SqliteViewStore, events: int) -> float:
 
 async def raw_read(js: Any, events: int) -> float:
     sub = await js.pull_subscribe(
-        "bench.events.post.*", stream=stream_name("bench", "post"),
+        "bench.events.post.*",
+        stream=stream_name("bench", "post"),
         config=api.ConsumerConfig(deliver_policy=api.DeliverPolicy.ALL, ack_policy=api.AckPolicy.ALL),
     )
     seen = 0

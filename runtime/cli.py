@@ -46,9 +46,7 @@ def nats_url(args: argparse.Namespace) -> str:
     try:
         return nats_url_file(s.data).read_text().strip()
     except OSError:
-        raise MemoirError(
-            f"no NATS URL: give --nats-url, or start `memoir run` with data dir {s.data} first"
-        ) from None
+        raise MemoirError(f"no NATS URL: give --nats-url, or start `memoir run` with data dir {s.data} first") from None
 
 
 # -- memoir demo -------------------------------------------------------------------------------
@@ -102,14 +100,9 @@ async def demo(args: argparse.Namespace) -> int:
         out.write(f"\nhistory of inventory/{sku}, rebuilt from the journal (state after each event):\n")
         out.write(f"  {'seq':>3}  {'event':<58} {'units':>5}  {'last in':<10}  {'last out':<10}\n")
         async for item in history(journal, model_of(InventoryItem), sku):
-            s = item.state
-            out.write(
-                f"  {item.envelope.seq:>3}  {_fmt_event(item.event):<58} {s.units:>5}  {_fmt(s.last_in):<10}  {_fmt(s.last_out):<10}\n"
-            )
-    out.write(
-        "\nThe state was never stored: it is the fold of the events above, so any past state can be"
-        " rebuilt.\n"
-    )
+            s, seq, event = item.state, item.envelope.seq, _fmt_event(item.event)
+            out.write(f"  {seq:>3}  {event:<58} {s.units:>5}  {_fmt(s.last_in):<10}  {_fmt(s.last_out):<10}\n")
+    out.write("\nThe state was never stored: it is the fold of the events above, so any past state can be rebuilt.\n")
     return 0
 
 
@@ -140,12 +133,18 @@ async def send(args: argparse.Namespace) -> int:
                 args.type, args.id, args.cmd, payload, command_id=args.command_id, timeout=args.timeout
             )
         except CommandError as exc:
-            _print(args, {"ok": False, "error": {"code": exc.code, "message": exc.message, "details": exc.details}},
-                   f"{exc.code}: {exc.message}")
+            _print(
+                args,
+                {"ok": False, "error": {"code": exc.code, "message": exc.message, "details": exc.details}},
+                f"{exc.code}: {exc.message}",
+            )
             return 1
     again = " (repeat of an earlier command id: nothing stored)" if reply.duplicate else ""
-    _print(args, {"ok": True, "result": reply.result, "seq": reply.seq, "duplicate": reply.duplicate},
-           f"{msgspec.json.encode(reply.result).decode()} (seq {reply.seq}){again}")
+    _print(
+        args,
+        {"ok": True, "result": reply.result, "seq": reply.seq, "duplicate": reply.duplicate},
+        f"{msgspec.json.encode(reply.result).decode()} (seq {reply.seq}){again}",
+    )
     return 0
 
 

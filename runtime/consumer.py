@@ -151,8 +151,14 @@ class ConsumerRunner:
             if attempt < self.consumer.max_attempts:
                 self.retried += 1
                 delay = self.consumer.backoff * 2 ** (attempt - 1)
-                log.warning("consumer handler failed; will retry", consumer=self.consumer.name,
-                            subject=msg.subject, attempt=attempt, retry_in=delay, error=str(exc))
+                log.warning(
+                    "consumer handler failed; will retry",
+                    consumer=self.consumer.name,
+                    subject=msg.subject,
+                    attempt=attempt,
+                    retry_in=delay,
+                    error=str(exc),
+                )
                 await msg.nak(delay=delay)
                 return
             await self._dead_letter(msg, exc)
@@ -169,5 +175,6 @@ class ConsumerRunner:
         await self.js.publish(dead_letter_subject(self.prefix, self.consumer.name), msg.data, headers=headers)
         await msg.ack()
         self.dead_lettered += 1
-        log.error("event parked on the dead-letter subject", consumer=self.consumer.name,
-                  subject=msg.subject, error=str(exc))
+        log.error(
+            "event parked on the dead-letter subject", consumer=self.consumer.name, subject=msg.subject, error=str(exc)
+        )

@@ -160,9 +160,7 @@ class EntityModel:
                 raise ConfigError(f"{self.cls.__name__}.{fn.__name__}: *args/**kwargs are not command arguments")
             tp = hints.get(p.name, Any)
             fields.append((p.name, tp) if p.default is p.empty else (p.name, tp, p.default))
-        args_type = msgspec.defstruct(
-            f"{self.type_name}.{name}", fields, forbid_unknown_fields=True, kw_only=True
-        )
+        args_type = msgspec.defstruct(f"{self.type_name}.{name}", fields, forbid_unknown_fields=True, kw_only=True)
         self.commands[name] = CommandSpec(
             name=name,
             handler=fn,

@@ -35,7 +35,9 @@ class _BatchSizes:
         if buckets[-1][0] != "+Inf":
             buckets.append(("+Inf", total))
         yield HistogramMetricFamily(
-            "memoir_journal_batch_size", "Appends per group-commit transaction", buckets=buckets,
+            "memoir_journal_batch_size",
+            "Appends per group-commit transaction",
+            buckets=buckets,
             sum_value=batcher.requests,
         )
 
@@ -46,11 +48,16 @@ class Metrics:
         self.registry = CollectorRegistry()
         r = self.registry
         self.commands = Counter(
-            "memoir_commands", "Commands served, by entity type, command and outcome",
-            ["entity_type", "command", "outcome"], registry=r,
+            "memoir_commands",
+            "Commands served, by entity type, command and outcome",
+            ["entity_type", "command", "outcome"],
+            registry=r,
         )
         self.latency = Histogram(
-            "memoir_command_seconds", "Command latency as served over NATS", ["entity_type"], registry=r,
+            "memoir_command_seconds",
+            "Command latency as served over NATS",
+            ["entity_type"],
+            registry=r,
             buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
         )
         self.live_actors = Gauge("memoir_live_actors", "Entity actors in memory", registry=r)

@@ -225,8 +225,12 @@ class Publisher:
                     batch = await self._publish_and_prefetch(acks, batch)
                     backoff = 0.1
                 except _RETRYABLE as exc:
-                    log.warning("publish failed; retrying from the checkpoint", error=str(exc),
-                                checkpoint=self.checkpoint, retry_in=backoff)
+                    log.warning(
+                        "publish failed; retrying from the checkpoint",
+                        error=str(exc),
+                        checkpoint=self.checkpoint,
+                        retry_in=backoff,
+                    )
                     batch = []
                     await anyio.sleep(backoff)
                     backoff = min(backoff * 2, 5.0)

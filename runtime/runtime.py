@@ -190,6 +190,10 @@ class Runtime:
                     await self.journal.save_snapshot(snap)
                     await self.journal.delete_snapshots(snap.entity_type, snap.entity_id, snap.seq - 1)
                 except Exception as exc:  # noqa: BLE001 - a snapshot is an optimization; never fatal
-                    log.warning("snapshot not saved", entity_type=snap.entity_type, entity_id=snap.entity_id,
-                                seq=snap.seq, error=str(exc))
-
+                    log.warning(
+                        "snapshot not saved",
+                        entity_type=snap.entity_type,
+                        entity_id=snap.entity_id,
+                        seq=snap.seq,
+                        error=str(exc),
+                    )

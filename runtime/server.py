@@ -149,8 +149,13 @@ async def serve(settings: Settings, *, ready: anyio.Event | None = None) -> None
         views = await stack.enter_async_context(open_view_store(settings.views()))
         svc = await stack.enter_async_context(
             Service(
-                app, journal, nats_url=nats_url, prefix=settings.prefix, view_store=views,
-                mailbox_size=settings.mailbox_size, max_live_actors=settings.max_live_actors,
+                app,
+                journal,
+                nats_url=nats_url,
+                prefix=settings.prefix,
+                view_store=views,
+                mailbox_size=settings.mailbox_size,
+                max_live_actors=settings.max_live_actors,
                 passivate_after=settings.passivate_after,
             )
         )

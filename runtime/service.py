@@ -115,8 +115,9 @@ class Service:
         background = await stack.enter_async_context(anyio.create_task_group())
         stack.callback(background.cancel_scope.cancel)
         if self.publish:
-            self.publisher = Publisher(self.journal, self.nc, prefix=self.prefix, entity_types=types,
-                                       settings=self.streams)
+            self.publisher = Publisher(
+                self.journal, self.nc, prefix=self.prefix, entity_types=types, settings=self.streams
+            )
             background.start_soon(self.publisher.run)
             stack.push_async_callback(self._flush)
         self._background = background
@@ -157,8 +158,10 @@ class Service:
         try:
             await self.publisher.flush(self.flush_timeout)
         except TimeoutError:
-            log.warning("publisher not flushed on shutdown; it resumes from its checkpoint next start",
-                        lag=await self.publisher.lag())
+            log.warning(
+                "publisher not flushed on shutdown; it resumes from its checkpoint next start",
+                lag=await self.publisher.lag(),
+            )
 
     async def __aexit__(
         self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None

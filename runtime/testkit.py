@@ -120,8 +120,13 @@ class EntityTestKit(Generic[S]):
         codec = self.model.codec
         spec = codec.spec(event)
         env = Envelope(
-            entity_type=self.model.type_name, entity_id=self.entity.entity_id, seq=len(self.events) + 1,
-            name=spec.name, version=spec.version, payload=codec.encode(event), recorded_at=0,
+            entity_type=self.model.type_name,
+            entity_id=self.entity.entity_id,
+            seq=len(self.events) + 1,
+            name=spec.name,
+            version=spec.version,
+            payload=codec.encode(event),
+            recorded_at=0,
         )
         decoded = codec.decode(env)
         if decoded != event:

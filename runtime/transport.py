@@ -210,4 +210,3 @@ class Transport:
             await msg.respond(body)
         except NatsError as exc:
             log.warning("reply not sent", subject=msg.subject, error=str(exc))
-

@@ -108,7 +108,9 @@ class ViewQuery(Generic[R]):
         return None if data is None else self._decoder.decode(data)
 
     async def scan(self, *, after: str = "", limit: int = 100) -> list[tuple[str, R]]:
-        return [(k, self._decoder.decode(v)) for k, v in await self.store.scan(self.view.name, after=after, limit=limit)]
+        return [
+            (k, self._decoder.decode(v)) for k, v in await self.store.scan(self.view.name, after=after, limit=limit)
+        ]
 
     async def all(self) -> dict[str, R]:
         out: dict[str, R] = {}
@@ -166,8 +168,14 @@ class ViewRunner:
             await msgs[-1].ack()  # AckAll: everything up to here
 
         await pull_loop(
-            self.js, prefix=self.prefix, stream=self.streams(entity_type), entity_type=entity_type,
-            owner=self.view.name, handle=handle, batch=self.batch, start_seq=self._checkpoints.get(key, 0) + 1,
+            self.js,
+            prefix=self.prefix,
+            stream=self.streams(entity_type),
+            entity_type=entity_type,
+            owner=self.view.name,
+            handle=handle,
+            batch=self.batch,
+            start_seq=self._checkpoints.get(key, 0) + 1,
         )
 
     async def _apply(self, stream: str, msgs: list[Msg]) -> None:

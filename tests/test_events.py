@@ -96,8 +96,15 @@ async def test_events_written_by_v1_load_with_v2_code(journal_factory: JournalFa
 
 
 def _envelope(name: str, version: int, payload: bytes) -> Envelope:
-    return Envelope(entity_type="product", entity_id="p-9", seq=7, name=name, version=version,
-                    payload=payload, recorded_at=time.time_ns())
+    return Envelope(
+        entity_type="product",
+        entity_id="p-9",
+        seq=7,
+        name=name,
+        version=version,
+        payload=payload,
+        recorded_at=time.time_ns(),
+    )
 
 
 @pytest.mark.parametrize(

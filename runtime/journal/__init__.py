@@ -35,9 +35,7 @@ def open_journal(url: str) -> Journal:
         from .jetstream import JetStreamJournal
 
         return JetStreamJournal(url)
-    raise ConfigError(
-        f"unknown journal URL {url!r}: expected memory://, sqlite:///path.db, postgresql://… or nats://…"
-    )
+    raise ConfigError(f"unknown journal URL {url!r}: expected memory://, sqlite:///path.db, postgresql://… or nats://…")
 
 
 __all__ = ["Journal", "MemoryJournal", "SqliteJournal", "open_journal"]

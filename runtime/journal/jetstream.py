@@ -114,14 +114,27 @@ class JetStreamJournal(Journal):
         self.nc = await connect(self.server, timeout=10, name="memoir-journal", max_reconnect_attempts=-1)
         self.js = self.nc.jetstream(timeout=self.ack_timeout)
         try:
-            await self._ensure(api.StreamConfig(
-                name=self.stream, subjects=[f"{self.prefix}.events.>"], storage=api.StorageType.FILE,
-                num_replicas=self.replicas, allow_atomic=True, allow_direct=True, duplicate_window=120.0,
-            ))
-            await self._ensure(api.StreamConfig(
-                name=self.snapshot_stream, subjects=[f"{self.prefix}.snapshots.>"], storage=api.StorageType.FILE,
-                num_replicas=self.replicas, max_msgs_per_subject=16, allow_direct=True,
-            ))
+            await self._ensure(
+                api.StreamConfig(
+                    name=self.stream,
+                    subjects=[f"{self.prefix}.events.>"],
+                    storage=api.StorageType.FILE,
+                    num_replicas=self.replicas,
+                    allow_atomic=True,
+                    allow_direct=True,
+                    duplicate_window=120.0,
+                )
+            )
+            await self._ensure(
+                api.StreamConfig(
+                    name=self.snapshot_stream,
+                    subjects=[f"{self.prefix}.snapshots.>"],
+                    storage=api.StorageType.FILE,
+                    num_replicas=self.replicas,
+                    max_msgs_per_subject=16,
+                    allow_direct=True,
+                )
+            )
             base = self.prefix.replace(".", "_").upper()
             self._meta = await self.js.create_key_value(bucket=f"{base}_JOURNAL_META", replicas=self.replicas)
             self._checkpoints = await self.js.create_key_value(bucket=f"{base}_CHECKPOINTS", replicas=self.replicas)
@@ -284,8 +297,11 @@ class JetStreamJournal(Journal):
     async def _scan(self, stream: str, subject: str, start: int = 1, limit: int | None = None) -> list[Msg]:
         """Messages of `subject` from stream sequence `start`, in order, with an ephemeral consumer."""
         config = api.ConsumerConfig(
-            deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=max(1, start),
-            ack_policy=api.AckPolicy.NONE, filter_subject=subject, inactive_threshold=10.0,
+            deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE,
+            opt_start_seq=max(1, start),
+            ack_policy=api.AckPolicy.NONE,
+            filter_subject=subject,
+            inactive_threshold=10.0,
             mem_storage=True,
         )
         try:
@@ -383,15 +399,25 @@ class JetStreamJournal(Journal):
 
     def _snapshot(self, key: Key, headers: Any, data: bytes) -> Snapshot:
         h = headers or {}
-        return Snapshot(entity_type=key[0], entity_id=key[1], seq=int(h["Memoir-Seq"]),
-                        recorded_at=int(h.get("Memoir-Recorded-At", 0)), payload=data)
+        return Snapshot(
+            entity_type=key[0],
+            entity_id=key[1],
+            seq=int(h["Memoir-Seq"]),
+            recorded_at=int(h.get("Memoir-Recorded-At", 0)),
+            payload=data,
+        )
 
     async def _snapshots(self, key: Key) -> list[tuple[Snapshot, int, int]]:
         """(snapshot, its stream seq, the event position it covers) for every kept snapshot."""
         out = []
         for m in await self._scan(self.snapshot_stream, self._snapshot_subject(key)):
-            out.append((self._snapshot(key, m.headers, m.data), m.metadata.sequence.stream,
-                        int((m.headers or {}).get("Memoir-Position", 0))))
+            out.append(
+                (
+                    self._snapshot(key, m.headers, m.data),
+                    m.metadata.sequence.stream,
+                    int((m.headers or {}).get("Memoir-Position", 0)),
+                )
+            )
         return out
 
     async def load_snapshot(self, entity_type: str, entity_id: str, max_seq: int | None = None) -> Snapshot | None:
@@ -435,4 +461,3 @@ class JetStreamJournal(Journal):
         self._last.pop(key, None)
         _, head = await self._expectation(key)
         return Recovery(snapshot, events, head)
-

@@ -81,8 +81,18 @@ _HEAD = "greatest(s.floor, coalesce((SELECT max(seq) FROM {s}.events WHERE strea
 
 def _envelope(r: Any) -> Envelope:
     return Envelope(
-        position=r[0], entity_type=r[1], entity_id=r[2], seq=r[3], name=r[4], version=r[5], recorded_at=r[6],
-        command_id=r[7], correlation_id=r[8], causation_id=r[9], reply=r[10], payload=bytes(r[11]),
+        position=r[0],
+        entity_type=r[1],
+        entity_id=r[2],
+        seq=r[3],
+        name=r[4],
+        version=r[5],
+        recorded_at=r[6],
+        command_id=r[7],
+        correlation_id=r[8],
+        causation_id=r[9],
+        reply=r[10],
+        payload=bytes(r[11]),
     )
 
 
@@ -142,7 +152,9 @@ class PostgresJournal(Journal):
             async with self._writer.transaction():
                 await self._writer.execute("SELECT pg_advisory_xact_lock(hashtext($1))", f"memoir-ddl-{self.schema}")
                 await self._writer.execute(_DDL.format(s=self.schema))
-            version = await self._writer.fetchval(self.sql("SELECT value FROM {s}.memoir_meta WHERE key='schema_version'"))
+            version = await self._writer.fetchval(
+                self.sql("SELECT value FROM {s}.memoir_meta WHERE key='schema_version'")
+            )
         except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
             await self._close_connections()
             raise JournalError(f"cannot open PostgreSQL journal at {_where(self.dsn)}: {exc}") from exc
@@ -211,14 +223,20 @@ class PostgresJournal(Journal):
             types, ids = [k[0] for k in missing], [k[1] for k in missing]
             if create:
                 await conn.execute(
-                    self.sql("INSERT INTO {s}.streams (entity_type, entity_id)"
-                             " SELECT * FROM unnest($1::text[], $2::text[]) ON CONFLICT DO NOTHING"),
-                    types, ids,
+                    self.sql(
+                        "INSERT INTO {s}.streams (entity_type, entity_id)"
+                        " SELECT * FROM unnest($1::text[], $2::text[]) ON CONFLICT DO NOTHING"
+                    ),
+                    types,
+                    ids,
                 )
             rows = await conn.fetch(
-                self.sql("SELECT s.entity_type, s.entity_id, s.id FROM {s}.streams s"
-                         " JOIN unnest($1::text[], $2::text[]) AS k(t, i) ON s.entity_type = k.t AND s.entity_id = k.i"),
-                types, ids,
+                self.sql(
+                    "SELECT s.entity_type, s.entity_id, s.id FROM {s}.streams s"
+                    " JOIN unnest($1::text[], $2::text[]) AS k(t, i) ON s.entity_type = k.t AND s.entity_id = k.i"
+                ),
+                types,
+                ids,
             )
             if len(self._ids) > 200_000:
                 self._ids.clear()
@@ -246,10 +264,23 @@ class PostgresJournal(Journal):
             results.append(position + 1)
             for env in op.events:
                 position += 1
-                for col, value in zip(cols, (
-                    position, sid, env.seq, env.name, env.version, env.recorded_at, env.command_id,
-                    env.correlation_id, env.causation_id, env.reply, env.payload,
-                ), strict=True):
+                for col, value in zip(
+                    cols,
+                    (
+                        position,
+                        sid,
+                        env.seq,
+                        env.name,
+                        env.version,
+                        env.recorded_at,
+                        env.command_id,
+                        env.correlation_id,
+                        env.causation_id,
+                        env.reply,
+                        env.payload,
+                    ),
+                    strict=True,
+                ):
                     col.append(value)
             heads[sid] = (head + len(op.events), deleted)  # a later append in this batch sees this one
         if cols[0]:
@@ -289,25 +320,39 @@ class PostgresJournal(Journal):
         async def run(conn: Any) -> None:
             sid = (await self._stream_ids(conn, [key], create=True))[key]
             await conn.execute(
-                self.sql("INSERT INTO {s}.snapshots VALUES ($1,$2,$3,$4) ON CONFLICT (stream, seq)"
-                         " DO UPDATE SET recorded_at=excluded.recorded_at, payload=excluded.payload"),
-                sid, s.seq, s.recorded_at, s.payload,
+                self.sql(
+                    "INSERT INTO {s}.snapshots VALUES ($1,$2,$3,$4) ON CONFLICT (stream, seq)"
+                    " DO UPDATE SET recorded_at=excluded.recorded_at, payload=excluded.payload"
+                ),
+                sid,
+                s.seq,
+                s.recorded_at,
+                s.payload,
             )
 
         await self._write(run)
 
     async def delete_snapshots(self, entity_type: str, entity_id: str, to_seq: int) -> None:
-        await self._write(lambda conn: conn.execute(
-            self.sql("DELETE FROM {s}.snapshots n USING {s}.streams s WHERE s.id = n.stream"
-                     " AND s.entity_type=$1 AND s.entity_id=$2 AND n.seq<=$3"),
-            entity_type, entity_id, to_seq,
-        ))
+        await self._write(
+            lambda conn: conn.execute(
+                self.sql(
+                    "DELETE FROM {s}.snapshots n USING {s}.streams s WHERE s.id = n.stream"
+                    " AND s.entity_type=$1 AND s.entity_id=$2 AND n.seq<=$3"
+                ),
+                entity_type,
+                entity_id,
+                to_seq,
+            )
+        )
 
     async def save_checkpoint(self, name: str, position: int) -> None:
-        await self._write(lambda conn: conn.execute(
-            self.sql("INSERT INTO {s}.checkpoints VALUES ($1,$2) ON CONFLICT (name) DO UPDATE SET position=$2"),
-            name, position,
-        ))
+        await self._write(
+            lambda conn: conn.execute(
+                self.sql("INSERT INTO {s}.checkpoints VALUES ($1,$2) ON CONFLICT (name) DO UPDATE SET position=$2"),
+                name,
+                position,
+            )
+        )
 
     # -- reads -------------------------------------------------------------------------------------
 
@@ -327,7 +372,11 @@ class PostgresJournal(Journal):
         rows = await self._fetch(
             f"SELECT {_COLUMNS} FROM {{s}}.events e JOIN {{s}}.streams s ON s.id = e.stream"
             " WHERE s.entity_type=$1 AND s.entity_id=$2 AND e.seq>=$3 AND e.seq<=$4 ORDER BY e.seq LIMIT $5",
-            entity_type, entity_id, from_seq, to_seq if to_seq is not None else 2**62, limit,
+            entity_type,
+            entity_id,
+            from_seq,
+            to_seq if to_seq is not None else 2**62,
+            limit,
         )
         return [_envelope(r) for r in rows]
 
@@ -335,14 +384,16 @@ class PostgresJournal(Journal):
         rows = await self._fetch(
             f"SELECT {_COLUMNS} FROM {{s}}.events e JOIN {{s}}.streams s ON s.id = e.stream"
             " WHERE e.position>=$1 ORDER BY e.position LIMIT $2",
-            from_position, limit,
+            from_position,
+            limit,
         )
         return [_envelope(r) for r in rows]
 
     async def _stream(self, entity_type: str, entity_id: str) -> tuple[int, bool]:
         rows = await self._fetch(
             f"SELECT {self._head}, s.deleted FROM {{s}}.streams s WHERE s.entity_type=$1 AND s.entity_id=$2",
-            entity_type, entity_id,
+            entity_type,
+            entity_id,
         )
         return (rows[0][0], rows[0][1]) if rows else (0, False)
 
@@ -360,13 +411,16 @@ class PostgresJournal(Journal):
         rows = await self._fetch(
             "SELECT n.seq, n.recorded_at, n.payload FROM {s}.snapshots n JOIN {s}.streams s ON s.id = n.stream"
             " WHERE s.entity_type=$1 AND s.entity_id=$2 AND n.seq<=$3 ORDER BY n.seq DESC LIMIT 1",
-            entity_type, entity_id, max_seq if max_seq is not None else 2**62,
+            entity_type,
+            entity_id,
+            max_seq if max_seq is not None else 2**62,
         )
         if not rows:
             return None
         seq, recorded_at, payload = rows[0]
-        return Snapshot(entity_type=entity_type, entity_id=entity_id, seq=seq, recorded_at=recorded_at,
-                        payload=bytes(payload))
+        return Snapshot(
+            entity_type=entity_type, entity_id=entity_id, seq=seq, recorded_at=recorded_at, payload=bytes(payload)
+        )
 
     async def load_checkpoint(self, name: str) -> int:
         rows = await self._fetch("SELECT position FROM {s}.checkpoints WHERE name=$1", name)
@@ -381,26 +435,43 @@ class PostgresJournal(Journal):
         try:
             async with self._pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
                 stream = await conn.fetchrow(
-                    self.sql(f"SELECT s.id, {self._head}, s.deleted FROM {{s}}.streams s"
-                             " WHERE s.entity_type=$1 AND s.entity_id=$2"),
-                    entity_type, entity_id,
+                    self.sql(
+                        f"SELECT s.id, {self._head}, s.deleted FROM {{s}}.streams s"
+                        " WHERE s.entity_type=$1 AND s.entity_id=$2"
+                    ),
+                    entity_type,
+                    entity_id,
                 )
                 if stream is None:
                     return Recovery(None, [], 0)
                 sid, head, deleted = stream
                 snap = await conn.fetchrow(
-                    self.sql("SELECT seq, recorded_at, payload FROM {s}.snapshots WHERE stream=$1"
-                             " ORDER BY seq DESC LIMIT 1"), sid,
+                    self.sql(
+                        "SELECT seq, recorded_at, payload FROM {s}.snapshots WHERE stream=$1 ORDER BY seq DESC LIMIT 1"
+                    ),
+                    sid,
                 )
-                snapshot = None if snap is None else Snapshot(
-                    entity_type=entity_type, entity_id=entity_id, seq=snap[0], recorded_at=snap[1],
-                    payload=bytes(snap[2]),
+                snapshot = (
+                    None
+                    if snap is None
+                    else Snapshot(
+                        entity_type=entity_type,
+                        entity_id=entity_id,
+                        seq=snap[0],
+                        recorded_at=snap[1],
+                        payload=bytes(snap[2]),
+                    )
                 )
                 rows = await conn.fetch(
-                    self.sql("SELECT e.position, $1::text, $2::text, e.seq, e.name, e.version, e.recorded_at,"
-                             " e.command_id, e.correlation_id, e.causation_id, e.reply, e.payload"
-                             " FROM {s}.events e WHERE e.stream=$3 AND e.seq>$4 ORDER BY e.seq"),
-                    entity_type, entity_id, sid, snapshot.seq if snapshot else 0,
+                    self.sql(
+                        "SELECT e.position, $1::text, $2::text, e.seq, e.name, e.version, e.recorded_at,"
+                        " e.command_id, e.correlation_id, e.causation_id, e.reply, e.payload"
+                        " FROM {s}.events e WHERE e.stream=$3 AND e.seq>$4 ORDER BY e.seq"
+                    ),
+                    entity_type,
+                    entity_id,
+                    sid,
+                    snapshot.seq if snapshot else 0,
                 )
                 return Recovery(snapshot, [_envelope(r) for r in rows], head, deleted)
         except (OSError, asyncpg.PostgresError) as exc:

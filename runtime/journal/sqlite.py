@@ -145,7 +145,7 @@ class _Op(msgspec.Struct):
     fn: Callable[[sqlite3.Connection, _Streams], Any]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _values(n: int, width: int) -> str:
     one = "(" + ",".join("?" * width) + ")"
     return ",".join([one] * n)
@@ -217,7 +217,9 @@ def _append_one(conn: sqlite3.Connection, stream: int, op: _Append) -> int | Jou
 def _write_appends(conn: sqlite3.Connection, streams: _Streams, appends: list[_Append]) -> list[int | JournalError]:
     ids = streams.lookup(conn, [op.key for op in appends], create=True)
     sids = [ids[op.key] for op in appends]
-    if len(set(sids)) < len(sids) or not _heads_match(conn, [(s, op.expected_seq) for s, op in zip(sids, appends)]):
+    if len(set(sids)) < len(sids) or not _heads_match(
+        conn, [(s, op.expected_seq) for s, op in zip(sids, appends, strict=True)]
+    ):
         return [_append_one(conn, s, op) for s, op in zip(sids, appends, strict=True)]
     first = _insert_events(conn, [(s, *r) for s, op in zip(sids, appends, strict=True) for r in op.rows])
     out: list[int | JournalError] = []
@@ -396,9 +398,7 @@ class SqliteJournal(Journal):
         await self._write(run)
 
     async def save_checkpoint(self, name: str, position: int) -> None:
-        await self._write(
-            lambda c, _: c.execute("INSERT OR REPLACE INTO checkpoints VALUES (?,?)", (name, position))
-        )
+        await self._write(lambda c, _: c.execute("INSERT OR REPLACE INTO checkpoints VALUES (?,?)", (name, position)))
 
     # -- reads ------------------------------------------------------------------------------------
 
@@ -418,7 +418,11 @@ class SqliteJournal(Journal):
         rows = await self._fetch(
             f"SELECT {_COLUMNS} FROM event_log WHERE entity_type=? AND entity_id=? AND seq>=? AND seq<=?"
             " ORDER BY seq LIMIT ?",
-            entity_type, entity_id, from_seq, to_seq if to_seq is not None else 2**62, -1 if limit is None else limit,
+            entity_type,
+            entity_id,
+            from_seq,
+            to_seq if to_seq is not None else 2**62,
+            -1 if limit is None else limit,
         )
         return [_envelope(r) for r in rows]
 
@@ -449,7 +453,9 @@ class SqliteJournal(Journal):
         rows = await self._fetch(
             "SELECT n.seq, n.recorded_at, n.payload FROM snapshots n JOIN streams s ON s.id = n.stream"
             " WHERE s.entity_type=? AND s.entity_id=? AND n.seq<=? ORDER BY n.seq DESC LIMIT 1",
-            entity_type, entity_id, max_seq if max_seq is not None else 2**62,
+            entity_type,
+            entity_id,
+            max_seq if max_seq is not None else 2**62,
         )
         if not rows:
             return None

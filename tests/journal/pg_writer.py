@@ -16,10 +16,18 @@ from runtime.journal.postgres import PostgresJournal
 
 async def main(url: str, tag: str, entities: int, events: int) -> None:
     async with PostgresJournal(url) as journal:
+
         async def writer(k: int) -> None:
             for seq in range(1, events + 1):
-                env = Envelope(entity_type="tail", entity_id=f"{tag}-{k}", seq=seq, name="Tick", version=1,
-                               payload=b"{}", recorded_at=time.time_ns())
+                env = Envelope(
+                    entity_type="tail",
+                    entity_id=f"{tag}-{k}",
+                    seq=seq,
+                    name="Tick",
+                    version=1,
+                    payload=b"{}",
+                    recorded_at=time.time_ns(),
+                )
                 await journal.append([env], seq - 1)
 
         async with anyio.create_task_group() as tg:

@@ -21,11 +21,26 @@ from runtime import (
 pytestmark = pytest.mark.anyio
 
 
-def ev(entity_id: str, seq: int, *, entity_type: str = "thing", name: str = "Happened", payload: bytes = b"{}",
-       command_id: str | None = None, reply: bytes | None = None) -> Envelope:
+def ev(
+    entity_id: str,
+    seq: int,
+    *,
+    entity_type: str = "thing",
+    name: str = "Happened",
+    payload: bytes = b"{}",
+    command_id: str | None = None,
+    reply: bytes | None = None,
+) -> Envelope:
     return Envelope(
-        entity_type=entity_type, entity_id=entity_id, seq=seq, name=name, version=1, payload=payload,
-        recorded_at=time.time_ns(), command_id=command_id, reply=reply,
+        entity_type=entity_type,
+        entity_id=entity_id,
+        seq=seq,
+        name=name,
+        version=1,
+        payload=payload,
+        recorded_at=time.time_ns(),
+        command_id=command_id,
+        reply=reply,
     )
 
 
@@ -43,8 +58,9 @@ async def read_everything(journal: Journal) -> list[Envelope]:
 async def test_append_assigns_increasing_positions_and_reads_back(journal: Journal) -> None:
     stored = await journal.append(evs("a", 1, 3, payload=b'{"x":1}', command_id="c1", reply=b"7"), 0)
     assert [e.seq for e in stored] == [1, 2, 3]
-    assert stored[0].position >= 1 and [e.position for e in stored] == list(range(stored[0].position,
-                                                                                   stored[0].position + 3))
+    assert stored[0].position >= 1 and [e.position for e in stored] == list(
+        range(stored[0].position, stored[0].position + 3)
+    )
     more = await journal.append([ev("b", 1)], 0)
     assert more[0].position > stored[-1].position
     back = await journal.read("thing", "a")
@@ -153,8 +169,15 @@ async def test_snapshots_latest_wins_and_older_can_go(journal: Journal) -> None:
     await journal.append(evs("a", 1, 30), 0)
     assert await journal.load_snapshot("thing", "a") is None
     for seq in (10, 20, 30):
-        await journal.save_snapshot(Snapshot(entity_type="thing", entity_id="a", seq=seq,
-                                             payload=f'{{"n":{seq}}}'.encode(), recorded_at=time.time_ns()))
+        await journal.save_snapshot(
+            Snapshot(
+                entity_type="thing",
+                entity_id="a",
+                seq=seq,
+                payload=f'{{"n":{seq}}}'.encode(),
+                recorded_at=time.time_ns(),
+            )
+        )
     latest = await journal.load_snapshot("thing", "a")
     assert latest is not None and latest.seq == 30 and latest.payload == b'{"n":30}'
     at_25 = await journal.load_snapshot("thing", "a", max_seq=25)
@@ -169,8 +192,9 @@ async def test_snapshots_latest_wins_and_older_can_go(journal: Journal) -> None:
 
 async def test_recover_returns_snapshot_then_later_events(journal: Journal) -> None:
     await journal.append(evs("a", 1, 5), 0)
-    await journal.save_snapshot(Snapshot(entity_type="thing", entity_id="a", seq=3, payload=b"{}",
-                                         recorded_at=time.time_ns()))
+    await journal.save_snapshot(
+        Snapshot(entity_type="thing", entity_id="a", seq=3, payload=b"{}", recorded_at=time.time_ns())
+    )
     rec = await journal.recover("thing", "a")
     assert rec.snapshot is not None and rec.snapshot.seq == 3
     assert [e.seq for e in rec.events] == [4, 5] and rec.head == 5 and not rec.deleted
@@ -192,8 +216,9 @@ async def test_deleting_events_never_lowers_the_head(journal: Journal) -> None:
 async def test_deleting_an_entity_is_a_tombstone(journal: Journal) -> None:
     await journal.append(evs("a", 1, 3), 0)
     await journal.append(evs("b", 1, 2), 0)
-    await journal.save_snapshot(Snapshot(entity_type="thing", entity_id="a", seq=3, payload=b"{}",
-                                         recorded_at=time.time_ns()))
+    await journal.save_snapshot(
+        Snapshot(entity_type="thing", entity_id="a", seq=3, payload=b"{}", recorded_at=time.time_ns())
+    )
     await journal.delete("thing", "a")
     assert await journal.is_deleted("thing", "a") and not await journal.is_deleted("thing", "b")
     assert await journal.read("thing", "a") == [] and await journal.load_snapshot("thing", "a") is None

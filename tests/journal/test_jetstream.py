@@ -20,8 +20,15 @@ pytestmark = pytest.mark.anyio
 
 
 def ev(entity_id: str, seq: int, payload: bytes = b"{}") -> Envelope:
-    return Envelope(entity_type="thing", entity_id=entity_id, seq=seq, name="Happened", version=1,
-                    payload=payload, recorded_at=time.time_ns())
+    return Envelope(
+        entity_type="thing",
+        entity_id=entity_id,
+        seq=seq,
+        name="Happened",
+        version=1,
+        payload=payload,
+        recorded_at=time.time_ns(),
+    )
 
 
 async def test_the_server_refuses_a_stale_writers_atomic_batch(tmp_path: Path) -> None:

@@ -31,8 +31,11 @@ async def test_tailer_sees_every_event_once_in_order_under_two_writer_processes(
         async with PostgresJournal(url) as journal:  # creates the schema before the writers race
             env = {**os.environ, "PYTHONPATH": f"{TESTS.parent}:{TESTS}"}
             writers = [
-                subprocess.Popen([sys.executable, "-m", "journal.pg_writer", url, tag, str(ENTITIES), str(EVENTS)],
-                                 cwd=TESTS, env=env)
+                subprocess.Popen(
+                    [sys.executable, "-m", "journal.pg_writer", url, tag, str(ENTITIES), str(EVENTS)],
+                    cwd=TESTS,
+                    env=env,
+                )
                 for tag in ("left", "right")
             ]
             seen: list[Envelope] = []

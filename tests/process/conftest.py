@@ -50,7 +50,10 @@ class RunningRuntime:
     def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [*MEMOIR, *args, "--data-dir", str(self.data)],
-            cwd=ROOT, capture_output=True, text=True, timeout=60,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
             env={**os.environ, "PYTHONPATH": str(ROOT)},
         )
 

@@ -25,8 +25,14 @@ CASES: list[tuple[str, str, bytes, dict[str, str] | None, str, str]] = [
     ("malformed json", "inventory.A.receive", b'{"units": ', None, "invalid", "not valid JSON"),
     ("wrong type", "inventory.A.receive", b'{"units": "five", "on": "2022-03-01"}', None, "invalid", "$.units"),
     ("missing field", "inventory.A.receive", b'{"units": 5}', None, "invalid", "missing required field `on`"),
-    ("extra field", "inventory.A.receive", b'{"units": 5, "on": "2022-03-01", "x": 1}', None, "invalid",
-     "unknown field `x`"),
+    (
+        "extra field",
+        "inventory.A.receive",
+        b'{"units": 5, "on": "2022-03-01", "x": 1}',
+        None,
+        "invalid",
+        "unknown field `x`",
+    ),
     ("not an object", "inventory.A.receive", b"[5, 6]", None, "invalid", "Expected `object`, got `array`"),
     ("null", "inventory.A.receive", b"null", None, "invalid", "Expected `object`, got `null`"),
     ("bad date", "inventory.A.receive", b'{"units": 5, "on": "March"}', None, "invalid", "$.on"),
@@ -38,12 +44,30 @@ CASES: list[tuple[str, str, bytes, dict[str, str] | None, str, str]] = [
     ("id with control characters", "inventory.a%00b.receive", GOOD, None, "invalid", "control characters"),
     ("no id token", "inventory.receive", GOOD, None, "invalid", "<prefix>.cmd.<type>.<id>.<command>"),
     ("too many tokens", "inventory.A.B.receive", GOOD, None, "invalid", "<prefix>.cmd.<type>.<id>.<command>"),
-    ("payload over the limit", "inventory.A.receive", b'{"units": 5, "on": "2022-03-01", "pad": "'
-     + b"x" * (2 * 1024 * 1024) + b'"}', None, "invalid", "bytes, the limit is 1048576"),
-    ("command id too long", "inventory.A.receive", GOOD, {"Memoir-Command-Id": "c" * 300}, "invalid",
-     "header Memoir-Command-Id"),
-    ("negative units (the entity says so)", "inventory.A.receive", b'{"units": -5, "on": "2022-03-01"}', None,
-     "invalid", "units must be positive"),
+    (
+        "payload over the limit",
+        "inventory.A.receive",
+        b'{"units": 5, "on": "2022-03-01", "pad": "' + b"x" * (2 * 1024 * 1024) + b'"}',
+        None,
+        "invalid",
+        "bytes, the limit is 1048576",
+    ),
+    (
+        "command id too long",
+        "inventory.A.receive",
+        GOOD,
+        {"Memoir-Command-Id": "c" * 300},
+        "invalid",
+        "header Memoir-Command-Id",
+    ),
+    (
+        "negative units (the entity says so)",
+        "inventory.A.receive",
+        b'{"units": -5, "on": "2022-03-01"}',
+        None,
+        "invalid",
+        "units must be positive",
+    ),
 ]
 
 

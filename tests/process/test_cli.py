@@ -31,8 +31,10 @@ def test_send_events_state_query_as_the_readme_shows(runtime_process: RunningRun
     assert as_json[1]["payload"] == {"units": 100, "on": "2022-03-01"}
 
     then = json.loads(rt.cli("state", "inventory", "XYZ-1", "--seq", "1", "--json").stdout)
-    assert then == {"seq": 1, "state": {"units": 100, "last_in": "2022-01-01", "last_out": "2022-02-01",
-                                        "opened": True}}
+    assert then == {
+        "seq": 1,
+        "state": {"units": 100, "last_in": "2022-01-01", "last_out": "2022-02-01", "opened": True},
+    }
     now = json.loads(rt.cli("state", "inventory", "XYZ-1", "--json").stdout)
     assert now["seq"] == 2 and now["state"]["units"] == 200
 

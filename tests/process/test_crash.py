@@ -31,8 +31,9 @@ def command(i: int) -> tuple[str, str, str, dict[str, Any]]:
     return "post", f"p{i}", "publish", {"author": f"author-{i % 50}", "text": f"post {i}"}
 
 
-async def send_all(url: str, todo: list[int], answered: set[int], *, stop_after: int | None = None,
-                   stopped: anyio.Event | None = None) -> None:
+async def send_all(
+    url: str, todo: list[int], answered: set[int], *, stop_after: int | None = None, stopped: anyio.Event | None = None
+) -> None:
     """Send `todo` from CLIENTS concurrent connections; record which got a successful reply."""
     queue = list(reversed(todo))
 
@@ -117,8 +118,9 @@ async def test_sigkill_midway_loses_and_duplicates_nothing(runtime_process: Runn
             rows = {}
             after = ""
             while True:
-                msg = await nc.request("memoir.view.posts_by_author.scan",
-                                       f'{{"after": "{after}", "limit": 1000}}'.encode(), timeout=5)
+                msg = await nc.request(
+                    "memoir.view.posts_by_author.scan", f'{{"after": "{after}", "limit": 1000}}'.encode(), timeout=5
+                )
                 page = __import__("json").loads(msg.data)["result"]
                 if not page:
                     break

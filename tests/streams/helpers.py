@@ -34,7 +34,9 @@ async def stream_messages(js: Any, stream: str) -> list[Any]:
     if not total:
         return []
     sub = await js.pull_subscribe(
-        "", stream=stream, config=api.ConsumerConfig(deliver_policy=api.DeliverPolicy.ALL, ack_policy=api.AckPolicy.NONE)
+        "",
+        stream=stream,
+        config=api.ConsumerConfig(deliver_policy=api.DeliverPolicy.ALL, ack_policy=api.AckPolicy.NONE),
     )
     msgs: list[Any] = []
     while len(msgs) < total:

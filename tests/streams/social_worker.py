@@ -22,6 +22,7 @@ async def main(nats_url: str, data: Path, posts: int, authors: int) -> None:
         SqliteViewStore(data / "views.db") as views,
         Service(app, journal, nats_url=nats_url, view_store=views) as svc,
     ):
+
         async def sender(k: int) -> None:
             for i in range(k, posts, 8):
                 args = {"author": f"author-{i % authors}", "text": f"post {i}"}

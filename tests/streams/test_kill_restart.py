@@ -46,6 +46,7 @@ async def test_counts_are_exact_after_a_kill_in_the_middle(tmp_path: Path, nats_
     data = tmp_path / "data"
     first = _worker(nats_server.url, data)
     try:
+
         async def midway() -> bool:
             return await _stored(data) >= 300 or first.poll() is not None
 
@@ -69,6 +70,7 @@ async def test_counts_are_exact_after_a_kill_in_the_middle(tmp_path: Path, nats_
         SqliteViewStore(data / "views.db") as views,
         Service(app, journal, nats_url=nats_server.url, view_store=views) as svc,
     ):
+
         async def consistent() -> bool:
             rows = await svc.view("posts_by_author").all()
             if {k: r.posts for k, r in rows.items()} != truth:

@@ -26,8 +26,9 @@ ODD_IDS = ["XYZ-1", "with.dots.in.it", "with spaces", "ünïcødé-ß", "a*b>c",
 
 async def _send_some(rt: Runtime, ids: list[str], per_id: int = 3) -> None:
     for entity_id in ids:
-        await rt.ask("inventory", entity_id, "open", {"units": 10}, command_id=f"open-{entity_id}",
-                     correlation_id="corr-1")
+        await rt.ask(
+            "inventory", entity_id, "open", {"units": 10}, command_id=f"open-{entity_id}", correlation_id="corr-1"
+        )
         for i in range(per_id):
             await rt.ask("inventory", entity_id, "receive", {"units": i + 1, "on": "2022-03-01"})
 
@@ -101,10 +102,12 @@ async def test_stream_holds_every_event_once_after_nats_restarts_under_load(tmp_
     try:
         async with SqliteJournal(tmp_path / "j.db") as journal:
             async with Service(app, journal, nats_url=server.url, flush_timeout=60) as svc:
+
                 async def load(k: int) -> None:
                     for i in range(150):
-                        await svc.runtime.ask("inventory", f"sku-{k}", "receive", {"units": 1, "on": "2022-03-01"},
-                                              command_id=f"{k}-{i}")
+                        await svc.runtime.ask(
+                            "inventory", f"sku-{k}", "receive", {"units": 1, "on": "2022-03-01"}, command_id=f"{k}-{i}"
+                        )
                         await anyio.sleep(0)
 
                 async with anyio.create_task_group() as tg:

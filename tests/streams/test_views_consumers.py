@@ -42,6 +42,7 @@ async def test_a_view_added_later_catches_up_from_the_start(tmp_path: Path, nats
         async with SqliteViewStore(tmp_path / "views.db") as store:
             app = App("after", entities=[Post, Profile], views=[PostsByAuthor])
             async with Service(app, journal, nats_url=nats_server.url, view_store=store) as svc:
+
                 async def caught_up() -> bool:
                     return await _view_counts(svc) == truth
 
