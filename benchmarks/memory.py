@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-import _common as c  # noqa: I001 - puts the repository on sys.path
+import _common as c
 import anyio
 
 from entities import InventoryItem

@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 
-import _common as c  # noqa: I001 - puts the repository on sys.path
+import _common as c
 import anyio
 import nats
 

@@ -9,7 +9,7 @@ from collections import deque
 from pathlib import Path
 from typing import Any
 
-import _common as c  # noqa: I001 - puts the repository on sys.path
+import _common as c
 import anyio
 import msgspec
 import nats

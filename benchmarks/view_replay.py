@@ -6,12 +6,12 @@ from __future__ import annotations
 import time
 from typing import Any
 
-import _common as c  # noqa: I001 - puts the repository on sys.path
+import _common as c
 import anyio
 import msgspec
 import nats
 from nats.js import api
-from publisher import fill  # noqa: E402 - the same events the publisher benchmark uses
+from publisher import fill
 
 from entities.social import AuthorPosts, PostsByAuthor
 from runtime import SqliteJournal

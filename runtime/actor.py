@@ -62,18 +62,18 @@ _encoder = msgspec.json.Encoder()
 
 class Actor:
     __slots__ = (
-        "model",
+        "deleted",
         "entity",
         "entity_id",
-        "state",
-        "seq",
-        "recovered",
-        "deleted",
-        "lock",
-        "queued",
-        "replies",
         "last_used",
+        "lock",
+        "model",
+        "queued",
+        "recovered",
+        "replies",
+        "seq",
         "since_snapshot",
+        "state",
     )
 
     def __init__(self, model: EntityModel, entity_id: str) -> None:
@@ -163,7 +163,7 @@ class Actor:
             envelopes = self._envelopes(effect, meta, model.encode_reply(result) if cid is not None else None)
         except CommandError:
             raise
-        except Exception as exc:  # noqa: BLE001 - an event handler or the reply function failed
+        except Exception as exc:
             raise self._internal(spec, exc) from exc
 
         if envelopes:
@@ -190,7 +190,7 @@ class Actor:
                 effect = await effect
         except CommandError:
             raise
-        except Exception as exc:  # noqa: BLE001 - a handler bug answers one command, never kills the actor
+        except Exception as exc:
             raise self._internal(spec, exc) from exc
         if not isinstance(effect, Effect):
             raise self._internal(spec, TypeError(f"handler returned {type(effect).__name__}, not an Effect"))

@@ -23,7 +23,7 @@ _NO_REPLY: Any = object()
 class Effect(Generic[R]):
     """Events to persist, then a reply (a value or a function of the new state), or an error."""
 
-    __slots__ = ("events", "error", "delete_entity", "_reply")
+    __slots__ = ("_reply", "delete_entity", "error", "events")
 
     def __init__(
         self,

@@ -126,6 +126,6 @@ class EventCodec:
             return msgspec.convert(data, cls, strict=False)
         except EventDecodeError:
             raise
-        except Exception as exc:  # noqa: BLE001 - any failure here is a bad stored row; name it
+        except Exception as exc:
             reason = f"{env.name} v{env.version}: {exc}"
             raise EventDecodeError(env.entity_type, env.entity_id, env.seq, reason) from exc

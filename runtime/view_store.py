@@ -48,10 +48,10 @@ class ViewStore(abc.ABC):
     ) -> None:
         await self.close()
 
-    async def open(self) -> None:  # noqa: B027 - optional hook
+    async def open(self) -> None:
         pass
 
-    async def close(self) -> None:  # noqa: B027 - optional hook
+    async def close(self) -> None:
         pass
 
     @abc.abstractmethod

@@ -103,7 +103,7 @@ class _ServedJournal:
         self.journal = self.cls(server.url)
         return await self.journal.__aenter__()  # type: ignore[no-any-return]
 
-    async def __aexit__(self, *exc: Any) -> None:
+    async def __aexit__(self, *exc: object) -> None:
         await self.journal.__aexit__(*exc)
 
 

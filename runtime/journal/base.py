@@ -53,10 +53,10 @@ class Journal(abc.ABC):
     ) -> None:
         await self.close()
 
-    async def open(self) -> None:  # noqa: B027 - optional hook
+    async def open(self) -> None:
         """Connect and create the schema; called by `async with`."""
 
-    async def close(self) -> None:  # noqa: B027 - optional hook
+    async def close(self) -> None:
         """Flush what was acknowledged and release the store."""
 
     # -- events ---------------------------------------------------------------------------

@@ -14,8 +14,15 @@ publish: no outbox runs, and the stream sequence is the position.
   headers `Nats-Batch-Id`, `Nats-Batch-Sequence` 1..n and `Nats-Batch-Commit: 1` on the
   last; the server stores all or none and acks the commit (10201 names a batch that
   holds a duplicate message id). At most 1,000 events per append (the server's limit).
-- Appends are pipelined: many in flight on one connection, each awaiting its own ack
-  on a shared inbox (nats-py's publish_async would not report a refusal, nats.py #985).
+- Group commit, as on SQLite and PostgreSQL: the appends that arrive while one write is
+  in flight go out together as one atomic batch across entities, each entity's first
+  event carrying its own expected subject sequence. The server stores all or none and
+  fsyncs once, which is what makes `sync_interval: always` affordable (a plain publish
+  costs one fsync per event). If the server refuses the batch (one stale expectation, a
+  duplicate id) it says not which append was at fault, so each is then written on its
+  own and gets its own answer. A flush of only a few appends publishes them one by one,
+  pipelined, each awaiting its own ack on a shared inbox (nats-py's publish_async would
+  not report a refusal, nats.py #985): an atomic batch has a higher fixed cost.
 - Snapshots live in a second stream (the latest 16 per entity), checkpoints, deletion
   floors and tombstones in KV buckets.
 
@@ -29,9 +36,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import secrets
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
+
+import anyio
 from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 import msgspec
@@ -46,12 +56,40 @@ from ..envelope import Envelope, Recovery, Snapshot
 from ..errors import ConcurrencyConflict, ConfigError, EntityDeleted, JournalError
 from ..wire import check_prefix, envelope_from_message, event_headers, event_subject, token, untoken
 from .base import Journal, check_batch
+from .batching import Batcher
 
 Key = tuple[str, str]
-MAX_BATCH = 1000
+MAX_BATCH = 1000  # events in one atomic batch: the server's `max_msgs` default
+ATOMIC_FROM = 16  # appends in one flush from which one atomic batch beats pipelined publishes
 H_REPLY = "Memoir-Reply"
 WRONG_LAST_SEQUENCE = 10071
 BATCH_DUPLICATE = 10201
+
+
+class _Append(NamedTuple):
+    key: Key
+    expected: int
+    events: Sequence[Envelope]
+
+
+class _Refused(Exception):
+    """The server stored none of an atomic batch's appends."""
+
+
+def _chunks(batch: list[_Append]) -> list[list[int]]:
+    """Indices of `batch` in runs that hold each entity at most once and fit one atomic batch."""
+    chunks: list[list[int]] = [[]]
+    keys: set[Key] = set()
+    events = 0
+    for i, req in enumerate(batch):
+        if req.key in keys or events + len(req.events) > MAX_BATCH:
+            chunks.append([])
+            keys.clear()
+            events = 0
+        chunks[-1].append(i)
+        keys.add(req.key)
+        events += len(req.events)
+    return chunks
 
 
 class _Meta(msgspec.Struct):
@@ -101,6 +139,8 @@ class JetStreamJournal(Journal):
         self._n = 0
         # (entity) -> (last stream seq of its subject, head seq): what the next append expects
         self._last: dict[Key, tuple[int, int]] = {}
+        self._writes: Batcher[_Append, int] = Batcher(self._flush, max_batch=MAX_BATCH, name="jetstream")
+        self._stack: contextlib.AsyncExitStack | None = None
 
     def stream_for(self, entity_type: str) -> str:
         """Views and consumers read every entity type from the journal stream itself."""
@@ -143,6 +183,11 @@ class JetStreamJournal(Journal):
             raise JournalError(f"cannot open the JetStream journal at {self.server}: {exc}") from exc
         self._inbox = f"{self.nc.new_inbox()}.{secrets.token_hex(4)}."
         await self.nc.subscribe(f"{self._inbox}*", cb=self._on_ack)
+        stack = contextlib.AsyncExitStack()
+        tg = await stack.enter_async_context(anyio.create_task_group())
+        tg.start_soon(self._writes.run)
+        stack.callback(self._writes.close)
+        self._stack = stack
 
     async def _ensure(self, config: api.StreamConfig) -> None:
         try:
@@ -155,6 +200,9 @@ class JetStreamJournal(Journal):
     async def close(self) -> None:
         from ..client import close_quietly
 
+        if self._stack is not None:
+            stack, self._stack = self._stack, None
+            await stack.aclose()  # the appends already taken are written and answered
         if self.nc is not None:
             nc, self.nc = self.nc, None
             for fut in self._pending.values():
@@ -215,24 +263,120 @@ class JetStreamJournal(Journal):
         key = check_batch(events, expected_seq)
         if len(events) > MAX_BATCH:
             raise JournalError(f"the JetStream journal takes at most {MAX_BATCH} events in one append")
+        first = await self._writes.submit(_Append(key, expected_seq, events))
+        self._notify_appended()
+        return [msgspec.structs.replace(e, position=first + i) for i, e in enumerate(events)]
+
+    async def _flush(self, batch: list[_Append]) -> list[int | BaseException]:
+        """Group commit: the appends of many actors as one atomic batch, so one fsync serves them all."""
+        results: list[int | BaseException] = [0] * len(batch)
+        for chunk in _chunks(batch):  # each entity at most once per chunk; chunks run in order
+            await self._write_chunk([batch[i] for i in chunk], chunk, results)
+        return results
+
+    async def _write_chunk(self, reqs: list[_Append], where: list[int], results: list[int | BaseException]) -> None:
+        if len(reqs) >= ATOMIC_FROM:
+            try:
+                firsts = await self._write_atomic(reqs)
+            except _Refused:
+                pass  # which append the server objected to is not said: each on its own decides
+            except Exception as exc:  # noqa: BLE001 - no ack: any of them may have landed
+                for req, i in zip(reqs, where, strict=True):
+                    self._last.pop(req.key, None)
+                    results[i] = exc
+                return
+            else:
+                for req, i, first in zip(reqs, where, firsts, strict=True):
+                    results[i] = first
+                return
+
+        async def one(req: _Append, i: int) -> None:
+            try:
+                results[i] = await self._write_one(req)
+            except Exception as exc:  # noqa: BLE001 - the caller hears of it
+                results[i] = exc
+
+        async with anyio.create_task_group() as tg:
+            for req, i in zip(reqs, where, strict=True):
+                tg.start_soon(one, req, i)
+
+    async def _write_one(self, req: _Append) -> int:
+        """One entity's append on its own: a plain publish, or that entity's atomic batch."""
+        key, events = req.key, req.events
         try:
             last_seq, head = await self._expectation(key)
-            if head != expected_seq:
-                raise ConcurrencyConflict(key[0], key[1], expected_seq, head)
+            if head != req.expected:
+                raise ConcurrencyConflict(key[0], key[1], req.expected, head)
             subject = event_subject(self.prefix, *key)
-            first_position = await (self._append_one if len(events) == 1 else self._append_batch)(
-                subject, events, last_seq
-            )
-        except (ConcurrencyConflict, EntityDeleted):
-            self._last.pop(key, None)
-            raise
+            first = await (self._append_one if len(events) == 1 else self._append_batch)(subject, events, last_seq)
         except (NatsError, JetStreamError) as exc:
             self._last.pop(key, None)
             raise JournalError(f"JetStream journal at {self.server}: {exc}") from exc
-        stored = [msgspec.structs.replace(e, position=first_position + i) for i, e in enumerate(events)]
-        self._last[key] = (stored[-1].position, stored[-1].seq)
-        self._notify_appended()
-        return stored
+        except BaseException:
+            self._last.pop(key, None)  # a conflict, a deletion, or no ack: ask the server next time
+            raise
+        self._last[key] = (first + len(events) - 1, events[-1].seq)
+        return first
+
+    async def _write_atomic(self, reqs: list[_Append]) -> list[int]:
+        """Many entities' appends in one atomic batch, each checked against its own last subject seq.
+
+        Raises `_Refused` if the server stores none of them (a stale expectation, a duplicate id).
+        """
+        assert self.nc is not None
+        lasts = await self._expectations([r.key for r in reqs])
+        batch_id = secrets.token_hex(11)
+        total = sum(len(r.events) for r in reqs)
+        n = 0
+        ack: dict[str, Any] = {}
+        for req, (last_seq, head) in zip(reqs, lasts, strict=True):
+            if head != req.expected:
+                raise _Refused  # a known conflict: let the single write report it
+            subject = event_subject(self.prefix, *req.key)
+            for j, env in enumerate(req.events):
+                n += 1
+                headers = self._headers(env)
+                headers["Nats-Batch-Id"] = batch_id
+                headers["Nats-Batch-Sequence"] = str(n)
+                if j == 0:
+                    headers["Nats-Expected-Last-Subject-Sequence"] = str(last_seq)
+                if n < total:
+                    await self.nc.publish(subject, env.payload, headers=headers)
+                else:
+                    headers["Nats-Batch-Commit"] = "1"
+                    ack = await self._request(subject, env.payload, headers)
+        if "error" in ack:
+            raise _Refused
+        position = int(ack["seq"]) - total + 1
+        firsts = []
+        for req in reqs:
+            firsts.append(position)
+            position += len(req.events)
+            self._last[req.key] = (position - 1, req.events[-1].seq)
+        return firsts
+
+    async def _expectations(self, keys: list[Key]) -> list[tuple[int, int]]:
+        """`_expectation` for many keys, asking the server for the unknown ones concurrently."""
+        unknown = [k for k in keys if k not in self._last]
+        if unknown:
+            failed: list[BaseException] = []
+
+            async def load(key: Key) -> None:
+                try:
+                    await self._expectation(key)
+                except EntityDeleted:
+                    pass
+                except Exception as exc:  # noqa: BLE001 - re-raised below
+                    failed.append(exc)
+
+            async with anyio.create_task_group() as tg:
+                for key in unknown:
+                    tg.start_soon(load, key)
+            if failed:
+                raise failed[0]
+            if any(k not in self._last for k in keys):
+                raise _Refused  # a deleted entity among them: its single write says so
+        return [self._last[k] for k in keys]
 
     async def _append_one(self, subject: str, events: Sequence[Envelope], last_seq: int) -> int:
         env = events[0]

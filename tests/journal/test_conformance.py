@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 import anyio
+import anyio.lowlevel
 import msgspec
 import pytest
 from conftest import JournalFactory
@@ -141,7 +142,7 @@ async def test_read_all_is_ordered_and_gap_free_under_concurrent_writers(journal
                     await journal.append(evs(entity, head + 1, 1 + i % 2), head)
                     break
                 except ConcurrencyConflict:
-                    await anyio.sleep(0)
+                    await anyio.lowlevel.checkpoint()
 
     async with anyio.create_task_group() as tg:
         for w in range(20):

@@ -44,6 +44,39 @@ async def test_the_server_refuses_a_stale_writers_atomic_batch(tmp_path: Path) -
             assert [e.seq for e in await two.append([ev("x", 2)], await two.head("thing", "x"))] == [2]
 
 
+async def test_group_commit_one_stale_append_fails_alone(tmp_path: Path) -> None:
+    """Many entities' appends go out as one atomic batch; when the server refuses it for one stale
+    expectation, that append is the only one that fails and the others are stored once each."""
+    async with EmbeddedNats(tmp_path / "n", sync="always") as server:
+        async with JetStreamJournal(server.url) as one, JetStreamJournal(server.url) as two:
+            ids = [f"e{i}" for i in range(40)]
+            for i in ids:
+                await one.append([ev(i, 1)], 0)
+            await two.append([ev("e7", 2, b'"two"')], 1)  # behind `one`'s back: its cached head is stale
+            batches = one._writes.batches
+            results: dict[str, object] = {}
+
+            async def write(i: str) -> None:
+                try:
+                    results[i] = [e.seq for e in await one.append([ev(i, 2), ev(i, 3)], 1)]
+                except ConcurrencyConflict as exc:
+                    results[i] = exc
+
+            async with anyio.create_task_group() as tg:
+                for i in ids:
+                    tg.start_soon(write, i)
+            assert one._writes.batches - batches < len(ids), "the appends were grouped"
+            assert isinstance(results.pop("e7"), ConcurrencyConflict)
+            assert results == {i: [2, 3] for i in ids if i != "e7"}
+            assert [e.payload for e in await one.read("thing", "e7")] == [b"{}", b'"two"']
+            everything = await one.read_all(1, limit=1000)
+            assert len(everything) == 40 + 1 + 39 * 2, "no event stored twice, none lost"
+            assert [e.position for e in everything] == list(range(1, len(everything) + 1))
+            for i in ids:
+                seqs = [e.seq for e in everything if e.entity_id == i]
+                assert seqs == ([1, 2] if i == "e7" else [1, 2, 3])
+
+
 async def test_an_acknowledged_append_survives_a_sigkill_of_the_server(tmp_path: Path) -> None:
     server = EmbeddedNats(tmp_path / "n", sync="always")
     await server.start()

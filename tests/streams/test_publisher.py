@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import anyio
+import anyio.lowlevel
 import msgspec
 import nats
 import pytest
@@ -108,7 +109,7 @@ async def test_stream_holds_every_event_once_after_nats_restarts_under_load(tmp_
                         await svc.runtime.ask(
                             "inventory", f"sku-{k}", "receive", {"units": 1, "on": "2022-03-01"}, command_id=f"{k}-{i}"
                         )
-                        await anyio.sleep(0)
+                        await anyio.lowlevel.checkpoint()
 
                 async with anyio.create_task_group() as tg:
                     for k in range(8):

@@ -91,22 +91,21 @@ async def test_consumer_retries_then_parks_poison_without_stalling(tmp_path: Pat
     Flaky.backoff = 0.05
     Flaky.attempts = {}
     app = App("c", entities=[Post, Profile], consumers=[Flaky])
-    async with SqliteJournal(tmp_path / "j.db") as journal:
-        async with Service(app, journal, nats_url=nats_server.url) as svc:
-            rt = svc.runtime
-            await rt.ask("post", "flaky-1", "publish", {"author": "bob", "text": "x"})
-            await rt.ask("post", "poison", "publish", {"author": "bob", "text": "x"})
-            for i in range(5):
-                await rt.ask("post", f"ok-{i}", "publish", {"author": "bob", "text": "x"})
+    async with SqliteJournal(tmp_path / "j.db") as journal, Service(app, journal, nats_url=nats_server.url) as svc:
+        rt = svc.runtime
+        await rt.ask("post", "flaky-1", "publish", {"author": "bob", "text": "x"})
+        await rt.ask("post", "poison", "publish", {"author": "bob", "text": "x"})
+        for i in range(5):
+            await rt.ask("post", f"ok-{i}", "publish", {"author": "bob", "text": "x"})
 
-            async def counted() -> bool:
-                return (await rt.ask("profile", "bob", "get")).result.posts == 6
+        async def counted() -> bool:
+            return (await rt.ask("profile", "bob", "get")).result.posts == 6
 
-            await eventually(counted, what="bob's 6 countable posts")
-            runner = svc.consumers["flaky"]
-            await eventually(lambda: _true(runner.dead_lettered == 1), what="the poison event to be parked")
-            assert Flaky.attempts["poison"] == 3
-            assert Flaky.attempts["flaky-1"] == 3
+        await eventually(counted, what="bob's 6 countable posts")
+        runner = svc.consumers["flaky"]
+        await eventually(lambda: _true(runner.dead_lettered == 1), what="the poison event to be parked")
+        assert Flaky.attempts["poison"] == 3
+        assert Flaky.attempts["flaky-1"] == 3
 
     client = await nats.connect(nats_server.url)
     js = client.jetstream()
