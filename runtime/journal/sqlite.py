@@ -169,11 +169,15 @@ class _Streams:
             if len(self.ids) + len(missing) > self.MAX:
                 self.ids.clear()
             if create:
-                conn.executemany("INSERT OR IGNORE INTO streams (entity_type, entity_id) VALUES (?,?)", missing)
+                for chunk in _chunked(missing):
+                    conn.execute(
+                        f"INSERT OR IGNORE INTO streams (entity_type, entity_id) VALUES {_values(len(chunk), 2)}",
+                        list(itertools.chain.from_iterable(chunk)),
+                    )
             for chunk in _chunked(missing):
-                rows = conn.execute(
-                    "SELECT entity_type, entity_id, id FROM streams"
-                    f" WHERE (entity_type, entity_id) IN (VALUES {_values(len(chunk), 2)})",
+                rows = conn.execute(  # a join: `(type, id) IN (VALUES …)` would scan the table
+                    f"SELECT s.entity_type, s.entity_id, s.id FROM (VALUES {_values(len(chunk), 2)}) AS v"
+                    " JOIN streams s ON s.entity_type = v.column1 AND s.entity_id = v.column2",
                     list(itertools.chain.from_iterable(chunk)),
                 ).fetchall()
                 self.ids.update(((t, i), sid) for t, i, sid in rows)
@@ -187,7 +191,11 @@ def _insert_events(conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> int
     """Insert rows in order; returns the first position. AUTOINCREMENT gives the next ones in
     order and never below the sequence; we hold the write lock, so nobody else takes any."""
     found = conn.execute("SELECT seq FROM sqlite_sequence WHERE name='events'").fetchone()
-    conn.executemany(f"INSERT INTO events ({_INSERT_COLUMNS}) VALUES {_values(1, 10)}", rows)
+    for chunk in _chunked(rows):
+        conn.execute(
+            f"INSERT INTO events ({_INSERT_COLUMNS}) VALUES {_values(len(chunk), 10)}",
+            list(itertools.chain.from_iterable(chunk)),
+        )
     return (found[0] if found else 0) + 1
 
 
@@ -487,8 +495,9 @@ class SqliteJournal(Journal):
             streams: dict[Key, tuple[int, int, int]] = {}
             for chunk in _chunked(keys):  # one query finds which entities exist at all, and their heads
                 rows = conn.execute(
-                    f"SELECT s.entity_type, s.entity_id, s.id, {_HEAD}, s.deleted FROM streams s"
-                    f" WHERE (s.entity_type, s.entity_id) IN (VALUES {_values(len(chunk), 2)})",
+                    f"SELECT s.entity_type, s.entity_id, s.id, {_HEAD}, s.deleted"
+                    f" FROM (VALUES {_values(len(chunk), 2)}) AS v"
+                    " JOIN streams s ON s.entity_type = v.column1 AND s.entity_id = v.column2",
                     list(itertools.chain.from_iterable(chunk)),
                 ).fetchall()
                 streams.update(((t, i), (sid, h, d)) for t, i, sid, h, d in rows)
