@@ -167,8 +167,10 @@ class ConsumerRunner:
         await msg.ack()
 
     async def _dead_letter(self, msg: Msg, exc: Exception) -> None:
-        headers = dict(msg.headers or {})
-        headers.pop("Nats-Msg-Id", None)
+        # the event's own headers, minus the server's publish checks (dedup id, expected last id)
+        headers = {
+            k: v for k, v in (msg.headers or {}).items() if k != "Nats-Msg-Id" and not k.startswith("Nats-Expected")
+        }
         reason = " ".join(f"{type(exc).__name__}: {exc}".split())  # one line: header values cannot break
         headers["Memoir-Error"] = reason[:1000].encode("ascii", "replace").decode()
         headers["Memoir-Original-Subject"] = msg.subject

@@ -2,8 +2,9 @@
 
 It reads the journal from a checkpoint kept in the journal's own store and
 publishes each event with `Nats-Msg-Id = {type}/{id}/{seq}`. Publishing is
-pipelined: up to `window` messages are in flight, and acks are awaited in
-order, so the checkpoint only ever moves past acknowledged messages. A crash
+pipelined: up to `window` messages are in flight, also across reads of the
+journal, and acks are settled in order, so the checkpoint only ever moves past
+acknowledged messages. A crash
 between append and publish re-publishes from the checkpoint, and JetStream
 drops what it already has:
 
@@ -12,7 +13,18 @@ drops what it already has:
   each stream's last message and skips events at or below it (a stream
   receives its messages in order, so everything below is there).
 
+Order is the server's to keep, not the connection's. nats-py buffers what is
+published while it reconnects and sends it first thing on the new connection,
+so after a server restart a message can land while one published before it was
+lost with the old socket. Each message therefore carries
+`Nats-Expected-Last-Msg-Id`: the id of the message sent before it to the same
+stream. The server refuses anything that does not follow on, the publisher
+goes back to its checkpoint, asks each stream for its last message again, and
+carries on from there.
+
 So every acknowledged event reaches its stream exactly once, in per-entity order.
+(Two publishers on one journal take turns rather than interleave: each refusal
+sends the loser back to its checkpoint, where it finds the events already there.)
 """
 
 from __future__ import annotations
@@ -38,12 +50,13 @@ from nats.js.errors import NotFoundError
 from .envelope import Envelope
 from .errors import JournalError
 from .journal import Journal
-from .wire import H_POSITION, event_headers, event_subject, events_filter, stream_name
+from .wire import H_MSG_ID, H_POSITION, event_headers, event_subject, events_filter, stream_name
 
 log = structlog.get_logger("memoir.publisher")
 
 CHECKPOINT = "memoir.publisher"
 CHECKPOINT_SYNCED = "memoir.publisher.synced"  # a checkpoint at least one stream sync interval old
+H_EXPECTED_LAST_ID = "Nats-Expected-Last-Msg-Id"
 
 
 class StreamSettings(msgspec.Struct, frozen=True, kw_only=True):
@@ -88,6 +101,7 @@ class PublishError(Exception):
 
 
 _RETRYABLE = (PublishError, NatsError, JetStreamError, TimeoutError, JournalError)
+_Inflight = deque[tuple[int, "asyncio.Future[Msg] | None"]]
 
 
 class _Acks:
@@ -125,10 +139,6 @@ class _Acks:
         fut = self.pending[reply] = asyncio.get_running_loop().create_future()
         await self.nc.publish(subject, payload, reply=reply, headers=headers)
         return fut
-
-    @staticmethod
-    async def wait(fut: asyncio.Future[Msg]) -> None:
-        check_ack(await fut)
 
 
 def check_ack(msg: Msg) -> dict[str, Any]:
@@ -181,20 +191,27 @@ class Publisher:
         self._types = set(entity_types)
         self._ready: set[str] = set()
         self._high_water: dict[str, int] = {}
+        self._last_id: dict[str, str] = {}  # per type: the Nats-Msg-Id of the last message sent to its stream
 
     async def _prepare(self, entity_type: str) -> None:
-        """Create or update the type's stream and learn the position of its last message."""
+        """Create or update the type's stream and learn its last message: its position and id."""
         if entity_type in self._ready:
             return
         await ensure_stream(self.js, self.prefix, entity_type, self.settings)
         name = stream_name(self.prefix, entity_type)
         info = await self.js.stream_info(name)
+        self._high_water.pop(entity_type, None)
+        self._last_id.pop(entity_type, None)
         if info.state.last_seq:
             try:
                 last = await self.js.get_msg(name, seq=info.state.last_seq)
-                self._high_water[entity_type] = int((last.headers or {}).get(H_POSITION, 0))
             except NotFoundError:
                 pass
+            else:
+                headers = last.headers or {}
+                self._high_water[entity_type] = int(headers.get(H_POSITION, 0))
+                if H_MSG_ID in headers:
+                    self._last_id[entity_type] = headers[H_MSG_ID]
         self._ready.add(entity_type)
 
     async def run(self) -> None:
@@ -207,6 +224,10 @@ class Publisher:
         self.checkpoint = min(resume, self.checkpoint)
         acks = _Acks(self.nc)
         await acks.open()
+        # (position, ack or None for an event its stream already holds), oldest first. It outlives
+        # each batch, so the window stays full from one read of the journal to the next.
+        inflight: _Inflight = deque()
+        following = self.checkpoint + 1  # the next position to read: ahead of the checkpoint by `inflight`
         backoff = 0.1
         try:
             for t in sorted(self._types):
@@ -216,13 +237,16 @@ class Publisher:
                 try:
                     if not batch:
                         news = self.journal.next_append()
-                        batch = await self.journal.read_all(self.checkpoint + 1, limit=self.batch_size)
+                        batch = await self.journal.read_all(following, limit=self.batch_size)
                         if not batch:
+                            with anyio.fail_after(self.ack_timeout):
+                                await self._settle(inflight, all_=True)
                             await self._save_checkpoint(force=True)  # caught up: store where we are
                             with anyio.move_on_after(self.poll_interval):
                                 await news.wait()
                             continue
-                    batch = await self._publish_and_prefetch(acks, batch)
+                    following = batch[-1].position + 1
+                    batch = await self._publish_and_prefetch(acks, inflight, batch)
                     backoff = 0.1
                 except _RETRYABLE as exc:
                     log.warning(
@@ -232,6 +256,9 @@ class Publisher:
                         retry_in=backoff,
                     )
                     batch = []
+                    inflight.clear()  # their acks no longer count: everything after the checkpoint goes again
+                    following = self.checkpoint + 1
+                    self._ready.clear()  # and each stream is asked again what it holds
                     await anyio.sleep(backoff)
                     backoff = min(backoff * 2, 5.0)
                 if time.monotonic() - sample[0] >= self.stream_sync_interval:
@@ -242,7 +269,7 @@ class Publisher:
                 await acks.close()
                 await self._save_checkpoint(force=True)
 
-    async def _publish_and_prefetch(self, acks: _Acks, batch: list[Envelope]) -> list[Envelope]:
+    async def _publish_and_prefetch(self, acks: _Acks, inflight: _Inflight, batch: list[Envelope]) -> list[Envelope]:
         """Publish one batch while the next is read from the journal; returns the next batch."""
         nxt: list[Envelope] = []
         failure: Exception | None = None
@@ -256,7 +283,7 @@ class Publisher:
             try:
                 # One deadline per batch, not per message: a timer per event costs more than the event.
                 with anyio.fail_after(self.ack_timeout + len(batch) / 1000):
-                    await self._publish(acks, batch)
+                    await self._publish(acks, inflight, batch)
             except _RETRYABLE as exc:
                 failure = exc
                 tg.cancel_scope.cancel()
@@ -264,29 +291,43 @@ class Publisher:
             raise failure
         return nxt
 
-    async def _publish(self, acks: _Acks, batch: list[Envelope]) -> None:
-        inflight: deque[tuple[Envelope, asyncio.Future[Msg]]] = deque()
-        done = self.checkpoint
+    async def _publish(self, acks: _Acks, inflight: _Inflight, batch: list[Envelope]) -> None:
         try:
             for env in batch:
                 if env.entity_type not in self._ready:
                     await self._prepare(env.entity_type)
                 if env.position <= self._high_water.get(env.entity_type, 0):
-                    if not inflight:
-                        done = env.position  # already in its stream
+                    inflight.append((env.position, None))  # already in its stream
                     continue
                 if len(inflight) >= self.window:
-                    done = await self._settle(acks, inflight)
+                    await self._settle(inflight)
+                headers = event_headers(env)
+                previous = self._last_id.get(env.entity_type)
+                if previous is not None:
+                    headers[H_EXPECTED_LAST_ID] = previous
+                self._last_id[env.entity_type] = headers[H_MSG_ID]
                 fut = await acks.publish(
-                    event_subject(self.prefix, env.entity_type, env.entity_id), env.payload, event_headers(env)
+                    event_subject(self.prefix, env.entity_type, env.entity_id), env.payload, headers
                 )
-                inflight.append((env, fut))
-            while inflight:
-                done = await self._settle(acks, inflight)
+                inflight.append((env.position, fut))
+            await self._settle(inflight, ready_only=True)
         finally:
-            if done > self.checkpoint:
-                self.checkpoint = done
-                await self._save_checkpoint()
+            await self._save_checkpoint()
+
+    async def _settle(self, inflight: _Inflight, *, all_: bool = False, ready_only: bool = False) -> None:
+        """Move the checkpoint past acknowledged messages, in order: the oldest one (waiting for its
+        ack), every one (`all_`), or those whose ack is already here (`ready_only`)."""
+        while inflight:
+            position, fut = inflight[0]
+            if fut is not None:
+                if ready_only and not fut.done():
+                    return
+                check_ack(await fut)
+                self.published += 1
+            inflight.popleft()
+            self.checkpoint = position
+            if not (all_ or ready_only):
+                return
 
     async def _save_checkpoint(self, *, force: bool = False) -> None:
         """Store the checkpoint at most every `checkpoint_interval` seconds: each save waits for a
@@ -297,12 +338,6 @@ class Publisher:
         with anyio.CancelScope(shield=True):
             await self.journal.save_checkpoint(CHECKPOINT, self.checkpoint)
         self._saved, self._saved_at = self.checkpoint, now
-
-    async def _settle(self, acks: _Acks, inflight: deque[tuple[Envelope, asyncio.Future[Msg]]]) -> int:
-        env, fut = inflight.popleft()
-        await acks.wait(fut)
-        self.published += 1
-        return env.position
 
     async def lag(self) -> int:
         """How many positions the stream is behind the journal."""

@@ -60,7 +60,10 @@ async def test_independent_subscriber_sees_exactly_the_journal(tmp_path: Path, n
     await client.close()
 
     assert len(msgs) == len(stored) == len(ODD_IDS) * 4
+    previous = None
     for msg, env in zip(msgs, stored, strict=True):  # one stream: the journal's order
+        assert msg.headers.get("Nats-Expected-Last-Msg-Id") == previous, "each message names the one before it"
+        previous = msg.headers["Nats-Msg-Id"]
         assert msg.subject == f"memoir.events.inventory.{token(env.entity_id)}"
         assert msg.subject.count(".") == 3, "an id is exactly one subject token"
         h = msg.headers
