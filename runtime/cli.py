@@ -227,7 +227,7 @@ async def state(args: argparse.Namespace) -> int:
     at = None
     if args.at:
         try:
-            at = dt.datetime.fromisoformat(args.at.replace("Z", "+00:00"))
+            at = dt.datetime.fromisoformat(args.at)
         except ValueError:
             raise ConfigError(f"--at {args.at!r} is not an ISO 8601 time (e.g. 2026-11-22T10:00:00Z)") from None
         if at.tzinfo is None:
@@ -239,7 +239,7 @@ async def state(args: argparse.Namespace) -> int:
 
 
 async def export(args: argparse.Namespace) -> int:
-    out = open(args.out, "w", encoding="utf-8") if args.out else sys.stdout  # noqa: SIM115
+    out = open(args.out, "w", encoding="utf-8") if args.out else sys.stdout  # noqa: SIM115, ASYNC230 - the CLI's own output
     count = 0
     try:
         async with open_journal(journal_url(args)) as journal:

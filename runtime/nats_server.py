@@ -101,7 +101,7 @@ class EmbeddedNats:
 
     async def start(self) -> None:
         conf = self._config()
-        log = open(self.data_dir / "nats-server.log", "ab")  # noqa: SIM115 - closed in stop()
+        log = open(self.data_dir / "nats-server.log", "ab")  # noqa: SIM115, ASYNC230 - once, closed in stop()
         self._log = log
         self._proc = await anyio.open_process(
             [*_die_with_parent(), find_binary(), "-c", str(conf)],

@@ -40,10 +40,9 @@ import contextlib
 import secrets
 from collections.abc import Sequence
 from typing import Any, NamedTuple
-
-import anyio
 from urllib.parse import parse_qs, urlsplit, urlunsplit
 
+import anyio
 import msgspec
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
@@ -281,6 +280,8 @@ class JetStreamJournal(Journal):
             except _Refused:
                 pass  # which append the server objected to is not said: each on its own decides
             except Exception as exc:  # noqa: BLE001 - no ack: any of them may have landed
+                if not isinstance(exc, JournalError):
+                    exc = JournalError(f"JetStream journal at {self.server}: {exc!r}")
                 for req, i in zip(reqs, where, strict=True):
                     self._last.pop(req.key, None)
                     results[i] = exc
@@ -325,13 +326,13 @@ class JetStreamJournal(Journal):
         """
         assert self.nc is not None
         lasts = await self._expectations([r.key for r in reqs])
+        if any(head != req.expected for req, (_, head) in zip(reqs, lasts, strict=True)):
+            raise _Refused  # a known conflict, found before anything is sent: the single write reports it
         batch_id = secrets.token_hex(11)
         total = sum(len(r.events) for r in reqs)
         n = 0
         ack: dict[str, Any] = {}
-        for req, (last_seq, head) in zip(reqs, lasts, strict=True):
-            if head != req.expected:
-                raise _Refused  # a known conflict: let the single write report it
+        for req, (last_seq, _) in zip(reqs, lasts, strict=True):
             subject = event_subject(self.prefix, *req.key)
             for j, env in enumerate(req.events):
                 n += 1

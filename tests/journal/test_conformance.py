@@ -97,7 +97,7 @@ async def test_two_writers_with_the_same_expectation_one_wins(journal: Journal) 
     async with anyio.create_task_group() as tg:
         for tag in ("left", "right"):
             tg.start_soon(writer, tag)
-    assert sorted(outcomes)[0] == "conflict" and len([o for o in outcomes if o != "conflict"]) == 1
+    assert min(outcomes) == "conflict" and len([o for o in outcomes if o != "conflict"]) == 1
     winner = next(o for o in outcomes if o != "conflict")
     assert [e.payload for e in await journal.read("thing", "a")] == [b"{}", f'"{winner}"'.encode()]
 

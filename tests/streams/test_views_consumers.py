@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import ClassVar
 
 import msgspec
 import nats
@@ -72,7 +73,7 @@ async def test_view_applies_each_event_once_across_restarts(tmp_path: Path, nats
 class Flaky(Consumer, name="flaky", sources=[Post]):
     """Fails twice on every event of post `flaky-*`, forever on `poison`; counts into profiles."""
 
-    attempts: dict[str, int] = {}
+    attempts: ClassVar[dict[str, int]] = {}  # on the class, where the test reads it
 
     @on
     async def published(self, ctx: Context, e: Published) -> None:
