@@ -1,0 +1,70 @@
+"""The files in deploy/ stay true to the code: every setting is in the env file, and the NATS
+configuration for the JetStream journal is valid and serves it."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from pathlib import Path
+
+import anyio
+import msgspec
+import pytest
+
+from runtime import Envelope
+from runtime.journal.jetstream import JetStreamJournal
+from runtime.nats_server import find_binary, free_port
+from runtime.server import Settings
+
+DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
+
+
+def _env_file() -> dict[str, str]:
+    out = {}
+    for line in (DEPLOY / "memoir.env").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            key, _, value = line.partition("=")
+            out[key] = value
+    return out
+
+
+def test_the_env_file_names_every_setting_and_nothing_else() -> None:
+    expected = {f"MEMOIR_{f.name.upper()}" for f in msgspec.structs.fields(Settings)}
+    assert set(_env_file()) == expected
+
+
+def test_the_env_file_is_accepted_as_it_stands() -> None:
+    settings = Settings.from_env(_env_file())
+    assert settings.data_dir == "/var/lib/memoir"
+    assert settings.metrics_port == 9464
+    assert settings.nats_url is None and settings.journal_url is None  # empty: the defaults
+
+
+@pytest.mark.anyio
+async def test_the_nats_config_is_valid_and_serves_the_jetstream_journal(tmp_path: Path) -> None:
+    conf = DEPLOY / "nats-server.conf"
+    assert "sync_interval: always" in conf.read_text()
+    checked = subprocess.run([find_binary(), "-t", "-c", str(conf)], capture_output=True, text=True, check=False)
+    assert checked.returncode == 0, checked.stderr
+    port = free_port()
+    # the file as shipped, with only where it listens and stores moved to this test's own
+    text = conf.read_text()
+    assert "store_dir: /var/lib/nats" in text
+    local = tmp_path / "nats.conf"
+    local.write_text(text.replace("store_dir: /var/lib/nats", f'store_dir: "{tmp_path / "js"}"'))
+    proc = await anyio.open_process([find_binary(), "-c", str(local), "-a", "127.0.0.1", "-p", str(port)])
+    try:
+        async with JetStreamJournal(f"nats://127.0.0.1:{port}") as journal:
+            env = Envelope(
+                entity_type="thing",
+                entity_id="a",
+                seq=1,
+                name="Happened",
+                version=1,
+                payload=b"{}",
+                recorded_at=time.time_ns(),
+            )
+            assert [e.position for e in await journal.append([env], 0)] == [1]
+    finally:
+        proc.terminate()
+        await proc.wait()
