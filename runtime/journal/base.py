@@ -16,7 +16,7 @@ from __future__ import annotations
 import abc
 from collections.abc import Sequence
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 
 import anyio
 
@@ -123,6 +123,41 @@ class Journal(abc.ABC):
     @abc.abstractmethod
     async def is_deleted(self, entity_type: str, entity_id: str) -> bool:
         """Whether the whole entity was deleted."""
+
+
+# The column order the SQL journals select events in; `envelope_from_row` reads it back.
+ROW_COLUMNS = (
+    "position",
+    "entity_type",
+    "entity_id",
+    "seq",
+    "name",
+    "version",
+    "recorded_at",
+    "command_id",
+    "correlation_id",
+    "causation_id",
+    "reply",
+    "payload",
+)
+
+
+def envelope_from_row(r: Sequence[Any]) -> Envelope:
+    """A stored event, from a row in `ROW_COLUMNS` order."""
+    return Envelope(
+        position=r[0],
+        entity_type=r[1],
+        entity_id=r[2],
+        seq=r[3],
+        name=r[4],
+        version=r[5],
+        recorded_at=r[6],
+        command_id=r[7],
+        correlation_id=r[8],
+        causation_id=r[9],
+        reply=None if r[10] is None else bytes(r[10]),
+        payload=b"" if r[11] is None else bytes(r[11]),
+    )
 
 
 def check_batch(events: Sequence[Envelope], expected_seq: int) -> tuple[str, str]:

@@ -28,7 +28,7 @@ import msgspec
 
 from ..envelope import Envelope, Recovery, Snapshot
 from ..errors import ConcurrencyConflict, ConfigError, EntityDeleted, JournalError
-from .base import Journal, check_batch
+from .base import ROW_COLUMNS, Journal, check_batch, envelope_from_row
 from .batching import Batcher
 
 T = TypeVar("T")
@@ -72,28 +72,8 @@ CREATE TABLE IF NOT EXISTS {s}.checkpoints (name text PRIMARY KEY, position bigi
 INSERT INTO {s}.memoir_meta VALUES ('schema_version', 1), ('position', 0) ON CONFLICT DO NOTHING;
 """
 
-_COLUMNS = (
-    "e.position, s.entity_type, s.entity_id, e.seq, e.name, e.version, e.recorded_at,"
-    " e.command_id, e.correlation_id, e.causation_id, e.reply, e.payload"
-)
+_COLUMNS = ", ".join(("s." if c in ("entity_type", "entity_id") else "e.") + c for c in ROW_COLUMNS)
 _HEAD = "greatest(s.floor, coalesce((SELECT max(seq) FROM {s}.events WHERE stream = s.id), 0))"
-
-
-def _envelope(r: Any) -> Envelope:
-    return Envelope(
-        position=r[0],
-        entity_type=r[1],
-        entity_id=r[2],
-        seq=r[3],
-        name=r[4],
-        version=r[5],
-        recorded_at=r[6],
-        command_id=r[7],
-        correlation_id=r[8],
-        causation_id=r[9],
-        reply=r[10],
-        payload=bytes(r[11]),
-    )
 
 
 class _Append(msgspec.Struct):
@@ -378,7 +358,7 @@ class PostgresJournal(Journal):
             to_seq if to_seq is not None else 2**62,
             limit,
         )
-        return [_envelope(r) for r in rows]
+        return [envelope_from_row(r) for r in rows]
 
     async def read_all(self, from_position: int = 1, limit: int = 1000) -> list[Envelope]:
         rows = await self._fetch(
@@ -387,7 +367,7 @@ class PostgresJournal(Journal):
             from_position,
             limit,
         )
-        return [_envelope(r) for r in rows]
+        return [envelope_from_row(r) for r in rows]
 
     async def _stream(self, entity_type: str, entity_id: str) -> tuple[int, bool]:
         rows = await self._fetch(
@@ -473,6 +453,6 @@ class PostgresJournal(Journal):
                     sid,
                     snapshot.seq if snapshot else 0,
                 )
-                return Recovery(snapshot, [_envelope(r) for r in rows], head, deleted)
+                return Recovery(snapshot, [envelope_from_row(r) for r in rows], head, deleted)
         except (OSError, asyncpg.PostgresError) as exc:
             raise JournalError(f"cannot recover {entity_type}/{entity_id} from {_where(self.dsn)}: {exc}") from exc

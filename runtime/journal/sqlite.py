@@ -36,7 +36,7 @@ import msgspec
 
 from ..envelope import Envelope, Recovery, Snapshot
 from ..errors import ConcurrencyConflict, ConfigError, EntityDeleted, JournalError
-from .base import Journal, check_batch
+from .base import ROW_COLUMNS, Journal, check_batch, envelope_from_row
 from .batching import Batcher
 
 T = TypeVar("T")
@@ -83,10 +83,7 @@ CREATE VIEW IF NOT EXISTS event_log AS
 INSERT OR IGNORE INTO memoir_meta VALUES ('schema_version', 1);
 """
 
-_COLUMNS = (
-    "position, entity_type, entity_id, seq, name, version, recorded_at,"
-    " command_id, correlation_id, causation_id, reply, payload"
-)
+_COLUMNS = ", ".join(ROW_COLUMNS)  # from the event_log view
 _INSERT_COLUMNS = "stream, seq, name, version, recorded_at, command_id, correlation_id, causation_id, reply, payload"
 _HEAD = "max(s.floor, coalesce((SELECT max(seq) FROM events WHERE stream = s.id), 0))"
 
@@ -103,23 +100,6 @@ def _row(env: Envelope) -> tuple[Any, ...]:
         env.causation_id,
         env.reply,
         env.payload,
-    )
-
-
-def _envelope(r: tuple[Any, ...]) -> Envelope:
-    return Envelope(
-        position=r[0],
-        entity_type=r[1],
-        entity_id=r[2],
-        seq=r[3],
-        name=r[4],
-        version=r[5],
-        recorded_at=r[6],
-        command_id=r[7],
-        correlation_id=r[8],
-        causation_id=r[9],
-        reply=r[10],
-        payload=bytes(r[11]) if r[11] is not None else b"",
     )
 
 
@@ -432,13 +412,13 @@ class SqliteJournal(Journal):
             to_seq if to_seq is not None else 2**62,
             -1 if limit is None else limit,
         )
-        return [_envelope(r) for r in rows]
+        return [envelope_from_row(r) for r in rows]
 
     async def read_all(self, from_position: int = 1, limit: int = 1000) -> list[Envelope]:
         rows = await self._fetch(
             f"SELECT {_COLUMNS} FROM event_log WHERE position>=? ORDER BY position LIMIT ?", from_position, limit
         )
-        return [_envelope(r) for r in rows]
+        return [envelope_from_row(r) for r in rows]
 
     async def _stream(self, entity_type: str, entity_id: str) -> tuple[int, int]:
         """(head, deleted) of an entity; (0, 0) if it never existed."""
@@ -523,4 +503,4 @@ class SqliteJournal(Journal):
             " WHERE stream=? AND seq>? ORDER BY seq",
             (*key, sid, snapshot.seq if snapshot else 0),
         ).fetchall()
-        return Recovery(snapshot, [_envelope(r) for r in rows], head, bool(deleted))
+        return Recovery(snapshot, [envelope_from_row(r) for r in rows], head, bool(deleted))
