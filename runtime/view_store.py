@@ -20,12 +20,13 @@ from __future__ import annotations
 import abc
 import contextlib
 import sqlite3
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import Protocol, Self, TypeVar
+from typing import Any, Protocol, Self, TypeVar
 
 import anyio
+import anyio.from_thread
 import anyio.to_thread
 
 from .errors import ConfigError, JournalError
@@ -217,6 +218,141 @@ class SqliteViewStore(ViewStore):
         await self._run(run)
 
 
+_PG_DDL = """
+CREATE SCHEMA IF NOT EXISTS {s};
+CREATE TABLE IF NOT EXISTS {s}.view_rows (
+    view TEXT NOT NULL, key TEXT COLLATE "C" NOT NULL, row BYTEA NOT NULL, PRIMARY KEY (view, key)
+);  -- keys compare bytewise, as in SQLite, so scans page in the same order everywhere
+CREATE TABLE IF NOT EXISTS {s}.view_checkpoints (
+    view TEXT NOT NULL, stream TEXT NOT NULL, seq BIGINT NOT NULL, PRIMARY KEY (view, stream)
+);
+"""
+
+
+class _PostgresRows:
+    """Row reads from the worker thread that runs a batch's handlers, each a round trip through the
+    event loop to asyncpg inside the batch's transaction (`Rows` caches what a batch has read)."""
+
+    def __init__(self, conn: Any, sql: str, view: str) -> None:
+        self.conn = conn
+        self.sql = sql
+        self.view = view
+
+    def get(self, key: str) -> bytes | None:
+        row = anyio.from_thread.run(self.conn.fetchval, self.sql, self.view, key)
+        return None if row is None else bytes(row)
+
+
+class PostgresViewStore(ViewStore):
+    """`postgresql://user@host/db?schema=memoir_views`: rows and checkpoints in PostgreSQL.
+
+    A batch is one transaction: the handlers run in a worker thread (they are synchronous, asyncpg
+    is not), then the rows and the checkpoint are written with one `unnest` statement each. A
+    transaction-level advisory lock on the view's name serialises its batches, also between
+    processes and between the pull loops of a view with several sources.
+    """
+
+    def __init__(self, url: str, *, pool_size: int = 4) -> None:
+        from .journal.postgres import parse_postgres_url
+
+        self.dsn, self.schema = parse_postgres_url(url)
+        self.pool_size = pool_size
+        self._pool: Any = None
+
+    def _sql(self, text: str) -> str:
+        return text.replace("{s}", self.schema)
+
+    async def open(self) -> None:
+        import asyncpg
+
+        try:
+            self._pool = await asyncpg.create_pool(self.dsn, min_size=1, max_size=self.pool_size, timeout=10)
+            async with self._pool.acquire() as conn, conn.transaction():
+                await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", f"memoir-ddl-{self.schema}")
+                await conn.execute(self._sql(_PG_DDL))
+        except (OSError, asyncpg.PostgresError) as exc:
+            await self.close()
+            raise ConfigError(f"cannot open the view store in schema {self.schema}: {exc}") from exc
+
+    async def close(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            await pool.close()
+
+    @contextlib.asynccontextmanager
+    async def _conn(self) -> AsyncIterator[Any]:
+        import asyncpg
+
+        if self._pool is None:
+            raise JournalError("the view store is not open")
+        try:
+            async with self._pool.acquire() as conn:
+                yield conn
+        except (OSError, asyncpg.PostgresError) as exc:
+            raise JournalError(f"view store (schema {self.schema}): {exc}") from exc
+
+    async def transact(self, view: str, work: Work) -> None:
+        async with self._conn() as conn, conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", f"memoir-view-{self.schema}-{view}")
+            read = self._sql("SELECT row FROM {s}.view_rows WHERE view=$1 AND key=$2")
+            writes, checkpoints = await anyio.to_thread.run_sync(work, _PostgresRows(conn, read, view))
+            puts = [(k, v) for k, v in writes.items() if v is not None]
+            dels = [k for k, v in writes.items() if v is None]
+            if puts:
+                await conn.execute(
+                    self._sql(
+                        "INSERT INTO {s}.view_rows (view, key, row) SELECT $1, k, r FROM unnest($2::text[], $3::bytea[])"
+                        " AS t(k, r) ON CONFLICT (view, key) DO UPDATE SET row = EXCLUDED.row"
+                    ),
+                    view,
+                    [k for k, _ in puts],
+                    [v for _, v in puts],
+                )
+            if dels:
+                await conn.execute(
+                    self._sql("DELETE FROM {s}.view_rows WHERE view=$1 AND key = ANY($2::text[])"), view, dels
+                )
+            if checkpoints:
+                await conn.execute(
+                    self._sql(
+                        "INSERT INTO {s}.view_checkpoints (view, stream, seq)"
+                        " SELECT $1, st, sq FROM unnest($2::text[], $3::bigint[]) AS t(st, sq)"
+                        " ON CONFLICT (view, stream) DO UPDATE SET seq = EXCLUDED.seq"
+                    ),
+                    view,
+                    list(checkpoints),
+                    list(checkpoints.values()),
+                )
+
+    async def checkpoints(self, view: str) -> dict[str, int]:
+        async with self._conn() as conn:
+            rows = await conn.fetch(self._sql("SELECT stream, seq FROM {s}.view_checkpoints WHERE view=$1"), view)
+        return {r["stream"]: r["seq"] for r in rows}
+
+    async def get(self, view: str, key: str) -> bytes | None:
+        async with self._conn() as conn:
+            row = await conn.fetchval(self._sql("SELECT row FROM {s}.view_rows WHERE view=$1 AND key=$2"), view, key)
+        return None if row is None else bytes(row)
+
+    async def scan(self, view: str, *, after: str = "", limit: int = 100) -> list[tuple[str, bytes]]:
+        async with self._conn() as conn:
+            rows = await conn.fetch(
+                self._sql(
+                    'SELECT key, row FROM {s}.view_rows WHERE view=$1 AND key > $2 ORDER BY key LIMIT $3'
+                ),
+                view,
+                after,
+                limit,
+            )
+        return [(r["key"], bytes(r["row"])) for r in rows]
+
+    async def reset(self, view: str) -> None:
+        async with self._conn() as conn, conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", f"memoir-view-{self.schema}-{view}")
+            await conn.execute(self._sql("DELETE FROM {s}.view_rows WHERE view=$1"), view)
+            await conn.execute(self._sql("DELETE FROM {s}.view_checkpoints WHERE view=$1"), view)
+
+
 def open_view_store(url: str) -> ViewStore:
     if url.startswith("memory:"):
         return MemoryViewStore()
@@ -225,7 +361,11 @@ def open_view_store(url: str) -> ViewStore:
 
         path, opts = parse_sqlite_url(url)
         return SqliteViewStore(path, synchronous=opts.get("synchronous", "NORMAL"))
-    raise ConfigError(f"unknown view store URL {url!r}: expected memory:// or sqlite:///path.db")
+    if url.startswith(("postgresql:", "postgres:")):
+        return PostgresViewStore(url)
+    raise ConfigError(
+        f"unknown view store URL {url!r}: expected memory://, sqlite:///path.db or postgresql://…?schema=name"
+    )
 
 
 __all__ = ["MemoryViewStore", "RawRows", "SqliteViewStore", "ViewStore", "open_view_store"]

@@ -156,3 +156,32 @@ async def journal(journal_factory: JournalFactory) -> AsyncIterator[Journal]:
 
 def in_ci() -> bool:
     return os.environ.get("CI", "").lower() == "true"
+
+
+VIEW_STORES = ["memory", "sqlite", "postgres"]
+
+
+@contextlib.asynccontextmanager
+async def open_view_store_for_test(kind: str, directory: Path) -> AsyncIterator[Any]:
+    """A view store of `kind` private to one test; the same directory reopens the same one."""
+    from runtime.view_store import MemoryViewStore, PostgresViewStore, SqliteViewStore
+
+    if kind == "memory":
+        yield MemoryViewStore()
+    elif kind == "sqlite":
+        async with SqliteViewStore(directory / "views.db") as store:
+            yield store
+    else:
+        need_postgres()
+        schema = "v_" + "".join(ch for ch in directory.name.lower() if ch.isalnum())[-40:]
+        async with PostgresViewStore(f"{POSTGRES_URL}?schema={schema}") as store:
+            yield store
+
+
+async def drop_view_schema(directory: Path) -> None:
+    import asyncpg
+
+    schema = "v_" + "".join(ch for ch in directory.name.lower() if ch.isalnum())[-40:]
+    conn = await asyncpg.connect(POSTGRES_URL)
+    await conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+    await conn.close()

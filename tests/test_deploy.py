@@ -3,7 +3,6 @@ configuration for the JetStream journal is valid and serves it."""
 
 from __future__ import annotations
 
-import subprocess
 import time
 from pathlib import Path
 
@@ -44,8 +43,8 @@ def test_the_env_file_is_accepted_as_it_stands() -> None:
 async def test_the_nats_config_is_valid_and_serves_the_jetstream_journal(tmp_path: Path) -> None:
     conf = DEPLOY / "nats-server.conf"
     assert "sync_interval: always" in conf.read_text()
-    checked = subprocess.run([find_binary(), "-t", "-c", str(conf)], capture_output=True, text=True, check=False)
-    assert checked.returncode == 0, checked.stderr
+    checked = await anyio.run_process([find_binary(), "-t", "-c", str(conf)], check=False)
+    assert checked.returncode == 0, checked.stderr.decode()
     port = free_port()
     # the file as shipped, with only where it listens and stores moved to this test's own
     text = conf.read_text()

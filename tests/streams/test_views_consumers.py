@@ -8,6 +8,7 @@ from typing import ClassVar
 import msgspec
 import nats
 import pytest
+from conftest import drop_view_schema, open_view_store_for_test
 
 from entities.social import AuthorPosts, CountPosts, Post, PostsByAuthor, Profile, Published
 from runtime import App, SqliteJournal
@@ -56,9 +57,15 @@ async def test_a_view_added_later_catches_up_from_the_start(tmp_path: Path, nats
                 await eventually(caught_up, what="the rebuilt view")
 
 
-async def test_view_applies_each_event_once_across_restarts(tmp_path: Path, nats_server: EmbeddedNats) -> None:
+@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
+async def test_view_applies_each_event_once_across_restarts(
+    kind: str, tmp_path: Path, nats_server: EmbeddedNats
+) -> None:
     app = App("v", entities=[Post, Profile], views=[PostsByAuthor])
-    async with SqliteJournal(tmp_path / "j.db") as journal, SqliteViewStore(tmp_path / "v.db") as store:
+    async with (
+        SqliteJournal(tmp_path / "j.db") as journal,
+        open_view_store_for_test(kind, tmp_path) as store,
+    ):
         for round_ in range(3):  # each restart resumes; nothing is counted twice
             async with Service(app, journal, nats_url=nats_server.url, view_store=store) as svc:
                 for i in range(20):
@@ -68,6 +75,8 @@ async def test_view_applies_each_event_once_across_restarts(tmp_path: Path, nats
                     return await _view_counts(svc) == {"ann": expected}
 
                 await eventually(done, what=f"round {round_}")
+    if kind == "postgres":
+        await drop_view_schema(tmp_path)
 
 
 class Flaky(Consumer, name="flaky", sources=[Post]):
