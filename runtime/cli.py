@@ -283,6 +283,10 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--max-live-actors", type=int)
     r.add_argument("--passivate-after", type=float, help="seconds an idle actor stays in memory")
     r.add_argument("--workers", type=int, help="NATS requests served at once")
+    r.add_argument("--stream-storage", choices=["file", "memory"], help="event streams: storage (default file)")
+    r.add_argument("--stream-replicas", type=int, help="event streams: replicas (default 1)")
+    r.add_argument("--stream-max-age", type=float, help="event streams: seconds kept (default 0: forever)")
+    r.add_argument("--stream-duplicate-window", type=float, help="event streams: dedup window in seconds (120)")
     r.set_defaults(fn=run)
 
     s = sub.add_parser("send", parents=[common], help="send a command: TYPE ID COMMAND [JSON]")

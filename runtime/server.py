@@ -30,6 +30,7 @@ from .journal import open_journal
 from .logs import configure
 from .metrics import Metrics
 from .nats_server import EmbeddedNats, free_port
+from .publisher import StreamSettings
 from .service import Service
 from .transport import Transport
 from .tuning import tune_gc
@@ -55,6 +56,11 @@ class Settings(msgspec.Struct, kw_only=True):
     max_live_actors: int = 100_000
     passivate_after: float = 300.0
     workers: int = 256  # NATS requests served at once
+    # the per-type event streams the outbox publishes to (created or updated at start-up)
+    stream_storage: str = "file"  # or "memory"
+    stream_replicas: int = 1  # 3 on a JetStream cluster
+    stream_max_age: float = 0.0  # seconds a message is kept; 0: forever (the journal has it anyway)
+    stream_duplicate_window: float = 120.0  # seconds JetStream remembers message ids
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None, **overrides: Any) -> Settings:
@@ -73,7 +79,19 @@ class Settings(msgspec.Struct, kw_only=True):
         check_prefix(settings.prefix)
         if settings.mailbox_size < 1 or settings.max_live_actors < 1 or settings.workers < 1:
             raise ConfigError("mailbox_size, max_live_actors and workers must be at least 1")
+        if settings.stream_storage not in ("file", "memory"):
+            raise ConfigError(f"stream_storage must be file or memory, got {settings.stream_storage!r}")
+        if settings.stream_replicas < 1 or settings.stream_max_age < 0 or settings.stream_duplicate_window <= 0:
+            raise ConfigError("stream_replicas must be >= 1, stream_max_age >= 0, stream_duplicate_window > 0")
         return settings
+
+    def streams(self) -> StreamSettings:
+        return StreamSettings(
+            storage=self.stream_storage,
+            replicas=self.stream_replicas,
+            max_age=self.stream_max_age,
+            duplicate_window=self.stream_duplicate_window,
+        )
 
     @property
     def data(self) -> Path:
@@ -154,6 +172,7 @@ async def serve(settings: Settings, *, ready: anyio.Event | None = None) -> None
                 nats_url=nats_url,
                 prefix=settings.prefix,
                 view_store=views,
+                streams=settings.streams(),
                 mailbox_size=settings.mailbox_size,
                 max_live_actors=settings.max_live_actors,
                 passivate_after=settings.passivate_after,
@@ -173,17 +192,18 @@ async def serve(settings: Settings, *, ready: anyio.Event | None = None) -> None
             async with anyio.create_task_group() as serving:
                 await admin.start()
                 await serving.start(transport.run)
-                print(
-                    f"memoir: serving {app.name} ({', '.join(sorted(svc.runtime.models))};"
-                    f" views: {', '.join(svc.views) or 'none'}; consumers: {', '.join(svc.consumers) or 'none'})"
-                    f" on {nats_url} ({where}) as {settings.prefix}.cmd.<type>.<id>.<command>;"
-                    f" journal {journal.url}; metrics {metrics_url}",
-                    flush=True,
-                )
-                tune_gc()
-                if ready is not None:
-                    ready.set()
+                # Handlers first, banner second: whoever reads "serving" may send SIGTERM at once.
                 with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                    print(
+                        f"memoir: serving {app.name} ({', '.join(sorted(svc.runtime.models))};"
+                        f" views: {', '.join(svc.views) or 'none'}; consumers: {', '.join(svc.consumers) or 'none'})"
+                        f" on {nats_url} ({where}) as {settings.prefix}.cmd.<type>.<id>.<command>;"
+                        f" journal {journal.url}; metrics {metrics_url}",
+                        flush=True,
+                    )
+                    tune_gc()
+                    if ready is not None:
+                        ready.set()
                     async for signum in signals:
                         log.info("shutting down", signal=signal.Signals(signum).name)
                         break

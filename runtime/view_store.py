@@ -337,9 +337,7 @@ class PostgresViewStore(ViewStore):
     async def scan(self, view: str, *, after: str = "", limit: int = 100) -> list[tuple[str, bytes]]:
         async with self._conn() as conn:
             rows = await conn.fetch(
-                self._sql(
-                    'SELECT key, row FROM {s}.view_rows WHERE view=$1 AND key > $2 ORDER BY key LIMIT $3'
-                ),
+                self._sql("SELECT key, row FROM {s}.view_rows WHERE view=$1 AND key > $2 ORDER BY key LIMIT $3"),
                 view,
                 after,
                 limit,

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import json
 import signal
+from pathlib import Path
+from typing import Any
 
+import anyio
+import nats
 import pytest
 
 from .conftest import RunningRuntime
@@ -67,6 +71,7 @@ def test_send_events_state_query_as_the_readme_shows(runtime_process: RunningRun
         (["state", "nope", "X"], "has no entity type 'nope'"),
         (["run", "no_such_module:app"], "cannot import 'no_such_module'"),
         (["run", "--prefix", "bad prefix"], "subject prefix 'bad prefix'"),
+        (["run", "--stream-replicas", "0"], "stream_replicas must be >= 1"),
         (["query", "posts_by_author", "--nats-url", "nats://127.0.0.1:1"], "cannot connect to NATS"),
     ],
 )
@@ -75,3 +80,20 @@ def test_cli_errors_are_one_line_and_exit_2(runtime_process: RunningRuntime, arg
     assert result.returncode == 2
     assert message in result.stderr
     assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+
+
+def test_stream_settings_reach_the_streams(tmp_path: Path) -> None:
+    rt = RunningRuntime(tmp_path / "data", "--stream-max-age", "3600", "--stream-duplicate-window", "30").start()
+    try:
+
+        async def config() -> Any:
+            nc = await nats.connect(rt.nats_url)
+            try:
+                return (await nc.jetstream().stream_info("MEMOIR_EVENTS_INVENTORY")).config
+            finally:
+                await nc.close()
+
+        cfg = anyio.run(config)
+        assert (cfg.max_age, cfg.duplicate_window, cfg.num_replicas) == (3600, 30, 1)
+    finally:
+        assert rt.stop() == 0
