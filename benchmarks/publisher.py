@@ -20,7 +20,7 @@ from runtime.handlers import on
 from runtime.nats_server import EmbeddedNats
 from runtime.publisher import Publisher, StreamSettings, ensure_stream
 from runtime.service import Service
-from runtime.tuning import tune_gc
+from runtime.tuning import tune_gc, tune_nats
 from runtime.view import Rows, View
 from runtime.wire import event_headers, event_subject
 
@@ -145,7 +145,8 @@ async def run(events: int, lag_seconds: float) -> dict[str, float]:
 
 
 def main() -> None:
-    tune_gc()  # as `memoir run` does (see runtime/tuning.py)
+    tune_gc()  # as `memoir run` does (see runtime/tuning.py), for the raw baselines in this process too
+    tune_nats()
     p = c.parser(__doc__.splitlines()[0])
     p.add_argument("--events", type=int)
     args = p.parse_args()

@@ -17,7 +17,7 @@ from entities.social import AuthorPosts, PostsByAuthor
 from runtime import SqliteJournal
 from runtime.nats_server import EmbeddedNats
 from runtime.publisher import Publisher
-from runtime.tuning import tune_gc
+from runtime.tuning import tune_gc, tune_nats
 from runtime.view import ViewRunner
 from runtime.view_store import SqliteViewStore
 from runtime.wire import stream_name
@@ -77,7 +77,8 @@ async def run(events: int) -> dict[str, float]:
 
 
 def main() -> None:
-    tune_gc()  # as `memoir run` does (see runtime/tuning.py)
+    tune_gc()  # as `memoir run` does (see runtime/tuning.py), for the raw baselines in this process too
+    tune_nats()
     p = c.parser(__doc__.splitlines()[0])
     p.add_argument("--events", type=int)
     args = p.parse_args()

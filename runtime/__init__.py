@@ -32,7 +32,7 @@ from .nats_server import EmbeddedNats
 from .publisher import Publisher, StreamSettings
 from .runtime import Runtime
 from .service import Service
-from .tuning import tune_gc
+from .tuning import tune_gc, tune_nats
 from .view import Rows, View, ViewQuery
 
 __all__ = [
@@ -74,4 +74,5 @@ __all__ = [
     "open_journal",
     "state_at",
     "tune_gc",
+    "tune_nats",
 ]

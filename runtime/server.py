@@ -33,7 +33,7 @@ from .nats_server import EmbeddedNats, free_port
 from .publisher import StreamSettings
 from .service import Service
 from .transport import Transport
-from .tuning import tune_gc
+from .tuning import tune_gc, tune_nats
 from .view_store import open_view_store
 from .wire import check_prefix
 
@@ -154,6 +154,7 @@ async def _embedded_port(data_dir: Path) -> int:
 async def serve(settings: Settings, *, ready: anyio.Event | None = None) -> None:
     """Run until SIGTERM or SIGINT (or cancellation), then shut down gracefully."""
     configure(settings.log_format, settings.log_level)
+    tune_nats()
     app = load_app(settings.app)
     settings.data.mkdir(parents=True, exist_ok=True)
     async with contextlib.AsyncExitStack() as stack:

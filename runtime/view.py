@@ -33,7 +33,7 @@ from nats.aio.msg import Msg
 
 from .errors import ConfigError, EventDecodeError
 from .handlers import Handler, HandlerTable, Subscriber
-from .subscription import delete_durable, pull_loop
+from .subscription import delete_durable, pull_loop, stream_sequence
 from .view_store import RawRows, ViewStore
 from .wire import envelope_from_message, stream_name
 
@@ -184,7 +184,7 @@ class ViewRunner:
         last = seen
         newest = 0
         for msg in msgs:
-            seq = msg.metadata.sequence.stream
+            seq = stream_sequence(msg)
             if seq <= seen:
                 continue  # a redelivery of something already applied
             last = max(last, seq)

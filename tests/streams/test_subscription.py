@@ -1,0 +1,41 @@
+"""The pull loop's own pieces against a real server: the stream sequence read off the ack subject
+is nats-py's, and the puller hands over every message once, in order, in batches."""
+
+from __future__ import annotations
+
+import nats
+import pytest
+from nats.aio.msg import Msg
+from nats.js import api
+
+from runtime.nats_server import EmbeddedNats
+from runtime.subscription import Puller, stream_sequence
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_stream_sequence_and_batches_match_nats_py(nats_server: EmbeddedNats) -> None:
+    nc = await nats.connect(nats_server.url)
+    try:
+        js = nc.jetstream()
+        await js.add_stream(api.StreamConfig(name="S", subjects=["s.>"]))
+        for i in range(25):
+            await js.publish(f"s.{i % 3}", str(i).encode())
+        await js.add_consumer("S", config=api.ConsumerConfig(durable_name="d", ack_policy=api.AckPolicy.ALL))
+        puller = Puller(nc, "S", "d")
+        await puller.start()
+        got: list[Msg] = []
+        while batch := await puller.fetch(10, idle_timeout=0.2):
+            assert len(batch) <= 10
+            got += batch
+            await batch[-1].ack()
+        await puller.stop()
+        assert [m.data for m in got] == [str(i).encode() for i in range(25)]
+        assert [stream_sequence(m) for m in got] == [m.metadata.sequence.stream for m in got] == list(range(1, 26))
+    finally:
+        await nc.close()
+
+
+def test_stream_sequence_falls_back_for_other_ack_forms() -> None:
+    v2 = Msg(_client=None, reply="$JS.ACK.dom.acchash.S.d.1.42.7.1700000000000000000.3.rnd")  # type: ignore[arg-type]
+    assert stream_sequence(v2) == v2.metadata.sequence.stream == 42
