@@ -160,6 +160,21 @@ def envelope_from_row(r: Sequence[Any]) -> Envelope:
     )
 
 
+def row_values(env: Envelope) -> tuple[Any, ...]:
+    """An event's stored columns after its position and stream: seq … payload, in `ROW_COLUMNS` order."""
+    return (
+        env.seq,
+        env.name,
+        env.version,
+        env.recorded_at,
+        env.command_id,
+        env.correlation_id,
+        env.causation_id,
+        env.reply,
+        env.payload,
+    )
+
+
 def check_batch(events: Sequence[Envelope], expected_seq: int) -> tuple[str, str]:
     """Validate an append's shape before any backend touches storage; returns the entity key."""
     if not events:

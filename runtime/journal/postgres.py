@@ -28,7 +28,7 @@ import msgspec
 
 from ..envelope import Envelope, Recovery, Snapshot
 from ..errors import ConcurrencyConflict, ConfigError, EntityDeleted, JournalError
-from .base import ROW_COLUMNS, Journal, check_batch, envelope_from_row
+from .base import ROW_COLUMNS, Journal, check_batch, envelope_from_row, row_values
 from .batching import Batcher
 
 T = TypeVar("T")
@@ -246,19 +246,7 @@ class PostgresJournal(Journal):
                 position += 1
                 for col, value in zip(
                     cols,
-                    (
-                        position,
-                        sid,
-                        env.seq,
-                        env.name,
-                        env.version,
-                        env.recorded_at,
-                        env.command_id,
-                        env.correlation_id,
-                        env.causation_id,
-                        env.reply,
-                        env.payload,
-                    ),
+                    (position, sid, *row_values(env)),
                     strict=True,
                 ):
                     col.append(value)

@@ -36,7 +36,7 @@ import msgspec
 
 from ..envelope import Envelope, Recovery, Snapshot
 from ..errors import ConcurrencyConflict, ConfigError, EntityDeleted, JournalError
-from .base import ROW_COLUMNS, Journal, check_batch, envelope_from_row
+from .base import ROW_COLUMNS, Journal, check_batch, envelope_from_row, row_values
 from .batching import Batcher
 
 T = TypeVar("T")
@@ -86,21 +86,6 @@ INSERT OR IGNORE INTO memoir_meta VALUES ('schema_version', 1);
 _COLUMNS = ", ".join(ROW_COLUMNS)  # from the event_log view
 _INSERT_COLUMNS = "stream, seq, name, version, recorded_at, command_id, correlation_id, causation_id, reply, payload"
 _HEAD = "max(s.floor, coalesce((SELECT max(seq) FROM events WHERE stream = s.id), 0))"
-
-
-def _row(env: Envelope) -> tuple[Any, ...]:
-    """The event's columns after `stream`, built on the event loop so the writer thread only binds."""
-    return (
-        env.seq,
-        env.name,
-        env.version,
-        env.recorded_at,
-        env.command_id,
-        env.correlation_id,
-        env.causation_id,
-        env.reply,
-        env.payload,
-    )
 
 
 # -- the batch writer -------------------------------------------------------------------------
@@ -315,7 +300,7 @@ class SqliteJournal(Journal):
 
     async def append(self, events: Sequence[Envelope], expected_seq: int) -> list[Envelope]:
         key = check_batch(events, expected_seq)
-        first = await self._writes.submit(_Append(key, expected_seq, [_row(e) for e in events]))
+        first = await self._writes.submit(_Append(key, expected_seq, [row_values(e) for e in events]))
         self._notify_appended()
         return [msgspec.structs.replace(e, position=first + i) for i, e in enumerate(events)]
 
