@@ -44,7 +44,9 @@ class Puller:
     returns; for a view catching up on a stream that is most of the cost. Here a batch is one
     pull request whose messages are appended to a list by the subscription's callback until
     the batch is full or the server says there is no more (status 404, or 408 when a long poll
-    expires).
+    expires). Messages that arrive after their request gave up waiting are still this
+    consumer's deliveries, in order: the next fetch returns them first, never drops them
+    (with AckAll, acknowledging a later message would acknowledge them unseen).
     """
 
     def __init__(self, nc: NATS, stream: str, durable: str) -> None:
@@ -60,11 +62,14 @@ class Puller:
     async def start(self) -> None:
         self._sub = await self.nc.subscribe(self.inbox, cb=self._on_msg)
 
-    async def stop(self) -> None:
+    async def stop(self) -> list[Msg]:
+        """Unsubscribe; returns deliveries nobody fetched, for the caller to hand back."""
         if self._sub is not None:
             sub, self._sub = self._sub, None
             with contextlib.suppress(NatsError):
                 await sub.unsubscribe()
+        left, self._msgs = self._msgs, []
+        return left
 
     async def _on_msg(self, msg: Msg) -> None:
         if not msg.data and msg.headers and "Status" in msg.headers:
@@ -80,19 +85,21 @@ class Puller:
 
     async def fetch(self, batch: int, idle_timeout: float) -> list[Msg]:
         """Whatever is ready now (up to `batch`), else wait up to `idle_timeout` for one message."""
+        if self._msgs:  # late deliveries of an earlier request: first in line
+            msgs, self._msgs = self._msgs, []
+            return msgs
         msgs = await self._request({"batch": batch, "no_wait": True}, 5.0)
         if msgs:
             return msgs
         return await self._request({"batch": 1, "expires": int(idle_timeout * 1e9)}, idle_timeout + 5.0)
 
     async def _request(self, request: dict[str, Any], timeout: float) -> list[Msg]:
-        self._msgs, self._want, self._status = [], request["batch"], None
+        self._want, self._status = len(self._msgs) + request["batch"], None
         self._done = asyncio.Event()
         await self.nc.publish(self.api, json.dumps(request).encode(), reply=self.inbox)
         with anyio.move_on_after(timeout):
             await self._done.wait()
-        msgs, status = self._msgs, self._status
-        self._msgs = []
+        msgs, status, self._msgs = self._msgs, self._status, []
         if status is not None and status[0] not in ("404", "408") and not msgs:
             raise PullError(f"pull from {self.api}: {status[0]} {status[1]}")
         return msgs
@@ -198,4 +205,4 @@ async def pull_loop(
                     raise
     finally:
         with anyio.CancelScope(shield=True):
-            await puller.stop()
+            await _nak_unacked(await puller.stop())

@@ -3,6 +3,7 @@ is nats-py's, and the puller hands over every message once, in order, in batches
 
 from __future__ import annotations
 
+import anyio
 import nats
 import pytest
 from nats.aio.msg import Msg
@@ -39,3 +40,24 @@ async def test_stream_sequence_and_batches_match_nats_py(nats_server: EmbeddedNa
 def test_stream_sequence_falls_back_for_other_ack_forms() -> None:
     v2 = Msg(_client=None, reply="$JS.ACK.dom.acchash.S.d.1.42.7.1700000000000000000.3.rnd")  # type: ignore[arg-type]
     assert stream_sequence(v2) == v2.metadata.sequence.stream == 42
+
+
+async def test_deliveries_after_a_request_gave_up_come_first_next_time(nats_server: EmbeddedNats) -> None:
+    """With AckAll, dropping them and acknowledging a later message would lose them for good."""
+    nc = await nats.connect(nats_server.url)
+    try:
+        js = nc.jetstream()
+        await js.add_stream(api.StreamConfig(name="L", subjects=["l.>"]))
+        for i in range(8):
+            await js.publish("l.x", str(i).encode())
+        await js.add_consumer("L", config=api.ConsumerConfig(durable_name="d", ack_policy=api.AckPolicy.ALL))
+        puller = Puller(nc, "L", "d")
+        await puller.start()
+        assert await puller._request({"batch": 5, "no_wait": True}, 0.0) == []  # gave up before the answer
+        await anyio.sleep(0.2)  # ... which then arrives
+        first = await puller.fetch(10, idle_timeout=0.2)
+        rest = await puller.fetch(10, idle_timeout=0.2)
+        assert [m.data for m in first + rest] == [str(i).encode() for i in range(8)]
+        assert await puller.stop() == []
+    finally:
+        await nc.close()
