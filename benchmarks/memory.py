@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-import _common as c
+import _common as c  # puts the repository on sys.path
 import anyio
 
 from entities import InventoryItem

@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 
-import _common as c
+import _common as c  # puts the repository on sys.path
 import anyio
 import nats
 

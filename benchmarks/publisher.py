@@ -9,7 +9,7 @@ from collections import deque
 from pathlib import Path
 from typing import Any
 
-import _common as c
+import _common as c  # puts the repository on sys.path
 import anyio
 import msgspec
 import nats

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-import _common as c
+import _common as c  # puts the repository on sys.path
 import anyio
 
 from entities.inventory import InventoryItem, Received

@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import _common as c
+import _common as c  # puts the repository on sys.path
 import anyio
 
 from entities import InventoryItem

@@ -6,12 +6,12 @@ from __future__ import annotations
 import time
 from typing import Any
 
-import _common as c
+import _common as c  # puts the repository on sys.path
 import anyio
 import msgspec
 import nats
 from nats.js import api
-from publisher import fill
+from publisher import fill  # the same events the publisher benchmark uses
 
 from entities.social import AuthorPosts, PostsByAuthor
 from runtime import SqliteJournal

@@ -163,7 +163,7 @@ class Actor:
             envelopes = self._envelopes(effect, meta, model.encode_reply(result) if cid is not None else None)
         except CommandError:
             raise
-        except Exception as exc:
+        except Exception as exc:  # an event handler or the reply function failed
             raise self._internal(spec, exc) from exc
 
         if envelopes:
@@ -190,7 +190,7 @@ class Actor:
                 effect = await effect
         except CommandError:
             raise
-        except Exception as exc:
+        except Exception as exc:  # a handler bug answers one command, never kills the actor
             raise self._internal(spec, exc) from exc
         if not isinstance(effect, Effect):
             raise self._internal(spec, TypeError(f"handler returned {type(effect).__name__}, not an Effect"))

@@ -126,6 +126,6 @@ class EventCodec:
             return msgspec.convert(data, cls, strict=False)
         except EventDecodeError:
             raise
-        except Exception as exc:
+        except Exception as exc:  # any failure here is a bad stored row: name it
             reason = f"{env.name} v{env.version}: {exc}"
             raise EventDecodeError(env.entity_type, env.entity_id, env.seq, reason) from exc

@@ -11,9 +11,10 @@ Requests are taken by a fixed pool of worker tasks from a bounded queue; when
 it is full the answer is `overloaded` at once, so load never turns into
 unbounded memory. The queue is asyncio's, not an anyio memory stream: each
 request passes through it, and anyio's receive costs a checkpoint, an Event and
-a backend lookup per item (nats-py binds us to asyncio anyway). A bad request is answered with `invalid` (the message names
-what was wrong) and never reaches an entity. Subscriptions use a queue group,
-so several runtime processes can share the subject space.
+a backend lookup per item (nats-py binds us to asyncio anyway). A bad request
+is answered with `invalid` (the message names what was wrong) and never reaches
+an entity. Subscriptions use a queue group, so several runtime processes can
+share the subject space.
 """
 
 from __future__ import annotations
@@ -198,7 +199,7 @@ class Transport:
             outcome = "ok"
         except CommandError as exc:
             body, outcome = encode_error(exc), str(exc.code)
-        except Exception as exc:
+        except Exception as exc:  # nothing from outside may take the process down
             log.error("request failed", subject=msg.subject, exc_info=exc)
             body, outcome = encode_error(CommandError(ErrorCode.INTERNAL, f"{type(exc).__name__}: {exc}")), "internal"
         await self._respond(msg, body)

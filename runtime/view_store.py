@@ -54,10 +54,10 @@ class ViewStore(abc.ABC):
     ) -> None:
         await self.close()
 
-    async def open(self) -> None:
+    async def open(self) -> None:  # optional hook
         pass
 
-    async def close(self) -> None:
+    async def close(self) -> None:  # optional hook
         pass
 
     @abc.abstractmethod

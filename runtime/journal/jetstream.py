@@ -324,31 +324,18 @@ class JetStreamJournal(Journal):
 
         Raises `_Refused` if the server stores none of them (a stale expectation, a duplicate id).
         """
-        assert self.nc is not None
         lasts = await self._expectations([r.key for r in reqs])
         if any(head != req.expected for req, (_, head) in zip(reqs, lasts, strict=True)):
             raise _Refused  # a known conflict, found before anything is sent: the single write reports it
-        batch_id = secrets.token_hex(11)
-        total = sum(len(r.events) for r in reqs)
-        n = 0
-        ack: dict[str, Any] = {}
-        for req, (last_seq, _) in zip(reqs, lasts, strict=True):
-            subject = event_subject(self.prefix, *req.key)
-            for j, env in enumerate(req.events):
-                n += 1
-                headers = self._headers(env)
-                headers["Nats-Batch-Id"] = batch_id
-                headers["Nats-Batch-Sequence"] = str(n)
-                if j == 0:
-                    headers["Nats-Expected-Last-Subject-Sequence"] = str(last_seq)
-                if n < total:
-                    await self.nc.publish(subject, env.payload, headers=headers)
-                else:
-                    headers["Nats-Batch-Commit"] = "1"
-                    ack = await self._request(subject, env.payload, headers)
+        ack = await self._publish_atomic(
+            [
+                (event_subject(self.prefix, *r.key), r.events, last_seq)
+                for r, (last_seq, _) in zip(reqs, lasts, strict=True)
+            ]
+        )
         if "error" in ack:
             raise _Refused
-        position = int(ack["seq"]) - total + 1
+        position = int(ack["seq"]) - sum(len(r.events) for r in reqs) + 1
         firsts = []
         for req in reqs:
             firsts.append(position)
@@ -390,21 +377,35 @@ class JetStreamJournal(Journal):
         return int(ack["seq"])
 
     async def _append_batch(self, subject: str, events: Sequence[Envelope], last_seq: int) -> int:
-        assert self.nc is not None
-        batch_id = secrets.token_hex(11)
-        for i, env in enumerate(events, 1):
-            headers = self._headers(env)
-            headers["Nats-Batch-Id"] = batch_id
-            headers["Nats-Batch-Sequence"] = str(i)
-            if i == 1:
-                headers["Nats-Expected-Last-Subject-Sequence"] = str(last_seq)
-            if i < len(events):
-                await self.nc.publish(subject, env.payload, headers=headers)
-            else:
-                headers["Nats-Batch-Commit"] = "1"
-                ack = await self._request(subject, env.payload, headers)
+        ack = await self._publish_atomic([(subject, events, last_seq)])
         self._check(ack, events[0])
         return int(ack["seq"]) - len(events) + 1
+
+    async def _publish_atomic(self, parts: list[tuple[str, Sequence[Envelope], int]]) -> dict[str, Any]:
+        """One atomic batch of (subject, events, expected last subject seq) parts; the commit's ack.
+
+        Each part's first event carries its subject's expectation, so the server checks every
+        entity in the batch and stores all of it or none.
+        """
+        assert self.nc is not None
+        batch_id = secrets.token_hex(11)
+        total = sum(len(events) for _, events, _ in parts)
+        n = 0
+        ack: dict[str, Any] = {}
+        for subject, events, last_seq in parts:
+            for j, env in enumerate(events):
+                n += 1
+                headers = self._headers(env)
+                headers["Nats-Batch-Id"] = batch_id
+                headers["Nats-Batch-Sequence"] = str(n)
+                if j == 0:
+                    headers["Nats-Expected-Last-Subject-Sequence"] = str(last_seq)
+                if n < total:
+                    await self.nc.publish(subject, env.payload, headers=headers)
+                else:
+                    headers["Nats-Batch-Commit"] = "1"
+                    ack = await self._request(subject, env.payload, headers)
+        return ack
 
     def _check(self, ack: dict[str, Any], env: Envelope) -> None:
         err = ack.get("error")

@@ -4,37 +4,38 @@ is nats-py's, and the puller hands over every message once, in order, in batches
 from __future__ import annotations
 
 import anyio
-import nats
 import pytest
+from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import api
 
-from runtime.nats_server import EmbeddedNats
 from runtime.subscription import Puller, stream_sequence
 
 pytestmark = pytest.mark.anyio
 
 
-async def test_stream_sequence_and_batches_match_nats_py(nats_server: EmbeddedNats) -> None:
-    nc = await nats.connect(nats_server.url)
-    try:
-        js = nc.jetstream()
-        await js.add_stream(api.StreamConfig(name="S", subjects=["s.>"]))
-        for i in range(25):
-            await js.publish(f"s.{i % 3}", str(i).encode())
-        await js.add_consumer("S", config=api.ConsumerConfig(durable_name="d", ack_policy=api.AckPolicy.ALL))
-        puller = Puller(nc, "S", "d")
-        await puller.start()
-        got: list[Msg] = []
-        while batch := await puller.fetch(10, idle_timeout=0.2):
-            assert len(batch) <= 10
-            got += batch
-            await batch[-1].ack()
-        await puller.stop()
-        assert [m.data for m in got] == [str(i).encode() for i in range(25)]
-        assert [stream_sequence(m) for m in got] == [m.metadata.sequence.stream for m in got] == list(range(1, 26))
-    finally:
-        await nc.close()
+async def _puller_on(nc: NATS, stream: str, messages: int) -> Puller:
+    """A stream holding `messages` messages ("0", "1", …) and a started puller on an AckAll durable."""
+    js = nc.jetstream()
+    await js.add_stream(api.StreamConfig(name=stream, subjects=[f"{stream.lower()}.>"]))
+    for i in range(messages):
+        await js.publish(f"{stream.lower()}.{i % 3}", str(i).encode())
+    await js.add_consumer(stream, config=api.ConsumerConfig(durable_name="d", ack_policy=api.AckPolicy.ALL))
+    puller = Puller(nc, stream, "d")
+    await puller.start()
+    return puller
+
+
+async def test_stream_sequence_and_batches_match_nats_py(nc: NATS) -> None:
+    puller = await _puller_on(nc, "S", 25)
+    got: list[Msg] = []
+    while batch := await puller.fetch(10, idle_timeout=0.2):
+        assert len(batch) <= 10
+        got += batch
+        await batch[-1].ack()
+    await puller.stop()
+    assert [m.data for m in got] == [str(i).encode() for i in range(25)]
+    assert [stream_sequence(m) for m in got] == [m.metadata.sequence.stream for m in got] == list(range(1, 26))
 
 
 def test_stream_sequence_falls_back_for_other_ack_forms() -> None:
@@ -42,22 +43,12 @@ def test_stream_sequence_falls_back_for_other_ack_forms() -> None:
     assert stream_sequence(v2) == v2.metadata.sequence.stream == 42
 
 
-async def test_deliveries_after_a_request_gave_up_come_first_next_time(nats_server: EmbeddedNats) -> None:
+async def test_deliveries_after_a_request_gave_up_come_first_next_time(nc: NATS) -> None:
     """With AckAll, dropping them and acknowledging a later message would lose them for good."""
-    nc = await nats.connect(nats_server.url)
-    try:
-        js = nc.jetstream()
-        await js.add_stream(api.StreamConfig(name="L", subjects=["l.>"]))
-        for i in range(8):
-            await js.publish("l.x", str(i).encode())
-        await js.add_consumer("L", config=api.ConsumerConfig(durable_name="d", ack_policy=api.AckPolicy.ALL))
-        puller = Puller(nc, "L", "d")
-        await puller.start()
-        assert await puller._request({"batch": 5, "no_wait": True}, 0.0) == []  # gave up before the answer
-        await anyio.sleep(0.2)  # ... which then arrives
-        first = await puller.fetch(10, idle_timeout=0.2)
-        rest = await puller.fetch(10, idle_timeout=0.2)
-        assert [m.data for m in first + rest] == [str(i).encode() for i in range(8)]
-        assert await puller.stop() == []
-    finally:
-        await nc.close()
+    puller = await _puller_on(nc, "L", 8)
+    assert await puller._request({"batch": 5, "no_wait": True}, 0.0) == []  # gave up before the answer
+    await anyio.sleep(0.2)  # ... which then arrives
+    first = await puller.fetch(10, idle_timeout=0.2)
+    rest = await puller.fetch(10, idle_timeout=0.2)
+    assert [m.data for m in first + rest] == [str(i).encode() for i in range(8)]
+    assert await puller.stop() == []
