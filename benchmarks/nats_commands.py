@@ -112,7 +112,7 @@ def main() -> None:
             [
                 sys.executable,
                 "-m",
-                "runtime.cli",
+                "runtime.serve.cli",
                 "run",
                 "--data-dir",
                 str(d / "data"),

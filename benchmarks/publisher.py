@@ -16,13 +16,13 @@ import nats
 
 from entities.social import Post, Profile, Published
 from runtime import App, Envelope, Runtime, SqliteJournal, model_of
-from runtime.handlers import on
-from runtime.nats_server import EmbeddedNats
-from runtime.publisher import Publisher, StreamSettings, ensure_stream
-from runtime.service import Service
-from runtime.tuning import tune_gc, tune_nats
-from runtime.view import Rows, View
-from runtime.wire import event_headers, event_subject
+from runtime.serve.nats_server import EmbeddedNats
+from runtime.serve.service import Service
+from runtime.serve.tuning import tune_gc, tune_nats
+from runtime.streams.handlers import on
+from runtime.streams.publisher import Publisher, StreamSettings, ensure_stream
+from runtime.streams.view import Rows, View
+from runtime.wire.protocol import event_headers, event_subject
 
 WINDOW = 1024
 

@@ -13,7 +13,7 @@ import anyio
 
 from entities.inventory import InventoryItem, Received
 from runtime import App, Envelope, Runtime, SqliteJournal, model_of
-from runtime.tuning import tune_gc
+from runtime.serve.tuning import tune_gc
 
 
 class Unsnapshotted(InventoryItem, name="inventory"):

@@ -15,12 +15,12 @@ from publisher import fill  # the same events the publisher benchmark uses
 
 from entities.social import AuthorPosts, PostsByAuthor
 from runtime import SqliteJournal
-from runtime.nats_server import EmbeddedNats
-from runtime.publisher import Publisher
-from runtime.tuning import tune_gc, tune_nats
-from runtime.view import ViewRunner
-from runtime.view_store import SqliteViewStore
-from runtime.wire import stream_name
+from runtime.serve.nats_server import EmbeddedNats
+from runtime.serve.tuning import tune_gc, tune_nats
+from runtime.streams.publisher import Publisher
+from runtime.streams.view import ViewRunner
+from runtime.streams.view_store import SqliteViewStore
+from runtime.wire.protocol import stream_name
 
 
 async def catch_up(js: Any, store: SqliteViewStore, events: int) -> float:

@@ -12,9 +12,9 @@ from __future__ import annotations
 import msgspec
 
 from runtime import Effect, Envelope, EventSourcedEntity, applies, command
-from runtime.consumer import Consumer, Context
-from runtime.handlers import on
-from runtime.view import Rows, View
+from runtime.streams.consumer import Consumer, Context
+from runtime.streams.handlers import on
+from runtime.streams.view import Rows, View
 
 # -- post -------------------------------------------------------------------------------------
 

@@ -7,14 +7,15 @@ JetStream) → `view` / `consumer` (subscribers) — wired together by `service`
 served over NATS by `transport`, launched by `server` (`memoir run`).
 """
 
-from .actor import Reply
-from .app import App
-from .client import Client
-from .consumer import Consumer, Context
-from .effect import Effect
-from .entity import EventSourcedEntity, applies, command, model_of
-from .envelope import Envelope, Snapshot
-from .errors import (
+from .engine.actor import Reply
+from .engine.history import HistoryItem, history, state_at
+from .engine.runtime import Runtime
+from .journal import Journal, MemoryJournal, SqliteJournal, open_journal
+from .model.app import App
+from .model.effect import Effect
+from .model.entity import EventSourcedEntity, applies, command, model_of
+from .model.envelope import Envelope, Snapshot
+from .model.errors import (
     CommandError,
     ConcurrencyConflict,
     ConfigError,
@@ -24,16 +25,15 @@ from .errors import (
     JournalError,
     MemoirError,
 )
-from .events import event
-from .handlers import on
-from .history import HistoryItem, history, state_at
-from .journal import Journal, MemoryJournal, SqliteJournal, open_journal
-from .nats_server import EmbeddedNats
-from .publisher import Publisher, StreamSettings
-from .runtime import Runtime
-from .service import Service
-from .tuning import tune_gc, tune_nats
-from .view import Rows, View, ViewQuery
+from .model.events import event
+from .serve.client import Client
+from .serve.nats_server import EmbeddedNats
+from .serve.service import Service
+from .serve.tuning import tune_gc, tune_nats
+from .streams.consumer import Consumer, Context
+from .streams.handlers import on
+from .streams.publisher import Publisher, StreamSettings
+from .streams.view import Rows, View, ViewQuery
 
 __all__ = [
     "App",

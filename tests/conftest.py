@@ -94,7 +94,7 @@ class _ServedJournal:
         self.journal: Any = None
 
     async def __aenter__(self) -> Journal:
-        from runtime.nats_server import EmbeddedNats
+        from runtime.serve.nats_server import EmbeddedNats
 
         server = self.owner.servers.get(self.directory)
         if server is None:
@@ -164,7 +164,7 @@ VIEW_STORES = ["memory", "sqlite", "postgres"]
 @contextlib.asynccontextmanager
 async def open_view_store_for_test(kind: str, directory: Path) -> AsyncIterator[Any]:
     """A view store of `kind` private to one test; the same directory reopens the same one."""
-    from runtime.view_store import MemoryViewStore, PostgresViewStore, SqliteViewStore
+    from runtime.streams.view_store import MemoryViewStore, PostgresViewStore, SqliteViewStore
 
     if kind == "memory":
         yield MemoryViewStore()

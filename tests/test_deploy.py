@@ -12,8 +12,8 @@ import pytest
 
 from runtime import Envelope
 from runtime.journal.jetstream import JetStreamJournal
-from runtime.nats_server import find_binary, free_port
-from runtime.server import Settings
+from runtime.serve.nats_server import find_binary, free_port
+from runtime.serve.server import Settings
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 

@@ -6,7 +6,7 @@ import msgspec
 import pytest
 
 from runtime import ConfigError, Effect, EventSourcedEntity, applies, command, model_of
-from runtime.testkit import EntityTestKit
+from runtime.model.testkit import EntityTestKit
 
 pytestmark = pytest.mark.anyio
 

@@ -12,7 +12,7 @@ import anyio
 import pytest
 from conftest import VIEW_STORES, drop_view_schema, open_view_store_for_test
 
-from runtime.view_store import RawRows, ViewStore
+from runtime.streams.view_store import RawRows, ViewStore
 
 pytestmark = pytest.mark.anyio
 

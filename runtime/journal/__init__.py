@@ -10,7 +10,7 @@
 
 from __future__ import annotations
 
-from ..errors import ConfigError
+from ..model.errors import ConfigError
 from .base import Journal
 from .memory import MemoryJournal
 from .sqlite import SqliteJournal

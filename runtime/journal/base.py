@@ -20,8 +20,8 @@ from typing import Any, Self
 
 import anyio
 
-from ..envelope import Envelope, Recovery, Snapshot
-from ..errors import JournalError
+from ..model.envelope import Envelope, Recovery, Snapshot
+from ..model.errors import JournalError
 
 
 class Journal(abc.ABC):

@@ -51,11 +51,12 @@ from nats.js import api
 from nats.js.errors import Error as JetStreamError
 from nats.js.errors import KeyNotFoundError, NotFoundError
 
-from ..envelope import Envelope, Recovery, Snapshot
-from ..errors import ConcurrencyConflict, ConfigError, EntityDeleted, JournalError
-from ..wire import check_prefix, envelope_from_message, event_headers, event_subject, token, untoken
+from ..model.envelope import Envelope, Recovery, Snapshot
+from ..model.errors import ConcurrencyConflict, ConfigError, EntityDeleted, JournalError
+from ..wire.nats import close_quietly, connect
+from ..wire.protocol import check_prefix, envelope_from_message, event_headers, event_subject, token, untoken
+from ._batching import Batcher
 from .base import Journal, check_batch
-from .batching import Batcher
 
 Key = tuple[str, str]
 MAX_BATCH = 1000  # events in one atomic batch: the server's `max_msgs` default
@@ -148,7 +149,6 @@ class JetStreamJournal(Journal):
     # -- lifecycle ---------------------------------------------------------------------------------
 
     async def open(self) -> None:
-        from ..client import connect  # imported late: client imports the runtime, which imports journals
 
         self.nc = await connect(self.server, timeout=10, name="memoir-journal", max_reconnect_attempts=-1)
         self.js = self.nc.jetstream(timeout=self.ack_timeout)
@@ -197,7 +197,6 @@ class JetStreamJournal(Journal):
             await self.js.update_stream(config)
 
     async def close(self) -> None:
-        from ..client import close_quietly
 
         if self._stack is not None:
             stack, self._stack = self._stack, None

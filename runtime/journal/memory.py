@@ -7,8 +7,8 @@ from collections.abc import Sequence
 
 import msgspec
 
-from ..envelope import Envelope, Snapshot
-from ..errors import ConcurrencyConflict, EntityDeleted
+from ..model.envelope import Envelope, Snapshot
+from ..model.errors import ConcurrencyConflict, EntityDeleted
 from .base import Journal, check_batch
 
 Key = tuple[str, str]

@@ -26,10 +26,10 @@ from urllib.parse import parse_qs, urlsplit, urlunsplit
 import anyio
 import msgspec
 
-from ..envelope import Envelope, Recovery, Snapshot
-from ..errors import ConcurrencyConflict, ConfigError, EntityDeleted, JournalError
+from ..model.envelope import Envelope, Recovery, Snapshot
+from ..model.errors import ConcurrencyConflict, ConfigError, EntityDeleted, JournalError
+from ._batching import Batcher
 from .base import ROW_COLUMNS, Journal, check_batch, envelope_from_row, row_values
-from .batching import Batcher
 
 T = TypeVar("T")
 Key = tuple[str, str]

@@ -13,8 +13,8 @@ import pytest
 from entities.social import CountPosts, Post, PostsByAuthor, Profile
 from runtime import App, ConcurrencyConflict, Envelope
 from runtime.journal.jetstream import JetStreamJournal
-from runtime.nats_server import EmbeddedNats
-from runtime.service import Service
+from runtime.serve.nats_server import EmbeddedNats
+from runtime.serve.service import Service
 
 pytestmark = pytest.mark.anyio
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-MEMOIR = [sys.executable, "-m", "runtime.cli"]
+MEMOIR = [sys.executable, "-m", "runtime.serve.cli"]
 
 
 class RunningRuntime:

@@ -11,7 +11,7 @@ import nats
 import pytest
 
 from runtime import SqliteJournal
-from runtime.wire import token
+from runtime.wire.protocol import token
 
 from .conftest import RunningRuntime
 

@@ -14,9 +14,9 @@ import pytest
 from streams.helpers import eventually, journal_events, stream_messages
 
 from runtime import SqliteJournal
-from runtime.client import Client
-from runtime.errors import CommandError
-from runtime.wire import stream_name, token
+from runtime.model.errors import CommandError
+from runtime.serve.client import Client
+from runtime.wire.protocol import stream_name, token
 
 from .conftest import RunningRuntime
 

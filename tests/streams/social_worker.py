@@ -12,8 +12,8 @@ import anyio
 
 from entities import app
 from runtime import SqliteJournal
-from runtime.service import Service
-from runtime.view_store import SqliteViewStore
+from runtime.serve.service import Service
+from runtime.streams.view_store import SqliteViewStore
 
 
 async def main(nats_url: str, data: Path, posts: int, authors: int) -> None:

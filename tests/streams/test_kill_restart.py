@@ -13,9 +13,9 @@ import pytest
 
 from entities import app
 from runtime import SqliteJournal
-from runtime.nats_server import EmbeddedNats
-from runtime.service import Service
-from runtime.view_store import SqliteViewStore
+from runtime.serve.nats_server import EmbeddedNats
+from runtime.serve.service import Service
+from runtime.streams.view_store import SqliteViewStore
 
 from .helpers import eventually
 

@@ -12,10 +12,10 @@ import pytest
 
 from entities import InventoryItem
 from runtime import App, Runtime, SqliteJournal
-from runtime.nats_server import EmbeddedNats
-from runtime.publisher import CHECKPOINT, Publisher
-from runtime.service import Service
-from runtime.wire import stream_name, token
+from runtime.serve.nats_server import EmbeddedNats
+from runtime.serve.service import Service
+from runtime.streams.publisher import CHECKPOINT, Publisher
+from runtime.wire.protocol import stream_name, token
 
 from .helpers import eventually, journal_events, stream_messages
 

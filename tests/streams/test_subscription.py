@@ -9,7 +9,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import api
 
-from runtime.subscription import Puller, stream_sequence
+from runtime.streams._pull import Puller, stream_sequence
 
 pytestmark = pytest.mark.anyio
 

@@ -12,11 +12,11 @@ from conftest import drop_view_schema, open_view_store_for_test
 
 from entities.social import AuthorPosts, CountPosts, Post, PostsByAuthor, Profile, Published
 from runtime import App, SqliteJournal
-from runtime.consumer import Consumer, Context
-from runtime.handlers import on
-from runtime.nats_server import EmbeddedNats
-from runtime.service import Service
-from runtime.view_store import SqliteViewStore
+from runtime.serve.nats_server import EmbeddedNats
+from runtime.serve.service import Service
+from runtime.streams.consumer import Consumer, Context
+from runtime.streams.handlers import on
+from runtime.streams.view_store import SqliteViewStore
 
 from .helpers import eventually
 

@@ -47,10 +47,10 @@ from nats.js import api
 from nats.js.errors import Error as JetStreamError
 from nats.js.errors import NotFoundError
 
-from .envelope import Envelope
-from .errors import JournalError
-from .journal import Journal
-from .wire import H_MSG_ID, H_POSITION, event_headers, event_subject, events_filter, stream_name
+from ..journal import Journal
+from ..model.envelope import Envelope
+from ..model.errors import JournalError
+from ..wire.protocol import H_MSG_ID, H_POSITION, event_headers, event_subject, events_filter, stream_name
 
 log = structlog.get_logger("memoir.publisher")
 

@@ -30,7 +30,7 @@ from typing import Self
 import anyio
 import anyio.abc
 
-from .errors import ConfigError, MemoirError
+from ..model.errors import ConfigError, MemoirError
 
 
 def find_binary() -> str:

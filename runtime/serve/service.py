@@ -25,16 +25,16 @@ import anyio.abc
 import structlog
 from nats.aio.client import Client as NATS
 
-from .app import App
-from .client import close_quietly, connect
-from .consumer import ConsumerRunner, ensure_dead_letter_stream
-from .errors import ConfigError
-from .journal import Journal
-from .publisher import Publisher, StreamSettings, ensure_stream
-from .runtime import Runtime
-from .view import ViewQuery, ViewRunner
-from .view_store import MemoryViewStore, ViewStore
-from .wire import check_prefix, stream_name
+from ..engine.runtime import Runtime
+from ..journal import Journal
+from ..model.app import App
+from ..model.errors import ConfigError
+from ..streams.consumer import ConsumerRunner, ensure_dead_letter_stream
+from ..streams.publisher import Publisher, StreamSettings, ensure_stream
+from ..streams.view import ViewQuery, ViewRunner
+from ..streams.view_store import MemoryViewStore, ViewStore
+from ..wire.nats import close_quietly, connect
+from ..wire.protocol import check_prefix, stream_name
 
 log = structlog.get_logger("memoir.service")
 

@@ -26,7 +26,7 @@ from nats.js import api
 from nats.js.errors import Error as JetStreamError
 from nats.js.errors import NotFoundError
 
-from .wire import events_filter
+from ..wire.protocol import events_filter
 
 log = structlog.get_logger("memoir.subscription")
 

@@ -7,7 +7,7 @@ import sys
 
 import structlog
 
-from .errors import ConfigError
+from ..model.errors import ConfigError
 
 
 def configure(fmt: str = "auto", level: str = "info") -> None:

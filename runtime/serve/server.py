@@ -23,19 +23,19 @@ import anyio
 import msgspec
 import structlog
 
+from ..journal import open_journal
+from ..model.app import App
+from ..model.errors import ConfigError
+from ..streams.publisher import StreamSettings
+from ..streams.view_store import open_view_store
+from ..wire.protocol import check_prefix
 from .admin import Admin
-from .app import App
-from .errors import ConfigError
-from .journal import open_journal
 from .logs import configure
 from .metrics import Metrics
 from .nats_server import EmbeddedNats, free_port
-from .publisher import StreamSettings
 from .service import Service
 from .transport import Transport
 from .tuning import tune_gc, tune_nats
-from .view_store import open_view_store
-from .wire import check_prefix
 
 log = structlog.get_logger("memoir.server")
 

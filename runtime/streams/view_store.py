@@ -29,7 +29,7 @@ import anyio
 import anyio.from_thread
 import anyio.to_thread
 
-from .errors import ConfigError, JournalError
+from ..model.errors import ConfigError, JournalError
 
 T = TypeVar("T")
 
@@ -253,7 +253,7 @@ class PostgresViewStore(ViewStore):
     """
 
     def __init__(self, url: str, *, pool_size: int = 4) -> None:
-        from .journal.postgres import parse_postgres_url
+        from ..journal.postgres import parse_postgres_url
 
         self.dsn, self.schema = parse_postgres_url(url)
         self.pool_size = pool_size
@@ -355,7 +355,7 @@ def open_view_store(url: str) -> ViewStore:
     if url.startswith("memory:"):
         return MemoryViewStore()
     if url.startswith("sqlite:"):
-        from .journal.sqlite import parse_sqlite_url
+        from ..journal.sqlite import parse_sqlite_url
 
         path, opts = parse_sqlite_url(url)
         return SqliteViewStore(path, synchronous=opts.get("synchronous", "NORMAL"))

@@ -19,8 +19,8 @@ import re
 from collections.abc import Mapping
 from urllib.parse import quote, unquote
 
-from .envelope import Envelope
-from .errors import ConfigError
+from ..model.envelope import Envelope
+from ..model.errors import ConfigError
 
 _SAFE = "-_~:@!$&'()+,;="
 _NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")

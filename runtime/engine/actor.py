@@ -24,10 +24,10 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 import structlog
 
-from .effect import Effect
-from .entity import CommandSpec, EntityModel
-from .envelope import Envelope, Snapshot
-from .errors import CommandError, ConcurrencyConflict, EntityDeleted, ErrorCode, JournalError
+from ..model.effect import Effect
+from ..model.entity import CommandSpec, EntityModel
+from ..model.envelope import Envelope, Snapshot
+from ..model.errors import CommandError, ConcurrencyConflict, EntityDeleted, ErrorCode, JournalError
 
 if TYPE_CHECKING:
     from .runtime import Runtime

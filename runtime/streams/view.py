@@ -31,11 +31,11 @@ import msgspec
 import structlog
 from nats.aio.msg import Msg
 
-from .errors import ConfigError, EventDecodeError
+from ..model.errors import ConfigError, EventDecodeError
+from ..wire.protocol import envelope_from_message, stream_name
+from ._pull import delete_durable, pull_loop, stream_sequence
 from .handlers import Handler, HandlerTable, Subscriber
-from .subscription import delete_durable, pull_loop, stream_sequence
 from .view_store import RawRows, ViewStore
-from .wire import envelope_from_message, stream_name
 
 R = TypeVar("R")
 

@@ -14,10 +14,10 @@ from typing import Any
 
 import msgspec
 
+from ..journal import Journal
+from ..model.entity import EntityModel
+from ..model.envelope import Envelope
 from .actor import SnapshotBody
-from .entity import EntityModel
-from .envelope import Envelope
-from .journal import Journal
 
 PAGE = 1000
 

@@ -21,12 +21,12 @@ import msgspec
 import structlog
 from anyio.streams.memory import MemoryObjectSendStream
 
+from ..journal import Journal
+from ..model.app import App
+from ..model.entity import EntityModel, EventSourcedEntity, model_of
+from ..model.envelope import Snapshot
+from ..model.errors import CommandError, ConfigError, ErrorCode
 from .actor import Actor, CommandMeta, Reply
-from .app import App
-from .entity import EntityModel, EventSourcedEntity, model_of
-from .envelope import Snapshot
-from .errors import CommandError, ConfigError, ErrorCode
-from .journal import Journal
 
 log = structlog.get_logger("memoir.runtime")
 

@@ -19,12 +19,13 @@ import msgspec
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 
-from .client import Client, connect
-from .entity import model_of
-from .errors import CommandError, ConfigError, MemoirError
-from .history import history, state_at
-from .journal import open_journal
-from .runtime import Runtime
+from ..engine.history import history, state_at
+from ..engine.runtime import Runtime
+from ..journal import open_journal
+from ..model.entity import model_of
+from ..model.errors import CommandError, ConfigError, MemoirError
+from ..wire.nats import connect
+from .client import Client
 from .server import Settings, load_app, nats_url_file, serve
 
 

@@ -17,17 +17,16 @@ from collections.abc import Mapping
 from types import TracebackType
 from typing import Any, Self
 
-import anyio
 import msgspec
-import nats
 from nats.aio.client import Client as NATS
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
 
-from .actor import Reply
-from .errors import CommandError, ErrorCode, MemoirError, command_error
+from ..engine.actor import Reply
+from ..model.errors import CommandError, ErrorCode, MemoirError, command_error
+from ..wire.nats import connect
+from ..wire.protocol import check_prefix, token
 from .transport import H_COMMAND_ID, H_CORRELATION_ID
-from .wire import check_prefix, token
 
 
 class _Error(msgspec.Struct):
@@ -46,31 +45,6 @@ class _Answer(msgspec.Struct):
 
 _decoder = msgspec.json.Decoder(_Answer)
 _encoder = msgspec.json.Encoder()
-
-
-async def _quiet(exc: Exception) -> None:
-    """nats-py prints every connection error with a traceback by default; we report our own."""
-
-
-async def connect(url: str, *, timeout: float = 5.0, **options: Any) -> NATS:
-    """Connect to NATS or fail within `timeout` with a MemoirError naming the URL.
-
-    (nats-py keeps retrying an initial connection that is refused, whatever allow_reconnect says.)
-    """
-    try:
-        with anyio.fail_after(timeout):
-            return await nats.connect(url, connect_timeout=min(timeout, 2.0), error_cb=_quiet, **options)
-    except Exception as exc:  # noqa: BLE001 - TimeoutError, OSError, nats errors: one message
-        reason = "timed out" if isinstance(exc, TimeoutError) else str(exc) or type(exc).__name__
-        raise MemoirError(f"cannot connect to NATS at {url}: {reason}") from None
-
-
-async def close_quietly(nc: NATS) -> None:
-    """Drain (flush what was published, then close); if the server is already gone, just close."""
-    try:
-        await nc.drain()
-    except Exception:  # noqa: BLE001 - nats-py raises several types once a connection is broken
-        await nc.close()
 
 
 class Client:

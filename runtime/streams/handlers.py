@@ -16,10 +16,10 @@ from typing import Any, ClassVar, TypeVar
 
 import msgspec
 
-from .entity import EntityModel, EventSourcedEntity, model_of
-from .envelope import Envelope
-from .errors import ConfigError
-from .wire import check_name
+from ..model.entity import EntityModel, EventSourcedEntity, model_of
+from ..model.envelope import Envelope
+from ..model.errors import ConfigError
+from ..wire.protocol import check_name
 
 F = TypeVar("F", bound=Callable[..., Any])
 

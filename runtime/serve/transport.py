@@ -31,10 +31,10 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
 
-from .actor import Reply
-from .errors import CommandError, ErrorCode
-from .runtime import MAX_ID_LENGTH, Runtime
-from .wire import untoken
+from ..engine.actor import Reply
+from ..engine.runtime import MAX_ID_LENGTH, Runtime
+from ..model.errors import CommandError, ErrorCode
+from ..wire.protocol import untoken
 
 log = structlog.get_logger("memoir.transport")
 

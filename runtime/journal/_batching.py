@@ -18,7 +18,7 @@ from typing import Generic, TypeVar
 
 import anyio
 
-from ..errors import JournalError
+from ..model.errors import JournalError
 
 Req = TypeVar("Req")
 Res = TypeVar("Res")

@@ -31,15 +31,15 @@ import structlog
 from nats.aio.msg import Msg
 from nats.js import api
 
-from .actor import Reply
-from .envelope import Envelope
+from ..engine.actor import Reply
+from ..model.envelope import Envelope
+from ..wire.protocol import envelope_from_message, stream_name
+from ._pull import pull_loop
 from .handlers import HandlerTable, Subscriber
 from .publisher import StreamSettings, ensure_stream_config
-from .subscription import pull_loop
-from .wire import envelope_from_message, stream_name
 
 if TYPE_CHECKING:
-    from .runtime import Runtime
+    from ..engine.runtime import Runtime
 
 log = structlog.get_logger("memoir.consumer")
 

@@ -1,0 +1,1 @@
+"""The streams layer: the outbox publisher, pull loops, views and consumers."""
