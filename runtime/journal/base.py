@@ -4,6 +4,12 @@ Semantics (the conformance suite in tests/journal holds every backend to them):
 - `append` stores one entity's events atomically, all or none, only if the
   entity's highest seq is still `expected_seq`; otherwise `ConcurrencyConflict`.
   The events carry seqs `expected_seq + 1 …` and come back with positions.
+- command ids: when the appended events carry a command id that the entity already
+  stored (within the backend's documented window), `append` stores nothing and raises
+  `DuplicateCommand` with the first write's seq and reply. This is checked before the
+  seq check, so a repeat decided on a stale seq is still recognised as a repeat.
+- a backend that cannot reach its storage, or whose storage is full, raises
+  `JournalUnavailable`; it reconnects by itself and serves again once storage is back.
 - positions are strictly increasing and never reused; `read_all` returns events
   in position order, and a reader that has seen position P never later finds a
   new event below P (the property a tailer relies on).
@@ -86,6 +92,22 @@ class Journal(abc.ABC):
     @abc.abstractmethod
     async def delete(self, entity_type: str, entity_id: str, to_seq: int | None = None) -> None:
         """Delete events with seq <= `to_seq`; with no `to_seq`, the whole entity and its snapshots (a tombstone)."""
+
+    async def find_command(self, entity_type: str, entity_id: str, command_id: str) -> tuple[int, bytes | None] | None:
+        """Where the entity stored a command id: (seq of its last event, encoded reply), or None.
+
+        None also means "cannot tell" for a backend that only dedupes on append; the actor
+        asks only when a repeated command is about to be answered with an error.
+        """
+        return None
+
+    def event_stream(self, entity_type: str) -> str | None:
+        """The JetStream stream holding the type's events if the journal *is* that stream.
+
+        None (the default) means the events live only here and the outbox publisher copies
+        them to `{PREFIX}_EVENTS_{TYPE}`; one resolver (`streams.event_stream_for`) asks this.
+        """
+        return None
 
     # -- snapshots ------------------------------------------------------------------------
 

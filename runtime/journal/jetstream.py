@@ -54,7 +54,15 @@ from nats.js.errors import KeyNotFoundError, NotFoundError
 from ..model.envelope import Envelope, Recovery, Snapshot
 from ..model.errors import ConcurrencyConflict, ConfigError, EntityDeleted, JournalError
 from ..wire.nats import close_quietly, connect
-from ..wire.protocol import check_prefix, envelope_from_message, event_headers, event_subject, token, untoken
+from ..wire.protocol import (
+    check_prefix,
+    envelope_from_message,
+    event_headers,
+    event_subject,
+    stream_prefix,
+    token,
+    untoken,
+)
 from ._batching import Batcher
 from .base import Journal, check_batch
 
@@ -125,7 +133,7 @@ class JetStreamJournal(Journal):
     def __init__(self, url: str, *, replicas: int = 1, ack_timeout: float = 10.0) -> None:
         self.server, self.prefix = parse_nats_journal_url(url)
         self.url = f"{self.server}?prefix={self.prefix}"
-        base = self.prefix.replace(".", "_").upper()
+        base = stream_prefix(self.prefix)
         self.stream = f"{base}_EVENTS"
         self.snapshot_stream = f"{base}_SNAPSHOTS"
         self.replicas = replicas
@@ -174,7 +182,7 @@ class JetStreamJournal(Journal):
                     allow_direct=True,
                 )
             )
-            base = self.prefix.replace(".", "_").upper()
+            base = stream_prefix(self.prefix)
             self._meta = await self.js.create_key_value(bucket=f"{base}_JOURNAL_META", replicas=self.replicas)
             self._checkpoints = await self.js.create_key_value(bucket=f"{base}_CHECKPOINTS", replicas=self.replicas)
         except (NatsError, JetStreamError) as exc:

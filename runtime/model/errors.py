@@ -19,6 +19,7 @@ class ErrorCode(enum.StrEnum):
     UNKNOWN_ENTITY_TYPE = "unknown_entity_type"
     CONFLICT = "conflict"  # another writer appended first; safe to retry with the same command id
     OVERLOADED = "overloaded"  # the mailbox is full: back-pressure, retry later
+    UNAVAILABLE = "unavailable"  # storage unreachable or full: retry later with the same command id
     INTERNAL = "internal"  # a handler raised or storage failed; nothing was persisted
 
 
@@ -56,6 +57,35 @@ class ConcurrencyConflict(JournalError):
         self.entity_id = entity_id
         self.expected_seq = expected_seq
         self.actual_seq = actual_seq
+
+
+class JournalUnavailable(JournalError):
+    """Storage cannot be reached or cannot take writes now (connection lost, disk full); retryable.
+
+    Whether a write that failed this way landed is unknown to the writer: the caller retries
+    with the same command id, and the journal's command-id check makes the retry safe.
+    `reason` is short and names the fault for an operator: "storage full", "connection lost", ….
+    """
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+
+
+class DuplicateCommand(JournalError):
+    """The entity already stored events for this command id: the append stored nothing.
+
+    `seq` is the seq of that command's last event and `reply` its encoded reply, so the
+    caller answers the repeat exactly as it answered the first time.
+    """
+
+    def __init__(self, entity_type: str, entity_id: str, command_id: str, seq: int, reply: bytes | None) -> None:
+        super().__init__(f"{entity_type}/{entity_id}: command id {command_id!r} was already applied at seq {seq}")
+        self.entity_type = entity_type
+        self.entity_id = entity_id
+        self.command_id = command_id
+        self.seq = seq
+        self.reply = reply
 
 
 class EntityDeleted(JournalError):
@@ -107,6 +137,10 @@ class Overloaded(CommandError):
     pass
 
 
+class Unavailable(CommandError):
+    pass
+
+
 class InternalError(CommandError):
     pass
 
@@ -118,6 +152,7 @@ _TYPED: dict[str, type[CommandError]] = {
     ErrorCode.UNKNOWN_ENTITY_TYPE: UnknownEntityType,
     ErrorCode.CONFLICT: Conflict,
     ErrorCode.OVERLOADED: Overloaded,
+    ErrorCode.UNAVAILABLE: Unavailable,
     ErrorCode.INTERNAL: InternalError,
 }
 

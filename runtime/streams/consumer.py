@@ -33,7 +33,7 @@ from nats.js import api
 
 from ..engine.actor import Reply
 from ..model.envelope import Envelope
-from ..wire.protocol import envelope_from_message, stream_name
+from ..wire.protocol import envelope_from_message, stream_name, stream_prefix
 from ._pull import pull_loop
 from .handlers import HandlerTable, Subscriber
 from .publisher import StreamSettings, ensure_stream_config
@@ -83,7 +83,7 @@ def dead_letter_subject(prefix: str, consumer: str) -> str:
 
 async def ensure_dead_letter_stream(js: Any, prefix: str, settings: StreamSettings) -> None:
     """Parked events are kept in `{PREFIX}_DEADLETTER`, so nothing is lost while nobody listens."""
-    name = f"{prefix.replace('.', '_')}_DEADLETTER".upper()
+    name = f"{stream_prefix(prefix)}_DEADLETTER"
     await ensure_stream_config(js, settings.config_for(name, [f"{prefix}.deadletter.>"]))
 
 

@@ -68,9 +68,14 @@ def events_filter(prefix: str, entity_type: str) -> str:
     return f"{prefix}.events.{entity_type}.*"
 
 
+def stream_prefix(prefix: str) -> str:
+    """JetStream stream and bucket names cannot hold dots: `acme.shop` -> `ACME_SHOP`."""
+    return prefix.replace(".", "_").upper()
+
+
 def stream_name(prefix: str, entity_type: str) -> str:
-    """JetStream stream names cannot hold dots: `memoir` + `inventory` -> `MEMOIR_EVENTS_INVENTORY`."""
-    return f"{prefix.replace('.', '_')}_EVENTS_{entity_type}".upper()
+    """The outbox stream of an entity type: `memoir` + `inventory` -> `MEMOIR_EVENTS_INVENTORY`."""
+    return f"{stream_prefix(prefix)}_EVENTS_{entity_type.upper()}"
 
 
 def event_headers(env: Envelope) -> dict[str, str]:
