@@ -469,10 +469,8 @@ class JetStreamJournal(Journal):
                 out.extend(await psub.fetch(min(1000, total - len(out)), timeout=10))
             return out
         finally:
-            try:
+            with contextlib.suppress(NatsError, JetStreamError):
                 await self.js.delete_consumer(stream, (await psub.consumer_info()).name)
-            except (NatsError, JetStreamError):
-                pass
             await psub.unsubscribe()
 
     async def read(

@@ -10,6 +10,7 @@ Errors use the command protocol's envelope and codes (`invalid` for a bad payloa
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import anyio
@@ -68,10 +69,8 @@ class Admin:
 
     async def stop(self) -> None:
         for sub in self._subs:
-            try:
+            with contextlib.suppress(NatsError):
                 await sub.unsubscribe()
-            except NatsError:
-                pass
         self._subs = []
 
     async def _on_view(self, msg: Msg) -> None:
@@ -112,7 +111,5 @@ class Admin:
     @staticmethod
     async def _answer(msg: Msg, body: bytes) -> None:
         if msg.reply:
-            try:
+            with contextlib.suppress(NatsError):
                 await msg.respond(body)
-            except NatsError:
-                pass

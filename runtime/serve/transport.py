@@ -20,6 +20,7 @@ share the subject space.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable
 from typing import Any
@@ -153,10 +154,8 @@ class Transport:
         """Stop taking requests; the workers finish the queued ones and exit."""
         if self._sub is not None:
             sub, self._sub = self._sub, None
-            try:
+            with contextlib.suppress(NatsError):
                 await sub.unsubscribe()
-            except NatsError:
-                pass
         if not self._closed:
             self._closed = True
             for _ in range(self.workers):  # after the queued requests, one stop sign per worker

@@ -130,10 +130,8 @@ def consumer_name(owner: str, entity_type: str) -> str:
 
 async def delete_durable(js: Any, stream: str, entity_type: str, owner: str) -> None:
     """Forget a durable consumer's position (a view being rebuilt starts again at the stream's start)."""
-    try:
+    with contextlib.suppress(NotFoundError):
         await js.delete_consumer(stream, consumer_name(owner, entity_type))
-    except NotFoundError:
-        pass
 
 
 async def pull_loop(

@@ -48,7 +48,7 @@ class RunningRuntime:
         return code
 
     def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(  # noqa: PLW1510 - callers check the exit code themselves
+        return subprocess.run(
             [*MEMOIR, *args, "--data-dir", str(self.data)],
             cwd=ROOT,
             capture_output=True,
