@@ -7,7 +7,6 @@ JetStream) → `view` / `consumer` (subscribers) — wired together by `service`
 served over NATS by `transport`, launched by `server` (`memoir run`).
 """
 
-from .engine.actor import Reply
 from .engine.history import HistoryItem, history, state_at
 from .engine.runtime import Runtime
 from .journal import Journal, MemoryJournal, SqliteJournal, open_journal
@@ -34,6 +33,7 @@ from .streams.consumer import Consumer, Context
 from .streams.handlers import on
 from .streams.publisher import Publisher, StreamSettings
 from .streams.view import Rows, View, ViewQuery
+from .wire.protocol import Reply
 
 __all__ = [
     "App",

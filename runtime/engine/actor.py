@@ -12,6 +12,15 @@ parked tasks), makes the mailbox bound a simple count, and lets a sender who
 gives up while queued leave without a trace. A sender cancelled in the middle
 of a write is the one hard case: the write may still land, so the actor marks
 itself unrecovered and the next turn reloads from the journal.
+
+Command ids: the actor remembers the last `dedupe_window` ids it stored, to answer
+a repeat without I/O; the journal is the source of truth behind that cache. An
+append carrying an id the entity already stored is refused by the journal with
+`DuplicateCommand` (and the first reply comes back), and a repeat the handler
+would now refuse is looked up in the journal before the refusal is sent.
+
+The actor sees its runtime only through an `ActorHost`: the journal, the limits
+and where to offer snapshots.
 """
 
 from __future__ import annotations
@@ -19,41 +28,46 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import OrderedDict
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 import msgspec
 import structlog
 
+from ..journal.base import Journal
 from ..model.effect import Effect
 from ..model.entity import CommandSpec, EntityModel
-from ..model.envelope import Envelope, Snapshot
-from ..model.errors import CommandError, ConcurrencyConflict, EntityDeleted, ErrorCode, JournalError
-
-if TYPE_CHECKING:
-    from .runtime import Runtime
+from ..model.envelope import Envelope, Snapshot, SnapshotBody
+from ..model.errors import (
+    CommandError,
+    ConcurrencyConflict,
+    DuplicateCommand,
+    EntityDeleted,
+    ErrorCode,
+    JournalError,
+    JournalUnavailable,
+)
+from ..wire.protocol import Reply
 
 log = structlog.get_logger("memoir.actor")
 
 
-class Reply(msgspec.Struct, frozen=True):
-    """A successful command: its result, the entity's seq after it, and whether it was a repeat."""
+@dataclass(frozen=True, slots=True)
+class ActorHost:
+    """What an actor needs from whoever hosts it, and nothing more."""
 
-    result: Any
-    seq: int
-    duplicate: bool = False
+    journal: Journal
+    mailbox_size: int
+    dedupe_window: int  # command ids remembered in memory per entity (the journal keeps them all)
+    offer_snapshot: Callable[[Snapshot], None]
 
 
 class CommandMeta(msgspec.Struct, frozen=True):
     command_id: str | None = None
     correlation_id: str | None = None
     causation_id: str | None = None
-
-
-class SnapshotBody(msgspec.Struct, array_like=True):
-    """A snapshot's payload: the state and the recent command ids (so dedup survives recovery)."""
-
-    state: msgspec.Raw
-    replies: list[tuple[str, int, msgspec.Raw]]  # (command id, seq, encoded reply)
+    deadline: float | None = None  # time.monotonic() after which the sender no longer waits
 
 
 _snapshot_body = msgspec.json.Decoder(SnapshotBody)
@@ -94,26 +108,26 @@ class Actor:
     def idle(self) -> bool:
         return self.queued == 0
 
-    async def ask(self, rt: Runtime, spec: CommandSpec, args: Any, meta: CommandMeta) -> Reply:
-        if self.queued >= rt.mailbox_size:
+    async def ask(self, host: ActorHost, spec: CommandSpec, args: Any, meta: CommandMeta) -> Reply:
+        if self.queued >= host.mailbox_size:
             raise CommandError(
                 ErrorCode.OVERLOADED,
-                f"{self.model.type_name}/{self.entity_id}: mailbox full ({rt.mailbox_size} commands queued)",
+                f"{self.model.type_name}/{self.entity_id}: mailbox full ({host.mailbox_size} commands queued)",
             )
         self.queued += 1
         try:
             async with self.lock:
-                return await self._turn(rt, spec, args, meta)
+                return await self._turn(host, spec, args, meta)
         finally:
             self.queued -= 1
             self.last_used = time.monotonic()
 
     # -- recovery -----------------------------------------------------------------------------
 
-    async def recover(self, rt: Runtime) -> None:
+    async def recover(self, host: ActorHost) -> None:
         model = self.model
         try:
-            rec = await rt.journal.recover(model.type_name, self.entity_id)
+            rec = await host.journal.recover(model.type_name, self.entity_id)
             state = model.initial
             replies: OrderedDict[str, tuple[int, bytes | None]] = OrderedDict()
             if rec.snapshot is not None:
@@ -126,13 +140,17 @@ class Actor:
                 if env.command_id is not None:
                     replies[env.command_id] = (env.seq, env.reply)
                     replies.move_to_end(env.command_id)
+        except JournalUnavailable as exc:
+            raise CommandError(
+                ErrorCode.UNAVAILABLE, f"cannot recover {model.type_name}/{self.entity_id}: {exc}; retry later"
+            ) from exc
         except JournalError as exc:
             raise CommandError(ErrorCode.INTERNAL, f"cannot recover {model.type_name}/{self.entity_id}: {exc}") from exc
         except msgspec.DecodeError as exc:
             raise CommandError(
                 ErrorCode.INTERNAL, f"cannot recover {model.type_name}/{self.entity_id}: bad snapshot: {exc}"
             ) from exc
-        while len(replies) > rt.dedupe_window:
+        while len(replies) > host.dedupe_window:
             replies.popitem(last=False)
         self.state, self.seq, self.replies = state, rec.head, replies
         self.deleted = rec.deleted
@@ -141,22 +159,33 @@ class Actor:
 
     # -- the turn -------------------------------------------------------------------------------
 
-    async def _turn(self, rt: Runtime, spec: CommandSpec, args: Any, meta: CommandMeta) -> Reply:
+    async def _turn(self, host: ActorHost, spec: CommandSpec, args: Any, meta: CommandMeta) -> Reply:
         model = self.model
         if not self.recovered:
-            await self.recover(rt)
+            await self.recover(host)
+        if meta.deadline is not None and time.monotonic() > meta.deadline:
+            raise CommandError(
+                ErrorCode.OVERLOADED,
+                f"{model.type_name}/{self.entity_id}: dropped unrun, its sender stopped waiting while it queued",
+            )
         if self.deleted:
             raise CommandError(ErrorCode.REJECTED, f"{model.type_name}/{self.entity_id} was deleted")
         cid = meta.command_id
         if cid is not None:
             seen = self.replies.get(cid)
             if seen is not None:
-                seq, data = seen
-                return Reply(None if data is None else model.decode_reply(spec, data), seq, duplicate=True)
+                return self._repeat(spec, *seen)
 
-        effect = await self._decide(spec, args)
-        if effect.error is not None:
-            raise effect.error
+        try:
+            effect = await self._decide(spec, args)
+            if effect.error is not None:
+                raise effect.error
+        except CommandError:
+            # A repeat that the moved-on state would now refuse still gets its first answer.
+            stored = None if cid is None else await self._find_command(host, cid)
+            if stored is None:
+                raise
+            return self._repeat(spec, *stored)
         try:
             state = model.fold(self.entity, self.state, effect.events)
             result = effect.reply_for(state)
@@ -167,21 +196,33 @@ class Actor:
             raise self._internal(spec, exc) from exc
 
         if envelopes:
-            await self._append(rt, envelopes)
+            try:
+                await self._append(host, envelopes)
+            except DuplicateCommand as dup:  # beyond the in-memory window; nothing was stored
+                self._remember(host, dup.command_id, dup.seq, dup.reply)
+                return self._repeat(spec, dup.seq, dup.reply)
             self.state = state
             if cid is not None:
-                self._remember(rt, cid, self.seq, envelopes[-1].reply)
-            self._maybe_snapshot(rt, len(envelopes))
+                self._remember(host, cid, self.seq, envelopes[-1].reply)
+            self._maybe_snapshot(host, len(envelopes))
         if effect.delete_entity:
             try:
-                await rt.journal.delete(model.type_name, self.entity_id)
+                await host.journal.delete(model.type_name, self.entity_id)
             except JournalError as exc:
                 self.recovered = False
-                raise CommandError(
-                    ErrorCode.INTERNAL, f"{model.type_name}/{self.entity_id}: delete failed: {exc}"
-                ) from exc
+                code = ErrorCode.UNAVAILABLE if isinstance(exc, JournalUnavailable) else ErrorCode.INTERNAL
+                raise CommandError(code, f"{model.type_name}/{self.entity_id}: delete failed: {exc}") from exc
             self.deleted = True
         return Reply(result, self.seq)
+
+    def _repeat(self, spec: CommandSpec, seq: int, data: bytes | None) -> Reply:
+        return Reply(None if data is None else self.model.decode_reply(spec, data), seq, duplicate=True)
+
+    async def _find_command(self, host: ActorHost, cid: str) -> tuple[int, bytes | None] | None:
+        try:
+            return await host.journal.find_command(self.model.type_name, self.entity_id, cid)
+        except JournalError:
+            return None  # the refusal stands; the caller learns nothing wrong from it
 
     async def _decide(self, spec: CommandSpec, args: Any) -> Effect[Any]:
         try:
@@ -234,16 +275,23 @@ class Actor:
             )
         return out
 
-    async def _append(self, rt: Runtime, envelopes: list[Envelope]) -> None:
+    async def _append(self, host: ActorHost, envelopes: list[Envelope]) -> None:
         where = f"{self.model.type_name}/{self.entity_id}"
         try:
-            stored = await rt.journal.append(envelopes, self.seq)
+            stored = await host.journal.append(envelopes, self.seq)
         except ConcurrencyConflict as exc:
             self.recovered = False  # someone else wrote: reload before the next turn
             raise CommandError(ErrorCode.CONFLICT, f"{where}: {exc}; retry with the same command id") from exc
         except EntityDeleted as exc:
             self.deleted = True
             raise CommandError(ErrorCode.REJECTED, str(exc)) from exc
+        except DuplicateCommand:
+            raise
+        except JournalUnavailable as exc:
+            self.recovered = False  # the write may or may not have landed
+            raise CommandError(
+                ErrorCode.UNAVAILABLE, f"{where}: {exc}; retry with the same command id", {"reason": exc.reason}
+            ) from exc
         except JournalError as exc:
             self.recovered = False
             raise CommandError(ErrorCode.INTERNAL, f"{where}: journal write failed: {exc}") from exc
@@ -252,12 +300,12 @@ class Actor:
             raise
         self.seq = stored[-1].seq
 
-    def _remember(self, rt: Runtime, cid: str, seq: int, reply: bytes | None) -> None:
+    def _remember(self, host: ActorHost, cid: str, seq: int, reply: bytes | None) -> None:
         self.replies[cid] = (seq, reply)
-        if len(self.replies) > rt.dedupe_window:
+        if len(self.replies) > host.dedupe_window:
             self.replies.popitem(last=False)
 
-    def _maybe_snapshot(self, rt: Runtime, appended: int) -> None:
+    def _maybe_snapshot(self, host: ActorHost, appended: int) -> None:
         every = self.model.snapshot_every
         self.since_snapshot += appended
         if not every or self.since_snapshot < every:
@@ -267,7 +315,7 @@ class Actor:
             state=msgspec.Raw(self.model.state_encoder.encode(self.state)),
             replies=[(cid, seq, msgspec.Raw(r or b"null")) for cid, (seq, r) in self.replies.items()],
         )
-        rt.offer_snapshot(
+        host.offer_snapshot(
             Snapshot(
                 entity_type=self.model.type_name,
                 entity_id=self.entity_id,

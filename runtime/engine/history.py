@@ -16,8 +16,7 @@ import msgspec
 
 from ..journal import Journal
 from ..model.entity import EntityModel
-from ..model.envelope import Envelope
-from .actor import SnapshotBody
+from ..model.envelope import Envelope, SnapshotBody
 
 PAGE = 1000
 

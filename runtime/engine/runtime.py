@@ -26,24 +26,10 @@ from ..model.app import App
 from ..model.entity import EntityModel, EventSourcedEntity, model_of
 from ..model.envelope import Snapshot
 from ..model.errors import CommandError, ConfigError, ErrorCode
-from .actor import Actor, CommandMeta, Reply
+from ..wire.protocol import Reply, check_entity_id
+from .actor import Actor, ActorHost, CommandMeta
 
 log = structlog.get_logger("memoir.runtime")
-
-MAX_ID_LENGTH = 256
-
-
-def check_entity_id(entity_id: object) -> str:
-    """An id is any non-empty text up to MAX_ID_LENGTH characters without control characters."""
-    if not isinstance(entity_id, str):
-        raise CommandError(ErrorCode.INVALID, f"entity id must be a string, got {type(entity_id).__name__}")
-    if not entity_id:
-        raise CommandError(ErrorCode.INVALID, "entity id is empty")
-    if len(entity_id) > MAX_ID_LENGTH:
-        raise CommandError(ErrorCode.INVALID, f"entity id is {len(entity_id)} characters, the limit is {MAX_ID_LENGTH}")
-    if not entity_id.isprintable():
-        raise CommandError(ErrorCode.INVALID, f"entity id {entity_id!r} contains control characters")
-    return entity_id
 
 
 class Runtime:
@@ -70,6 +56,7 @@ class Runtime:
         self.passivate_after = passivate_after
         self.mailbox_size = mailbox_size
         self.dedupe_window = dedupe_window
+        self.host = ActorHost(journal, mailbox_size, dedupe_window, self.offer_snapshot)
         self.models: dict[str, EntityModel] = {m.type_name: m for m in map(model_of, self.app.entities)}
         self._live: OrderedDict[tuple[str, str], Actor] = OrderedDict()
         self._snapshots: MemoryObjectSendStream[Snapshot] | None = None
@@ -114,8 +101,12 @@ class Runtime:
         command_id: str | None = None,
         correlation_id: str | None = None,
         causation_id: str | None = None,
+        deadline: float | None = None,
     ) -> Reply:
-        """Send one command and wait for its reply; raises `CommandError` with a wire error code."""
+        """Send one command and wait for its reply; raises `CommandError` with a wire error code.
+
+        `deadline` (a `time.monotonic()` value) drops the command unrun if its turn comes later.
+        """
         model = self.models.get(entity_type)
         if model is None:
             known = ", ".join(sorted(self.models)) or "none"
@@ -126,7 +117,9 @@ class Runtime:
         if self._stack is None:
             raise CommandError(ErrorCode.OVERLOADED, "the runtime is not running (stopped or not started)")
         actor = self._activate(model, entity_id)
-        return await actor.ask(self, spec, decoded, CommandMeta(command_id, correlation_id, causation_id))
+        return await actor.ask(
+            self.host, spec, decoded, CommandMeta(command_id, correlation_id, causation_id, deadline)
+        )
 
     def _activate(self, model: EntityModel, entity_id: str) -> Actor:
         key = (model.type_name, entity_id)

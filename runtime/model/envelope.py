@@ -50,6 +50,17 @@ class Snapshot(msgspec.Struct, frozen=True, kw_only=True):
     recorded_at: int
 
 
+class SnapshotBody(msgspec.Struct, array_like=True):
+    """A snapshot's payload as the engine writes it: the state and the recent command ids.
+
+    The command ids ride along so a repeated command is recognised from memory after recovery;
+    the journal stays the source of truth for older ones.
+    """
+
+    state: msgspec.Raw
+    replies: list[tuple[str, int, msgspec.Raw]]  # (command id, seq, encoded reply)
+
+
 class Recovery(msgspec.Struct, frozen=True):
     """Everything an actor needs to come alive: latest snapshot, the events after it, and the head."""
 

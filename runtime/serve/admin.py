@@ -19,6 +19,8 @@ import structlog
 from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
 
+from ..model.errors import CommandError
+from ..wire.protocol import encode_error, encode_result
 from .service import Service
 
 log = structlog.get_logger("memoir.admin")
@@ -37,15 +39,8 @@ class ReplayArgs(msgspec.Struct, forbid_unknown_fields=True):
     view: str
 
 
-_enc = msgspec.json.Encoder()
-
-
 def _error(code: str, message: str) -> bytes:
-    return _enc.encode({"ok": False, "error": {"code": code, "message": message}})
-
-
-def _ok(result: Any = None) -> bytes:
-    return _enc.encode({"ok": True, "result": result})
+    return encode_error(CommandError(code, message))
 
 
 def _decode(data: bytes, tp: type[Any]) -> Any:
@@ -83,12 +78,12 @@ class Admin:
             if op == "get":
                 args = _decode(msg.data, GetArgs)
                 row = await query.get(args.key)
-                body = _ok(row)
+                body = encode_result(row)
             elif op == "scan":
                 sargs = _decode(msg.data, ScanArgs)
                 if not 1 <= sargs.limit <= 10_000:
                     raise msgspec.ValidationError("limit must be between 1 and 10000 - at `$.limit`")
-                body = _ok([[k, v] for k, v in await query.scan(after=sargs.after, limit=sargs.limit)])
+                body = encode_result([[k, v] for k, v in await query.scan(after=sargs.after, limit=sargs.limit)])
             else:
                 body = _error("unknown_command", f"views answer get and scan, not {op!r}")
         except (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError) as exc:
@@ -100,7 +95,7 @@ class Admin:
             args = _decode(msg.data, ReplayArgs)
             with anyio.fail_after(60):
                 await self.service.replay(args.view)
-            body = _ok()
+            body = encode_result()
         except (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError) as exc:
             body = _error("invalid", f"replay: {exc}")
         except KeyError as exc:

@@ -16,15 +16,12 @@ from typing import Any
 
 import anyio
 import msgspec
-from nats.errors import NoRespondersError
-from nats.errors import TimeoutError as NatsTimeout
 
 from ..engine.history import history, state_at
 from ..engine.runtime import Runtime
 from ..journal import open_journal
 from ..model.entity import model_of
 from ..model.errors import CommandError, ConfigError, MemoirError
-from ..wire.nats import connect
 from .client import Client
 from .server import Settings, load_app, nats_url_file, serve
 
@@ -151,18 +148,14 @@ async def send(args: argparse.Namespace) -> int:
 
 async def _request(args: argparse.Namespace, subject: str, payload: dict[str, Any]) -> Any:
     url = nats_url(args)
-    nc = await connect(url, timeout=args.timeout)
-    try:
-        msg = await nc.request(subject, msgspec.json.encode(payload), timeout=args.timeout)
-    except (NoRespondersError, NatsTimeout):
-        raise MemoirError(f"no Memoir runtime answered on {subject} at {url}") from None
-    finally:
-        await nc.close()
-    answer = msgspec.json.decode(msg.data)
-    if not answer.get("ok"):
-        err = answer.get("error", {})
-        raise MemoirError(f"{err.get('code')}: {err.get('message')}")
-    return answer.get("result")
+    async with Client(url, prefix=settings(args).prefix) as client:
+        try:
+            answer = await client.request(subject, msgspec.json.encode(payload), timeout=args.timeout)
+        except TimeoutError:
+            raise MemoirError(f"no Memoir runtime answered on {subject} at {url}") from None
+        except CommandError as exc:
+            raise MemoirError(str(exc)) from None
+    return answer.result
 
 
 async def query(args: argparse.Namespace) -> int:

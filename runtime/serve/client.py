@@ -1,4 +1,4 @@
-"""A Python client for the NATS command protocol.
+"""A Python client for the NATS command protocol (`wire.protocol`); it needs NATS, not the engine.
 
 ```python
 async with Client("nats://127.0.0.1:4222") as client:
@@ -8,7 +8,9 @@ async with Client("nats://127.0.0.1:4222") as client:
 ```
 
 Errors come back as the typed subclasses of CommandError (`Rejected`,
-`Invalid`, `Overloaded`, …), so callers branch with `except`.
+`Invalid`, `Overloaded`, …), so callers branch with `except`. Each request tells
+the runtime how long it waits (`Memoir-Timeout-Ms`), so a command still queued
+when the client gives up is dropped instead of running late.
 """
 
 from __future__ import annotations
@@ -17,37 +19,22 @@ from collections.abc import Mapping
 from types import TracebackType
 from typing import Any, Self
 
+import anyio
 import msgspec
 from nats.aio.client import Client as NATS
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
 
-from ..engine.actor import Reply
-from ..model.errors import CommandError, ErrorCode, MemoirError, command_error
+from ..model.errors import CommandError, ErrorCode, MemoirError
 from ..wire.nats import connect
-from ..wire.protocol import check_prefix, token
-from .transport import H_COMMAND_ID, H_CORRELATION_ID
+from ..wire.protocol import Answer, Reply, check_prefix, command_headers, command_subject, decode_answer
 
-
-class _Error(msgspec.Struct):
-    code: str
-    message: str
-    details: Any = None
-
-
-class _Answer(msgspec.Struct):
-    ok: bool
-    result: Any = None
-    seq: int = 0
-    duplicate: bool = False
-    error: _Error | None = None
-
-
-_decoder = msgspec.json.Decoder(_Answer)
 _encoder = msgspec.json.Encoder()
 
 
 class Client:
+    """Sends commands and queries to Memoir runtimes over NATS. Use as `async with Client(url) as client:`."""
+
     def __init__(self, nats_url: str | None = None, *, nc: NATS | None = None, prefix: str = "memoir") -> None:
         if (nats_url is None) == (nc is None):
             raise ValueError("give exactly one of nats_url and nc")
@@ -66,11 +53,13 @@ class Client:
         self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
     ) -> None:
         if self._owns and self.nc is not None:
-            await self.nc.close()
-            self.nc = None
+            nc, self.nc = self.nc, None
+            # Shielded: a client leaving a cancelled task group still closes its socket.
+            with anyio.move_on_after(5, shield=True):
+                await nc.close()
 
     def subject(self, entity_type: str, entity_id: str, command: str) -> str:
-        return f"{self.prefix}.cmd.{entity_type}.{token(entity_id)}.{command}"
+        return command_subject(self.prefix, entity_type, entity_id, command)
 
     async def send(
         self,
@@ -84,26 +73,39 @@ class Client:
         timeout: float = 5.0,
     ) -> Reply:
         """Send one command and wait for its reply; raises the typed CommandError on failure."""
-        assert self.nc is not None, "use `async with Client(...)`"
         payload = args if isinstance(args, bytes) else _encoder.encode(args if args is not None else {})
-        headers = {}
-        if command_id is not None:
-            headers[H_COMMAND_ID] = command_id
-        if correlation_id is not None:
-            headers[H_CORRELATION_ID] = correlation_id
+        answer = await self.request(
+            self.subject(entity_type, entity_id, command),
+            payload,
+            timeout=timeout,
+            headers=command_headers(command_id, correlation_id, timeout),
+            what=f"{entity_type}/{entity_id} {command}",
+        )
+        return Reply(answer.result, answer.seq, answer.duplicate)
+
+    async def request(
+        self,
+        subject: str,
+        payload: bytes,
+        *,
+        timeout: float = 5.0,
+        headers: dict[str, str] | None = None,
+        what: str | None = None,
+    ) -> Answer:
+        """One request in the protocol's reply envelope (commands, view queries, admin); raises its error."""
+        if self.nc is None:
+            raise MemoirError("the client is not connected: use `async with Client(...)`")
         try:
-            msg = await self.nc.request(
-                self.subject(entity_type, entity_id, command), payload, timeout=timeout, headers=headers or None
-            )
+            msg = await self.nc.request(subject, payload, timeout=timeout, headers=headers)
         except NoRespondersError:
-            raise CommandError(ErrorCode.OVERLOADED, "no Memoir runtime is serving commands on this NATS") from None
+            raise CommandError(
+                ErrorCode.OVERLOADED, f"no Memoir runtime is serving {subject} on this NATS (is `memoir run` up?)"
+            ) from None
         except NatsTimeoutError:
-            raise TimeoutError(f"no reply to {entity_type}/{entity_id} {command} within {timeout}s") from None
+            raise TimeoutError(f"no reply to {what or subject} within {timeout}s") from None
         try:
-            answer = _decoder.decode(msg.data)
-        except msgspec.DecodeError as exc:
-            raise MemoirError(f"unreadable reply {msg.data[:200]!r}: {exc}") from exc
-        if answer.ok:
-            return Reply(answer.result, answer.seq, answer.duplicate)
-        err = answer.error or _Error("internal", "error reply without an error")
-        raise command_error(err.code, err.message, err.details)
+            answer = decode_answer(msg.data)
+        except ValueError as exc:
+            raise MemoirError(str(exc)) from None
+        answer.raise_for_error()
+        return answer

@@ -1,11 +1,4 @@
-"""The NATS command protocol: request/reply on `{prefix}.cmd.{type}.{token(id)}.{command}`.
-
-Wire protocol (also in the README, for clients in any language):
-- request payload: a JSON object of the command's arguments (empty means `{}`);
-- optional headers `Memoir-Command-Id` (idempotency key), `Memoir-Correlation-Id`,
-  `traceparent` (W3C; its trace id becomes the correlation id if none is given);
-- reply: `{"ok": true, "result": …, "seq": n}` (plus `"duplicate": true` for a
-  repeated command id) or `{"ok": false, "error": {"code", "message", "details"}}`.
+"""Serves the command protocol (`wire.protocol`) over NATS, in front of a runtime.
 
 Requests are taken by a fixed pool of worker tasks from a bounded queue; when
 it is full the answer is `overloaded` at once, so load never turns into
@@ -15,6 +8,11 @@ a backend lookup per item (nats-py binds us to asyncio anyway). A bad request
 is answered with `invalid` (the message names what was wrong) and never reaches
 an entity. Subscriptions use a queue group, so several runtime processes can
 share the subject space.
+
+A request that says how long its sender waits (`Memoir-Timeout-Ms`) gets a
+deadline counted from its arrival here; one still queued when it passes is
+answered `overloaded` without running, so a sender that gave up and resent the
+same command id never has both copies applied after a backlog.
 """
 
 from __future__ import annotations
@@ -32,86 +30,24 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
 
-from ..engine.actor import Reply
-from ..engine.runtime import MAX_ID_LENGTH, Runtime
+from ..engine.runtime import Runtime
 from ..model.errors import CommandError, ErrorCode
-from ..wire.protocol import untoken
+from ..wire.protocol import (
+    H_COMMAND_ID,
+    H_CORRELATION_ID,
+    H_TRACEPARENT,
+    encode_error,
+    encode_reply,
+    header_id,
+    header_timeout,
+    parse_command_subject,
+    trace_id,
+)
 
 log = structlog.get_logger("memoir.transport")
 
-H_COMMAND_ID = "Memoir-Command-Id"
-H_CORRELATION_ID = "Memoir-Correlation-Id"
-H_TRACEPARENT = "traceparent"
-MAX_HEADER_ID = 256
-
-
-class ErrorBody(msgspec.Struct, omit_defaults=True):
-    code: str
-    message: str
-    details: Any = None
-
-
-class OkReply(msgspec.Struct, omit_defaults=True):
-    ok: bool
-    result: Any
-    seq: int
-    duplicate: bool = False
-
-
-class ErrorReply(msgspec.Struct):
-    ok: bool
-    error: ErrorBody
-
-
-_encoder = msgspec.json.Encoder()
-
 Observer = Callable[[str, str, str, float], None]
 """Called after each command: (entity type, command, outcome code or "ok", seconds)."""
-
-
-def encode_error(exc: CommandError) -> bytes:
-    try:
-        return _encoder.encode(ErrorReply(False, ErrorBody(str(exc.code), exc.message, exc.details)))
-    except (TypeError, msgspec.EncodeError):  # details that do not encode must not cost the reply
-        return _encoder.encode(ErrorReply(False, ErrorBody(str(exc.code), exc.message)))
-
-
-def encode_reply(reply: Reply) -> bytes:
-    return _encoder.encode(OkReply(True, reply.result, reply.seq, reply.duplicate))
-
-
-def parse_subject(subject: str, prefix_tokens: int) -> tuple[str, str, str]:
-    """`{prefix}.cmd.{type}.{token}.{command}` -> (type, id, command), or `invalid` naming the problem."""
-    parts = subject.split(".")[prefix_tokens + 1 :]
-    if len(parts) != 3:
-        raise CommandError(
-            ErrorCode.INVALID,
-            f"subject {subject!r} must be <prefix>.cmd.<type>.<id>.<command> with the id percent-encoded"
-            " into one token",
-        )
-    entity_type, tok, command = parts
-    entity_id = untoken(tok)
-    if len(entity_id) > MAX_ID_LENGTH:
-        raise CommandError(ErrorCode.INVALID, f"entity id is {len(entity_id)} characters, the limit is {MAX_ID_LENGTH}")
-    return entity_type, entity_id, command
-
-
-def _header_id(headers: dict[str, str], name: str) -> str | None:
-    raw = headers.get(name)
-    if raw is None:
-        return None
-    value = str(raw)  # nats-py hands non-ASCII header values over as email.header.Header
-    if not value or len(value) > MAX_HEADER_ID or not value.isprintable():
-        raise CommandError(
-            ErrorCode.INVALID, f"header {name} must be 1-{MAX_HEADER_ID} printable characters, got {value[:40]!r}"
-        )
-    return value
-
-
-def _trace_id(traceparent: str | None) -> str | None:
-    # version-traceid-parentid-flags; the trace id is the part that spans services
-    parts = (traceparent or "").split("-")
-    return parts[1] if len(parts) == 4 and len(parts[1]) == 32 else None
 
 
 class Transport:
@@ -137,7 +73,7 @@ class Transport:
         self.max_payload = max_payload
         self.observe = observe
         self._prefix_tokens = len(prefix.split("."))
-        self._queue: asyncio.Queue[Msg | None] = asyncio.Queue(backlog)
+        self._queue: asyncio.Queue[tuple[Msg, float] | None] = asyncio.Queue(backlog)
         self._closed = False
         self._sub: Any = None
         self.served = 0
@@ -165,31 +101,33 @@ class Transport:
         if self._closed:
             return  # shutting down: the client times out and may retry elsewhere
         try:
-            self._queue.put_nowait(msg)
+            self._queue.put_nowait((msg, time.monotonic()))
         except asyncio.QueueFull:
             await self._respond(msg, encode_error(CommandError(ErrorCode.OVERLOADED, "the runtime is at capacity")))
 
     async def _worker(self) -> None:
-        while (msg := await self._queue.get()) is not None:
-            await self._serve(msg)
+        while (item := await self._queue.get()) is not None:
+            await self._serve(*item)
 
-    async def _serve(self, msg: Msg) -> None:
+    async def _serve(self, msg: Msg, arrived: float) -> None:
         started = time.perf_counter()
         entity_type = command = "?"
         try:
-            entity_type, entity_id, command = parse_subject(msg.subject, self._prefix_tokens)
+            entity_type, entity_id, command = parse_command_subject(msg.subject, self._prefix_tokens)
             if len(msg.data) > self.max_payload:
                 raise CommandError(
                     ErrorCode.INVALID, f"payload is {len(msg.data)} bytes, the limit is {self.max_payload}"
                 )
             headers = msg.headers or {}
+            timeout = header_timeout(headers)
             reply = await self.runtime.ask(
                 entity_type,
                 entity_id,
                 command,
                 msg.data,
-                command_id=_header_id(headers, H_COMMAND_ID),
-                correlation_id=_header_id(headers, H_CORRELATION_ID) or _trace_id(headers.get(H_TRACEPARENT)),
+                command_id=header_id(headers, H_COMMAND_ID),
+                correlation_id=header_id(headers, H_CORRELATION_ID) or trace_id(headers.get(H_TRACEPARENT)),
+                deadline=None if timeout is None else arrived + timeout,
             )
             try:
                 body = encode_reply(reply)

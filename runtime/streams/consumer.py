@@ -31,9 +31,8 @@ import structlog
 from nats.aio.msg import Msg
 from nats.js import api
 
-from ..engine.actor import Reply
 from ..model.envelope import Envelope
-from ..wire.protocol import envelope_from_message, stream_name, stream_prefix
+from ..wire.protocol import Reply, envelope_from_message, stream_name, stream_prefix
 from ._pull import pull_loop
 from .handlers import HandlerTable, Subscriber
 from .publisher import StreamSettings, ensure_stream_config

@@ -23,14 +23,15 @@ class RunningRuntime:
         self.banner = ""
 
     def start(self, timeout: float = 30.0) -> RunningRuntime:
-        self.proc = subprocess.Popen(
-            [*MEMOIR, "run", "--data-dir", str(self.data), "--log-format", "json", *self.extra],
-            cwd=ROOT,
-            stdout=subprocess.PIPE,
-            stderr=open(self.data.parent / f"{self.data.name}.log", "a"),  # noqa: SIM115
-            text=True,
-            env={**os.environ, "PYTHONPATH": str(ROOT)},
-        )
+        with open(self.data.parent / f"{self.data.name}.log", "a") as log:  # the child keeps its own copy
+            self.proc = subprocess.Popen(
+                [*MEMOIR, "run", "--data-dir", str(self.data), "--log-format", "json", *self.extra],
+                cwd=ROOT,
+                stdout=subprocess.PIPE,
+                stderr=log,
+                text=True,
+                env={**os.environ, "PYTHONPATH": str(ROOT)},
+            )
         assert self.proc.stdout is not None
         self.banner = self.proc.stdout.readline()  # printed once it serves
         assert self.banner.startswith("memoir: serving"), f"memoir run did not start: {self.banner!r}"
@@ -44,8 +45,13 @@ class RunningRuntime:
         assert self.proc is not None
         self.proc.send_signal(sig)
         code = self.proc.wait(timeout)
-        self.proc = None
+        self.close()
         return code
+
+    def close(self) -> None:
+        if self.proc is not None and self.proc.stdout is not None:
+            self.proc.stdout.close()
+        self.proc = None
 
     def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
@@ -65,3 +71,4 @@ def runtime_process(tmp_path: Path) -> Iterator[RunningRuntime]:
     if rt.proc is not None:
         rt.proc.kill()
         rt.proc.wait()
+        rt.close()

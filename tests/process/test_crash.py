@@ -71,7 +71,7 @@ async def test_sigkill_midway_loses_and_duplicates_nothing(runtime_process: Runn
         tg.start_soon(killer)
         await send_all(url, list(range(TOTAL)), answered, stop_after=KILL_AFTER, stopped=enough)
     assert rt.proc is not None and rt.proc.wait(10) == -signal.SIGKILL
-    rt.proc = None
+    rt.close()
     assert KILL_AFTER <= len(answered) < TOTAL, "the kill landed in the middle"
 
     rt.start()  # same data dir: same journal, same embedded NATS store and port

@@ -57,6 +57,9 @@ async def test_counts_are_exact_after_a_kill_in_the_middle(tmp_path: Path, nats_
     finally:
         if first.poll() is None:
             first.kill()
+            first.wait()
+        assert first.stdout is not None
+        first.stdout.close()
     stored_at_kill = await _stored(data)
     assert 300 <= stored_at_kill < 2 * POSTS
 
