@@ -16,7 +16,6 @@ turns, the connection drains.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
 from types import TracebackType
 from typing import Any, Self
 
@@ -29,12 +28,13 @@ from ..engine.runtime import Runtime
 from ..journal import Journal
 from ..model.app import App
 from ..model.errors import ConfigError
+from ..streams._runner import StreamResolver, event_streams
 from ..streams.consumer import ConsumerRunner, ensure_dead_letter_stream
 from ..streams.publisher import Publisher, StreamSettings, ensure_stream
 from ..streams.view import ViewQuery, ViewRunner
 from ..streams.view_store import MemoryViewStore, ViewStore
 from ..wire.nats import close_quietly, connect
-from ..wire.protocol import check_prefix, stream_name
+from ..wire.protocol import check_prefix
 
 log = structlog.get_logger("memoir.service")
 
@@ -69,7 +69,7 @@ class Service:
         self.publisher: Publisher | None = None
         self.views: dict[str, ViewRunner] = {}
         self.consumers: dict[str, ConsumerRunner] = {}
-        self.stream_for: Callable[[str], str] = lambda entity_type: stream_name(self.prefix, entity_type)
+        self.stream_for: StreamResolver = event_streams(self.prefix, journal)
         self._stack: contextlib.AsyncExitStack | None = None
         self._background: anyio.abc.TaskGroup
         self._view_scopes: dict[str, anyio.CancelScope] = {}
@@ -94,18 +94,17 @@ class Service:
 
     async def _start(self, stack: contextlib.AsyncExitStack) -> None:
         if self.nc is None:
+            assert self.nats_url is not None  # the constructor takes exactly one of nc and nats_url
             self.nc = await connect(
                 self.nats_url, timeout=10, name=f"memoir-{self.app.name}", max_reconnect_attempts=-1
             )
             stack.push_async_callback(close_quietly, self.nc)
         js = self.nc.jetstream()
         types = sorted(self.runtime.models)
-        journal_stream = getattr(self.journal, "stream_for", None)
-        if journal_stream is not None:  # the JetStream journal: the append is the publish
-            if getattr(self.journal, "prefix", self.prefix) != self.prefix:
-                raise ConfigError(f"the journal's prefix {self.journal.prefix!r} is not the service's {self.prefix!r}")  # type: ignore[attr-defined]
+        if types and self.journal.event_stream(types[0]) is not None:  # the journal is the stream: no outbox
+            if self.journal.prefix != self.prefix:
+                raise ConfigError(f"the journal's prefix {self.journal.prefix!r} is not the service's {self.prefix!r}")
             self.publish = False
-            self.stream_for = journal_stream
         else:
             for t in types:
                 await ensure_stream(js, self.prefix, t, self.streams)
@@ -123,16 +122,16 @@ class Service:
         self._background = background
         for view in self.app.views:
             runner = self.views[view.name] = ViewRunner(
-                view, self.view_store, js, prefix=self.prefix, streams=self.stream_for
+                view, self.view_store, self.nc, prefix=self.prefix, streams=self.stream_for
             )
             background.start_soon(self._run_view, runner)
         consumers = await stack.enter_async_context(anyio.create_task_group())
         stack.callback(consumers.cancel_scope.cancel)  # first to stop: no new commands from consumers
         for consumer in self.app.consumers:
-            runner = self.consumers[consumer.name] = ConsumerRunner(
-                consumer, self.runtime, js, prefix=self.prefix, streams=self.stream_for
+            crunner = self.consumers[consumer.name] = ConsumerRunner(
+                consumer, self.runtime, self.nc, prefix=self.prefix, streams=self.stream_for
             )
-            consumers.start_soon(runner.run)
+            consumers.start_soon(crunner.run)
 
     async def _run_view(self, runner: ViewRunner) -> None:
         stopped = self._view_stopped[runner.view.name] = anyio.Event()

@@ -22,18 +22,19 @@ across such retries.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import anyio
 import msgspec
 import structlog
+from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import api
 
 from ..model.envelope import Envelope
-from ..wire.protocol import Reply, envelope_from_message, stream_name, stream_prefix
-from ._pull import pull_loop
+from ..wire.protocol import Reply, envelope_from_message, stream_prefix
+from ._runner import StreamResolver, StreamRunner
 from .handlers import HandlerTable, Subscriber
 from .publisher import StreamSettings, ensure_stream_config
 
@@ -86,44 +87,34 @@ async def ensure_dead_letter_stream(js: Any, prefix: str, settings: StreamSettin
     await ensure_stream_config(js, settings.config_for(name, [f"{prefix}.deadletter.>"]))
 
 
-class ConsumerRunner:
+class ConsumerRunner(StreamRunner):
+    """Runs one consumer: explicit acks, retries with backoff, dead letters; never stalls behind a failure."""
+
     def __init__(
         self,
         consumer: type[Consumer],
         runtime: Runtime,
-        js: Any,
+        nc: NATS,
         *,
         prefix: str,
-        streams: Callable[[str], str] | None = None,
+        streams: StreamResolver | None = None,
     ) -> None:
+        self.table = consumer.table()
+        super().__init__(consumer.name, self.table.sources, nc, prefix=prefix, streams=streams)
         self.consumer = consumer
         self.instance = consumer()
-        self.table = consumer.table()
         self.runtime = runtime
-        self.js = js
-        self.prefix = prefix
-        self.streams = streams or (lambda entity_type: stream_name(prefix, entity_type))
         self.handled = 0
         self.retried = 0
         self.dead_lettered = 0
 
-    async def run(self) -> None:
-        async with anyio.create_task_group() as tg:
-            for entity_type in self.table.sources:
-                tg.start_soon(self._follow, entity_type)
-
-    async def _follow(self, entity_type: str) -> None:
-        await pull_loop(
-            self.js,
-            prefix=self.prefix,
-            stream=self.streams(entity_type),
-            entity_type=entity_type,
-            owner=self.consumer.name,
-            handle=self._handle_batch,
-            ack_policy=api.AckPolicy.EXPLICIT,
-            batch=100,
-            max_ack_pending=1000,
-        )
+    def pull_options(self, entity_type: str) -> dict[str, Any]:
+        return {
+            "handle": self._handle_batch,
+            "ack_policy": api.AckPolicy.EXPLICIT,
+            "batch": 100,
+            "max_ack_pending": 1000,
+        }
 
     async def _handle_batch(self, msgs: list[Msg]) -> None:
         """Events of one source entity in order; different entities concurrently."""

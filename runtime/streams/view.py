@@ -23,17 +23,19 @@ new feature; `rebuild` drops the rows and does it again.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any, ClassVar, Generic, TypeVar
 
 import anyio
 import msgspec
 import structlog
+from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
 from ..model.errors import ConfigError, EventDecodeError
-from ..wire.protocol import envelope_from_message, stream_name
-from ._pull import delete_durable, pull_loop, stream_sequence
+from ..wire.protocol import envelope_from_message
+from ._pull import delete_durable, stream_sequence
+from ._runner import StreamResolver, StreamRunner
 from .handlers import Handler, HandlerTable, Subscriber
 from .view_store import RawRows, ViewStore
 
@@ -121,62 +123,49 @@ class ViewQuery(Generic[R]):
         return out
 
 
-class ViewRunner:
+class ViewRunner(StreamRunner):
     """Keeps one view up to date: one pull loop per source stream, one store transaction per batch."""
 
     def __init__(
         self,
         view: type[View[Any]],
         store: ViewStore,
-        js: Any,
+        nc: NATS,
         *,
         prefix: str,
         batch: int = 500,
-        streams: Callable[[str], str] | None = None,
+        streams: StreamResolver | None = None,
     ) -> None:
+        self.table = view.table()
+        super().__init__(view.name, self.table.sources, nc, prefix=prefix, streams=streams)
         self.view = view
         self.instance = view()
-        self.table = view.table()
         self.store = store
-        self.js = js
-        self.prefix = prefix
         self.batch = batch
-        self.streams = streams or (lambda entity_type: stream_name(prefix, entity_type))
         self.query = ViewQuery(view, store)
         self.applied = 0
         self.last_recorded_at = 0  # the recorded time of the newest event applied (view lag)
         self._lock = anyio.Lock()  # two source streams must not interleave their read-modify-writes
-        self._decoder = msgspec.json.Decoder(view.row_type)
+        self._decoder: msgspec.json.Decoder[Any] = msgspec.json.Decoder(view.row_type)
         self._encoder = msgspec.json.Encoder()
         self._checkpoints: dict[str, int] = {}
 
     async def run(self) -> None:
         self._checkpoints = await self.store.checkpoints(self.view.name)
-        async with anyio.create_task_group() as tg:
-            for entity_type in self.table.sources:
-                tg.start_soon(self._follow, entity_type)
+        await super().run()
 
     def source_key(self, entity_type: str) -> str:
         """The checkpoint's key: one per stream and type (the JetStream journal keeps all types in one stream)."""
         return f"{self.streams(entity_type)}:{entity_type}"
 
-    async def _follow(self, entity_type: str) -> None:
+    def pull_options(self, entity_type: str) -> dict[str, Any]:
         key = self.source_key(entity_type)
 
         async def handle(msgs: list[Msg]) -> None:
             await self._apply(key, msgs)
             await msgs[-1].ack()  # AckAll: everything up to here
 
-        await pull_loop(
-            self.js,
-            prefix=self.prefix,
-            stream=self.streams(entity_type),
-            entity_type=entity_type,
-            owner=self.view.name,
-            handle=handle,
-            batch=self.batch,
-            start_seq=self._checkpoints.get(key, 0) + 1,
-        )
+        return {"handle": handle, "batch": self.batch, "start_seq": self._checkpoints.get(key, 0) + 1}
 
     async def _apply(self, stream: str, msgs: list[Msg]) -> None:
         seen = self._checkpoints.get(stream, 0)
