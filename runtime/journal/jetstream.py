@@ -34,7 +34,6 @@ server's `sync="always"`), or replicate the stream (R3) on a cluster.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import contextlib
 import secrets
@@ -52,9 +51,20 @@ from nats.js.errors import Error as JetStreamError
 from nats.js.errors import KeyNotFoundError, NotFoundError
 
 from ..model.envelope import Envelope, Recovery, Snapshot
-from ..model.errors import ConcurrencyConflict, ConfigError, EntityDeleted, JournalError
-from ..wire.nats import close_quietly, connect
+from ..model.errors import (
+    ConcurrencyConflict,
+    ConfigError,
+    EntityDeleted,
+    JournalError,
+    JournalUnavailable,
+    MemoirError,
+)
+from ..wire.nats import AckInbox, PublishError, close_quietly, connect, decode_ack, ensure_stream, watch
 from ..wire.protocol import (
+    H_COMMAND_ID,
+    H_POSITION,
+    H_RECORDED,
+    H_SEQ,
     check_prefix,
     envelope_from_message,
     event_headers,
@@ -70,6 +80,10 @@ Key = tuple[str, str]
 MAX_BATCH = 1000  # events in one atomic batch: the server's `max_msgs` default
 ATOMIC_FROM = 16  # appends in one flush from which one atomic batch beats pipelined publishes
 H_REPLY = "Memoir-Reply"
+H_EXPECTED_LAST_SUBJECT_SEQ = "Nats-Expected-Last-Subject-Sequence"
+H_BATCH_ID = "Nats-Batch-Id"
+H_BATCH_SEQ = "Nats-Batch-Sequence"
+H_BATCH_COMMIT = "Nats-Batch-Commit"
 WRONG_LAST_SEQUENCE = 10071
 BATCH_DUPLICATE = 10201
 
@@ -105,14 +119,6 @@ class _Meta(msgspec.Struct):
     deleted: bool = False
 
 
-_ack_decoder = msgspec.json.Decoder(dict[str, Any])
-
-
-def _expire(fut: asyncio.Future[Any]) -> None:
-    if not fut.done():
-        fut.set_exception(TimeoutError("no publish ack"))
-
-
 def _kv_key(key: Key) -> str:
     """KV keys allow only [-/_=.a-zA-Z0-9]: the entity key in unpadded base64url."""
     return base64.urlsafe_b64encode(f"{key[0]}/{key[1]}".encode()).decode().rstrip("=")
@@ -142,26 +148,40 @@ class JetStreamJournal(Journal):
         self.js: Any = None
         self._meta: Any = None
         self._checkpoints: Any = None
-        self._inbox = ""
-        self._pending: dict[str, Any] = {}
-        self._n = 0
+        self._acks: AckInbox | None = None
+        self._unwatch: Any = None
         # (entity) -> (last stream seq of its subject, head seq): what the next append expects
         self._last: dict[Key, tuple[int, int]] = {}
         self._writes: Batcher[_Append, int] = Batcher(self._flush, max_batch=MAX_BATCH, name="jetstream")
         self._stack: contextlib.AsyncExitStack | None = None
 
-    def stream_for(self, entity_type: str) -> str:
+    def event_stream(self, entity_type: str) -> str:
         """Views and consumers read every entity type from the journal stream itself."""
         return self.stream
+
+    stream_for = event_stream  # the older name, kept until every caller asks `event_stream`
+
+    def _lost(self) -> JournalUnavailable:
+        return JournalUnavailable("connection lost", f"NATS at {self.server}: the write may or may not have landed")
+
+    def _reconnected(self) -> None:
+        self._last.clear()  # what the server holds is asked again, entity by entity
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
     async def open(self) -> None:
 
-        self.nc = await connect(self.server, timeout=10, name="memoir-journal", max_reconnect_attempts=-1)
+        self.nc = await connect(
+            self.server,
+            timeout=10,
+            name="memoir-journal",
+            max_reconnect_attempts=-1,
+            reconnect_time_wait=0.25,  # back within a moment of the server, not nats-py's 2 s later
+        )
         self.js = self.nc.jetstream(timeout=self.ack_timeout)
         try:
-            await self._ensure(
+            await ensure_stream(
+                self.js,
                 api.StreamConfig(
                     name=self.stream,
                     subjects=[f"{self.prefix}.events.>"],
@@ -170,9 +190,10 @@ class JetStreamJournal(Journal):
                     allow_atomic=True,
                     allow_direct=True,
                     duplicate_window=120.0,
-                )
+                ),
             )
-            await self._ensure(
+            await ensure_stream(
+                self.js,
                 api.StreamConfig(
                     name=self.snapshot_stream,
                     subjects=[f"{self.prefix}.snapshots.>"],
@@ -180,29 +201,22 @@ class JetStreamJournal(Journal):
                     num_replicas=self.replicas,
                     max_msgs_per_subject=16,
                     allow_direct=True,
-                )
+                ),
             )
             base = stream_prefix(self.prefix)
             self._meta = await self.js.create_key_value(bucket=f"{base}_JOURNAL_META", replicas=self.replicas)
             self._checkpoints = await self.js.create_key_value(bucket=f"{base}_CHECKPOINTS", replicas=self.replicas)
-        except (NatsError, JetStreamError) as exc:
+        except (NatsError, JetStreamError, MemoirError) as exc:
             await self.nc.close()
             raise JournalError(f"cannot open the JetStream journal at {self.server}: {exc}") from exc
-        self._inbox = f"{self.nc.new_inbox()}.{secrets.token_hex(4)}."
-        await self.nc.subscribe(f"{self._inbox}*", cb=self._on_ack)
+        self._acks = AckInbox(self.nc, self._lost)
+        await self._acks.open()
+        self._unwatch = watch(self.nc, reconnected=self._reconnected)
         stack = contextlib.AsyncExitStack()
         tg = await stack.enter_async_context(anyio.create_task_group())
         tg.start_soon(self._writes.run)
         stack.callback(self._writes.close)
         self._stack = stack
-
-    async def _ensure(self, config: api.StreamConfig) -> None:
-        try:
-            await self.js.stream_info(config.name)
-        except NotFoundError:
-            await self.js.add_stream(config)
-        else:
-            await self.js.update_stream(config)
 
     async def close(self) -> None:
 
@@ -211,36 +225,25 @@ class JetStreamJournal(Journal):
             await stack.aclose()  # the appends already taken are written and answered
         if self.nc is not None:
             nc, self.nc = self.nc, None
-            for fut in self._pending.values():
-                fut.cancel()
+            if self._unwatch is not None:
+                self._unwatch()
+            if self._acks is not None:
+                await self._acks.close()
             await close_quietly(nc)
 
     # -- appends -----------------------------------------------------------------------------------
 
-    async def _on_ack(self, msg: Msg) -> None:
-        fut = self._pending.pop(msg.subject, None)
-        if fut is not None and not fut.done():
-            fut.set_result(msg)
-
     async def _request(self, subject: str, payload: bytes, headers: dict[str, str]) -> dict[str, Any]:
-        assert self.nc is not None, "the JetStream journal is not open"
-        self._n += 1
-        reply = f"{self._inbox}{self._n}"
-        loop = asyncio.get_running_loop()
-        fut = self._pending[reply] = loop.create_future()
-        # A timer handle, not a cancel scope: this runs once per append, and a scope costs more.
-        timer = loop.call_later(self.ack_timeout, _expire, fut)
+        """Publish one message and return its ack as sent (a refusal included)."""
+        assert self._acks is not None, "the JetStream journal is not open"
         try:
-            await self.nc.publish(subject, payload, reply=reply, headers=headers)
-            msg = await fut
+            msg = await self._acks.request(subject, payload, headers, self.ack_timeout)
         except (NatsError, TimeoutError) as exc:
-            raise JournalError(f"JetStream journal at {self.server}: no ack for {subject}: {exc!r}") from exc
-        finally:
-            timer.cancel()
-            self._pending.pop(reply, None)
-        if msg.headers and msg.headers.get("Status") == "503":
-            raise JournalError(f"JetStream journal: no stream listens on {subject}")
-        return _ack_decoder.decode(msg.data)  # type: ignore[no-any-return]
+            raise JournalUnavailable("no answer", f"NATS at {self.server}: no ack for {subject}: {exc!r}") from exc
+        try:
+            return decode_ack(msg)
+        except PublishError as exc:  # a 503: the stream is not there (yet: a restarted server loads it)
+            raise JournalUnavailable("stream unavailable", f"JetStream journal: {subject}: {exc}") from exc
 
     async def _expectation(self, key: Key) -> tuple[int, int]:
         """(last stream seq of the entity's subject, head seq), from cache or the server."""
@@ -253,7 +256,7 @@ class JetStreamJournal(Journal):
         subject = event_subject(self.prefix, *key)
         try:
             last = await self.js.get_last_msg(self.stream, subject, direct=True)
-            found = (last.seq, max(meta.floor, int((last.headers or {}).get("Memoir-Seq", 0))))
+            found = (last.seq, max(meta.floor, int((last.headers or {}).get(H_SEQ, 0))))
         except NotFoundError:
             found = (0, meta.floor)
         self._last[key] = found
@@ -294,7 +297,7 @@ class JetStreamJournal(Journal):
                     results[i] = exc
                 return
             else:
-                for req, i, first in zip(reqs, where, firsts, strict=True):
+                for i, first in zip(where, firsts, strict=True):
                     results[i] = first
                 return
 
@@ -376,7 +379,7 @@ class JetStreamJournal(Journal):
     async def _append_one(self, subject: str, events: Sequence[Envelope], last_seq: int) -> int:
         env = events[0]
         headers = self._headers(env)
-        headers["Nats-Expected-Last-Subject-Sequence"] = str(last_seq)
+        headers[H_EXPECTED_LAST_SUBJECT_SEQ] = str(last_seq)
         ack = await self._request(subject, env.payload, headers)
         self._check(ack, env)
         if ack.get("duplicate"):
@@ -403,14 +406,14 @@ class JetStreamJournal(Journal):
             for j, env in enumerate(events):
                 n += 1
                 headers = self._headers(env)
-                headers["Nats-Batch-Id"] = batch_id
-                headers["Nats-Batch-Sequence"] = str(n)
+                headers[H_BATCH_ID] = batch_id
+                headers[H_BATCH_SEQ] = str(n)
                 if j == 0:
-                    headers["Nats-Expected-Last-Subject-Sequence"] = str(last_seq)
+                    headers[H_EXPECTED_LAST_SUBJECT_SEQ] = str(last_seq)
                 if n < total:
                     await self.nc.publish(subject, env.payload, headers=headers)
                 else:
-                    headers["Nats-Batch-Commit"] = "1"
+                    headers[H_BATCH_COMMIT] = "1"
                     ack = await self._request(subject, env.payload, headers)
         return ack
 
@@ -430,7 +433,7 @@ class JetStreamJournal(Journal):
     async def _same_write(self, seq: int, env: Envelope) -> None:
         """A duplicate Msg-Id ack: fine only if the stored message is this write."""
         stored = await self.js.get_msg(self.stream, seq=seq, direct=True)
-        if stored.data != env.payload or (stored.headers or {}).get("Memoir-Command-Id") != (
+        if stored.data != env.payload or (stored.headers or {}).get(H_COMMAND_ID) != (
             token(env.command_id) if env.command_id else None
         ):
             raise ConcurrencyConflict(env.entity_type, env.entity_id, env.seq - 1)
@@ -542,10 +545,10 @@ class JetStreamJournal(Journal):
 
     async def save_snapshot(self, snapshot: Snapshot) -> None:
         key = (snapshot.entity_type, snapshot.entity_id)
-        headers = {"Memoir-Seq": str(snapshot.seq), "Memoir-Recorded-At": str(snapshot.recorded_at)}
+        headers = {H_SEQ: str(snapshot.seq), H_RECORDED: str(snapshot.recorded_at)}
         last = self._last.get(key)
         if last is not None and last[1] == snapshot.seq:
-            headers["Memoir-Position"] = str(last[0])  # where recovery resumes reading events
+            headers[H_POSITION] = str(last[0])  # where recovery resumes reading events
         await self.js.publish(self._snapshot_subject(key), snapshot.payload, headers=headers)
 
     def _snapshot(self, key: Key, headers: Any, data: bytes) -> Snapshot:
@@ -553,23 +556,21 @@ class JetStreamJournal(Journal):
         return Snapshot(
             entity_type=key[0],
             entity_id=key[1],
-            seq=int(h["Memoir-Seq"]),
-            recorded_at=int(h.get("Memoir-Recorded-At", 0)),
+            seq=int(h[H_SEQ]),
+            recorded_at=int(h.get(H_RECORDED, 0)),
             payload=data,
         )
 
     async def _snapshots(self, key: Key) -> list[tuple[Snapshot, int, int]]:
         """(snapshot, its stream seq, the event position it covers) for every kept snapshot."""
-        out = []
-        for m in await self._scan(self.snapshot_stream, self._snapshot_subject(key)):
-            out.append(
-                (
-                    self._snapshot(key, m.headers, m.data),
-                    m.metadata.sequence.stream,
-                    int((m.headers or {}).get("Memoir-Position", 0)),
-                )
+        return [
+            (
+                self._snapshot(key, m.headers, m.data),
+                m.metadata.sequence.stream,
+                int((m.headers or {}).get(H_POSITION, 0)),
             )
-        return out
+            for m in await self._scan(self.snapshot_stream, self._snapshot_subject(key))
+        ]
 
     async def load_snapshot(self, entity_type: str, entity_id: str, max_seq: int | None = None) -> Snapshot | None:
         found = await self._latest_snapshot((entity_type, entity_id), max_seq)
@@ -582,7 +583,7 @@ class JetStreamJournal(Journal):
             return None
         snap = self._snapshot(key, last.headers, last.data)
         if max_seq is None or snap.seq <= max_seq:
-            return snap, int((last.headers or {}).get("Memoir-Position", 0))
+            return snap, int((last.headers or {}).get(H_POSITION, 0))
         fits = [(s, p) for s, _, p in await self._snapshots(key) if s.seq <= max_seq]
         return max(fits, key=lambda sp: sp[0].seq) if fits else None
 

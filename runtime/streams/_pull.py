@@ -148,8 +148,11 @@ async def pull_loop(
     ack_wait: float = 10.0,
     fetch_timeout: float = 0.5,
     start_seq: int | None = None,
+    nc: NATS | None = None,
 ) -> None:
     """Fetch and handle batches forever; connection trouble is logged and retried, never fatal.
+
+    `nc` is the connection `js` came from (the pull requests are our own, see `Puller`).
 
     With `start_seq` the durable consumer is recreated to start there: a view passes the
     position after its own checkpoint, so what the server thinks was acknowledged (AckAll
@@ -179,7 +182,11 @@ async def pull_loop(
             log.info("waiting for stream", stream=stream, owner=owner, error=str(exc))
             await anyio.sleep(backoff)
             backoff = min(backoff * 2, 2.0)
-    puller = Puller(js._nc, stream, config.durable_name)  # nats-py has no public accessor for it
+    if nc is None:
+        # Transitional, for callers that do not pass `nc` yet: nats-py has no public accessor.
+        nc = js._nc
+    assert nc is not None
+    puller = Puller(nc, stream, consumer_name(owner, entity_type))
     await puller.start()
     try:
         backoff = 0.1

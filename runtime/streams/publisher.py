@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import secrets
 import time
 from collections import deque
 from collections.abc import Iterable
@@ -49,7 +48,9 @@ from nats.js.errors import NotFoundError
 
 from ..journal import Journal
 from ..model.envelope import Envelope
-from ..model.errors import JournalError
+from ..model.errors import JournalError, MemoirError
+from ..wire.nats import AckInbox, PublishError, check_ack, watch
+from ..wire.nats import ensure_stream as ensure_stream_with
 from ..wire.protocol import H_MSG_ID, H_POSITION, event_headers, event_subject, events_filter, stream_name
 
 log = structlog.get_logger("memoir.publisher")
@@ -83,76 +84,19 @@ class StreamSettings(msgspec.Struct, frozen=True, kw_only=True):
 
 
 async def ensure_stream(js: Any, prefix: str, entity_type: str, settings: StreamSettings) -> None:
-    await ensure_stream_config(js, settings.config(prefix, entity_type))
+    """Create or update an entity type's event stream (see `wire.nats.ensure_stream`)."""
+    await ensure_stream_with(js, settings.config(prefix, entity_type))
 
 
-async def ensure_stream_config(js: Any, config: api.StreamConfig) -> None:
-    """Create the stream, or bring an existing one to this configuration."""
-    try:
-        await js.stream_info(config.name)
-    except NotFoundError:
-        await js.add_stream(config)
-    else:
-        await js.update_stream(config)
+ensure_stream_config = ensure_stream_with  # the name consumers and older callers use
 
 
-class PublishError(Exception):
-    pass
+def _connection_lost() -> Exception:
+    return PublishError("connection lost")
 
 
-_RETRYABLE = (PublishError, NatsError, JetStreamError, TimeoutError, JournalError)
+_RETRYABLE = (PublishError, NatsError, JetStreamError, TimeoutError, MemoirError)
 _Inflight = deque[tuple[int, "asyncio.Future[Msg] | None"]]
-
-
-class _Acks:
-    """One inbox subscription for all pending acks: pipelined publishing that still sees every rejection.
-
-    (nats-py's publish_async does not surface server-side rejections, nats.py #985.)
-    asyncio futures, not anyio events: this runs once per published event.
-    """
-
-    def __init__(self, nc: NATS) -> None:
-        self.nc = nc
-        self.prefix = f"{nc.new_inbox()}.{secrets.token_hex(4)}."
-        self.pending: dict[str, asyncio.Future[Msg]] = {}
-        self.n = 0
-        self.sub: Any = None
-
-    async def open(self) -> None:
-        self.sub = await self.nc.subscribe(f"{self.prefix}*", cb=self._on_ack)
-
-    async def close(self) -> None:
-        if self.sub is not None:
-            await self.sub.unsubscribe()
-        for fut in self.pending.values():
-            fut.cancel()
-        self.pending.clear()
-
-    async def _on_ack(self, msg: Msg) -> None:
-        fut = self.pending.pop(msg.subject, None)
-        if fut is not None and not fut.done():
-            fut.set_result(msg)
-
-    async def publish(self, subject: str, payload: bytes, headers: dict[str, str]) -> asyncio.Future[Msg]:
-        self.n += 1
-        reply = f"{self.prefix}{self.n}"
-        fut = self.pending[reply] = asyncio.get_running_loop().create_future()
-        await self.nc.publish(subject, payload, reply=reply, headers=headers)
-        return fut
-
-
-def check_ack(msg: Msg) -> dict[str, Any]:
-    """A JetStream publish ack, or PublishError with the server's reason."""
-    if msg.headers and msg.headers.get("Status") == "503":
-        raise PublishError("no stream is listening on that subject (503 no responders)")
-    try:
-        ack = msgspec.json.decode(msg.data)
-    except msgspec.DecodeError as exc:
-        raise PublishError(f"unreadable publish ack: {msg.data[:200]!r}") from exc
-    if "error" in ack:
-        err = ack["error"]
-        raise PublishError(f"{err.get('err_code')}: {err.get('description')}")
-    return ack  # type: ignore[no-any-return]
 
 
 class Publisher:
@@ -222,8 +166,14 @@ class Publisher:
         resume = await self.journal.load_checkpoint(CHECKPOINT_SYNCED)
         sample = (time.monotonic(), self.checkpoint)
         self.checkpoint = min(resume, self.checkpoint)
-        acks = _Acks(self.nc)
+        acks = AckInbox(self.nc, _connection_lost)
         await acks.open()
+        back = anyio.Event()  # set when a lost connection is back: no need to sit out the backoff
+
+        def reconnected() -> None:
+            back.set()
+
+        unwatch = watch(self.nc, reconnected=reconnected)
         # (position, ack or None for an event its stream already holds), oldest first. It outlives
         # each batch, so the window stays full from one read of the journal to the next.
         inflight: _Inflight = deque()
@@ -259,17 +209,22 @@ class Publisher:
                     inflight.clear()  # their acks no longer count: everything after the checkpoint goes again
                     following = self.checkpoint + 1
                     self._ready.clear()  # and each stream is asked again what it holds
-                    await anyio.sleep(backoff)
-                    backoff = min(backoff * 2, 5.0)
+                    with anyio.move_on_after(backoff):
+                        await back.wait()
+                    if back.is_set():
+                        back, backoff = anyio.Event(), 0.1
+                    else:
+                        backoff = min(backoff * 2, 5.0)
                 if time.monotonic() - sample[0] >= self.stream_sync_interval:
                     await self.journal.save_checkpoint(CHECKPOINT_SYNCED, sample[1])
                     sample = (time.monotonic(), self.checkpoint)
         finally:
+            unwatch()
             with anyio.CancelScope(shield=True):
                 await acks.close()
                 await self._save_checkpoint(force=True)
 
-    async def _publish_and_prefetch(self, acks: _Acks, inflight: _Inflight, batch: list[Envelope]) -> list[Envelope]:
+    async def _publish_and_prefetch(self, acks: AckInbox, inflight: _Inflight, batch: list[Envelope]) -> list[Envelope]:
         """Publish one batch while the next is read from the journal; returns the next batch."""
         nxt: list[Envelope] = []
         failure: Exception | None = None
@@ -291,7 +246,7 @@ class Publisher:
             raise failure
         return nxt
 
-    async def _publish(self, acks: _Acks, inflight: _Inflight, batch: list[Envelope]) -> None:
+    async def _publish(self, acks: AckInbox, inflight: _Inflight, batch: list[Envelope]) -> None:
         try:
             for env in batch:
                 if env.entity_type not in self._ready:

@@ -1,31 +1,121 @@
-"""NATS helpers every layer above shares: connecting with errors that say what broke, closing."""
+"""NATS helpers every layer above shares: connecting with errors that say what broke, closing,
+noticing a lost connection, one inbox for many publish acks, and creating streams.
+
+Connections made by `connect` log one warning when they drop and one info when they are back,
+and tell whoever `watch`es them: the journal and the outbox publisher fail the acks they still
+wait for at once, rather than after their ack timeout (the answers went down with the socket).
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import secrets
+import weakref
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
+import msgspec
 import nats
+import structlog
 from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.errors import Error as NatsError
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeoutError
+from nats.js import api
+from nats.js.errors import APIError, NotFoundError, ServiceUnavailableError
 
 from ..model.errors import MemoirError
+
+log = structlog.get_logger("memoir.nats")
+
+Callback = Callable[[], Awaitable[None]]
+Hook = Callable[[], None]
+
+
+class _Watchers:
+    """Who wants to hear that a connection dropped or came back."""
+
+    def __init__(self) -> None:
+        self.disconnected: list[Hook] = []
+        self.reconnected: list[Hook] = []
+
+
+_watchers: weakref.WeakKeyDictionary[NATS, _Watchers] = weakref.WeakKeyDictionary()
+
+
+def watch(nc: NATS, *, disconnected: Hook | None = None, reconnected: Hook | None = None) -> Hook:
+    """Call `disconnected` / `reconnected` when a connection made by `connect` drops / is back.
+
+    Returns the function that stops watching. Connections made elsewhere are never reported.
+    """
+    w = _watchers.setdefault(nc, _Watchers())
+    if disconnected is not None:
+        w.disconnected.append(disconnected)
+    if reconnected is not None:
+        w.reconnected.append(reconnected)
+
+    def unwatch() -> None:
+        if disconnected is not None and disconnected in w.disconnected:
+            w.disconnected.remove(disconnected)
+        if reconnected is not None and reconnected in w.reconnected:
+            w.reconnected.remove(reconnected)
+
+    return unwatch
 
 
 async def _quiet(exc: Exception) -> None:
     """nats-py prints every connection error with a traceback by default; we report our own."""
 
 
-async def connect(url: str, *, timeout: float = 5.0, **options: Any) -> NATS:
+async def connect(
+    url: str,
+    *,
+    timeout: float = 5.0,
+    disconnected_cb: Callback | None = None,
+    reconnected_cb: Callback | None = None,
+    **options: Any,
+) -> NATS:
     """Connect to NATS or fail within `timeout` with a MemoirError naming the URL.
 
     (nats-py keeps retrying an initial connection that is refused, whatever allow_reconnect says.)
     """
+    box: list[NATS] = []
+    name = options.get("name", "")
+
+    async def on_disconnected() -> None:
+        if box and not box[0].is_closed:  # nats-py also calls it on a deliberate close
+            log.warning("NATS connection lost; reconnecting", url=url, name=name)
+            for hook in list(_watchers.get(box[0], _Watchers()).disconnected):
+                hook()
+        if disconnected_cb is not None:
+            await disconnected_cb()
+
+    async def on_reconnected() -> None:
+        if box:
+            log.info("NATS connection back", url=url, name=name)
+            for hook in list(_watchers.get(box[0], _Watchers()).reconnected):
+                hook()
+        if reconnected_cb is not None:
+            await reconnected_cb()
+
     try:
         with anyio.fail_after(timeout):
-            return await nats.connect(url, connect_timeout=min(timeout, 2.0), error_cb=_quiet, **options)
+            nc = await nats.connect(
+                url,
+                connect_timeout=min(timeout, 2.0),
+                error_cb=_quiet,
+                disconnected_cb=on_disconnected,
+                reconnected_cb=on_reconnected,
+                **options,
+            )
     except Exception as exc:  # noqa: BLE001 - TimeoutError, OSError, nats errors: one message
         reason = "timed out" if isinstance(exc, TimeoutError) else str(exc) or type(exc).__name__
         raise MemoirError(f"cannot connect to NATS at {url}: {reason}") from None
+    box.append(nc)
+    return nc
 
 
 async def close_quietly(nc: NATS) -> None:
@@ -34,3 +124,166 @@ async def close_quietly(nc: NATS) -> None:
         await nc.drain()
     except Exception:  # noqa: BLE001 - nats-py raises several types once a connection is broken
         await nc.close()
+
+
+# -- publish acks ------------------------------------------------------------------------------
+
+
+class PublishError(Exception):
+    """JetStream did not store a published message; the message says why."""
+
+
+_ack_decoder = msgspec.json.Decoder(dict[str, Any])
+
+
+def decode_ack(msg: Msg) -> dict[str, Any]:
+    """A JetStream publish ack as sent, refusals (`"error"`) included; PublishError if it is none."""
+    if msg.headers and msg.headers.get("Status") == "503":
+        raise PublishError("no stream is listening on that subject (503 no responders)")
+    try:
+        return _ack_decoder.decode(msg.data)
+    except msgspec.DecodeError as exc:
+        raise PublishError(f"unreadable publish ack: {msg.data[:200]!r}") from exc
+
+
+def check_ack(msg: Msg) -> dict[str, Any]:
+    """A JetStream publish ack, or PublishError with the server's reason."""
+    ack = decode_ack(msg)
+    if "error" in ack:
+        err = ack["error"]
+        raise PublishError(f"{err.get('err_code')}: {err.get('description')}")
+    return ack
+
+
+def _expire(fut: asyncio.Future[Msg]) -> None:
+    if not fut.done():
+        fut.set_exception(TimeoutError("no publish ack"))
+
+
+class AckInbox:
+    """One inbox subscription for all pending publish acks: pipelined publishing that still sees
+    every refusal (nats-py's publish_async does not, nats.py #985).
+
+    asyncio futures and timer handles, not anyio events and scopes: this runs once per message.
+    When the connection drops, every pending ack fails at once with `lost()`, and publishing
+    fails the same way until it is back: those answers are not coming.
+    """
+
+    def __init__(self, nc: NATS, lost: Callable[[], Exception]) -> None:
+        self.nc = nc
+        self.lost = lost
+        self.prefix = f"{nc.new_inbox()}.{secrets.token_hex(4)}."
+        self.pending: dict[str, asyncio.Future[Msg]] = {}
+        self.n = 0
+        self._sub: Any = None
+        self._unwatch: Hook | None = None
+
+    async def open(self) -> None:
+        self._sub = await self.nc.subscribe(f"{self.prefix}*", cb=self._on_ack)
+        self._unwatch = watch(self.nc, disconnected=self.fail_pending)
+
+    async def close(self) -> None:
+        if self._unwatch is not None:
+            self._unwatch()
+            self._unwatch = None
+        if self._sub is not None:
+            sub, self._sub = self._sub, None
+            with contextlib.suppress(NatsError):  # the connection is closed already
+                await sub.unsubscribe()
+        for fut in self.pending.values():
+            fut.cancel()
+        self.pending.clear()
+
+    def fail_pending(self) -> None:
+        pending, self.pending = self.pending, {}
+        for fut in pending.values():
+            if not fut.done():
+                fut.set_exception(self.lost())
+                fut.exception()  # "retrieved": a publisher that gave up on it must not be warned of it
+
+    async def _on_ack(self, msg: Msg) -> None:
+        fut = self.pending.pop(msg.subject, None)
+        if fut is not None and not fut.done():
+            fut.set_result(msg)
+
+    async def publish(self, subject: str, payload: bytes, headers: dict[str, str]) -> asyncio.Future[Msg]:
+        """Publish; the future holds the ack (or the connection's loss)."""
+        return (await self._publish(subject, payload, headers))[1]
+
+    async def _publish(self, subject: str, payload: bytes, headers: dict[str, str]) -> tuple[str, asyncio.Future[Msg]]:
+        if not self.nc.is_connected:
+            raise self.lost()
+        self.n += 1
+        reply = f"{self.prefix}{self.n}"
+        fut = self.pending[reply] = asyncio.get_running_loop().create_future()
+        try:
+            await self.nc.publish(subject, payload, reply=reply, headers=headers)
+        except BaseException:
+            self.pending.pop(reply, None)
+            raise
+        return reply, fut
+
+    async def request(self, subject: str, payload: bytes, headers: dict[str, str], timeout: float) -> Msg:
+        """Publish and wait up to `timeout` for the ack (TimeoutError)."""
+        reply, fut = await self._publish(subject, payload, headers)
+        # A timer handle, not a cancel scope: this runs once per append, and a scope costs more.
+        timer = asyncio.get_running_loop().call_later(timeout, _expire, fut)
+        try:
+            return await fut
+        finally:
+            timer.cancel()
+            self.pending.pop(reply, None)
+
+
+# -- streams -----------------------------------------------------------------------------------
+
+STREAM_NOT_FOUND = 10059
+STREAM_NAME_IN_USE = 10058
+CLUSTER_NOT_AVAILABLE = 10008  # "JetStream system temporarily unavailable": a leader election
+_PASSING = {STREAM_NOT_FOUND, STREAM_NAME_IN_USE, CLUSTER_NOT_AVAILABLE}
+
+
+def _passing(exc: Exception) -> bool:
+    """Whether a stream create/update failed for a reason that goes away by itself."""
+    if isinstance(exc, (TimeoutError, NatsTimeoutError, NoRespondersError, ServiceUnavailableError)):
+        return True
+    if isinstance(exc, APIError):
+        return exc.err_code in _PASSING
+    return isinstance(exc, NatsError) and not isinstance(exc, APIError)  # reconnecting, stale, …
+
+
+def describe(exc: BaseException) -> str:
+    """A nats-py error in one line: the server's code and description where there is one."""
+    if isinstance(exc, APIError) and (exc.err_code or exc.description):
+        return f"{exc.description} (err_code {exc.err_code})"
+    return str(exc) or type(exc).__name__
+
+
+async def ensure_stream(js: Any, config: api.StreamConfig, *, timeout: float = 20.0) -> None:
+    """Create the stream, or bring an existing one to this configuration.
+
+    Retries with backoff through what passes by itself (a concurrent creator, a leader election,
+    a request timeout) for at most `timeout` seconds; then, or at once for a refusal that will
+    not pass (a bad configuration, no space), one MemoirError naming the stream and the reason.
+    """
+    deadline = anyio.current_time() + timeout
+    backoff = 0.05
+    while True:
+        try:
+            try:
+                await js.stream_info(config.name)
+            except NotFoundError:
+                await js.add_stream(config)
+            else:
+                await js.update_stream(config)
+            return
+        except Exception as exc:  # noqa: BLE001 - sorted below: passing, or reported
+            if not _passing(exc):
+                raise MemoirError(f"cannot create or update JetStream stream {config.name}: {describe(exc)}") from None
+            if anyio.current_time() + backoff > deadline:
+                raise MemoirError(
+                    f"cannot create or update JetStream stream {config.name}: still failing after {timeout:g} s: "
+                    f"{describe(exc)}"
+                ) from None
+        await anyio.sleep(backoff)
+        backoff = min(backoff * 2, 1.0)

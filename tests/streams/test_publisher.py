@@ -9,12 +9,15 @@ import anyio.lowlevel
 import msgspec
 import nats
 import pytest
+from nats.aio.client import Client as NATS
+from nats.js import api
 
 from entities import InventoryItem
-from runtime import App, Runtime, SqliteJournal
-from runtime.serve.nats_server import EmbeddedNats
+from runtime import App, MemoirError, Runtime, SqliteJournal
+from runtime.serve.nats_server import EmbeddedNats, find_binary, free_port
 from runtime.serve.service import Service
 from runtime.streams.publisher import CHECKPOINT, Publisher
+from runtime.wire.nats import ensure_stream
 from runtime.wire.protocol import stream_name, token
 
 from .helpers import eventually, journal_events, stream_messages
@@ -153,3 +156,42 @@ async def _count(server: EmbeddedNats, expected: int) -> bool:
     info = await client.jetstream().stream_info(stream_name("memoir", "inventory"))
     await client.close()
     return bool(info.state.messages == expected)
+
+
+async def test_ensure_stream_holds_through_concurrent_creators(nc: NATS) -> None:
+    """Many processes starting at once create or update one stream: each ends up with it, none fails."""
+    js = nc.jetstream()
+    windows = [60.0, 90.0, 120.0, 60.0, 90.0, 120.0, 30.0, 45.0]
+    async with anyio.create_task_group() as tg:
+        for w in windows:
+            config = api.StreamConfig(name="RACE", subjects=["race.>"], duplicate_window=w)
+            tg.start_soon(ensure_stream, js, config)
+    info = await js.stream_info("RACE")
+    assert info.config.duplicate_window in windows
+
+
+async def test_ensure_stream_refusal_is_one_clear_error(nc: NATS) -> None:
+    js = nc.jetstream()
+    await ensure_stream(js, api.StreamConfig(name="ONE", subjects=["same.>"]))
+    with pytest.raises(MemoirError, match=r"stream TWO: .*overlap.*err_code") as caught:
+        await ensure_stream(js, api.StreamConfig(name="TWO", subjects=["same.>"]))
+    assert caught.value.__cause__ is None and caught.value.__suppress_context__
+
+
+async def test_ensure_stream_gives_up_after_its_timeout_without_jetstream(tmp_path: Path) -> None:
+    """A server without JetStream never answers the stream API: a bounded wait, then one error."""
+    port = free_port()
+    async with await anyio.open_process([find_binary(), "-a", "127.0.0.1", "-p", str(port)]) as proc:
+        try:
+            client = None
+            with anyio.fail_after(10):
+                while client is None:
+                    try:
+                        client = await nats.connect(f"nats://127.0.0.1:{port}", allow_reconnect=False)
+                    except Exception:  # noqa: BLE001 - not listening yet
+                        await anyio.sleep(0.05)
+            with anyio.fail_after(10), pytest.raises(MemoirError, match=r"stream LATE: still failing after 1 s"):
+                await ensure_stream(client.jetstream(timeout=0.2), api.StreamConfig(name="LATE"), timeout=1.0)
+            await client.close()
+        finally:
+            proc.terminate()

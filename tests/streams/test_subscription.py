@@ -3,13 +3,15 @@ is nats-py's, and the puller hands over every message once, in order, in batches
 
 from __future__ import annotations
 
+from functools import partial
+
 import anyio
 import pytest
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import api
 
-from runtime.streams._pull import Puller, stream_sequence
+from runtime.streams._pull import Puller, pull_loop, stream_sequence
 
 pytestmark = pytest.mark.anyio
 
@@ -52,3 +54,26 @@ async def test_deliveries_after_a_request_gave_up_come_first_next_time(nc: NATS)
     rest = await puller.fetch(10, idle_timeout=0.2)
     assert [m.data for m in first + rest] == [str(i).encode() for i in range(8)]
     assert await puller.stop() == []
+
+
+async def test_pull_loop_takes_the_connection_explicitly(nc: NATS) -> None:
+    js = nc.jetstream()
+    await js.add_stream(api.StreamConfig(name="P", subjects=["memoir.events.thing.*"]))
+    for i in range(12):
+        await js.publish(f"memoir.events.thing.e{i % 4}", str(i).encode())
+    got: list[bytes] = []
+
+    async def handle(msgs: list[Msg]) -> None:
+        got.extend(m.data for m in msgs)
+        await msgs[-1].ack()
+        if len(got) >= 12:
+            tg.cancel_scope.cancel()
+
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(
+                partial(
+                    pull_loop, js, nc=nc, prefix="memoir", stream="P", entity_type="thing", owner="o", handle=handle
+                )
+            )
+    assert got == [str(i).encode() for i in range(12)]
