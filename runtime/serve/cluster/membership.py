@@ -1,0 +1,156 @@
+"""Who is in the cluster: members heartbeat into a KV bucket and watch each other's heartbeats.
+
+Liveness goes by this process's own clock, as leases do: a member is live while its key has
+changed within `ttl` of when this process last saw it change. A member that leaves
+gracefully deletes its key, which every watcher sees at once. The bucket's TTL only collects
+the keys of members that died (several ttls, so it never races a live member's heartbeat).
+Membership decides only where shards *should* go; leases alone decide who serves them.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from dataclasses import dataclass
+
+import anyio
+import anyio.abc
+import msgspec
+import structlog
+from nats.js.kv import KeyValue
+
+from .store import Entry, describe, is_deleted, revision, safe_key, watch_forever
+
+log = structlog.get_logger("memoir.cluster")
+
+
+def new_member_id(name: str | None = None) -> str:
+    """host-pid-random: unique per process start, so a restarted process is a new member
+    and can never mistake its predecessor's leases for its own."""
+    base = name or f"{socket.gethostname()}-{os.getpid()}"
+    return safe_key(f"{base}-{os.urandom(3).hex()}")
+
+
+class MemberInfo(msgspec.Struct, frozen=True):
+    id: str
+    host: str
+    pid: int
+    started_at: float  # wall clock
+    heartbeat_at: float  # wall clock
+    meta: dict[str, str] = {}
+
+
+_encode = msgspec.json.Encoder().encode
+_decode = msgspec.json.Decoder(MemberInfo).decode
+
+
+@dataclass
+class _Seen:
+    revision: int
+    since: float  # monotonic, this process's clock
+    info: MemberInfo | None
+
+
+class Membership:
+    """This member's heartbeat and its view of the others. `run` in a task group; `leave` to go."""
+
+    def __init__(self, kv: KeyValue, member_id: str, *, ttl: float, meta: dict[str, str] | None = None) -> None:
+        self.kv = kv
+        self.id = member_id
+        self.ttl = ttl
+        self.meta = dict(meta or {})
+        self.started_at = time.time()
+        self._seen: dict[str, _Seen] = {}
+        self._last_beat: float | None = None  # monotonic send time of the last successful heartbeat
+        self._changed = anyio.Event()
+        self._leaving = False
+        self.heartbeat_failures = 0
+
+    def _info(self) -> bytes:
+        return _encode(MemberInfo(self.id, socket.gethostname(), os.getpid(), self.started_at, time.time(), self.meta))
+
+    def _on_entry(self, entry: Entry) -> None:
+        if is_deleted(entry):
+            if self._seen.pop(entry.key, None) is not None:
+                self._notify()
+            return
+        old = self._seen.get(entry.key)
+        if old is not None and old.revision >= revision(entry):
+            return
+        try:
+            info: MemberInfo | None = _decode(entry.value or b"")
+        except msgspec.DecodeError:
+            info = None
+        self._seen[entry.key] = _Seen(revision(entry), time.monotonic(), info)
+        if old is None:
+            self._notify()
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = anyio.Event()
+
+    def live(self) -> frozenset[str]:
+        """Members heard from within the ttl; this one while its own heartbeats succeed."""
+        now = time.monotonic()
+        out = {key for key, seen in self._seen.items() if now - seen.since < self.ttl and key != self.id}
+        if not self._leaving and self._last_beat is not None and now - self._last_beat < self.ttl:
+            out.add(self.id)
+        return frozenset(out)
+
+    def info(self, member: str) -> MemberInfo | None:
+        seen = self._seen.get(member)
+        return seen.info if seen is not None else None
+
+    async def wait_changed(self, timeout: float) -> None:
+        """Until a member joins or leaves gracefully, or `timeout` (deaths are noticed by polling `live`)."""
+        with anyio.move_on_after(timeout):
+            await self._changed.wait()
+
+    async def beat(self) -> bool:
+        sent = time.monotonic()
+        try:
+            await self.kv.put(self.id, self._info())
+        except Exception as exc:  # noqa: BLE001 - transient: the next beat retries
+            self.heartbeat_failures += 1
+            log.debug("heartbeat failed", member=self.id, reason=describe(exc))
+            return False
+        self._last_beat = sent
+        return True
+
+    async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Heartbeat every ttl/3 and watch; started once this member's first heartbeat is in and
+        the current members are known."""
+        async with anyio.create_task_group() as tg:
+            await tg.start(self._watch)
+            delay = 0.05
+            while not await self.beat():  # started only once we are visible
+                await anyio.sleep(delay)
+                delay = min(delay * 2, self.ttl / 3)
+            log.info("member joined", member=self.id, members=sorted(self.live()))
+            task_status.started()
+            while not self._leaving:
+                await anyio.sleep(self.ttl / 3)
+                if not self._leaving:
+                    await self.beat()
+            tg.cancel_scope.cancel()
+
+    async def _watch(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        # quiet for a whole ttl is a lost consumer: this member's own heartbeats come every ttl/3
+        await watch_forever(self.kv, self._on_entry, quiet=self.ttl, what="members", task_status=task_status)
+
+    async def leave(self, timeout: float = 2.0) -> None:
+        """Stop heartbeating and delete this member's key, so the others rebalance now, not after the ttl."""
+        if self._leaving:
+            return
+        self._leaving = True
+        self._notify()
+        with anyio.CancelScope(shield=True), anyio.move_on_after(timeout):
+            while True:
+                try:
+                    await self.kv.delete(self.id)
+                    break
+                except Exception as exc:  # noqa: BLE001 - transient: retried until the timeout
+                    log.debug("member delete failed; retrying", member=self.id, reason=describe(exc))
+                    await anyio.sleep(0.1)
+        log.info("member left", member=self.id)

@@ -1,0 +1,80 @@
+"""One real three-node NATS cluster for the cluster tests (started once: it takes seconds), and
+a fresh cluster name per test so each starts with empty buckets."""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from nats.aio.client import Client as NATS
+
+from runtime.serve.cluster import ClusterConfig, LeaseConfig
+from runtime.wire.nats import connect
+
+from .natscluster import NatsCluster
+
+TTL = 2.0  # short leases keep the failover tests quick
+
+
+@pytest.fixture(scope="session")
+async def nats_cluster(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[NatsCluster]:
+    async with NatsCluster(Path(tmp_path_factory.mktemp("natscluster"))) as cluster:
+        yield cluster
+
+
+_names = itertools.count()
+
+
+@pytest.fixture
+def config() -> ClusterConfig:
+    return ClusterConfig(name=f"t{next(_names)}x{int(time.time()) % 100000}", replicas=3, lease=LeaseConfig(ttl=TTL))
+
+
+async def client(nats_cluster: NatsCluster, name: str = "") -> NATS:
+    """A connection that knows every node and reconnects fast (a node may be killed)."""
+    return await connect(
+        nats_cluster.urls,  # type: ignore[arg-type]  # nats-py takes a list of servers
+        name=name,
+        reconnect_time_wait=0.2,
+        max_reconnect_attempts=-1,
+    )
+
+
+@dataclass
+class Ownership:
+    """Who held each shard when, by this process's monotonic clock, from the callbacks.
+
+    `violations` lists every acquisition made while another member still held the shard."""
+
+    open: dict[int, tuple[str, float]] = field(default_factory=dict)
+    intervals: dict[int, list[tuple[str, float, float]]] = field(default_factory=dict)
+    violations: list[str] = field(default_factory=list)
+
+    def acquired(self, member: str, shard: int) -> None:
+        now = time.monotonic()
+        other = self.open.get(shard)
+        if other is not None:
+            self.violations.append(f"shard {shard}: {member} acquired while {other[0]} held it")
+        self.open[shard] = (member, now)
+
+    def ended(self, member: str, shard: int) -> None:
+        holder = self.open.get(shard)
+        if holder is not None and holder[0] == member:
+            del self.open[shard]
+            self.intervals.setdefault(shard, []).append((member, holder[1], time.monotonic()))
+
+    def held_by(self, member: str) -> set[int]:
+        return {s for s, (m, _) in self.open.items() if m == member}
+
+    def callbacks(self, member: str) -> dict[str, object]:
+        async def on_acquired(shard: int) -> None:
+            self.acquired(member, shard)
+
+        async def on_end(shard: int) -> None:
+            self.ended(member, shard)
+
+        return {"on_acquired": on_acquired, "on_lost": on_end, "on_release": on_end}

@@ -1,0 +1,191 @@
+"""Shards and leases on a real three-node NATS cluster (KV with three replicas)."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+
+import anyio
+import pytest
+
+from runtime.model.errors import ConfigError
+from runtime.serve.cluster import Cluster, ClusterConfig, LeaseConfig, Leases, shard_of
+from runtime.serve.cluster.coordinator import check_recorded_shards
+from runtime.serve.cluster.store import bucket_name, ensure_bucket
+from runtime.wire.nats import close_quietly
+
+from .conftest import TTL, client
+from .natscluster import NatsCluster
+
+pytestmark = pytest.mark.anyio
+
+
+def test_the_shard_of_an_entity_is_the_same_everywhere() -> None:
+    # fixed numbers: any process, Python version or machine must compute exactly these
+    assert [shard_of("order", str(i)) for i in range(5)] == [32, 205, 63, 11, 98]
+    assert shard_of("inventory", "sku-1") == 47
+    assert shard_of("a", "bc") != shard_of("ab", "c")
+    counts = Counter(shard_of("order", str(i)) for i in range(25_600))
+    assert len(counts) == 256 and max(counts.values()) < 2 * 100  # spread: 100 each on average
+    assert all(0 <= shard_of("t", str(i), 7) < 7 for i in range(100))
+
+
+async def test_the_first_member_records_the_shard_count_and_a_different_one_is_refused(
+    nats_cluster: NatsCluster, config: ClusterConfig
+) -> None:
+    nc = await client(nats_cluster)
+    try:
+        await Cluster.open(nc, config)
+        await Cluster.open(nc, config)  # the same count: fine
+        other = ClusterConfig(name=config.name, shards=128, replicas=3, lease=config.lease)
+        with pytest.raises(ConfigError) as refused:
+            await Cluster.open(nc, other)
+        message = str(refused.value)
+        assert "256" in message and "128" in message and "\n" not in message
+    finally:
+        await close_quietly(nc)
+
+
+async def _leases(nats_cluster: NatsCluster, config: ClusterConfig, holder: str) -> tuple[object, Leases]:
+    nc = await client(nats_cluster, holder)
+    js = nc.jetstream(timeout=config.lease.request_timeout)
+    kv = await ensure_bucket(js, bucket_name(config.name, "leases"), replicas=3)
+    return nc, Leases(kv, holder, config.lease)
+
+
+async def test_a_held_lease_is_refused_to_others_and_a_released_one_is_taken_at_once(
+    nats_cluster: NatsCluster, config: ClusterConfig
+) -> None:
+    nca, a = await _leases(nats_cluster, config, "a")
+    ncb, b = await _leases(nats_cluster, config, "b")
+    try:
+        async with anyio.create_task_group() as tg:
+            await tg.start(a.watch)
+            await tg.start(b.watch)
+            held = await a.try_take("shard.00001")
+            assert held is not None
+            with anyio.CancelScope() as renewing:
+                tg.start_soon(a.hold, held, _never)
+                # for more than a ttl b cannot take it: a keeps renewing
+                deadline = time.monotonic() + TTL * 1.5
+                while time.monotonic() < deadline:
+                    assert await b.try_take("shard.00001") is None
+                    await anyio.sleep(0.1)
+                renewing.cancel()
+            assert a.renewals >= 2
+            assert await a.release(held)
+            started = time.monotonic()
+            with anyio.fail_after(2):
+                taken = await b.acquire("shard.00001")
+            assert time.monotonic() - started < TTL / 2  # at once: no waiting out the ttl
+            assert taken.key == "shard.00001"
+            assert b.owner("shard.00001") == "b"
+            tg.cancel_scope.cancel()
+    finally:
+        await close_quietly(nca)  # type: ignore[arg-type]
+        await close_quietly(ncb)  # type: ignore[arg-type]
+
+
+async def _never() -> None:
+    raise AssertionError("lease lost")
+
+
+async def test_a_holder_cut_off_stops_before_the_taker_starts(nats_cluster: NatsCluster, config: ClusterConfig) -> None:
+    nca, a = await _leases(nats_cluster, config, "a")
+    ncb, b = await _leases(nats_cluster, config, "b")
+    times: dict[str, float] = {}
+    try:
+        async with anyio.create_task_group() as tg:
+            await tg.start(b.watch)
+            held = await a.acquire("singleton.x")
+
+            async def lost() -> None:
+                times["lost"] = time.monotonic()
+
+            tg.start_soon(a.hold, held, lost)
+            await anyio.sleep(TTL)  # a few renewals
+            times["cut"] = time.monotonic()
+            await nca.close()  # type: ignore[attr-defined]  # abruptly: no release
+            with anyio.fail_after(TTL * 3):
+                await b.acquire("singleton.x")
+            times["taken"] = time.monotonic()
+            tg.cancel_scope.cancel()
+    finally:
+        await close_quietly(ncb)  # type: ignore[arg-type]
+    assert times["cut"] < times["lost"] < times["taken"]
+    assert times["taken"] - times["cut"] < TTL * 2.5
+    # the holder stopped at least most of the margin before the taker could start
+    assert times["taken"] - times["lost"] > config.lease.safety_margin / 2
+
+
+async def test_a_singleton_has_one_holder_and_fails_over(nats_cluster: NatsCluster, config: ClusterConfig) -> None:
+    running: list[str] = []
+    overlaps: list[str] = []
+    started: dict[str, float] = {}
+    conns = {name: await client(nats_cluster, name) for name in ("a", "b", "c")}
+
+    async def member(name: str, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        async with Cluster.join(conns[name], config, member_id=name) as cluster:
+
+            async def work() -> None:
+                if running:
+                    overlaps.append(f"{name} started while {running} ran")
+                running.append(name)
+                started[name] = time.monotonic()
+                try:
+                    await anyio.sleep_forever()
+                finally:
+                    running.remove(name)
+
+            task_status.started()
+            await cluster.singleton("outbox").run(work)
+
+    try:
+        async with anyio.create_task_group() as tg:
+            for name in conns:
+                await tg.start(member, name)
+            with anyio.fail_after(TTL * 3):
+                while not running:
+                    await anyio.sleep(0.05)
+            await anyio.sleep(TTL)  # steady: still exactly one
+            assert len(running) == 1
+            first = running[0]
+            cut = time.monotonic()
+            await conns[first].close()
+            with anyio.fail_after(TTL * 4):
+                while not running or running[0] == first:
+                    await anyio.sleep(0.05)
+            second = running[0]
+            assert second != first
+            assert started[second] - cut < TTL * 2.5  # failover within a few seconds
+            await anyio.sleep(TTL)
+            assert running == [second]
+            tg.cancel_scope.cancel()
+    finally:
+        for nc in conns.values():
+            if not nc.is_closed:
+                await close_quietly(nc)
+    assert overlaps == []
+
+
+async def test_buckets_are_created_once_by_members_starting_together(
+    nats_cluster: NatsCluster, config: ClusterConfig
+) -> None:
+    conns = [await client(nats_cluster) for _ in range(3)]
+    try:
+        async with anyio.create_task_group() as tg:
+            for nc in conns:
+                tg.start_soon(Cluster.open, nc, config)
+        js = conns[0].jetstream()
+        info = await js.stream_info(f"KV_{config.name}_leases")
+        assert info.config.num_replicas == 3
+        await check_recorded_shards(await js.key_value(f"{config.name}_leases"), 256, 5)
+    finally:
+        for nc in conns:
+            await close_quietly(nc)
+
+
+def test_a_lease_margin_must_leave_time_to_renew() -> None:
+    with pytest.raises(ConfigError):
+        LeaseConfig(ttl=2, margin=2)
+    assert LeaseConfig(ttl=4).safety_margin == 1
