@@ -11,10 +11,7 @@ from __future__ import annotations
 
 import msgspec
 
-from runtime import Effect, Envelope, EventSourcedEntity, applies, command
-from runtime.streams.consumer import Consumer, Context
-from runtime.streams.handlers import on
-from runtime.streams.view import Rows, View
+from runtime import Consumer, Context, Effect, Envelope, EventSourcedEntity, Rows, View, applies, command, on
 
 # -- post -------------------------------------------------------------------------------------
 
@@ -63,7 +60,7 @@ class Post(EventSourcedEntity[PostState], name="post"):
         return self.persist(Edited(text)).reply(lambda s: s.edits)
 
     @command
-    def delete(self, post: PostState) -> Effect[None]:  # type: ignore[override]
+    def delete(self, post: PostState) -> Effect[None]:
         if not post.published or post.removed:
             return self.error(f"post {self.entity_id} is not published")
         return self.persist(Removed(post.author))

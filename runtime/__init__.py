@@ -1,10 +1,12 @@
 """Memoir: event-sourced entities as async actors, with their events on NATS JetStream.
 
-The data path, in import order: `entity` (what users write) → `actor` (one
-command at a time) → `journal` (group-committed, optimistic append) →
-`runtime` (routing, activation, passivation) → `publisher` (journal to
-JetStream) → `view` / `consumer` (subscribers) — wired together by `service`,
-served over NATS by `transport`, launched by `server` (`memoir run`).
+The package is layered, and the data path reads in layer order:
+`model` (entities, effects, events: what users write) → `wire` (the NATS protocol) →
+`journal` (group-committed, optimistic append) → `engine` (actors, one command at a
+time; the runtime routes, activates and passivates) → `streams` (the outbox publisher,
+views, consumers) → `serve` (the service, the NATS transport and client, `memoir run`).
+A module imports only from its own layer or the ones below; CI checks it.
+Everything a user needs is importable from here.
 """
 
 from .engine.history import HistoryItem, history, state_at
@@ -18,13 +20,24 @@ from .model.errors import (
     CommandError,
     ConcurrencyConflict,
     ConfigError,
+    Conflict,
+    DuplicateCommand,
     EntityDeleted,
     ErrorCode,
     EventDecodeError,
+    InternalError,
+    Invalid,
     JournalError,
+    JournalUnavailable,
     MemoirError,
+    Overloaded,
+    Rejected,
+    Unavailable,
+    UnknownCommand,
+    UnknownEntityType,
 )
 from .model.events import event
+from .model.testkit import EntityTestKit
 from .serve.client import Client
 from .serve.nats_server import EmbeddedNats
 from .serve.service import Service
@@ -33,6 +46,7 @@ from .streams.consumer import Consumer, Context
 from .streams.handlers import on
 from .streams.publisher import Publisher, StreamSettings
 from .streams.view import Rows, View, ViewQuery
+from .streams.view_store import MemoryViewStore, PostgresViewStore, SqliteViewStore, ViewStore, open_view_store
 from .wire.protocol import Reply
 
 __all__ = [
@@ -41,30 +55,45 @@ __all__ = [
     "CommandError",
     "ConcurrencyConflict",
     "ConfigError",
+    "Conflict",
     "Consumer",
     "Context",
+    "DuplicateCommand",
     "Effect",
     "EmbeddedNats",
     "EntityDeleted",
+    "EntityTestKit",
     "Envelope",
     "ErrorCode",
     "EventDecodeError",
     "EventSourcedEntity",
     "HistoryItem",
+    "InternalError",
+    "Invalid",
     "Journal",
     "JournalError",
+    "JournalUnavailable",
     "MemoirError",
     "MemoryJournal",
+    "MemoryViewStore",
+    "Overloaded",
+    "PostgresViewStore",
     "Publisher",
+    "Rejected",
     "Reply",
     "Rows",
     "Runtime",
     "Service",
     "Snapshot",
     "SqliteJournal",
+    "SqliteViewStore",
     "StreamSettings",
+    "Unavailable",
+    "UnknownCommand",
+    "UnknownEntityType",
     "View",
     "ViewQuery",
+    "ViewStore",
     "applies",
     "command",
     "event",
@@ -72,7 +101,14 @@ __all__ = [
     "model_of",
     "on",
     "open_journal",
+    "open_view_store",
     "state_at",
     "tune_gc",
     "tune_nats",
 ]
+
+# One public home for every name, as httpx does: reprs, docs and tracebacks say `runtime.X`,
+# and moving a module between layers never changes what users see.
+for _name in __all__:
+    setattr(globals()[_name], "__module__", "runtime")
+del _name

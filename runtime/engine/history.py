@@ -22,6 +22,8 @@ PAGE = 1000
 
 
 class HistoryItem(msgspec.Struct, frozen=True):
+    """One step of an entity's history: the stored envelope, its decoded event, and the state after it."""
+
     envelope: Envelope
     event: msgspec.Struct
     state: Any  # the state right after this event

@@ -34,7 +34,7 @@ class Journal(abc.ABC):
     """Where envelopes live. Use as `async with journal:`; every method is safe to call concurrently."""
 
     url: str = ""
-    prefix: str | None = None  # the subject prefix, for a journal that is itself the event stream
+    prefix: str = ""  # the subject prefix of a journal that is itself the event stream
     _appended: anyio.Event | None = None
 
     def next_append(self) -> anyio.Event:

@@ -13,6 +13,8 @@ from typing import Any
 
 
 class ErrorCode(enum.StrEnum):
+    """The `code` of an error reply: stable strings a client in any language branches on."""
+
     INVALID = "invalid"  # bad payload: the message names the field
     REJECTED = "rejected"  # the entity said no
     UNKNOWN_COMMAND = "unknown_command"
@@ -114,35 +116,35 @@ class ConfigError(MemoirError):
 
 # Typed command errors, one per wire code, so callers can `except Rejected:`.
 class Invalid(CommandError):
-    pass
+    """The payload, an id or a header was malformed; the message names the field. Fix the request; do not retry it."""
 
 
 class Rejected(CommandError):
-    pass
+    """The entity refused the command (its handler returned an error). Nothing was stored."""
 
 
 class UnknownCommand(CommandError):
-    pass
+    """The entity type has no command of that name."""
 
 
 class UnknownEntityType(CommandError):
-    pass
+    """No entity type of that name is hosted by the runtime that answered."""
 
 
 class Conflict(CommandError):
-    pass
+    """Another writer appended to the entity first; retry with the same command id."""
 
 
 class Overloaded(CommandError):
-    pass
+    """Back-pressure: a full mailbox or queue, or the command waited past its sender's timeout. Retry later."""
 
 
 class Unavailable(CommandError):
-    pass
+    """Storage is unreachable or full; retry later with the same command id (it may have been stored)."""
 
 
 class InternalError(CommandError):
-    pass
+    """A handler raised or storage failed in a way that is a bug or needs an operator; nothing was stored."""
 
 
 _TYPED: dict[str, type[CommandError]] = {

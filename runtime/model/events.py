@@ -75,7 +75,7 @@ class EventCodec:
     """Encodes an entity type's events and decodes stored envelopes back into them."""
 
     def __init__(self, classes: Iterable[type[msgspec.Struct]]) -> None:
-        self._by_name: dict[str, tuple[type[msgspec.Struct], EventSpec, msgspec.json.Decoder[Any]]] = {}
+        self._by_name: dict[str, tuple[type[msgspec.Struct], EventSpec, msgspec.json.Decoder[msgspec.Struct]]] = {}
         self._by_class: dict[type, EventSpec] = {}
         for cls in classes:
             spec = spec_of(cls)

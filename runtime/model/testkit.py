@@ -59,6 +59,8 @@ def _run_sync(awaitable: Coroutine[Any, Any, Any]) -> Any:
 
 
 class EntityTestKit(Generic[S]):
+    """Runs one entity's commands in memory, with no I/O: given events, when a command, then events, reply, state."""
+
     def __init__(self, entity: type[EventSourcedEntity[S]], entity_id: str = "test-1") -> None:
         self.model = model_of(entity)
         self.entity = entity(entity_id)

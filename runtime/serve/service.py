@@ -40,6 +40,8 @@ log = structlog.get_logger("memoir.service")
 
 
 class Service:
+    """The runtime plus the publisher, views and consumers of one app, on one NATS connection."""
+
     def __init__(
         self,
         app: App,
