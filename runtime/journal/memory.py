@@ -1,4 +1,8 @@
-"""`memory://`: a journal in a Python dict, for tests and the testkit. Lost on exit."""
+"""`memory://`: a journal in a Python dict, for tests and the testkit. Lost on exit.
+
+Command ids are remembered for the life of the object (until the entity is deleted):
+a repeat raises `DuplicateCommand`, checked before the seq, as in the SQL journals.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +12,7 @@ from collections.abc import Sequence
 import msgspec
 
 from ..model.envelope import Envelope, Snapshot
-from ..model.errors import ConcurrencyConflict, EntityDeleted
+from ..model.errors import ConcurrencyConflict, DuplicateCommand, EntityDeleted
 from .base import Journal, check_batch
 
 Key = tuple[str, str]
@@ -24,10 +28,14 @@ class MemoryJournal(Journal):
         self._deleted: set[Key] = set()
         self._snapshots: dict[Key, dict[int, Snapshot]] = {}
         self._checkpoints: dict[str, int] = {}
+        self._commands: dict[Key, dict[str, tuple[int, bytes | None]]] = {}
         self._position = 0
 
     async def append(self, events: Sequence[Envelope], expected_seq: int) -> list[Envelope]:
         key = check_batch(events, expected_seq)
+        last = events[-1]
+        if last.command_id is not None and (hit := self._commands.get(key, {}).get(last.command_id)) is not None:
+            raise DuplicateCommand(key[0], key[1], last.command_id, hit[0], hit[1])
         if key in self._deleted:
             raise EntityDeleted(*key)
         head = self._heads.get(key, 0)
@@ -41,6 +49,8 @@ class MemoryJournal(Journal):
         self._positions.extend(e.position for e in stored)
         self._entities.setdefault(key, []).extend(stored)
         self._heads[key] = stored[-1].seq
+        if last.command_id is not None:
+            self._commands.setdefault(key, {})[last.command_id] = (last.seq, last.reply)
         self._notify_appended()
         return stored
 
@@ -77,6 +87,10 @@ class MemoryJournal(Journal):
         if to_seq is None:
             self._deleted.add(key)
             self._snapshots.pop(key, None)
+            self._commands.pop(key, None)
+
+    async def find_command(self, entity_type: str, entity_id: str, command_id: str) -> tuple[int, bytes | None] | None:
+        return self._commands.get((entity_type, entity_id), {}).get(command_id)
 
     async def save_snapshot(self, snapshot: Snapshot) -> None:
         self._snapshots.setdefault((snapshot.entity_type, snapshot.entity_id), {})[snapshot.seq] = snapshot

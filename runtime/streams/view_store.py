@@ -29,6 +29,7 @@ import anyio
 import anyio.from_thread
 import anyio.to_thread
 
+from ..journal.urls import parse_postgres_url, parse_sqlite_url
 from ..model.errors import ConfigError, JournalError
 
 T = TypeVar("T")
@@ -253,8 +254,6 @@ class PostgresViewStore(ViewStore):
     """
 
     def __init__(self, url: str, *, pool_size: int = 4) -> None:
-        from ..journal.postgres import parse_postgres_url
-
         self.dsn, self.schema = parse_postgres_url(url)
         self.pool_size = pool_size
         self._pool: Any = None
@@ -355,8 +354,6 @@ def open_view_store(url: str) -> ViewStore:
     if url.startswith("memory:"):
         return MemoryViewStore()
     if url.startswith("sqlite:"):
-        from ..journal.sqlite import parse_sqlite_url
-
         path, opts = parse_sqlite_url(url)
         return SqliteViewStore(path, synchronous=opts.get("synchronous", "NORMAL"))
     if url.startswith(("postgresql:", "postgres:")):
