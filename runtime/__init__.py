@@ -110,5 +110,5 @@ __all__ = [
 # One public home for every name, as httpx does: reprs, docs and tracebacks say `runtime.X`,
 # and moving a module between layers never changes what users see.
 for _name in __all__:
-    setattr(globals()[_name], "__module__", "runtime")
+    globals()[_name].__module__ = "runtime"
 del _name
