@@ -61,6 +61,16 @@ CASES: list[tuple[str, str, bytes, dict[str, str] | None, str, str]] = [
         "header Memoir-Command-Id",
     ),
     (
+        "timeout not a number",
+        "inventory.A.receive",
+        GOOD,
+        {"Memoir-Timeout-Ms": "soon"},
+        "invalid",
+        "Memoir-Timeout-Ms",
+    ),
+    ("timeout negative", "inventory.A.receive", GOOD, {"Memoir-Timeout-Ms": "-5"}, "invalid", "between 1 and 86400000"),
+    ("timeout not finite", "inventory.A.receive", GOOD, {"Memoir-Timeout-Ms": "nan"}, "invalid", "Memoir-Timeout-Ms"),
+    (
         "negative units (the entity says so)",
         "inventory.A.receive",
         b'{"units": -5, "on": "2022-03-01"}',
