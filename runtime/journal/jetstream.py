@@ -37,7 +37,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import secrets
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any, NamedTuple
 from urllib.parse import parse_qs, urlsplit, urlunsplit
 
@@ -45,10 +45,17 @@ import anyio
 import msgspec
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
+from nats.errors import (
+    ConnectionClosedError,
+    ConnectionReconnectingError,
+    NoRespondersError,
+    OutboundBufferLimitError,
+    StaleConnectionError,
+)
 from nats.errors import Error as NatsError
 from nats.js import api
 from nats.js.errors import Error as JetStreamError
-from nats.js.errors import KeyNotFoundError, NotFoundError
+from nats.js.errors import KeyNotFoundError, NotFoundError, ServiceUnavailableError
 
 from ..model.envelope import Envelope, Recovery, Snapshot
 from ..model.errors import (
@@ -86,6 +93,18 @@ H_BATCH_SEQ = "Nats-Batch-Sequence"
 H_BATCH_COMMIT = "Nats-Batch-Commit"
 WRONG_LAST_SEQUENCE = 10071
 BATCH_DUPLICATE = 10201
+
+
+# What a lost or not yet restored connection looks like from nats-py: the caller may retry.
+_UNAVAILABLE = (
+    TimeoutError,  # nats-py's TimeoutError is one too
+    NoRespondersError,
+    ServiceUnavailableError,
+    ConnectionClosedError,
+    ConnectionReconnectingError,
+    StaleConnectionError,
+    OutboundBufferLimitError,
+)
 
 
 class _Append(NamedTuple):
@@ -136,6 +155,8 @@ def parse_nats_journal_url(url: str) -> tuple[str, str]:
 
 
 class JetStreamJournal(Journal):
+    prefix: str
+
     def __init__(self, url: str, *, replicas: int = 1, ack_timeout: float = 10.0) -> None:
         self.server, self.prefix = parse_nats_journal_url(url)
         self.url = f"{self.server}?prefix={self.prefix}"
@@ -150,6 +171,7 @@ class JetStreamJournal(Journal):
         self._checkpoints: Any = None
         self._acks: AckInbox | None = None
         self._unwatch: Any = None
+        self._calls: set[anyio.CancelScope] = set()  # server calls in flight, ended at once on a drop
         # (entity) -> (last stream seq of its subject, head seq): what the next append expects
         self._last: dict[Key, tuple[int, int]] = {}
         self._writes: Batcher[_Append, int] = Batcher(self._flush, max_batch=MAX_BATCH, name="jetstream")
@@ -164,8 +186,37 @@ class JetStreamJournal(Journal):
     def _lost(self) -> JournalUnavailable:
         return JournalUnavailable("connection lost", f"NATS at {self.server}: the write may or may not have landed")
 
+    def _disconnected(self) -> None:
+        for scope in list(self._calls):
+            scope.cancel()  # their answers went down with the socket; nats-py would wait out its timeout
+
     def _reconnected(self) -> None:
         self._last.clear()  # what the server holds is asked again, entity by entity
+
+    def _failure(self, exc: BaseException, what: str) -> JournalError:
+        """A nats-py error as a JournalError: JournalUnavailable when the server cannot be reached."""
+        if isinstance(exc, JournalError):
+            return exc
+        if isinstance(exc, _UNAVAILABLE) or self.nc is None or not self.nc.is_connected:
+            return JournalUnavailable("connection lost", f"NATS at {self.server}: {what}: {exc!r}")
+        return JournalError(f"JetStream journal at {self.server}: {what}: {exc}")
+
+    @contextlib.contextmanager
+    def _online(self, what: str) -> Iterator[None]:
+        """Fail fast while disconnected, at once if the connection drops meanwhile, and say which it was."""
+        if self.nc is None or not self.nc.is_connected:
+            raise self._lost()
+        scope = anyio.CancelScope()
+        self._calls.add(scope)
+        try:
+            with scope:
+                yield
+        except (NatsError, JetStreamError) as exc:
+            raise self._failure(exc, what) from exc
+        finally:
+            self._calls.discard(scope)
+        if scope.cancelled_caught:
+            raise self._lost()
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -211,7 +262,7 @@ class JetStreamJournal(Journal):
             raise JournalError(f"cannot open the JetStream journal at {self.server}: {exc}") from exc
         self._acks = AckInbox(self.nc, self._lost)
         await self._acks.open()
-        self._unwatch = watch(self.nc, reconnected=self._reconnected)
+        self._unwatch = watch(self.nc, disconnected=self._disconnected, reconnected=self._reconnected)
         stack = contextlib.AsyncExitStack()
         tg = await stack.enter_async_context(anyio.create_task_group())
         tg.start_soon(self._writes.run)
@@ -254,11 +305,12 @@ class JetStreamJournal(Journal):
         if meta.deleted:
             raise EntityDeleted(*key)
         subject = event_subject(self.prefix, *key)
-        try:
-            last = await self.js.get_last_msg(self.stream, subject, direct=True)
-            found = (last.seq, max(meta.floor, int((last.headers or {}).get(H_SEQ, 0))))
-        except NotFoundError:
-            found = (0, meta.floor)
+        with self._online(f"reading the last event of {subject}"):
+            try:
+                last = await self.js.get_last_msg(self.stream, subject, direct=True)
+                found = (last.seq, max(meta.floor, int((last.headers or {}).get(H_SEQ, 0))))
+            except NotFoundError:
+                found = (0, meta.floor)
         self._last[key] = found
         return found
 
@@ -270,6 +322,8 @@ class JetStreamJournal(Journal):
 
     async def append(self, events: Sequence[Envelope], expected_seq: int) -> list[Envelope]:
         key = check_batch(events, expected_seq)
+        if self.nc is not None and not self.nc.is_connected:
+            raise self._lost()  # fail fast: nothing is sent while nats-py reconnects
         if len(events) > MAX_BATCH:
             raise JournalError(f"the JetStream journal takes at most {MAX_BATCH} events in one append")
         first = await self._writes.submit(_Append(key, expected_seq, events))
@@ -290,8 +344,7 @@ class JetStreamJournal(Journal):
             except _Refused:
                 pass  # which append the server objected to is not said: each on its own decides
             except Exception as exc:  # noqa: BLE001 - no ack: any of them may have landed
-                if not isinstance(exc, JournalError):
-                    exc = JournalError(f"JetStream journal at {self.server}: {exc!r}")
+                exc = self._failure(exc, "appending an atomic batch")
                 for req, i in zip(reqs, where, strict=True):
                     self._last.pop(req.key, None)
                     results[i] = exc
@@ -322,7 +375,7 @@ class JetStreamJournal(Journal):
             first = await (self._append_one if len(events) == 1 else self._append_batch)(subject, events, last_seq)
         except (NatsError, JetStreamError) as exc:
             self._last.pop(key, None)
-            raise JournalError(f"JetStream journal at {self.server}: {exc}") from exc
+            raise self._failure(exc, f"appending to {key[0]}/{key[1]}") from exc
         except BaseException:
             self._last.pop(key, None)  # a conflict, a deletion, or no ack: ask the server next time
             raise
@@ -460,21 +513,25 @@ class JetStreamJournal(Journal):
             inactive_threshold=10.0,
             mem_storage=True,
         )
-        try:
+        with self._online(f"reading {subject}"):
             psub = await self.js.pull_subscribe(subject, stream=stream, config=config)
-        except (NatsError, JetStreamError) as exc:
-            raise JournalError(f"JetStream journal: cannot read {subject}: {exc}") from exc
-        try:
-            info = await psub.consumer_info()
-            total = info.num_pending if limit is None else min(limit, info.num_pending)
-            out: list[Msg] = []
-            while len(out) < total:
-                out.extend(await psub.fetch(min(1000, total - len(out)), timeout=10))
-            return out
-        finally:
-            with contextlib.suppress(NatsError, JetStreamError):
-                await self.js.delete_consumer(stream, (await psub.consumer_info()).name)
-            await psub.unsubscribe()
+            consumer = ""
+            try:
+                info = await psub.consumer_info()
+                consumer = info.name
+                total = info.num_pending if limit is None else min(limit, info.num_pending)
+                out: list[Msg] = []
+                while len(out) < total:
+                    out.extend(await psub.fetch(min(1000, total - len(out)), timeout=10))
+                return out
+            finally:
+                # Shielded but bounded: the ephemeral consumer also goes by itself (inactive_threshold).
+                if consumer:
+                    with anyio.move_on_after(2, shield=True), contextlib.suppress(NatsError, JetStreamError):
+                        await self.js.delete_consumer(stream, consumer)
+                with contextlib.suppress(NatsError):
+                    await psub.unsubscribe()
+        raise AssertionError("unreachable")  # _online re-raises what ended the scope
 
     async def read(
         self, entity_type: str, entity_id: str, from_seq: int = 1, to_seq: int | None = None, limit: int | None = None
@@ -511,16 +568,19 @@ class JetStreamJournal(Journal):
         return (await self._load_meta((entity_type, entity_id))).deleted
 
     async def last_position(self) -> int:
-        info = await self.js.stream_info(self.stream)
-        return int(info.state.last_seq)
+        with self._online("reading the stream's last position"):
+            info = await self.js.stream_info(self.stream)
+            return int(info.state.last_seq)
+        raise AssertionError("unreachable")
 
     # -- deletion ----------------------------------------------------------------------------------
 
     async def _load_meta(self, key: Key) -> _Meta:
-        try:
-            entry = await self._meta.get(_kv_key(key))
-        except KeyNotFoundError:
-            return _Meta()
+        with self._online(f"reading the deletion floor of {key[0]}/{key[1]}"):
+            try:
+                entry = await self._meta.get(_kv_key(key))
+            except KeyNotFoundError:
+                return _Meta()
         return msgspec.json.decode(entry.value, type=_Meta) if entry.value else _Meta()
 
     async def delete(self, entity_type: str, entity_id: str, to_seq: int | None = None) -> None:

@@ -148,7 +148,7 @@ async def pull_loop(
     ack_wait: float = 10.0,
     fetch_timeout: float = 0.5,
     start_seq: int | None = None,
-    nc: NATS | None = None,
+    nc: NATS,
 ) -> None:
     """Fetch and handle batches forever; connection trouble is logged and retried, never fatal.
 
@@ -182,10 +182,6 @@ async def pull_loop(
             log.info("waiting for stream", stream=stream, owner=owner, error=str(exc))
             await anyio.sleep(backoff)
             backoff = min(backoff * 2, 2.0)
-    if nc is None:
-        # Transitional, for callers that do not pass `nc` yet: nats-py has no public accessor.
-        nc = js._nc
-    assert nc is not None
     puller = Puller(nc, stream, consumer_name(owner, entity_type))
     await puller.start()
     try:
