@@ -35,6 +35,13 @@ def sqlite_error(exc: BaseException, what: str, doing: str) -> JournalError:
     return JournalError(f"{what}: {doing}: {exc}")
 
 
+def pg_errors() -> tuple[type[BaseException], ...]:
+    """Everything asyncpg raises for a statement or a connection."""
+    import asyncpg
+
+    return (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError)
+
+
 def pg_connection_lost(exc: BaseException) -> bool:
     """Whether an asyncpg error means the connection (not the statement) is gone."""
     import asyncpg
@@ -43,7 +50,8 @@ def pg_connection_lost(exc: BaseException) -> bool:
         exc,
         OSError
         | TimeoutError
-        | asyncpg.InterfaceError  # "connection is closed", "another operation is in progress" after a loss
+        | asyncpg.InterfaceError  # "connection is closed"
+        | asyncpg.InternalClientError  # "another operation is in progress": the protocol lost its place
         | asyncpg.PostgresConnectionError  # 08xxx, ConnectionDoesNotExistError
         | asyncpg.AdminShutdownError  # pg_terminate_backend, a fast shutdown
         | asyncpg.CrashShutdownError

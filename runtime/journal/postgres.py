@@ -31,7 +31,7 @@ import anyio
 from ..model.envelope import Recovery
 from ..model.errors import JournalError
 from ._sql import Append, Dialect, Op, Rows, SqlJournal, drive_async, migrate, recover_steps
-from .faults import Link, pg_connection_lost
+from .faults import Link, pg_connection_lost, pg_errors
 from .urls import parse_postgres_url, postgres_where
 
 __all__ = ["PostgresJournal", "dialect", "parse_postgres_url"]
@@ -139,18 +139,17 @@ class PostgresJournal(SqlJournal):
             raise self._link.error()
         try:
             self._writer = await asyncpg.connect(self.dsn, timeout=5)
-        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except pg_errors() as exc:
             raise self._link.lost(exc) from exc
         return self._writer
 
     async def _flush(self, batch: list[Append | Op]) -> list[Any]:
-        import asyncpg
 
         conn = await self._connection()
         try:
             async with conn.transaction():
                 results = await drive_async(self._execute, self._batch(batch))
-        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except pg_errors() as exc:
             self._forget_streams()
             if pg_connection_lost(exc) or conn.is_closed():
                 await self._drop_writer()
@@ -163,13 +162,12 @@ class PostgresJournal(SqlJournal):
 
     @contextlib.asynccontextmanager
     async def _reading(self, doing: str) -> Any:
-        import asyncpg
 
         if self._pool is None:
             raise JournalError("the PostgreSQL journal is not open (use `async with journal:`)")
         try:
             yield self._pool
-        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except pg_errors() as exc:
             if pg_connection_lost(exc):
                 raise self._link.error(exc) from exc  # the pool replaces the dead connection itself
             raise JournalError(f"PostgreSQL journal at {self._link.where}: {doing}: {exc}") from exc

@@ -13,6 +13,12 @@ The SQLite store runs with `synchronous=NORMAL` by default: a view is derived
 data. A process crash loses nothing (WAL); a power loss can only take the last
 batches back, rows and checkpoint together, and the view then re-reads them
 from its stream. An fsync per batch would buy nothing but view lag.
+
+Faults: a lost PostgreSQL connection or a full disk makes `transact` wait and retry
+(one warning when it starts, one info when it is over) rather than fail the view: a
+view cannot move past a batch it could not store, and the store recovers by itself.
+Reads answer `JournalUnavailable` meanwhile. A PostgreSQL batch whose commit was cut
+off may have landed: the retry sees its checkpoint and stores nothing twice.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ from __future__ import annotations
 import abc
 import contextlib
 import sqlite3
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Protocol, Self, TypeVar
@@ -29,10 +35,28 @@ import anyio
 import anyio.from_thread
 import anyio.to_thread
 
-from ..journal.urls import parse_postgres_url, parse_sqlite_url
-from ..model.errors import ConfigError, JournalError
+from ..journal.faults import Link, pg_connection_lost, pg_errors, sqlite_error, sqlite_full
+from ..journal.urls import parse_postgres_url, parse_sqlite_url, postgres_where
+from ..model.errors import ConfigError, JournalError, JournalUnavailable
 
 T = TypeVar("T")
+
+_RETRY_MAX_S = 2.0  # the longest wait between two attempts of a batch while storage is away
+
+
+async def _until_stored(link: Link, attempt: Callable[[int], Awaitable[None]]) -> None:
+    """Run a view batch until storage takes it; `attempt(n)` is told how many attempts failed before."""
+    failed = 0
+    while True:
+        try:
+            await attempt(failed)
+        except JournalUnavailable as exc:
+            link.lost(exc)
+            failed += 1
+            await anyio.sleep(min(0.05 * 2**failed, _RETRY_MAX_S))
+            continue
+        link.ok()
+        return
 
 
 class RawRows(Protocol):
@@ -139,6 +163,7 @@ class SqliteViewStore(ViewStore):
         self.synchronous = synchronous
         self._conn: sqlite3.Connection | None = None
         self._limiter = anyio.CapacityLimiter(1)
+        self._link = Link("SQLite view store", self.path)
 
     def _open(self) -> None:
         if self.path != ":memory:":
@@ -152,7 +177,9 @@ class SqliteViewStore(ViewStore):
     async def open(self) -> None:
         try:
             await anyio.to_thread.run_sync(self._open)
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, OSError) as exc:
+            if sqlite_full(exc):
+                raise sqlite_error(exc, f"view store {self.path!r}", "cannot open") from exc
             raise ConfigError(f"cannot open view store {self.path!r}: {exc}") from exc
 
     async def close(self) -> None:
@@ -166,8 +193,8 @@ class SqliteViewStore(ViewStore):
             raise JournalError("the view store is not open")
         try:
             return await anyio.to_thread.run_sync(fn, conn, limiter=self._limiter)
-        except sqlite3.Error as exc:
-            raise JournalError(f"view store {self.path!r}: {exc}") from exc
+        except (sqlite3.Error, OSError) as exc:
+            raise sqlite_error(exc, f"view store {self.path!r}", "failed") from exc
 
     async def transact(self, view: str, work: Work) -> None:
         def run(conn: sqlite3.Connection) -> None:
@@ -186,10 +213,12 @@ class SqliteViewStore(ViewStore):
                 )
                 conn.execute("COMMIT")
             except BaseException:
-                conn.execute("ROLLBACK")
+                if conn.in_transaction:  # a full disk has already rolled it back
+                    with contextlib.suppress(sqlite3.Error):
+                        conn.execute("ROLLBACK")
                 raise
 
-        await self._run(run)
+        await _until_stored(self._link, lambda _: self._run(run))
 
     async def checkpoints(self, view: str) -> dict[str, int]:
         rows = await self._run(
@@ -257,6 +286,7 @@ class PostgresViewStore(ViewStore):
         self.dsn, self.schema = parse_postgres_url(url)
         self.pool_size = pool_size
         self._pool: Any = None
+        self._link = Link("PostgreSQL view store", postgres_where(self.dsn))
 
     def _sql(self, text: str) -> str:
         return text.replace("{s}", self.schema)
@@ -280,28 +310,35 @@ class PostgresViewStore(ViewStore):
 
     @contextlib.asynccontextmanager
     async def _conn(self) -> AsyncIterator[Any]:
-        import asyncpg
 
         if self._pool is None:
             raise JournalError("the view store is not open")
         try:
             async with self._pool.acquire() as conn:
                 yield conn
-        except (OSError, asyncpg.PostgresError) as exc:
+        except pg_errors() as exc:
+            if pg_connection_lost(exc):  # the pool replaces the dead connection itself
+                raise self._link.error(exc) from exc
             raise JournalError(f"view store (schema {self.schema}): {exc}") from exc
 
     async def transact(self, view: str, work: Work) -> None:
+        await _until_stored(self._link, lambda failed: self._transact(view, work, retry=failed > 0))
+
+    async def _transact(self, view: str, work: Work, *, retry: bool) -> None:
         async with self._conn() as conn, conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", f"memoir-view-{self.schema}-{view}")
             read = self._sql("SELECT row FROM {s}.view_rows WHERE view=$1 AND key=$2")
             writes, checkpoints = await anyio.to_thread.run_sync(work, _PostgresRows(conn, read, view))
+            if retry and checkpoints and await self._landed(conn, view, checkpoints):
+                return  # the attempt that lost its connection committed after all
             puts = [(k, v) for k, v in writes.items() if v is not None]
             dels = [k for k, v in writes.items() if v is None]
             if puts:
                 await conn.execute(
                     self._sql(
-                        "INSERT INTO {s}.view_rows (view, key, row) SELECT $1, k, r FROM unnest($2::text[], $3::bytea[])"
-                        " AS t(k, r) ON CONFLICT (view, key) DO UPDATE SET row = EXCLUDED.row"
+                        "INSERT INTO {s}.view_rows (view, key, row)"
+                        " SELECT $1, k, r FROM unnest($2::text[], $3::bytea[]) AS t(k, r)"
+                        " ON CONFLICT (view, key) DO UPDATE SET row = EXCLUDED.row"
                     ),
                     view,
                     [k for k, _ in puts],
@@ -322,6 +359,15 @@ class PostgresViewStore(ViewStore):
                     list(checkpoints),
                     list(checkpoints.values()),
                 )
+
+    async def _landed(self, conn: Any, view: str, checkpoints: Mapping[str, int]) -> bool:
+        rows = await conn.fetch(
+            self._sql("SELECT stream, seq FROM {s}.view_checkpoints WHERE view=$1 AND stream = ANY($2::text[])"),
+            view,
+            list(checkpoints),
+        )
+        stored = {r["stream"]: r["seq"] for r in rows}
+        return all(stored.get(k, 0) >= v for k, v in checkpoints.items())
 
     async def checkpoints(self, view: str) -> dict[str, int]:
         async with self._conn() as conn:
