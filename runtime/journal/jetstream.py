@@ -10,6 +10,17 @@ publish: no outbox runs, and the stream sequence is the position.
   and the server refuses it with err_code 10071 if another writer got there first
   (a `ConcurrencyConflict`). A duplicate `Nats-Msg-Id` is accepted only if the stored
   message is this very write (a retry that already landed); otherwise it is a conflict.
+- Command ids hold by JetStream's own dedupe: the last event of an append whose events
+  carry a command id has `Nats-Msg-Id: {type}/{token(id)}/cmd:{token(command id)}` (the
+  others keep `{type}/{token(id)}/{seq}`). Within the stream's duplicate window, the URL
+  option `duplicate_window` in seconds (default 120, JetStream's own; `?duplicate_window=600`),
+  the server stores a repeat not at all and names the first write, whose seq and reply
+  `DuplicateCommand` carries; this holds across restarts of the server and of the runtime,
+  and also when the first write was truncated since (then the reply is None and the seq the
+  deletion floor). A repeat refused for a stale seq (the server checks that first) or inside
+  an atomic batch (10201, which does not say which message) is looked up among the entity's
+  stored events instead, as `find_command` does. Beyond the window, a repeat decided on the
+  entity's current seq is stored again.
 - A multi-event append is an atomic batch (stream `allow_atomic`, server >= 2.12):
   headers `Nats-Batch-Id`, `Nats-Batch-Sequence` 1..n and `Nats-Batch-Commit: 1` on the
   last; the server stores all or none and acks the commit (10201 names a batch that
@@ -25,6 +36,12 @@ publish: no outbox runs, and the stream sequence is the position.
   not report a refusal, nats.py #985): an atomic batch has a higher fixed cost.
 - Snapshots live in a second stream (the latest 16 per entity), checkpoints, deletion
   floors and tombstones in KV buckets.
+
+Connection loss: nats-py reconnects by itself (every 0.25 s); on the drop every append and
+read waiting for the server fails at once with `JournalUnavailable("connection lost")`, and
+new ones fail fast until it is back (one warning, then one info in the log). Whether such
+a write landed is unknown: the caller retries with its command id, which the dedupe above
+makes safe.
 
 Durability: JetStream fsyncs every `sync_interval` (2 minutes by default). An
 acknowledged append then survives a crash of the server process but not of the
@@ -61,6 +78,7 @@ from ..model.envelope import Envelope, Recovery, Snapshot
 from ..model.errors import (
     ConcurrencyConflict,
     ConfigError,
+    DuplicateCommand,
     EntityDeleted,
     JournalError,
     JournalUnavailable,
@@ -69,6 +87,7 @@ from ..model.errors import (
 from ..wire.nats import AckInbox, PublishError, close_quietly, connect, decode_ack, ensure_stream, watch
 from ..wire.protocol import (
     H_COMMAND_ID,
+    H_MSG_ID,
     H_POSITION,
     H_RECORDED,
     H_SEQ,
@@ -143,23 +162,45 @@ def _kv_key(key: Key) -> str:
     return base64.urlsafe_b64encode(f"{key[0]}/{key[1]}".encode()).decode().rstrip("=")
 
 
-def parse_nats_journal_url(url: str) -> tuple[str, str]:
+DEFAULT_DUPLICATE_WINDOW = 120.0  # seconds: JetStream's own default
+
+
+def command_msg_id(entity_type: str, entity_id: str, command_id: str) -> str:
+    """The `Nats-Msg-Id` of a command's last event: the server stores it once per duplicate window.
+
+    `cmd:` keeps it apart from the `{type}/{id}/{seq}` ids of the other events (a seq is digits).
+    """
+    return f"{entity_type}/{token(entity_id)}/cmd:{token(command_id)}"
+
+
+def parse_nats_journal_url(url: str) -> tuple[str, str, float]:
+    """`nats://host:port?prefix=memoir&duplicate_window=120` -> (server URL, prefix, window in seconds)."""
     parts = urlsplit(url)
     if parts.scheme not in ("nats", "tls"):
         raise ConfigError(f"not a NATS URL: {url!r}")
     opts = {k: v[-1] for k, v in parse_qs(parts.query).items()}
-    unknown = set(opts) - {"prefix"}
+    unknown = set(opts) - {"prefix", "duplicate_window"}
     if unknown:
         raise ConfigError(f"unknown NATS journal URL option(s) {sorted(unknown)} in {url!r}")
-    return urlunsplit((parts.scheme, parts.netloc, parts.path, "", "")), check_prefix(opts.get("prefix", "memoir"))
+    raw = opts.get("duplicate_window", str(DEFAULT_DUPLICATE_WINDOW))
+    try:
+        window = float(raw)
+    except ValueError:
+        window = -1.0
+    if not 0 < window <= 7 * 86400:
+        raise ConfigError(f"duplicate_window={raw!r} in the NATS journal URL must be seconds, > 0 and <= 604800")
+    server = urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))
+    return server, check_prefix(opts.get("prefix", "memoir")), window
 
 
 class JetStreamJournal(Journal):
     prefix: str
 
     def __init__(self, url: str, *, replicas: int = 1, ack_timeout: float = 10.0) -> None:
-        self.server, self.prefix = parse_nats_journal_url(url)
+        self.server, self.prefix, self.duplicate_window = parse_nats_journal_url(url)
         self.url = f"{self.server}?prefix={self.prefix}"
+        if self.duplicate_window != DEFAULT_DUPLICATE_WINDOW:
+            self.url += f"&duplicate_window={self.duplicate_window:g}"
         base = stream_prefix(self.prefix)
         self.stream = f"{base}_EVENTS"
         self.snapshot_stream = f"{base}_SNAPSHOTS"
@@ -240,7 +281,7 @@ class JetStreamJournal(Journal):
                     num_replicas=self.replicas,
                     allow_atomic=True,
                     allow_direct=True,
-                    duplicate_window=120.0,
+                    duplicate_window=self.duplicate_window,
                 ),
             )
             await ensure_stream(
@@ -314,10 +355,13 @@ class JetStreamJournal(Journal):
         self._last[key] = found
         return found
 
-    def _headers(self, env: Envelope) -> dict[str, str]:
+    def _headers(self, env: Envelope, last: bool) -> dict[str, str]:
+        """An event's headers; the last event of an append with a command id is deduplicated by it."""
         h = event_headers(env)
         if env.reply is not None:
             h[H_REPLY] = token(env.reply.decode())
+        if last and env.command_id is not None:
+            h[H_MSG_ID] = command_msg_id(env.entity_type, env.entity_id, env.command_id)
         return h
 
     async def append(self, events: Sequence[Envelope], expected_seq: int) -> list[Envelope]:
@@ -376,6 +420,10 @@ class JetStreamJournal(Journal):
         except (NatsError, JetStreamError) as exc:
             self._last.pop(key, None)
             raise self._failure(exc, f"appending to {key[0]}/{key[1]}") from exc
+        except ConcurrencyConflict:
+            self._last.pop(key, None)
+            await self._raise_if_repeat(events[-1])  # a repeat decided on a stale seq is still a repeat
+            raise
         except BaseException:
             self._last.pop(key, None)  # a conflict, a deletion, or no ack: ask the server next time
             raise
@@ -431,11 +479,13 @@ class JetStreamJournal(Journal):
 
     async def _append_one(self, subject: str, events: Sequence[Envelope], last_seq: int) -> int:
         env = events[0]
-        headers = self._headers(env)
+        headers = self._headers(env, last=True)
         headers[H_EXPECTED_LAST_SUBJECT_SEQ] = str(last_seq)
         ack = await self._request(subject, env.payload, headers)
         self._check(ack, env)
         if ack.get("duplicate"):
+            if env.command_id is not None:
+                await self._repeat(int(ack["seq"]), env)
             await self._same_write(ack["seq"], env)
         return int(ack["seq"])
 
@@ -443,6 +493,53 @@ class JetStreamJournal(Journal):
         ack = await self._publish_atomic([(subject, events, last_seq)])
         self._check(ack, events[0])
         return int(ack["seq"]) - len(events) + 1
+
+    async def _repeat(self, seq: int, env: Envelope) -> None:
+        """The server dropped `env` as a repeat of the message at stream `seq`: answer with that write."""
+        assert env.command_id is not None
+        try:
+            with self._online("reading a command's first write"):
+                stored = await self.js.get_msg(self.stream, seq=seq, direct=True)
+        except JournalError as exc:
+            if not isinstance(exc.__cause__, NotFoundError):
+                raise
+            # Deleted (truncated) since, but still in the window: still a repeat, its reply gone.
+            raise DuplicateCommand(
+                env.entity_type,
+                env.entity_id,
+                env.command_id,
+                (await self._load_meta((env.entity_type, env.entity_id))).floor,
+                None,
+            ) from None
+        h = stored.headers or {}
+        reply = h.get(H_REPLY)
+        raise DuplicateCommand(
+            env.entity_type,
+            env.entity_id,
+            env.command_id,
+            int(h.get(H_SEQ, 0)),
+            None if reply is None else untoken(str(reply)).encode(),
+        )
+
+    async def _raise_if_repeat(self, env: Envelope) -> None:
+        """DuplicateCommand if the entity already stored the command id of this refused append."""
+        if env.command_id is None:
+            return
+        found = await self.find_command(env.entity_type, env.entity_id, env.command_id)
+        if found is not None:
+            raise DuplicateCommand(env.entity_type, env.entity_id, env.command_id, *found)
+
+    async def find_command(self, entity_type: str, entity_id: str, command_id: str) -> tuple[int, bytes | None] | None:
+        """The first write of a command id among the entity's stored events (a read of the entity)."""
+        run: Envelope | None = None
+        for env in await self.read(entity_type, entity_id):
+            if env.command_id == command_id:
+                run = env
+                if env.reply is not None:
+                    break  # a command's last event carries its reply
+            elif run is not None:
+                break
+        return None if run is None else (run.seq, run.reply)
 
     async def _publish_atomic(self, parts: list[tuple[str, Sequence[Envelope], int]]) -> dict[str, Any]:
         """One atomic batch of (subject, events, expected last subject seq) parts; the commit's ack.
@@ -458,7 +555,7 @@ class JetStreamJournal(Journal):
         for subject, events, last_seq in parts:
             for j, env in enumerate(events):
                 n += 1
-                headers = self._headers(env)
+                headers = self._headers(env, last=j == len(events) - 1)
                 headers[H_BATCH_ID] = batch_id
                 headers[H_BATCH_SEQ] = str(n)
                 if j == 0:
