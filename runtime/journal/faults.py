@@ -60,7 +60,7 @@ def pg_connection_lost(exc: BaseException) -> bool:
 
 
 class Link:
-    """One store's view of its connection: one warning when lost, one info when back,
+    """One store's view of its storage: one warning when it goes away, one info when it is back,
     and a backoff so a dead server is asked at most a few times a second."""
 
     def __init__(self, what: str, where: str) -> None:
@@ -78,7 +78,8 @@ class Link:
         now = time.monotonic()
         if self.lost_at is None:
             self.lost_at = now
-            log.warning("storage connection lost", store=self.what, at=self.where, error=f"{type(exc).__name__}: {exc}")
+            reason = exc.reason if isinstance(exc, JournalUnavailable) else "connection lost"
+            log.warning("storage unavailable", store=self.what, at=self.where, reason=reason, error=str(exc))
         self._backoff = min(max(self._backoff * 2, 0.05), 1.0)
         self._retry_at = now + self._backoff
         return self.error(exc)
@@ -89,7 +90,7 @@ class Link:
     def ok(self) -> None:
         if self.lost_at is not None:
             log.info(
-                "storage connection back",
+                "storage available again",
                 store=self.what,
                 at=self.where,
                 after_s=round(time.monotonic() - self.lost_at, 3),

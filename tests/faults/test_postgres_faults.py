@@ -140,8 +140,8 @@ async def test_journal_reconnects_after_its_backends_are_terminated_under_load(s
     for es in by_entity.values():  # no gaps: seqs 1..n and positions increasing
         assert [e.seq for e in es] == list(range(1, len(es) + 1))
     assert [e.position for e in stored] == sorted({e.position for e in stored})
-    lost_logs = [e for e in logs if e["event"] == "storage connection lost"]
-    back_logs = [e for e in logs if e["event"] == "storage connection back"]
+    lost_logs = [e for e in logs if e["event"] == "storage unavailable"]
+    back_logs = [e for e in logs if e["event"] == "storage available again"]
     assert 1 <= len(lost_logs) <= len(kills), lost_logs  # once per outage, not once per command
     assert len(back_logs) == len(lost_logs)
     assert not [e for e in logs if e.get("log_level") == "error"]
@@ -203,5 +203,5 @@ async def test_view_store_reconnects_after_its_backends_are_terminated(tmp_path:
     assert all(r < RECOVER_WITHIN_S for r in recovered)
     assert count == str(batches).encode()  # every batch applied exactly once
     assert checkpoints == {"s": batches}
-    lost_logs = [e for e in logs if e["event"] == "storage connection lost"]
+    lost_logs = [e for e in logs if e["event"] == "storage unavailable"]
     assert len(lost_logs) <= len(kills)
