@@ -47,6 +47,7 @@ from ..model.errors import (
     ErrorCode,
     JournalError,
     JournalUnavailable,
+    Moved,
 )
 from ..wire.protocol import Reply
 
@@ -61,6 +62,7 @@ class ActorHost:
     mailbox_size: int
     dedupe_window: int  # command ids remembered in memory per entity (the journal keeps them all)
     offer_snapshot: Callable[[Snapshot], None]
+    admits: Callable[[str, str], bool] | None = None  # in a cluster: does this process own the entity now?
 
 
 class CommandMeta(msgspec.Struct, frozen=True):
@@ -161,6 +163,8 @@ class Actor:
 
     async def _turn(self, host: ActorHost, spec: CommandSpec, args: Any, meta: CommandMeta) -> Reply:
         model = self.model
+        if host.admits is not None and not host.admits(model.type_name, self.entity_id):
+            raise Moved(model.type_name, self.entity_id)  # checked inside the turn: no race with a hand-off
         if not self.recovered:
             await self.recover(host)
         if meta.deadline is not None and time.monotonic() > meta.deadline:

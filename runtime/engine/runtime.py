@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from types import TracebackType
 from typing import Any, Self
 
@@ -47,6 +47,7 @@ class Runtime:
         passivate_after: float | None = 300.0,
         mailbox_size: int = 256,
         dedupe_window: int = 256,
+        admits: Callable[[str, str], bool] | None = None,
     ) -> None:
         self.app = app if isinstance(app, App) else App("app", entities=list(app))
         self.journal = journal
@@ -56,7 +57,7 @@ class Runtime:
         self.passivate_after = passivate_after
         self.mailbox_size = mailbox_size
         self.dedupe_window = dedupe_window
-        self.host = ActorHost(journal, mailbox_size, dedupe_window, self.offer_snapshot)
+        self.host = ActorHost(journal, mailbox_size, dedupe_window, self.offer_snapshot, admits)
         self.models: dict[str, EntityModel] = {m.type_name: m for m in map(model_of, self.app.entities)}
         self._live: OrderedDict[tuple[str, str], Actor] = OrderedDict()
         self._snapshots: MemoryObjectSendStream[Snapshot] | None = None
@@ -138,6 +139,19 @@ class Runtime:
             if actor.idle:
                 del self._live[key]
                 return
+
+    async def passivate_where(self, pick: Callable[[str, str], bool]) -> int:
+        """Passivate the live actors `pick(type, id)` selects, each after its turn in flight.
+
+        For a shard handed to another process: `admits` already refuses new turns, so once
+        each picked actor's lock is free nothing of it runs here again. Returns how many went.
+        """
+        picked = [(key, actor) for key, actor in self._live.items() if pick(*key)]
+        for key, actor in picked:
+            async with actor.lock:  # queued senders go first; each finds the entity moved
+                if self._live.get(key) is actor:
+                    del self._live[key]
+        return len(picked)
 
     @property
     def live_actors(self) -> int:

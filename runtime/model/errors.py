@@ -143,6 +143,18 @@ class Unavailable(CommandError):
     """Storage is unreachable or full; retry later with the same command id (it may have been stored)."""
 
 
+class Moved(CommandError):
+    """The entity is served by another process now (its shard moved); the transport routes it there.
+
+    A client sees it only if routing gave up, as `overloaded`: retry.
+    """
+
+    def __init__(self, entity_type: str, entity_id: str) -> None:
+        super().__init__(ErrorCode.OVERLOADED, f"{entity_type}/{entity_id} is moving to another process; retry")
+        self.entity_type = entity_type
+        self.entity_id = entity_id
+
+
 class InternalError(CommandError):
     """A handler raised or storage failed in a way that is a bug or needs an operator; nothing was stored."""
 

@@ -13,6 +13,13 @@ A request that says how long its sender waits (`Memoir-Timeout-Ms`) gets a
 deadline counted from its arrival here; one still queued when it passes is
 answered `overloaded` without running, so a sender that gave up and resent the
 same command id never has both copies applied after a backlog.
+
+In a cluster a `Router` says which process owns an entity. A command for an entity
+owned elsewhere is forwarded to `{prefix}.fwd.{member}.cmd.…`, which only that
+process subscribes to; its reply goes back to the client unchanged. The owner
+checks ownership again inside the entity's turn (`Runtime(admits=…)`), and a
+command that finds its entity moved is answered with a `Memoir-Moved` reply header,
+upon which the forwarder asks the router again. Clients never see a hand-off.
 """
 
 from __future__ import annotations
@@ -21,7 +28,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import anyio
 import msgspec
@@ -29,12 +36,15 @@ import structlog
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeoutError
 
 from ..engine.runtime import Runtime
-from ..model.errors import CommandError, ErrorCode
+from ..model.errors import CommandError, ErrorCode, Moved
 from ..wire.protocol import (
     H_COMMAND_ID,
     H_CORRELATION_ID,
+    H_TIMEOUT,
     H_TRACEPARENT,
     encode_error,
     encode_reply,
@@ -45,6 +55,23 @@ from ..wire.protocol import (
 )
 
 log = structlog.get_logger("memoir.transport")
+
+H_MOVED = "Memoir-Moved"  # on a forwarded request's reply: the entity was not here; route again
+MAX_HOPS = 4
+FORWARD_TIMEOUT = 5.0  # for requests that do not say how long their sender waits
+
+
+class Router(Protocol):
+    """Who owns an entity in a cluster; the transport asks it for every command."""
+
+    member: str
+
+    def owner(self, entity_type: str, entity_id: str) -> str | None:
+        """The member serving the entity now; None while its shard has no owner."""
+
+    async def wait_owner(self, entity_type: str, entity_id: str, timeout: float) -> str | None:
+        """The owner, once there is one (a shard being handed over), or None after `timeout`."""
+
 
 Observer = Callable[[str, str, str, float], None]
 """Called after each command: (entity type, command, outcome code or "ok", seconds)."""
@@ -64,6 +91,7 @@ class Transport:
         backlog: int = 4096,
         max_payload: int = 1024 * 1024,
         observe: Observer | None = None,
+        router: Router | None = None,
     ) -> None:
         self.runtime = runtime
         self.nc = nc
@@ -72,10 +100,13 @@ class Transport:
         self.workers = workers
         self.max_payload = max_payload
         self.observe = observe
+        self.router = router
+        self.forwarded = 0
         self._prefix_tokens = len(prefix.split("."))
         self._queue: asyncio.Queue[tuple[Msg, float] | None] = asyncio.Queue(backlog)
         self._closed = False
         self._sub: Any = None
+        self._fwd_sub: Any = None
         self.served = 0
 
     async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
@@ -83,15 +114,18 @@ class Transport:
         async with anyio.create_task_group() as tg:
             for _ in range(self.workers):
                 tg.start_soon(self._worker)
+            if self.router is not None:  # before the shared subject: forwards may come as soon as we are seen
+                self._fwd_sub = await self.nc.subscribe(self._fwd_subject(self.router.member) + ".>", cb=self._enqueue)
             self._sub = await self.nc.subscribe(f"{self.prefix}.cmd.>", queue=self.queue, cb=self._enqueue)
             task_status.started()
 
     async def stop(self) -> None:
         """Stop taking requests; the workers finish the queued ones and exit."""
-        if self._sub is not None:
-            sub, self._sub = self._sub, None
-            with contextlib.suppress(NatsError):
-                await sub.unsubscribe()
+        for sub in (self._sub, self._fwd_sub):
+            if sub is not None:
+                with contextlib.suppress(NatsError):
+                    await sub.unsubscribe()
+        self._sub = self._fwd_sub = None
         if not self._closed:
             self._closed = True
             for _ in range(self.workers):  # after the queued requests, one stop sign per worker
@@ -109,17 +143,32 @@ class Transport:
         while (item := await self._queue.get()) is not None:
             await self._serve(*item)
 
+    def _fwd_subject(self, member: str) -> str:
+        return f"{self.prefix}.fwd.{member}"
+
     async def _serve(self, msg: Msg, arrived: float) -> None:
         started = time.perf_counter()
         entity_type = command = "?"
+        moved = False
+        forwarded = msg.subject.startswith(f"{self.prefix}.fwd.")
         try:
-            entity_type, entity_id, command = parse_command_subject(msg.subject, self._prefix_tokens)
+            subject = msg.subject
+            if forwarded:  # `{prefix}.fwd.{member}.cmd.…`: drop the two routing tokens
+                subject = self.prefix + "." + subject[len(self.prefix) + 1 :].split(".", 2)[2]
+            entity_type, entity_id, command = parse_command_subject(subject, self._prefix_tokens)
             if len(msg.data) > self.max_payload:
                 raise CommandError(
                     ErrorCode.INVALID, f"payload is {len(msg.data)} bytes, the limit is {self.max_payload}"
                 )
             headers = msg.headers or {}
             timeout = header_timeout(headers)
+            deadline = None if timeout is None else arrived + timeout
+            if self.router is not None and not forwarded:
+                routed = await self._route(msg, subject, entity_type, entity_id, deadline)
+                if routed is not None:
+                    await self._respond(msg, routed)
+                    self.served += 1
+                    return
             reply = await self.runtime.ask(
                 entity_type,
                 entity_id,
@@ -127,27 +176,60 @@ class Transport:
                 msg.data,
                 command_id=header_id(headers, H_COMMAND_ID),
                 correlation_id=header_id(headers, H_CORRELATION_ID) or trace_id(headers.get(H_TRACEPARENT)),
-                deadline=None if timeout is None else arrived + timeout,
+                deadline=deadline,
             )
             try:
                 body = encode_reply(reply)
             except (TypeError, msgspec.EncodeError) as exc:
                 raise CommandError(ErrorCode.INTERNAL, f"the reply cannot be encoded as JSON: {exc}") from exc
             outcome = "ok"
+        except Moved as exc:
+            body, outcome, moved = encode_error(exc), "moved", forwarded
         except CommandError as exc:
             body, outcome = encode_error(exc), str(exc.code)
         except Exception as exc:  # nothing from outside may take the process down
             log.error("request failed", subject=msg.subject, exc_info=exc)
             body, outcome = encode_error(CommandError(ErrorCode.INTERNAL, f"{type(exc).__name__}: {exc}")), "internal"
-        await self._respond(msg, body)
+        await self._respond(msg, body, {H_MOVED: "1"} if moved else None)
         self.served += 1
         if self.observe is not None:
             self.observe(entity_type, command, outcome, time.perf_counter() - started)
 
-    async def _respond(self, msg: Msg, body: bytes) -> None:
+    async def _route(
+        self, msg: Msg, subject: str, entity_type: str, entity_id: str, deadline: float | None
+    ) -> bytes | None:
+        """Forward to the entity's owner and return its reply; None when the owner is this process."""
+        assert self.router is not None
+        until = deadline if deadline is not None else time.monotonic() + FORWARD_TIMEOUT
+        hops = 0
+        while hops < MAX_HOPS and (left := until - time.monotonic()) > 0:
+            owner = self.router.owner(entity_type, entity_id)
+            if owner is None:
+                owner = await self.router.wait_owner(entity_type, entity_id, left)
+                continue  # re-read the clock and the owner
+            if owner == self.router.member:
+                return None
+            headers = dict(msg.headers or {})
+            headers[H_TIMEOUT] = str(max(1, int(left * 1000)))  # the owner drops it when the sender stops waiting
+            try:
+                answer = await self.nc.request(
+                    self._fwd_subject(owner) + subject[len(self.prefix) :], msg.data, timeout=left, headers=headers
+                )
+            except NoRespondersError:  # the owner is gone and its lease not yet expired: wait for the map
+                await anyio.sleep(min(0.05, left))
+                continue
+            except NatsTimeoutError:
+                break
+            self.forwarded += 1
+            if not (answer.headers and answer.headers.get(H_MOVED)):
+                return answer.data
+            hops += 1
+        raise Moved(entity_type, entity_id)
+
+    async def _respond(self, msg: Msg, body: bytes, headers: dict[str, str] | None = None) -> None:
         if not msg.reply:
             return  # a publish, not a request: nobody to answer
         try:
-            await msg.respond(body)
+            await self.nc.publish(msg.reply, body, headers=headers)
         except NatsError as exc:
             log.warning("reply not sent", subject=msg.subject, error=str(exc))
