@@ -59,7 +59,8 @@ class Admin:
         p = self.service.prefix
         self._subs = [
             await nc.subscribe(f"{p}.view.*.*", queue=self.queue, cb=self._on_view),
-            await nc.subscribe(f"{p}.admin.replay", cb=self._on_replay),  # every process rebuilds its own
+            # every process hears it: each rebuilds the views it runs, and only those answer
+            await nc.subscribe(f"{p}.admin.replay", cb=self._on_replay),
         ]
 
     async def stop(self) -> None:
@@ -94,7 +95,8 @@ class Admin:
         try:
             args = _decode(msg.data, ReplayArgs)
             with anyio.fail_after(60):
-                await self.service.replay(args.view)
+                if not await self.service.replay(args.view):
+                    return  # another member of the cluster runs this view, and answers
             body = encode_result()
         except (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError) as exc:
             body = _error("invalid", f"replay: {exc}")

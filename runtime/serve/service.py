@@ -16,6 +16,8 @@ turns, the connection drains.
 from __future__ import annotations
 
 import contextlib
+import functools
+from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import Any, Self
 
@@ -35,8 +37,12 @@ from ..streams.view import ViewQuery, ViewRunner
 from ..streams.view_store import MemoryViewStore, ViewStore
 from ..wire.nats import close_quietly, connect
 from ..wire.protocol import check_prefix
+from .cluster import Cluster, ClusterConfig, ShardManager
+from .routing import ShardRouter
 
 log = structlog.get_logger("memoir.service")
+
+SHARED_JOURNALS = ("postgresql", "postgres", "nats", "tls")
 
 
 class Service:
@@ -54,6 +60,7 @@ class Service:
         streams: StreamSettings | None = None,
         publish: bool = True,
         flush_timeout: float = 30.0,
+        cluster: ClusterConfig | None = None,
         **runtime_options: Any,
     ) -> None:
         if (nats_url is None) == (nc is None):
@@ -67,15 +74,19 @@ class Service:
         self.streams = streams or StreamSettings()
         self.publish = publish
         self.flush_timeout = flush_timeout
-        self.runtime = Runtime(app, journal, **runtime_options)
+        self.cluster_config = cluster
+        self.cluster: Cluster | None = None
+        self.router: ShardRouter | None = None
+        self.shards: ShardManager | None = None
+        admits = self._admits if cluster is not None else None
+        self.runtime = Runtime(app, journal, admits=admits, **runtime_options)
         self.publisher: Publisher | None = None
         self.views: dict[str, ViewRunner] = {}
         self.consumers: dict[str, ConsumerRunner] = {}
         self.stream_for: StreamResolver = event_streams(self.prefix, journal)
         self._stack: contextlib.AsyncExitStack | None = None
-        self._background: anyio.abc.TaskGroup
         self._view_scopes: dict[str, anyio.CancelScope] = {}
-        self._view_stopped: dict[str, anyio.Event] = {}
+        self._rebuilds: dict[str, anyio.Event] = {}
 
     def view(self, name: str) -> ViewQuery[Any]:
         try:
@@ -111,51 +122,99 @@ class Service:
             for t in types:
                 await ensure_stream(js, self.prefix, t, self.streams)
         await ensure_dead_letter_stream(js, self.prefix, self.streams)
+        if self.cluster_config is not None:
+            await self._join(stack)
         await stack.enter_async_context(self.runtime)
+        if self.cluster is not None:  # after the runtime: on the way out shards are handed off first
+            self.router = ShardRouter(self.cluster, self.runtime)
+            self.shards = ShardManager(self.cluster, on_lost=self.router.release, on_release=self.router.release)
+            self.router.attach(self.shards)
+            await stack.enter_async_context(self.shards)
 
         background = await stack.enter_async_context(anyio.create_task_group())
         stack.callback(background.cancel_scope.cancel)
         if self.publish:
-            self.publisher = Publisher(
+            publisher = self.publisher = Publisher(
                 self.journal, self.nc, prefix=self.prefix, entity_types=types, settings=self.streams
             )
-            background.start_soon(self.publisher.run)
+            background.start_soon(self._once, "publisher", publisher.run)
             stack.push_async_callback(self._flush)
-        self._background = background
         for view in self.app.views:
             runner = self.views[view.name] = ViewRunner(
                 view, self.view_store, self.nc, prefix=self.prefix, streams=self.stream_for
             )
-            background.start_soon(self._run_view, runner)
+            background.start_soon(self._once, f"view.{view.name}", functools.partial(self._keep_view, runner))
         consumers = await stack.enter_async_context(anyio.create_task_group())
         stack.callback(consumers.cancel_scope.cancel)  # first to stop: no new commands from consumers
         for consumer in self.app.consumers:
             crunner = self.consumers[consumer.name] = ConsumerRunner(
                 consumer, self.runtime, self.nc, prefix=self.prefix, streams=self.stream_for
             )
-            consumers.start_soon(crunner.run)
+            consumers.start_soon(self._once, f"consumer.{consumer.name}", crunner.run)
 
-    async def _run_view(self, runner: ViewRunner) -> None:
-        stopped = self._view_stopped[runner.view.name] = anyio.Event()
-        scope = self._view_scopes[runner.view.name] = anyio.CancelScope()
-        try:
+    async def _join(self, stack: contextlib.AsyncExitStack) -> None:
+        assert self.cluster_config is not None and self.nc is not None
+        scheme = self.journal.url.split(":", 1)[0].lower()
+        if scheme not in SHARED_JOURNALS:
+            raise ConfigError(
+                f"a cluster needs a journal every member shares: postgresql://… or nats://…, not {scheme}://"
+                " (a SQLite or memory journal belongs to one process)"
+            )
+        self.cluster = await stack.enter_async_context(
+            Cluster.join(self.nc, self.cluster_config, meta={"app": self.app.name})
+        )
+
+    async def _once(self, name: str, work: Callable[[], Awaitable[None]]) -> None:
+        """Run `work` here; in a cluster, only while this process holds the singleton lease `name`."""
+        if self.cluster is None:
+            await work()
+        else:
+            await self.cluster.singleton(name).run(work)
+
+    def runs(self, name: str) -> bool:
+        """Whether this process runs the singleton `name` (always, outside a cluster)."""
+        if self.cluster is None:
+            return True
+        singleton = self.cluster.singletons.get(name)
+        return singleton is not None and singleton.holding
+
+    def _admits(self, entity_type: str, entity_id: str) -> bool:
+        return self.router is not None and self.router.admits(entity_type, entity_id)
+
+    async def _keep_view(self, runner: ViewRunner) -> None:
+        """Run a view; a replay request stops it, rebuilds it from history and runs it again."""
+        name = runner.view.name
+        while True:
+            scope = self._view_scopes[name] = anyio.CancelScope()
             with scope:
                 await runner.run()
-        finally:
-            stopped.set()
+            rebuilt = self._rebuilds.pop(name, None)  # reached only when replay() cancelled `scope`
+            if rebuilt is None:
+                return
+            try:
+                await runner.rebuild()
+            finally:
+                rebuilt.set()
 
-    async def replay(self, name: str) -> None:
-        """Rebuild a view from the start of its streams while the service keeps running."""
+    async def replay(self, name: str) -> bool:
+        """Rebuild a view from the start of its streams while the service keeps running.
+
+        False when another process of the cluster runs that view (it is the one to rebuild it).
+        """
         runner = self.views.get(name)
         if runner is None:
             raise KeyError(f"no view {name!r} (known: {sorted(self.views)})")
+        if not self.runs(f"view.{name}") or name not in self._view_scopes:
+            return False
+        rebuilt = self._rebuilds[name] = anyio.Event()
         self._view_scopes[name].cancel()
-        await self._view_stopped[name].wait()
-        await runner.rebuild()
-        self._background.start_soon(self._run_view, runner)
+        await rebuilt.wait()
+        return True
 
     async def _flush(self) -> None:
         assert self.publisher is not None
+        if not self.runs("publisher"):
+            return  # another member publishes; our appends are in the shared journal for it
         try:
             await self.publisher.flush(self.flush_timeout)
         except TimeoutError:
