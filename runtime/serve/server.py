@@ -6,11 +6,15 @@ journal URL it uses SQLite in the data directory. SIGTERM or SIGINT shut it
 down gracefully: stop taking commands, finish the turns in flight, flush the
 publisher, close the journal, exit 0. A SIGKILL loses nothing acknowledged:
 every reply was sent after its events were durable.
+
+A full disk is not a crash: starting on one is one line naming it (exit 2), and a
+SIGTERM while full still exits 0 after flushing what could be flushed.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import importlib
 import os
 import signal
@@ -25,7 +29,7 @@ import structlog
 
 from ..journal import open_journal
 from ..model.app import App
-from ..model.errors import ConfigError
+from ..model.errors import ConfigError, JournalUnavailable, MemoirError
 from ..streams.publisher import StreamSettings
 from ..streams.view_store import open_view_store
 from ..wire.protocol import check_prefix
@@ -151,12 +155,48 @@ async def _embedded_port(data_dir: Path) -> int:
     return free_port()
 
 
+_JETSTREAM_NO_STORAGE = 10069  # JetStream's "insufficient storage resources"
+
+
+def storage_full(exc: BaseException, where: str = "the data directory") -> str | None:
+    """One line naming a full disk, if that is what `exc` (or an error in its group or chain) is."""
+    if isinstance(exc, BaseExceptionGroup):
+        return next((m for e in exc.exceptions if (m := storage_full(e, where)) is not None), None)
+    if isinstance(exc, JournalUnavailable) and exc.reason == "storage full":
+        return str(exc)
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return f"storage full: {exc.filename or where}: {exc.strerror}"
+    if getattr(exc, "err_code", None) == _JETSTREAM_NO_STORAGE:
+        return f"storage full: NATS JetStream has no storage left ({exc})"
+    if isinstance(exc, MemoirError) and "no space left on device" in str(exc).lower():
+        return "storage full: " + next(
+            (line.strip() for line in str(exc).splitlines() if "no space left" in line.lower()), str(exc)
+        )
+    cause = exc.__cause__ or exc.__context__
+    return None if cause is None else storage_full(cause, where)
+
+
 async def serve(settings: Settings, *, ready: anyio.Event | None = None) -> None:
     """Run until SIGTERM or SIGINT (or cancellation), then shut down gracefully."""
     configure(settings.log_format, settings.log_level)
     tune_nats()
     app = load_app(settings.app)
-    settings.data.mkdir(parents=True, exist_ok=True)
+    stopping = anyio.Event()  # set once a signal asked us to stop
+    try:
+        settings.data.mkdir(parents=True, exist_ok=True)
+        await _serve(settings, app, ready, stopping)
+    except Exception as exc:  # only a full disk is handled here; anything else goes on up
+        full = storage_full(exc, str(settings.data))
+        if full is None:
+            raise
+        if not stopping.is_set():
+            raise MemoirError(full) from None  # start-up (or serving) cut short by a full disk: one line
+        log.warning("stopped without flushing everything: storage full", error=full)
+    log.info("stopped")
+    sys.stdout.flush()
+
+
+async def _serve(settings: Settings, app: App, ready: anyio.Event | None, stopping: anyio.Event) -> None:
     async with contextlib.AsyncExitStack() as stack:
         nats_url, where = settings.nats_url, "external"
         if nats_url is None:
@@ -207,11 +247,10 @@ async def serve(settings: Settings, *, ready: anyio.Event | None = None) -> None
                         ready.set()
                     async for signum in signals:
                         log.info("shutting down", signal=signal.Signals(signum).name)
+                        stopping.set()
                         break
                 await admin.stop()
                 await transport.stop()  # no new commands; the workers finish what they hold, then return
             side.cancel_scope.cancel()
         # Leaving the stack: consumers stop, the publisher flushes, the runtime closes, the journal
         # closes, the embedded server stops.
-    log.info("stopped")
-    sys.stdout.flush()

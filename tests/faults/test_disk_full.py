@@ -10,7 +10,9 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -191,3 +193,82 @@ async def test_sqlite_view_store_waits_out_a_full_disk(tmp_path: Path) -> None:
                         await anyio.sleep(0.05)
             assert (await store.checkpoints("v"))["s"] >= blocked_at
             assert await store.get("v", f"k{blocked_at}-3") == big
+
+
+# -- `memoir run` on a full disk ----------------------------------------------------------------
+
+ROOT = Path(__file__).resolve().parents[2]
+MEMOIR = [sys.executable, "-m", "runtime.serve.cli"]
+ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
+OPEN = '{"units": 100, "last_in": "2022-01-01", "last_out": "2022-02-01"}'
+
+
+def test_memoir_run_on_a_full_disk_is_one_line(tmp_path: Path) -> None:
+    with small_filesystem(tmp_path) as fs:
+        fill(fs / "filler")
+        done = subprocess.run(
+            [*MEMOIR, "run", "--data-dir", str(fs / "data")],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=ENV,
+            check=False,
+        )
+        print(f"\nstart-up on a full disk: exit={done.returncode} stderr={done.stderr!r}")
+        assert done.returncode == 2
+        assert "Traceback" not in done.stderr
+        lines = done.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("memoir: storage full"), done.stderr
+
+
+def test_sigterm_while_the_disk_is_full_exits_0(tmp_path: Path) -> None:
+    with small_filesystem(tmp_path) as fs:
+        data = fs / "data"
+        log = (tmp_path / "memoir.log").open("w")
+        proc = subprocess.Popen(
+            [*MEMOIR, "run", "--data-dir", str(data), "--log-format", "json"],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=log,
+            text=True,
+            env=ENV,
+        )
+        try:
+            assert proc.stdout is not None
+            banner = proc.stdout.readline()
+            assert banner.startswith("memoir: serving"), banner
+
+            def send(command: str, args: str) -> subprocess.CompletedProcess[str]:
+                return subprocess.run(
+                    [*MEMOIR, "send", "inventory", "XYZ-1", command, args, "--data-dir", str(data)],
+                    cwd=ROOT,
+                    capture_output=True,
+                    text=True,
+                    timeout=60,
+                    env=ENV,
+                    check=False,
+                )
+
+            assert send("open", OPEN).returncode == 0
+            fill(fs / "filler")
+            full = [send("receive", '{"units": 1, "on": "2022-03-01"}') for _ in range(3)]
+            started = time.monotonic()
+            proc.send_signal(signal.SIGTERM)
+            code = proc.wait(60)
+            took = time.monotonic() - started
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            if proc.stdout is not None:
+                proc.stdout.close()
+            log.close()
+        stderr = (tmp_path / "memoir.log").read_text()
+        print(
+            f"\nSIGTERM while full: exit={code} after {took:.1f}s;"
+            f" answers while full: {[(r.returncode, r.stdout.strip()[:160]) for r in full]}"
+        )
+        assert code == 0, stderr[-2000:]
+        assert "Traceback" not in stderr
+        assert all(r.returncode != 0 and "storage full" in r.stdout for r in full), full
