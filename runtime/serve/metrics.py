@@ -1,12 +1,17 @@
-"""Prometheus metrics for a running service, served by a small anyio HTTP endpoint.
+"""Prometheus metrics and health probes for a running service, on a small anyio HTTP endpoint.
 
 Command counts and latencies are recorded as commands are served; everything
-else (live actors, journal batch sizes, publisher lag, view lag) is read at
-scrape time, so the command path pays nothing for it.
+else (live actors, journal batch sizes, publisher lag, view lag, shards) is read
+at scrape time, so the command path pays nothing for it.
+
+`GET /healthz` answers 200 while the process (its event loop) is alive; `GET /readyz`
+answers 200 once it is connected to NATS and serving (in a cluster: a live member),
+503 otherwise, for orchestrators' probes.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -43,8 +48,11 @@ class _BatchSizes:
 
 
 class Metrics:
-    def __init__(self, service: Service) -> None:
+    """The `/metrics`, `/healthz` and `/readyz` endpoint of one service."""
+
+    def __init__(self, service: Service, *, serving: Callable[[], bool] | None = None) -> None:
         self.service = service
+        self.serving = serving  # whether the transport takes commands
         self.registry = CollectorRegistry()
         r = self.registry
         self.commands = Counter(
@@ -63,6 +71,11 @@ class Metrics:
         self.live_actors = Gauge("memoir_live_actors", "Entity actors in memory", registry=r)
         self.publisher_lag = Gauge("memoir_publisher_lag", "Journal positions not yet published", registry=r)
         self.view_lag = Gauge("memoir_view_lag", "Stream messages a view has not applied yet", ["view"], registry=r)
+        self.shards_owned = Gauge("memoir_cluster_shards_owned", "Shards this member holds", registry=r)
+        self.forwards = Gauge("memoir_cluster_forwards", "Commands forwarded to the owning member", registry=r)
+        self.handoffs = Gauge("memoir_cluster_handoffs", "Shard leases handed to a successor", registry=r)
+        self.lease_losses = Gauge("memoir_cluster_lease_losses", "Shard leases lost for want of renewal", registry=r)
+        self.forwarded: Callable[[], int] = lambda: 0
         r.register(_BatchSizes(service))
         self._children: dict[tuple[str, str, str], tuple[Any, Any]] = {}
 
@@ -79,6 +92,11 @@ class Metrics:
     async def refresh(self) -> None:
         svc = self.service
         self.live_actors.set(svc.runtime.live_actors)
+        if svc.shards is not None:
+            self.shards_owned.set(len(svc.shards.held()))
+            self.handoffs.set(svc.shards.handoffs)
+            self.lease_losses.set(svc.shards.losses)
+            self.forwards.set(self.forwarded())
         if svc.publisher is not None:
             self.publisher_lag.set(await svc.publisher.lag())
         js = svc.nc.jetstream() if svc.nc is not None else None
@@ -90,6 +108,12 @@ class Metrics:
                 info = await js.stream_info(runner.streams(entity_type))
                 behind += max(0, info.state.last_seq - runner.checkpoint(entity_type))
             self.view_lag.labels(name).set(behind)
+
+    def ready(self) -> bool:
+        svc = self.service
+        if svc.nc is None or not svc.nc.is_connected or (self.serving is not None and not self.serving()):
+            return False
+        return svc.cluster is None or svc.cluster.member_id in svc.cluster.membership.live()
 
     async def render(self) -> bytes:
         await self.refresh()
@@ -111,8 +135,14 @@ class Metrics:
                     request = await stream.receive(4096)
                     if request.startswith(b"GET /metrics"):
                         body, status, ctype = await self.render(), b"200 OK", b"text/plain; version=0.0.4"
+                    elif request.startswith(b"GET /healthz"):
+                        body, status, ctype = b"ok\n", b"200 OK", b"text/plain"
+                    elif request.startswith(b"GET /readyz"):
+                        ok = self.ready()
+                        body = b"ready\n" if ok else b"not ready\n"
+                        status, ctype = (b"200 OK" if ok else b"503 Service Unavailable"), b"text/plain"
                     else:
-                        body, status, ctype = b"see /metrics\n", b"404 Not Found", b"text/plain"
+                        body, status, ctype = b"see /metrics, /healthz, /readyz\n", b"404 Not Found", b"text/plain"
                     head = b"HTTP/1.1 %s\r\nContent-Type: %s\r\nContent-Length: %d\r\nConnection: close\r\n\r\n"
                     await stream.send(head % (status, ctype, len(body)) + body)
             except (TimeoutError, anyio.EndOfStream, anyio.BrokenResourceError, OSError):
