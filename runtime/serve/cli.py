@@ -23,6 +23,7 @@ from ..journal import open_journal
 from ..model.entity import model_of
 from ..model.errors import CommandError, ConfigError, MemoirError
 from .client import Client
+from .cluster import ClusterConfig, snapshot
 from .server import Settings, load_app, nats_url_file, serve
 
 
@@ -179,6 +180,23 @@ async def replay(args: argparse.Namespace) -> int:
     return 0
 
 
+async def cluster(args: argparse.Namespace) -> int:
+    url = nats_url(args)
+    nc = await connect(url, timeout=args.timeout)
+    try:
+        with anyio.fail_after(args.timeout * 3):
+            snap = await snapshot(nc, ClusterConfig(name=settings(args).prefix))
+    except TimeoutError:
+        raise MemoirError(f"no cluster state readable at {url} within {args.timeout * 3:.0f}s") from None
+    finally:
+        await nc.close()
+    if args.json:
+        print(snap.to_json().decode())
+    else:
+        print(snap.render())
+    return 0
+
+
 # -- memoir events / state / export: straight from the journal -----------------------------------
 
 
@@ -319,6 +337,9 @@ def parser() -> argparse.ArgumentParser:
     x.add_argument("--from", dest="from_position", type=int, default=1)
     x.add_argument("--out", help="file to write (default stdout)")
     x.set_defaults(fn=export)
+
+    c = sub.add_parser("cluster", parents=[common], help="members, shards per member, lease ages, singletons")
+    c.set_defaults(fn=cluster)
 
     d = sub.add_parser("demo", parents=[common], help="run the seed's inventory scenario and print its history")
     d.add_argument("--sku", default="XYZ-1", help="the item's id (default XYZ-1)")
