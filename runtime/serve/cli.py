@@ -22,6 +22,7 @@ from ..engine.runtime import Runtime
 from ..journal import open_journal
 from ..model.entity import model_of
 from ..model.errors import CommandError, ConfigError, MemoirError
+from ..wire.nats import connect
 from .client import Client
 from .cluster import ClusterConfig, snapshot
 from .server import Settings, load_app, nats_url_file, serve
