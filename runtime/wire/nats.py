@@ -11,18 +11,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import secrets
+import ssl
 import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import anyio
 import msgspec
-import nats
 import structlog
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
+from nats.errors import AuthorizationError, InvalidUserCredentialsError, NoRespondersError
 from nats.errors import Error as NatsError
-from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import api
 from nats.js.errors import APIError, NotFoundError, ServiceUnavailableError
@@ -70,6 +71,63 @@ async def _quiet(exc: Exception) -> None:
     """nats-py prints every connection error with a traceback by default; we report our own."""
 
 
+class _GiveUp(Exception):
+    """A connection attempt failed in a way that will not pass by retrying."""
+
+
+def redact(url: str) -> str:
+    """A NATS URL (or comma-separated list) fit for a message: `user:***@`, a token as `***@`."""
+    out = []
+    for part in url.split(","):
+        try:
+            p = urlsplit(part.strip())
+            host = p.netloc.rpartition("@")[2]
+            if "@" not in p.netloc:
+                out.append(part.strip())
+                continue
+            who = f"{p.username}:***" if p.password is not None else "***"
+            out.append(urlunsplit((p.scheme, f"{who}@{host}", p.path, p.query, p.fragment)))
+        except ValueError:
+            out.append("<unparsable URL>")
+    return ",".join(out)
+
+
+def _secrets(url: str) -> list[str]:
+    found = []
+    for part in url.split(","):
+        with contextlib.suppress(ValueError):
+            p = urlsplit(part.strip())
+            found += [s for s in (p.password, p.username if p.password is None else None) if s]
+    return found
+
+
+def _auth_error(exc: BaseException) -> bool:
+    text = str(exc).lower()
+    return isinstance(exc, (AuthorizationError, InvalidUserCredentialsError)) or "authorization violation" in text
+
+
+def _why(errors: list[BaseException], has_creds: bool, tls: bool, timeout: float) -> str:
+    """What the connection attempts ran into, the most telling first."""
+    for exc in errors:
+        if _auth_error(exc):
+            if has_creds:
+                return "authentication failed (the server refused the user/password or token in the URL)"
+            return "authentication required (the server wants a user/password or token; the URL has none)"
+    for exc in errors:
+        if isinstance(exc, ssl.SSLError):
+            detail = str(exc).split("] ", 1)[-1].split(" (_ssl.c", 1)[0]  # without OpenSSL's source line
+            if not tls:
+                return f"TLS required (the server asks for TLS; the URL says nats://, use tls:// and its CA): {detail}"
+            return f"TLS handshake failed: {detail}"
+    for exc in errors:
+        if isinstance(exc, ConnectionRefusedError):
+            return "connection refused (nothing listens there)"
+    for exc in reversed(errors):
+        if not isinstance(exc, TimeoutError):
+            return str(exc) or type(exc).__name__
+    return f"timed out (no NATS server answered within {timeout:g} s)"
+
+
 async def connect(
     url: str,
     *,
@@ -78,16 +136,28 @@ async def connect(
     reconnected_cb: Callback | None = None,
     **options: Any,
 ) -> NATS:
-    """Connect to NATS or fail within `timeout` with a MemoirError naming the URL.
+    """Connect to NATS or fail within `timeout` with a MemoirError naming the URL (secrets redacted)
+    and what happened: refused, authentication failed, TLS required, timed out.
 
-    (nats-py keeps retrying an initial connection that is refused, whatever allow_reconnect says.)
+    nats-py keeps retrying an initial connection that is refused, whatever allow_reconnect says:
+    a server still starting is waited for. A refused login or a TLS mismatch will not pass, so it
+    ends the wait at once.
     """
     box: list[NATS] = []
     name = options.get("name", "")
+    shown = redact(url)
+    errors: list[BaseException] = []
+
+    async def on_error(exc: Exception) -> None:
+        if box:
+            return  # once connected, the disconnect and reconnect callbacks tell it
+        errors.append(exc)
+        if _auth_error(exc) or isinstance(exc, ssl.SSLError):
+            raise _GiveUp  # out of nats-py's retry loop, leaving the socket for close() below
 
     async def on_disconnected() -> None:
         if box and not box[0].is_closed:  # nats-py also calls it on a deliberate close
-            log.warning("NATS connection lost; reconnecting", url=url, name=name)
+            log.warning("NATS connection lost; reconnecting", url=shown, name=name)
             for hook in list(_watchers.get(box[0], _Watchers()).disconnected):
                 hook()
         if disconnected_cb is not None:
@@ -95,25 +165,38 @@ async def connect(
 
     async def on_reconnected() -> None:
         if box:
-            log.info("NATS connection back", url=url, name=name)
+            log.info("NATS connection back", url=shown, name=name)
             for hook in list(_watchers.get(box[0], _Watchers()).reconnected):
                 hook()
         if reconnected_cb is not None:
             await reconnected_cb()
 
+    nc = NATS()
+    connected = False
     try:
-        with anyio.fail_after(timeout):
-            nc = await nats.connect(
+        with anyio.move_on_after(timeout):
+            await nc.connect(
                 url,
-                connect_timeout=min(timeout, 2.0),
-                error_cb=_quiet,
+                connect_timeout=max(1, min(int(timeout), 2)),  # seconds, whole (nats-py's type)
+                error_cb=on_error,
                 disconnected_cb=on_disconnected,
                 reconnected_cb=on_reconnected,
                 **options,
             )
-    except Exception as exc:  # noqa: BLE001 - TimeoutError, OSError, nats errors: one message
-        reason = "timed out" if isinstance(exc, TimeoutError) else str(exc) or type(exc).__name__
-        raise MemoirError(f"cannot connect to NATS at {url}: {reason}") from None
+            connected = True
+    except _GiveUp:
+        pass
+    except Exception as exc:  # noqa: BLE001 - OSError, nats errors: told as one message below
+        errors.append(exc)
+    if not connected:
+        with anyio.move_on_after(2, shield=True), contextlib.suppress(Exception):
+            await nc.close()  # an attempt cut short leaves its socket open otherwise
+        tls = url.strip().startswith("tls://") or options.get("tls") is not None
+        creds = bool(_secrets(url)) or any(options.get(k) for k in ("user", "password", "token", "user_credentials"))
+        reason = _why(errors, creds, tls, timeout)
+        for secret in _secrets(url):
+            reason = reason.replace(secret, "***")
+        raise MemoirError(f"cannot connect to NATS at {shown}: {reason}") from None
     box.append(nc)
     return nc
 
