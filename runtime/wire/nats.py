@@ -67,10 +67,6 @@ def watch(nc: NATS, *, disconnected: Hook | None = None, reconnected: Hook | Non
     return unwatch
 
 
-async def _quiet(exc: Exception) -> None:
-    """nats-py prints every connection error with a traceback by default; we report our own."""
-
-
 class _GiveUp(Exception):
     """A connection attempt failed in a way that will not pass by retrying."""
 
@@ -111,7 +107,7 @@ def _why(errors: list[BaseException], has_creds: bool, tls: bool, timeout: float
     for exc in errors:
         if _auth_error(exc):
             if has_creds:
-                return "authentication failed (the server refused the user/password or token in the URL)"
+                return "authentication failed (the server refused the user/password or token given)"
             return "authentication required (the server wants a user/password or token; the URL has none)"
     for exc in errors:
         if isinstance(exc, ssl.SSLError):
@@ -149,6 +145,7 @@ async def connect(
     errors: list[BaseException] = []
 
     async def on_error(exc: Exception) -> None:
+        """Instead of nats-py's default, which prints each error with a traceback."""
         if box:
             return  # once connected, the disconnect and reconnect callbacks tell it
         errors.append(exc)
