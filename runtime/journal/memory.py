@@ -19,6 +19,8 @@ Key = tuple[str, str]
 
 
 class MemoryJournal(Journal):
+    """The journal in a dict, for tests and the testkit: fast, and lost on exit."""
+
     def __init__(self, url: str = "memory://") -> None:
         self.url = url
         self._log: list[Envelope] = []  # position order; deleted events are removed

@@ -70,6 +70,8 @@ _DDL = "CREATE SCHEMA IF NOT EXISTS {s};" + dialect("{s}").ddl()  # `.format(s=s
 
 
 class PostgresJournal(SqlJournal):
+    """The journal in a PostgreSQL schema, for several processes on one database (see the module docstring)."""
+
     def __init__(self, url: str, *, max_batch: int = 4096, pool_size: int = 4) -> None:
         self.dsn, self.schema = parse_postgres_url(url)
         super().__init__(dialect(self.schema), max_batch=max_batch)

@@ -80,6 +80,8 @@ _SCHEMA = DIALECT.ddl() + _EVENT_LOG  # the whole schema as one script, also for
 
 
 class SqliteJournal(SqlJournal):
+    """The embedded default: one SQLite file in WAL mode, group-committed (see the module docstring)."""
+
     def __init__(self, path: str | Path, *, synchronous: str = "FULL", max_batch: int = 4096) -> None:
         synchronous = synchronous.upper()
         if synchronous not in ("OFF", "NORMAL", "FULL", "EXTRA"):

@@ -70,6 +70,8 @@ Work = Callable[[RawRows], tuple[Mapping[str, bytes | None], Mapping[str, int]]]
 
 
 class ViewStore(abc.ABC):
+    """Where views keep their rows; a batch and the view's checkpoint land in one transaction."""
+
     async def __aenter__(self) -> Self:
         await self.open()
         return self
@@ -106,6 +108,8 @@ class ViewStore(abc.ABC):
 
 
 class MemoryViewStore(ViewStore):
+    """View rows in dicts, for tests: lost on exit, so views rebuild from their streams."""
+
     def __init__(self) -> None:
         self.rows: dict[str, dict[str, bytes]] = {}
         self._checkpoints: dict[str, dict[str, int]] = {}
@@ -397,6 +401,7 @@ class PostgresViewStore(ViewStore):
 
 
 def open_view_store(url: str) -> ViewStore:
+    """Build (not yet open) the store a URL names: memory://, sqlite:///path.db or postgresql://…?schema=name."""
     if url.startswith("memory:"):
         return MemoryViewStore()
     if url.startswith("sqlite:"):
