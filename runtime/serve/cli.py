@@ -300,6 +300,15 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--stream-replicas", type=int, help="event streams: replicas (default 1)")
     r.add_argument("--stream-max-age", type=float, help="event streams: seconds kept (default 0: forever)")
     r.add_argument("--stream-duplicate-window", type=float, help="event streams: dedup window in seconds (120)")
+    r.add_argument(
+        "--cluster",
+        action="store_true",
+        default=None,
+        help="share the entity space with the other `memoir run` processes on this NATS"
+        " (needs a postgresql:// or nats:// journal)",
+    )
+    r.add_argument("--shards", type=int, help="cluster: shard count, fixed for the cluster's life (default 256)")
+    r.add_argument("--lease-ttl", type=float, help="cluster: seconds before a dead member's shards move (default 3)")
     r.set_defaults(fn=run)
 
     s = sub.add_parser("send", parents=[common], help="send a command: TYPE ID COMMAND [JSON]")

@@ -34,6 +34,7 @@ from ..streams.publisher import StreamSettings
 from ..streams.view_store import open_view_store
 from ..wire.protocol import check_prefix
 from .admin import Admin
+from .cluster import ClusterConfig, LeaseConfig
 from .logs import configure
 from .metrics import Metrics
 from .nats_server import EmbeddedNats, free_port
@@ -65,6 +66,10 @@ class Settings(msgspec.Struct, kw_only=True):
     stream_replicas: int = 1  # 3 on a JetStream cluster
     stream_max_age: float = 0.0  # seconds a message is kept; 0: forever (the journal has it anyway)
     stream_duplicate_window: float = 120.0  # seconds JetStream remembers message ids
+    # scale-out: several `memoir run` processes share the entity space (PostgreSQL or JetStream journal)
+    cluster: bool = False
+    shards: int = 256  # fixed for the cluster's lifetime: recorded in NATS KV by its first member
+    lease_ttl: float = 3.0  # seconds: a dead member's shards and singletons move after about this long
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None, **overrides: Any) -> Settings:
@@ -87,7 +92,17 @@ class Settings(msgspec.Struct, kw_only=True):
             raise ConfigError(f"stream_storage must be file or memory, got {settings.stream_storage!r}")
         if settings.stream_replicas < 1 or settings.stream_max_age < 0 or settings.stream_duplicate_window <= 0:
             raise ConfigError("stream_replicas must be >= 1, stream_max_age >= 0, stream_duplicate_window > 0")
+        if settings.cluster:
+            settings.cluster_config()  # checks shards and lease_ttl
         return settings
+
+    def cluster_config(self) -> ClusterConfig | None:
+        """The cluster this process joins (its buckets replicated like the streams), or None."""
+        if not self.cluster:
+            return None
+        return ClusterConfig(
+            name=self.prefix, shards=self.shards, replicas=self.stream_replicas, lease=LeaseConfig(ttl=self.lease_ttl)
+        )
 
     def streams(self) -> StreamSettings:
         return StreamSettings(
@@ -105,7 +120,12 @@ class Settings(msgspec.Struct, kw_only=True):
         return self.journal_url or f"sqlite:///{self.data / 'journal.db'}"
 
     def views(self) -> str:
-        return self.view_store_url or f"sqlite:///{self.data / 'views.db'}"
+        """The view store; in a cluster on PostgreSQL, the journal's database (every member reads it)."""
+        if self.view_store_url:
+            return self.view_store_url
+        if self.cluster and self.journal().split(":", 1)[0] in ("postgresql", "postgres"):
+            return self.journal()
+        return f"sqlite:///{self.data / 'views.db'}"
 
 
 def load_app(spec: str) -> App:
@@ -176,6 +196,12 @@ def storage_full(exc: BaseException, where: str = "the data directory") -> str |
     return None if cause is None else storage_full(cause, where)
 
 
+def _member(svc: Service) -> str:
+    if svc.cluster is None:
+        return ""
+    return f"; cluster member {svc.cluster.member_id} of {svc.cluster.config.shards} shards"
+
+
 async def serve(settings: Settings, *, ready: anyio.Event | None = None) -> None:
     """Run until SIGTERM or SIGINT (or cancellation), then shut down gracefully."""
     configure(settings.log_format, settings.log_level)
@@ -217,14 +243,15 @@ async def _serve(settings: Settings, app: App, ready: anyio.Event | None, stoppi
                 mailbox_size=settings.mailbox_size,
                 max_live_actors=settings.max_live_actors,
                 passivate_after=settings.passivate_after,
+                cluster=settings.cluster_config(),
             )
         )
         assert svc.nc is not None
-        metrics = Metrics(svc)
         admin = Admin(svc)
-        transport = Transport(
-            svc.runtime, svc.nc, prefix=settings.prefix, workers=settings.workers, observe=metrics.observe
-        )
+        transport = Transport(svc.runtime, svc.nc, prefix=settings.prefix, workers=settings.workers, router=svc.router)
+        metrics = Metrics(svc, serving=transport.serving)
+        metrics.forwarded = lambda: transport.forwarded
+        transport.observe = metrics.observe
         async with anyio.create_task_group() as side:  # the metrics endpoint
             metrics_url = "off"
             if settings.metrics_port is not None:
@@ -239,7 +266,7 @@ async def _serve(settings: Settings, app: App, ready: anyio.Event | None, stoppi
                         f"memoir: serving {app.name} ({', '.join(sorted(svc.runtime.models))};"
                         f" views: {', '.join(svc.views) or 'none'}; consumers: {', '.join(svc.consumers) or 'none'})"
                         f" on {nats_url} ({where}) as {settings.prefix}.cmd.<type>.<id>.<command>;"
-                        f" journal {journal.url}; metrics {metrics_url}",
+                        f" journal {journal.url}; metrics {metrics_url}{_member(svc)}",
                         flush=True,
                     )
                     tune_gc()

@@ -34,7 +34,7 @@ from ..streams._runner import StreamResolver, event_streams
 from ..streams.consumer import ConsumerRunner, ensure_dead_letter_stream
 from ..streams.publisher import Publisher, StreamSettings, ensure_stream
 from ..streams.view import ViewQuery, ViewRunner
-from ..streams.view_store import MemoryViewStore, ViewStore
+from ..streams.view_store import MemoryViewStore, PostgresViewStore, ViewStore
 from ..wire.nats import close_quietly, connect
 from ..wire.protocol import check_prefix
 from .cluster import Cluster, ClusterConfig, ShardManager
@@ -159,6 +159,11 @@ class Service:
             raise ConfigError(
                 f"a cluster needs a journal every member shares: postgresql://… or nats://…, not {scheme}://"
                 " (a SQLite or memory journal belongs to one process)"
+            )
+        if self.app.views and not isinstance(self.view_store, PostgresViewStore):
+            raise ConfigError(
+                "a cluster's views need a view store every member shares: postgresql://…"
+                f" (got {type(self.view_store).__name__}; set MEMOIR_VIEW_STORE_URL or --view-store)"
             )
         self.cluster = await stack.enter_async_context(
             Cluster.join(self.nc, self.cluster_config, meta={"app": self.app.name})

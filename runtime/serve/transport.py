@@ -119,6 +119,10 @@ class Transport:
             self._sub = await self.nc.subscribe(f"{self.prefix}.cmd.>", queue=self.queue, cb=self._enqueue)
             task_status.started()
 
+    def serving(self) -> bool:
+        """Subscribed and taking commands (for readiness probes)."""
+        return self._sub is not None and not self._closed
+
     async def stop(self) -> None:
         """Stop taking requests; the workers finish the queued ones and exit."""
         for sub in (self._sub, self._fwd_sub):
