@@ -34,14 +34,14 @@ def config() -> ClusterConfig:
     return ClusterConfig(name=f"t{next(_names)}x{int(time.time()) % 100000}", replicas=3, lease=LeaseConfig(ttl=TTL))
 
 
+_spread = itertools.count()
+
+
 async def client(nats_cluster: NatsCluster, name: str = "") -> NATS:
-    """A connection that knows every node and reconnects fast (a node may be killed)."""
-    return await connect(
-        nats_cluster.urls,  # type: ignore[arg-type]  # nats-py takes a list of servers
-        name=name,
-        reconnect_time_wait=0.2,
-        max_reconnect_attempts=-1,
-    )
+    """A connection to one node (round robin), which learns the others from the cluster's gossip
+    and reconnects to them fast when its node is killed."""
+    url = nats_cluster.urls[next(_spread) % len(nats_cluster.urls)]
+    return await connect(url, name=name, reconnect_time_wait=0.2, max_reconnect_attempts=-1)
 
 
 @dataclass

@@ -76,7 +76,7 @@ class NatsCluster:
         node.store.mkdir(parents=True, exist_ok=True)
         conf = self.directory / f"{node.name}.conf"
         conf.write_text(self.render(node, self.nodes))
-        with open(node.log, "ab") as log:  # noqa: ASYNC230 - a local file, once per start
+        with open(node.log, "ab") as log:
             node.proc = await anyio.open_process(
                 [find_binary(), "-c", str(conf)], stdout=log, stderr=subprocess.STDOUT, start_new_session=True
             )

@@ -87,6 +87,7 @@ class ShardManager:
         self._holding: dict[int, _Holding] = {}
         self._taking: set[int] = set()
         self._releasing: dict[int, anyio.Event] = {}
+        self._released: set[str] = set()  # keys handed off: not swept on stop
         self._limit = anyio.CapacityLimiter(concurrency)
         self._tg: anyio.abc.TaskGroup | None = None
         self._reconcile_scope = anyio.CancelScope()
@@ -105,8 +106,10 @@ class ShardManager:
     def desired(self) -> frozenset[int]:
         live = self.membership.live()
         me = self.cluster.member_id
-        if self._stopped or me not in live:
+        if self._stopped:
             return frozenset()
+        if me not in live:  # our own heartbeats fail: the view is stale, so change nothing
+            return frozenset(self._holding)
         return frozenset(s for s in range(self.shards) if owner(s, live) == me)
 
     def owner_of(self, shard: int) -> str | None:
@@ -149,15 +152,25 @@ class ShardManager:
         log.info("shards handed off", member=self.cluster.member_id)
 
     async def _sweep(self) -> None:
-        """Delete leases that name this member but are not held (a take cancelled after it
-        committed), so their successors need not wait them out."""
-        for key, seen in list(self.leases.seen.items()):
-            if seen.owner == self.cluster.member_id and key.startswith("shard."):
-                with anyio.move_on_after(1):
-                    try:
-                        await self.leases.kv.delete(key, last=seen.revision)
-                    except Exception as exc:  # noqa: BLE001 - then it expires by itself
-                        log.debug("lease sweep failed", key=key, reason=describe(exc))
+        """Delete leases that name this member though it never held them (a take cancelled after
+        it committed), so their successors need not wait them out."""
+        mine = [
+            (key, seen.revision)
+            for key, seen in list(self.leases.seen.items())
+            if seen.owner == self.cluster.member_id and key.startswith("shard.") and key not in self._released
+        ]
+        if not mine:
+            return
+        async with anyio.create_task_group() as tg:
+            for key, revision in mine:
+                tg.start_soon(self._sweep_one, key, revision)
+
+    async def _sweep_one(self, key: str, revision: int) -> None:
+        with anyio.move_on_after(1):
+            try:
+                await self.leases.kv.delete(key, last=revision)
+            except Exception as exc:  # noqa: BLE001 - then it expires by itself
+                log.debug("lease sweep failed", key=key, reason=describe(exc))
 
     async def _reconcile_forever(self) -> None:
         poll = self.cluster.config.lease.ttl / 6
@@ -206,6 +219,7 @@ class ShardManager:
                     return
                 if held is None:
                     return
+                self._released.discard(held.key)
                 holding = _Holding(held, anyio.CancelScope(), anyio.Event())
                 self._holding[shard] = holding
                 self._tg.start_soon(self._hold, shard, holding)
@@ -236,6 +250,7 @@ class ShardManager:
             await self.on_release(shard)  # renewals go on meanwhile: turns in flight finish under the lease
             holding.scope.cancel()
             await holding.stopped.wait()
+            self._released.add(holding.held.key)
             if await self.leases.release(holding.held):
                 self.handoffs += 1
             log.debug("shard released", shard=shard, seconds=round(time.monotonic() - started, 3))
