@@ -8,6 +8,7 @@ meta leader. One node can be stopped, killed and restarted on the same ports and
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 from collections.abc import Callable
@@ -78,7 +79,11 @@ class NatsCluster:
         conf.write_text(self.render(node, self.nodes))
         with open(node.log, "ab") as log:
             node.proc = await anyio.open_process(
-                [find_binary(), "-c", str(conf)], stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+                [find_binary(), "-c", str(conf)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                env={**os.environ, "NATS_SERVER_NAME": node.name},  # for configs that name the server by it
             )
 
     async def start(self, timeout: float = 30.0) -> None:
