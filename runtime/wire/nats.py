@@ -152,9 +152,13 @@ async def connect(
         if _auth_error(exc) or isinstance(exc, ssl.SSLError):
             raise _GiveUp  # out of nats-py's retry loop, leaving the socket for close() below
 
+    down = [False]  # one warning per outage, however many servers are tried meanwhile
+
     async def on_disconnected() -> None:
         if box and not box[0].is_closed:  # nats-py also calls it on a deliberate close
-            log.warning("NATS connection lost; reconnecting", url=shown, name=name)
+            if not down[0]:
+                log.warning("NATS connection lost; reconnecting", url=shown, name=name)
+            down[0] = True
             for hook in list(_watchers.get(box[0], _Watchers()).disconnected):
                 hook()
         if disconnected_cb is not None:
@@ -162,6 +166,7 @@ async def connect(
 
     async def on_reconnected() -> None:
         if box:
+            down[0] = False
             log.info("NATS connection back", url=shown, name=name)
             for hook in list(_watchers.get(box[0], _Watchers()).reconnected):
                 hook()
