@@ -47,6 +47,7 @@ Durability: JetStream fsyncs every `sync_interval` (2 minutes by default). An
 acknowledged append then survives a crash of the server process but not of the
 machine. For the journal run the server with `sync_interval: always` (the embedded
 server's `sync="always"`), or replicate the stream (R3) on a cluster.
+- On a NATS cluster, `?replicas=3` replicates the journal's streams and buckets (default 1).
 """
 
 from __future__ import annotations
@@ -173,13 +174,13 @@ def command_msg_id(entity_type: str, entity_id: str, command_id: str) -> str:
     return f"{entity_type}/{token(entity_id)}/cmd:{token(command_id)}"
 
 
-def parse_nats_journal_url(url: str) -> tuple[str, str, float]:
-    """`nats://host:port?prefix=memoir&duplicate_window=120` -> (server URL, prefix, window in seconds)."""
+def parse_nats_journal_url(url: str) -> tuple[str, str, float, int | None]:
+    """`nats://host:port?prefix=memoir&duplicate_window=120&replicas=3` -> (server URL, prefix, window, replicas)."""
     parts = urlsplit(url)
     if parts.scheme not in ("nats", "tls"):
         raise ConfigError(f"not a NATS URL: {url!r}")
     opts = {k: v[-1] for k, v in parse_qs(parts.query).items()}
-    unknown = set(opts) - {"prefix", "duplicate_window"}
+    unknown = set(opts) - {"prefix", "duplicate_window", "replicas"}
     if unknown:
         raise ConfigError(f"unknown NATS journal URL option(s) {sorted(unknown)} in {url!r}")
     raw = opts.get("duplicate_window", str(DEFAULT_DUPLICATE_WINDOW))
@@ -189,18 +190,26 @@ def parse_nats_journal_url(url: str) -> tuple[str, str, float]:
         window = -1.0
     if not 0 < window <= 7 * 86400:
         raise ConfigError(f"duplicate_window={raw!r} in the NATS journal URL must be seconds, > 0 and <= 604800")
+    replicas = None
+    if "replicas" in opts:
+        if opts["replicas"] not in ("1", "2", "3", "4", "5"):
+            raise ConfigError(f"replicas={opts['replicas']!r} in the NATS journal URL must be 1 to 5")
+        replicas = int(opts["replicas"])
     server = urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))
-    return server, check_prefix(opts.get("prefix", "memoir")), window
+    return server, check_prefix(opts.get("prefix", "memoir")), window, replicas
 
 
 class JetStreamJournal(Journal):
     prefix: str
 
-    def __init__(self, url: str, *, replicas: int = 1, ack_timeout: float = 10.0) -> None:
-        self.server, self.prefix, self.duplicate_window = parse_nats_journal_url(url)
+    def __init__(self, url: str, *, replicas: int | None = None, ack_timeout: float = 10.0) -> None:
+        self.server, self.prefix, self.duplicate_window, url_replicas = parse_nats_journal_url(url)
         self.url = f"{self.server}?prefix={self.prefix}"
         if self.duplicate_window != DEFAULT_DUPLICATE_WINDOW:
             self.url += f"&duplicate_window={self.duplicate_window:g}"
+        replicas = replicas or url_replicas or 1
+        if replicas != 1:
+            self.url += f"&replicas={replicas}"
         base = stream_prefix(self.prefix)
         self.stream = f"{base}_EVENTS"
         self.snapshot_stream = f"{base}_SNAPSHOTS"

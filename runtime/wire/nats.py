@@ -135,6 +135,9 @@ async def connect(
     """Connect to NATS or fail within `timeout` with a MemoirError naming the URL (secrets redacted)
     and what happened: refused, authentication failed, TLS required, timed out.
 
+    `url` may list several servers of one cluster, comma-separated; the client learns the rest
+    of the cluster from the server it reaches, and reconnects to another when that one goes.
+
     nats-py keeps retrying an initial connection that is refused, whatever allow_reconnect says:
     a server still starting is waited for. A refused login or a TLS mismatch will not pass, so it
     ends the wait at once.
@@ -178,7 +181,7 @@ async def connect(
     try:
         with anyio.move_on_after(timeout):
             await nc.connect(
-                url,
+                [u.strip() for u in url.split(",") if u.strip()],
                 connect_timeout=max(1, min(int(timeout), 2)),  # seconds, whole (nats-py's type)
                 error_cb=on_error,
                 disconnected_cb=on_disconnected,
@@ -208,7 +211,8 @@ async def close_quietly(nc: NATS) -> None:
     try:
         await nc.drain()
     except Exception:  # noqa: BLE001 - nats-py raises several types once a connection is broken
-        await nc.close()
+        with contextlib.suppress(Exception):  # a socket already gone (BrokenPipe) is closed enough
+            await nc.close()
 
 
 # -- publish acks ------------------------------------------------------------------------------

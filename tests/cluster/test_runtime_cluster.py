@@ -1,0 +1,253 @@
+"""Three `memoir run --cluster` processes on a three-node NATS cluster, under load from eight senders.
+
+One scenario per journal (PostgreSQL, JetStream), in phases: steady load (no `conflict`, every
+read after an acknowledged write shows it), SIGKILL of one runtime (every entity answers again
+within 5 s; resent commands keep counts exact), SIGTERM of another (clients see no error), its
+rejoin (no `conflict`), SIGKILL of a NATS node (the runtimes serve through the others). At the
+end each entity's units equal its acknowledged commands and no command id is stored twice.
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import anyio
+import asyncpg
+import pytest
+from conftest import POSTGRES_URL, need_postgres
+
+from runtime import Client, CommandError, Journal, open_journal
+from runtime.serve.cluster import ClusterConfig, snapshot
+from runtime.wire.nats import close_quietly, connect
+
+from .natscluster import NatsCluster
+
+pytestmark = pytest.mark.anyio
+
+ROOT = Path(__file__).resolve().parents[2]
+ENTITIES = [f"I{k}" for k in range(24)]
+SENDERS = 8
+LEASE_TTL = 2.0
+_runs = itertools.count()
+
+
+@dataclass
+class Member:
+    name: str
+    argv: list[str]
+    log: Path
+    proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(
+                self.argv, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=log, env={**os.environ, "PYTHONPATH": str(ROOT)}
+            )
+
+    def signal(self, sig: int) -> int | None:
+        proc, self.proc = self.proc, None
+        assert proc is not None
+        proc.send_signal(sig)
+        try:
+            return proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            return None
+
+
+@dataclass
+class Load:
+    """Eight senders; each command has its own id and is resent until it succeeds."""
+
+    acked: dict[str, set[str]] = field(default_factory=lambda: collections.defaultdict(set))
+    errors: list[str] = field(default_factory=list)  # every failed attempt, resent or not
+    conflicts: int = 0
+    stale_reads: int = 0
+    longest_wait: float = 0.0  # the longest a command waited from first send to its answer
+    sent: int = 0
+
+    def reset(self) -> None:
+        self.errors.clear()
+        self.conflicts = 0
+        self.longest_wait = 0.0
+
+
+async def _send_until_done(client: Client, load: Load, entity: str, cid: str, deadline: float) -> None:
+    first = time.monotonic()
+    while True:
+        try:
+            await client.send("inventory", entity, "receive", {"units": 1, "on": "2022-03-01"}, command_id=cid)
+        except (CommandError, TimeoutError) as exc:
+            load.errors.append(f"{entity} {cid}: {exc}")
+            if isinstance(exc, CommandError) and exc.code == "conflict":
+                load.conflicts += 1
+            assert time.monotonic() < deadline, f"{cid} unanswered past the deadline: {exc}"
+            await anyio.sleep(0.05)
+            continue
+        load.acked[entity].add(cid)
+        load.longest_wait = max(load.longest_wait, time.monotonic() - first)
+        return
+
+
+async def _sender(url: str, n: int, load: Load, stop: anyio.Event) -> None:
+    rnd = random.Random(n)
+    async with Client(url) as client:
+        for i in itertools.count():
+            if stop.is_set():
+                return
+            entity = rnd.choice(ENTITIES)
+            await _send_until_done(client, load, entity, f"s{n}-{i}", time.monotonic() + 30)
+            load.sent += 1
+            if i % 5 == 0:  # read your write: the state shows at least every acknowledged command
+                seen = len(load.acked[entity])
+                state = await client.send("inventory", entity, "get")
+                if state.result["units"] < seen:
+                    load.stale_reads += 1
+
+
+@pytest.fixture
+async def prefix() -> str:
+    return f"cl{next(_runs)}x{os.getpid() % 10000}"
+
+
+@pytest.fixture
+async def pg_schema(prefix: str) -> AsyncIterator[str]:
+    need_postgres()
+    yield prefix
+    conn = await asyncpg.connect(POSTGRES_URL)
+    try:
+        await conn.execute(f"DROP SCHEMA IF EXISTS {prefix} CASCADE")
+    finally:
+        await conn.close()
+
+
+async def _wait_cluster(url: str, prefix: str, members: int, timeout: float = 30.0) -> None:
+    nc = await connect(url)
+    try:
+        with anyio.fail_after(timeout):
+            while True:
+                snap = await snapshot(nc, ClusterConfig(name=prefix))
+                live = [m for m in snap.members if m.heartbeat_age_s < LEASE_TTL]
+                if len(live) == members and not snap.unowned_shards and all(m.shards for m in live):
+                    return
+                await anyio.sleep(0.3)
+    finally:
+        await close_quietly(nc)
+
+
+async def _phase(urls: list[str], load: Load, seconds: float) -> None:
+    stop = anyio.Event()
+    async with anyio.create_task_group() as tg:
+        for n in range(SENDERS):
+            tg.start_soon(_sender, urls[n % len(urls)], n, load, stop)
+        await anyio.sleep(seconds)
+        stop.set()
+
+
+async def _during(urls: list[str], load: Load, seconds: float, action: Any, after: float = 1.0) -> None:
+    """Load for `seconds`, with `action()` run `after` seconds in."""
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(_phase, urls, load, seconds)
+        await anyio.sleep(after)
+        await anyio.to_thread.run_sync(action)
+
+
+@pytest.mark.parametrize("journal_kind", ["postgres", "jetstream"])
+async def test_three_runtimes_share_the_entity_space(
+    nats_cluster: NatsCluster, tmp_path: Path, prefix: str, pg_schema: str, journal_kind: str
+) -> None:
+    urls = nats_cluster.urls
+    pg = f"{POSTGRES_URL}?schema={pg_schema}"
+    journal_url = pg if journal_kind == "postgres" else f"{urls[0]}?prefix={prefix}&replicas=3"
+
+    def member(i: int) -> Member:
+        argv = [sys.executable, "-m", "runtime.serve.cli", "run", "--cluster"]
+        argv += ["--nats-url", urls[i], "--journal", journal_url, "--view-store", pg, "--prefix", prefix]
+        argv += ["--data-dir", str(tmp_path / f"m{i}"), "--stream-replicas", "3", "--lease-ttl", str(LEASE_TTL)]
+        argv += ["--log-format", "json"]
+        return Member(f"m{i}", argv, tmp_path / f"m{i}.log")
+
+    members = [member(i) for i in range(3)]
+    for m in members:
+        m.start()
+    try:
+        await _wait_cluster(urls[0], prefix, 3)
+        load = Load()
+
+        # 1. steady load
+        await _phase(urls, load, 4)
+        assert load.conflicts == 0 and not load.errors, load.errors[:5]
+        assert load.stale_reads == 0
+
+        # 2. SIGKILL one runtime under load: its entities answer again within 5 s
+        load.reset()
+        await _during(urls, load, 8, lambda: members[2].signal(signal.SIGKILL))
+        assert load.longest_wait < 5.0 + LEASE_TTL, f"a command waited {load.longest_wait:.1f}s"
+        kill_wait = load.longest_wait
+
+        # 3. SIGTERM another: a graceful hand-off, no error at all
+        await _wait_cluster(urls[0], prefix, 2)
+        load.reset()
+        await _during(urls, load, 5, lambda: members[1].signal(signal.SIGTERM))
+        assert not load.errors, f"clients saw errors during a graceful hand-off: {load.errors[:5]}"
+
+        # 4. it rejoins: shards move back, no conflict
+        load.reset()
+        await _during(urls, load, 6, members[1].start)
+        await _wait_cluster(urls[0], prefix, 2)
+        assert load.conflicts == 0, load.errors[:5]
+
+        # 5. SIGKILL a NATS node: the runtimes serve through the others
+        load.reset()
+        node = nats_cluster.nodes[2]
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(_phase, urls[:2], load, 6)
+            await anyio.sleep(1)
+            await nats_cluster.stop_node(node, kill=True)
+        sent_without_node = load.sent
+        await nats_cluster.restart_node(node)
+        assert load.conflicts == 0, load.errors[:5]
+        assert sent_without_node > 0
+    finally:
+        for m in members:
+            if m.proc is not None:
+                m.signal(signal.SIGTERM)
+
+    # Exact counts: every acknowledged command stored once, nothing else stored.
+    async with open_journal(journal_url) as journal:
+        for entity in ENTITIES:
+            events = await journal.read("inventory", entity)
+            ids = collections.Counter(e.command_id for e in events)
+            assert all(n == 1 for n in ids.values()), f"{entity}: ids stored twice"
+            assert set(ids) == load.acked[entity], f"{entity}: stored ids differ from acknowledged ones"
+            assert [e.seq for e in events] == list(range(1, len(events) + 1))
+        if journal_kind == "postgres":
+            await _stream_equals_journal(urls[0], prefix, journal)
+    print(f"{journal_kind}: failover wait {kill_wait:.2f}s")
+
+
+async def _stream_equals_journal(url: str, prefix: str, journal: Journal) -> None:
+    """Every journal event of the inventory items is in the outbox stream once (the singleton publisher)."""
+    nc = await connect(url)
+    try:
+        js = nc.jetstream()
+        stream = f"{prefix.upper()}_EVENTS_INVENTORY"
+        expected = sum(len(await journal.read("inventory", e)) for e in ENTITIES)
+        with anyio.fail_after(30):
+            while (await js.stream_info(stream)).state.messages < expected:
+                await anyio.sleep(0.2)
+        assert (await js.stream_info(stream)).state.messages == expected
+    finally:
+        await close_quietly(nc)
