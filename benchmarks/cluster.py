@@ -43,6 +43,7 @@ def runtime(url: str, journal: str, data: str, *, cluster: bool, prefix: str) ->
 
 
 async def _members(url: str, prefix: str, want: int, timeout: float = 30.0) -> None:
+    from runtime import MemoirError
     from runtime.serve.cluster import ClusterConfig, snapshot
     from runtime.wire.nats import close_quietly, connect
 
@@ -50,7 +51,11 @@ async def _members(url: str, prefix: str, want: int, timeout: float = 30.0) -> N
     try:
         with anyio.fail_after(timeout):
             while True:
-                snap = await snapshot(nc, ClusterConfig(name=prefix))
+                try:
+                    snap = await snapshot(nc, ClusterConfig(name=prefix))
+                except MemoirError:  # no bucket yet: the first member is still starting
+                    await anyio.sleep(0.3)
+                    continue
                 live = [m for m in snap.members if m.heartbeat_age_s < LEASE_TTL and m.shards]
                 if len(live) == want and not snap.unowned_shards:
                     return

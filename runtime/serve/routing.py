@@ -56,6 +56,11 @@ class ShardRouter:
             await self.cluster.leases.wait_changed(min(left, 0.1))
         return self.owner(entity_type, entity_id)
 
+    async def wait_change(self, entity_type: str, entity_id: str, owner: str, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0 and self.owner(entity_type, entity_id) == owner:
+            await self.cluster.leases.wait_changed(min(left, 0.1))
+
     async def release(self, shard: int) -> None:
         """Passivate the shard's live actors (ShardManager's on_release and on_lost).
 

@@ -277,7 +277,9 @@ async def _serve(settings: Settings, app: App, ready: anyio.Event | None, stoppi
                         stopping.set()
                         break
                 await admin.stop()
-                await transport.stop()  # no new commands; the workers finish what they hold, then return
+                await transport.stop_taking()  # no new commands from clients
+                await svc.hand_off()  # in a cluster: shards go to the others; forwards still reach us
+                await transport.stop()  # the workers finish what they hold, then return
             side.cancel_scope.cancel()
         # Leaving the stack: consumers stop, the publisher flushes, the runtime closes, the journal
         # closes, the embedded server stops.

@@ -183,6 +183,11 @@ class Service:
         singleton = self.cluster.singletons.get(name)
         return singleton is not None and singleton.holding
 
+    async def hand_off(self) -> None:
+        """Give this member's shards to the others (turns in flight finish first); a no-op alone."""
+        if self.shards is not None:
+            await self.shards.stop()
+
     def _admits(self, entity_type: str, entity_id: str) -> bool:
         return self.router is not None and self.router.admits(entity_type, entity_id)
 

@@ -26,8 +26,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 import anyio
@@ -46,6 +47,7 @@ from ..wire.protocol import (
     H_CORRELATION_ID,
     H_TIMEOUT,
     H_TRACEPARENT,
+    Reply,
     encode_error,
     encode_reply,
     header_id,
@@ -71,6 +73,9 @@ class Router(Protocol):
 
     async def wait_owner(self, entity_type: str, entity_id: str, timeout: float) -> str | None:
         """The owner, once there is one (a shard being handed over), or None after `timeout`."""
+
+    async def wait_change(self, entity_type: str, entity_id: str, owner: str, timeout: float) -> None:
+        """Return once the entity's owner is no longer `owner` as this process sees it, or after `timeout`."""
 
 
 Observer = Callable[[str, str, str, float], None]
@@ -123,13 +128,24 @@ class Transport:
         """Subscribed and taking commands (for readiness probes)."""
         return self._sub is not None and not self._closed
 
+    async def stop_taking(self) -> None:
+        """Take no more requests from clients; forwards from other members still arrive.
+
+        In a cluster this comes first on the way out: the shards are handed off next, and
+        members that still see this one as an owner keep forwarding to it until they do.
+        """
+        sub, self._sub = self._sub, None
+        if sub is not None:
+            with contextlib.suppress(NatsError):
+                await sub.drain()  # unsubscribe would drop what nats-py holds but has not handed us yet
+
     async def stop(self) -> None:
         """Stop taking requests; the workers finish the queued ones and exit."""
-        for sub in (self._sub, self._fwd_sub):
-            if sub is not None:
-                with contextlib.suppress(NatsError):
-                    await sub.unsubscribe()
-        self._sub = self._fwd_sub = None
+        await self.stop_taking()
+        sub, self._fwd_sub = self._fwd_sub, None
+        if sub is not None:
+            with contextlib.suppress(NatsError):
+                await sub.drain()
         if not self._closed:
             self._closed = True
             for _ in range(self.workers):  # after the queued requests, one stop sign per worker
@@ -167,13 +183,8 @@ class Transport:
             headers = msg.headers or {}
             timeout = header_timeout(headers)
             deadline = None if timeout is None else arrived + timeout
-            if self.router is not None and not forwarded:
-                routed = await self._route(msg, subject, entity_type, entity_id, deadline)
-                if routed is not None:
-                    await self._respond(msg, routed)
-                    self.served += 1
-                    return
-            reply = await self.runtime.ask(
+            ask = functools.partial(
+                self.runtime.ask,
                 entity_type,
                 entity_id,
                 command,
@@ -182,6 +193,15 @@ class Transport:
                 correlation_id=header_id(headers, H_CORRELATION_ID) or trace_id(headers.get(H_TRACEPARENT)),
                 deadline=deadline,
             )
+            if self.router is not None and not forwarded:
+                routed = await self._route(msg, subject, entity_type, entity_id, deadline, ask)
+                if isinstance(routed, bytes):
+                    await self._respond(msg, routed)
+                    self.served += 1
+                    return
+                reply = routed
+            else:
+                reply = await ask()
             try:
                 body = encode_reply(reply)
             except (TypeError, msgspec.EncodeError) as exc:
@@ -200,27 +220,42 @@ class Transport:
             self.observe(entity_type, command, outcome, time.perf_counter() - started)
 
     async def _route(
-        self, msg: Msg, subject: str, entity_type: str, entity_id: str, deadline: float | None
-    ) -> bytes | None:
-        """Forward to the entity's owner and return its reply; None when the owner is this process."""
+        self,
+        msg: Msg,
+        subject: str,
+        entity_type: str,
+        entity_id: str,
+        deadline: float | None,
+        ask: Callable[[], Awaitable[Reply]],
+    ) -> bytes | Reply:
+        """Run the command where its entity lives: here (a Reply), or at its owner (the owner's reply bytes).
+
+        While a shard changes hands the old owner answers "moved" (or, once gone, nobody does):
+        wait for the lease map to name the next owner, within the sender's time.
+        """
         assert self.router is not None
         until = deadline if deadline is not None else time.monotonic() + FORWARD_TIMEOUT
         hops = 0
         while hops < MAX_HOPS and (left := until - time.monotonic()) > 0:
             owner = self.router.owner(entity_type, entity_id)
             if owner is None:
-                owner = await self.router.wait_owner(entity_type, entity_id, left)
+                await self.router.wait_owner(entity_type, entity_id, left)
                 continue  # re-read the clock and the owner
             if owner == self.router.member:
-                return None
+                try:
+                    return await ask()
+                except Moved:  # the shard left between the look-up and the turn
+                    hops += 1
+                    await self.router.wait_change(entity_type, entity_id, owner, left)
+                    continue
             headers = dict(msg.headers or {})
             headers[H_TIMEOUT] = str(max(1, int(left * 1000)))  # the owner drops it when the sender stops waiting
             try:
                 answer = await self.nc.request(
                     self._fwd_subject(owner) + subject[len(self.prefix) :], msg.data, timeout=left, headers=headers
                 )
-            except NoRespondersError:  # the owner is gone and its lease not yet expired: wait for the map
-                await anyio.sleep(min(0.05, left))
+            except NoRespondersError:  # the owner is gone and its lease not yet expired
+                await self.router.wait_change(entity_type, entity_id, owner, min(0.2, left))
                 continue
             except NatsTimeoutError:
                 break
@@ -228,6 +263,7 @@ class Transport:
             if not (answer.headers and answer.headers.get(H_MOVED)):
                 return answer.data
             hops += 1
+            await self.router.wait_change(entity_type, entity_id, owner, left)
         raise Moved(entity_type, entity_id)
 
     async def _respond(self, msg: Msg, body: bytes, headers: dict[str, str] | None = None) -> None:

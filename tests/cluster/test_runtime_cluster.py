@@ -27,7 +27,7 @@ import asyncpg
 import pytest
 from conftest import POSTGRES_URL, need_postgres
 
-from runtime import Client, CommandError, Journal, open_journal
+from runtime import Client, CommandError, Journal, MemoirError, open_journal
 from runtime.serve.cluster import ClusterConfig, snapshot
 from runtime.wire.nats import close_quietly, connect
 
@@ -39,6 +39,7 @@ ROOT = Path(__file__).resolve().parents[2]
 ENTITIES = [f"I{k}" for k in range(24)]
 SENDERS = 8
 LEASE_TTL = 2.0
+ATTEMPT = 5.0  # seconds a sender waits for one reply before resending (the Client's default)
 _runs = itertools.count()
 
 
@@ -84,36 +85,60 @@ class Load:
         self.longest_wait = 0.0
 
 
-async def _send_until_done(client: Client, load: Load, entity: str, cid: str, deadline: float) -> None:
+async def _until_answered(
+    client: Client, load: Load, entity: str, command: str, args: dict[str, Any], cid: str | None
+) -> Any:
+    """Send (resending with the same id) until answered; a request lost with a killed process is resent."""
     first = time.monotonic()
     while True:
         try:
-            await client.send("inventory", entity, "receive", {"units": 1, "on": "2022-03-01"}, command_id=cid)
+            reply = await client.send("inventory", entity, command, args, command_id=cid, timeout=ATTEMPT)
         except (CommandError, TimeoutError) as exc:
-            load.errors.append(f"{entity} {cid}: {exc}")
+            load.errors.append(f"{entity} {command} {cid}: {exc}")
             if isinstance(exc, CommandError) and exc.code == "conflict":
                 load.conflicts += 1
-            assert time.monotonic() < deadline, f"{cid} unanswered past the deadline: {exc}"
+            assert time.monotonic() - first < 30, f"{entity} {command} unanswered for 30 s: {exc}"
             await anyio.sleep(0.05)
             continue
-        load.acked[entity].add(cid)
         load.longest_wait = max(load.longest_wait, time.monotonic() - first)
-        return
+        return reply.result
 
 
-async def _sender(url: str, n: int, load: Load, stop: anyio.Event) -> None:
+async def _every_entity_answers(url: str, prefix: str) -> float:
+    """Seconds until a `get` to every entity has succeeded, each retried (0.5 s per try) until it does."""
+    started = time.monotonic()
+    async with Client(url, prefix=prefix) as client:
+
+        async def one(entity: str) -> None:
+            while True:
+                try:
+                    await client.send("inventory", entity, "get", timeout=0.5)
+                    return
+                except (CommandError, TimeoutError):
+                    assert time.monotonic() - started < 30, f"{entity} silent for 30 s"
+                    await anyio.sleep(0.02)
+
+        async with anyio.create_task_group() as tg:
+            for entity in ENTITIES:
+                tg.start_soon(one, entity)
+    return time.monotonic() - started
+
+
+async def _sender(url: str, prefix: str, n: int, load: Load, stop: anyio.Event) -> None:
     rnd = random.Random(n)
-    async with Client(url) as client:
+    async with Client(url, prefix=prefix) as client:
         for i in itertools.count():
             if stop.is_set():
                 return
             entity = rnd.choice(ENTITIES)
-            await _send_until_done(client, load, entity, f"s{n}-{i}", time.monotonic() + 30)
+            cid = f"s{n}-{i}"
+            await _until_answered(client, load, entity, "receive", {"units": 1, "on": "2022-03-01"}, cid)
+            load.acked[entity].add(cid)
             load.sent += 1
             if i % 5 == 0:  # read your write: the state shows at least every acknowledged command
                 seen = len(load.acked[entity])
-                state = await client.send("inventory", entity, "get")
-                if state.result["units"] < seen:
+                state = await _until_answered(client, load, entity, "get", {}, None)
+                if state["units"] < seen:
                     load.stale_reads += 1
 
 
@@ -138,7 +163,11 @@ async def _wait_cluster(url: str, prefix: str, members: int, timeout: float = 30
     try:
         with anyio.fail_after(timeout):
             while True:
-                snap = await snapshot(nc, ClusterConfig(name=prefix))
+                try:
+                    snap = await snapshot(nc, ClusterConfig(name=prefix))
+                except MemoirError:  # no bucket yet: the first member is still starting
+                    await anyio.sleep(0.3)
+                    continue
                 live = [m for m in snap.members if m.heartbeat_age_s < LEASE_TTL]
                 if len(live) == members and not snap.unowned_shards and all(m.shards for m in live):
                     return
@@ -147,19 +176,19 @@ async def _wait_cluster(url: str, prefix: str, members: int, timeout: float = 30
         await close_quietly(nc)
 
 
-async def _phase(urls: list[str], load: Load, seconds: float) -> None:
+async def _phase(urls: list[str], prefix: str, load: Load, seconds: float) -> None:
     stop = anyio.Event()
     async with anyio.create_task_group() as tg:
         for n in range(SENDERS):
-            tg.start_soon(_sender, urls[n % len(urls)], n, load, stop)
+            tg.start_soon(_sender, urls[n % len(urls)], prefix, n, load, stop)
         await anyio.sleep(seconds)
         stop.set()
 
 
-async def _during(urls: list[str], load: Load, seconds: float, action: Any, after: float = 1.0) -> None:
+async def _during(urls: list[str], prefix: str, load: Load, seconds: float, action: Any, after: float = 1.0) -> None:
     """Load for `seconds`, with `action()` run `after` seconds in."""
     async with anyio.create_task_group() as tg:
-        tg.start_soon(_phase, urls, load, seconds)
+        tg.start_soon(_phase, urls, prefix, load, seconds)
         await anyio.sleep(after)
         await anyio.to_thread.run_sync(action)
 
@@ -187,25 +216,29 @@ async def test_three_runtimes_share_the_entity_space(
         load = Load()
 
         # 1. steady load
-        await _phase(urls, load, 4)
+        await _phase(urls, prefix, load, 4)
         assert load.conflicts == 0 and not load.errors, load.errors[:5]
         assert load.stale_reads == 0
 
-        # 2. SIGKILL one runtime under load: its entities answer again within 5 s
+        # 2. SIGKILL one runtime under load: every entity answers again within 5 s
         load.reset()
-        await _during(urls, load, 8, lambda: members[2].signal(signal.SIGKILL))
-        assert load.longest_wait < 5.0 + LEASE_TTL, f"a command waited {load.longest_wait:.1f}s"
-        kill_wait = load.longest_wait
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(_phase, urls, prefix, load, 8)
+            await anyio.sleep(1)
+            await anyio.to_thread.run_sync(members[2].signal, signal.SIGKILL)
+            failover = await _every_entity_answers(urls[0], prefix)
+        assert failover <= 5.0, f"some entity answered only {failover:.1f}s after the kill"
 
         # 3. SIGTERM another: a graceful hand-off, no error at all
         await _wait_cluster(urls[0], prefix, 2)
         load.reset()
-        await _during(urls, load, 5, lambda: members[1].signal(signal.SIGTERM))
+        await _during(urls, prefix, load, 5, lambda: members[1].signal(signal.SIGTERM))
         assert not load.errors, f"clients saw errors during a graceful hand-off: {load.errors[:5]}"
+        handoff_wait = load.longest_wait
 
         # 4. it rejoins: shards move back, no conflict
         load.reset()
-        await _during(urls, load, 6, members[1].start)
+        await _during(urls, prefix, load, 6, members[1].start)
         await _wait_cluster(urls[0], prefix, 2)
         assert load.conflicts == 0, load.errors[:5]
 
@@ -213,7 +246,7 @@ async def test_three_runtimes_share_the_entity_space(
         load.reset()
         node = nats_cluster.nodes[2]
         async with anyio.create_task_group() as tg:
-            tg.start_soon(_phase, urls[:2], load, 6)
+            tg.start_soon(_phase, urls[:2], prefix, load, 6)
             await anyio.sleep(1)
             await nats_cluster.stop_node(node, kill=True)
         sent_without_node = load.sent
@@ -235,7 +268,7 @@ async def test_three_runtimes_share_the_entity_space(
             assert [e.seq for e in events] == list(range(1, len(events) + 1))
         if journal_kind == "postgres":
             await _stream_equals_journal(urls[0], prefix, journal)
-    print(f"{journal_kind}: failover wait {kill_wait:.2f}s")
+    print(f"{journal_kind}: failover {failover:.2f}s, longest command wait in the hand-off {handoff_wait:.2f}s")
 
 
 async def _stream_equals_journal(url: str, prefix: str, journal: Journal) -> None:
@@ -244,7 +277,9 @@ async def _stream_equals_journal(url: str, prefix: str, journal: Journal) -> Non
     try:
         js = nc.jetstream()
         stream = f"{prefix.upper()}_EVENTS_INVENTORY"
-        expected = sum(len(await journal.read("inventory", e)) for e in ENTITIES)
+        expected = 0
+        for entity in ENTITIES:
+            expected += len(await journal.read("inventory", entity))
         with anyio.fail_after(30):
             while (await js.stream_info(stream)).state.messages < expected:
                 await anyio.sleep(0.2)
