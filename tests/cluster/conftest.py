@@ -9,11 +9,12 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import anyio
 import pytest
 from nats.aio.client import Client as NATS
 
 from runtime.serve.cluster import ClusterConfig, LeaseConfig
-from runtime.wire.nats import connect
+from runtime.wire.nats import close_quietly, connect
 
 from .natscluster import NatsCluster
 
@@ -42,6 +43,16 @@ async def client(nats_cluster: NatsCluster, name: str = "") -> NATS:
     and reconnects to them fast when its node is killed."""
     url = nats_cluster.urls[next(_spread) % len(nats_cluster.urls)]
     return await connect(url, name=name, reconnect_time_wait=0.2, max_reconnect_attempts=-1)
+
+
+async def close(nc: NATS) -> None:
+    """Close even while the test is being cancelled (a connection left open would reconnect
+    forever once the cluster stops), and within a bounded time."""
+    with anyio.CancelScope(shield=True):
+        with anyio.move_on_after(5):
+            await close_quietly(nc)
+        if not nc.is_closed:
+            await nc.close()
 
 
 @dataclass

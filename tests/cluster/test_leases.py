@@ -7,14 +7,14 @@ from collections import Counter
 
 import anyio
 import pytest
+from nats.aio.client import Client as NATS
 
-from runtime.model.errors import ConfigError
-from runtime.serve.cluster import Cluster, ClusterConfig, LeaseConfig, Leases, shard_of
+from runtime.model.errors import ConfigError, MemoirError
+from runtime.serve.cluster import Cluster, ClusterConfig, LeaseConfig, Leases, shard_of, snapshot
 from runtime.serve.cluster.coordinator import check_recorded_shards
 from runtime.serve.cluster.store import bucket_name, ensure_bucket
-from runtime.wire.nats import close_quietly
 
-from .conftest import TTL, client
+from .conftest import TTL, client, close
 from .natscluster import NatsCluster
 
 pytestmark = pytest.mark.anyio
@@ -43,10 +43,10 @@ async def test_the_first_member_records_the_shard_count_and_a_different_one_is_r
         message = str(refused.value)
         assert "256" in message and "128" in message and "\n" not in message
     finally:
-        await close_quietly(nc)
+        await close(nc)
 
 
-async def _leases(nats_cluster: NatsCluster, config: ClusterConfig, holder: str) -> tuple[object, Leases]:
+async def _leases(nats_cluster: NatsCluster, config: ClusterConfig, holder: str) -> tuple[NATS, Leases]:
     nc = await client(nats_cluster, holder)
     js = nc.jetstream(timeout=config.lease.request_timeout)
     kv = await ensure_bucket(js, bucket_name(config.name, "leases"), replicas=3)
@@ -82,8 +82,8 @@ async def test_a_held_lease_is_refused_to_others_and_a_released_one_is_taken_at_
             assert b.owner("shard.00001") == "b"
             tg.cancel_scope.cancel()
     finally:
-        await close_quietly(nca)  # type: ignore[arg-type]
-        await close_quietly(ncb)  # type: ignore[arg-type]
+        await close(nca)
+        await close(ncb)
 
 
 async def _never() -> None:
@@ -105,13 +105,13 @@ async def test_a_holder_cut_off_stops_before_the_taker_starts(nats_cluster: Nats
             tg.start_soon(a.hold, held, lost)
             await anyio.sleep(TTL)  # a few renewals
             times["cut"] = time.monotonic()
-            await nca.close()  # type: ignore[attr-defined]  # abruptly: no release
+            await nca.close()  # abruptly: no release
             with anyio.fail_after(TTL * 3):
                 await b.acquire("singleton.x")
             times["taken"] = time.monotonic()
             tg.cancel_scope.cancel()
     finally:
-        await close_quietly(ncb)  # type: ignore[arg-type]
+        await close(ncb)
     assert times["cut"] < times["lost"] < times["taken"]
     assert times["taken"] - times["cut"] < TTL * 2.5
     # the holder stopped at least most of the margin before the taker could start
@@ -160,11 +160,12 @@ async def test_a_singleton_has_one_holder_and_fails_over(nats_cluster: NatsClust
             assert started[second] - cut < TTL * 2.5  # failover within a few seconds
             await anyio.sleep(TTL)
             assert running == [second]
+            snap = await snapshot(conns[second], config)
+            assert snap.singletons["outbox"].owner == second and snap.singletons["outbox"].age_s < TTL
             tg.cancel_scope.cancel()
     finally:
         for nc in conns.values():
-            if not nc.is_closed:
-                await close_quietly(nc)
+            await close(nc)
     assert overlaps == []
 
 
@@ -182,7 +183,16 @@ async def test_buckets_are_created_once_by_members_starting_together(
         await check_recorded_shards(await js.key_value(f"{config.name}_leases"), 256, 5)
     finally:
         for nc in conns:
-            await close_quietly(nc)
+            await close(nc)
+
+
+async def test_a_snapshot_of_no_cluster_says_so(nats_cluster: NatsCluster, config: ClusterConfig) -> None:
+    nc = await client(nats_cluster)
+    try:
+        with pytest.raises(MemoirError, match="no Memoir cluster"):
+            await snapshot(nc, config)
+    finally:
+        await close(nc)
 
 
 def test_a_lease_margin_must_leave_time_to_renew() -> None:

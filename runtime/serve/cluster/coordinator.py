@@ -72,8 +72,14 @@ class Cluster:
         cluster = await cls.open(nc, config, member_id=member_id)
         cluster.membership.meta.update(meta or {})
         async with anyio.create_task_group() as tg:
-            await tg.start(cluster.leases.watch)
-            await tg.start(cluster.membership.run)
+            try:
+                with anyio.fail_after(config.start_timeout):
+                    await tg.start(cluster.leases.watch)
+                    await tg.start(cluster.membership.run)
+            except TimeoutError:
+                raise MemoirError(
+                    f"cannot join the cluster {config.name!r}: NATS KV did not answer within {config.start_timeout:g} s"
+                ) from None
             try:
                 yield cluster
             finally:

@@ -93,6 +93,11 @@ def decode(data: bytes | None) -> LeaseValue | None:
         return None
 
 
+def decode_held(data: bytes | None) -> LeaseValue:
+    """A present key is held by someone, even if its value cannot be read: it is waited out."""
+    return decode(data) or LeaseValue("<unreadable>", 0.0, 0.0, 0.0, 0.0)
+
+
 @dataclass
 class Held:
     """A lease this process holds."""
@@ -144,7 +149,7 @@ class Leases:
             self._changed = anyio.Event()
 
     def _on_entry(self, entry: Entry) -> None:
-        self.observe(entry.key, entry_revision(entry), None if is_deleted(entry) else decode(entry.value))
+        self.observe(entry.key, entry_revision(entry), None if is_deleted(entry) else decode_held(entry.value))
 
     async def watch(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Keep `seen` current; quiet for a whole ttl means a lost consumer (holders renew more often)."""
@@ -162,7 +167,7 @@ class Leases:
             if exc.entry is not None:  # deleted: the tombstone's revision
                 self.observe(key, entry_revision(exc.entry), None)
             return self.seen.get(key)
-        self.observe(key, entry_revision(entry), decode(entry.value))
+        self.observe(key, entry_revision(entry), decode_held(entry.value))
         return self.seen.get(key)
 
     def owner(self, key: str) -> str | None:

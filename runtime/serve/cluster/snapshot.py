@@ -10,13 +10,15 @@ import time
 from datetime import UTC, datetime
 
 import msgspec
+import nats.js.errors
 from nats.aio.client import Client as NATS
 
+from ...model.errors import MemoirError
 from .coordinator import ClusterConfig
 from .leases import decode
 from .membership import MemberInfo
 from .shards import SHARD_COUNT_KEY, shard_from_key
-from .store import Entry, bucket_name, ensure_bucket, read_all
+from .store import Entry, bucket_name, read_all
 
 
 class MemberView(msgspec.Struct):
@@ -70,8 +72,13 @@ def _age(entry: Entry, now: float) -> float:
 async def snapshot(nc: NATS, config: ClusterConfig | None = None) -> ClusterSnapshot:
     config = config or ClusterConfig()
     js = nc.jetstream(timeout=5.0)
-    leases_kv = await ensure_bucket(js, bucket_name(config.name, "leases"), replicas=config.replicas, timeout=10)
-    members_kv = await ensure_bucket(js, bucket_name(config.name, "members"), replicas=config.replicas, timeout=10)
+    try:
+        leases_kv = await js.key_value(bucket_name(config.name, "leases"))
+        members_kv = await js.key_value(bucket_name(config.name, "members"))
+    except nats.js.errors.BucketNotFoundError:
+        raise MemoirError(
+            f"no Memoir cluster with prefix {config.name!r} on this NATS (its KV buckets do not exist)"
+        ) from None
     now = datetime.now(UTC).timestamp()
     wall = time.time()
     shard_count = config.shards
