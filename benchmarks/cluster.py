@@ -7,7 +7,6 @@ journal and NATS server. The client processes and the load are those of nats_com
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -86,6 +85,16 @@ async def _every_entity_answers(url: str, prefix: str, timeout: float = 30.0) ->
     return time.perf_counter() - started
 
 
+async def _drop_schema(pg: str, schema: str) -> None:
+    import asyncpg
+
+    conn = await asyncpg.connect(pg)
+    try:
+        await conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+    finally:
+        await conn.close()
+
+
 def main() -> None:
     p = c.parser(__doc__.splitlines()[0])
     args = p.parse_args()
@@ -101,7 +110,7 @@ def main() -> None:
         )
         url = f"nats://127.0.0.1:{port}"
         time.sleep(0.5)
-        prefix = f"memoir"  # the load clients send to memoir.cmd.…
+        prefix = "memoir"  # the load clients send to memoir.cmd.…
         journal = f"{pg}?schema=bench_cluster_{os.getpid()}" if pg else f"{url}?prefix={prefix}"
         print(f"  journal: {'PostgreSQL' if pg else 'JetStream'}", flush=True)
         procs: list[subprocess.Popen[str]] = []
@@ -135,6 +144,8 @@ def main() -> None:
                 proc.wait(30)
             server.terminate()
             server.wait(10)
+            if pg:
+                anyio.run(_drop_schema, pg, f"bench_cluster_{os.getpid()}")
     scaling = two["per_s"] / one["per_s"]
     forward_ms = two_slow["p50_ms"] - one_slow["p50_ms"]
     c.line("plain runtime commands/s (baseline)", base["per_s"])
@@ -165,7 +176,6 @@ def main() -> None:
             "errors": base["errors"] + one["errors"] + two["errors"],
         }
     )
-    _ = json  # the client processes speak JSON lines (see nats_commands)
 
 
 if __name__ == "__main__":

@@ -43,6 +43,7 @@ from .routing import ShardRouter
 log = structlog.get_logger("memoir.service")
 
 SHARED_JOURNALS = ("postgresql", "postgres", "nats", "tls")
+HANDOFF_GRACE = 0.5  # seconds: well above how long a lease change takes to reach every member
 
 
 class Service:
@@ -187,6 +188,9 @@ class Service:
         """Give this member's shards to the others (turns in flight finish first); a no-op alone."""
         if self.shards is not None:
             await self.shards.stop()
+            # Members that saw our leases a moment ago may still forward to us: we pass those on
+            # (the transport's forward subscription outlives the shards) until they have seen.
+            await anyio.sleep(HANDOFF_GRACE)
 
     def _admits(self, entity_type: str, entity_id: str) -> bool:
         return self.router is not None and self.router.admits(entity_type, entity_id)

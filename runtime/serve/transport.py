@@ -15,11 +15,11 @@ answered `overloaded` without running, so a sender that gave up and resent the
 same command id never has both copies applied after a backlog.
 
 In a cluster a `Router` says which process owns an entity. A command for an entity
-owned elsewhere is forwarded to `{prefix}.fwd.{member}.cmd.…`, which only that
-process subscribes to; its reply goes back to the client unchanged. The owner
-checks ownership again inside the entity's turn (`Runtime(admits=…)`), and a
-command that finds its entity moved is answered with a `Memoir-Moved` reply header,
-upon which the forwarder asks the router again. Clients never see a hand-off.
+owned elsewhere is published to `{prefix}.fwd.{member}.cmd.…`, which only that
+process subscribes to, with the client's reply subject: the owner answers the
+client directly. The owner checks ownership again inside the entity's turn
+(`Runtime(admits=…)`); a command that finds its entity moved is passed on again
+once the lease map names the next owner. Clients never see a hand-off.
 """
 
 from __future__ import annotations
@@ -37,8 +37,6 @@ import structlog
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
-from nats.errors import NoRespondersError
-from nats.errors import TimeoutError as NatsTimeoutError
 
 from ..engine.runtime import Runtime
 from ..model.errors import CommandError, ErrorCode, Moved
@@ -58,7 +56,7 @@ from ..wire.protocol import (
 
 log = structlog.get_logger("memoir.transport")
 
-H_MOVED = "Memoir-Moved"  # on a forwarded request's reply: the entity was not here; route again
+H_HOPS = "Memoir-Hops"  # on a forwarded command: how many members passed it on
 MAX_HOPS = 4
 FORWARD_TIMEOUT = 5.0  # for requests that do not say how long their sender waits
 
@@ -108,6 +106,7 @@ class Transport:
         self.router = router
         self.forwarded = 0
         self._prefix_tokens = len(prefix.split("."))
+        self._fwd_prefix = f"{prefix}.fwd."
         self._queue: asyncio.Queue[tuple[Msg, float] | None] = asyncio.Queue(backlog)
         self._closed = False
         self._sub: Any = None
@@ -166,15 +165,20 @@ class Transport:
     def _fwd_subject(self, member: str) -> str:
         return f"{self.prefix}.fwd.{member}"
 
+    def _command_subject(self, msg: Msg) -> tuple[str, int]:
+        """The command subject, and how many members forwarded it so far (0 from a client)."""
+        if not msg.subject.startswith(self._fwd_prefix):
+            return msg.subject, 0
+        # `{prefix}.fwd.{member}.cmd.…` -> `{prefix}.cmd.…`
+        subject = self.prefix + "." + msg.subject[len(self.prefix) + 1 :].split(".", 2)[2]
+        hops = (msg.headers or {}).get(H_HOPS, "")
+        return subject, int(hops) if hops.isdigit() else MAX_HOPS
+
     async def _serve(self, msg: Msg, arrived: float) -> None:
         started = time.perf_counter()
         entity_type = command = "?"
-        moved = False
-        forwarded = msg.subject.startswith(f"{self.prefix}.fwd.")
         try:
-            subject = msg.subject
-            if forwarded:  # `{prefix}.fwd.{member}.cmd.…`: drop the two routing tokens
-                subject = self.prefix + "." + subject[len(self.prefix) + 1 :].split(".", 2)[2]
+            subject, hops = self._command_subject(msg)
             entity_type, entity_id, command = parse_command_subject(subject, self._prefix_tokens)
             if len(msg.data) > self.max_payload:
                 raise CommandError(
@@ -193,28 +197,25 @@ class Transport:
                 correlation_id=header_id(headers, H_CORRELATION_ID) or trace_id(headers.get(H_TRACEPARENT)),
                 deadline=deadline,
             )
-            if self.router is not None and not forwarded:
-                routed = await self._route(msg, subject, entity_type, entity_id, deadline, ask)
-                if isinstance(routed, bytes):
-                    await self._respond(msg, routed)
+            if self.router is None:
+                reply = await ask()
+            else:
+                routed = await self._route(msg, subject, hops, entity_type, entity_id, deadline, ask)
+                if routed is None:  # forwarded: the owner answers the sender itself
                     self.served += 1
                     return
                 reply = routed
-            else:
-                reply = await ask()
             try:
                 body = encode_reply(reply)
             except (TypeError, msgspec.EncodeError) as exc:
                 raise CommandError(ErrorCode.INTERNAL, f"the reply cannot be encoded as JSON: {exc}") from exc
             outcome = "ok"
-        except Moved as exc:
-            body, outcome, moved = encode_error(exc), "moved", forwarded
         except CommandError as exc:
             body, outcome = encode_error(exc), str(exc.code)
         except Exception as exc:  # nothing from outside may take the process down
             log.error("request failed", subject=msg.subject, exc_info=exc)
             body, outcome = encode_error(CommandError(ErrorCode.INTERNAL, f"{type(exc).__name__}: {exc}")), "internal"
-        await self._respond(msg, body, {H_MOVED: "1"} if moved else None)
+        await self._respond(msg, body)
         self.served += 1
         if self.observe is not None:
             self.observe(entity_type, command, outcome, time.perf_counter() - started)
@@ -223,20 +224,22 @@ class Transport:
         self,
         msg: Msg,
         subject: str,
+        hops: int,
         entity_type: str,
         entity_id: str,
         deadline: float | None,
         ask: Callable[[], Awaitable[Reply]],
-    ) -> bytes | Reply:
-        """Run the command where its entity lives: here (a Reply), or at its owner (the owner's reply bytes).
+    ) -> Reply | None:
+        """Run the command here if this member owns its entity; else pass it on (None).
 
-        While a shard changes hands the old owner answers "moved" (or, once gone, nobody does):
-        wait for the lease map to name the next owner, within the sender's time.
+        A forward is a publish carrying the client's own reply subject: the owner answers the
+        client directly, and this member is done with it at once. While a shard changes hands
+        the lease map is waited on, within the sender's time; the old owner, whose forward
+        subscription outlives its shards, passes late arrivals on the same way.
         """
         assert self.router is not None
         until = deadline if deadline is not None else time.monotonic() + FORWARD_TIMEOUT
-        hops = 0
-        while hops < MAX_HOPS and (left := until - time.monotonic()) > 0:
+        while (left := until - time.monotonic()) > 0:
             owner = self.router.owner(entity_type, entity_id)
             if owner is None:
                 await self.router.wait_owner(entity_type, entity_id, left)
@@ -245,31 +248,24 @@ class Transport:
                 try:
                     return await ask()
                 except Moved:  # the shard left between the look-up and the turn
-                    hops += 1
                     await self.router.wait_change(entity_type, entity_id, owner, left)
                     continue
-            headers = dict(msg.headers or {})
-            headers[H_TIMEOUT] = str(max(1, int(left * 1000)))  # the owner drops it when the sender stops waiting
-            try:
-                answer = await self.nc.request(
-                    self._fwd_subject(owner) + subject[len(self.prefix) :], msg.data, timeout=left, headers=headers
-                )
-            except NoRespondersError:  # the owner is gone and its lease not yet expired
-                await self.router.wait_change(entity_type, entity_id, owner, min(0.2, left))
-                continue
-            except NatsTimeoutError:
+            if hops >= MAX_HOPS:
                 break
+            headers = dict(msg.headers or {})
+            headers[H_TIMEOUT] = str(max(1, int(left * 1000)))  # the owner drops it once the sender stops waiting
+            headers[H_HOPS] = str(hops + 1)
+            await self.nc.publish(
+                self._fwd_subject(owner) + subject[len(self.prefix) :], msg.data, reply=msg.reply, headers=headers
+            )
             self.forwarded += 1
-            if not (answer.headers and answer.headers.get(H_MOVED)):
-                return answer.data
-            hops += 1
-            await self.router.wait_change(entity_type, entity_id, owner, left)
+            return None
         raise Moved(entity_type, entity_id)
 
-    async def _respond(self, msg: Msg, body: bytes, headers: dict[str, str] | None = None) -> None:
+    async def _respond(self, msg: Msg, body: bytes) -> None:
         if not msg.reply:
             return  # a publish, not a request: nobody to answer
         try:
-            await self.nc.publish(msg.reply, body, headers=headers)
+            await msg.respond(body)
         except NatsError as exc:
             log.warning("reply not sent", subject=msg.subject, error=str(exc))
