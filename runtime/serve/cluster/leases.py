@@ -133,6 +133,7 @@ class Leases:
         self.config = config
         self.seen: dict[str, Seen] = {}
         self._changed = anyio.Event()
+        self.version = 0  # counts owner changes: a waiter that was busy can tell it missed one
         self.renewals = 0
         self.renewal_failures = 0
 
@@ -145,6 +146,7 @@ class Leases:
         owner = value.owner if value is not None else None
         self.seen[key] = Seen(revision, owner, time.monotonic(), value.renewed_at if value else 0.0)
         if old is None or old.owner != owner:
+            self.version += 1
             self._changed.set()
             self._changed = anyio.Event()
 

@@ -64,6 +64,7 @@ class Membership:
         self._seen: dict[str, _Seen] = {}
         self._last_beat: float | None = None  # monotonic send time of the last successful heartbeat
         self._changed = anyio.Event()
+        self.version = 0  # counts joins and graceful leaves
         self._leaving = False
         self.heartbeat_failures = 0
 
@@ -87,6 +88,7 @@ class Membership:
             self._notify()
 
     def _notify(self) -> None:
+        self.version += 1
         self._changed.set()
         self._changed = anyio.Event()
 

@@ -176,11 +176,15 @@ class ShardManager:
         poll = self.cluster.config.lease.ttl / 6
         with self._reconcile_scope:
             while True:
+                seen = (self.leases.version, self.membership.version)
                 try:
                     await self.reconcile()
                 except Exception as exc:  # noqa: BLE001 - one bad round is logged; the next retries
                     log.warning("shard reconcile failed", reason=describe(exc))
-                await self._wait_for_change(poll)
+                if (self.leases.version, self.membership.version) == seen:  # else: changed during the round
+                    await self._wait_for_change(poll)
+                else:
+                    await anyio.sleep(0.005)  # a busy cluster still lets the others run
 
     async def _wait_for_change(self, timeout: float) -> None:
         """A lease or member change, or `timeout` (deaths and silent leases show up by polling)."""
