@@ -31,7 +31,7 @@ async def test_tailer_sees_every_event_once_in_order_under_two_writer_processes(
         async with PostgresJournal(url) as journal:  # creates the schema before the writers race
             env = {**os.environ, "PYTHONPATH": f"{TESTS.parent}:{TESTS}"}
             writers = [
-                subprocess.Popen(  # noqa: ASYNC220 - started once; the test then awaits them
+                subprocess.Popen(
                     [sys.executable, "-m", "journal.pg_writer", url, tag, str(ENTITIES), str(EVENTS)],
                     cwd=TESTS,
                     env=env,
