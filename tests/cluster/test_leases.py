@@ -86,6 +86,21 @@ async def test_a_held_lease_is_refused_to_others_and_a_released_one_is_taken_at_
         await close(ncb)
 
 
+async def test_a_release_deletes_a_renewal_that_committed_after_it_was_cancelled(
+    nats_cluster: NatsCluster, config: ClusterConfig
+) -> None:
+    nc, a = await _leases(nats_cluster, config, "a")
+    try:
+        held = await a.acquire("shard.00002")
+        # a renewal cancelled in flight whose write still reached the server: a newer revision of ours
+        await a.kv.update("shard.00002", a._value(held.acquired_at, 2), last=held.revision)
+        assert await a.release(held)
+        seen = await a.refresh("shard.00002")
+        assert seen is not None and seen.owner is None  # deleted: free for a successor at once
+    finally:
+        await close(nc)
+
+
 async def _never() -> None:
     raise AssertionError("lease lost")
 

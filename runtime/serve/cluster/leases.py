@@ -36,7 +36,7 @@ import structlog
 from nats.js.kv import KeyValue
 
 from ...model.errors import ConfigError
-from .store import Entry, describe, is_deleted, watch_forever
+from .store import Entry, describe, is_deleted, is_wrong_last, watch_forever
 from .store import revision as entry_revision
 
 log = structlog.get_logger("memoir.cluster")
@@ -264,19 +264,24 @@ class Leases:
                 try:
                     await self.kv.delete(held.key, last=held.revision)
                     return True
-                except nats.js.errors.KeyWrongLastSequenceError:
-                    # a renewal cancelled in flight may have committed: delete that one if it is ours
-                    try:
-                        entry = await self.kv.get(held.key)
-                    except nats.js.errors.KeyNotFoundError:
-                        return True
-                    value = decode(entry.value)
-                    if value is None or value.owner != self.holder:
-                        return True
-                    held.revision = entry_revision(entry)
+                except Exception as exc:  # noqa: BLE001 - a revision conflict, or transient: retried
+                    if not is_wrong_last(exc):
+                        log.debug("lease release failed; retrying", key=held.key, reason=describe(exc))
+                        await anyio.sleep(0.1)
+                        continue
+                # a renewal cancelled in flight may have committed: delete that one if it is ours
+                try:
+                    entry = await self.kv.get(held.key)
+                except nats.js.errors.KeyNotFoundError:
+                    return True
                 except Exception as exc:  # noqa: BLE001 - transient: retried until the timeout
                     log.debug("lease release failed; retrying", key=held.key, reason=describe(exc))
                     await anyio.sleep(0.1)
+                    continue
+                value = decode(entry.value)
+                if value is None or value.owner != self.holder:
+                    return True
+                held.revision = entry_revision(entry)
         log.warning("lease not released; it expires by itself", key=held.key)
         return False
 

@@ -56,6 +56,14 @@ async def _stop(watcher: KeyValue.KeyWatcher) -> None:
     await cast(Callable[[], Awaitable[None]], watcher.stop)()
 
 
+def is_wrong_last(exc: BaseException) -> bool:
+    """A revision check failed: someone wrote since. (`update` raises KeyWrongLastSequenceError
+    for it, `delete` the bare API error.)"""
+    if isinstance(exc, nats.js.errors.KeyWrongLastSequenceError):
+        return True
+    return isinstance(exc, nats.js.errors.APIError) and exc.err_code in (10071, 10164)
+
+
 def is_deleted(entry: Entry) -> bool:
     return entry.operation in (KV_DEL, KV_PURGE)
 
@@ -142,17 +150,24 @@ async def watch_forever(
                     log.debug("cluster watch stop failed", what=what)
 
 
-async def read_all(kv: KeyValue, timeout: float = 5.0) -> list[Entry]:
-    """Every live key's latest entry (with its server timestamp), for snapshots."""
+async def read_all(kv: KeyValue, timeout: float = 3.0) -> list[Entry]:
+    """Every live key's latest entry (with its server timestamp), for snapshots.
+
+    The watch's "no more pending" marker can come before the first value on a busy bucket, so
+    this reads until it has as many keys as the bucket holds messages (history is 1), or the
+    timeout passes."""
+    expected = (await kv.status()).values
     out: dict[str, Entry] = {}
     watcher = await kv.watchall()
     try:
-        with anyio.fail_after(timeout):
-            while True:
-                entry = await _next(watcher, timeout)
-                if entry is None:
+        with anyio.move_on_after(timeout):
+            while len(out) < expected:
+                try:
+                    entry = await _next(watcher, timeout)
+                except nats.errors.TimeoutError:
                     break
-                out[entry.key] = entry
+                if entry is not None:
+                    out[entry.key] = entry
     finally:
         with anyio.CancelScope(shield=True), anyio.move_on_after(2):
             await _stop(watcher)
