@@ -132,14 +132,17 @@ async def _true(value: bool) -> bool:
 
 async def test_profile_counts_follow_the_post_stream(tmp_path: Path, nats_server: EmbeddedNats) -> None:
     app = App("s", entities=[Post, Profile], views=[PostsByAuthor], consumers=[CountPosts])
-    async with SqliteJournal(tmp_path / "j.db") as journal, SqliteViewStore(tmp_path / "v.db") as store:
-        async with Service(app, journal, nats_url=nats_server.url, view_store=store) as svc:
-            truth = await _publish_posts(svc, 100, 10)
-            await svc.runtime.ask("post", "p0", "delete")
-            truth["author-0"] -= 1
+    async with (
+        SqliteJournal(tmp_path / "j.db") as journal,
+        SqliteViewStore(tmp_path / "v.db") as store,
+        Service(app, journal, nats_url=nats_server.url, view_store=store) as svc,
+    ):
+        truth = await _publish_posts(svc, 100, 10)
+        await svc.runtime.ask("post", "p0", "delete")
+        truth["author-0"] -= 1
 
-            async def consistent() -> bool:
-                profiles = {a: (await svc.runtime.ask("profile", a, "get")).result.posts for a in truth}
-                return profiles == truth and await _view_counts(svc) == truth
+        async def consistent() -> bool:
+            profiles = {a: (await svc.runtime.ask("profile", a, "get")).result.posts for a in truth}
+            return profiles == truth and await _view_counts(svc) == truth
 
-            await eventually(consistent, what="profiles and view to equal the true counts")
+        await eventually(consistent, what="profiles and view to equal the true counts")
