@@ -114,8 +114,11 @@ def test_the_kubernetes_manifests_fit_together() -> None:
     assert "MEMOIR_JOURNAL_URL" not in docs["ConfigMap"]["data"]  # the password stays in the Secret
     parsed = Settings.from_env({k: str(v) for k, v in settings.items()})
     assert parsed.cluster and parsed.stream_replicas == 3
-    port = str(parsed.metrics_port)
-    assert all(port in str(container[p]) for p in ("readinessProbe", "livenessProbe"))
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        named = container[probe]["httpGet"]["port"]
+        assert ports[named] == parsed.metrics_port, f"{probe} asks port {named}, not the metrics port"
+    assert parsed.metrics_host == "0.0.0.0", "the kubelet's probes and Prometheus reach the pod from outside"
 
 
 def test_the_helm_values_describe_the_same_three_node_jetstream_cluster() -> None:

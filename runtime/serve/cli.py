@@ -292,6 +292,7 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--log-format", choices=["auto", "console", "json"])
     r.add_argument("--log-level")
     r.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port (0: any free port)")
+    r.add_argument("--metrics-host", help="the metrics endpoint's address (default 127.0.0.1; 0.0.0.0 in a container)")
     r.add_argument("--mailbox-size", type=int)
     r.add_argument("--max-live-actors", type=int)
     r.add_argument("--passivate-after", type=float, help="seconds an idle actor stays in memory")

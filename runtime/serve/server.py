@@ -57,6 +57,7 @@ class Settings(msgspec.Struct, kw_only=True):
     log_format: str = "auto"
     log_level: str = "info"
     metrics_port: int | None = None  # None: no metrics endpoint; 0: a free port
+    metrics_host: str = "127.0.0.1"  # 0.0.0.0 in a container, for Prometheus and the orchestrator's probes
     mailbox_size: int = 256
     max_live_actors: int = 100_000
     passivate_after: float = 300.0
@@ -255,8 +256,8 @@ async def _serve(settings: Settings, app: App, ready: anyio.Event | None, stoppi
         async with anyio.create_task_group() as side:  # the metrics endpoint
             metrics_url = "off"
             if settings.metrics_port is not None:
-                port = await side.start(metrics.serve, settings.metrics_port)
-                metrics_url = f"http://127.0.0.1:{port}/metrics"
+                port = await side.start(metrics.serve, settings.metrics_port, settings.metrics_host)
+                metrics_url = f"http://{settings.metrics_host}:{port}/metrics"
             async with anyio.create_task_group() as serving:
                 await admin.start()
                 await serving.start(transport.run)
