@@ -41,24 +41,13 @@ def runtime(url: str, journal: str, data: str, *, cluster: bool, prefix: str) ->
     return load.start(argv, "memoir: serving", {**os.environ, "PYTHONPATH": str(c.ROOT)})
 
 
-async def _members(url: str, prefix: str, want: int, timeout: float = 30.0) -> None:
-    from runtime import MemoirError
-    from runtime.serve.cluster import ClusterConfig, snapshot
+async def _members(url: str, prefix: str, want: int) -> None:
+    from runtime.serve.cluster import ClusterConfig, LeaseConfig, settled
     from runtime.wire.nats import close_quietly, connect
 
     nc = await connect(url)
     try:
-        with anyio.fail_after(timeout):
-            while True:
-                try:
-                    snap = await snapshot(nc, ClusterConfig(name=prefix))
-                except MemoirError:  # no bucket yet: the first member is still starting
-                    await anyio.sleep(0.3)
-                    continue
-                live = [m for m in snap.members if m.heartbeat_age_s < LEASE_TTL and m.shards]
-                if len(live) == want and not snap.unowned_shards:
-                    return
-                await anyio.sleep(0.2)
+        await settled(nc, ClusterConfig(name=prefix, lease=LeaseConfig(ttl=LEASE_TTL)), want)
     finally:
         await close_quietly(nc)
 

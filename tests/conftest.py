@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from runtime import Journal, MemoryJournal, SqliteJournal
+from runtime import Envelope, Journal, MemoryJournal, SqliteJournal
 
 Opener = Callable[[Path], Awaitable[Journal]]
 
@@ -185,3 +186,27 @@ async def drop_view_schema(directory: Path) -> None:
     conn = await asyncpg.connect(POSTGRES_URL)
     await conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
     await conn.close()
+
+
+def ev(
+    entity_id: str,
+    seq: int,
+    payload: bytes = b"{}",
+    *,
+    entity_type: str = "thing",
+    name: str = "Happened",
+    command_id: str | None = None,
+    reply: bytes | None = None,
+) -> Envelope:
+    """An envelope as an actor would append it, for the journal tests."""
+    return Envelope(
+        entity_type=entity_type,
+        entity_id=entity_id,
+        seq=seq,
+        name=name,
+        version=1,
+        payload=payload,
+        recorded_at=time.time_ns(),
+        command_id=command_id,
+        reply=reply,
+    )

@@ -27,8 +27,8 @@ import asyncpg
 import pytest
 from conftest import POSTGRES_URL, need_postgres
 
-from runtime import Client, CommandError, Journal, MemoirError, open_journal
-from runtime.serve.cluster import ClusterConfig, snapshot
+from runtime import Client, CommandError, Journal, open_journal
+from runtime.serve.cluster import ClusterConfig, LeaseConfig, settled
 from runtime.wire.nats import close_quietly, connect
 
 from .natscluster import NatsCluster
@@ -158,20 +158,10 @@ async def pg_schema(prefix: str) -> AsyncIterator[str]:
         await conn.close()
 
 
-async def _wait_cluster(url: str, prefix: str, members: int, timeout: float = 30.0) -> None:
+async def _wait_cluster(url: str, prefix: str, members: int) -> None:
     nc = await connect(url)
     try:
-        with anyio.fail_after(timeout):
-            while True:
-                try:
-                    snap = await snapshot(nc, ClusterConfig(name=prefix))
-                except MemoirError:  # no bucket yet: the first member is still starting
-                    await anyio.sleep(0.3)
-                    continue
-                live = [m for m in snap.members if m.heartbeat_age_s < LEASE_TTL]
-                if len(live) == members and not snap.unowned_shards and all(m.shards for m in live):
-                    return
-                await anyio.sleep(0.3)
+        await settled(nc, ClusterConfig(name=prefix, lease=LeaseConfig(ttl=LEASE_TTL)), members)
     finally:
         await close_quietly(nc)
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import anyio
 import anyio.lowlevel
 import pytest
+from conftest import ev
 
 from runtime import ConcurrencyConflict, Envelope, JournalError
 from runtime.journal.jetstream import JetStreamJournal
@@ -19,18 +20,6 @@ from runtime.serve.nats_server import EmbeddedNats
 pytestmark = pytest.mark.anyio
 
 WRITERS = 8
-
-
-def ev(entity_id: str, seq: int, payload: bytes) -> Envelope:
-    return Envelope(
-        entity_type="thing",
-        entity_id=entity_id,
-        seq=seq,
-        name="Happened",
-        version=1,
-        payload=payload,
-        recorded_at=time.time_ns(),
-    )
 
 
 async def test_appends_recover_within_2s_of_a_nats_restart_and_nothing_is_lost(tmp_path: Path) -> None:

@@ -7,12 +7,11 @@ Every backend (memory, SQLite, PostgreSQL, JetStream) is held to the same rules;
 from __future__ import annotations
 
 import sqlite3
-import time
 from pathlib import Path
 
 import anyio
 import pytest
-from conftest import POSTGRES_URL, JournalFactory, need_postgres
+from conftest import POSTGRES_URL, JournalFactory, ev, need_postgres
 
 from runtime import ConcurrencyConflict, Envelope, Journal
 from runtime.model.errors import DuplicateCommand
@@ -20,25 +19,9 @@ from runtime.model.errors import DuplicateCommand
 pytestmark = pytest.mark.anyio
 
 
-def ev(
-    entity_id: str, seq: int, command_id: str | None, reply: bytes | None = None, entity_type: str = "thing"
-) -> Envelope:
-    return Envelope(
-        entity_type=entity_type,
-        entity_id=entity_id,
-        seq=seq,
-        name="Happened",
-        version=1,
-        payload=b"{}",
-        recorded_at=time.time_ns(),
-        command_id=command_id,
-        reply=reply,
-    )
-
-
 def command(entity_id: str, first_seq: int, n: int, command_id: str, reply: bytes) -> list[Envelope]:
     """A command's events as the actor writes them: all carry its id, the last one its reply."""
-    return [ev(entity_id, first_seq + i, command_id, reply if i == n - 1 else None) for i in range(n)]
+    return [ev(entity_id, first_seq + i, command_id=command_id, reply=reply if i == n - 1 else None) for i in range(n)]
 
 
 def is_jetstream(journal: Journal) -> bool:
@@ -88,7 +71,7 @@ async def test_ids_belong_to_one_entity(journal: Journal) -> None:
     await journal.append(command("a", 1, 1, "shared", b"1"), 0)
     stored = await journal.append(command("b", 1, 1, "shared", b"2"), 0)
     assert stored[0].seq == 1
-    await journal.append([ev("a", 1, "shared", b"3", entity_type="other")], 0)
+    await journal.append([ev("a", 1, command_id="shared", reply=b"3", entity_type="other")], 0)
     assert await journal.head("other", "a") == 1
 
 

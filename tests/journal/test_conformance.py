@@ -8,7 +8,7 @@ import anyio
 import anyio.lowlevel
 import msgspec
 import pytest
-from conftest import JournalFactory
+from conftest import JournalFactory, ev
 
 from runtime import (
     ConcurrencyConflict,
@@ -20,29 +20,6 @@ from runtime import (
 )
 
 pytestmark = pytest.mark.anyio
-
-
-def ev(
-    entity_id: str,
-    seq: int,
-    *,
-    entity_type: str = "thing",
-    name: str = "Happened",
-    payload: bytes = b"{}",
-    command_id: str | None = None,
-    reply: bytes | None = None,
-) -> Envelope:
-    return Envelope(
-        entity_type=entity_type,
-        entity_id=entity_id,
-        seq=seq,
-        name=name,
-        version=1,
-        payload=payload,
-        recorded_at=time.time_ns(),
-        command_id=command_id,
-        reply=reply,
-    )
 
 
 def evs(entity_id: str, first: int, n: int, **kw: object) -> list[Envelope]:

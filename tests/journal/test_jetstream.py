@@ -3,13 +3,13 @@ batch, an acknowledged append survives a SIGKILL of nats-server, and a service o
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import anyio
 import msgspec
 import nats
 import pytest
+from conftest import ev
 
 from entities.social import CountPosts, Post, PostsByAuthor, Profile
 from runtime import App, ConcurrencyConflict, ConfigError, Envelope
@@ -19,18 +19,6 @@ from runtime.serve.nats_server import EmbeddedNats
 from runtime.serve.service import Service
 
 pytestmark = pytest.mark.anyio
-
-
-def ev(entity_id: str, seq: int, payload: bytes = b"{}") -> Envelope:
-    return Envelope(
-        entity_type="thing",
-        entity_id=entity_id,
-        seq=seq,
-        name="Happened",
-        version=1,
-        payload=payload,
-        recorded_at=time.time_ns(),
-    )
 
 
 async def test_the_server_refuses_a_stale_writers_atomic_batch(tmp_path: Path) -> None:

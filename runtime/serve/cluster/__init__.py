@@ -10,7 +10,7 @@ from .leases import LeaseConfig, Leases, Singleton
 from .membership import MemberInfo, Membership, new_member_id
 from .placement import ShardManager, assign, owner
 from .shards import DEFAULT_SHARDS, shard_key, shard_of
-from .snapshot import ClusterSnapshot, snapshot
+from .snapshot import ClusterSnapshot, settled, snapshot
 
 __all__ = [
     "DEFAULT_SHARDS",
@@ -26,6 +26,7 @@ __all__ = [
     "assign",
     "new_member_id",
     "owner",
+    "settled",
     "shard_key",
     "shard_of",
     "snapshot",

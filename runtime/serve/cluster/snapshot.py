@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from datetime import UTC, datetime
 
+import anyio
 import msgspec
 import nats.js.errors
 from nats.aio.client import Client as NATS
@@ -124,3 +125,24 @@ async def snapshot(nc: NATS, config: ClusterConfig | None = None) -> ClusterSnap
         singletons,
         sorted(leases, key=lambda v: v.key),
     )
+
+
+async def settled(nc: NATS, config: ClusterConfig, members: int, *, timeout: float = 30.0) -> ClusterSnapshot:
+    """Wait until exactly `members` live members hold every shard between them (deploy scripts, tests).
+
+    A member counts as live while its heartbeat is younger than the lease ttl.
+    """
+    deadline = time.monotonic() + timeout
+    last = "no cluster yet"
+    while time.monotonic() < deadline:
+        try:
+            snap = await snapshot(nc, config)
+        except MemoirError as exc:  # no buckets yet: the first member is still starting
+            last = str(exc)
+        else:
+            live = [m for m in snap.members if m.heartbeat_age_s < config.lease.ttl and m.shards]
+            if len(live) == members and not snap.unowned_shards:
+                return snap
+            last = f"{len(live)} live members holding shards, {len(snap.unowned_shards)} shards unowned"
+        await anyio.sleep(0.2)
+    raise MemoirError(f"the cluster {config.name!r} did not settle on {members} members within {timeout:g}s: {last}")
