@@ -110,7 +110,10 @@ class Service:
         if self.nc is None:
             assert self.nats_url is not None  # the constructor takes exactly one of nc and nats_url
             self.nc = await connect(
-                self.nats_url, timeout=10, name=f"memoir-{self.app.name}", max_reconnect_attempts=-1,
+                self.nats_url,
+                timeout=10,
+                name=f"memoir-{self.app.name}",
+                max_reconnect_attempts=-1,
                 reconnect_time_wait=0.25,  # a cluster node that went away: try the next at once
             )
             stack.push_async_callback(close_quietly, self.nc)
