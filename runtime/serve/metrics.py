@@ -75,6 +75,8 @@ class Metrics:
         self.forwards = Gauge("memoir_cluster_forwards", "Commands forwarded to the owning member", registry=r)
         self.handoffs = Gauge("memoir_cluster_handoffs", "Shard leases handed to a successor", registry=r)
         self.lease_losses = Gauge("memoir_cluster_lease_losses", "Shard leases lost for want of renewal", registry=r)
+        self.renewals = Gauge("memoir_cluster_lease_renewals", "Lease renewals written", registry=r)
+        self.renewal_failures = Gauge("memoir_cluster_lease_renewal_failures", "Lease renewals that failed", registry=r)
         self.forwarded: Callable[[], int] = lambda: 0
         r.register(_BatchSizes(service))
         self._children: dict[tuple[str, str, str], tuple[Any, Any]] = {}
@@ -96,6 +98,8 @@ class Metrics:
             self.shards_owned.set(len(svc.shards.held()))
             self.handoffs.set(svc.shards.handoffs)
             self.lease_losses.set(svc.shards.losses)
+            self.renewals.set(svc.shards.leases.renewals)
+            self.renewal_failures.set(svc.shards.leases.renewal_failures)
             self.forwards.set(self.forwarded())
         if svc.publisher is not None:
             self.publisher_lag.set(await svc.publisher.lag())

@@ -38,7 +38,7 @@ from .cluster import ClusterConfig, LeaseConfig
 from .logs import configure
 from .metrics import Metrics
 from .nats_server import EmbeddedNats, free_port
-from .service import Service
+from .service import SHARED_JOURNALS, Service
 from .transport import Transport
 from .tuning import tune_gc, tune_nats
 
@@ -95,6 +95,12 @@ class Settings(msgspec.Struct, kw_only=True):
             raise ConfigError("stream_replicas must be >= 1, stream_max_age >= 0, stream_duplicate_window > 0")
         if settings.cluster:
             settings.cluster_config()  # checks shards and lease_ttl
+            scheme = settings.journal().split(":", 1)[0]
+            if scheme not in SHARED_JOURNALS:
+                raise ConfigError(
+                    "a cluster needs a journal every member shares: postgresql:// or nats://, not"
+                    f" {scheme}:// (a SQLite or memory journal belongs to one process; set --journal)"
+                )
         return settings
 
     def cluster_config(self) -> ClusterConfig | None:
@@ -118,7 +124,11 @@ class Settings(msgspec.Struct, kw_only=True):
         return Path(self.data_dir)
 
     def journal(self) -> str:
-        return self.journal_url or f"sqlite:///{self.data / 'journal.db'}"
+        """The journal URL; a JetStream journal's streams get `stream_replicas` unless the URL says."""
+        url = self.journal_url or f"sqlite:///{self.data / 'journal.db'}"
+        if url.split(":", 1)[0] in ("nats", "tls") and "replicas=" not in url and self.stream_replicas != 1:
+            url += f"{'&' if '?' in url else '?'}replicas={self.stream_replicas}"
+        return url
 
     def views(self) -> str:
         """The view store; in a cluster on PostgreSQL, the journal's database (every member reads it)."""

@@ -162,7 +162,7 @@ class Service:
         scheme = self.journal.url.split(":", 1)[0].lower()
         if scheme not in SHARED_JOURNALS:
             raise ConfigError(
-                f"a cluster needs a journal every member shares: postgresql://… or nats://…, not {scheme}://"
+                f"a cluster needs a journal every member shares: postgresql:// or nats://, not {scheme}://"
                 " (a SQLite or memory journal belongs to one process)"
             )
         if self.app.views and not isinstance(self.view_store, PostgresViewStore):

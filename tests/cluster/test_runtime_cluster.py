@@ -276,3 +276,25 @@ async def _stream_equals_journal(url: str, prefix: str, journal: Journal) -> Non
         assert (await js.stream_info(stream)).state.messages == expected
     finally:
         await close_quietly(nc)
+
+
+async def test_a_cluster_refuses_stores_its_members_cannot_share(
+    nats_cluster: NatsCluster, tmp_path: Path, prefix: str, pg_schema: str
+) -> None:
+    from entities import app
+    from runtime import ConfigError, MemoryJournal, Service, SqliteViewStore
+
+    config = ClusterConfig(name=prefix, lease=LeaseConfig(ttl=LEASE_TTL))
+    async with MemoryJournal() as journal:
+        with pytest.raises(ConfigError, match=r"postgresql:// or nats://, not memory://"):
+            async with Service(app, journal, nats_url=nats_cluster.urls[0], prefix=prefix, cluster=config):
+                pass
+    async with (
+        open_journal(f"{POSTGRES_URL}?schema={pg_schema}") as journal,
+        SqliteViewStore(tmp_path / "views.db") as views,
+    ):
+        with pytest.raises(ConfigError, match=r"views need a view store every member shares"):
+            async with Service(
+                app, journal, nats_url=nats_cluster.urls[0], prefix=prefix, view_store=views, cluster=config
+            ):
+                pass

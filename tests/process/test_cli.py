@@ -72,6 +72,10 @@ def test_send_events_state_query_as_the_readme_shows(runtime_process: RunningRun
         (["run", "no_such_module:app"], "cannot import 'no_such_module'"),
         (["run", "--prefix", "bad prefix"], "subject prefix 'bad prefix'"),
         (["run", "--stream-replicas", "0"], "stream_replicas must be >= 1"),
+        (["run", "--cluster"], "a cluster needs a journal every member shares: postgresql:// or nats://"),
+        (["run", "--cluster", "--journal", "memory://"], "not memory://"),
+        (["run", "--cluster", "--shards", "0"], "shard"),
+        (["run", "--cluster", "--lease-ttl", "-1"], "lease ttl must be positive"),
         (["query", "posts_by_author", "--nats-url", "nats://127.0.0.1:1"], "cannot connect to NATS"),
     ],
 )
