@@ -38,8 +38,8 @@ from ..model.envelope import Recovery
 from ..model.errors import ConfigError, JournalError
 from ._batching import Batcher
 from ._sql import Append, Dialect, Op, Rows, SqlJournal, drive_sync, migrate, recover_steps
-from .faults import sqlite_error, sqlite_full
-from .urls import parse_sqlite_url
+from ._faults import sqlite_error, sqlite_full
+from ._urls import parse_sqlite_url
 
 T = TypeVar("T")
 Key = tuple[str, str]

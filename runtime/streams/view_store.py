@@ -35,8 +35,8 @@ import anyio
 import anyio.from_thread
 import anyio.to_thread
 
-from ..journal.faults import Link, pg_connection_lost, pg_errors, sqlite_error, sqlite_full
-from ..journal.urls import parse_postgres_url, parse_sqlite_url, postgres_where
+from ..journal._faults import Link, pg_connection_lost, pg_errors, sqlite_error, sqlite_full
+from ..journal._urls import parse_postgres_url, parse_sqlite_url, postgres_where
 from ..model.errors import ConfigError, JournalError, JournalUnavailable
 
 T = TypeVar("T")
