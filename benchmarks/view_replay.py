@@ -23,8 +23,8 @@ from runtime.streams.view_store import SqliteViewStore
 from runtime.wire.protocol import stream_name
 
 
-async def catch_up(js: Any, store: SqliteViewStore, events: int) -> float:
-    runner = ViewRunner(PostsByAuthor, store, js, prefix="bench", batch=1000)
+async def catch_up(nc: Any, store: SqliteViewStore, events: int) -> float:
+    runner = ViewRunner(PostsByAuthor, store, nc, prefix="bench", batch=1000)
     started = time.perf_counter()
     async with anyio.create_task_group() as tg:
         tg.start_soon(runner.run)
@@ -71,7 +71,7 @@ async def run(events: int) -> dict[str, float]:
             js = nc.jetstream()
             raw = await raw_read(js, events)
             async with SqliteViewStore(d / "views.db") as store:
-                ours = await catch_up(js, store, events)
+                ours = await catch_up(nc, store, events)
             await nc.close()
     return {"replay_events_per_s": ours, "raw_read_per_s": raw}
 
