@@ -21,7 +21,7 @@ class Item(Aggregate):
         self.units += units
 
 
-class Shop(Application):
+class Shop(Application[UUID]):
     def open(self, sku: str) -> UUID:
         item = Item(sku)
         self.save(item)

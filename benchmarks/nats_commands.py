@@ -12,6 +12,7 @@ import time
 import _common as c  # puts the repository on sys.path
 import anyio
 import nats
+from nats.aio.msg import Msg
 
 CLIENTS = 2  # processes; 32 requests in flight each
 INFLIGHT = 32
@@ -24,7 +25,7 @@ PAYLOAD = b'{"units": 1, "on": "2022-03-01"}'
 async def echo_server(url: str) -> None:
     nc = await nats.connect(url)
 
-    async def echo(msg: nats.aio.msg.Msg) -> None:
+    async def echo(msg: Msg) -> None:
         await msg.respond(msg.data)
 
     await nc.subscribe("echo.>", cb=echo)

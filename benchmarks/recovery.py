@@ -86,7 +86,7 @@ def run_eventsourcing(path: Path, events: int) -> float:
 
     app = shop(path)
     item_id = app.open("SKU-replayed")
-    item = app.repository.get(item_id)
+    item: Any = app.repository.get(item_id)
     for _ in range(events - 1):
         item.receive(1, "2022-03-01")
     app.save(item)
@@ -94,7 +94,7 @@ def run_eventsourcing(path: Path, events: int) -> float:
     for _ in range(3):
         fresh = shop(path)  # no cache: a real reload
         started = time.perf_counter()
-        reloaded = fresh.repository.get(item_id)
+        reloaded: Any = fresh.repository.get(item_id)
         times.append(time.perf_counter() - started)
         assert reloaded.version == events
     return min(times)

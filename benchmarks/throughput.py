@@ -64,7 +64,7 @@ async def run_memoir(url: str, commands: int, entities: int, concurrency: int) -
                 tg.start_soon(sender, s)
         elapsed = time.perf_counter() - started
         batches = (writes.batches - b0) if writes else 0
-        avg_batch = ((writes.requests - r0) / batches) if batches else 1.0
+        avg_batch = ((writes.requests - r0) / batches) if writes and batches else 1.0
     return {
         "commands_per_s": commands / elapsed,
         "p50_ms": c.percentile(latencies, 50) * 1000,
