@@ -30,8 +30,8 @@ import anyio
 
 from ..model.envelope import Recovery
 from ..model.errors import JournalError
-from ._sql import Append, Dialect, Op, Rows, SqlJournal, drive_async, migrate, recover_steps
 from ._faults import Link, pg_connection_lost, pg_errors
+from ._sql import Append, Dialect, Op, Rows, SqlJournal, drive_async, migrate, recover_steps
 from ._urls import parse_postgres_url, postgres_where
 
 __all__ = ["PostgresJournal", "dialect", "parse_postgres_url"]

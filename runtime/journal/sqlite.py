@@ -37,8 +37,8 @@ import anyio.to_thread
 from ..model.envelope import Recovery
 from ..model.errors import ConfigError, JournalError
 from ._batching import Batcher
-from ._sql import Append, Dialect, Op, Rows, SqlJournal, drive_sync, migrate, recover_steps
 from ._faults import sqlite_error, sqlite_full
+from ._sql import Append, Dialect, Op, Rows, SqlJournal, drive_sync, migrate, recover_steps
 from ._urls import parse_sqlite_url
 
 T = TypeVar("T")
