@@ -14,6 +14,7 @@ import pytest
 import yaml
 from cluster.natscluster import NatsCluster, Node
 from nats.js.api import StreamConfig
+from test_deploy import _env_file
 
 from runtime.serve.nats_server import find_binary
 from runtime.serve.server import Settings
@@ -23,15 +24,6 @@ DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 ROOT = DEPLOY.parent
 YAML_FILES = [DEPLOY / "compose.yaml", DEPLOY / "helm" / "nats-values.yaml", *sorted((DEPLOY / "k8s").glob("*.yaml"))]
 CLUSTER_FILES = [DEPLOY / "Dockerfile", DEPLOY / "nats-cluster.conf", *YAML_FILES]
-
-
-def _env_file() -> dict[str, str]:
-    out = {}
-    for line in (DEPLOY / "memoir.env").read_text().splitlines():
-        if line.strip() and not line.startswith("#"):
-            key, _, value = line.partition("=")
-            out[key] = value
-    return out
 
 
 def _yaml(path: Path) -> Any:

@@ -55,6 +55,19 @@ def _die_with_parent() -> list[str]:
     return [sys.executable, "-c", _SHIM] if sys.platform.startswith("linux") else []
 
 
+async def stop_process(proc: anyio.abc.Process, *, kill: bool = False, grace: float = 10.0) -> None:
+    """SIGTERM (or SIGKILL), then SIGKILL after `grace` seconds; finishes even when cancelled."""
+    with anyio.CancelScope(shield=True):
+        if proc.returncode is None:
+            proc.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
+            with anyio.move_on_after(grace):
+                await proc.wait()
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+        await proc.aclose()
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
@@ -132,16 +145,8 @@ class EmbeddedNats:
 
     async def stop(self, *, kill: bool = False) -> None:
         proc, self._proc = self._proc, None
-        if proc is not None and proc.returncode is None:
-            with anyio.CancelScope(shield=True):
-                proc.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
-                with anyio.move_on_after(10):
-                    await proc.wait()
-                if proc.returncode is None:
-                    proc.kill()
-                    await proc.wait()
         if proc is not None:
-            await proc.aclose()
+            await stop_process(proc, kill=kill)
             self._log.close()
 
     async def __aenter__(self) -> Self:

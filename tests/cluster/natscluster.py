@@ -9,7 +9,6 @@ meta leader. One node can be stopped, killed and restarted on the same ports and
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -22,7 +21,7 @@ import anyio.abc
 import nats.errors
 import nats.js.errors
 
-from runtime.serve.nats_server import find_binary, free_port
+from runtime.serve.nats_server import find_binary, free_port, stop_process
 from runtime.wire.nats import close_quietly, connect
 
 
@@ -118,17 +117,8 @@ class NatsCluster:
 
     async def stop_node(self, node: Node, *, kill: bool = False) -> None:
         proc, node.proc = node.proc, None
-        if proc is None:
-            return
-        with anyio.CancelScope(shield=True):
-            if proc.returncode is None:
-                proc.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
-                with anyio.move_on_after(10):
-                    await proc.wait()
-                if proc.returncode is None:
-                    proc.kill()
-                    await proc.wait()
-            await proc.aclose()
+        if proc is not None:
+            await stop_process(proc, kill=kill)
 
     async def restart_node(self, node: Node, timeout: float = 30.0) -> None:
         await self.start_node(node)
