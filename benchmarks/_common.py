@@ -16,19 +16,48 @@ import resource
 import shutil
 import sys
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, TypeVarTuple
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from runtime.serve import eventloop  # noqa: E402 - after the path above
+
+T = TypeVar("T")
+Ts = TypeVarTuple("Ts")
+LOOP: str = eventloop.DEFAULT  # set from --loop by `parse`
+
 
 def parser(description: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--quick", action="store_true", help="a smaller run that finishes in under a minute")
+    p.add_argument(
+        "--loop",
+        choices=eventloop.CHOICES,
+        default=None,
+        help="event loop (default: MEMOIR_LOOP or the runtime's)",
+    )
     return p
+
+
+def parse(p: argparse.ArgumentParser) -> argparse.Namespace:
+    """Parse, and remember the loop for `run` and `loop_name`."""
+    global LOOP
+    args = p.parse_args()
+    LOOP = eventloop.choose(args.loop)
+    return args
+
+
+def run(fn: Callable[[*Ts], Awaitable[T]], *args: *Ts) -> T:
+    """`anyio.run` on the loop --loop chose."""
+    return eventloop.run(fn, *args, loop=LOOP)
+
+
+def loop_name() -> str:
+    return eventloop.choose(LOOP)
 
 
 def percentile(values: list[float], p: float) -> float:
@@ -67,5 +96,5 @@ def goal(label: str, value: float, op: str, target: float) -> bool:
 
 def finish(fields: dict[str, Any]) -> None:
     """The last line: one JSON object with the fields and where it ran."""
-    fields = {**fields, "python": platform.python_version(), "cpus": os.cpu_count()}
+    fields = {**fields, "loop": loop_name(), "python": platform.python_version(), "cpus": os.cpu_count()}
     print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in fields.items()}), flush=True)

@@ -86,7 +86,7 @@ async def _drop_schema(pg: str, schema: str) -> None:
 
 def main() -> None:
     p = c.parser(__doc__.splitlines()[0])
-    args = p.parse_args()
+    args = c.parse(p)
     seconds = 4.0 if args.quick else 12.0
     pg = _postgres_url()
     print(f"cluster: {load.CLIENTS} client processes x {load.INFLIGHT} in flight, {seconds:g}s per phase", flush=True)
@@ -112,13 +112,13 @@ def main() -> None:
             plain.wait(30)
 
             procs.append(runtime(url, journal, str(d / "m1"), cluster=True, prefix=prefix))
-            anyio.run(_members, url, prefix, 1)
+            c.run(_members, url, prefix, 1)
             load.run_clients(url, "memoir", 1.0)
             one = load.run_clients(url, "memoir", seconds)
             one_slow = load.run_clients(url, "memoir", seconds / 2, rate=300)
 
             procs.append(runtime(url, journal, str(d / "m2"), cluster=True, prefix=prefix))
-            anyio.run(_members, url, prefix, 2)
+            c.run(_members, url, prefix, 2)
             load.run_clients(url, "memoir", 1.0)
             two = load.run_clients(url, "memoir", seconds)
             two_slow = load.run_clients(url, "memoir", seconds / 2, rate=300)
@@ -126,7 +126,7 @@ def main() -> None:
             victim = procs.pop()
             victim.send_signal(signal.SIGKILL)
             victim.wait(10)
-            failover = anyio.run(_every_entity_answers, url, prefix)
+            failover = c.run(_every_entity_answers, url, prefix)
         finally:
             for proc in procs:
                 proc.terminate()
@@ -134,7 +134,7 @@ def main() -> None:
             server.terminate()
             server.wait(10)
             if pg:
-                anyio.run(_drop_schema, pg, f"bench_cluster_{os.getpid()}")
+                c.run(_drop_schema, pg, f"bench_cluster_{os.getpid()}")
     scaling = two["per_s"] / one["per_s"]
     forward_ms = two_slow["p50_ms"] - one_slow["p50_ms"]
     c.line("plain runtime commands/s (baseline)", base["per_s"])

@@ -43,12 +43,12 @@ def main() -> None:
     p = c.parser(__doc__.splitlines()[0])
     p.add_argument("--entities", type=int)
     p.add_argument("--max-live", type=int, default=100_000)
-    args = p.parse_args()
+    args = c.parse(p)
     entities = args.entities or (100_000 if args.quick else 1_000_000)
     baseline = c.peak_rss_mb()
     print(f"memory: {entities:,} entities, at most {args.max_live:,} live actors", flush=True)
     with c.scratch_dir() as d:
-        r = anyio.run(run, str(d / "memoir.db"), entities, args.max_live, 500)
+        r = c.run(run, str(d / "memoir.db"), entities, args.max_live, 500)
     peak = c.peak_rss_mb()
     assert r["stored"] == entities
     c.line("baseline RSS: interpreter and imports (MB)", f"{baseline:.0f}")

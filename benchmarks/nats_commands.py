@@ -1,29 +1,50 @@
 """Commands over NATS: client processes with 64 requests in flight against `memoir run`, beside a
-raw nats-py request/reply echo service at the same concurrency; then latency at half the peak rate."""
+raw nats-py request/reply echo service at the same concurrency; then latency at half the peak rate;
+then the same commands with bearer JWTs (HS256) that the runtime verifies: one token per client
+(a session, answered from the verifier's cache after its first check) and a fresh token per request
+(a signature check every time), against a baseline sending a header of the same size that nobody
+verifies, so the ratios isolate verification and the audit column rather than nats-py's header
+handling. All phases run against the same process, interleaved in short rounds."""
 
 from __future__ import annotations
 
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import _common as c  # puts the repository on sys.path
 import anyio
+import jwt
 import nats
 from nats.aio.msg import Msg
+
+from runtime.wire.auth import NatsAuth
 
 CLIENTS = 2  # processes; 32 requests in flight each
 INFLIGHT = 32
 PAYLOAD = b'{"units": 1, "on": "2022-03-01"}'
+SECRET = "benchmark-secret-0123456789abcdef0123"  # HS256; handed to `memoir run` as MEMOIR_JWT_SECRET
+ROUNDS = 4
+TOKENS_DIR = Path(os.environ.get("MEMOIR_BENCH_TOKENS", "."))
+FRESH = 15_000  # distinct tokens per client in the fresh-token phase: more than the verifier caches (10,000)
+
+
+TOKEN_KINDS = ("memoir-pad", "memoir-token", "memoir-fresh")
+
+
+def mint(sub: str) -> str:
+    return jwt.encode({"sub": sub, "exp": int(time.time()) + 3600}, SECRET, algorithm="HS256")
 
 
 # -- the two servers ---------------------------------------------------------------------------
 
 
 async def echo_server(url: str) -> None:
-    nc = await nats.connect(url)
+    nc = await nats.connect(url, **NatsAuth.from_env().options())  # the data dir's key: MEMOIR_NATS_NKEY
 
     async def echo(msg: Msg) -> None:
         await msg.respond(msg.data)
@@ -38,7 +59,11 @@ async def echo_server(url: str) -> None:
 
 async def client(url: str, kind: str, seconds: float, rate: float, seed: int) -> None:
     """Send for `seconds` with INFLIGHT in flight (or paced at `rate`/s); print count and latencies."""
-    nc = await nats.connect(url)
+    tokens = [mint(f"client-{seed}")] if kind == "memoir-token" else []
+    if kind == "memoir-fresh":  # minted by the parent before any phase: no client spends CPU on it here
+        tokens = (TOKENS_DIR / f"fresh-{seed}.txt").read_text().split()
+    pad = "x" * len(f"Bearer {mint(f'client-{seed}')}")
+    nc = await nats.connect(url, **NatsAuth.from_env().options())  # the data dir's key: MEMOIR_NATS_NKEY
     latencies: list[float] = []
     errors = 0
     deadline = time.perf_counter() + seconds
@@ -54,15 +79,18 @@ async def client(url: str, kind: str, seconds: float, rate: float, seed: int) ->
                 delay = started + i / rate - time.perf_counter()
                 if delay > 0:
                     await anyio.sleep(delay)
-            subject = (
-                f"memoir.cmd.inventory.SKU-{seed}-{i % 500}.receive"
-                if kind == "memoir"
-                else f"echo.SKU-{seed}-{i % 500}"
-            )
+            memoir = kind.startswith("memoir")
+            subject = f"memoir.cmd.inventory.SKU-{seed}-{i % 500}.receive" if memoir else f"echo.SKU-{seed}-{i % 500}"
+            if tokens:
+                headers: dict[str, str] | None = {"Authorization": f"Bearer {tokens[i % len(tokens)]}"}
+            elif kind == "memoir-pad":  # a header of a token's size that nobody verifies: the baseline
+                headers = {"X-Bench-Pad": pad}
+            else:
+                headers = None
             t = time.perf_counter()
-            msg = await nc.request(subject, PAYLOAD, timeout=10)
+            msg = await nc.request(subject, PAYLOAD, timeout=10, headers=headers)
             latencies.append(time.perf_counter() - t)
-            if kind == "memoir" and not json.loads(msg.data)["ok"]:
+            if memoir and not json.loads(msg.data)["ok"]:
                 errors += 1
 
     async with anyio.create_task_group() as tg:
@@ -76,7 +104,7 @@ async def client(url: str, kind: str, seconds: float, rate: float, seed: int) ->
 def run_clients(url: str, kind: str, seconds: float, rate: float = 0.0) -> dict[str, float]:
     procs = [
         subprocess.Popen(
-            [sys.executable, __file__, "--client", url, kind, str(seconds), str(rate / CLIENTS), str(k)],
+            [sys.executable, __file__, "--client", url, kind, str(seconds), str(rate / CLIENTS), str(k), c.LOOP],
             stdout=subprocess.PIPE,
             text=True,
         )
@@ -93,6 +121,34 @@ def run_clients(url: str, kind: str, seconds: float, rate: float = 0.0) -> dict[
     }
 
 
+def verify_cost(n: int = 2000) -> dict[str, float]:
+    """Microseconds per `Verifier.verify` in this process: a cached token, and fresh HS256 and RS256 ones."""
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    from runtime.serve.auth import VerificationKey, Verifier
+
+    rsa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    out: dict[str, float] = {}
+    exp = int(time.time()) + 3600
+    for name, key, verifying in (
+        ("HS256", SECRET.encode(), VerificationKey.hmac(SECRET.encode())),
+        ("RS256", rsa_key, VerificationKey.public(rsa_key.public_key())),
+    ):
+        tokens = [f"Bearer {jwt.encode({'sub': f'u{k}', 'exp': exp}, key, algorithm=name)}" for k in range(n)]
+        v = Verifier([verifying], cache_size=0)
+        t = time.perf_counter()
+        for header in tokens:
+            v.verify(header)
+        out[name] = (time.perf_counter() - t) / n * 1e6
+    cached = Verifier([VerificationKey.hmac(SECRET.encode())])
+    header = f"Bearer {mint('cached')}"
+    t = time.perf_counter()
+    for _ in range(n * 10):
+        cached.verify(header)
+    out["cached"] = (time.perf_counter() - t) / (n * 10) * 1e6
+    return out
+
+
 def start(cmd: list[str], ready: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env, cwd=c.ROOT)
     assert proc.stdout is not None
@@ -104,11 +160,14 @@ def start(cmd: list[str], ready: str, env: dict[str, str] | None = None) -> subp
 def main() -> None:
     p = c.parser(__doc__.splitlines()[0])
     p.add_argument("--seconds", type=float)
-    args = p.parse_args()
+    args = c.parse(p)
     seconds = args.seconds or (6.0 if args.quick else 20.0)
     print(f"nats commands: {CLIENTS} client processes x {INFLIGHT} in flight, {seconds:g}s per phase", flush=True)
-    env = {**os.environ, "PYTHONPATH": str(c.ROOT)}
+    env = {**os.environ, "PYTHONPATH": str(c.ROOT), "MEMOIR_JWT_SECRET": SECRET}
     with c.scratch_dir() as d:
+        for k in range(CLIENTS):
+            (d / f"fresh-{k}.txt").write_text("\n".join(mint(f"client-{k}-{n}") for n in range(FRESH)))
+        os.environ["MEMOIR_BENCH_TOKENS"] = str(d)  # the client processes inherit it
         runtime = start(
             [
                 sys.executable,
@@ -121,23 +180,33 @@ def main() -> None:
                 "json",
                 "--log-level",
                 "warning",
+                "--loop",
+                c.LOOP,
             ],
             "memoir: serving",
             env,
         )
         url = (d / "data" / "nats.url").read_text().strip()
-        echo = start([sys.executable, __file__, "--echo", url], "ready", env)
+        env["MEMOIR_NATS_NKEY"] = os.environ["MEMOIR_NATS_NKEY"] = str(d / "data" / "nats.nk")  # echo, clients
+        echo = start([sys.executable, __file__, "--echo", url, c.LOOP], "ready", env)
         try:
             run_clients(url, "memoir", 1.0)  # warm up: activations, connections
             peak = run_clients(url, "memoir", seconds)
             raw = run_clients(url, "echo", seconds)
             half = run_clients(url, "memoir", seconds, rate=peak["per_s"] / 2)
+            # without / with tokens interleaved in short rounds, so drift in the machine's load hits all
+            # three alike; each ratio is the median of the rounds' own ratios
+            rounds = [[run_clients(url, kind, seconds / ROUNDS) for kind in TOKEN_KINDS] for _ in range(ROUNDS)]
         finally:
             echo.terminate()
             runtime.terminate()
             runtime.wait(30)
             echo.wait(10)
     ratio = peak["per_s"] / raw["per_s"]
+    bare, tokened, fresh = ({"per_s": statistics.mean(r[k]["per_s"] for r in rounds)} for k in range(3))
+    token_ratio = statistics.median(r[1]["per_s"] / r[0]["per_s"] for r in rounds)
+    fresh_ratio = statistics.median(r[2]["per_s"] / r[0]["per_s"] for r in rounds)
+    cost = verify_cost()
     c.line("memoir commands/s (64 in flight)", peak["per_s"])
     c.line("memoir latency p50 / p99 at peak (ms)", f"{peak['p50_ms']:.2f} / {peak['p99_ms']:.2f}")
     c.line("raw nats-py request/reply echo/s (64 in flight)", raw["per_s"])
@@ -146,7 +215,16 @@ def main() -> None:
         f"at half the peak rate ({half['per_s']:,.0f}/s): p50 / p99 (ms)",
         f"{half['p50_ms']:.2f} / {half['p99_ms']:.2f}",
     )
-    c.line("command errors", peak["errors"] + half["errors"])
+    c.line("interleaved: no token (a same-size header) commands/s", bare["per_s"])
+    c.line("with a bearer token per client (cached) commands/s", tokened["per_s"])
+    c.line("with a fresh bearer token per command commands/s", fresh["per_s"])
+    c.line("token cost ratio, median of rounds: cached / fresh", f"{token_ratio:.2f}x / {fresh_ratio:.2f}x")
+    c.line(
+        "one verification (us): cached / HS256 / RS256",
+        f"{cost['cached']:.1f} / {cost['HS256']:.1f} / {cost['RS256']:.1f}",
+    )
+    errors = peak["errors"] + half["errors"] + sum(x["errors"] for r in rounds for x in r)
+    c.line("command errors", errors)
     c.goal("ratio vs raw", ratio, ">=", 0.5)
     c.goal("p99 ms at half the peak rate", half["p99_ms"], "<=", 10)
     c.finish(
@@ -159,16 +237,25 @@ def main() -> None:
             "half_rate_per_s": half["per_s"],
             "peak_p50_ms": peak["p50_ms"],
             "peak_p99_ms": peak["p99_ms"],
-            "errors": peak["errors"] + half["errors"],
+            "errors": errors,
+            "no_token_interleaved_per_s": bare["per_s"],
+            "with_tokens_per_s": tokened["per_s"],
+            "token_cost_ratio": token_ratio,
+            "fresh_tokens_per_s": fresh["per_s"],
+            "fresh_token_cost_ratio": fresh_ratio,
+            "verify_us_cached": cost["cached"],
+            "verify_us_hs256": cost["HS256"],
+            "verify_us_rs256": cost["RS256"],
         }
     )
 
 
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--client":
-        url, kind, secs, rate, seed = sys.argv[2:7]
-        anyio.run(client, url, kind, float(secs), float(rate), int(seed))
+        url, kind, secs, rate, seed, c.LOOP = sys.argv[2:8]
+        c.run(client, url, kind, float(secs), float(rate), int(seed))
     elif len(sys.argv) > 1 and sys.argv[1] == "--echo":
-        anyio.run(echo_server, sys.argv[2])
+        c.LOOP = sys.argv[3]
+        c.run(echo_server, sys.argv[2])
     else:
         main()

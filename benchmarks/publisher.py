@@ -149,14 +149,14 @@ def main() -> None:
     tune_nats()
     p = c.parser(__doc__.splitlines()[0])
     p.add_argument("--events", type=int)
-    args = p.parse_args()
+    args = c.parse(p)
     events = args.events or (50_000 if args.quick else 200_000)
     lag_seconds = 3.0 if args.quick else 10.0
     print(
         f"publisher: {events:,} journal events to JetStream; view lag at 5,000 commands/s for {lag_seconds:g}s",
         flush=True,
     )
-    r = anyio.run(run, events, lag_seconds)
+    r = c.run(run, events, lag_seconds)
     ratio = r["published_per_s"] / r["raw_publish_per_s"]
     c.line("memoir publisher events/s", r["published_per_s"])
     c.line("raw nats-py pipelined publish msgs/s", r["raw_publish_per_s"])

@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import _common as c  # puts the repository on sys.path
-import anyio
 
 from entities.inventory import InventoryItem, Received
 from runtime import App, Envelope, Runtime, SqliteJournal, model_of
@@ -104,14 +103,14 @@ def main() -> None:
     tune_gc()  # as `memoir run` does (see runtime/tuning.py)
     p = c.parser(__doc__.splitlines()[0])
     p.add_argument("--events", type=int, default=20_000)
-    args = p.parse_args()
+    args = c.parse(p)
     snap_entities = 3 if args.quick else 10
     print(
         f"recovery: one entity with {args.events:,} events; snapshot activation over {snap_entities} entities",
         flush=True,
     )
     with c.scratch_dir() as d:
-        m = anyio.run(run_memoir, d / "memoir.db", args.events, snap_entities)
+        m = c.run(run_memoir, d / "memoir.db", args.events, snap_entities)
         es = run_eventsourcing(d / "es.db", args.events)
     memoir_rate, es_rate = args.events / m["replay_s"], args.events / es
     c.line("memoir replay events/s", memoir_rate)

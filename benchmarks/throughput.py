@@ -292,7 +292,7 @@ def main() -> None:
     p.add_argument("--commands", type=int)
     p.add_argument("--entities", type=int, default=10_000)
     p.add_argument("--concurrency", type=int, default=1000)
-    args = p.parse_args()
+    args = c.parse(p)
     commands = args.commands or (60_000 if args.quick else 300_000)
     es_commands = 3_000 if args.quick else 10_000
     sync = f" (nats sync_interval {args.nats_sync})" if args.journal == "nats" else ""
@@ -310,7 +310,7 @@ def main() -> None:
             "postgres": f"{args.postgres_url}?schema={tag}",
             "nats": f"{nats_url}?prefix=bench",
         }[args.journal]
-        m = anyio.run(run_memoir, url, commands, args.entities, args.concurrency)
+        m = c.run(run_memoir, url, commands, args.entities, args.concurrency)
         c.line("memoir commands/s", m["commands_per_s"])
         c.line("memoir latency p50 / p99 (ms)", f"{m['p50_ms']:.2f} / {m['p99_ms']:.2f}")
         c.line("group-commit batches (avg size)", f"{m['batches']} ({m['avg_batch']:.0f})")
@@ -318,14 +318,14 @@ def main() -> None:
         if args.journal == "sqlite":
             raw = raw_sqlite(d / "raw.db", commands, args.entities, batch)
         elif args.journal == "nats":
-            raw_pipelined = anyio.run(raw_jetstream, nats_url, commands, args.entities)
+            raw_pipelined = c.run(raw_jetstream, nats_url, commands, args.entities)
             c.line("raw nats pipelined publishes/s (one ack each)", raw_pipelined)
-            raw_batched = anyio.run(raw_jetstream_batches, nats_url, commands, args.entities, batch)
+            raw_batched = c.run(raw_jetstream_batches, nats_url, commands, args.entities, batch)
             c.line("raw nats atomic batches rows/s (same batch size)", raw_batched)
             raw = max(raw_pipelined, raw_batched)  # the better of the two is the backend's limit
         elif args.journal == "postgres":
-            anyio.run(drop_schema, args.postgres_url, tag)
-            raw = anyio.run(raw_postgres, f"{args.postgres_url}?schema={tag}_raw", commands, args.entities, batch)
+            c.run(drop_schema, args.postgres_url, tag)
+            raw = c.run(raw_postgres, f"{args.postgres_url}?schema={tag}_raw", commands, args.entities, batch)
         else:
             raw = raw_memory(commands, args.entities)
         c.line(f"raw {args.journal} rows/s (same rows, same batches)", raw)

@@ -10,8 +10,11 @@ Everything a user needs is importable from here.
 """
 
 from .engine.history import HistoryItem, history, state_at
+from .engine.keyring import KeyRing
 from .engine.runtime import Runtime
 from .journal import Journal, MemoryJournal, SqliteJournal, open_journal
+from .journal.keys import KeyStore
+from .model.access import Anyone, Authenticated, Caller, Claim, Nobody, Policy, Rule
 from .model.app import App
 from .model.effect import Effect
 from .model.entity import EventSourcedEntity, applies, command, model_of
@@ -25,6 +28,8 @@ from .model.errors import (
     EntityDeleted,
     ErrorCode,
     EventDecodeError,
+    Forbidden,
+    ForgottenError,
     InternalError,
     Invalid,
     JournalError,
@@ -32,77 +37,119 @@ from .model.errors import (
     MemoirError,
     Overloaded,
     Rejected,
+    Unauthorized,
     Unavailable,
     UnknownCommand,
     UnknownEntityType,
 )
 from .model.events import event
+from .model.sealing import EntityForgotten, Forgotten, SealError
 from .model.testkit import EntityTestKit
+from .model.workflow import Calls, Recovery, Run, StepEffect, Workflow, WorkflowSettings, WorkflowStatus, step
+from .serve.auth import VerificationKey, Verifier, load_verifier
 from .serve.client import Client
+from .serve.http import HttpGateway
 from .serve.nats_server import EmbeddedNats
 from .serve.service import Service
 from .serve.tuning import tune_gc, tune_nats
 from .streams.consumer import Consumer, Context
 from .streams.handlers import on
 from .streams.publisher import Publisher, StreamSettings
+from .streams.testkit import ConsumerTestKit, SentCommand, ViewTestKit
 from .streams.view import Rows, View, ViewQuery
 from .streams.view_store import MemoryViewStore, PostgresViewStore, SqliteViewStore, ViewStore, open_view_store
+from .testing.waits import caught_up
+from .wire.auth import NatsAuth
 from .wire.protocol import Reply
+from .wire.redact import redact_url
 
 __all__ = [
+    "Anyone",
     "App",
+    "Authenticated",
+    "Caller",
+    "Calls",
+    "Claim",
     "Client",
     "CommandError",
     "ConcurrencyConflict",
     "ConfigError",
     "Conflict",
     "Consumer",
+    "ConsumerTestKit",
     "Context",
     "DuplicateCommand",
     "Effect",
     "EmbeddedNats",
     "EntityDeleted",
+    "EntityForgotten",
     "EntityTestKit",
     "Envelope",
     "ErrorCode",
     "EventDecodeError",
     "EventSourcedEntity",
+    "Forbidden",
+    "Forgotten",
+    "ForgottenError",
     "HistoryItem",
+    "HttpGateway",
     "InternalError",
     "Invalid",
     "Journal",
     "JournalError",
     "JournalUnavailable",
+    "KeyRing",
+    "KeyStore",
     "MemoirError",
     "MemoryJournal",
     "MemoryViewStore",
+    "NatsAuth",
+    "Nobody",
     "Overloaded",
+    "Policy",
     "PostgresViewStore",
     "Publisher",
+    "Recovery",
     "Rejected",
     "Reply",
     "Rows",
+    "Rule",
+    "Run",
     "Runtime",
+    "SealError",
+    "SentCommand",
     "Service",
     "Snapshot",
     "SqliteJournal",
     "SqliteViewStore",
+    "StepEffect",
     "StreamSettings",
+    "Unauthorized",
     "Unavailable",
     "UnknownCommand",
     "UnknownEntityType",
+    "VerificationKey",
+    "Verifier",
     "View",
     "ViewQuery",
     "ViewStore",
+    "ViewTestKit",
+    "Workflow",
+    "WorkflowSettings",
+    "WorkflowStatus",
     "applies",
+    "caught_up",
     "command",
     "event",
     "history",
+    "load_verifier",
     "model_of",
     "on",
     "open_journal",
     "open_view_store",
+    "redact_url",
     "state_at",
+    "step",
     "tune_gc",
     "tune_nats",
 ]

@@ -20,6 +20,8 @@ from runtime import Envelope, Journal, MemoryJournal, SqliteJournal
 
 Opener = Callable[[Path], Awaitable[Journal]]
 
+pytest_plugins = ["pytester"]  # tests/testing runs a user's test project through pytest itself
+
 
 # Async tests run on anyio's pytest plugin (each module sets `pytestmark = pytest.mark.anyio`),
 # on the asyncio backend because nats-py needs it. Unlike pytest-asyncio, it runs an async

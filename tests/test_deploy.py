@@ -14,6 +14,8 @@ from runtime import Envelope
 from runtime.journal.jetstream import JetStreamJournal
 from runtime.serve.nats_server import find_binary, free_port
 from runtime.serve.server import Settings
+from runtime.wire.auth import ENV as NATS_AUTH_ENV
+from runtime.wire.auth import NatsAuth
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 
@@ -28,7 +30,7 @@ def _env_file() -> dict[str, str]:
 
 
 def test_the_env_file_names_every_setting_and_nothing_else() -> None:
-    expected = {f"MEMOIR_{f.name.upper()}" for f in msgspec.structs.fields(Settings)}
+    expected = {f"MEMOIR_{f.name.upper()}" for f in msgspec.structs.fields(Settings)} | set(NATS_AUTH_ENV)
     assert set(_env_file()) == expected
 
 
@@ -37,13 +39,15 @@ def test_the_env_file_is_accepted_as_it_stands() -> None:
     assert settings.data_dir == "/var/lib/memoir"
     assert settings.metrics_port == 9464
     assert settings.nats_url is None and settings.journal_url is None  # empty: the defaults
+    assert NatsAuth.from_env(_env_file()) == NatsAuth()  # no credential: the embedded server's own key
 
 
 @pytest.mark.anyio
 async def test_the_nats_config_is_valid_and_serves_the_jetstream_journal(tmp_path: Path) -> None:
     conf = DEPLOY / "nats-server.conf"
     assert "sync_interval: always" in conf.read_text()
-    checked = await anyio.run_process([find_binary(), "-t", "-c", str(conf)], check=False)
+    passwords = {f"NATS_{role}_PASSWORD": f"pw-{role}" for role in ("RUNTIME", "CLIENT", "READER")}
+    checked = await anyio.run_process([find_binary(), "-t", "-c", str(conf)], check=False, env=passwords)
     assert checked.returncode == 0, checked.stderr.decode()
     port = free_port()
     # the file as shipped, with only where it listens and stores moved to this test's own
@@ -51,9 +55,12 @@ async def test_the_nats_config_is_valid_and_serves_the_jetstream_journal(tmp_pat
     assert "store_dir: /var/lib/nats" in text
     local = tmp_path / "nats.conf"
     local.write_text(text.replace("store_dir: /var/lib/nats", f'store_dir: "{tmp_path / "js"}"'))
-    proc = await anyio.open_process([find_binary(), "-c", str(local), "-a", "127.0.0.1", "-p", str(port)])
+    (tmp_path / "nats-accounts.conf").write_text((DEPLOY / "nats-accounts.conf").read_text())
+    args = [find_binary(), "-c", str(local), "-a", "127.0.0.1", "-p", str(port)]
+    proc = await anyio.open_process(args, env=passwords)
+    runtime = NatsAuth(user="runtime", password="pw-RUNTIME", inbox_prefix="_INBOX_memoir")
     try:
-        async with JetStreamJournal(f"nats://127.0.0.1:{port}") as journal:
+        async with JetStreamJournal(f"nats://127.0.0.1:{port}", auth=runtime) as journal:
             env = Envelope(
                 entity_type="thing",
                 entity_id="a",

@@ -18,6 +18,7 @@ from test_deploy import _env_file
 
 from runtime.serve.nats_server import find_binary
 from runtime.serve.server import Settings
+from runtime.wire.auth import NatsAuth
 from runtime.wire.nats import close_quietly, connect
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
@@ -42,7 +43,7 @@ def test_every_yaml_file_parses() -> None:
 def test_every_setting_named_exists_in_the_env_file() -> None:
     known = set(_env_file())
     for path in CLUSTER_FILES:
-        named = set(re.findall(r"\bMEMOIR_[A-Z0-9_]+", path.read_text()))
+        named = set(re.findall(r"(?<![.\w])MEMOIR_[A-Z0-9_]+", path.read_text()))  # not a stream in a subject
         assert named <= known, f"{path.name} names settings memoir.env lacks: {sorted(named - known)}"
 
 
@@ -146,19 +147,26 @@ def _local(conf: str) -> Any:
 
 
 @pytest.mark.anyio
-async def test_the_compose_nats_config_forms_a_jetstream_cluster(tmp_path: Path) -> None:
+async def test_the_compose_nats_config_forms_a_jetstream_cluster(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     conf = (DEPLOY / "nats-cluster.conf").read_text()
+    passwords = {f"NATS_{role}_PASSWORD": f"pw-{role}" for role in ("RUNTIME", "CLIENT", "READER")}
+    for name, value in passwords.items():
+        monkeypatch.setenv(name, value)  # the nodes' environment: the users' passwords
     checked = await anyio.run_process(
         [find_binary(), "-t", "-c", str(DEPLOY / "nats-cluster.conf")],
         check=False,
         env={**os.environ, "NATS_SERVER_NAME": "nats-1"},
     )
     assert checked.returncode == 0, checked.stderr.decode()
-    async with NatsCluster(tmp_path, render=_local(conf)) as cluster:
-        nc = await connect(cluster.urls[0])
+    (tmp_path / "nats-accounts.conf").write_text((DEPLOY / "nats-accounts.conf").read_text())  # its include
+    runtime = NatsAuth(user="runtime", password="pw-RUNTIME", inbox_prefix="_INBOX_memoir")
+    async with NatsCluster(tmp_path, render=_local(conf), auth=runtime) as cluster:
+        nc = await connect(cluster.urls[0], auth=runtime)
         try:
             js = nc.jetstream(timeout=10)
-            info = await js.add_stream(StreamConfig(name="R3CHECK", subjects=["r3check.>"], num_replicas=3))
+            info = await js.add_stream(StreamConfig(name="R3CHECK", subjects=["memoir.r3check.>"], num_replicas=3))
             assert info.config.num_replicas == 3
             with anyio.fail_after(20):
                 while True:
@@ -168,7 +176,7 @@ async def test_the_compose_nats_config_forms_a_jetstream_cluster(tmp_path: Path)
                         break
                     await anyio.sleep(0.2)
             assert {info.cluster.leader, *(r.name for r in replicas)} == {n.name for n in cluster.nodes}
-            ack = await js.publish("r3check.a", b"x")
+            ack = await js.publish("memoir.r3check.a", b"x")
             assert ack.seq == 1
         finally:
             await close_quietly(nc)

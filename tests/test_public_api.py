@@ -40,6 +40,9 @@ def test_typed_errors_and_the_view_store_api_are_exported() -> None:
         "overloaded": runtime.Overloaded,
         "unavailable": runtime.Unavailable,
         "internal": runtime.InternalError,
+        "unauthorized": runtime.Unauthorized,
+        "forbidden": runtime.Forbidden,
+        "forgotten": runtime.ForgottenError,
     }
     assert set(typed) == {str(c) for c in runtime.ErrorCode}, "every wire code has its typed error"
     assert issubclass(runtime.SqliteViewStore, runtime.ViewStore)

@@ -36,6 +36,7 @@ import msgspec
 import structlog
 
 from ..journal.base import Journal
+from ..model.access import Caller
 from ..model.effect import Effect
 from ..model.entity import CommandSpec, EntityModel
 from ..model.envelope import Envelope, Snapshot, SnapshotBody
@@ -49,7 +50,11 @@ from ..model.errors import (
     JournalUnavailable,
     Moved,
 )
+from ..model.sealing import EntityForgotten, SealError, SealKey
+from ..model.timers import encode_op, is_system
 from ..wire.protocol import Reply
+from . import shredding
+from .keyring import KeyRing, open_envelope, open_reply, open_snapshot, seal_envelope, seal_snapshot
 
 log = structlog.get_logger("memoir.actor")
 
@@ -63,6 +68,7 @@ class ActorHost:
     dedupe_window: int  # command ids remembered in memory per entity (the journal keeps them all)
     offer_snapshot: Callable[[Snapshot], None]
     admits: Callable[[str, str], bool] | None = None  # in a cluster: does this process own the entity now?
+    keys: KeyRing | None = None  # the data keys of encrypted entity types
 
 
 class CommandMeta(msgspec.Struct, frozen=True):
@@ -70,6 +76,7 @@ class CommandMeta(msgspec.Struct, frozen=True):
     correlation_id: str | None = None
     causation_id: str | None = None
     deadline: float | None = None  # time.monotonic() after which the sender no longer waits
+    caller: Caller | None = None  # who sent it (verified at the front door); None from inside the process
 
 
 _snapshot_body = msgspec.json.Decoder(SnapshotBody)
@@ -81,6 +88,8 @@ class Actor:
         "deleted",
         "entity",
         "entity_id",
+        "forgotten",
+        "key",
         "last_used",
         "lock",
         "model",
@@ -100,6 +109,8 @@ class Actor:
         self.seq = 0
         self.recovered = False
         self.deleted = False
+        self.forgotten = False
+        self.key: SealKey | None = None  # the data key of an encrypted entity, once it has one
         self.lock = asyncio.Lock()  # FIFO: the mailbox
         self.queued = 0  # senders holding or waiting for the lock
         self.replies: OrderedDict[str, tuple[int, bytes | None]] = OrderedDict()
@@ -130,15 +141,19 @@ class Actor:
         model = self.model
         try:
             rec = await host.journal.recover(model.type_name, self.entity_id)
+            key = await shredding.existing_key(host, model, self.entity_id) if model.encrypted else None
             state = model.initial
             replies: OrderedDict[str, tuple[int, bytes | None]] = OrderedDict()
             if rec.snapshot is not None:
-                body = _snapshot_body.decode(rec.snapshot.payload)
+                body = _snapshot_body.decode(open_snapshot(key, rec.snapshot).payload)
                 state = model.state_decoder.decode(body.state)
                 for cid, seq, data in body.replies:
                     replies[cid] = (seq, bytes(data))
             for env in rec.events:
-                state = model.apply(self.entity, state, model.codec.decode(env))
+                if model.encrypted:
+                    env = open_envelope(key, env)
+                if not is_system(env.name):  # a timer: the entity's state does not fold it
+                    state = model.apply(self.entity, state, model.codec.decode(env))
                 if env.command_id is not None:
                     replies[env.command_id] = (env.seq, env.reply)
                     replies.move_to_end(env.command_id)
@@ -152,6 +167,14 @@ class Actor:
             raise CommandError(
                 ErrorCode.INTERNAL, f"cannot recover {model.type_name}/{self.entity_id}: bad snapshot: {exc}"
             ) from exc
+        except EntityForgotten:
+            self.state, self.seq, self.replies, self.key = model.initial, rec.head, OrderedDict(), None
+            self.deleted = rec.deleted
+            self.forgotten = self.recovered = True
+            return
+        except SealError as exc:
+            raise CommandError(ErrorCode.INTERNAL, f"cannot recover {model.type_name}/{self.entity_id}: {exc}") from exc
+        self.key = key
         while len(replies) > host.dedupe_window:
             replies.popitem(last=False)
         self.state, self.seq, self.replies = state, rec.head, replies
@@ -174,6 +197,8 @@ class Actor:
             )
         if self.deleted:
             raise CommandError(ErrorCode.REJECTED, f"{model.type_name}/{self.entity_id} was deleted")
+        if self.forgotten:
+            raise CommandError(ErrorCode.FORGOTTEN, str(EntityForgotten(model.type_name, self.entity_id)))
         cid = meta.command_id
         if cid is not None:
             seen = self.replies.get(cid)
@@ -181,7 +206,7 @@ class Actor:
                 return self._repeat(spec, *seen)
 
         try:
-            effect = await self._decide(spec, args)
+            effect = await self._decide(spec, args, meta.caller)
             if effect.error is not None:
                 raise effect.error
         except CommandError:
@@ -191,7 +216,7 @@ class Actor:
                 raise
             return self._repeat(spec, *stored)
         try:
-            state = model.fold(self.entity, self.state, effect.events)
+            state = model.fold(self.entity, self.state, effect.events, spec)
             result = effect.reply_for(state)
             envelopes = self._envelopes(effect, meta, model.encode_reply(result) if cid is not None else None)
         except CommandError:
@@ -199,12 +224,17 @@ class Actor:
         except Exception as exc:  # an event handler or the reply function failed
             raise self._internal(spec, exc) from exc
 
+        if effect.forget_entity and not model.encrypted:
+            raise self._internal(spec, TypeError(f"forget() needs {model.cls.__name__}(..., encrypted=True)"))
         if envelopes:
+            if model.encrypted and self.key is None:
+                self.key = await shredding.new_key(self, host)
             try:
                 await self._append(host, envelopes)
             except DuplicateCommand as dup:  # beyond the in-memory window; nothing was stored
-                self._remember(host, dup.command_id, dup.seq, dup.reply)
-                return self._repeat(spec, dup.seq, dup.reply)
+                reply = self._open_reply(dup.seq, dup.reply)
+                self._remember(host, dup.command_id, dup.seq, reply)
+                return self._repeat(spec, dup.seq, reply)
             self.state = state
             if cid is not None:
                 self._remember(host, cid, self.seq, envelopes[-1].reply)
@@ -217,18 +247,35 @@ class Actor:
                 code = ErrorCode.UNAVAILABLE if isinstance(exc, JournalUnavailable) else ErrorCode.INTERNAL
                 raise CommandError(code, f"{model.type_name}/{self.entity_id}: delete failed: {exc}") from exc
             self.deleted = True
+        if effect.forget_entity or (effect.delete_entity and model.encrypted):
+            # a deleted entity's rows may linger in free pages: their key must not
+            await self.forget(host, signal=not effect.delete_entity)
         return Reply(result, self.seq)
+
+    # -- crypto-shredding (the logic lives in shredding.py) -------------------------------------
+
+    async def forget(self, host: ActorHost, *, signal: bool = True) -> None:
+        """Destroy the data key and the state in memory; run inside a turn (or holding the lock)."""
+        await shredding.forget(self, host, signal=signal)
+
+    def _open_reply(self, seq: int, data: bytes | None) -> bytes | None:
+        try:
+            return open_reply(self.key, self.model.type_name, self.entity_id, seq, data)
+        except SealError as exc:
+            raise CommandError(ErrorCode.INTERNAL, str(exc)) from exc
 
     def _repeat(self, spec: CommandSpec, seq: int, data: bytes | None) -> Reply:
         return Reply(None if data is None else self.model.decode_reply(spec, data), seq, duplicate=True)
 
     async def _find_command(self, host: ActorHost, cid: str) -> tuple[int, bytes | None] | None:
         try:
-            return await host.journal.find_command(self.model.type_name, self.entity_id, cid)
+            found = await host.journal.find_command(self.model.type_name, self.entity_id, cid)
         except JournalError:
             return None  # the refusal stands; the caller learns nothing wrong from it
+        return None if found is None else (found[0], self._open_reply(*found))
 
-    async def _decide(self, spec: CommandSpec, args: Any) -> Effect[Any]:
+    async def _decide(self, spec: CommandSpec, args: Any, caller: Caller | None) -> Effect[Any]:
+        self.entity.caller = caller  # `self.caller` in the handler: one turn at a time, so no race
         try:
             effect = self.model.decide(self.entity, self.state, spec, args)
             if spec.is_async:
@@ -237,8 +284,12 @@ class Actor:
             raise
         except Exception as exc:  # a handler bug answers one command, never kills the actor
             raise self._internal(spec, exc) from exc
+        finally:
+            self.entity.caller = None
         if not isinstance(effect, Effect):
-            raise self._internal(spec, TypeError(f"handler returned {type(effect).__name__}, not an Effect"))
+            bad = self.model.not_an_effect(spec, effect)
+            log.error("command handler failed", entity_type=self.model.type_name, command=spec.name, error=bad.message)
+            raise bad
         return effect
 
     def _internal(self, spec: CommandSpec, exc: BaseException) -> CommandError:
@@ -254,27 +305,30 @@ class Actor:
         )
 
     def _envelopes(self, effect: Effect[Any], meta: CommandMeta, reply: bytes | None) -> list[Envelope]:
-        if not effect.events:
+        if not effect.events and not effect.timers:
             return []
         codec = self.model.codec
         now = time.time_ns()
         out = []
-        last = len(effect.events) - 1
-        for i, event in enumerate(effect.events):
-            spec = codec.spec(event)
+        stored = [(spec.name, spec.version, codec.encode(e)) for e in effect.events for spec in (codec.spec(e),)]
+        stored += [(name, 1, data) for name, data in map(encode_op, effect.timers)]  # timers: the same batch
+        last = len(stored) - 1
+        principal = None if meta.caller is None else meta.caller.subject
+        for i, (name, version, payload) in enumerate(stored):
             out.append(
                 Envelope(
                     entity_type=self.model.type_name,
                     entity_id=self.entity_id,
                     seq=self.seq + 1 + i,
-                    name=spec.name,
-                    version=spec.version,
-                    payload=codec.encode(event),
+                    name=name,
+                    version=version,
+                    payload=payload,
                     recorded_at=now,
                     command_id=meta.command_id,
                     correlation_id=meta.correlation_id,
                     causation_id=meta.causation_id,
                     reply=reply if i == last else None,
+                    principal=principal,
                 )
             )
         return out
@@ -282,10 +336,12 @@ class Actor:
     async def _append(self, host: ActorHost, envelopes: list[Envelope]) -> None:
         where = f"{self.model.type_name}/{self.entity_id}"
         try:
-            stored = await host.journal.append(envelopes, self.seq)
+            key = self.key  # timers stay in the clear: the relay reads them with no keys
+            sealed = [e if key is None or is_system(e.name) else seal_envelope(key, e) for e in envelopes]
+            stored = await host.journal.append(sealed, self.seq)
         except ConcurrencyConflict as exc:
             self.recovered = False  # someone else wrote: reload before the next turn
-            raise CommandError(ErrorCode.CONFLICT, f"{where}: {exc}; retry with the same command id") from exc
+            raise CommandError(ErrorCode.CONFLICT, _conflict(where, exc)) from exc
         except EntityDeleted as exc:
             self.deleted = True
             raise CommandError(ErrorCode.REJECTED, str(exc)) from exc
@@ -319,12 +375,20 @@ class Actor:
             state=msgspec.Raw(self.model.state_encoder.encode(self.state)),
             replies=[(cid, seq, msgspec.Raw(r or b"null")) for cid, (seq, r) in self.replies.items()],
         )
-        host.offer_snapshot(
-            Snapshot(
-                entity_type=self.model.type_name,
-                entity_id=self.entity_id,
-                seq=self.seq,
-                payload=_encoder.encode(body),
-                recorded_at=time.time_ns(),
-            )
+        snap = Snapshot(
+            entity_type=self.model.type_name,
+            entity_id=self.entity_id,
+            seq=self.seq,
+            payload=_encoder.encode(body),
+            recorded_at=time.time_ns(),
         )
+        host.offer_snapshot(snap if self.key is None else seal_snapshot(self.key, snap))
+
+
+def _conflict(where: str, exc: ConcurrencyConflict) -> str:
+    """Said once, with advice that fits whether or not the sender gave a command id: nothing was stored."""
+    found = "" if exc.actual_seq is None else f", found {exc.actual_seq}"
+    return (
+        f"{where}: another writer stored events first (expected seq {exc.expected_seq}{found});"
+        " nothing was stored: send the command again (with its command id, if it had one)"
+    )

@@ -17,6 +17,10 @@ import msgspec
 from ..journal import Journal
 from ..model.entity import EntityModel
 from ..model.envelope import Envelope, SnapshotBody
+from ..model.errors import ConfigError
+from ..model.sealing import SealKey
+from ..model.timers import decode_op, is_system
+from .keyring import KeyRing, open_envelope, open_snapshot
 
 PAGE = 1000
 
@@ -29,25 +33,43 @@ class HistoryItem(msgspec.Struct, frozen=True):
     state: Any  # the state right after this event
 
 
+async def _key(keys: KeyRing | None, model: EntityModel, entity_id: str) -> SealKey | None:
+    """The data key of an encrypted entity (EntityForgotten if destroyed); None for a plain one."""
+    if not model.encrypted:
+        return None
+    if keys is None:
+        raise ConfigError(f"{model.type_name} is encrypted: reading its history needs the journal's key ring")
+    return await keys.existing(model.type_name, entity_id)
+
+
 async def _envelopes(
-    journal: Journal, model: EntityModel, entity_id: str, from_seq: int, to_seq: int | None
+    journal: Journal, model: EntityModel, entity_id: str, from_seq: int, to_seq: int | None, key: SealKey | None
 ) -> AsyncIterator[Envelope]:
     while True:
         page = await journal.read(model.type_name, entity_id, from_seq=from_seq, to_seq=to_seq, limit=PAGE)
         for env in page:
-            yield env
+            yield open_envelope(key, env) if model.encrypted else env
         if len(page) < PAGE:
             return
         from_seq = page[-1].seq + 1
 
 
 async def history(
-    journal: Journal, model: EntityModel, entity_id: str, *, to_seq: int | None = None
+    journal: Journal, model: EntityModel, entity_id: str, *, to_seq: int | None = None, keys: KeyRing | None = None
 ) -> AsyncIterator[HistoryItem]:
-    """Each stored event of an entity, decoded, with the state right after it."""
+    """Each stored event of an entity, decoded, with the state right after it.
+
+    An encrypted entity needs `keys`; a forgotten one raises EntityForgotten.
+    """
     entity = model.cls(entity_id)
     state = model.initial
-    async for env in _envelopes(journal, model, entity_id, 1, to_seq):
+    key = await _key(keys, model, entity_id)
+    async for env in _envelopes(journal, model, entity_id, 1, to_seq, key):
+        if is_system(env.name):  # a timer: shown as itself, the state unchanged
+            op = decode_op(env.name, env.payload)
+            if op is not None:
+                yield HistoryItem(env, op, state)
+            continue
         event = model.codec.decode(env)
         state = model.apply(entity, state, event)
         yield HistoryItem(env, event, state)
@@ -66,19 +88,22 @@ async def state_at(
     *,
     seq: int | None = None,
     at: dt.datetime | None = None,
+    keys: KeyRing | None = None,
 ) -> tuple[Any, int]:
     """The entity's state after event `seq`, or as of recorded time `at`; returns (state, seq)."""
     entity = model.cls(entity_id)
     state, last, from_seq = model.initial, 0, 1
+    key = await _key(keys, model, entity_id)
     if at is None:
         snap = await journal.load_snapshot(model.type_name, entity_id, max_seq=seq)
         if snap is not None:
-            body = msgspec.json.decode(snap.payload, type=SnapshotBody)
+            body = msgspec.json.decode(open_snapshot(key, snap).payload, type=SnapshotBody)
             state, last, from_seq = model.state_decoder.decode(body.state), snap.seq, snap.seq + 1
     limit_ns = None if at is None else _ns(at)
-    async for env in _envelopes(journal, model, entity_id, from_seq, seq):
+    async for env in _envelopes(journal, model, entity_id, from_seq, seq, key):
         if limit_ns is not None and env.recorded_at > limit_ns:
             break
-        state = model.apply(entity, state, model.codec.decode(env))
+        if not is_system(env.name):
+            state = model.apply(entity, state, model.codec.decode(env))
         last = env.seq
     return state, last

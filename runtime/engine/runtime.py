@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from types import TracebackType
 from typing import Any, Self
 
@@ -22,12 +22,17 @@ import structlog
 from anyio.streams.memory import MemoryObjectSendStream
 
 from ..journal import Journal
+from ..model.access import Caller, Rule, authorize, rule_for
 from ..model.app import App
 from ..model.entity import EntityModel, EventSourcedEntity, model_of
 from ..model.envelope import Snapshot
-from ..model.errors import CommandError, ConfigError, ErrorCode
+from ..model.errors import CommandError, ConfigError, ErrorCode, JournalError, JournalUnavailable
+from ..model.sealing import EntityForgotten, SealError
+from ..model.workflow import Workflow
 from ..wire.protocol import Reply, check_entity_id
 from .actor import Actor, ActorHost, CommandMeta
+from .keyring import KeyRing, master_key_from_env
+from .workflows import Driver, step_calls
 
 log = structlog.get_logger("memoir.runtime")
 
@@ -48,6 +53,7 @@ class Runtime:
         mailbox_size: int = 256,
         dedupe_window: int = 256,
         admits: Callable[[str, str], bool] | None = None,
+        keys: KeyRing | None = None,
     ) -> None:
         self.app = app if isinstance(app, App) else App("app", entities=list(app))
         self.journal = journal
@@ -57,12 +63,25 @@ class Runtime:
         self.passivate_after = passivate_after
         self.mailbox_size = mailbox_size
         self.dedupe_window = dedupe_window
-        self.host = ActorHost(journal, mailbox_size, dedupe_window, self.offer_snapshot, admits)
         self.models: dict[str, EntityModel] = {m.type_name: m for m in map(model_of, self.app.entities)}
+        self.guards: dict[tuple[str, str], Rule | None] = {
+            (t, c): rule_for(self.app.policy, t, c, spec.allow)
+            for t, m in self.models.items()
+            for c, spec in m.commands.items()
+        }  # the rule guarding each command from outside (None: open)
+        # Encrypted entity types keep their data keys beside the journal (master key: MEMOIR_MASTER_KEY).
+        if keys is None and any(m.encrypted for m in self.models.values()):
+            keys = KeyRing(journal.key_store(), master_key_from_env())
+        self.keys = keys
+        self.host = ActorHost(journal, mailbox_size, dedupe_window, self.offer_snapshot, admits, keys)
         self._live: OrderedDict[tuple[str, str], Actor] = OrderedDict()
         self._snapshots: MemoryObjectSendStream[Snapshot] | None = None
         self._stack: contextlib.AsyncExitStack | None = None
         self.snapshots_dropped = 0
+        self.step_ask: Callable[..., Awaitable[Reply]] = self.ask  # how workflow steps send (a cluster routes)
+        # The workflow types: their events carry their timer (the relay reads it), their turns may kick a step.
+        self.workflow_types = frozenset(t for t, m in self.models.items() if issubclass(m.cls, Workflow))
+        self._driver = Driver(self.advance)
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -76,6 +95,10 @@ class Runtime:
         stack.callback(sweep.cancel)
         stack.push_async_callback(send.aclose)
         tg.start_soon(self._save_snapshots, receive)
+        if self.workflow_types:
+            driving = anyio.CancelScope()
+            stack.callback(driving.cancel)
+            tg.start_soon(self._driver.run, driving)
         if self.passivate_after is not None:
             tg.start_soon(self._sweep, sweep)
         self._snapshots = send
@@ -103,30 +126,114 @@ class Runtime:
         correlation_id: str | None = None,
         causation_id: str | None = None,
         deadline: float | None = None,
+        caller: Caller | None = None,
     ) -> Reply:
         """Send one command and wait for its reply; raises `CommandError` with a wire error code.
 
         `deadline` (a `time.monotonic()` value) drops the command unrun if its turn comes later.
+        `caller` is who sent it from outside (a front door passes `ANONYMOUS` for no token): the
+        access rules are checked for it, before the payload is read. None means from inside the
+        process (consumers, timers): trusted, and its events record no principal.
         """
+        reply, moved = await self._ask(
+            entity_type,
+            entity_id,
+            command,
+            args,
+            CommandMeta(command_id, correlation_id, causation_id, deadline, caller),
+        )
+        if moved:  # a workflow moved on to a step due now: run it without waiting for its timer
+            self._driver.kick(entity_type, entity_id)
+        return reply
+
+    async def advance(self, workflow_type: str, workflow_id: str) -> bool:
+        """Run a workflow's current step now; whether that moved it on to another step due now.
+
+        The driver's path: it goes on with the same workflow while this says so, instead of
+        queueing a kick per step.
+        """
+        _, moved = await self._ask(workflow_type, workflow_id, "advance", None, CommandMeta())
+        return moved
+
+    async def _ask(
+        self,
+        entity_type: str,
+        entity_id: str,
+        command: str,
+        args: bytes | Mapping[str, Any] | msgspec.Struct | None,
+        meta: CommandMeta,
+    ) -> tuple[Reply, bool]:
         model = self.models.get(entity_type)
         if model is None:
             known = ", ".join(sorted(self.models)) or "none"
             raise CommandError(ErrorCode.UNKNOWN_ENTITY_TYPE, f"no entity type {entity_type!r} (known: {known})")
         check_entity_id(entity_id)
         spec = model.command_spec(command)
+        if meta.caller is not None:
+            authorize(self.guards[entity_type, command], meta.caller, entity_type, command)
         decoded = model.decode_args(spec, args)
         if self._stack is None:
             raise CommandError(ErrorCode.OVERLOADED, "the runtime is not running (stopped or not started)")
         actor = self._activate(model, entity_id)
-        return await actor.ask(
-            self.host, spec, decoded, CommandMeta(command_id, correlation_id, causation_id, deadline)
-        )
+        reply = await actor.ask(self.host, spec, decoded, meta)
+        entity = actor.entity  # no await since the turn: this is that turn's kick
+        return reply, isinstance(entity, Workflow) and entity.take_kick()
+
+    async def forget(self, entity_type: str, entity_id: str) -> bool:
+        """Forget an entity of an `encrypted=True` type: destroy its data key (crypto-shredding).
+
+        Its events keep their seqs and positions but no payload of it can be read again, here or
+        in any stream, export or backup; it answers every later command with `forgotten`. Runs
+        after the turn in flight. Returns False if it was forgotten already (forgetting is idempotent).
+        Views keep the rows they built until rebuilt; a rebuilt view holds nothing of the entity.
+        """
+        model = self.models.get(entity_type)
+        if model is None:
+            known = ", ".join(sorted(self.models)) or "none"
+            raise CommandError(ErrorCode.UNKNOWN_ENTITY_TYPE, f"no entity type {entity_type!r} (known: {known})")
+        check_entity_id(entity_id)
+        if not model.encrypted:
+            raise CommandError(
+                ErrorCode.INVALID,
+                f"entity type {entity_type!r} is not encrypted, so it cannot be forgotten"
+                f" (declare it with encrypted=True, or delete the entity)",
+            )
+        if self._stack is None:
+            raise CommandError(ErrorCode.OVERLOADED, "the runtime is not running (stopped or not started)")
+        assert self.keys is not None  # built with the runtime when a type is encrypted
+        actor = self._activate(model, entity_id)
+        async with actor.lock:  # no recovery: an entity whose events no longer open can be forgotten too
+            try:
+                key = await self.keys.existing(entity_type, entity_id)
+                head = await self.journal.head(entity_type, entity_id)
+            except EntityForgotten:  # done before; complete it if it was interrupted
+                await actor.forget(self.host)
+                return False
+            except (JournalError, SealError) as exc:
+                code = ErrorCode.UNAVAILABLE if isinstance(exc, JournalUnavailable) else ErrorCode.INTERNAL
+                raise CommandError(code, f"cannot forget {entity_type}/{entity_id}: {exc}") from exc
+            if key is None and head == 0:
+                raise CommandError(ErrorCode.REJECTED, f"{entity_type}/{entity_id} has no events: nothing to forget")
+            await actor.forget(self.host)
+            return True
+
+    def evict(self, entity_type: str, entity_id: str) -> None:
+        """Drop an entity's cached key and live actor: another process forgot it (or changed it)."""
+        if self.keys is not None:
+            self.keys.evict(entity_type, entity_id)
+        actor = self._live.get((entity_type, entity_id))
+        if actor is not None and actor.idle:
+            del self._live[(entity_type, entity_id)]
+        elif actor is not None:
+            actor.recovered = False  # reloaded, key included, before its next turn
 
     def _activate(self, model: EntityModel, entity_id: str) -> Actor:
         key = (model.type_name, entity_id)
         actor = self._live.get(key)
         if actor is None:
             actor = self._live[key] = Actor(model, entity_id)
+            if isinstance(actor.entity, Workflow):  # its steps send commands through this runtime
+                actor.entity.bind_calls(step_calls(self.step_ask, model.type_name, entity_id))
             if len(self._live) > self.max_live_actors:
                 self._evict_one()
         else:

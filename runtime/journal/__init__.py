@@ -11,13 +11,18 @@
 from __future__ import annotations
 
 from ..model.errors import ConfigError
+from ..wire.auth import NatsAuth
+from ..wire.redact import redact_url
 from .base import Journal
 from .memory import MemoryJournal
 from .sqlite import SqliteJournal
 
 
-def open_journal(url: str) -> Journal:
-    """Build (not yet open) the journal a URL names; use it as `async with open_journal(url) as j:`."""
+def open_journal(url: str, *, nats_auth: NatsAuth | None = None) -> Journal:
+    """Build (not yet open) the journal a URL names; use it as `async with open_journal(url) as j:`.
+
+    `nats_auth`: credentials and TLS for a `nats://` or `tls://` journal's own connection.
+    """
     scheme = url.split(":", 1)[0].lower() if ":" in url else ""
     if scheme == "memory":
         return MemoryJournal(url)
@@ -27,15 +32,20 @@ def open_journal(url: str) -> Journal:
         try:
             import asyncpg  # noqa: F401
         except ImportError:
-            raise ConfigError("the postgresql:// journal needs asyncpg: pip install 'memoir[postgres]'") from None
+            raise ConfigError(
+                "the postgresql:// journal needs the asyncpg package: `pip install asyncpg`"
+                " (or install memoir with its postgres extra)"
+            ) from None
         from .postgres import PostgresJournal
 
         return PostgresJournal(url)
     if scheme in ("nats", "tls"):
         from .jetstream import JetStreamJournal
 
-        return JetStreamJournal(url)
-    raise ConfigError(f"unknown journal URL {url!r}: expected memory://, sqlite:///path.db, postgresql://… or nats://…")
+        return JetStreamJournal(url, auth=nats_auth)
+    raise ConfigError(
+        f"unknown journal URL {redact_url(url)!r}: expected memory://, sqlite:///path.db, postgresql://… or nats://…"
+    )
 
 
 __all__ = ["Journal", "MemoryJournal", "SqliteJournal", "open_journal"]

@@ -13,6 +13,9 @@ lighter one-shot primitive, and nats-py ties us to the asyncio backend anyway.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import queue
+import threading
 from collections.abc import Awaitable, Callable
 from typing import Generic, TypeVar
 
@@ -70,6 +73,100 @@ class Batcher(Generic[Req, Res]):
             results = await self._flush([req for req, _ in batch])
         except BaseException as exc:  # noqa: BLE001 - every waiter must hear of it
             results = [exc] * len(batch)
+        for (_, fut), res in zip(batch, results, strict=True):
+            if fut.done():  # the caller was cancelled; its write may still have landed
+                continue
+            if isinstance(res, BaseException):
+                fut.set_exception(res)
+            else:
+                fut.set_result(res)
+
+
+SyncFlush = Callable[[list[Req]], list[Res | BaseException]]
+
+
+class ThreadBatcher(Batcher[Req, Res]):
+    """Group commit for a blocking store (SQLite): the writer is a thread of its own.
+
+    A `Batcher` over `to_thread` takes a round trip through the event loop between two
+    batches: the batch's results wake the loop, and only when the loop gets to the
+    batcher's task does the next batch go to the thread. Under load the loop is busy
+    with the commands themselves, so the store sat idle for most of that wait (measured
+    at 3,000 commands/s: the writer thread was in `_write_batch` for a third of the
+    wall time while the batcher was never idle), and a load well under the peak
+    outgrew the writes. Here the thread takes what is queued as soon as its last
+    commit is done, whatever the loop is doing, and hands each batch's results back
+    with one `call_soon_threadsafe`. A caller still hears of its write only after the
+    batch holding it committed.
+    """
+
+    def __init__(self, flush: SyncFlush[Req, Res], *, max_batch: int = 4096, name: str = "batch") -> None:
+        self._flush_sync = flush
+        self._max_batch = max_batch
+        self._name = name
+        self._queue: queue.SimpleQueue[tuple[Req, asyncio.Future[Res]] | None] = queue.SimpleQueue()
+        self._closed = False
+        self.batches = 0
+        self.requests = 0
+        self.sizes = [0] * 16
+
+    async def submit(self, request: Req) -> Res:
+        if self._closed:
+            raise JournalError(f"{self._name}: the journal is closed")
+        fut: asyncio.Future[Res] = asyncio.get_running_loop().create_future()
+        self._queue.put((request, fut))  # before `run` has started the thread too: it takes them then
+        return await fut
+
+    def close(self) -> None:
+        """Refuse new requests; the thread writes what is queued, then `run` returns."""
+        if not self._closed:
+            self._closed = True
+            self._queue.put(None)
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        stopped = asyncio.Event()
+        thread = threading.Thread(target=self._work, args=(loop, stopped), name=f"memoir-{self._name}-writer")
+        thread.start()
+        try:
+            await stopped.wait()
+        finally:
+            self.close()  # cancelled: what was queued is still written and answered
+            with anyio.CancelScope(shield=True):
+                await stopped.wait()
+            thread.join()
+
+    def _work(self, loop: asyncio.AbstractEventLoop, stopped: asyncio.Event) -> None:
+        try:
+            more = True
+            while more:
+                batch: list[tuple[Req, asyncio.Future[Res]]] = []
+                item = self._queue.get()
+                while True:
+                    if item is None:
+                        more = False
+                        break
+                    batch.append(item)
+                    if len(batch) >= self._max_batch:
+                        break
+                    try:
+                        item = self._queue.get_nowait()
+                    except queue.Empty:
+                        break
+                if batch:
+                    try:
+                        results = self._flush_sync([req for req, _ in batch])
+                    except BaseException as exc:  # noqa: BLE001 - every waiter must hear of it
+                        results = [exc] * len(batch)
+                    loop.call_soon_threadsafe(self._answer, batch, results)
+        finally:
+            with contextlib.suppress(RuntimeError):  # the loop is gone: nobody is waiting
+                loop.call_soon_threadsafe(stopped.set)
+
+    def _answer(self, batch: list[tuple[Req, asyncio.Future[Res]]], results: list[Res | BaseException]) -> None:
+        self.batches += 1
+        self.requests += len(batch)
+        self.sizes[min((len(batch) - 1).bit_length(), 15)] += 1
         for (_, fut), res in zip(batch, results, strict=True):
             if fut.done():  # the caller was cancelled; its write may still have landed
                 continue

@@ -12,6 +12,10 @@ Schema version 2 added `commands`: one row per (stream, command id) with the seq
 command's last event and its reply. It is the journal's memory of applied command ids,
 kept forever (until the whole entity is deleted), and its primary key is the last guard
 against storing one id twice. Opening a version-1 journal fills it from the events.
+
+Columns added since are guarded by their presence rather than a version (`ADDED_COLUMNS`):
+`events.principal`, the verified caller's subject (the audit trail), is added to a journal
+file or schema written before it existed, and is NULL on the events stored then.
 """
 
 from __future__ import annotations
@@ -29,7 +33,9 @@ import msgspec
 from ..model.envelope import Envelope, Recovery, Snapshot
 from ..model.errors import ConcurrencyConflict, DuplicateCommand, EntityDeleted, JournalError
 from ._batching import Batcher
+from ._tail import TailCache
 from .base import Journal, check_batch, envelope_from_row, row_values
+from .keys import KeyStore
 
 T = TypeVar("T")
 Key = tuple[str, str]
@@ -41,13 +47,18 @@ Steps = Generator[Query, Rows, T]
 SCHEMA_VERSION = 2
 
 _EVENT_COLUMNS = (
-    "position, stream, seq, name, version, recorded_at, command_id, correlation_id, causation_id, reply, payload"
+    "position, stream, seq, name, version, recorded_at, command_id, correlation_id, causation_id, reply, payload,"
+    " principal"
 )
-_EVENT_TYPES = ("bigint", "bigint", "bigint", "text", "int", "bigint", "text", "text", "text", "bytea", "bytea")
+_EVENT_TYPES = (
+    "bigint", "bigint", "bigint", "text", "int", "bigint", "text", "text", "text", "bytea", "bytea", "text"
+)  # fmt: skip
 _COLUMNS = (
     "e.position, s.entity_type, s.entity_id, e.seq, e.name, e.version, e.recorded_at,"
-    " e.command_id, e.correlation_id, e.causation_id, e.reply, e.payload"
+    " e.command_id, e.correlation_id, e.causation_id, e.reply, e.payload, e.principal"
 )
+# (table, column, type): columns added after the tables were first released, each added where missing
+ADDED_COLUMNS = (("events", "principal", "TEXT"),)
 _HEAD = "{greatest}(s.floor, coalesce((SELECT max(seq) FROM {s}events WHERE stream = s.id), 0))"
 _FOREVER = 2**62
 
@@ -73,6 +84,7 @@ CREATE TABLE IF NOT EXISTS {s}events (
     causation_id TEXT,
     reply {blob},
     payload {blob} NOT NULL,
+    principal TEXT,
     UNIQUE (stream, seq)
 );
 CREATE TABLE IF NOT EXISTS {s}snapshots (
@@ -108,6 +120,10 @@ class Dialect:
     take_position: str  # the last position, read at the start of a write transaction
     keep_position: str | None  # stores the new last position at its end (None: the table does)
     first_command: str  # the v1 -> v2 migration: the first application of each stored command id
+    has_column: str  # count(*) of column ? in table ? (the table with its prefix): guards ADDED_COLUMNS
+    # read first in each write transaction; it changes when another connection committed. Where there
+    # is one (SQLite's `PRAGMA data_version`), the writer keeps the heads it wrote between batches.
+    data_version: str | None = None
 
     def __hash__(self) -> int:
         return hash((self.name, self.prefix))
@@ -192,6 +208,7 @@ class Op(msgspec.Struct):
     """Any other write: steps that run inside the batch's transaction."""
 
     fn: Callable[[Dialect, StreamIds], Steps[Any]]
+    keeps_heads: bool = False  # True: it changes no stream's head, floor or deleted flag
 
 
 class StreamIds:
@@ -201,6 +218,22 @@ class StreamIds:
 
     def __init__(self) -> None:
         self.ids: dict[Key, int] = {}
+        # stream id -> (head, deleted) as this writer's last transaction left them; kept between
+        # batches only while `data_version` says no other connection has written since
+        self.heads: dict[int, tuple[int, bool]] = {}
+        self.version: int | None = None
+
+    def heads_as_of(self, version: int | None) -> None:
+        """Keep the heads only if nobody else wrote since this writer's last transaction."""
+        if version is None or version != self.version or len(self.heads) > self.MAX:
+            self.heads.clear()
+        self.version = version
+
+    def forget(self) -> None:
+        """After a rollback: ids created and heads moved in the transaction are gone."""
+        self.ids.clear()
+        self.heads.clear()
+        self.version = None
 
     def lookup(self, d: Dialect, keys: Sequence[Key], *, create: bool) -> Steps[dict[Key, int]]:
         missing = list({k for k in keys if k not in self.ids})
@@ -229,6 +262,10 @@ class StreamIds:
 
 def write_batch(d: Dialect, streams: StreamIds, batch: Sequence[Append | Op]) -> Steps[list[Any]]:
     """One transaction's statements; appends and other writes keep their order."""
+    version = None
+    if d.data_version is not None:
+        ((version,),) = yield (d.data_version, ())
+    streams.heads_as_of(version)
     ((position,),) = yield (d.sql(d.take_position), ())
     start = position
     results: list[Any] = []
@@ -241,6 +278,8 @@ def write_batch(d: Dialect, streams: StreamIds, batch: Sequence[Append | Op]) ->
             position = yield from _write_appends(d, streams, run, position, results)
             run = []
         results.append((yield from op.fn(d, streams)))
+        if not op.keeps_heads:
+            streams.heads.clear()
     if run:
         position = yield from _write_appends(d, streams, run, position, results)
     if d.keep_position is not None and position != start:
@@ -253,12 +292,14 @@ def _write_appends(
 ) -> Steps[int]:
     ids = yield from streams.lookup(d, [op.key for op in appends], create=True)
     sids = [ids[op.key] for op in appends]
-    heads: dict[int, tuple[int, bool]] = {}
-    for q in d.bulk(
+    heads = streams.heads
+    unknown = [(s,) for s in set(sids) if s not in heads]  # SQLite: usually none, the writer kept them
+    lookups = d.bulk(
         "SELECT s.id, s.deleted, {head} FROM ({rows}) AS v JOIN {s}streams s ON s.id = v.column1",
-        [(s,) for s in set(sids)],
+        unknown,
         ("bigint",),
-    ):
+    )
+    for q in lookups if unknown else []:
         heads.update((sid, (head, bool(deleted))) for sid, deleted, head in (yield q))
     seen: dict[tuple[int, str], tuple[int, bytes | None]] = {}
     asked = list({(s, op.command_id) for s, op in zip(sids, appends, strict=True) if op.command_id is not None})
@@ -270,6 +311,34 @@ def _write_appends(
             ("bigint", "text"),
         ):
             seen.update(((s, c), (seq, None if r is None else bytes(r))) for s, c, seq, r in (yield q))
+    position, rows, commands = decide(sids, appends, heads, seen, position, results)
+    if rows:
+        for q in d.bulk(f"INSERT INTO {{s}}events ({_EVENT_COLUMNS}) {{rows}}", rows, _EVENT_TYPES):
+            yield q
+    if commands:
+        for q in d.bulk(
+            "INSERT INTO {s}commands (stream, command_id, seq, reply) {rows}",
+            commands,
+            ("bigint", "text", "bigint", "bytea"),
+        ):
+            yield q
+    return position
+
+
+Decided = tuple[int, list[tuple[Any, ...]], list[tuple[Any, ...]]]
+
+
+def decide(
+    sids: Sequence[int],
+    appends: Sequence[Append],
+    heads: dict[int, tuple[int, bool]],
+    seen: dict[tuple[int, str], tuple[int, bytes | None]],
+    position: int,
+    results: list[Any],
+) -> Decided:
+    """Each append's fate, in order, from the heads and the stored command ids it is given: its first
+    position in `results` (or the error), and the event and command rows to insert. `heads` and `seen`
+    move with each accepted append, so a later one in the batch sees it."""
     rows: list[tuple[Any, ...]] = []
     commands: list[tuple[Any, ...]] = []
     for sid, op in zip(sids, appends, strict=True):
@@ -292,17 +361,7 @@ def _write_appends(
         if op.command_id is not None:
             seen[(sid, op.command_id)] = (head, op.reply)
             commands.append((sid, op.command_id, head, op.reply))
-    if rows:
-        for q in d.bulk(f"INSERT INTO {{s}}events ({_EVENT_COLUMNS}) {{rows}}", rows, _EVENT_TYPES):
-            yield q
-    if commands:
-        for q in d.bulk(
-            "INSERT INTO {s}commands (stream, command_id, seq, reply) {rows}",
-            commands,
-            ("bigint", "text", "bigint", "bytea"),
-        ):
-            yield q
-    return position
+    return position, rows, commands
 
 
 def _delete(key: Key, to_seq: int | None) -> Callable[[Dialect, StreamIds], Steps[None]]:
@@ -366,6 +425,10 @@ def migrate(d: Dialect, where: str) -> Steps[None]:
     if version < 2:  # the command ids stored before there was a table of them
         yield (d.sql(d.first_command), ())
         yield (d.sql("UPDATE {s}memoir_meta SET value=2 WHERE key='schema_version'"), ())
+    for table, column, kind in ADDED_COLUMNS:
+        ((present,),) = yield (d.sql(d.has_column), (d.prefix + table, column))
+        if not present:
+            yield (d.sql(f"ALTER TABLE {{s}}{table} ADD COLUMN {column} {kind}"), ())
 
 
 def recover_steps(d: Dialect, keys: Sequence[Key]) -> Steps[list[Recovery]]:
@@ -396,7 +459,7 @@ def recover_steps(d: Dialect, keys: Sequence[Key]) -> Steps[list[Recovery]]:
         rows = yield (
             d.sql(
                 "SELECT e.position, s.entity_type, s.entity_id, e.seq, e.name, e.version, e.recorded_at,"
-                " e.command_id, e.correlation_id, e.causation_id, e.reply, e.payload"
+                " e.command_id, e.correlation_id, e.causation_id, e.reply, e.payload, e.principal"
                 " FROM {s}events e JOIN {s}streams s ON s.id = e.stream WHERE e.stream=? AND e.seq>? ORDER BY e.seq"
             ),
             (sid, snapshot.seq if snapshot else 0),
@@ -416,6 +479,7 @@ class SqlJournal(Journal):
         self.dialect = dialect
         self._writes: Batcher[Append | Op, Any] = Batcher(self._flush, max_batch=max_batch, name=dialect.name)
         self._streams = StreamIds()
+        self._tail = TailCache()
 
     @abc.abstractmethod
     async def _flush(self, batch: list[Append | Op]) -> list[Any]: ...
@@ -427,34 +491,49 @@ class SqlJournal(Journal):
         return write_batch(self.dialect, self._streams, batch)
 
     def _forget_streams(self) -> None:
-        """After a rollback: ids created in the transaction are gone."""
-        self._streams.ids.clear()
+        """After a rollback: ids created and heads moved in the transaction are gone."""
+        self._streams.forget()
 
     # -- writes ----------------------------------------------------------------------------------
 
     async def append(self, events: Sequence[Envelope], expected_seq: int) -> list[Envelope]:
         key = check_batch(events, expected_seq)
         last = events[-1]
+        generation = self._tail.generation
         first = await self._writes.submit(
             Append(key, expected_seq, [row_values(e) for e in events], last.command_id, last.reply)
         )
+        stored = [msgspec.structs.replace(e, position=first + i) for i, e in enumerate(events)]
+        self._tail.add(stored, generation)
         self._notify_appended()
-        return [msgspec.structs.replace(e, position=first + i) for i, e in enumerate(events)]
+        return stored
 
-    async def _write(self, fn: Callable[[Dialect, StreamIds], Steps[Any]]) -> None:
-        await self._writes.submit(Op(fn))
+    async def _write(self, fn: Callable[[Dialect, StreamIds], Steps[Any]], *, keeps_heads: bool = False) -> None:
+        await self._writes.submit(Op(fn, keeps_heads))
 
     async def delete(self, entity_type: str, entity_id: str, to_seq: int | None = None) -> None:
-        await self._write(_delete((entity_type, entity_id), to_seq))
+        self._tail.clear()  # before and after: no read from here sees the events once they are gone
+        try:
+            await self._write(_delete((entity_type, entity_id), to_seq))
+        finally:
+            self._tail.clear()
 
     async def save_snapshot(self, snapshot: Snapshot) -> None:
-        await self._write(_save_snapshot(snapshot))
+        await self._write(_save_snapshot(snapshot), keeps_heads=True)
 
     async def delete_snapshots(self, entity_type: str, entity_id: str, to_seq: int) -> None:
-        await self._write(_delete_snapshots((entity_type, entity_id), to_seq))
+        await self._write(_delete_snapshots((entity_type, entity_id), to_seq), keeps_heads=True)
 
     async def save_checkpoint(self, name: str, position: int) -> None:
-        await self._write(_save_checkpoint(name, position))
+        await self._write(_save_checkpoint(name, position), keeps_heads=True)
+
+    def _make_key_store(self) -> KeyStore:
+        from .sql_keys import SqlKeyStore  # it builds on this module
+
+        return SqlKeyStore(self)
+
+    async def after_erase(self) -> None:
+        """After a key was destroyed: make it unrecoverable from the storage's own files where possible."""
 
     # -- reads -----------------------------------------------------------------------------------
 
@@ -476,6 +555,9 @@ class SqlJournal(Journal):
         return [envelope_from_row(r) for r in rows]
 
     async def read_all(self, from_position: int = 1, limit: int = 1000) -> list[Envelope]:
+        recent = self._tail.read(from_position, limit)
+        if recent is not None:
+            return recent
         rows = await self._query(
             f"SELECT {_COLUMNS} FROM {{s}}events e JOIN {{s}}streams s ON s.id = e.stream"
             " WHERE e.position>=? ORDER BY e.position LIMIT ?",

@@ -6,6 +6,7 @@ import re
 from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 from ..model.errors import ConfigError
+from ..wire.redact import redact_url
 
 _IDENT = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
@@ -26,7 +27,7 @@ def parse_postgres_url(url: str) -> tuple[str, str]:
     """The asyncpg DSN (without our options) and the schema name."""
     parts = urlsplit(url)
     if parts.scheme not in ("postgresql", "postgres"):
-        raise ConfigError(f"not a PostgreSQL URL: {url!r}")
+        raise ConfigError(f"not a PostgreSQL URL: {redact_url(url)!r}")
     opts = parse_qs(parts.query)
     schema = opts.pop("schema", ["memoir"])[-1]
     if not _IDENT.match(schema):

@@ -28,6 +28,7 @@ import anyio
 
 from ..model.envelope import Envelope, Recovery, Snapshot
 from ..model.errors import JournalError
+from .keys import KeyStore
 
 
 class Journal(abc.ABC):
@@ -80,7 +81,11 @@ class Journal(abc.ABC):
 
     @abc.abstractmethod
     async def read_all(self, from_position: int = 1, limit: int = 1000) -> list[Envelope]:
-        """Every entity's events with position >= `from_position`, in position order."""
+        """Every entity's events with position >= `from_position`, in position order.
+
+        At most `limit`, and maybe fewer although more are stored (a read served from the
+        writer's memory stops where its own appends do): only an empty read means "no more".
+        """
 
     @abc.abstractmethod
     async def head(self, entity_type: str, entity_id: str) -> int:
@@ -109,6 +114,16 @@ class Journal(abc.ABC):
         them to `{PREFIX}_EVENTS_{TYPE}`; one resolver (`streams.event_stream_for`) asks this.
         """
         return None
+
+    def key_store(self) -> KeyStore:
+        """The data keys of encrypted entity types, kept beside the events (one store per journal)."""
+        store: KeyStore | None = self.__dict__.get("_key_store")
+        if store is None:
+            store = self.__dict__["_key_store"] = self._make_key_store()
+        return store
+
+    def _make_key_store(self) -> KeyStore:
+        raise JournalError(f"{type(self).__name__} keeps no data keys: it cannot hold encrypted entities")
 
     # -- snapshots ------------------------------------------------------------------------
 
@@ -162,6 +177,7 @@ ROW_COLUMNS = (
     "causation_id",
     "reply",
     "payload",
+    "principal",
 )
 
 
@@ -180,6 +196,7 @@ def envelope_from_row(r: Sequence[Any]) -> Envelope:
         causation_id=r[9],
         reply=None if r[10] is None else bytes(r[10]),
         payload=b"" if r[11] is None else bytes(r[11]),
+        principal=r[12] if len(r) > 12 else None,
     )
 
 
@@ -195,6 +212,7 @@ def row_values(env: Envelope) -> tuple[Any, ...]:
         env.causation_id,
         env.reply,
         env.payload,
+        env.principal,
     )
 
 

@@ -85,6 +85,7 @@ from ..model.errors import (
     JournalUnavailable,
     MemoirError,
 )
+from ..wire.auth import NatsAuth
 from ..wire.nats import AckInbox, PublishError, close_quietly, connect, decode_ack, ensure_stream, watch
 from ..wire.protocol import (
     H_COMMAND_ID,
@@ -100,8 +101,10 @@ from ..wire.protocol import (
     token,
     untoken,
 )
+from ..wire.redact import redact_url
 from ._batching import Batcher
 from .base import Journal, check_batch
+from .keys import KeyStore
 
 Key = tuple[str, str]
 MAX_BATCH = 1000  # events in one atomic batch: the server's `max_msgs` default
@@ -178,11 +181,11 @@ def parse_nats_journal_url(url: str) -> tuple[str, str, float, int | None]:
     """`nats://host:port?prefix=memoir&duplicate_window=120&replicas=3` -> (server URL, prefix, window, replicas)."""
     parts = urlsplit(url)
     if parts.scheme not in ("nats", "tls"):
-        raise ConfigError(f"not a NATS URL: {url!r}")
+        raise ConfigError(f"not a NATS URL: {redact_url(url)!r}")
     opts = {k: v[-1] for k, v in parse_qs(parts.query).items()}
     unknown = set(opts) - {"prefix", "duplicate_window", "replicas"}
     if unknown:
-        raise ConfigError(f"unknown NATS journal URL option(s) {sorted(unknown)} in {url!r}")
+        raise ConfigError(f"unknown NATS journal URL option(s) {sorted(unknown)} in {redact_url(url)!r}")
     raw = opts.get("duplicate_window", str(DEFAULT_DUPLICATE_WINDOW))
     try:
         window = float(raw)
@@ -202,8 +205,12 @@ def parse_nats_journal_url(url: str) -> tuple[str, str, float, int | None]:
 class JetStreamJournal(Journal):
     prefix: str
 
-    def __init__(self, url: str, *, replicas: int | None = None, ack_timeout: float = 10.0) -> None:
-        self.server, self.prefix, self.duplicate_window, url_replicas = parse_nats_journal_url(url)
+    def __init__(
+        self, url: str, *, replicas: int | None = None, ack_timeout: float = 10.0, auth: NatsAuth | None = None
+    ) -> None:
+        self._connect_to, self.prefix, self.duplicate_window, url_replicas = parse_nats_journal_url(url)
+        self.auth = auth
+        self.server = redact_url(self._connect_to)  # for messages: a password in the URL is never shown
         self.url = f"{self.server}?prefix={self.prefix}"
         if self.duplicate_window != DEFAULT_DUPLICATE_WINDOW:
             self.url += f"&duplicate_window={self.duplicate_window:g}"
@@ -273,7 +280,8 @@ class JetStreamJournal(Journal):
     async def open(self) -> None:
 
         self.nc = await connect(
-            self.server,
+            self._connect_to,
+            auth=self.auth,
             timeout=10,
             name="memoir-journal",
             max_reconnect_attempts=-1,
@@ -703,6 +711,11 @@ class JetStreamJournal(Journal):
         await self._meta.put(_kv_key(key), msgspec.json.encode(meta))
         if to_seq is None:
             await self.js.purge_stream(self.snapshot_stream, subject=self._snapshot_subject(key))
+
+    def _make_key_store(self) -> KeyStore:
+        from .jetstream_keys import KvKeyStore  # it builds on this module
+
+        return KvKeyStore(self)
 
     # -- snapshots and checkpoints -----------------------------------------------------------------
 

@@ -14,6 +14,7 @@ import msgspec
 from ..model.envelope import Envelope, Snapshot
 from ..model.errors import ConcurrencyConflict, DuplicateCommand, EntityDeleted
 from .base import Journal, check_batch
+from .keys import KeyStore, MemoryKeyStore
 
 Key = tuple[str, str]
 
@@ -90,6 +91,9 @@ class MemoryJournal(Journal):
             self._deleted.add(key)
             self._snapshots.pop(key, None)
             self._commands.pop(key, None)
+
+    def _make_key_store(self) -> KeyStore:
+        return MemoryKeyStore()
 
     async def find_command(self, entity_type: str, entity_id: str, command_id: str) -> tuple[int, bytes | None] | None:
         return self._commands.get((entity_type, entity_id), {}).get(command_id)

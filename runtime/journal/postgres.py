@@ -1,8 +1,11 @@
 """`postgresql://user@host:port/db?schema=memoir`: the journal on PostgreSQL (asyncpg).
 
-- Group commit: every write goes through one `Batcher`; a batch is one transaction of a
-  handful of round trips whatever its size (the statements are shared with SQLite, in
-  _sql.py: rows travel as arrays through `unnest`), on one writer connection.
+- Group commit: every write goes through one `Batcher`, on one writer connection. A batch of
+  appends is one round trip: one prepared statement calling `memoir_append` (see
+  `_APPEND_FUNCTION`), rows as arrays through `unnest`, checked against the heads this writer
+  remembers. Any other batch, or one whose assumptions another writer broke, is one
+  transaction of a handful of round trips whatever its size (the statements shared with
+  SQLite, in _sql.py).
 - Positions safe for tailers. A sequence would hand out numbers in call order but
   transactions commit in another, so a reader of "everything after P" could pass a row
   that commits later with a lower number. Instead each batch takes the row lock on the
@@ -29,9 +32,9 @@ from typing import Any
 import anyio
 
 from ..model.envelope import Recovery
-from ..model.errors import JournalError
+from ..model.errors import ConcurrencyConflict, EntityDeleted, JournalError
 from ._faults import Link, pg_connection_lost, pg_errors
-from ._sql import Append, Dialect, Op, Rows, SqlJournal, drive_async, migrate, recover_steps
+from ._sql import Append, Dialect, Op, Rows, SqlJournal, StreamIds, decide, drive_async, migrate, recover_steps
 from ._urls import parse_postgres_url, postgres_where
 
 __all__ = ["PostgresJournal", "dialect", "parse_postgres_url"]
@@ -63,10 +66,120 @@ def dialect(schema: str) -> Dialect:
             " FROM {s}events WHERE command_id IS NOT NULL ORDER BY stream, command_id, reply IS NULL, seq"
             " ON CONFLICT DO NOTHING"
         ),
+        has_column="SELECT count(*) FROM pg_attribute WHERE attrelid = to_regclass(?) AND attname = ? AND attnum > 0"
+        " AND NOT attisdropped",
     )
 
 
-_DDL = "CREATE SCHEMA IF NOT EXISTS {s};" + dialect("{s}").ddl()  # `.format(s=schema)`; also for tools
+# A batch of appends as one statement, in its own implicit transaction: one round trip. The writer
+# decides every append's fate in Python (`decide`, as in the general path) from the heads its own
+# transactions left and the assumption that none of the command ids is stored yet. The function takes
+# the position counter's lock, checks that the writer's assumptions still hold, and only then stores
+# the rows, at positions after the counter's value, which it returns. Else it writes nothing and
+# returns NULL, and the writer runs the batch the general way. VOLATILE: after the lock, each statement
+# in it has a fresh snapshot (READ COMMITTED), so it sees every writer that held the lock before it.
+#
+# The check costs index probes only where an index would not catch it anyway. An accepted append
+# inserts seq head+1 and its (stream, command id): if another writer appended to that entity since,
+# seq head+1 exists (seqs are contiguous above the floor, and heads never go down), and if the id is
+# stored its row exists, so the unique constraints refuse the insert. What they cannot see is checked
+# first: every entity's deleted flag and floor (its streams row), and for an entity with a refused
+# append (a conflict, or deleted) its full head and the refused append's command id.
+_APPEND_FUNCTION = """
+CREATE OR REPLACE FUNCTION {s}.memoir_append(
+    h_stream bigint[], h_head bigint[], h_deleted boolean[], h_refused boolean[], c_stream bigint[], c_id text[],
+    e_stream bigint[], e_seq bigint[], e_name text[], e_version int[], e_recorded_at bigint[],
+    e_command_id text[], e_correlation_id text[], e_causation_id text[], e_reply bytea[], e_payload bytea[],
+    e_principal text[], k_stream bigint[], k_id text[], k_seq bigint[], k_reply bytea[]
+) RETURNS bigint LANGUAGE plpgsql VOLATILE AS $f$
+DECLARE
+    last bigint;
+BEGIN
+    SELECT value INTO last FROM {s}.memoir_meta WHERE key = 'position' FOR UPDATE;
+    IF EXISTS (
+        SELECT 1 FROM unnest(h_stream, h_head, h_deleted, h_refused) AS v(id, head, deleted, refused)
+        LEFT JOIN {s}.streams s ON s.id = v.id
+        WHERE s.id IS NULL OR s.deleted <> v.deleted OR s.floor > v.head
+            OR (v.refused AND coalesce((SELECT max(seq) FROM {s}.events WHERE stream = s.id), 0) > v.head)
+    ) OR EXISTS (
+        SELECT 1 FROM unnest(c_stream, c_id) AS v(stream, command_id)
+        JOIN {s}.commands c ON c.stream = v.stream AND c.command_id = v.command_id
+    ) THEN
+        RETURN NULL;
+    END IF;
+    BEGIN
+        INSERT INTO {s}.events (position, stream, seq, name, version, recorded_at, command_id, correlation_id,
+            causation_id, reply, payload, principal)
+        SELECT last + u.p, u.stream, u.seq, u.name, u.version, u.recorded_at, u.command_id, u.correlation_id,
+            u.causation_id, u.reply, u.payload, u.principal
+        FROM unnest(e_stream, e_seq, e_name, e_version, e_recorded_at, e_command_id, e_correlation_id,
+            e_causation_id, e_reply, e_payload, e_principal) WITH ORDINALITY AS u(stream, seq, name, version,
+            recorded_at, command_id, correlation_id, causation_id, reply, payload, principal, p);
+        INSERT INTO {s}.commands (stream, command_id, seq, reply)
+        SELECT * FROM unnest(k_stream, k_id, k_seq, k_reply);
+    EXCEPTION WHEN unique_violation THEN  -- another writer appended to one of the entities, or stored an id
+        RETURN NULL;
+    END;
+    IF cardinality(e_stream) > 0 THEN
+        UPDATE {s}.memoir_meta SET value = last + cardinality(e_stream) WHERE key = 'position';
+    END IF;
+    RETURN last;
+END
+$f$;
+"""
+_APPEND = "SELECT {s}.memoir_append(" + ", ".join(f"${i}" for i in range(1, 22)) + ")"
+
+_DDL = (  # `.format(s=schema)`; also for tools
+    "CREATE SCHEMA IF NOT EXISTS {s};" + dialect("{s}").ddl() + _APPEND_FUNCTION
+)
+
+
+def prepare_appends(
+    streams: StreamIds, batch: Sequence[Append | Op]
+) -> tuple[list[Any], list[Any], dict[int, tuple[int, bool]]] | None:
+    """A batch of appends as `_APPEND`'s arguments and its results relative to the counter (positions
+    from 1) and the heads it assumed, or None when it needs the general path: it has other writes, or
+    an entity whose stream id or head this writer does not hold. The heads move as if the batch commits
+    (on NULL the caller puts the assumed ones back)."""
+    appends: list[Append] = []
+    sids: list[int] = []
+    before: dict[int, tuple[int, bool]] = {}
+    heads = streams.heads
+    for op in batch:
+        if not isinstance(op, Append):
+            return None
+        appends.append(op)
+        sid = streams.ids.get(op.key)
+        if sid is None:
+            return None
+        if sid not in before:
+            head = heads.get(sid)
+            if head is None:
+                return None
+            before[sid] = head
+        sids.append(sid)
+    results: list[Any] = []
+    _, rows, commands = decide(sids, appends, heads, {}, 0, results)
+    refused: set[int] = set()
+    asked: list[tuple[int, str]] = []
+    for sid, op, res in zip(sids, appends, results, strict=True):
+        if isinstance(res, (ConcurrencyConflict, EntityDeleted)):
+            refused.add(sid)
+            if op.command_id is not None:
+                asked.append((sid, op.command_id))
+    # the events' columns after position (consecutive from 1: the function numbers them)
+    events = list(map(list, zip(*rows, strict=True)))[1:] if rows else [[] for _ in range(11)]
+    args: list[Any] = [
+        list(before),
+        [h for h, _ in before.values()],
+        [d for _, d in before.values()],
+        [sid in refused for sid in before],
+        [s for s, _ in asked],
+        [c for _, c in asked],
+        *events,
+        *(map(list, zip(*commands, strict=True)) if commands else ([] for _ in range(4))),
+    ]
+    return args, results, before
 
 
 class PostgresJournal(SqlJournal):
@@ -79,6 +192,7 @@ class PostgresJournal(SqlJournal):
         self.url = f"postgresql://{where}?schema={self.schema}"
         self.pool_size = pool_size
         self._writer: Any = None
+        self._append_stmt: tuple[Any, Any] | None = None  # (connection, its prepared `_APPEND`)
         self._pool: Any = None
         self._stack: contextlib.AsyncExitStack | None = None
         self._link = Link("PostgreSQL journal", where)
@@ -149,8 +263,15 @@ class PostgresJournal(SqlJournal):
 
         conn = await self._connection()
         try:
-            async with conn.transaction():
-                results = await drive_async(self._execute, self._batch(batch))
+            results = await self._append_at_once(conn, batch)
+            if results is None:
+                hints = self._streams.heads.copy()  # the general path trusts none of them: it reads its own
+                async with conn.transaction():
+                    results = await drive_async(self._execute, self._batch(batch))
+                if len(hints) < StreamIds.MAX and all(isinstance(op, Append) or op.keeps_heads for op in batch):
+                    # the other streams' heads stay hints for the next batches (each checked when used)
+                    hints.update(self._streams.heads)
+                    self._streams.heads = hints
         except pg_errors() as exc:
             self._forget_streams()
             if pg_connection_lost(exc) or conn.is_closed():
@@ -159,6 +280,20 @@ class PostgresJournal(SqlJournal):
             raise JournalError(f"PostgreSQL journal at {self._link.where}: write failed: {exc}") from exc
         self._link.ok()
         return results
+
+    async def _append_at_once(self, conn: Any, batch: list[Append | Op]) -> list[Any] | None:
+        """The one-round-trip path (`_APPEND`); None: the batch goes the general way."""
+        prepared = prepare_appends(self._streams, batch)
+        if prepared is None:
+            return None
+        args, results, before = prepared
+        if self._append_stmt is None or self._append_stmt[0] is not conn:
+            self._append_stmt = (conn, await conn.prepare(_APPEND.format(s=self.schema)))
+        last = await self._append_stmt[1].fetchval(*args)
+        if last is None:  # another writer moved a head, or a command id is stored: nothing was written
+            self._streams.heads.update(before)
+            return None
+        return [r + last if type(r) is int else r for r in results]
 
     # -- reads -------------------------------------------------------------------------------------
 

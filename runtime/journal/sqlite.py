@@ -3,8 +3,9 @@
 - WAL mode with `synchronous=FULL` by default: an acknowledged append survived
   an fsync, so it survives a power cut, not just a crash of this process.
   `?synchronous=NORMAL` trades the last transactions on power loss for speed.
-- Group commit: every write goes through one `Batcher`, and one worker-thread
-  call runs the whole batch in one `BEGIN IMMEDIATE … COMMIT` (one fsync).
+- Group commit: every write goes through one `ThreadBatcher`, whose writer thread
+  runs each batch in one `BEGIN IMMEDIATE … COMMIT` (one fsync) and takes the next
+  as soon as it committed, without waiting for the event loop in between.
   Recoveries are batched the same way on a second connection, so a burst of
   first commands to many entities costs few thread hops. No SQLite call runs
   on the event loop. The statements themselves are shared with PostgreSQL (_sql.py).
@@ -27,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import sqlite3
+import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -36,7 +38,7 @@ import anyio.to_thread
 
 from ..model.envelope import Recovery
 from ..model.errors import ConfigError, JournalError
-from ._batching import Batcher
+from ._batching import Batcher, ThreadBatcher
 from ._faults import sqlite_error, sqlite_full
 from ._sql import Append, Dialect, Op, Rows, SqlJournal, drive_sync, migrate, recover_steps
 from ._urls import parse_sqlite_url
@@ -59,19 +61,21 @@ DIALECT = Dialect(
         "without_rowid": " WITHOUT ROWID",
     },
     numbered=False,
-    chunk=400,  # 11 columns x 400 rows stays under SQLite's 32,766 variables
+    chunk=400,  # 12 columns x 400 rows stays under SQLite's 32,766 variables
     take_position="SELECT coalesce((SELECT seq FROM sqlite_sequence WHERE name='events'), 0)",
     keep_position=None,  # an explicit rowid above the sequence moves it
     first_command=(
         "INSERT OR IGNORE INTO commands SELECT stream, command_id, seq, reply FROM events"
         " WHERE command_id IS NOT NULL ORDER BY stream, command_id, reply IS NULL, seq"
     ),
+    has_column="SELECT count(*) FROM pragma_table_info(?) WHERE name=?",
+    data_version="PRAGMA data_version",
 )
 
 _EVENT_LOG = """
 CREATE VIEW IF NOT EXISTS event_log AS
     SELECT e.position, s.entity_type, s.entity_id, e.seq, e.name, e.version, e.recorded_at,
-           e.command_id, e.correlation_id, e.causation_id, e.reply, e.payload
+           e.command_id, e.correlation_id, e.causation_id, e.reply, e.payload, e.principal
     FROM events e JOIN streams s ON s.id = e.stream;
 """
 
@@ -91,7 +95,9 @@ class SqliteJournal(SqlJournal):
         self.synchronous = synchronous
         self.url = f"sqlite:///{self.path}?synchronous={synchronous}"
         self._recoveries: Batcher[Key, Recovery] = Batcher(self._flush_recoveries, max_batch=1024, name="sqlite")
+        self._writes = ThreadBatcher(self._write_in_thread, max_batch=max_batch, name="sqlite")
         self._write_limiter = anyio.CapacityLimiter(1)
+        self._w_lock = threading.Lock()  # the write connection: the writer thread, and `after_erase`
         self._read_limiter = anyio.CapacityLimiter(1)
         self._w: sqlite3.Connection | None = None
         self._r: sqlite3.Connection | None = None
@@ -126,6 +132,10 @@ class SqliteJournal(SqlJournal):
         conn.execute("BEGIN IMMEDIATE")
         try:
             drive_sync(self._execute, migrate(DIALECT, self.path))
+            view = conn.execute("SELECT count(*) FROM pragma_table_info('event_log') WHERE name='principal'")
+            if not view.fetchone()[0]:
+                conn.execute("DROP VIEW IF EXISTS event_log")  # made before the column: show it too
+                conn.execute(_EVENT_LOG)
             conn.execute("COMMIT")
         except BaseException:
             self._rollback(conn)
@@ -175,7 +185,15 @@ class SqliteJournal(SqlJournal):
             with contextlib.suppress(sqlite3.Error):
                 conn.execute("ROLLBACK")
 
+    def _write_in_thread(self, batch: list[Append | Op]) -> list[Any]:
+        """The writer thread's flush (see `ThreadBatcher`)."""
+        try:
+            return self._write_batch(batch)
+        except (sqlite3.Error, OSError) as exc:
+            raise sqlite_error(exc, f"sqlite journal {self.path!r}", "write failed") from exc
+
     async def _flush(self, batch: list[Append | Op]) -> list[Any]:
+        """A batch from the event loop, through a worker thread (writes go by `_write_in_thread`)."""
         try:
             return await anyio.to_thread.run_sync(
                 functools.partial(self._write_batch, batch), limiter=self._write_limiter
@@ -185,6 +203,10 @@ class SqliteJournal(SqlJournal):
 
     def _write_batch(self, batch: list[Append | Op]) -> list[Any]:
         """One transaction for the whole batch; appends and other writes keep their order."""
+        with self._w_lock:
+            return self._write_batch_locked(batch)
+
+    def _write_batch_locked(self, batch: list[Append | Op]) -> list[Any]:
         conn = self._w
         if conn is None:
             raise JournalError("the sqlite journal is not open (use `async with journal:`)")
@@ -202,6 +224,19 @@ class SqliteJournal(SqlJournal):
             with contextlib.suppress(sqlite3.Error):
                 conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         return results
+
+    async def after_erase(self) -> None:
+        """Fold the WAL into the file and truncate it: old frames would still hold an erased key."""
+
+        def truncate() -> None:
+            with self._w_lock:
+                if self._w is not None:
+                    self._w.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+        try:
+            await anyio.to_thread.run_sync(truncate, limiter=self._write_limiter)
+        except (sqlite3.Error, OSError) as exc:
+            raise sqlite_error(exc, f"sqlite journal {self.path!r}", "WAL checkpoint failed") from exc
 
     # -- reads ------------------------------------------------------------------------------------
 

@@ -17,23 +17,35 @@ from typing import Any, ClassVar, Generic, TypeVar
 
 import msgspec
 
+from . import checks
 from . import effect as _effect
+from .access import Caller, rule
 from .effect import Effect
-from .errors import CommandError, ConfigError, ErrorCode
+from .errors import CommandError, ConfigError, ErrorCode, InternalError
 from .events import EventCodec
+from .sealing import Forgotten
 
 S = TypeVar("S")
 F = TypeVar("F", bound=Callable[..., Any])
 
 _COMMAND = "__memoir_command__"
 _APPLIES = "__memoir_applies__"
+_ALLOW = "__memoir_allow__"
 
 
-def command(fn: F | None = None, *, name: str | None = None) -> Any:
-    """Mark a method `(self, state, **args) -> Effect[R]` (sync or async) as a command handler."""
+def command(fn: F | None = None, *, name: str | None = None, allow: Any = None) -> Any:
+    """Mark a method `(self, state, **args) -> Effect[R]` (sync or async) as a command handler.
+
+    `allow` is who may send it from outside (a rule of `runtime.model.access`, e.g.
+    `Claim("role", "admin")`, or a callable over the verified `Caller`).
+    """
+
+    if allow is not None:
+        rule(allow)  # a wrong rule fails where it is written, not at the first command
 
     def mark(f: F) -> F:
         setattr(f, _COMMAND, name or f.__name__)
+        setattr(f, _ALLOW, allow)
         return f
 
     return mark if fn is None else mark(fn)
@@ -56,10 +68,17 @@ class EventSourcedEntity(Generic[S]):
     type_name: ClassVar[str]
     initial: ClassVar[Any]
     snapshot_every: ClassVar[int] = 100  # 0 turns snapshots off
+    encrypted: ClassVar[bool] = False  # payloads sealed under a per-entity key, which `forget` destroys
     entity_id: str
+    # Who sent the command being handled (its verified token's subject and claims), set for the
+    # duration of each handler call: ANONYMOUS (subject None) from outside without a token,
+    # None for commands from inside the process (consumers, timers, code holding the Runtime).
+    caller: Caller | None = None
 
-    def __init_subclass__(cls, name: str | None = None, **kwargs: Any) -> None:
+    def __init_subclass__(cls, name: str | None = None, encrypted: bool | None = None, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
+        if encrypted is not None:
+            cls.encrypted = encrypted
         # Compiled on first use (model_of), once forward references in annotations resolve.
         cls.type_name = name or cls.__dict__.get("type_name") or cls.__name__.lower()
 
@@ -87,6 +106,11 @@ class EventSourcedEntity(Generic[S]):
         """Delete the entity (a tombstone): its events and snapshots go; its seq is never reused."""
         return _effect.delete()
 
+    @staticmethod
+    def forget() -> Effect[Any]:
+        """Forget an `encrypted=True` entity: destroy its data key, so its payloads are unreadable everywhere."""
+        return _effect.forget()
+
 
 @dataclass(frozen=True, slots=True)
 class CommandSpec:
@@ -96,6 +120,7 @@ class CommandSpec:
     decoder: msgspec.json.Decoder[Any]
     reply_type: Any
     is_async: bool
+    allow: Any = None  # the handler's `@command(allow=...)` rule, or None
 
 
 def _reply_type(hint: Any) -> Any:
@@ -130,11 +155,14 @@ class EntityModel:
     def __init__(self, cls: type[EventSourcedEntity[Any]]) -> None:
         if not hasattr(cls, "initial"):
             raise ConfigError(f"{cls.__name__} has no `initial` state")
+        checks.check_initial(cls, cls.initial)
         self.cls = cls
         self.type_name: str = cls.type_name
         self.initial: Any = cls.initial
         self.state_type: Any = type(cls.initial)
+        self._checks_state = cls.initial is not None  # an @applies result must be a state_type
         self.snapshot_every: int = int(cls.snapshot_every)
+        self.encrypted: bool = bool(cls.encrypted)
         self.commands: dict[str, CommandSpec] = {}
         self.appliers: dict[type, Callable[[Any, Any, Any], Any]] = {}
         for attr in dir(cls):
@@ -143,6 +171,10 @@ class EntityModel:
                 self._add_command(getattr(fn, _COMMAND), fn)
             elif callable(fn) and getattr(fn, _APPLIES, False):
                 self._add_applier(fn)
+        for spec in self.commands.values():
+            checks.check_persisted_events(cls, spec.handler, self.appliers)
+        if self.encrypted:  # its last event, once forgotten; it changes nothing in the state
+            self.appliers.setdefault(Forgotten, _unchanged)
         self.codec = EventCodec(self.appliers)
         self.state_encoder = msgspec.json.Encoder()
         self.state_decoder: msgspec.json.Decoder[Any] = msgspec.json.Decoder(self.state_type)
@@ -154,6 +186,7 @@ class EntityModel:
         if len(params) < 2:
             raise ConfigError(f"{self.cls.__name__}.{fn.__name__} must take (self, state, ...)")
         hints = _hints(fn, self.cls)
+        checks.check_command(self.cls, fn, hints, self.initial)
         fields: list[tuple[Any, ...]] = []
         for p in params[2:]:
             if p.kind not in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY):
@@ -168,17 +201,20 @@ class EntityModel:
             decoder=msgspec.json.Decoder(args_type),
             reply_type=_reply_type(hints.get("return", Any)),
             is_async=inspect.iscoroutinefunction(fn),
+            allow=getattr(fn, _ALLOW, None),
         )
 
     def _add_applier(self, fn: Callable[..., Any]) -> None:
         params = list(inspect.signature(fn).parameters.values())
         if len(params) != 3:
             raise ConfigError(f"{self.cls.__name__}.{fn.__name__} must take (self, state, event)")
-        event_cls = _hints(fn, self.cls).get(params[2].name)
+        hints = _hints(fn, self.cls)
+        event_cls = hints.get(params[2].name)
         if not (isinstance(event_cls, type) and issubclass(event_cls, msgspec.Struct)):
             raise ConfigError(
                 f"{self.cls.__name__}.{fn.__name__}: annotate the event parameter with its msgspec.Struct class"
             )
+        checks.check_applier(self.cls, fn, hints, self.initial)
         if event_cls in self.appliers:
             raise ConfigError(f"{self.cls.__name__}: two @applies handlers for {event_cls.__name__}")
         self.appliers[event_cls] = fn
@@ -216,22 +252,60 @@ class EntityModel:
         """Call the handler: an Effect, or an awaitable of one for an async handler."""
         return spec.handler(entity, state, **msgspec.structs.asdict(args))
 
-    def fold(self, entity: EventSourcedEntity[Any], state: Any, events: Iterable[msgspec.Struct]) -> Any:
+    def fold(
+        self,
+        entity: EventSourcedEntity[Any],
+        state: Any,
+        events: Iterable[msgspec.Struct],
+        command: CommandSpec | None = None,
+    ) -> Any:
+        """Apply new events; a mistake in the entity is an `internal` CommandError naming it (nothing stored yet)."""
         for event in events:
-            state = self.apply(entity, state, event)
+            state = self.apply(entity, state, event, command)
         return state
 
-    def apply(self, entity: EventSourcedEntity[Any], state: Any, event: msgspec.Struct) -> Any:
+    def apply(
+        self, entity: EventSourcedEntity[Any], state: Any, event: msgspec.Struct, command: CommandSpec | None = None
+    ) -> Any:
         fn = self.appliers.get(type(event))
         if fn is None:
-            raise ConfigError(f"{self.type_name}: no @applies handler for {type(event).__name__}")
-        return fn(entity, state, event)
+            by = f"{self.cls.__name__}.{command.handler.__name__} persisted" if command else "event"
+            raise InternalError(
+                ErrorCode.INTERNAL,
+                f"{by} {type(event).__name__}, but {self.cls.__name__} has no @applies method for it;"
+                " nothing was stored",
+            )
+        new = fn(entity, state, event)
+        if self._checks_state and not isinstance(new, self.state_type):
+            raise InternalError(
+                ErrorCode.INTERNAL,
+                f"{self.cls.__name__}.{fn.__name__} returned {type(new).__name__} for {type(event).__name__},"
+                f" not the state ({self.state_type.__name__}): an @applies method returns the new state;"
+                " nothing was stored",
+            )
+        return new
+
+    def not_an_effect(self, spec: CommandSpec, value: Any) -> CommandError:
+        """What a command handler that returned something else than an Effect is answered."""
+        return InternalError(
+            ErrorCode.INTERNAL,
+            f"{self.cls.__name__}.{spec.handler.__name__} returned {type(value).__name__}, not an Effect"
+            " (return self.persist(...), self.reply(...) or self.error(...)); nothing was stored",
+        )
 
     def encode_reply(self, value: Any) -> bytes:
         return self.state_encoder.encode(value)
 
     def decode_reply(self, spec: CommandSpec, data: bytes) -> Any:
-        return msgspec.json.decode(data, type=spec.reply_type, strict=False)
+        """A repeated command id's first reply; plain JSON if that id was first used for another command."""
+        try:
+            return msgspec.json.decode(data, type=spec.reply_type, strict=False)
+        except msgspec.ValidationError:
+            return msgspec.json.decode(data)
+
+
+def _unchanged(entity: Any, state: Any, event: Any) -> Any:
+    return state
 
 
 _models: dict[type, EntityModel] = {}

@@ -29,6 +29,9 @@ class Envelope(msgspec.Struct, frozen=True, kw_only=True):
     # The command's encoded reply, on the last event a command with an id persisted:
     # how a repeated command id gets its first reply back after recovery.
     reply: bytes | None = None
+    # Who asked: the verified caller's subject (the JWT `sub`); None for commands from inside
+    # the process (consumers, timers) or from a runtime that verifies no tokens. The audit trail.
+    principal: str | None = None
 
     @property
     def recorded(self) -> dt.datetime:

@@ -23,6 +23,9 @@ class ErrorCode(enum.StrEnum):
     OVERLOADED = "overloaded"  # the mailbox is full: back-pressure, retry later
     UNAVAILABLE = "unavailable"  # storage unreachable or full: retry later with the same command id
     INTERNAL = "internal"  # a handler raised or storage failed; nothing was persisted
+    UNAUTHORIZED = "unauthorized"  # no bearer token where one is needed, or a bad one: the message says what
+    FORBIDDEN = "forbidden"  # a verified caller the access rules do not allow
+    FORGOTTEN = "forgotten"  # the entity was forgotten (its data key destroyed): it takes no more commands
 
 
 class MemoirError(Exception):
@@ -155,8 +158,20 @@ class Moved(CommandError):
         self.entity_id = entity_id
 
 
+class Unauthorized(CommandError):
+    """No verified caller: a token was needed and missing, or it failed verification (the message says how)."""
+
+
+class Forbidden(CommandError):
+    """The caller is verified but the access rules do not let it send this command."""
+
+
 class InternalError(CommandError):
     """A handler raised or storage failed in a way that is a bug or needs an operator; nothing was stored."""
+
+
+class ForgottenError(CommandError):
+    """The entity was forgotten (its data key destroyed, crypto-shredding); it takes no more commands."""
 
 
 _TYPED: dict[str, type[CommandError]] = {
@@ -168,6 +183,9 @@ _TYPED: dict[str, type[CommandError]] = {
     ErrorCode.OVERLOADED: Overloaded,
     ErrorCode.UNAVAILABLE: Unavailable,
     ErrorCode.INTERNAL: InternalError,
+    ErrorCode.UNAUTHORIZED: Unauthorized,
+    ErrorCode.FORBIDDEN: Forbidden,
+    ErrorCode.FORGOTTEN: ForgottenError,
 }
 
 

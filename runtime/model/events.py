@@ -86,6 +86,10 @@ class EventCodec:
             self._by_class[cls] = spec
         self._encoder = msgspec.json.Encoder()
 
+    def knows(self, name: str) -> bool:
+        """Whether events stored under `name` decode with this codec."""
+        return name in self._by_name
+
     @property
     def classes(self) -> list[type[msgspec.Struct]]:
         return [c for c, _, _ in self._by_name.values()]

@@ -22,10 +22,12 @@ from typing import Any, Generic, TypeVar
 
 import msgspec
 
+from .access import Caller
 from .effect import Effect
 from .entity import EventSourcedEntity, model_of
 from .envelope import Envelope
-from .errors import CommandError
+from .errors import CommandError, ConfigError
+from .timers import TimerOp
 
 S = TypeVar("S")
 
@@ -39,6 +41,8 @@ class Result(Generic[S]):
     state: Any = None
     error: CommandError | None = None
     deleted: bool = False
+    timers: list[TimerOp] = field(default_factory=list)  # set or cancelled with the events
+    forgotten: bool = False  # the effect destroys the entity's data key (encrypted types)
 
     @property
     def event(self) -> msgspec.Struct:
@@ -48,14 +52,14 @@ class Result(Generic[S]):
         return self.events[0]
 
 
-def _run_sync(awaitable: Coroutine[Any, Any, Any]) -> Any:
+def _run_sync(awaitable: Coroutine[Any, Any, Any], instead: str = "when_async") -> Any:
     """Drive a coroutine that never really suspends (an async handler with no I/O)."""
     try:
         awaitable.send(None)
     except StopIteration as stop:
         return stop.value
     awaitable.close()
-    raise RuntimeError("the async handler awaited real I/O; use `await kit.when_async(...)`")
+    raise RuntimeError(f"the async handler awaited real I/O; use `await kit.{instead}(...)`")
 
 
 class EntityTestKit(Generic[S]):
@@ -74,6 +78,11 @@ class EntityTestKit(Generic[S]):
             self._round_trip(e)
         self.state = self.model.fold(self.entity, self.state, events)
         self.events.extend(events)
+        return self
+
+    def acting_as(self, caller: Caller | None) -> EntityTestKit[S]:
+        """Run the next commands as `caller` (what handlers see as `self.caller`; rules are the runtime's)."""
+        self.entity.caller = caller
         return self
 
     def when(self, command: str, /, **args: Any) -> Result[S]:
@@ -109,6 +118,8 @@ class EntityTestKit(Generic[S]):
             raise TypeError(f"the handler returned {type(effect).__name__}, not an Effect")
         if effect.error is not None:
             return Result(state=self.state, error=effect.error)
+        if effect.forget_entity and not self.model.encrypted:
+            raise ConfigError(f"forget() needs {self.model.cls.__name__}(..., encrypted=True)")
         events = [self._round_trip(e) for e in effect.events]
         state = self.model.fold(self.entity, self.state, events)
         state = self.model.state_decoder.decode(self.model.state_encoder.encode(state))
@@ -116,7 +127,14 @@ class EntityTestKit(Generic[S]):
         self.state = state
         self.events.extend(events)
         self.deleted = effect.delete_entity
-        return Result(events=events, reply=reply, state=state, deleted=effect.delete_entity)
+        return Result(
+            events=events,
+            reply=reply,
+            state=state,
+            deleted=effect.delete_entity,
+            timers=list(effect.timers),
+            forgotten=effect.forget_entity,
+        )
 
     def _round_trip(self, event: msgspec.Struct) -> msgspec.Struct:
         codec = self.model.codec

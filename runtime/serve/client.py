@@ -10,7 +10,9 @@ async with Client("nats://127.0.0.1:4222") as client:
 Errors come back as the typed subclasses of CommandError (`Rejected`,
 `Invalid`, `Overloaded`, …), so callers branch with `except`. Each request tells
 the runtime how long it waits (`Memoir-Timeout-Ms`), so a command still queued
-when the client gives up is dropped instead of running late.
+when the client gives up is dropped instead of running late. A bearer token
+(`Client(..., token=jwt)`, or `send(..., token=jwt)` for one command) goes in the
+`Authorization` header: the runtime verifies it and records its subject with the events.
 """
 
 from __future__ import annotations
@@ -25,20 +27,43 @@ from nats.aio.client import Client as NATS
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
 
-from ..model.errors import CommandError, ErrorCode, MemoirError
+from ..model.errors import ErrorCode, MemoirError, Overloaded
+from ..wire.auth import NatsAuth
 from ..wire.nats import connect
-from ..wire.protocol import Answer, Reply, check_prefix, command_headers, command_subject, decode_answer
+from ..wire.protocol import (
+    H_AUTHORIZATION,
+    Answer,
+    Reply,
+    check_prefix,
+    command_headers,
+    command_subject,
+    decode_answer,
+)
 
 _encoder = msgspec.json.Encoder()
+
+
+class NotServing(Overloaded):
+    """NATS answered at once that nobody subscribes to the subject: no runtime serves this prefix there."""
 
 
 class Client:
     """Sends commands and queries to Memoir runtimes over NATS. Use as `async with Client(url) as client:`."""
 
-    def __init__(self, nats_url: str | None = None, *, nc: NATS | None = None, prefix: str = "memoir") -> None:
+    def __init__(
+        self,
+        nats_url: str | None = None,
+        *,
+        nc: NATS | None = None,
+        prefix: str = "memoir",
+        auth: NatsAuth | None = None,
+        token: str | None = None,
+    ) -> None:
         if (nats_url is None) == (nc is None):
             raise ValueError("give exactly one of nats_url and nc")
+        self.token = token
         self.nats_url = nats_url
+        self.auth = auth  # credentials and TLS for nats_url (NatsAuth.from_env() reads MEMOIR_NATS_*)
         self.nc = nc
         self._owns = nc is None
         self.prefix = check_prefix(prefix)
@@ -46,7 +71,7 @@ class Client:
     async def __aenter__(self) -> Self:
         if self.nc is None:
             assert self.nats_url is not None
-            self.nc = await connect(self.nats_url)
+            self.nc = await connect(self.nats_url, auth=self.auth)
         return self
 
     async def __aexit__(
@@ -71,14 +96,21 @@ class Client:
         command_id: str | None = None,
         correlation_id: str | None = None,
         timeout: float = 5.0,
+        token: str | None = None,
     ) -> Reply:
-        """Send one command and wait for its reply; raises the typed CommandError on failure."""
+        """Send one command and wait for its reply; raises the typed CommandError on failure.
+
+        `token` (a JWT) overrides the client's own for this command.
+        """
         payload = args if isinstance(args, bytes) else _encoder.encode(args if args is not None else {})
+        headers = command_headers(command_id, correlation_id, timeout)
+        if (bearer := token or self.token) is not None:
+            headers = {**(headers or {}), H_AUTHORIZATION: f"Bearer {bearer}"}
         answer = await self.request(
             self.subject(entity_type, entity_id, command),
             payload,
             timeout=timeout,
-            headers=command_headers(command_id, correlation_id, timeout),
+            headers=headers,
             what=f"{entity_type}/{entity_id} {command}",
         )
         return Reply(answer.result, answer.seq, answer.duplicate)
@@ -98,7 +130,7 @@ class Client:
         try:
             msg = await self.nc.request(subject, payload, timeout=timeout, headers=headers)
         except NoRespondersError:
-            raise CommandError(
+            raise NotServing(
                 ErrorCode.OVERLOADED, f"no Memoir runtime is serving {subject} on this NATS (is `memoir run` up?)"
             ) from None
         except NatsTimeoutError:

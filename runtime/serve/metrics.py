@@ -19,6 +19,8 @@ import anyio.abc
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import HistogramMetricFamily
 
+from .timers import TimerMetrics
+
 if TYPE_CHECKING:
     from .service import Service
 
@@ -79,6 +81,7 @@ class Metrics:
         self.renewal_failures = Gauge("memoir_cluster_lease_renewal_failures", "Lease renewals that failed", registry=r)
         self.forwarded: Callable[[], int] = lambda: 0
         r.register(_BatchSizes(service))
+        r.register(TimerMetrics(service))
         self._children: dict[tuple[str, str, str], tuple[Any, Any]] = {}
 
     def observe(self, entity_type: str, command: str, outcome: str, seconds: float) -> None:

@@ -75,7 +75,11 @@ def free_port() -> int:
 
 
 class EmbeddedNats:
-    """`async with EmbeddedNats(data_dir) as server: server.url` — a private JetStream server."""
+    """`async with EmbeddedNats(data_dir) as server: server.url` — a private JetStream server.
+
+    With `nkey` (a user's public key, `U…`) it admits only the holder of that key's seed; the
+    config it writes holds no secret, only the public key.
+    """
 
     def __init__(
         self,
@@ -84,6 +88,7 @@ class EmbeddedNats:
         port: int | None = None,
         sync: str | None = None,
         ready_timeout: float = 15.0,
+        nkey: str | None = None,
     ) -> None:
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         if data_dir is None:
@@ -93,6 +98,7 @@ class EmbeddedNats:
         self.port = port or free_port()
         self.sync = sync
         self.ready_timeout = ready_timeout
+        self.nkey = nkey  # a user's public nkey: the only client the server lets in (None: anyone local)
         self._proc: anyio.abc.Process | None = None
 
     @property
@@ -109,6 +115,7 @@ class EmbeddedNats:
             f'jetstream {{\n  store_dir: "{store.as_posix()}"\n'
             + (f"  sync_interval: {self.sync}\n" if self.sync else "")
             + "}\n"
+            + (f'authorization {{\n  users: [{{ nkey: "{self.nkey}" }}]\n}}\n' if self.nkey else "")
         )
         return conf
 

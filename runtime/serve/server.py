@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import importlib
 import os
 import signal
 import socket
@@ -32,12 +31,19 @@ from ..model.app import App
 from ..model.errors import ConfigError, JournalUnavailable, MemoirError
 from ..streams.publisher import StreamSettings
 from ..streams.view_store import open_view_store
+from ..wire.auth import NatsAuth
 from ..wire.protocol import check_prefix
+from ..wire.redact import redact_url
 from .admin import Admin
+from .appspec import load_app as load_app  # re-exported: callers load apps through the server module too
+from .auth import Verifier, describe, load_verifier
 from .cluster import ClusterConfig, LeaseConfig
+from .datadir import Manifest, hold, write_manifest
+from .http import HttpGateway
 from .logs import configure
 from .metrics import Metrics
 from .nats_server import EmbeddedNats, free_port
+from .private import embedded_identity, private_dir, write_private
 from .service import SHARED_JOURNALS, Service
 from .transport import Transport
 from .tuning import tune_gc, tune_nats
@@ -71,6 +77,17 @@ class Settings(msgspec.Struct, kw_only=True):
     cluster: bool = False
     shards: int = 256  # fixed for the cluster's lifetime: recorded in NATS KV by its first member
     lease_ttl: float = 3.0  # seconds: a dead member's shards and singletons move after about this long
+    # verified callers (auth.py): keys to check bearer JWTs with; an HMAC secret also from MEMOIR_JWT_SECRET
+    jwt_secret_file: str | None = None
+    jwt_public_keys: str | None = None  # PEM files, comma-separated
+    jwt_jwks_file: str | None = None
+    jwt_audience: str | None = None
+    jwt_issuer: str | None = None
+    jwt_leeway: float = 30.0  # seconds of clock skew allowed
+    jwt_max_header: int = 8192  # bytes of Authorization header accepted
+    # the HTTP gateway (serve/http): commands, reads, live tails and /openapi.json beside NATS
+    http_port: int | None = None  # None: no HTTP; 0: a free port
+    http_host: str = "127.0.0.1"
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None, **overrides: Any) -> Settings:
@@ -111,6 +128,19 @@ class Settings(msgspec.Struct, kw_only=True):
             name=self.prefix, shards=self.shards, replicas=self.stream_replicas, lease=LeaseConfig(ttl=self.lease_ttl)
         )
 
+    def verifier(self, env: dict[str, str] | None = None) -> Verifier | None:
+        """The bearer-token verifier these settings describe, or None (no keys: tokens are not read)."""
+        return load_verifier(
+            secret=(os.environ if env is None else env).get("MEMOIR_JWT_SECRET"),
+            secret_file=self.jwt_secret_file,
+            public_keys=self.jwt_public_keys,
+            jwks_file=self.jwt_jwks_file,
+            audience=self.jwt_audience,
+            issuer=self.jwt_issuer,
+            leeway=self.jwt_leeway,
+            max_header=self.jwt_max_header,
+        )
+
     def streams(self) -> StreamSettings:
         return StreamSettings(
             storage=self.stream_storage,
@@ -139,23 +169,30 @@ class Settings(msgspec.Struct, kw_only=True):
         return f"sqlite:///{self.data / 'views.db'}"
 
 
-def load_app(spec: str) -> App:
-    """`module:attribute` -> the App it names."""
-    module_name, _, attr = spec.partition(":")
-    if not module_name or not attr:
-        raise ConfigError(f"app must be given as module:attribute, got {spec!r}")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ConfigError(f"cannot import {module_name!r} for app {spec!r}: {exc}") from exc
-    app = getattr(module, attr, None)
-    if not isinstance(app, App):
-        raise ConfigError(f"{spec!r} is not a memoir App (got {type(app).__name__})")
-    return app
-
-
 def nats_url_file(data_dir: Path) -> Path:
     return data_dir / "nats.url"
+
+
+def manifest(settings: Settings, nats_url: str, *, embedded: bool) -> Manifest:
+    """What this run uses, for the CLI's commands on the same data dir (paths absolute: they may run elsewhere)."""
+    absolute = msgspec.structs.replace(settings, data_dir=str(settings.data.resolve()))
+    return Manifest(
+        app=settings.app,
+        app_path=os.getcwd(),
+        journal_url=_absolute_sqlite(absolute.journal()),
+        view_store_url=_absolute_sqlite(absolute.views()),
+        prefix=settings.prefix,
+        nats_url=nats_url,
+        embedded_nats=embedded,
+        pid=os.getpid(),
+    )
+
+
+def _absolute_sqlite(url: str) -> str:
+    path = url.removeprefix("sqlite:///")
+    if path == url or path.startswith(("/", ":memory:")):
+        return url
+    return f"sqlite:///{Path(path).resolve()}"
 
 
 def _port_free(port: int) -> bool:
@@ -213,15 +250,19 @@ def _member(svc: Service) -> str:
     return f"; cluster member {svc.cluster.member_id} of {svc.cluster.config.shards} shards"
 
 
-async def serve(settings: Settings, *, ready: anyio.Event | None = None) -> None:
-    """Run until SIGTERM or SIGINT (or cancellation), then shut down gracefully."""
+async def serve(settings: Settings, *, ready: anyio.Event | None = None, auth: NatsAuth | None = None) -> None:
+    """Run until SIGTERM or SIGINT (or cancellation), then shut down gracefully.
+
+    `auth`: credentials and TLS for an external NATS and a nats:// journal (default: MEMOIR_NATS_*).
+    """
     configure(settings.log_format, settings.log_level)
     tune_nats()
     app = load_app(settings.app)
     stopping = anyio.Event()  # set once a signal asked us to stop
     try:
-        settings.data.mkdir(parents=True, exist_ok=True)
-        await _serve(settings, app, ready, stopping)
+        private_dir(settings.data)
+        with hold(settings.data, "one runtime per data dir: stop that one, or give this one another --data-dir"):
+            await _serve(settings, app, ready, stopping, NatsAuth.from_env() if auth is None else auth)
     except Exception as exc:  # only a full disk is handled here; anything else goes on up
         full = storage_full(exc, str(settings.data))
         if full is None:
@@ -233,15 +274,22 @@ async def serve(settings: Settings, *, ready: anyio.Event | None = None) -> None
     sys.stdout.flush()
 
 
-async def _serve(settings: Settings, app: App, ready: anyio.Event | None, stopping: anyio.Event) -> None:
+async def _serve(
+    settings: Settings, app: App, ready: anyio.Event | None, stopping: anyio.Event, auth: NatsAuth
+) -> None:
+    verifier = settings.verifier()  # a bad key file stops start-up before anything is opened
+    if verifier is None and app.policy is not None:
+        log.warning("the app has an access policy but no JWT keys are configured: guarded commands are unauthorized")
     async with contextlib.AsyncExitStack() as stack:
-        nats_url, where = settings.nats_url, "external"
-        if nats_url is None:
-            server = EmbeddedNats(settings.data / "nats", port=await _embedded_port(settings.data))
+        nats_url, where, nats_auth = settings.nats_url, "external", auth
+        if nats_url is None:  # only the holder of the data dir's key gets in (see private.py)
+            key = embedded_identity(settings.data)
+            server = EmbeddedNats(settings.data / "nats", port=await _embedded_port(settings.data), nkey=key.public_key)
             await stack.enter_async_context(server)
-            nats_url, where = server.url, f"embedded, data {settings.data / 'nats'}"
-            nats_url_file(settings.data).write_text(nats_url)
-        journal = await stack.enter_async_context(open_journal(settings.journal()))
+            nats_url, where, nats_auth = server.url, f"embedded, data {settings.data / 'nats'}", key.auth()
+            write_private(nats_url_file(settings.data), nats_url)
+        write_manifest(settings.data, manifest(settings, nats_url, embedded=settings.nats_url is None))
+        journal = await stack.enter_async_context(open_journal(settings.journal(), nats_auth=auth))
         views = await stack.enter_async_context(open_view_store(settings.views()))
         svc = await stack.enter_async_context(
             Service(
@@ -255,14 +303,20 @@ async def _serve(settings: Settings, app: App, ready: anyio.Event | None, stoppi
                 max_live_actors=settings.max_live_actors,
                 passivate_after=settings.passivate_after,
                 cluster=settings.cluster_config(),
+                nats_auth=nats_auth,
             )
         )
         assert svc.nc is not None
         admin = Admin(svc)
-        transport = Transport(svc.runtime, svc.nc, prefix=settings.prefix, workers=settings.workers, router=svc.router)
+        transport = Transport(
+            svc.runtime, svc.nc, prefix=settings.prefix, workers=settings.workers, router=svc.router, verifier=verifier
+        )
         metrics = Metrics(svc, serving=transport.serving)
         metrics.forwarded = lambda: transport.forwarded
         transport.observe = metrics.observe
+        http = (
+            None if settings.http_port is None else HttpGateway(svc, port=settings.http_port, host=settings.http_host)
+        )
         async with anyio.create_task_group() as side:  # the metrics endpoint
             metrics_url = "off"
             if settings.metrics_port is not None:
@@ -271,13 +325,16 @@ async def _serve(settings: Settings, app: App, ready: anyio.Event | None, stoppi
             async with anyio.create_task_group() as serving:
                 await admin.start()
                 await serving.start(transport.run)
+                if http is not None:  # after the transport: HTTP commands go through it
+                    await serving.start(http.run)
                 # Handlers first, banner second: whoever reads "serving" may send SIGTERM at once.
                 with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
                     print(
                         f"memoir: serving {app.name} ({', '.join(sorted(svc.runtime.models))};"
                         f" views: {', '.join(svc.views) or 'none'}; consumers: {', '.join(svc.consumers) or 'none'})"
-                        f" on {nats_url} ({where}) as {settings.prefix}.cmd.<type>.<id>.<command>;"
-                        f" journal {journal.url}; metrics {metrics_url}{_member(svc)}",
+                        f" on {redact_url(nats_url)} ({where}) as {settings.prefix}.cmd.<type>.<id>.<command>;"
+                        f" journal {journal.url}; metrics {metrics_url}; tokens {describe(verifier)}{_member(svc)}"
+                        f"{http.banner() if http else ''}",
                         flush=True,
                     )
                     tune_gc()
@@ -287,6 +344,8 @@ async def _serve(settings: Settings, app: App, ready: anyio.Event | None, stoppi
                         log.info("shutting down", signal=signal.Signals(signum).name)
                         stopping.set()
                         break
+                if http is not None:
+                    await http.stop()  # first: its commands still need the transport
                 await admin.stop()
                 await transport.stop_taking()  # no new commands from clients
                 await svc.hand_off()  # in a cluster: shards go to the others; forwards still reach us

@@ -33,17 +33,20 @@ from ..model.errors import ConfigError
 from ..streams._runner import StreamResolver, event_streams
 from ..streams.consumer import ConsumerRunner, ensure_dead_letter_stream
 from ..streams.publisher import Publisher, StreamSettings, ensure_stream
+from ..streams.timers import TimerStats
 from ..streams.view import ViewQuery, ViewRunner
 from ..streams.view_store import MemoryViewStore, PostgresViewStore, ViewStore
+from ..wire.auth import NatsAuth
 from ..wire.nats import close_quietly, connect
 from ..wire.protocol import check_prefix
 from .cluster import Cluster, ClusterConfig, ShardManager
 from .routing import ShardRouter
+from .timers import start_timers
 
 log = structlog.get_logger("memoir.service")
 
 SHARED_JOURNALS = ("postgresql", "postgres", "nats", "tls")
-HANDOFF_GRACE = 0.5  # seconds: well above how long a lease change takes to reach every member
+HANDOFF_GRACE = 0.5  # seconds: usually more than a lease change takes to reach every member (spares re-routes)
 
 
 class Service:
@@ -62,6 +65,7 @@ class Service:
         publish: bool = True,
         flush_timeout: float = 30.0,
         cluster: ClusterConfig | None = None,
+        nats_auth: NatsAuth | None = None,
         **runtime_options: Any,
     ) -> None:
         if (nats_url is None) == (nc is None):
@@ -69,6 +73,7 @@ class Service:
         self.app = app
         self.journal = journal
         self.nats_url = nats_url
+        self.nats_auth = nats_auth
         self.nc = nc
         self.prefix = check_prefix(prefix)
         self.view_store = view_store or MemoryViewStore()
@@ -84,6 +89,7 @@ class Service:
         self.publisher: Publisher | None = None
         self.views: dict[str, ViewRunner] = {}
         self.consumers: dict[str, ConsumerRunner] = {}
+        self.timers: TimerStats | None = None  # counts of the timer relay and firer, once started
         self.stream_for: StreamResolver = event_streams(self.prefix, journal)
         self._stack: contextlib.AsyncExitStack | None = None
         self._view_scopes: dict[str, anyio.CancelScope] = {}
@@ -111,6 +117,7 @@ class Service:
             assert self.nats_url is not None  # the constructor takes exactly one of nc and nats_url
             self.nc = await connect(
                 self.nats_url,
+                auth=self.nats_auth,
                 timeout=10,
                 name=f"memoir-{self.app.name}",
                 max_reconnect_attempts=-1,
@@ -144,9 +151,16 @@ class Service:
             )
             background.start_soon(self._once, "publisher", publisher.run)
             stack.push_async_callback(self._flush)
+        self.timers = await start_timers(self, background)
         for view in self.app.views:
             runner = self.views[view.name] = ViewRunner(
-                view, self.view_store, self.nc, prefix=self.prefix, streams=self.stream_for
+                view,
+                self.view_store,
+                self.nc,
+                prefix=self.prefix,
+                streams=self.stream_for,
+                keys=self.runtime.keys,
+                journal=self.journal,  # co-located: a view far behind catches up from it
             )
             background.start_soon(self._once, f"view.{view.name}", functools.partial(self._keep_view, runner))
         consumers = await stack.enter_async_context(anyio.create_task_group())
@@ -193,7 +207,9 @@ class Service:
         if self.shards is not None:
             await self.shards.stop()
             # Members that saw our leases a moment ago may still forward to us: we pass those on
-            # (the transport's forward subscription outlives the shards) until they have seen.
+            # (the transport's forward subscription outlives the shards) for a while. Not a
+            # guarantee (a loaded member may see the change later): a forward that arrives after
+            # the subscription is gone gets "no responders" and its sender routes it again.
             await anyio.sleep(HANDOFF_GRACE)
 
     def _admits(self, entity_type: str, entity_id: str) -> bool:

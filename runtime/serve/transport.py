@@ -15,11 +15,19 @@ answered `overloaded` without running, so a sender that gave up and resent the
 same command id never has both copies applied after a backlog.
 
 In a cluster a `Router` says which process owns an entity. A command for an entity
-owned elsewhere is published to `{prefix}.fwd.{member}.cmd.…`, which only that
-process subscribes to, with the client's reply subject: the owner answers the
-client directly. The owner checks ownership again inside the entity's turn
+owned elsewhere is sent as a request to `{prefix}.fwd.{member}.cmd.…`, which only
+that process subscribes to, and the owner's answer is passed back to the client.
+A request, not a publish with the client's reply subject: a member that has left
+(its forward subscription drained) while our lease map still names it would drop a
+publish silently, and the client would wait out its timeout; a request gets "no
+responders" from NATS at once, and the command is routed again once the map moves
+on. The owner checks ownership again inside the entity's turn
 (`Runtime(admits=…)`); a command that finds its entity moved is passed on again
 once the lease map names the next owner. Clients never see a hand-off.
+
+With a `Verifier` the `Authorization` header is checked before anything else of the command
+(`auth.py`); a bad token is `unauthorized` whatever the rules. Every command from here carries
+a caller (`ANONYMOUS` without a token), so the app's access rules apply to all of them.
 """
 
 from __future__ import annotations
@@ -37,10 +45,14 @@ import structlog
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeoutError
 
 from ..engine.runtime import Runtime
+from ..model.access import ANONYMOUS
 from ..model.errors import CommandError, ErrorCode, Moved
 from ..wire.protocol import (
+    H_AUTHORIZATION,
     H_COMMAND_ID,
     H_CORRELATION_ID,
     H_TIMEOUT,
@@ -53,6 +65,7 @@ from ..wire.protocol import (
     parse_command_subject,
     trace_id,
 )
+from .auth import Verifier
 
 log = structlog.get_logger("memoir.transport")
 
@@ -95,8 +108,10 @@ class Transport:
         max_payload: int = 1024 * 1024,
         observe: Observer | None = None,
         router: Router | None = None,
+        verifier: Verifier | None = None,
     ) -> None:
         self.runtime = runtime
+        self.verifier = verifier
         self.nc = nc
         self.prefix = prefix
         self.queue = queue
@@ -105,6 +120,7 @@ class Transport:
         self.observe = observe
         self.router = router
         self.forwarded = 0
+        self.rerouted = 0  # forwards that found their target gone and were routed again
         self._prefix_tokens = len(prefix.split("."))
         self._fwd_prefix = f"{prefix}.fwd."
         self._queue: asyncio.Queue[tuple[Msg, float] | None] = asyncio.Queue(backlog)
@@ -185,6 +201,7 @@ class Transport:
                     ErrorCode.INVALID, f"payload is {len(msg.data)} bytes, the limit is {self.max_payload}"
                 )
             headers = msg.headers or {}
+            caller = ANONYMOUS if self.verifier is None else self.verifier.verify(headers.get(H_AUTHORIZATION))
             timeout = header_timeout(headers)
             deadline = None if timeout is None else arrived + timeout
             ask = functools.partial(
@@ -196,6 +213,7 @@ class Transport:
                 command_id=header_id(headers, H_COMMAND_ID),
                 correlation_id=header_id(headers, H_CORRELATION_ID) or trace_id(headers.get(H_TRACEPARENT)),
                 deadline=deadline,
+                caller=caller,
             )
             if self.router is None:
                 reply = await ask()
@@ -232,10 +250,12 @@ class Transport:
     ) -> Reply | None:
         """Run the command here if this member owns its entity; else pass it on (None).
 
-        A forward is a publish carrying the client's own reply subject: the owner answers the
-        client directly, and this member is done with it at once. While a shard changes hands
-        the lease map is waited on, within the sender's time; the old owner, whose forward
-        subscription outlives its shards, passes late arrivals on the same way.
+        A forward is a request whose answer this member passes back to the client. While a shard
+        changes hands the lease map is waited on, within the sender's time; the old owner, whose
+        forward subscription outlives its shards, passes late arrivals on the same way, and a
+        forward to a member whose subscription is already gone comes back as "no responders"
+        and is routed again. How long the others take to see the new leases is then a matter
+        of latency, never of a lost command.
         """
         assert self.router is not None
         until = deadline if deadline is not None else time.monotonic() + FORWARD_TIMEOUT
@@ -255,10 +275,23 @@ class Transport:
             headers = dict(msg.headers or {})
             headers[H_TIMEOUT] = str(max(1, int(left * 1000)))  # the owner drops it once the sender stops waiting
             headers[H_HOPS] = str(hops + 1)
-            await self.nc.publish(
-                self._fwd_subject(owner) + subject[len(self.prefix) :], msg.data, reply=msg.reply, headers=headers
-            )
+            target = self._fwd_subject(owner) + subject[len(self.prefix) :]
             self.forwarded += 1
+            if not msg.reply:  # a publish: nobody waits for an answer, so nobody to tell of a loss
+                await self.nc.publish(target, msg.data, headers=headers)
+                return None
+            try:
+                answer = await self.nc.request(target, msg.data, timeout=left, headers=headers)
+            except NoRespondersError:
+                # The owner we saw has closed its forward subscription: it left, and our lease map
+                # has not caught up yet. Nothing reached it; route again once the map moves on.
+                log.debug("forward found no one; routing again", subject=subject, gone=owner)
+                self.rerouted += 1
+                await self.router.wait_change(entity_type, entity_id, owner, until - time.monotonic())
+                continue
+            except NatsTimeoutError:
+                return None  # the sender has stopped waiting too; the owner may still have run it
+            await self._respond(msg, answer.data)  # the owner's answer, passed on as it is
             return None
         raise Moved(entity_type, entity_id)
 

@@ -26,7 +26,7 @@ from nats.js import api
 from nats.js.errors import Error as JetStreamError
 from nats.js.errors import NotFoundError
 
-from ..wire.protocol import events_filter
+from ..wire.protocol import H_POSITION, events_filter
 
 log = structlog.get_logger("memoir.subscription")
 
@@ -113,6 +113,31 @@ def stream_sequence(msg: Msg) -> int:
     if len(tokens) == 9 and tokens[0] == "$JS" and tokens[1] == "ACK":
         return int(tokens[5])
     return int(msg.metadata.sequence.stream)
+
+
+async def first_above(js: Any, stream: str, position: int) -> int:
+    """The stream sequence of the first message whose `Memoir-Position` is above `position` (the
+    last sequence + 1 if none is): where a view that has applied every event up to `position` (from
+    the journal) picks up the stream. A binary search with message gets (a few dozen at most); it
+    relies on what the outbox keeps, positions increasing along each stream. A message without
+    the header is a ValueError."""
+    info = await js.stream_info(stream)
+    lo, hi = max(1, int(info.state.first_seq)), int(info.state.last_seq) + 1
+    while lo < hi:
+        mid = (lo + hi) // 2
+        try:
+            msg = await js.get_msg(stream, seq=mid, subject=">", next=True)  # the first at or after mid
+        except NotFoundError:
+            hi = mid
+            continue
+        found = int((msg.headers or {}).get(H_POSITION, 0))
+        if not found:
+            raise ValueError(f"{stream} #{msg.seq} carries no {H_POSITION}")
+        if found > position:
+            hi = mid
+        else:
+            lo = int(msg.seq) + 1
+    return lo
 
 
 async def _nak_unacked(msgs: list[Msg]) -> None:

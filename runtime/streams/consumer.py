@@ -33,6 +33,7 @@ from nats.aio.msg import Msg
 from nats.js import api
 
 from ..model.envelope import Envelope
+from ..model.sealing import is_sealed
 from ..wire.protocol import Reply, envelope_from_message, stream_prefix
 from ._runner import StreamResolver, StreamRunner
 from .handlers import HandlerTable, Subscriber
@@ -55,18 +56,25 @@ class Context:
     async def send(
         self, entity_type: str, entity_id: str, command: str, args: Mapping[str, Any] | msgspec.Struct | None = None
     ) -> Reply:
-        env = self.envelope
-        n = self._sent[(entity_type, entity_id)] = self._sent.get((entity_type, entity_id), 0) + 1
-        command_id = env.key if n == 1 else f"{env.key}#{n}"
+        command_id, correlation_id, causation_id = self.next_ids(entity_type, entity_id)
         return await self.runtime.ask(
             entity_type,
             entity_id,
             command,
             args,
             command_id=command_id,
-            correlation_id=env.correlation_id or env.key,
-            causation_id=env.key,
+            correlation_id=correlation_id,
+            causation_id=causation_id,
         )
+
+    def next_ids(self, entity_type: str, entity_id: str) -> tuple[str, str, str]:
+        """The next command's (command id, correlation id, causation id), derived from the event.
+
+        One place for the rule, so `ConsumerTestKit` records the ids the runtime would send.
+        """
+        env = self.envelope
+        n = self._sent[(entity_type, entity_id)] = self._sent.get((entity_type, entity_id), 0) + 1
+        return env.key if n == 1 else f"{env.key}#{n}", env.correlation_id or env.key, env.key
 
 
 class Consumer(Subscriber):
@@ -107,6 +115,7 @@ class ConsumerRunner(StreamRunner):
         self.handled = 0
         self.retried = 0
         self.dead_lettered = 0
+        self.forgotten = 0  # events skipped because their entity was forgotten
 
     def pull_options(self, entity_type: str) -> dict[str, Any]:
         return {
@@ -133,6 +142,13 @@ class ConsumerRunner(StreamRunner):
         attempt = msg.metadata.num_delivered or 1
         try:
             env = envelope_from_message(msg.subject, msg.headers, msg.data)
+            readable = await self.table.readable(env, self.runtime.keys) if is_sealed(env.payload) else env
+            if readable is None:  # its entity was forgotten: nothing left to react to
+                log.info("forgotten event skipped by consumer", consumer=self.consumer.name, envelope=env.key)
+                self.forgotten += 1
+                await msg.ack()
+                return
+            env = readable
             found = self.table.decode(env)
             if found is not None:
                 event, handler = found
@@ -157,10 +173,8 @@ class ConsumerRunner(StreamRunner):
         await msg.ack()
 
     async def _dead_letter(self, msg: Msg, exc: Exception) -> None:
-        # the event's own headers, minus the server's publish checks (dedup id, expected last id)
-        headers = {
-            k: v for k, v in (msg.headers or {}).items() if k != "Nats-Msg-Id" and not k.startswith("Nats-Expected")
-        }
+        # the event's own headers, minus the server's publish controls (dedup id, expectations, atomic batch)
+        headers = {k: v for k, v in (msg.headers or {}).items() if not k.startswith("Nats-")}
         reason = " ".join(f"{type(exc).__name__}: {exc}".split())  # one line: header values cannot break
         headers["Memoir-Error"] = reason[:1000].encode("ascii", "replace").decode()
         headers["Memoir-Original-Subject"] = msg.subject

@@ -16,11 +16,25 @@ drops what it already has:
 Order is the server's to keep, not the connection's. nats-py buffers what is
 published while it reconnects and sends it first thing on the new connection,
 so after a server restart a message can land while one published before it was
-lost with the old socket. Each message therefore carries
-`Nats-Expected-Last-Msg-Id`: the id of the message sent before it to the same
-stream. The server refuses anything that does not follow on, the publisher
-goes back to its checkpoint, asks each stream for its last message again, and
-carries on from there.
+lost with the old socket. So each message names the stream's last sequence it
+must follow (`Nats-Expected-Last-Sequence`), as the publisher predicts it: what
+the stream said on start, plus every message sent to it since. The server
+refuses anything that does not follow on exactly, the publisher goes back to its
+checkpoint, asks each stream for its last message again, and carries on from there.
+
+A stream's share of one read of the journal goes out as one JetStream atomic batch
+(`allow_atomic`, nats-server 2.12+; ADR-50) once it holds `ATOMIC_FROM` (256) events:
+`Nats-Batch-Id`, `Nats-Batch-Sequence`, `Nats-Batch-Commit` on the last, one ack for
+the batch instead of one per event, all stored or none, in order; its first message
+carries the expectation. Fewer go one by one: a consumer waiting at the tail sees
+an atomic batch some milliseconds later than plain messages (measured on 2.15: 5-10
+ms against 1-2), which at 5,000 events/s took the append-to-view lag p99 from 26 to
+240 ms; so a publisher keeping up sends plain messages, and one catching up, whose
+reads are long, sends batches. A batch holding a message id the stream already has is refused
+whole (10201: it is not deduplicated message by message), and like any refusal
+sends the publisher back to its checkpoint, where the streams' last messages say
+what to skip. A stream without atomic batches (an older server, or
+`StreamSettings(atomic=False)`) gets plain messages only.
 
 So every acknowledged event reaches its stream exactly once, in per-entity order.
 (Two publishers on one journal take turns rather than interleave: each refusal
@@ -31,6 +45,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import secrets
 import time
 from collections import deque
 from collections.abc import Iterable
@@ -51,13 +66,18 @@ from ..model.envelope import Envelope
 from ..model.errors import JournalError, MemoirError
 from ..wire.nats import AckInbox, PublishError, check_ack, watch
 from ..wire.nats import ensure_stream as ensure_stream_with
-from ..wire.protocol import H_MSG_ID, H_POSITION, event_headers, event_subject, events_filter, stream_name
+from ..wire.protocol import H_POSITION, event_headers, event_subject, events_filter, stream_name
 
 log = structlog.get_logger("memoir.publisher")
 
 CHECKPOINT = "memoir.publisher"
 CHECKPOINT_SYNCED = "memoir.publisher.synced"  # a checkpoint at least one stream sync interval old
-H_EXPECTED_LAST_ID = "Nats-Expected-Last-Msg-Id"
+H_EXPECTED_LAST_SEQ = "Nats-Expected-Last-Sequence"
+H_BATCH_ID = "Nats-Batch-Id"
+H_BATCH_SEQ = "Nats-Batch-Sequence"
+H_BATCH_COMMIT = "Nats-Batch-Commit"
+MAX_ATOMIC = 1000  # messages in one atomic batch: the server's `max_msgs` default
+ATOMIC_FROM = 256  # a stream's events in one read from which it goes as an atomic batch: a catch-up
 
 
 class StreamSettings(msgspec.Struct, frozen=True, kw_only=True):
@@ -67,6 +87,7 @@ class StreamSettings(msgspec.Struct, frozen=True, kw_only=True):
     replicas: int = 1  # 3 on a cluster
     duplicate_window: float = 120.0  # seconds
     max_age: float = 0.0  # 0: keep forever; the journal is the source of truth either way
+    atomic: bool = True  # atomic batch publish where the server has it (2.12+); else message by message
 
     def config(self, prefix: str, entity_type: str) -> api.StreamConfig:
         return self.config_for(stream_name(prefix, entity_type), [events_filter(prefix, entity_type)])
@@ -80,6 +101,7 @@ class StreamSettings(msgspec.Struct, frozen=True, kw_only=True):
             retention=api.RetentionPolicy.LIMITS,
             duplicate_window=self.duplicate_window,
             max_age=self.max_age,
+            allow_atomic=self.atomic or None,  # None: leave it out, for servers that do not know it
         )
 
 
@@ -96,7 +118,24 @@ def _connection_lost() -> Exception:
 
 
 _RETRYABLE = (PublishError, NatsError, JetStreamError, TimeoutError, MemoirError)
-_Inflight = deque[tuple[int, "asyncio.Future[Msg] | None"]]
+
+
+class _Sent:
+    """One read of the journal in flight: its last position, and the acks (each with its message
+    count) that must all be in before the checkpoint may pass it."""
+
+    __slots__ = ("acks", "messages", "position")
+
+    def __init__(self, position: int) -> None:
+        self.position = position
+        self.acks: list[tuple[asyncio.Future[Msg], int]] = []
+        self.messages = 0
+
+    def done(self) -> bool:
+        return all(fut.done() for fut, _ in self.acks)
+
+
+_Inflight = deque[_Sent]
 
 
 class Publisher:
@@ -111,7 +150,7 @@ class Publisher:
         entity_types: Iterable[str] = (),
         settings: StreamSettings | None = None,
         batch_size: int = 1000,
-        window: int = 1024,
+        window: int = 4096,
         poll_interval: float = 0.25,
         ack_timeout: float = 5.0,
         stream_sync_interval: float = 120.0,
@@ -135,17 +174,25 @@ class Publisher:
         self._types = set(entity_types)
         self._ready: set[str] = set()
         self._high_water: dict[str, int] = {}
-        self._last_id: dict[str, str] = {}  # per type: the Nats-Msg-Id of the last message sent to its stream
+        self._last_seq: dict[str, int] = {}  # per type: its stream's last sequence once what was sent is stored
+        self._atomic: set[str] = set()  # types whose stream takes atomic batches
+        self._batch_prefix = secrets.token_hex(6)
+        self._batches = 0
+        self._messages_in_flight = 0
 
     async def _prepare(self, entity_type: str) -> None:
-        """Create or update the type's stream and learn its last message: its position and id."""
+        """Create or update the type's stream and learn its last sequence and last message's position."""
         if entity_type in self._ready:
             return
         await ensure_stream(self.js, self.prefix, entity_type, self.settings)
         name = stream_name(self.prefix, entity_type)
         info = await self.js.stream_info(name)
         self._high_water.pop(entity_type, None)
-        self._last_id.pop(entity_type, None)
+        self._last_seq[entity_type] = info.state.last_seq
+        if info.config.allow_atomic:
+            self._atomic.add(entity_type)
+        else:
+            self._atomic.discard(entity_type)
         if info.state.last_seq:
             try:
                 last = await self.js.get_msg(name, seq=info.state.last_seq)
@@ -154,8 +201,6 @@ class Publisher:
             else:
                 headers = last.headers or {}
                 self._high_water[entity_type] = int(headers.get(H_POSITION, 0))
-                if H_MSG_ID in headers:
-                    self._last_id[entity_type] = headers[H_MSG_ID]
         self._ready.add(entity_type)
 
     async def run(self) -> None:
@@ -207,6 +252,7 @@ class Publisher:
                     )
                     batch = []
                     inflight.clear()  # their acks no longer count: everything after the checkpoint goes again
+                    self._messages_in_flight = 0
                     following = self.checkpoint + 1
                     self._ready.clear()  # and each stream is asked again what it holds
                     with anyio.move_on_after(backoff):
@@ -247,40 +293,78 @@ class Publisher:
         return nxt
 
     async def _publish(self, acks: AckInbox, inflight: _Inflight, batch: list[Envelope]) -> None:
+        """Send one read of the journal: per stream, atomic batches or message by message."""
         try:
+            groups: dict[str, list[Envelope]] = {}
             for env in batch:
                 if env.entity_type not in self._ready:
                     await self._prepare(env.entity_type)
-                if env.position <= self._high_water.get(env.entity_type, 0):
-                    inflight.append((env.position, None))  # already in its stream
-                    continue
-                if len(inflight) >= self.window:
-                    await self._settle(inflight)
-                headers = event_headers(env)
-                previous = self._last_id.get(env.entity_type)
-                if previous is not None:
-                    headers[H_EXPECTED_LAST_ID] = previous
-                self._last_id[env.entity_type] = headers[H_MSG_ID]
-                fut = await acks.publish(
-                    event_subject(self.prefix, env.entity_type, env.entity_id), env.payload, headers
-                )
-                inflight.append((env.position, fut))
+                if env.position > self._high_water.get(env.entity_type, 0):  # else already in its stream
+                    groups.setdefault(env.entity_type, []).append(env)
+            sent = _Sent(batch[-1].position)
+            sent.messages = sum(len(g) for g in groups.values())
+            # The window counts messages, not batches: each batch is committed as soon as it is sent,
+            # so none stays open on the server (which holds at most 50 per stream), however many wait
+            # for their ack. A cap on batches would tie a publisher at the tail, whose reads are
+            # small, to the ack's round trip.
+            while inflight and self._messages_in_flight + sent.messages > self.window:
+                await self._settle(inflight)
+            for entity_type, envs in groups.items():
+                if entity_type in self._atomic and len(envs) >= ATOMIC_FROM:
+                    for i in range(0, len(envs), MAX_ATOMIC):
+                        sent.acks.append(await self._send_atomic(acks, entity_type, envs[i : i + MAX_ATOMIC]))
+                else:
+                    sent.acks += [(await self._send_one(acks, env), 1) for env in envs]
+            inflight.append(sent)
+            self._messages_in_flight += sent.messages
             await self._settle(inflight, ready_only=True)
         finally:
             await self._save_checkpoint()
 
+    async def _send_one(self, acks: AckInbox, env: Envelope) -> asyncio.Future[Msg]:
+        """One message, right after the last one sent to its stream."""
+        headers = event_headers(env)
+        headers[H_EXPECTED_LAST_SEQ] = str(self._last_seq[env.entity_type])
+        self._last_seq[env.entity_type] += 1
+        return await acks.publish(event_subject(self.prefix, env.entity_type, env.entity_id), env.payload, headers)
+
+    async def _send_atomic(
+        self, acks: AckInbox, entity_type: str, envs: list[Envelope]
+    ) -> tuple[asyncio.Future[Msg], int]:
+        """One atomic batch to a stream; its first message names the stream's last sequence."""
+        self._batches += 1
+        batch_id = f"{self._batch_prefix}{self._batches}"
+        last = len(envs)
+        for n, env in enumerate(envs, 1):
+            headers = event_headers(env)
+            headers[H_BATCH_ID] = batch_id
+            headers[H_BATCH_SEQ] = str(n)
+            if n == 1:
+                headers[H_EXPECTED_LAST_SEQ] = str(self._last_seq[entity_type])
+            subject = event_subject(self.prefix, entity_type, env.entity_id)
+            if n < last:
+                if not self.nc.is_connected:
+                    raise _connection_lost()
+                await self.nc.publish(subject, env.payload, headers=headers)
+            else:
+                headers[H_BATCH_COMMIT] = "1"
+                fut = await acks.publish(subject, env.payload, headers)
+        self._last_seq[entity_type] += last
+        return fut, last
+
     async def _settle(self, inflight: _Inflight, *, all_: bool = False, ready_only: bool = False) -> None:
-        """Move the checkpoint past acknowledged messages, in order: the oldest one (waiting for its
-        ack), every one (`all_`), or those whose ack is already here (`ready_only`)."""
+        """Move the checkpoint past acknowledged reads, in order: the oldest one (waiting for its
+        acks), every one (`all_`), or those whose acks are all here already (`ready_only`)."""
         while inflight:
-            position, fut = inflight[0]
-            if fut is not None:
-                if ready_only and not fut.done():
-                    return
+            sent = inflight[0]
+            if ready_only and not sent.done():
+                return
+            for fut, count in sent.acks:
                 check_ack(await fut)
-                self.published += 1
+                self.published += count
             inflight.popleft()
-            self.checkpoint = position
+            self._messages_in_flight -= sent.messages
+            self.checkpoint = sent.position
             if not (all_ or ready_only):
                 return
 

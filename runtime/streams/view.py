@@ -19,10 +19,17 @@ start the consumer is recreated at the position after that checkpoint, so the
 view's own store, not the server's ack state, decides where it resumes. A view
 added later starts at the beginning of its streams, so history flows into the
 new feature; `rebuild` drops the rows and does it again.
+
+Catch-up: a view whose service has the journal and that is far behind (new,
+rebuilt, after downtime) first reads the journal by position in big pages, a
+page per transaction, then follows its streams from where that read ended. The
+journal position, which each stream message carries, is what both paths
+checkpoint and check, so the hand-over applies each event once (`ViewRunner`).
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from typing import Any, ClassVar, Generic, TypeVar
 
@@ -31,10 +38,16 @@ import msgspec
 import structlog
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
+from nats.errors import Error as NatsError
+from nats.js.errors import Error as JetStreamError
 
-from ..model.errors import ConfigError, EventDecodeError
-from ..wire.protocol import envelope_from_message
-from ._pull import delete_durable, stream_sequence
+from ..engine.keyring import KeyRing
+from ..journal.base import Journal
+from ..model.envelope import Envelope
+from ..model.errors import ConfigError, EventDecodeError, JournalError
+from ..model.sealing import SealError, is_sealed
+from ..wire.protocol import H_POSITION, envelope_from_message
+from ._pull import delete_durable, first_above, stream_sequence
 from ._runner import StreamResolver, StreamRunner
 from .handlers import Handler, HandlerTable, Subscriber
 from .view_store import RawRows, ViewStore
@@ -124,7 +137,19 @@ class ViewQuery(Generic[R]):
 
 
 class ViewRunner(StreamRunner):
-    """Keeps one view up to date: one pull loop per source stream, one store transaction per batch."""
+    """Keeps one view up to date: one pull loop per source stream, one store transaction per batch.
+
+    With `journal` (the service's own journal, co-located) a view far behind its sources first
+    catches up from the journal by position (`catch_up_from_journal`), then follows the streams.
+
+    Checkpoints (all written in the same transaction as the rows they cover):
+    - `{stream}:{type}`: the last stream sequence applied from the type's stream (where the durable
+      consumer restarts, and what a redelivery is checked against);
+    - `@position:{type}`: every event of the type with a journal position at or below it has been
+      applied. Both paths keep it (a stream message carries its position in `Memoir-Position`; in
+      the JetStream journal's stream the position is the sequence), so it is the key the journal
+      read and the stream agree on: an event is applied only above it, whichever path brings it.
+    """
 
     def __init__(
         self,
@@ -135,42 +160,121 @@ class ViewRunner(StreamRunner):
         prefix: str,
         batch: int = 500,
         streams: StreamResolver | None = None,
+        keys: KeyRing | None = None,
+        journal: Journal | None = None,
+        catchup_behind: int = 10_000,
+        catchup_page: int = 10_000,
     ) -> None:
         self.table = view.table()
+        self.keys = keys  # opens the events of encrypted entity types
         super().__init__(view.name, self.table.sources, nc, prefix=prefix, streams=streams)
         self.view = view
         self.instance = view()
         self.store = store
         self.batch = batch
+        self.journal = journal
+        self.catchup_behind = catchup_behind  # read the journal when at least this many positions behind
+        self.catchup_page = catchup_page  # events per journal read and per store transaction
         self.query = ViewQuery(view, store)
         self.applied = 0
+        self.forgotten = 0  # events skipped because their entity was forgotten
+        self.from_journal = 0  # events read from the journal while catching up (applied or not)
         self.last_recorded_at = 0  # the recorded time of the newest event applied (view lag)
         self._lock = anyio.Lock()  # two source streams must not interleave their read-modify-writes
         self._decoder: msgspec.json.Decoder[Any] = msgspec.json.Decoder(view.row_type)
         self._encoder = msgspec.json.Encoder()
         self._checkpoints: dict[str, int] = {}
+        self._start: dict[str, int] = {}  # entity type -> the stream sequence its consumer starts at
 
     async def run(self) -> None:
         self._checkpoints = await self.store.checkpoints(self.view.name)
+        if self.journal is not None:
+            await self._positions_of_older_checkpoints()
+            try:
+                await self.catch_up_from_journal()
+            except JournalError as exc:  # the streams bring the rest: slower, as correct (positions)
+                log.warning("view catch-up from the journal stopped", view=self.view.name, error=str(exc))
+            self._start = {t: await self._stream_start(t) for t in self.sources}
         await super().run()
 
     def source_key(self, entity_type: str) -> str:
         """The checkpoint's key: one per stream and type (the JetStream journal keeps all types in one stream)."""
         return f"{self.streams(entity_type)}:{entity_type}"
 
+    @staticmethod
+    def position_key(entity_type: str) -> str:
+        """The checkpoint of journal positions: one per type, the same in both paths."""
+        return f"@position:{entity_type}"
+
+    def position(self, entity_type: str) -> int:
+        """The journal position up to which the type's events have been applied (0: none, or not known)."""
+        return self._checkpoints.get(self.position_key(entity_type), 0)
+
     def pull_options(self, entity_type: str) -> dict[str, Any]:
         key = self.source_key(entity_type)
+        in_journal = self.journal is not None and self.journal.event_stream(entity_type) is not None
 
         async def handle(msgs: list[Msg]) -> None:
-            await self._apply(key, msgs)
+            await self._apply(entity_type, key, msgs, in_journal)
             await msgs[-1].ack()  # AckAll: everything up to here
 
-        return {"handle": handle, "batch": self.batch, "start_seq": self._checkpoints.get(key, 0) + 1}
+        start = self._start.get(entity_type, self._checkpoints.get(key, 0) + 1)
+        return {"handle": handle, "batch": self.batch, "start_seq": start}
 
-    async def _apply(self, stream: str, msgs: list[Msg]) -> None:
+    # -- one event, either path ------------------------------------------------------------------
+
+    async def _prepare(self, env: Envelope, where: Any) -> tuple[Handler, msgspec.Struct, Envelope] | None:
+        """Open and decode one event; None when the view has nothing to do with it (forgotten, timer,
+        unhandled, undecodable: logged). The stream and the journal paths both go through here;
+        `where` (the stream sequence or the journal position) is for the log only."""
+        try:
+            readable = await self.table.readable(env, self.keys)
+        except SealError as exc:
+            log.error("event skipped by view", view=self.view.name, at=where, error=str(exc))
+            return None
+        if readable is None:  # its entity was forgotten: the view holds nothing of it
+            self.forgotten += 1
+            log.info("forgotten event skipped by view", view=self.view.name, envelope=env.key)
+            return None
+        return self._decode(readable, where)
+
+    def _decode(self, env: Envelope, where: Any) -> tuple[Handler, msgspec.Struct, Envelope] | None:
+        """`_prepare` of an event that is not sealed: no await on the hot path."""
+        try:
+            found = self.table.decode(env)
+        except (ValueError, EventDecodeError, SealError) as exc:
+            log.error("event skipped by view", view=self.view.name, at=where, error=str(exc))
+            return None
+        return None if found is None else (found[1], found[0], env)
+
+    async def _commit(
+        self, work: list[tuple[Handler, msgspec.Struct, Envelope]], checkpoints: dict[str, int], newest: int
+    ) -> None:
+        """Run the handlers and store their rows with `checkpoints`, in one transaction; `newest` is the
+        recorded time of the newest event read (handled or not), for the view's lag."""
+
+        def transaction(raw: RawRows) -> tuple[Mapping[str, bytes | None], Mapping[str, int]]:
+            rows: Rows[Any] = Rows(raw, self._decoder, self._encoder)
+            for handler, event, env in work:
+                args = (self.instance, rows, event, env) if handler.wants_envelope else (self.instance, rows, event)
+                handler.fn(*args)
+            return rows.writes(), checkpoints
+
+        async with self._lock:
+            await self.store.transact(self.view.name, transaction)
+        self._checkpoints.update(checkpoints)
+        self.applied += len(work)
+        self.last_recorded_at = max(self.last_recorded_at, newest)
+
+    # -- the stream path -------------------------------------------------------------------------
+
+    async def _apply(self, entity_type: str, stream: str, msgs: list[Msg], in_journal: bool = False) -> None:
         seen = self._checkpoints.get(stream, 0)
-        work: list[tuple[Handler, msgspec.Struct, Any]] = []
+        pkey = self.position_key(entity_type)
+        done = self._checkpoints.get(pkey, 0)
+        work: list[tuple[Handler, msgspec.Struct, Envelope]] = []
         last = seen
+        top = done
         newest = 0
         for msg in msgs:
             seq = stream_sequence(msg)
@@ -179,28 +283,117 @@ class ViewRunner(StreamRunner):
             last = max(last, seq)
             try:
                 env = envelope_from_message(msg.subject, msg.headers, msg.data)
-                found = self.table.decode(env)
-            except (ValueError, EventDecodeError) as exc:
+            except ValueError as exc:
                 log.error("event skipped by view", view=self.view.name, stream=stream, seq=seq, error=str(exc))
                 continue
-            newest = max(newest, env.recorded_at)
-            if found is not None:
-                work.append((found[1], found[0], env))
+            position = seq if in_journal else env.position  # the JetStream journal's position is the sequence
+            if position:
+                if position <= done:
+                    continue  # applied already, from the journal
+                top = max(top, position)
+            item = (
+                await self._prepare(env, (stream, seq)) if is_sealed(env.payload) else self._decode(env, (stream, seq))
+            )
+            if item is not None:
+                work.append(item)
+            if env.recorded_at > newest:
+                newest = env.recorded_at
         if last == seen:
             return
+        checkpoints = {stream: last}
+        if top > done:
+            checkpoints[pkey] = top
+        await self._commit(work, checkpoints, newest)
 
-        def transaction(raw: RawRows) -> tuple[Mapping[str, bytes | None], Mapping[str, int]]:
-            rows: Rows[Any] = Rows(raw, self._decoder, self._encoder)
-            for handler, event, env in work:
-                args = (self.instance, rows, event, env) if handler.wants_envelope else (self.instance, rows, event)
-                handler.fn(*args)
-            return rows.writes(), {stream: last}
+    async def _stream_start(self, entity_type: str) -> int:
+        """Where the type's consumer starts: after its stream checkpoint, or after the first message
+        above its position checkpoint if that is later (after a catch-up from the journal)."""
+        after_seq = self._checkpoints.get(self.source_key(entity_type), 0) + 1
+        done = self.position(entity_type)
+        if done == 0 or self.journal is None:
+            return after_seq
+        if self.journal.event_stream(entity_type) is not None:
+            return max(after_seq, done + 1)  # the journal's own stream: position == stream sequence
+        try:
+            return max(after_seq, await first_above(self.js, self.streams(entity_type), done))
+        except (NatsError, JetStreamError, ValueError) as exc:  # correct anyway: the position check skips
+            log.info("hand-over not located in the stream", view=self.view.name, error=str(exc))
+            return after_seq
 
-        async with self._lock:
-            await self.store.transact(self.view.name, transaction)
-        self._checkpoints[stream] = last
-        self.applied += len(work)
-        self.last_recorded_at = max(self.last_recorded_at, newest)
+    # -- the journal path ------------------------------------------------------------------------
+
+    async def _positions_of_older_checkpoints(self) -> None:
+        """A view stored before position checkpoints has only stream sequences: the message at its
+        checkpoint carries the position it stands for (every message of the stream up to it applied,
+        in position order). Kept in memory; the next transaction stores it. Unknown stays unknown."""
+        assert self.journal is not None
+        for t in self.sources:
+            seq = self._checkpoints.get(self.source_key(t), 0)
+            if not seq or self.position(t):
+                continue
+            if self.journal.event_stream(t) is not None:
+                self._checkpoints[self.position_key(t)] = seq  # the JetStream journal: the same number
+                continue
+            try:
+                msg = await self.js.get_msg(self.streams(t), seq=seq)
+                found = int((msg.headers or {}).get(H_POSITION, 0))
+            except (NatsError, JetStreamError, ValueError) as exc:
+                log.info("position of the view's checkpoint unknown", view=self.view.name, seq=seq, error=str(exc))
+                continue
+            if found:
+                self._checkpoints[self.position_key(t)] = found
+
+    async def catch_up_from_journal(self) -> int:
+        """Apply the co-located journal's events by position, a page per transaction, while the view
+        is `catchup_behind` positions or more behind; returns how many events were applied.
+
+        Stops at the journal's last position as it was when the catch-up began (or at an empty
+        read); the streams take over from each type's position checkpoint. A view with a stream
+        checkpoint whose position is unknown (stored before position checkpoints, and its message
+        gone from the stream) keeps to the stream: it cannot tell where it is in the journal.
+        """
+        assert self.journal is not None
+        types = list(self.sources)
+        if any(self._checkpoints.get(self.source_key(t), 0) and not self.position(t) for t in types):
+            return 0
+        start = min(self.position(t) for t in types)
+        end = await self.journal.last_position()
+        if end - start < self.catchup_behind:
+            return 0
+        applied, began = self.applied, time.perf_counter()
+        log.info("view catching up from the journal", view=self.view.name, start=start, end=end)
+        while start < end:
+            page = await self.journal.read_all(start + 1, self.catchup_page)
+            if not page:
+                break
+            done = {t: self.position(t) for t in types}
+            work: list[tuple[Handler, msgspec.Struct, Envelope]] = []
+            newest = 0
+            for env in page:
+                if env.position <= done.get(env.entity_type, env.position):
+                    continue  # not a source, or applied already
+                item = (
+                    await self._prepare(env, env.position)
+                    if is_sealed(env.payload)
+                    else self._decode(env, env.position)
+                )
+                if item is not None:
+                    work.append(item)
+                if env.recorded_at > newest:
+                    newest = env.recorded_at
+            start = page[-1].position
+            self.from_journal += len(page)
+            await self._commit(work, {self.position_key(t): max(done[t], start) for t in types}, newest)
+        log.info(
+            "view caught up from the journal",
+            view=self.view.name,
+            position=start,
+            applied=self.applied - applied,
+            seconds=round(time.perf_counter() - began, 3),
+        )
+        return self.applied - applied
+
+    # -- queries and rebuild ---------------------------------------------------------------------
 
     def checkpoint(self, entity_type: str) -> int:
         """The last stream sequence this view applied from `entity_type`'s events."""

@@ -38,6 +38,7 @@ import anyio.to_thread
 from ..journal._faults import Link, pg_connection_lost, pg_errors, sqlite_error, sqlite_full
 from ..journal._urls import parse_postgres_url, parse_sqlite_url, postgres_where
 from ..model.errors import ConfigError, JournalError, JournalUnavailable
+from ..wire.redact import redact_url
 
 T = TypeVar("T")
 
@@ -410,7 +411,7 @@ def open_view_store(url: str) -> ViewStore:
     if url.startswith(("postgresql:", "postgres:")):
         return PostgresViewStore(url)
     raise ConfigError(
-        f"unknown view store URL {url!r}: expected memory://, sqlite:///path.db or postgresql://…?schema=name"
+        f"unknown view store URL {redact_url(url)!r}: expected memory://, sqlite:///path.db or postgresql://…?schema=name"
     )
 
 

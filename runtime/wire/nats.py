@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import secrets
 import ssl
 import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import anyio
 import msgspec
@@ -29,8 +29,18 @@ from nats.js import api
 from nats.js.errors import APIError, NotFoundError, ServiceUnavailableError
 
 from ..model.errors import MemoirError
+from .auth import NatsAuth
+from .redact import redact_url, scrub, url_secrets
 
 log = structlog.get_logger("memoir.nats")
+
+
+def _not_tls_eof_noise(record: logging.LogRecord) -> bool:
+    """nats-py's protocol answers EOF with True, which asyncio's TLS transport warns of on every close."""
+    return "eof_received() has no effect when using ssl" not in record.getMessage()
+
+
+logging.getLogger("asyncio").addFilter(_not_tls_eof_noise)
 
 Callback = Callable[[], Awaitable[None]]
 Hook = Callable[[], None]
@@ -71,30 +81,7 @@ class _GiveUp(Exception):
     """A connection attempt failed in a way that will not pass by retrying."""
 
 
-def redact(url: str) -> str:
-    """A NATS URL (or comma-separated list) fit for a message: `user:***@`, a token as `***@`."""
-    out = []
-    for part in url.split(","):
-        try:
-            p = urlsplit(part.strip())
-            host = p.netloc.rpartition("@")[2]
-            if "@" not in p.netloc:
-                out.append(part.strip())
-                continue
-            who = f"{p.username}:***" if p.password is not None else "***"
-            out.append(urlunsplit((p.scheme, f"{who}@{host}", p.path, p.query, p.fragment)))
-        except ValueError:
-            out.append("<unparsable URL>")
-    return ",".join(out)
-
-
-def _secrets(url: str) -> list[str]:
-    found = []
-    for part in url.split(","):
-        with contextlib.suppress(ValueError):
-            p = urlsplit(part.strip())
-            found += [s for s in (p.password, p.username if p.password is None else None) if s]
-    return found
+redact = redact_url  # the name the layers above have used
 
 
 def _auth_error(exc: BaseException) -> bool:
@@ -102,18 +89,24 @@ def _auth_error(exc: BaseException) -> bool:
     return isinstance(exc, (AuthorizationError, InvalidUserCredentialsError)) or "authorization violation" in text
 
 
-def _why(errors: list[BaseException], has_creds: bool, tls: bool, timeout: float) -> str:
+def _why(errors: list[BaseException], method: str | None, auth: NatsAuth, tls: bool, timeout: float) -> str:
     """What the connection attempts ran into, the most telling first."""
     for exc in errors:
         if _auth_error(exc):
-            if has_creds:
-                return "authentication failed (the server refused the user/password or token given)"
-            return "authentication required (the server wants a user/password or token; the URL has none)"
+            if method:
+                return f"authentication failed (the server refused the {method})"
+            return (
+                "authentication required (the server wants a credential: give --nats-creds, --nats-nkey,"
+                " --nats-user with --nats-password-file, or --nats-token-file)"
+            )
     for exc in errors:
         if isinstance(exc, ssl.SSLError):
             detail = str(exc).split("] ", 1)[-1].split(" (_ssl.c", 1)[0]  # without OpenSSL's source line
             if not tls:
                 return f"TLS required (the server asks for TLS; the URL says nats://, use tls:// and its CA): {detail}"
+            if isinstance(exc, ssl.SSLCertVerificationError):
+                ca = f"the CA in {auth.tls_ca}" if auth.tls_ca else "the system's CAs (give its CA with --nats-ca)"
+                return f"TLS handshake failed: the server's certificate is not trusted by {ca}: {detail}"
             return f"TLS handshake failed: {detail}"
     for exc in errors:
         if isinstance(exc, ConnectionRefusedError):
@@ -128,12 +121,15 @@ async def connect(
     url: str,
     *,
     timeout: float = 5.0,
+    auth: NatsAuth | None = None,
     disconnected_cb: Callback | None = None,
     reconnected_cb: Callback | None = None,
     **options: Any,
 ) -> NATS:
     """Connect to NATS or fail within `timeout` with a MemoirError naming the URL (secrets redacted)
-    and what happened: refused, authentication failed, TLS required, timed out.
+    and what happened: refused, authentication failed (naming the credential, never its value),
+    TLS required, a certificate the CA given did not sign, timed out. `auth` gives the credential
+    and TLS (`NatsAuth`); a user:password@ or token@ in the URL works too.
 
     `url` may list several servers of one cluster, comma-separated; the client learns the rest
     of the cluster from the server it reaches, and reconnects to another when that one goes.
@@ -176,6 +172,8 @@ async def connect(
         if reconnected_cb is not None:
             await reconnected_cb()
 
+    auth = auth or NatsAuth()
+    options = {**auth.options(), **options}
     nc = NATS()
     connected = False
     try:
@@ -197,10 +195,8 @@ async def connect(
         with anyio.move_on_after(2, shield=True), contextlib.suppress(Exception):
             await nc.close()  # an attempt cut short leaves its socket open otherwise
         tls = url.strip().startswith("tls://") or options.get("tls") is not None
-        creds = bool(_secrets(url)) or any(options.get(k) for k in ("user", "password", "token", "user_credentials"))
-        reason = _why(errors, creds, tls, timeout)
-        for secret in _secrets(url):
-            reason = reason.replace(secret, "***")
+        in_url = "the user/password or token in the URL" if url_secrets(url) else None
+        reason = scrub(_why(errors, auth.method() or in_url, auth, tls, timeout), url_secrets(url) + auth.secrets())
         raise MemoirError(f"cannot connect to NATS at {shown}: {reason}") from None
     box.append(nc)
     return nc

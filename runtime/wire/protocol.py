@@ -5,7 +5,8 @@ Documented in the README for clients in any language:
   object of the command's arguments (empty means `{}`); optional headers `Memoir-Command-Id`
   (idempotency key), `Memoir-Correlation-Id`, `traceparent` (W3C; its trace id becomes the
   correlation id if none is given) and `Memoir-Timeout-Ms` (how long the sender waits: the
-  runtime drops a request whose sender gave up before its turn comes);
+  runtime drops a request whose sender gave up before its turn comes) and `Authorization`
+  (`Bearer <JWT>`: the caller, verified by a runtime configured with keys);
 - the reply is `{"ok": true, "result": …, "seq": n}` (plus `"duplicate": true` for a repeated
   command id) or `{"ok": false, "error": {"code", "message", "details"}}` with a code of `ErrorCode`;
 - an event of `{type}/{id}` is published on `{prefix}.events.{type}.{token(id)}` to the stream
@@ -14,8 +15,9 @@ Documented in the README for clients in any language:
   `A-Z a-z 0-9 - _ ~ : @ ! $ & ' ( ) + , ; =`, the dot included, so any id is
   exactly one subject token;
 - the event payload is its JSON; metadata travels in `Memoir-*` headers (the entity type and id
-  are in the subject), where ids (command, correlation, causation, and the id inside
-  `Nats-Msg-Id`) are encoded the same way so every header value is ASCII.
+  are in the subject; `Memoir-Principal` is the verified caller's subject, when there was one),
+  where ids (command, correlation, causation, the principal, and the id inside `Nats-Msg-Id`)
+  are encoded the same way so every header value is ASCII.
 """
 
 from __future__ import annotations
@@ -46,6 +48,8 @@ H_CAUSATION_ID = "Memoir-Causation-Id"
 H_MSG_ID = "Nats-Msg-Id"
 H_TRACEPARENT = "traceparent"
 H_TIMEOUT = "Memoir-Timeout-Ms"
+H_AUTHORIZATION = "Authorization"  # `Bearer <JWT>` on a command (any front door passes it on as this header)
+H_PRINCIPAL = "Memoir-Principal"  # on an event: the subject of the caller whose command decided it
 
 MAX_ID_LENGTH = 256  # entity ids, in characters
 MAX_HEADER_ID = 256  # command, correlation and causation ids, in characters
@@ -138,6 +142,8 @@ def event_headers(env: Envelope) -> dict[str, str]:
         h[H_CORRELATION_ID] = token(env.correlation_id)
     if env.causation_id is not None:
         h[H_CAUSATION_ID] = token(env.causation_id)
+    if env.principal is not None:
+        h[H_PRINCIPAL] = token(env.principal)
     return h
 
 
@@ -169,6 +175,7 @@ def envelope_from_message(subject: str, headers: Mapping[str, str] | None, paylo
             command_id=_untoken_opt(h.get(H_COMMAND_ID)),
             correlation_id=_untoken_opt(h.get(H_CORRELATION_ID)),
             causation_id=_untoken_opt(h.get(H_CAUSATION_ID)),
+            principal=_untoken_opt(h.get(H_PRINCIPAL)),
             payload=payload,
         )
     except (KeyError, ValueError) as exc:

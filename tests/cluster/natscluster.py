@@ -22,6 +22,7 @@ import nats.errors
 import nats.js.errors
 
 from runtime.serve.nats_server import find_binary, free_port, stop_process
+from runtime.wire.auth import NatsAuth
 from runtime.wire.nats import close_quietly, connect
 
 
@@ -61,9 +62,12 @@ def default_config(node: Node, nodes: list[Node]) -> str:
 class NatsCluster:
     """`async with NatsCluster(tmp_path) as c: c.urls` — three JetStream nodes, clustered."""
 
-    def __init__(self, directory: Path, *, size: int = 3, render: Render = default_config) -> None:
+    def __init__(
+        self, directory: Path, *, size: int = 3, render: Render = default_config, auth: NatsAuth | None = None
+    ) -> None:
         self.directory = directory
         self.render = render
+        self.auth = auth  # how to log in, for configs that have users
         self.nodes = [
             Node(f"n{i + 1}", free_port(), free_port(), free_port(), directory / f"n{i + 1}-store") for i in range(size)
         ]
@@ -98,10 +102,9 @@ class NatsCluster:
                     assert node.proc is not None and node.proc.returncode is None, self.log_tail(node)
                     await anyio.sleep(0.2)
 
-    @staticmethod
-    async def _jetstream_ready(node: Node) -> bool:
+    async def _jetstream_ready(self, node: Node) -> bool:
         try:
-            nc = await connect(node.url, timeout=2.0, allow_reconnect=False)
+            nc = await connect(node.url, timeout=2.0, auth=self.auth, allow_reconnect=False)
         except Exception:  # noqa: BLE001 - not listening yet
             return False
         try:

@@ -17,7 +17,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,7 +27,7 @@ import asyncpg
 import pytest
 from conftest import POSTGRES_URL, need_postgres
 
-from runtime import Client, CommandError, Journal, open_journal
+from runtime import Client, CommandError, Journal, MemoirError, open_journal
 from runtime.serve.cluster import ClusterConfig, LeaseConfig, settled
 from runtime.wire.nats import close_quietly, connect
 
@@ -158,10 +158,23 @@ async def pg_schema(prefix: str) -> AsyncIterator[str]:
         await conn.close()
 
 
-async def _wait_cluster(url: str, prefix: str, members: int) -> None:
+async def _wait_cluster(url: str, prefix: str, members: int, procs: Sequence[Member] = ()) -> None:
+    """Wait until `members` members hold every shard; if they do not, say how each member process is doing.
+
+    Three members creating the same R3 streams at once can take a while on a loaded 2-core machine;
+    the window is generous, and a failure shows each member's exit status and last log lines.
+    """
     nc = await connect(url)
     try:
-        await settled(nc, ClusterConfig(name=prefix, lease=LeaseConfig(ttl=LEASE_TTL)), members)
+        await settled(nc, ClusterConfig(name=prefix, lease=LeaseConfig(ttl=LEASE_TTL)), members, timeout=60)
+    except MemoirError as exc:
+        report = [str(exc)]
+        for m in procs:
+            code = None if m.proc is None else m.proc.poll()
+            status = "stopped by the test" if m.proc is None else "alive" if code is None else f"exited {code}"
+            tail = m.log.read_text(errors="replace").splitlines()[-8:] if m.log.exists() else []
+            report += [f"{m.name}: {status}", *(f"  {line[:300]}" for line in tail)]
+        raise AssertionError("\n".join(report)) from None
     finally:
         await close_quietly(nc)
 
@@ -202,7 +215,7 @@ async def test_three_runtimes_share_the_entity_space(
     for m in members:
         m.start()
     try:
-        await _wait_cluster(urls[0], prefix, 3)
+        await _wait_cluster(urls[0], prefix, 3, members)
         load = Load()
 
         # 1. steady load

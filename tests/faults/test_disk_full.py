@@ -219,7 +219,7 @@ def test_memoir_run_on_a_full_disk_is_one_line(tmp_path: Path) -> None:
         assert done.returncode == 2
         assert "Traceback" not in done.stderr
         lines = done.stderr.strip().splitlines()
-        assert len(lines) == 1 and lines[0].startswith("memoir: storage full"), done.stderr
+        assert len(lines) == 1 and lines[0].startswith("memoir: storage_full: "), done.stderr
 
 
 def test_sigterm_while_the_disk_is_full_exits_0(tmp_path: Path) -> None:
@@ -267,8 +267,8 @@ def test_sigterm_while_the_disk_is_full_exits_0(tmp_path: Path) -> None:
         stderr = (tmp_path / "memoir.log").read_text()
         print(
             f"\nSIGTERM while full: exit={code} after {took:.1f}s;"
-            f" answers while full: {[(r.returncode, r.stdout.strip()[:160]) for r in full]}"
+            f" answers while full: {[(r.returncode, r.stderr.strip()[:160]) for r in full]}"
         )
         assert code == 0, stderr[-2000:]
         assert "Traceback" not in stderr
-        assert all(r.returncode != 0 and "storage full" in r.stdout for r in full), full
+        assert all(r.returncode != 0 and "storage full" in r.stderr for r in full), full

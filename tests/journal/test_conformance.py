@@ -259,3 +259,16 @@ async def test_next_append_wakes_a_tailer(journal: Journal) -> None:
     assert not news.is_set()
     await journal.append([ev("a", 1)], 0)
     assert news.is_set()
+
+
+async def test_the_principal_round_trips(journal_factory: JournalFactory) -> None:
+    """Who asked (the audit trail) is stored with each event and read back by every read."""
+    who = "user:ann/ä b.c"  # characters a NATS header or subject token cannot carry as they are
+    async with journal_factory.open() as j:
+        await j.append([msgspec.structs.replace(e, principal=who) for e in evs("a", 1, 2)], 0)
+        await j.append(evs("a", 3, 1), 2)  # from inside the process: no principal
+        assert [e.principal for e in await j.read("thing", "a")] == [who, who, None]
+        assert [e.principal for e in await read_everything(j)] == [who, who, None]
+        assert [e.principal for e in (await j.recover("thing", "a")).events] == [who, who, None]
+    async with journal_factory.open() as j:
+        assert [e.principal for e in await j.read("thing", "a")] == [who, who, None]

@@ -9,7 +9,11 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import nats
 import pytest
+
+from runtime.serve.private import local_auth
+from runtime.wire.auth import NatsAuth
 
 ROOT = Path(__file__).resolve().parents[2]
 MEMOIR = [sys.executable, "-m", "runtime.serve.cli"]
@@ -41,6 +45,14 @@ class RunningRuntime:
     def nats_url(self) -> str:
         return (self.data / "nats.url").read_text().strip()
 
+    @property
+    def auth(self) -> NatsAuth:
+        """The embedded server admits only the holder of the data dir's key."""
+        return local_auth(self.data)
+
+    async def connect(self) -> nats.NATS:
+        return await nats.connect(self.nats_url, **self.auth.options())
+
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
         assert self.proc is not None
         self.proc.send_signal(sig)
@@ -67,6 +79,17 @@ class RunningRuntime:
 @pytest.fixture
 def runtime_process(tmp_path: Path) -> Iterator[RunningRuntime]:
     rt = RunningRuntime(tmp_path / "data").start()
+    yield rt
+    if rt.proc is not None:
+        rt.proc.kill()
+        rt.proc.wait()
+        rt.close()
+
+
+@pytest.fixture
+def sagas_process(tmp_path: Path) -> Iterator[RunningRuntime]:
+    """`memoir run entities:sagas`: the timer and workflow examples."""
+    rt = RunningRuntime(tmp_path / "data", "entities:sagas").start()
     yield rt
     if rt.proc is not None:
         rt.proc.kill()

@@ -7,7 +7,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-import nats
 import pytest
 
 from runtime import SqliteJournal
@@ -92,7 +91,7 @@ async def _last_position(data: Path) -> int:
 
 
 async def test_bad_input_matrix(runtime_process: RunningRuntime) -> None:
-    nc = await nats.connect(runtime_process.nats_url)
+    nc = await runtime_process.connect()
     try:
         assert (await _request(nc, "inventory.A.open", b'{"units": 1}'))["ok"]
         before = await _last_position(runtime_process.data)
@@ -111,7 +110,7 @@ async def test_bad_input_matrix(runtime_process: RunningRuntime) -> None:
 
 @pytest.mark.parametrize("entity_id", ["with.dots", "with spaces", "ünïcødé ✓", "slash/and%percent", "*>"])
 async def test_odd_ids_are_one_token_and_round_trip(runtime_process: RunningRuntime, entity_id: str) -> None:
-    nc = await nats.connect(runtime_process.nats_url)
+    nc = await runtime_process.connect()
     try:
         answer = await _request(nc, f"inventory.{token(entity_id)}.open", b'{"units": 3}')
         assert answer == {"ok": True, "result": 3, "seq": 1}

@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-import nats
 import pytest
 
 from .conftest import RunningRuntime
@@ -43,7 +42,8 @@ def test_send_events_state_query_as_the_readme_shows(runtime_process: RunningRun
     assert now["seq"] == 2 and now["state"]["units"] == 200
 
     rejected = rt.cli("send", "inventory", "XYZ-1", "sell", '{"units": 1000, "on": "2022-03-02"}')
-    assert rejected.returncode == 1 and rejected.stdout.startswith("rejected: cannot sell 1000 units")
+    assert rejected.returncode == 1 and rejected.stderr.startswith("memoir: rejected: cannot sell 1000 units")
+    assert rejected.stdout == ""
 
     assert rt.cli("send", "post", "p1", "publish", '{"author": "ann", "text": "hi"}').returncode == 0
     rows = None
@@ -65,10 +65,7 @@ def test_send_events_state_query_as_the_readme_shows(runtime_process: RunningRun
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["send", "inventory", "X", "open", "{not json"], "ARGS is not JSON"),
-        (["send", "inventory", "X", "open", "[1, 2]"], "ARGS must be a JSON object"),
         (["state", "inventory", "X", "--at", "yesterday"], "is not an ISO 8601 time"),
-        (["state", "nope", "X"], "has no entity type 'nope'"),
         (["run", "no_such_module:app"], "cannot import 'no_such_module'"),
         (["run", "--prefix", "bad prefix"], "subject prefix 'bad prefix'"),
         (["run", "--stream-replicas", "0"], "stream_replicas must be >= 1"),
@@ -91,7 +88,7 @@ def test_stream_settings_reach_the_streams(tmp_path: Path) -> None:
     try:
 
         async def config() -> Any:
-            nc = await nats.connect(rt.nats_url)
+            nc = await rt.connect()
             try:
                 return (await nc.jetstream().stream_info("MEMOIR_EVENTS_INVENTORY")).config
             finally:

@@ -16,6 +16,7 @@ from streams.helpers import eventually, journal_events, stream_messages
 from runtime import SqliteJournal
 from runtime.model.errors import CommandError
 from runtime.serve.client import Client
+from runtime.wire.auth import NatsAuth
 from runtime.wire.protocol import stream_name, token
 
 from .conftest import RunningRuntime
@@ -32,13 +33,19 @@ def command(i: int) -> tuple[str, str, str, dict[str, Any]]:
 
 
 async def send_all(
-    url: str, todo: list[int], answered: set[int], *, stop_after: int | None = None, stopped: anyio.Event | None = None
+    url: str,
+    todo: list[int],
+    answered: set[int],
+    *,
+    stop_after: int | None = None,
+    stopped: anyio.Event | None = None,
+    auth: NatsAuth | None = None,
 ) -> None:
     """Send `todo` from CLIENTS concurrent connections; record which got a successful reply."""
     queue = list(reversed(todo))
 
     async def client_loop() -> None:
-        async with Client(url) as client:
+        async with Client(url, auth=auth) as client:
             while queue:
                 i = queue.pop()
                 entity_type, entity_id, cmd, args = command(i)
@@ -69,7 +76,7 @@ async def test_sigkill_midway_loses_and_duplicates_nothing(runtime_process: Runn
             tg.cancel_scope.cancel()  # requests in flight get no reply: they are re-sent below
 
         tg.start_soon(killer)
-        await send_all(url, list(range(TOTAL)), answered, stop_after=KILL_AFTER, stopped=enough)
+        await send_all(url, list(range(TOTAL)), answered, stop_after=KILL_AFTER, stopped=enough, auth=rt.auth)
     assert rt.proc is not None and rt.proc.wait(10) == -signal.SIGKILL
     rt.close()
     assert KILL_AFTER <= len(answered) < TOTAL, "the kill landed in the middle"
@@ -80,7 +87,7 @@ async def test_sigkill_midway_loses_and_duplicates_nothing(runtime_process: Runn
         missing = [i for i in range(TOTAL) if i not in answered]
         if not missing:
             break
-        await send_all(url, missing, answered)
+        await send_all(url, missing, answered, auth=rt.auth)
     assert len(answered) == TOTAL
 
     async with SqliteJournal(rt.data / "journal.db") as journal:
@@ -95,7 +102,7 @@ async def test_sigkill_midway_loses_and_duplicates_nothing(runtime_process: Runn
     for key, s in seqs.items():
         assert s == list(range(1, len(s) + 1)), f"{key} has gaps"
 
-    nc = await nats.connect(url)
+    nc = await rt.connect()
     try:
         js = nc.jetstream()
 

@@ -58,8 +58,8 @@ async def test_resends_under_overload_never_store_an_id_twice(runtime_process: R
                 acknowledged.add(cid)
                 return
 
-    async with Client(url) as client:
-        nc = await nats.connect(url)
+    async with Client(url, auth=runtime_process.auth) as client:
+        nc = await runtime_process.connect()
         try:
             with anyio.fail_after(120):
                 async with anyio.create_task_group() as tg:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import anyio
 import anyio.lowlevel
@@ -16,7 +17,7 @@ from entities import InventoryItem
 from runtime import App, MemoirError, Runtime, SqliteJournal
 from runtime.serve.nats_server import EmbeddedNats, find_binary, free_port
 from runtime.serve.service import Service
-from runtime.streams.publisher import CHECKPOINT, Publisher
+from runtime.streams.publisher import CHECKPOINT, Publisher, StreamSettings
 from runtime.wire.nats import ensure_stream
 from runtime.wire.protocol import stream_name, token
 
@@ -63,10 +64,8 @@ async def test_independent_subscriber_sees_exactly_the_journal(tmp_path: Path, n
     await client.close()
 
     assert len(msgs) == len(stored) == len(ODD_IDS) * 4
-    previous = None
+    _follow_on(msgs)
     for msg, env in zip(msgs, stored, strict=True):  # one stream: the journal's order
-        assert msg.headers.get("Nats-Expected-Last-Msg-Id") == previous, "each message names the one before it"
-        previous = msg.headers["Nats-Msg-Id"]
         assert msg.subject == f"memoir.events.inventory.{token(env.entity_id)}"
         assert msg.subject.count(".") == 3, "an id is exactly one subject token"
         h = msg.headers
@@ -79,6 +78,42 @@ async def test_independent_subscriber_sees_exactly_the_journal(tmp_path: Path, n
         assert h.get("Memoir-Command-Id") == (token(env.command_id) if env.command_id else None)
         assert h.get("Memoir-Correlation-Id") == (token(env.correlation_id) if env.correlation_id else None)
         assert msgspec.json.decode(msg.data) == msgspec.json.decode(env.payload)
+
+
+def _follow_on(msgs: list[Any]) -> None:
+    """Each plain message, and each atomic batch's first, names the stream sequence it follows."""
+    previous_seq = 0
+    for msg in msgs:
+        if msg.headers.get("Nats-Batch-Sequence", "1") == "1":
+            assert msg.headers["Nats-Expected-Last-Sequence"] == str(previous_seq), "it follows on"
+        else:
+            assert "Nats-Expected-Last-Sequence" not in msg.headers
+        previous_seq = msg.metadata.sequence.stream
+
+
+@pytest.mark.parametrize("atomic", [True, False])
+async def test_a_read_far_behind_goes_as_atomic_batches_where_the_stream_has_them(
+    tmp_path: Path, nats_server: EmbeddedNats, atomic: bool
+) -> None:
+    async with SqliteJournal(tmp_path / "j.db") as journal:
+        await _fill(journal, [f"sku-{i}" for i in range(80)])  # 320 events, all behind: one read
+        client = await nats.connect(nats_server.url)
+        publisher = Publisher(journal, client, entity_types=["inventory"], settings=StreamSettings(atomic=atomic))
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(publisher.run)
+            await publisher.flush()
+            tg.cancel_scope.cancel()
+        msgs = await stream_messages(client.jetstream(), stream_name("memoir", "inventory"))
+        await client.close()
+        stored = await journal_events(journal)
+    assert [m.headers["Nats-Msg-Id"] for m in msgs] == [f"inventory/{token(e.entity_id)}/{e.seq}" for e in stored]
+    assert all(("Nats-Batch-Id" in m.headers) == atomic for m in msgs), "at least ATOMIC_FROM: a batch"
+    _follow_on(msgs)
+
+
+async def _fill(journal: SqliteJournal, ids: list[str]) -> None:
+    async with Runtime([InventoryItem], journal) as rt:
+        await _send_some(rt, ids)
 
 
 async def test_republishing_after_a_lost_checkpoint_adds_no_duplicates(

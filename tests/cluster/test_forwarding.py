@@ -1,0 +1,83 @@
+"""A forward to a member that has left is routed again, never dropped (in-process, no cluster).
+
+Member `a` takes the client's command while its lease map still names `gone`, a member whose
+forward subscription no longer exists (it drained it on its way out). NATS answers the forward
+"no responders"; `a` waits for its map to move on, which names `b`, and forwards there. A forward
+published with the client's reply subject would vanish here, and the client would time out.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import anyio
+import pytest
+
+from entities.inventory import InventoryItem
+from runtime import Client, EmbeddedNats, MemoryJournal, Runtime
+from runtime.serve.transport import Transport
+from runtime.wire.nats import close_quietly, connect
+
+pytestmark = pytest.mark.anyio
+
+
+class StaleMap:
+    """`a`'s view of the leases: names `gone` until asked to wait for a change, then `b`."""
+
+    def __init__(self, member: str, first: str, then: str) -> None:
+        self.member = member
+        self.current = first
+        self.then = then
+        self.waited_on: list[str] = []
+
+    def owner(self, entity_type: str, entity_id: str) -> str | None:
+        return self.current
+
+    async def wait_owner(self, entity_type: str, entity_id: str, timeout: float) -> str | None:
+        return self.current
+
+    async def wait_change(self, entity_type: str, entity_id: str, owner: str, timeout: float) -> None:
+        self.waited_on.append(owner)
+        self.current = self.then
+
+
+class Owner:
+    member = "b"
+
+    def owner(self, entity_type: str, entity_id: str) -> str | None:
+        return self.member
+
+    async def wait_owner(self, entity_type: str, entity_id: str, timeout: float) -> str | None:
+        return self.member
+
+    async def wait_change(self, entity_type: str, entity_id: str, owner: str, timeout: float) -> None:
+        raise AssertionError("b owns the entity throughout")
+
+
+async def test_a_forward_to_a_member_that_left_is_routed_again(tmp_path: Path) -> None:
+    async with (
+        EmbeddedNats(tmp_path / "nats") as server,
+        MemoryJournal() as journal,
+        Runtime([InventoryItem], journal) as rt_a,
+        Runtime([InventoryItem], journal) as rt_b,
+        anyio.create_task_group() as tg,
+    ):
+        nc_a, nc_b = await connect(server.url), await connect(server.url)
+        stale = StaleMap("a", first="gone", then="b")
+        a = Transport(rt_a, nc_a, workers=2, router=stale)
+        b = Transport(rt_b, nc_b, workers=2, router=Owner())
+        await tg.start(a.run)
+        await tg.start(b.run)
+        await b.stop_taking()  # b serves forwards only: every client command reaches `a` first
+        try:
+            async with Client(server.url) as client:
+                reply = await client.send("inventory", "X1", "receive", {"units": 3, "on": "2022-03-01"}, timeout=10)
+            assert reply.result is not None
+            assert stale.waited_on == ["gone"]  # `a` learned of the loss and waited for its map
+            assert (a.rerouted, a.forwarded, b.forwarded) == (1, 2, 0)
+            assert (await rt_b.ask("inventory", "X1", "get")).result.units == 3  # ran once, at b
+        finally:
+            await a.stop()
+            await b.stop()
+            await close_quietly(nc_a)
+            await close_quietly(nc_b)

@@ -1,0 +1,122 @@
+"""Transfer workflows on three `memoir run --cluster` processes sharing one PostgreSQL journal.
+
+In a cluster a workflow's steps send their commands through the NATS client (the account may be
+owned by another member) and its timer's firings are routed to the workflow's owner. One member
+is SIGKILLed while transfers run: its workflows move to the others and their watchdogs run the
+interrupted steps again. Every transfer ends as it should, every balance is exact, and each
+step's command is stored once.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+from collections import Counter
+from pathlib import Path
+
+import anyio
+import msgspec
+import pytest
+from conftest import POSTGRES_URL
+
+from runtime import Client, CommandError, open_journal
+
+from .natscluster import NatsCluster
+from .test_runtime_cluster import LEASE_TTL, Member, _wait_cluster, pg_schema, prefix  # noqa: F401 - fixtures
+
+pytestmark = pytest.mark.anyio
+
+ACCOUNTS, TRANSFERS, OPENING = 6, 90, 1_000
+
+
+def transfer(i: int) -> dict[str, object]:
+    target = "closed" if i % 6 == 0 else f"a{(i + 1) % ACCOUNTS}"
+    return {"source": f"a{i % ACCOUNTS}", "target": target, "amount": i % 9 + 1}
+
+
+async def _until_answered(
+    client: Client, entity_type: str, entity_id: str, command: str, args: object = None
+) -> object:
+    """Resend (same id for a start: a workflow's id is its idempotency key) until a member answers."""
+    with anyio.fail_after(60):
+        while True:
+            try:
+                return (await client.send(entity_type, entity_id, command, args, timeout=3)).result
+            except (CommandError, TimeoutError):
+                await anyio.sleep(0.1)
+
+
+async def test_transfers_run_across_members_and_survive_one_being_killed(
+    nats_cluster: NatsCluster,
+    tmp_path: Path,
+    prefix: str,  # noqa: F811 - the fixture
+    pg_schema: str,  # noqa: F811 - the fixture
+) -> None:
+    urls = nats_cluster.urls
+    pg = f"{POSTGRES_URL}?schema={pg_schema}"
+
+    def member(i: int) -> Member:
+        argv = [sys.executable, "-m", "runtime.serve.cli", "run", "entities:sagas", "--cluster"]
+        argv += ["--nats-url", urls[i], "--journal", pg, "--view-store", pg, "--prefix", prefix]
+        argv += ["--data-dir", str(tmp_path / f"m{i}"), "--stream-replicas", "3", "--lease-ttl", str(LEASE_TTL)]
+        argv += ["--log-format", "json"]
+        return Member(f"m{i}", argv, tmp_path / f"m{i}.log")
+
+    members = [member(i) for i in range(3)]
+    for m in members:
+        m.start()
+    try:
+        await _wait_cluster(urls[0], prefix, 3, members)
+        async with Client(urls[1], prefix=prefix) as client:
+            for a in range(ACCOUNTS):
+                await _until_answered(client, "account", f"a{a}", "deposit", {"amount": OPENING})
+            await _until_answered(client, "account", "closed", "close")
+
+            async def start(i: int) -> None:
+                await _until_answered(client, "transfer", f"t{i}", "start", transfer(i))
+
+            async with anyio.create_task_group() as tg:
+                for i in range(TRANSFERS):
+                    tg.start_soon(start, i)
+                    if i == TRANSFERS // 3:  # some in flight, inside or between steps
+                        assert members[2].signal(signal.SIGKILL) == -signal.SIGKILL
+
+            outcomes = {}
+            with anyio.fail_after(120):
+                for i in range(TRANSFERS):
+                    while True:
+                        out = await _until_answered(client, "transfer", f"t{i}", "get")
+                        assert isinstance(out, dict)
+                        if out["status"] in ("ended", "failed"):
+                            outcomes[i] = out
+                            break
+                        await anyio.sleep(0.2)
+            balances = {}
+            for a in [f"a{n}" for n in range(ACCOUNTS)] + ["closed"]:
+                got = await _until_answered(client, "account", a, "get")
+                assert isinstance(got, dict)
+                balances[a] = got["balance"]
+    finally:
+        for m in members:
+            if m.proc is not None:
+                m.signal(signal.SIGTERM)
+
+    expected = {f"a{n}": OPENING for n in range(ACCOUNTS)} | {"closed": 0}
+    for i, out in outcomes.items():
+        t = transfer(i)
+        refunded = t["target"] == "closed"
+        assert (out["status"], out["state"]["outcome"]) == ("ended", "refunded" if refunded else "done"), i
+        if not refunded:
+            expected[str(t["source"])] -= int(t["amount"])  # type: ignore[call-overload]
+            expected[str(t["target"])] += int(t["amount"])  # type: ignore[call-overload]
+    assert balances == expected
+
+    async with open_journal(pg) as journal:
+        moves = []
+        for a in [f"a{n}" for n in range(ACCOUNTS)] + ["closed"]:
+            moves += [e for e in await journal.read("account", a) if (e.command_id or "").startswith("wf:")]
+    assert len({e.command_id for e in moves}) == len(moves)  # each step's command stored once
+    per_transfer = Counter(str(e.command_id).split("/")[1] for e in moves)
+    assert per_transfer == {f"t{i}": 2 for i in range(TRANSFERS)}  # withdraw + deposit, or withdraw + refund
+    for e in moves:
+        assert msgspec.json.decode(e.payload)["amount"] == transfer(int(str(e.command_id).split("/")[1][1:]))["amount"]

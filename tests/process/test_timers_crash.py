@@ -1,0 +1,84 @@
+"""1,000 timers scheduled, the runtime SIGKILLed and restarted before they are due: each fires after its
+due time, and its effect lands exactly once (the reservation released once, the stock restored once)."""
+
+from __future__ import annotations
+
+import signal
+from collections import Counter
+
+import anyio
+import msgspec
+import pytest
+from streams.helpers import journal_events
+
+from runtime import SqliteJournal
+from runtime.model.timers import SCHEDULED
+from runtime.serve.client import Client
+
+from .conftest import RunningRuntime
+
+pytestmark = pytest.mark.anyio
+
+TIMERS, CLIENTS, HOLD_FOR = 1_000, 16, 8.0
+
+
+async def test_timers_survive_sigkill_and_fire_once_never_early(sagas_process: RunningRuntime) -> None:
+    rt = sagas_process
+    async with Client(rt.nats_url, auth=rt.auth) as client:
+        await client.send("inventory", "SKU", "open", {"units": 5_000})
+        todo = list(range(TIMERS))
+
+        async def hold() -> None:
+            while todo:
+                i = todo.pop()
+                args = {"sku": "SKU", "units": 1, "hold_for": HOLD_FOR}
+                await client.send("reservation", f"r{i}", "hold", args, command_id=f"hold-{i}", timeout=10)
+
+        async with anyio.create_task_group() as tg:
+            for _ in range(CLIENTS):
+                tg.start_soon(hold)
+    listed = rt.cli("timers", "reservation", "r0")
+    assert listed.returncode == 0 and listed.stdout.startswith("expire") and "reservation/r0 expire" in listed.stdout
+    assert rt.stop(signal.SIGKILL) == -signal.SIGKILL  # every hold acknowledged; none due yet
+
+    rt.start()
+    async with Client(rt.nats_url, auth=rt.auth) as client:
+        with anyio.fail_after(60):
+            while True:
+                stock = (await client.send("inventory", "SKU", "get")).result["units"]
+                released = await _released(client)
+                if released == TIMERS and stock == 5_000:
+                    break
+                await anyio.sleep(0.5)
+    assert "no pending timers" in rt.cli("timers", "reservation", "r0").stderr
+    assert rt.stop() == 0
+
+    async with SqliteJournal(rt.data / "journal.db") as journal:
+        events = await journal_events(journal)
+    due: dict[str, int] = {}
+    fired: dict[str, list[int]] = {}
+    for env in events:
+        if env.entity_type != "reservation":
+            continue
+        if env.name == SCHEDULED:
+            due[env.entity_id] = msgspec.json.decode(env.payload)["due"]
+        elif env.name == "Released":
+            fired.setdefault(env.entity_id, []).append(env.recorded_at)
+    assert len(due) == TIMERS and set(fired) == set(due)
+    assert all(len(times) == 1 for times in fired.values()), "a timer's effect landed twice"
+    early = [rid for rid, times in fired.items() if times[0] < due[rid]]
+    assert not early, f"{len(early)} timers fired early"
+    adjustments = Counter(
+        msgspec.json.decode(e.payload)["units"] for e in events if e.entity_id == "SKU" and e.name == "Adjusted"
+    )
+    assert adjustments == {-1: TIMERS, 1: TIMERS}  # each hold and each release moved the stock once
+
+
+async def _released(client: Client) -> int:
+    count = 0
+    for i in range(TIMERS):
+        if (await client.send("reservation", f"r{i}", "get")).result["status"] == "released":
+            count += 1
+        else:
+            return count
+    return count
