@@ -72,7 +72,7 @@ async def open_loop_client(url: str, rate: float, seconds: float, seed: int) -> 
         now = time.perf_counter()
         due = min(total, int((now - start) * rate) + 1)  # every request whose time has come
         if due <= sent:
-            await anyio.sleep(start + sent / rate - now)
+            await c.sleep_until(start + sent / rate)
             continue
         while sent < due and len(pending) < MAX_OUTSTANDING:
             intended = start + sent / rate

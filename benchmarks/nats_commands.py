@@ -76,9 +76,7 @@ async def client(url: str, kind: str, seconds: float, rate: float, seed: int) ->
             i = n
             n += 1
             if rate:
-                delay = started + i / rate - time.perf_counter()
-                if delay > 0:
-                    await anyio.sleep(delay)
+                await c.sleep_until(started + i / rate)
             memoir = kind.startswith("memoir")
             subject = f"memoir.cmd.inventory.SKU-{seed}-{i % 500}.receive" if memoir else f"echo.SKU-{seed}-{i % 500}"
             if tokens:

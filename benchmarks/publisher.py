@@ -118,9 +118,7 @@ async def view_lag(url: str, path: Path, rate: int, seconds: float) -> dict[str,
 
         async def sender(k: int) -> None:  # sender k sends commands k, k+256, …, each at its due time
             for i in range(k, total, senders):
-                delay = started + i / rate - time.perf_counter()
-                if delay > 0:
-                    await anyio.sleep(delay)
+                await c.sleep_until(started + i / rate)
                 await rt.ask("post", f"p{i}", "publish", {"author": f"a{i % 50}", "text": "x"})
 
         async with anyio.create_task_group() as tg:

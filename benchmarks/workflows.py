@@ -119,9 +119,7 @@ async def timer_lateness(svc: Service, journal: Journal, rate: int, seconds: flo
 
     async def sender(k: int) -> None:
         for i in range(k, total, senders):
-            delay = started + i / rate - time.perf_counter()
-            if delay > 0:
-                await anyio.sleep(delay)
+            await c.sleep_until(started + i / rate)
             await svc.runtime.ask("alarm", f"x{i}", "set", {"after": 1.0})
 
     async with anyio.create_task_group() as tg:
