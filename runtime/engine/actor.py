@@ -149,11 +149,21 @@ class Actor:
                 state = model.state_decoder.decode(body.state)
                 for cid, seq, data in body.replies:
                     replies[cid] = (seq, bytes(data))
-            for env in rec.events:
-                if model.encrypted:
+            entity, fast, encrypted = self.entity, model.replayers, model.encrypted
+            checks, state_type = model.checks_state, model.state_type
+            for env in rec.events:  # the hot loop of an activation: the common case in one lookup
+                if encrypted:
                     env = open_envelope(key, env)
-                if not is_system(env.name):  # a timer: the entity's state does not fold it
-                    state = model.apply(self.entity, state, model.codec.decode(env))
+                hit = fast.get(env.name)
+                if hit is not None and hit[0] == env.version:
+                    try:
+                        new = hit[2](entity, state, hit[1](env.payload))
+                        ok = not checks or isinstance(new, state_type)
+                    except Exception:  # noqa: BLE001 - the general path below names what is wrong
+                        ok = False
+                    state = new if ok else model.apply(entity, state, model.codec.decode(env))
+                elif not is_system(env.name):  # a timer: the entity's state does not fold it
+                    state = model.apply(entity, state, model.codec.decode(env))
                 if env.command_id is not None:
                     replies[env.command_id] = (env.seq, env.reply)
                     replies.move_to_end(env.command_id)

@@ -34,7 +34,7 @@ from ..model.envelope import Envelope, Recovery, Snapshot
 from ..model.errors import ConcurrencyConflict, DuplicateCommand, EntityDeleted, JournalError
 from ._batching import Batcher
 from ._tail import TailCache
-from .base import Journal, check_batch, envelope_from_row, row_values
+from .base import Journal, check_batch, envelope_from_row, row_values, stream_envelopes
 from .keys import KeyStore
 
 T = TypeVar("T")
@@ -55,6 +55,10 @@ _EVENT_TYPES = (
 )  # fmt: skip
 _COLUMNS = (
     "e.position, s.entity_type, s.entity_id, e.seq, e.name, e.version, e.recorded_at,"
+    " e.command_id, e.correlation_id, e.causation_id, e.reply, e.payload, e.principal"
+)
+_STREAM_COLUMNS = (  # one entity's: `stream_envelopes` gives them its type and id
+    "e.position, e.seq, e.name, e.version, e.recorded_at,"
     " e.command_id, e.correlation_id, e.causation_id, e.reply, e.payload, e.principal"
 )
 # (table, column, type): columns added after the tables were first released, each added where missing
@@ -457,14 +461,10 @@ def recover_steps(d: Dialect, keys: Sequence[Key]) -> Steps[list[Recovery]]:
             seq, at, payload = snap[0]
             snapshot = Snapshot(entity_type=key[0], entity_id=key[1], seq=seq, recorded_at=at, payload=bytes(payload))
         rows = yield (
-            d.sql(
-                "SELECT e.position, s.entity_type, s.entity_id, e.seq, e.name, e.version, e.recorded_at,"
-                " e.command_id, e.correlation_id, e.causation_id, e.reply, e.payload, e.principal"
-                " FROM {s}events e JOIN {s}streams s ON s.id = e.stream WHERE e.stream=? AND e.seq>? ORDER BY e.seq"
-            ),
+            d.sql(f"SELECT {_STREAM_COLUMNS} FROM {{s}}events e WHERE e.stream=? AND e.seq>? ORDER BY e.seq"),
             (sid, snapshot.seq if snapshot else 0),
         )
-        out.append(Recovery(snapshot, [envelope_from_row(r) for r in rows], head, bool(deleted)))
+        out.append(Recovery(snapshot, stream_envelopes(*key, rows), head, bool(deleted)))
     return out
 
 

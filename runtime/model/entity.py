@@ -160,7 +160,7 @@ class EntityModel:
         self.type_name: str = cls.type_name
         self.initial: Any = cls.initial
         self.state_type: Any = type(cls.initial)
-        self._checks_state = cls.initial is not None  # an @applies result must be a state_type
+        self.checks_state = cls.initial is not None  # an @applies result must be a state_type
         self.snapshot_every: int = int(cls.snapshot_every)
         self.encrypted: bool = bool(cls.encrypted)
         self.commands: dict[str, CommandSpec] = {}
@@ -176,6 +176,12 @@ class EntityModel:
         if self.encrypted:  # its last event, once forgotten; it changes nothing in the state
             self.appliers.setdefault(Forgotten, _unchanged)
         self.codec = EventCodec(self.appliers)
+        self.replayers: dict[str, tuple[int, Callable[[bytes], Any], Callable[[Any, Any, Any], Any]]] = {
+            name: (version, decode, self.appliers[cls])
+            for name, (cls, version, decode) in self.codec.decoders().items()
+        }
+        """Stored name -> (version, decoder, @applies): recovery folds an event at its current
+        version in one lookup; anything else (an old version, a timer) takes `codec.decode`."""
         self.state_encoder = msgspec.json.Encoder()
         self.state_decoder: msgspec.json.Decoder[Any] = msgspec.json.Decoder(self.state_type)
 
@@ -276,7 +282,7 @@ class EntityModel:
                 " nothing was stored",
             )
         new = fn(entity, state, event)
-        if self._checks_state and not isinstance(new, self.state_type):
+        if self.checks_state and not isinstance(new, self.state_type):
             raise InternalError(
                 ErrorCode.INTERNAL,
                 f"{self.cls.__name__}.{fn.__name__} returned {type(new).__name__} for {type(event).__name__},"

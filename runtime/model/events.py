@@ -86,6 +86,10 @@ class EventCodec:
             self._by_class[cls] = spec
         self._encoder = msgspec.json.Encoder()
 
+    def decoders(self) -> dict[str, tuple[type[msgspec.Struct], int, Callable[[bytes], msgspec.Struct]]]:
+        """Stored name -> (class, current version, payload decoder): replay's fast path."""
+        return {name: (cls, spec.version, dec.decode) for name, (cls, spec, dec) in self._by_name.items()}
+
     def knows(self, name: str) -> bool:
         """Whether events stored under `name` decode with this codec."""
         return name in self._by_name
