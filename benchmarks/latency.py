@@ -143,25 +143,7 @@ def main() -> None:
     env = {**os.environ, "PYTHONPATH": str(c.ROOT)}
     rows: dict[float, dict[str, float]] = {}
     with c.scratch_dir() as d:
-        runtime = nc_bench.start(
-            [
-                sys.executable,
-                "-m",
-                "runtime.serve.cli",
-                "run",
-                "--data-dir",
-                str(d / "data"),
-                "--log-format",
-                "json",
-                "--log-level",
-                "warning",
-                "--loop",
-                c.LOOP,
-            ],
-            "memoir: serving",
-            env,
-        )
-        url = (d / "data" / "nats.url").read_text().strip()
+        runtime, url = nc_bench.start_runtime(d / "data", env)
         os.environ["MEMOIR_NATS_NKEY"] = str(d / "data" / "nats.nk")  # the client processes inherit it
         try:
             nc_bench.run_clients(url, "memoir", 1.0)  # warm up: activations, connections

@@ -155,6 +155,13 @@ def start(cmd: list[str], ready: str, env: dict[str, str] | None = None) -> subp
     return proc
 
 
+def start_runtime(data: Path, env: dict[str, str]) -> tuple[subprocess.Popen[str], str]:
+    """`memoir run` on the embedded defaults in `data`, on the benchmark's loop; and its NATS URL."""
+    argv = [sys.executable, "-m", "runtime.serve.cli", "run", "--data-dir", str(data)]
+    runtime = start([*argv, "--log-format", "json", "--log-level", "warning", "--loop", c.LOOP], "memoir: serving", env)
+    return runtime, (data / "nats.url").read_text().strip()
+
+
 def main() -> None:
     p = c.parser(__doc__.splitlines()[0])
     p.add_argument("--seconds", type=float)
@@ -166,25 +173,7 @@ def main() -> None:
         for k in range(CLIENTS):
             (d / f"fresh-{k}.txt").write_text("\n".join(mint(f"client-{k}-{n}") for n in range(FRESH)))
         os.environ["MEMOIR_BENCH_TOKENS"] = str(d)  # the client processes inherit it
-        runtime = start(
-            [
-                sys.executable,
-                "-m",
-                "runtime.serve.cli",
-                "run",
-                "--data-dir",
-                str(d / "data"),
-                "--log-format",
-                "json",
-                "--log-level",
-                "warning",
-                "--loop",
-                c.LOOP,
-            ],
-            "memoir: serving",
-            env,
-        )
-        url = (d / "data" / "nats.url").read_text().strip()
+        runtime, url = start_runtime(d / "data", env)
         env["MEMOIR_NATS_NKEY"] = os.environ["MEMOIR_NATS_NKEY"] = str(d / "data" / "nats.nk")  # echo, clients
         echo = start([sys.executable, __file__, "--echo", url, c.LOOP], "ready", env)
         try:

@@ -66,13 +66,17 @@ class Batcher(Generic[Req, Res]):
                 return
 
     async def _flush_batch(self, batch: list[tuple[Req, asyncio.Future[Res]]]) -> None:
-        self.batches += 1
-        self.requests += len(batch)
-        self.sizes[min((len(batch) - 1).bit_length(), 15)] += 1
         try:
             results = await self._flush([req for req, _ in batch])
         except BaseException as exc:  # noqa: BLE001 - every waiter must hear of it
             results = [exc] * len(batch)
+        self._answer(batch, results)
+
+    def _answer(self, batch: list[tuple[Req, asyncio.Future[Res]]], results: list[Res | BaseException]) -> None:
+        """Count the batch and hand each waiter its own result."""
+        self.batches += 1
+        self.requests += len(batch)
+        self.sizes[min((len(batch) - 1).bit_length(), 15)] += 1
         for (_, fut), res in zip(batch, results, strict=True):
             if fut.done():  # the caller was cancelled; its write may still have landed
                 continue
@@ -162,15 +166,3 @@ class ThreadBatcher(Batcher[Req, Res]):
         finally:
             with contextlib.suppress(RuntimeError):  # the loop is gone: nobody is waiting
                 loop.call_soon_threadsafe(stopped.set)
-
-    def _answer(self, batch: list[tuple[Req, asyncio.Future[Res]]], results: list[Res | BaseException]) -> None:
-        self.batches += 1
-        self.requests += len(batch)
-        self.sizes[min((len(batch) - 1).bit_length(), 15)] += 1
-        for (_, fut), res in zip(batch, results, strict=True):
-            if fut.done():  # the caller was cancelled; its write may still have landed
-                continue
-            if isinstance(res, BaseException):
-                fut.set_exception(res)
-            else:
-                fut.set_result(res)
