@@ -106,16 +106,10 @@ class _Feed:
         return out
 
 
-class ViewTestKit(Generic[R]):
-    """Applies events to one view's rows in memory, with no I/O: given events, then get or scan the rows."""
+class _Fed:
+    """What both testkits share: events go in through a `_Feed`."""
 
-    def __init__(self, view: type[View[R]]) -> None:
-        self.view = view
-        self._feed = _Feed(view)
-        self._instance = view()
-        self._decoder: msgspec.json.Decoder[R] = msgspec.json.Decoder(view.row_type)
-        self._rows: dict[str, bytes] = {}  # encoded, as a store keeps them
-        self.applied = 0  # events a handler ran for
+    _feed: _Feed
 
     def envelope(
         self,
@@ -128,6 +122,18 @@ class ViewTestKit(Generic[R]):
     ) -> Envelope:
         """The envelope of `event` as the next event of `entity_id`, with metadata, for `given`."""
         return self._feed.envelope(event, entity_id, _Meta(correlation_id, command_id, recorded_at))
+
+
+class ViewTestKit(_Fed, Generic[R]):
+    """Applies events to one view's rows in memory, with no I/O: given events, then get or scan the rows."""
+
+    def __init__(self, view: type[View[R]]) -> None:
+        self.view = view
+        self._feed = _Feed(view)
+        self._instance = view()
+        self._decoder: msgspec.json.Decoder[R] = msgspec.json.Decoder(view.row_type)
+        self._rows: dict[str, bytes] = {}  # encoded, as a store keeps them
+        self.applied = 0  # events a handler ran for
 
     def given(self, *events: msgspec.Struct | Envelope, entity_id: str = "test-1") -> ViewTestKit[R]:
         """Apply these events in order (bare events are the next ones of `entity_id`); one transaction each."""
@@ -224,7 +230,7 @@ class _RecordingContext(Context):
         return Reply(self._kit.respond(sent), 0)
 
 
-class ConsumerTestKit:
+class ConsumerTestKit(_Fed):
     """Runs one consumer's handlers in memory, with no I/O: given events, then the commands it sent.
 
     `respond(sent)` answers each command (default: a reply with result None); raise from it to
@@ -248,18 +254,6 @@ class ConsumerTestKit:
         self._feed = _Feed(consumer)
         self._instance = consumer()
         self.sent: list[SentCommand] = []  # every command so far, in order
-
-    def envelope(
-        self,
-        event: msgspec.Struct,
-        *,
-        entity_id: str = "test-1",
-        correlation_id: str | None = None,
-        command_id: str | None = None,
-        recorded_at: int | None = None,
-    ) -> Envelope:
-        """The envelope of `event` as the next event of `entity_id`, with metadata, for `given`."""
-        return self._feed.envelope(event, entity_id, _Meta(correlation_id, command_id, recorded_at))
 
     def check(self, sent: SentCommand) -> None:
         """Refuse a command to a target type as the runtime would: unknown command, or `invalid` arguments."""
