@@ -67,6 +67,15 @@ class Member:
             proc.wait()
             return None
 
+    @classmethod
+    def member(cls, i: int, url: str, journal: str, view_store: str, prefix: str, tmp: Path, *app: str) -> Member:
+        """Member `m{i}` of a test cluster: `memoir run [app] --cluster` with three stream replicas."""
+        argv = [sys.executable, "-m", "runtime.serve.cli", "run", *app, "--cluster"]
+        argv += ["--nats-url", url, "--journal", journal, "--view-store", view_store, "--prefix", prefix]
+        argv += ["--data-dir", str(tmp / f"m{i}"), "--stream-replicas", "3", "--lease-ttl", str(LEASE_TTL)]
+        argv += ["--log-format", "json"]
+        return cls(f"m{i}", argv, tmp / f"m{i}.log")
+
 
 @dataclass
 class Load:
@@ -204,14 +213,7 @@ async def test_three_runtimes_share_the_entity_space(
     pg = f"{POSTGRES_URL}?schema={pg_schema}"
     journal_url = pg if journal_kind == "postgres" else f"{urls[0]}?prefix={prefix}&replicas=3"
 
-    def member(i: int) -> Member:
-        argv = [sys.executable, "-m", "runtime.serve.cli", "run", "--cluster"]
-        argv += ["--nats-url", urls[i], "--journal", journal_url, "--view-store", pg, "--prefix", prefix]
-        argv += ["--data-dir", str(tmp_path / f"m{i}"), "--stream-replicas", "3", "--lease-ttl", str(LEASE_TTL)]
-        argv += ["--log-format", "json"]
-        return Member(f"m{i}", argv, tmp_path / f"m{i}.log")
-
-    members = [member(i) for i in range(3)]
+    members = [Member.member(i, urls[i], journal_url, pg, prefix, tmp_path) for i in range(3)]
     for m in members:
         m.start()
     try:

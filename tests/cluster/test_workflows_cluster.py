@@ -10,7 +10,6 @@ step's command is stored once.
 from __future__ import annotations
 
 import signal
-import sys
 from collections import Counter
 from pathlib import Path
 
@@ -22,7 +21,7 @@ from conftest import POSTGRES_URL
 from runtime import Client, CommandError, open_journal
 
 from .natscluster import NatsCluster
-from .test_runtime_cluster import LEASE_TTL, Member, _wait_cluster, pg_schema, prefix  # noqa: F401 - fixtures
+from .test_runtime_cluster import Member, _wait_cluster, pg_schema, prefix  # noqa: F401 - fixtures
 
 pytestmark = pytest.mark.anyio
 
@@ -55,14 +54,7 @@ async def test_transfers_run_across_members_and_survive_one_being_killed(
     urls = nats_cluster.urls
     pg = f"{POSTGRES_URL}?schema={pg_schema}"
 
-    def member(i: int) -> Member:
-        argv = [sys.executable, "-m", "runtime.serve.cli", "run", "entities:sagas", "--cluster"]
-        argv += ["--nats-url", urls[i], "--journal", pg, "--view-store", pg, "--prefix", prefix]
-        argv += ["--data-dir", str(tmp_path / f"m{i}"), "--stream-replicas", "3", "--lease-ttl", str(LEASE_TTL)]
-        argv += ["--log-format", "json"]
-        return Member(f"m{i}", argv, tmp_path / f"m{i}.log")
-
-    members = [member(i) for i in range(3)]
+    members = [Member.member(i, urls[i], pg, pg, prefix, tmp_path, "entities:sagas") for i in range(3)]
     for m in members:
         m.start()
     try:
