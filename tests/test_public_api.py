@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import ast
 import inspect
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -69,3 +71,13 @@ def test_examples_import_only_from_runtime(path: Path) -> None:
 
 def test_py_typed_is_shipped() -> None:
     assert (ROOT / "runtime" / "py.typed").exists()
+
+
+@pytest.mark.parametrize("module", ["runtime", "runtime.serve.cli"])
+def test_importing_memoir_loads_no_optional_machinery(module: str) -> None:
+    """PyJWT, cryptography and uvicorn load when tokens, encrypted types or HTTP are used, not
+    with the package: a one-shot `memoir send` and an embedder pay for none of them."""
+    heavy = ("jwt", "cryptography", "uvicorn")
+    code = f"import sys, {module}; print(sorted(m for m in {heavy!r} if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", f"importing {module} loaded {out.stdout.strip()}"

@@ -21,12 +21,12 @@ by the frame in base64url.
 from __future__ import annotations
 
 import base64
+import functools
 import os
 import threading
+from typing import TYPE_CHECKING, TypeAlias
 
 import msgspec
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from .errors import MemoirError
 from .events import event
@@ -39,12 +39,23 @@ _HEADER = len(MAGIC) + 1 + NONCE_BYTES
 _TAG_BYTES = 16
 _TEXT = b"!"
 
-SealKey = bytes | AESGCM
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+SealKey: TypeAlias = "bytes | AESGCM"
 """A data key: its 32 bytes, or (what the key ring hands out) the AES-GCM object built from them once."""
 
 
+@functools.cache
+def _aesgcm() -> type[AESGCM]:
+    """cryptography is imported on first use: an app with no encrypted entity type never loads it."""
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    return AESGCM
+
+
 def cipher(key: SealKey) -> AESGCM:
-    return key if isinstance(key, AESGCM) else AESGCM(key)
+    return _aesgcm()(key) if isinstance(key, bytes) else key
 
 
 class SealError(MemoirError):
@@ -71,7 +82,7 @@ class Forgotten(msgspec.Struct):
 
 
 def new_key() -> bytes:
-    return AESGCM.generate_key(bit_length=KEY_BYTES * 8)
+    return _aesgcm().generate_key(bit_length=KEY_BYTES * 8)
 
 
 def is_sealed(data: bytes | None) -> bool:
@@ -144,6 +155,8 @@ def unseal(key: SealKey, frame: bytes, aad: bytes, what: str) -> bytes:
         raise SealError(f"{what}: not a sealed payload ({len(frame)} bytes)")
     if frame[1] != FORMAT:
         raise SealError(f"{what}: sealed with format {frame[1]}, this Memoir reads format {FORMAT}")
+    from cryptography.exceptions import InvalidTag  # loaded with the cipher, so no cost here
+
     try:
         return cipher(key).decrypt(frame[2:_HEADER], frame[_HEADER:], aad)
     except InvalidTag:

@@ -22,6 +22,7 @@ Decisions:
 
 from __future__ import annotations
 
+import base64
 import binascii
 import hashlib
 import json
@@ -29,15 +30,13 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import jwt
-from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
-from cryptography.hazmat.primitives.serialization import load_pem_public_key
-from jwt.utils import base64url_decode
+from typing import TYPE_CHECKING, Any
 
 from ..model.access import ANONYMOUS, Caller
 from ..model.errors import ConfigError, ErrorCode, Unauthorized
+
+if TYPE_CHECKING:  # PyJWT and cryptography load with the first key: `import runtime` stays light
+    import jwt
 
 MIN_SECRET = 32  # bytes: RFC 7518 §3.2, an HMAC key at least as long as the hash
 MAX_HEADER = 8192  # bytes of `Authorization` accepted by default
@@ -64,6 +63,8 @@ class VerificationKey:
 
     @classmethod
     def public(cls, key: Any, kid: str | None = None, alg: str | None = None) -> VerificationKey:
+        from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
+
         if isinstance(key, rsa.RSAPublicKey):
             algs = _RSA_ALGS
         elif isinstance(key, ec.EllipticCurvePublicKey) and key.curve.name in _EC_ALG:
@@ -87,7 +88,7 @@ def _header(token: str) -> dict[str, Any]:
     """
     segment = token.split(".", 1)[0] if token.count(".") == 2 else ""
     try:
-        header = json.loads(base64url_decode(segment)) if segment else None
+        header = json.loads(base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))) if segment else None
     except (ValueError, binascii.Error):
         header = None
     if not isinstance(header, dict):
@@ -156,6 +157,8 @@ class Verifier:
         return caller
 
     def _decode(self, token: str) -> tuple[Caller, float]:
+        import jwt
+
         header = _header(token)
         alg, kid = header.get("alg"), header.get("kid")
         if not isinstance(alg, str) or alg not in self.algorithms:
@@ -183,6 +186,8 @@ class Verifier:
         raise _bad("signature does not verify with any configured key (forged, or signed by another key)")
 
     def _reason(self, exc: jwt.InvalidTokenError) -> str:
+        import jwt
+
         if isinstance(exc, jwt.ExpiredSignatureError):
             return "expired"
         if isinstance(exc, jwt.ImmatureSignatureError):
@@ -211,6 +216,8 @@ def _read(path: str, what: str) -> bytes:
 
 
 def pem_key(data: bytes, where: str) -> VerificationKey:
+    from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
     try:
         return VerificationKey.public(load_pem_public_key(data))
     except (ValueError, TypeError):
@@ -221,6 +228,8 @@ def pem_key(data: bytes, where: str) -> VerificationKey:
 
 def jwks_keys(text: str, where: str) -> list[VerificationKey]:
     """The keys of a JWKS document (RFC 7517); symmetric (`oct`) entries are refused: a JWKS is public."""
+    import jwt
+
     try:
         doc = json.loads(text)
         entries = doc["keys"]

@@ -12,11 +12,11 @@ import contextlib
 import logging
 import socket
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import anyio
 import anyio.abc
 import msgspec
-import uvicorn
 
 from ...model.errors import ConfigError
 from ..service import Service
@@ -24,13 +24,26 @@ from .app import HttpApi
 from .openapi import openapi
 from .sse import tail
 
+if TYPE_CHECKING:
+    import uvicorn
+
 GRACE_S = 5  # seconds in-flight requests get to finish on shutdown
 
 
-class _Server(uvicorn.Server):
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield  # the process's signals are `memoir run`'s
+def _server(config: uvicorn.Config) -> uvicorn.Server:
+    """A uvicorn server that leaves the process's signals to `memoir run`.
+
+    uvicorn is imported here, not with the module: `import runtime` stays light for whoever
+    does not serve HTTP (the CLI's one-shot commands, embedders).
+    """
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            yield
+
+    return Server(config)
 
 
 class HttpGateway:
@@ -50,7 +63,9 @@ class HttpGateway:
         self.port = port
         self._doc: bytes | None = None
         self.api = HttpApi(service, timeout=timeout, max_body=max_body, openapi=self.openapi, tail=tail)
-        config = uvicorn.Config(
+        from uvicorn import Config
+
+        config = Config(
             self.api,
             http="httptools",
             ws="none",
@@ -61,7 +76,7 @@ class HttpGateway:
             server_header=False,
             timeout_graceful_shutdown=GRACE_S,
         )
-        self._server = _Server(config)
+        self._server = _server(config)
         self._done = anyio.Event()
 
     def openapi(self) -> bytes:
