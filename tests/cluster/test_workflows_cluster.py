@@ -17,6 +17,7 @@ import anyio
 import msgspec
 import pytest
 from conftest import POSTGRES_URL
+from timers.ledger import expected_balances
 
 from runtime import Client, CommandError, open_journal
 
@@ -93,15 +94,7 @@ async def test_transfers_run_across_members_and_survive_one_being_killed(
             if m.proc is not None:
                 m.signal(signal.SIGTERM)
 
-    expected = {f"a{n}": OPENING for n in range(ACCOUNTS)} | {"closed": 0}
-    for i, out in outcomes.items():
-        t = transfer(i)
-        refunded = t["target"] == "closed"
-        assert (out["status"], out["state"]["outcome"]) == ("ended", "refunded" if refunded else "done"), i
-        if not refunded:
-            expected[str(t["source"])] -= int(t["amount"])  # type: ignore[call-overload]
-            expected[str(t["target"])] += int(t["amount"])  # type: ignore[call-overload]
-    assert balances == expected
+    assert balances == expected_balances(outcomes, transfer, ACCOUNTS, OPENING)
 
     async with open_journal(pg) as journal:
         moves = []

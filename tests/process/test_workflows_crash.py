@@ -12,6 +12,7 @@ import msgspec
 import nats
 import pytest
 from streams.helpers import journal_events
+from timers.ledger import expected_balances
 
 from runtime import SqliteJournal
 from runtime.model.errors import CommandError
@@ -83,15 +84,7 @@ async def test_transfers_survive_sigkill_between_and_inside_steps(sagas_process:
         }
     assert rt.stop() == 0
 
-    expected = {f"a{n}": OPENING for n in range(ACCOUNTS)} | {"closed": 0}
-    for i, out in outcomes.items():
-        t = transfer(i)
-        refunded = t["target"] == "closed"
-        assert (out["status"], out["state"]["outcome"]) == ("ended", "refunded" if refunded else "done"), i
-        if not refunded:
-            expected[str(t["source"])] -= int(t["amount"])  # type: ignore[call-overload]
-            expected[str(t["target"])] += int(t["amount"])  # type: ignore[call-overload]
-    assert balances == expected
+    assert balances == expected_balances(outcomes, transfer, ACCOUNTS, OPENING)
 
     shown = rt.cli("events", "transfer", "t1").stdout  # a workflow's history is an entity's history
     assert "Started" in shown and "StepCompleted" in shown and "Ended" in shown
