@@ -72,6 +72,7 @@ log = structlog.get_logger("memoir.transport")
 H_HOPS = "Memoir-Hops"  # on a forwarded command: how many members passed it on
 MAX_HOPS = 4
 FORWARD_TIMEOUT = 5.0  # for requests that do not say how long their sender waits
+FIRST_REROUTE_PAUSE, MAX_REROUTE_PAUSE = 0.02, 0.5  # between forwards that found no responder
 
 
 class Router(Protocol):
@@ -259,6 +260,7 @@ class Transport:
         """
         assert self.router is not None
         until = deadline if deadline is not None else time.monotonic() + FORWARD_TIMEOUT
+        pause = FIRST_REROUTE_PAUSE
         while (left := until - time.monotonic()) > 0:
             owner = self.router.owner(entity_type, entity_id)
             if owner is None:
@@ -283,11 +285,14 @@ class Transport:
             try:
                 answer = await self.nc.request(target, msg.data, timeout=left, headers=headers)
             except NoRespondersError:
-                # The owner we saw has closed its forward subscription: it left, and our lease map
-                # has not caught up yet. Nothing reached it; route again once the map moves on.
-                log.debug("forward found no one; routing again", subject=subject, gone=owner)
+                # Nothing reached the owner we saw: it left and our lease map has not caught up,
+                # or it has only just started and its forward subscription has not reached this
+                # NATS server yet (interest spreads between cluster nodes a moment after it is
+                # made). Route again once the map moves on, and in any case after a short pause.
+                log.debug("forward found no one; routing again", subject=subject, owner=owner)
                 self.rerouted += 1
-                await self.router.wait_change(entity_type, entity_id, owner, until - time.monotonic())
+                await self.router.wait_change(entity_type, entity_id, owner, min(pause, until - time.monotonic()))
+                pause = min(pause * 2, MAX_REROUTE_PAUSE)
                 continue
             except NatsTimeoutError:
                 return None  # the sender has stopped waiting too; the owner may still have run it

@@ -1,4 +1,4 @@
-"""A forward to a member that has left is routed again, never dropped (in-process, no cluster).
+"""A forward that finds no responder is routed again, never dropped (in-process, no cluster).
 
 Member `a` takes the client's command while its lease map still names `gone`, a member whose
 forward subscription no longer exists (it drained it on its way out). NATS answers the forward
@@ -52,6 +52,56 @@ class Owner:
 
     async def wait_change(self, entity_type: str, entity_id: str, owner: str, timeout: float) -> None:
         raise AssertionError("b owns the entity throughout")
+
+
+class Stable:
+    """A lease map that names `b` throughout, and waits as the real one does when nothing changes."""
+
+    member = "a"
+
+    def owner(self, entity_type: str, entity_id: str) -> str | None:
+        return "b"
+
+    async def wait_owner(self, entity_type: str, entity_id: str, timeout: float) -> str | None:
+        return "b"
+
+    async def wait_change(self, entity_type: str, entity_id: str, owner: str, timeout: float) -> None:
+        await anyio.sleep(timeout)
+
+
+async def test_a_forward_to_an_owner_not_yet_listening_is_sent_again(tmp_path: Path) -> None:
+    """The owner holds the lease but its forward subscription is not there yet (it has just started,
+    or its interest has not reached this NATS server): the map will not change, so the forward is
+    simply sent again after a short pause, within the sender's time."""
+    async with (
+        EmbeddedNats(tmp_path / "nats") as server,
+        MemoryJournal() as journal,
+        Runtime([InventoryItem], journal) as rt_a,
+        Runtime([InventoryItem], journal) as rt_b,
+        anyio.create_task_group() as tg,
+    ):
+        nc_a, nc_b = await connect(server.url), await connect(server.url)
+        a = Transport(rt_a, nc_a, workers=2, router=Stable())
+        b = Transport(rt_b, nc_b, workers=2, router=Owner())
+        await tg.start(a.run)
+
+        async def b_starts_late() -> None:
+            await anyio.sleep(0.5)
+            await tg.start(b.run)
+            await b.stop_taking()  # forwards only
+
+        try:
+            async with Client(server.url) as client:
+                tg.start_soon(b_starts_late)
+                reply = await client.send("inventory", "X1", "receive", {"units": 3, "on": "2022-03-01"}, timeout=4)
+            assert reply.result is not None
+            assert a.rerouted >= 1 and b.forwarded == 0
+            assert (await rt_b.ask("inventory", "X1", "get")).result.units == 3  # ran once, at b
+        finally:
+            await a.stop()
+            await b.stop()
+            await close_quietly(nc_a)
+            await close_quietly(nc_b)
 
 
 async def test_a_forward_to_a_member_that_left_is_routed_again(tmp_path: Path) -> None:
