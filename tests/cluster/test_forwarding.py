@@ -8,7 +8,11 @@ published with the client's reply subject would vanish here, and the client woul
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -69,65 +73,71 @@ class Stable:
         await anyio.sleep(timeout)
 
 
+@dataclass
+class Members:
+    url: str
+    a: Transport  # takes the client's commands, with the lease map under test
+    b: Transport  # the owner: serves forwards only, once started
+    rt_b: Runtime
+    tg: Any
+
+    async def start_b(self) -> None:
+        await self.tg.start(self.b.run)
+        await self.b.stop_taking()  # b serves forwards only: every client command reaches `a` first
+
+    async def receive(self, timeout: float) -> Any:
+        async with Client(self.url) as client:
+            reply = await client.send("inventory", "X1", "receive", {"units": 3, "on": "2022-03-01"}, timeout=timeout)
+        return reply.result
+
+    async def units_at_b(self) -> int:
+        return int((await self.rt_b.ask("inventory", "X1", "get")).result.units)
+
+
+@contextlib.asynccontextmanager
+async def members(tmp_path: Path, router_a: Any) -> AsyncIterator[Members]:
+    """Two transports on one NATS and one journal: `a` (running) routes by `router_a`, `b` owns."""
+    async with (
+        EmbeddedNats(tmp_path / "nats") as server,
+        MemoryJournal() as journal,
+        Runtime([InventoryItem], journal) as rt_a,
+        Runtime([InventoryItem], journal) as rt_b,
+        anyio.create_task_group() as tg,
+    ):
+        nc_a, nc_b = await connect(server.url), await connect(server.url)
+        a = Transport(rt_a, nc_a, workers=2, router=router_a)
+        b = Transport(rt_b, nc_b, workers=2, router=Owner())
+        await tg.start(a.run)
+        try:
+            yield Members(server.url, a, b, rt_b, tg)
+        finally:
+            await a.stop()
+            await b.stop()
+            await close_quietly(nc_a)
+            await close_quietly(nc_b)
+
+
 async def test_a_forward_to_an_owner_not_yet_listening_is_sent_again(tmp_path: Path) -> None:
     """The owner holds the lease but its forward subscription is not there yet (it has just started,
     or its interest has not reached this NATS server): the map will not change, so the forward is
     simply sent again after a short pause, within the sender's time."""
-    async with (
-        EmbeddedNats(tmp_path / "nats") as server,
-        MemoryJournal() as journal,
-        Runtime([InventoryItem], journal) as rt_a,
-        Runtime([InventoryItem], journal) as rt_b,
-        anyio.create_task_group() as tg,
-    ):
-        nc_a, nc_b = await connect(server.url), await connect(server.url)
-        a = Transport(rt_a, nc_a, workers=2, router=Stable())
-        b = Transport(rt_b, nc_b, workers=2, router=Owner())
-        await tg.start(a.run)
+    async with members(tmp_path, Stable()) as m:
 
         async def b_starts_late() -> None:
             await anyio.sleep(0.5)
-            await tg.start(b.run)
-            await b.stop_taking()  # forwards only
+            await m.start_b()
 
-        try:
-            async with Client(server.url) as client:
-                tg.start_soon(b_starts_late)
-                reply = await client.send("inventory", "X1", "receive", {"units": 3, "on": "2022-03-01"}, timeout=4)
-            assert reply.result is not None
-            assert a.rerouted >= 1 and b.forwarded == 0
-            assert (await rt_b.ask("inventory", "X1", "get")).result.units == 3  # ran once, at b
-        finally:
-            await a.stop()
-            await b.stop()
-            await close_quietly(nc_a)
-            await close_quietly(nc_b)
+        m.tg.start_soon(b_starts_late)
+        assert await m.receive(timeout=4) is not None
+        assert m.a.rerouted >= 1 and m.b.forwarded == 0
+        assert await m.units_at_b() == 3  # ran once, at b
 
 
 async def test_a_forward_to_a_member_that_left_is_routed_again(tmp_path: Path) -> None:
-    async with (
-        EmbeddedNats(tmp_path / "nats") as server,
-        MemoryJournal() as journal,
-        Runtime([InventoryItem], journal) as rt_a,
-        Runtime([InventoryItem], journal) as rt_b,
-        anyio.create_task_group() as tg,
-    ):
-        nc_a, nc_b = await connect(server.url), await connect(server.url)
-        stale = StaleMap("a", first="gone", then="b")
-        a = Transport(rt_a, nc_a, workers=2, router=stale)
-        b = Transport(rt_b, nc_b, workers=2, router=Owner())
-        await tg.start(a.run)
-        await tg.start(b.run)
-        await b.stop_taking()  # b serves forwards only: every client command reaches `a` first
-        try:
-            async with Client(server.url) as client:
-                reply = await client.send("inventory", "X1", "receive", {"units": 3, "on": "2022-03-01"}, timeout=10)
-            assert reply.result is not None
-            assert stale.waited_on == ["gone"]  # `a` learned of the loss and waited for its map
-            assert (a.rerouted, a.forwarded, b.forwarded) == (1, 2, 0)
-            assert (await rt_b.ask("inventory", "X1", "get")).result.units == 3  # ran once, at b
-        finally:
-            await a.stop()
-            await b.stop()
-            await close_quietly(nc_a)
-            await close_quietly(nc_b)
+    stale = StaleMap("a", first="gone", then="b")
+    async with members(tmp_path, stale) as m:
+        await m.start_b()
+        assert await m.receive(timeout=10) is not None
+        assert stale.waited_on == ["gone"]  # `a` learned of the loss and waited for its map
+        assert (m.a.rerouted, m.a.forwarded, m.b.forwarded) == (1, 2, 0)
+        assert await m.units_at_b() == 3  # ran once, at b
