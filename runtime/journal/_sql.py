@@ -120,14 +120,16 @@ class Dialect:
     least: str
     types: dict[str, str]  # DDL hooks: int, serial, position, autoincrement, bool, blob, without_rowid
     numbered: bool  # $1, $2 … instead of ?
-    chunk: int  # rows per multi-row statement; 0 = one statement (arrays)
-    take_position: str  # the last position, read at the start of a write transaction
+    # bound values per multi-row statement (its rows are as many as fit); 0 = one statement (arrays)
+    max_variables: int
+    # the last position and a data version, read first in each write transaction. The version
+    # changes when another connection committed; where there is one (SQLite's `data_version`;
+    # NULL elsewhere) the writer keeps the heads it wrote between batches. One statement for
+    # both: each statement is a round trip, and on SQLite a wait for the GIL (see sqlite.py).
+    take_position: str
     keep_position: str | None  # stores the new last position at its end (None: the table does)
     first_command: str  # the v1 -> v2 migration: the first application of each stored command id
     has_column: str  # count(*) of column ? in table ? (the table with its prefix): guards ADDED_COLUMNS
-    # read first in each write transaction; it changes when another connection committed. Where there
-    # is one (SQLite's `PRAGMA data_version`), the writer keeps the heads it wrote between batches.
-    data_version: str | None = None
 
     def __hash__(self) -> int:
         return hash((self.name, self.prefix))
@@ -140,14 +142,15 @@ class Dialect:
 
     def bulk(self, template: str, rows: Sequence[tuple[Any, ...]], types: Sequence[str]) -> list[Query]:
         """`template` with `{rows}` standing for the rows as a relation (VALUES or unnest)."""
-        if not self.chunk:
+        if not self.max_variables:
             arrays = ", ".join(f"?::{t}[]" for t in types)
             cols = ", ".join(f"column{i + 1}" for i in range(len(types)))
             sql = self.sql(template.replace("{rows}", f"SELECT * FROM unnest({arrays}) AS u({cols})"))
             return [(sql, [list(c) for c in zip(*rows, strict=True)])]
         out: list[Query] = []
-        for i in range(0, len(rows), self.chunk):
-            part = rows[i : i + self.chunk]
+        per = max(1, self.max_variables // len(types))
+        for i in range(0, len(rows), per):
+            part = rows[i : i + per]
             sql = self.sql(template.replace("{rows}", "VALUES " + _values(len(part), len(types))))
             out.append((sql, list(itertools.chain.from_iterable(part))))
         return out
@@ -266,11 +269,8 @@ class StreamIds:
 
 def write_batch(d: Dialect, streams: StreamIds, batch: Sequence[Append | Op]) -> Steps[list[Any]]:
     """One transaction's statements; appends and other writes keep their order."""
-    version = None
-    if d.data_version is not None:
-        ((version,),) = yield (d.data_version, ())
+    ((position, version),) = yield (d.sql(d.take_position), ())
     streams.heads_as_of(version)
-    ((position,),) = yield (d.sql(d.take_position), ())
     start = position
     results: list[Any] = []
     run: list[Append] = []

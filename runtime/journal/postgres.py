@@ -58,8 +58,8 @@ def dialect(schema: str) -> Dialect:
             "without_rowid": "",
         },
         numbered=True,
-        chunk=0,
-        take_position="SELECT value FROM {s}memoir_meta WHERE key='position' FOR UPDATE",
+        max_variables=0,
+        take_position="SELECT value, NULL FROM {s}memoir_meta WHERE key='position' FOR UPDATE",
         keep_position="UPDATE {s}memoir_meta SET value=? WHERE key='position'",
         first_command=(
             "INSERT INTO {s}commands SELECT DISTINCT ON (stream, command_id) stream, command_id, seq, reply"

@@ -26,6 +26,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import sqlite3
 import threading
@@ -61,15 +62,17 @@ DIALECT = Dialect(
         "without_rowid": " WITHOUT ROWID",
     },
     numbered=False,
-    chunk=400,  # 12 columns x 400 rows stays under SQLite's 32,766 variables
-    take_position="SELECT coalesce((SELECT seq FROM sqlite_sequence WHERE name='events'), 0)",
+    max_variables=32_766,  # SQLite's default limit since 3.32 (lowered at open where a build has less)
+    take_position=(
+        "SELECT coalesce((SELECT seq FROM sqlite_sequence WHERE name='events'), 0),"
+        " (SELECT data_version FROM pragma_data_version)"
+    ),
     keep_position=None,  # an explicit rowid above the sequence moves it
     first_command=(
         "INSERT OR IGNORE INTO commands SELECT stream, command_id, seq, reply FROM events"
         " WHERE command_id IS NOT NULL ORDER BY stream, command_id, reply IS NULL, seq"
     ),
     has_column="SELECT count(*) FROM pragma_table_info(?) WHERE name=?",
-    data_version="PRAGMA data_version",
 )
 
 _EVENT_LOG = """
@@ -128,10 +131,13 @@ class SqliteJournal(SqlJournal):
 
     def _open_sync(self) -> None:
         self._w = conn = self._connect()
+        limit = conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
+        if limit < self.dialect.max_variables:  # an SQLite built with a lower limit (999 before 3.32)
+            self.dialect = dataclasses.replace(self.dialect, max_variables=limit)
         conn.executescript(_SCHEMA)
         conn.execute("BEGIN IMMEDIATE")
         try:
-            drive_sync(self._execute, migrate(DIALECT, self.path))
+            drive_sync(self._execute, migrate(self.dialect, self.path))
             view = conn.execute("SELECT count(*) FROM pragma_table_info('event_log') WHERE name='principal'")
             if not view.fetchone()[0]:
                 conn.execute("DROP VIEW IF EXISTS event_log")  # made before the column: show it too
@@ -268,6 +274,6 @@ class SqliteJournal(SqlJournal):
         assert conn is not None
         conn.execute("BEGIN")  # one consistent read snapshot for the whole batch
         try:
-            return list(drive_sync(self._read, recover_steps(DIALECT, keys)))
+            return list(drive_sync(self._read, recover_steps(self.dialect, keys)))
         finally:
             conn.execute("COMMIT")

@@ -1,0 +1,63 @@
+"""The SQLite journal writes a batch as multi-row statements sized to the build's variable limit:
+a build with the old limit of 999 (SQLite before 3.32, some system libraries still) must store the
+same events, only in more statements."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import anyio
+import pytest
+from conftest import ev
+
+from runtime.journal.sqlite import SqliteJournal
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_a_build_with_999_variables_stores_a_large_batch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    connect = SqliteJournal._connect
+    statements: list[str] = []
+
+    def old_build(self: SqliteJournal) -> sqlite3.Connection:
+        conn = connect(self)
+        conn.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 999)
+        conn.set_trace_callback(statements.append)
+        return conn
+
+    monkeypatch.setattr(SqliteJournal, "_connect", old_build)
+    async with SqliteJournal(tmp_path / "j.db") as journal:
+        assert journal.dialect.max_variables == 999
+        async with anyio.create_task_group() as tg:  # one group commit: 120 entities x 3 events
+            for i in range(120):
+                tg.start_soon(journal.append, [ev(f"e{i}", s, b'{"n": %d}' % s) for s in (1, 2, 3)], 0)
+        stored = await journal.read_all(1, 1000)
+    assert len(stored) == 360
+    assert [e.position for e in stored] == list(range(1, 361))
+    assert {(e.entity_id, e.seq) for e in stored} == {(f"e{i}", s) for i in range(120) for s in (1, 2, 3)}
+    inserts = [s for s in statements if s.startswith("INSERT INTO events")]
+    assert len(inserts) >= 360 * 12 // 999  # 83 rows of 12 values per statement at most
+
+
+async def test_the_default_build_writes_a_batch_in_one_insert(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    connect = SqliteJournal._connect
+    statements: list[str] = []
+
+    def traced(self: SqliteJournal) -> sqlite3.Connection:
+        conn = connect(self)
+        conn.set_trace_callback(statements.append)
+        return conn
+
+    monkeypatch.setattr(SqliteJournal, "_connect", traced)
+    async with SqliteJournal(tmp_path / "j.db") as journal:
+        if journal.dialect.max_variables < 32_766:
+            pytest.skip(f"this SQLite allows {journal.dialect.max_variables} variables per statement")
+        statements.clear()
+        async with anyio.create_task_group() as tg:
+            for i in range(500):
+                tg.start_soon(journal.append, [ev(f"e{i}", 1)], 0)
+        assert len(await journal.read_all(1, 1000)) == 500
+    batches = sum(s == "BEGIN IMMEDIATE" for s in statements)
+    inserts = sum(s.startswith("INSERT INTO events") for s in statements)
+    assert inserts == batches  # one multi-row INSERT per group commit
