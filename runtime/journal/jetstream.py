@@ -86,6 +86,7 @@ from ..model.errors import (
     MemoirError,
 )
 from ..wire.auth import NatsAuth
+from ..wire.frames import Message
 from ..wire.nats import AckInbox, PublishError, close_quietly, connect, decode_ack, ensure_stream, watch
 from ..wire.protocol import (
     H_COMMAND_ID,
@@ -344,9 +345,14 @@ class JetStreamJournal(Journal):
 
     async def _request(self, subject: str, payload: bytes, headers: dict[str, str]) -> dict[str, Any]:
         """Publish one message and return its ack as sent (a refusal included)."""
+        return await self._request_batch([(subject, payload, headers)])
+
+    async def _request_batch(self, messages: list[Message]) -> dict[str, Any]:
+        """Publish messages in one write, the last with a reply; its ack as sent (a refusal included)."""
         assert self._acks is not None, "the JetStream journal is not open"
+        subject = messages[-1][0]
         try:
-            msg = await self._acks.request(subject, payload, headers, self.ack_timeout)
+            msg = await self._acks.request_batch(messages, self.ack_timeout)
         except (NatsError, TimeoutError) as exc:
             raise JournalUnavailable("no answer", f"NATS at {self.server}: no ack for {subject}: {exc!r}") from exc
         try:
@@ -566,23 +572,17 @@ class JetStreamJournal(Journal):
         """
         assert self.nc is not None
         batch_id = secrets.token_hex(11)
-        total = sum(len(events) for _, events, _ in parts)
-        n = 0
-        ack: dict[str, Any] = {}
+        messages: list[Message] = []
         for subject, events, last_seq in parts:
             for j, env in enumerate(events):
-                n += 1
                 headers = self._headers(env, last=j == len(events) - 1)
                 headers[H_BATCH_ID] = batch_id
-                headers[H_BATCH_SEQ] = str(n)
+                headers[H_BATCH_SEQ] = str(len(messages) + 1)
                 if j == 0:
                     headers[H_EXPECTED_LAST_SUBJECT_SEQ] = str(last_seq)
-                if n < total:
-                    await self.nc.publish(subject, env.payload, headers=headers)
-                else:
-                    headers[H_BATCH_COMMIT] = "1"
-                    ack = await self._request(subject, env.payload, headers)
-        return ack
+                messages.append((subject, env.payload, headers))
+        messages[-1][2][H_BATCH_COMMIT] = "1"
+        return await self._request_batch(messages)
 
     def _check(self, ack: dict[str, Any], env: Envelope) -> None:
         err = ack.get("error")

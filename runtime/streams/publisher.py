@@ -314,43 +314,42 @@ class Publisher:
                     for i in range(0, len(envs), MAX_ATOMIC):
                         sent.acks.append(await self._send_atomic(acks, entity_type, envs[i : i + MAX_ATOMIC]))
                 else:
-                    sent.acks += [(await self._send_one(acks, env), 1) for env in envs]
+                    sent.acks += [(fut, 1) for fut in await self._send_each(acks, entity_type, envs)]
             inflight.append(sent)
             self._messages_in_flight += sent.messages
             await self._settle(inflight, ready_only=True)
         finally:
             await self._save_checkpoint()
 
-    async def _send_one(self, acks: AckInbox, env: Envelope) -> asyncio.Future[Msg]:
-        """One message, right after the last one sent to its stream."""
-        headers = event_headers(env)
-        headers[H_EXPECTED_LAST_SEQ] = str(self._last_seq[env.entity_type])
-        self._last_seq[env.entity_type] += 1
-        return await acks.publish(event_subject(self.prefix, env.entity_type, env.entity_id), env.payload, headers)
+    async def _send_each(self, acks: AckInbox, entity_type: str, envs: list[Envelope]) -> list[asyncio.Future[Msg]]:
+        """Plain messages in one write, each naming the stream's last sequence it must follow."""
+        messages = []
+        last_seq = self._last_seq[entity_type]
+        for env in envs:
+            headers = event_headers(env)
+            headers[H_EXPECTED_LAST_SEQ] = str(last_seq)
+            last_seq += 1
+            messages.append((event_subject(self.prefix, entity_type, env.entity_id), env.payload, headers))
+        self._last_seq[entity_type] = last_seq
+        return await acks.publish_each(messages)
 
     async def _send_atomic(
         self, acks: AckInbox, entity_type: str, envs: list[Envelope]
     ) -> tuple[asyncio.Future[Msg], int]:
-        """One atomic batch to a stream; its first message names the stream's last sequence."""
+        """One atomic batch to a stream, in one write; its first message names the stream's last sequence."""
         self._batches += 1
         batch_id = f"{self._batch_prefix}{self._batches}"
-        last = len(envs)
+        messages = []
         for n, env in enumerate(envs, 1):
             headers = event_headers(env)
             headers[H_BATCH_ID] = batch_id
             headers[H_BATCH_SEQ] = str(n)
-            if n == 1:
-                headers[H_EXPECTED_LAST_SEQ] = str(self._last_seq[entity_type])
-            subject = event_subject(self.prefix, entity_type, env.entity_id)
-            if n < last:
-                if not self.nc.is_connected:
-                    raise _connection_lost()
-                await self.nc.publish(subject, env.payload, headers=headers)
-            else:
-                headers[H_BATCH_COMMIT] = "1"
-                fut = await acks.publish(subject, env.payload, headers)
-        self._last_seq[entity_type] += last
-        return fut, last
+            messages.append((event_subject(self.prefix, entity_type, env.entity_id), env.payload, headers))
+        messages[0][2][H_EXPECTED_LAST_SEQ] = str(self._last_seq[entity_type])
+        messages[-1][2][H_BATCH_COMMIT] = "1"
+        fut = await acks.publish_batch(messages)
+        self._last_seq[entity_type] += len(envs)
+        return fut, len(envs)
 
     async def _settle(self, inflight: _Inflight, *, all_: bool = False, ready_only: bool = False) -> None:
         """Move the checkpoint past acknowledged reads, in order: the oldest one (waiting for its

@@ -14,7 +14,7 @@ import logging
 import secrets
 import ssl
 import weakref
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import anyio
@@ -29,6 +29,7 @@ from nats.js import api
 from nats.js.errors import APIError, NotFoundError, ServiceUnavailableError
 
 from ..model.errors import MemoirError
+from . import frames
 from .auth import NatsAuth
 from .redact import redact_url, scrub, url_secrets
 
@@ -291,26 +292,7 @@ class AckInbox:
         if fut is not None and not fut.done():
             fut.set_result(msg)
 
-    async def publish(self, subject: str, payload: bytes, headers: dict[str, str]) -> asyncio.Future[Msg]:
-        """Publish; the future holds the ack (or the connection's loss)."""
-        return (await self._publish(subject, payload, headers))[1]
-
-    async def _publish(self, subject: str, payload: bytes, headers: dict[str, str]) -> tuple[str, asyncio.Future[Msg]]:
-        if not self.nc.is_connected:
-            raise self.lost()
-        self.n += 1
-        reply = f"{self.prefix}{self.n}"
-        fut = self.pending[reply] = asyncio.get_running_loop().create_future()
-        try:
-            await self.nc.publish(subject, payload, reply=reply, headers=headers)
-        except BaseException:
-            self.pending.pop(reply, None)
-            raise
-        return reply, fut
-
-    async def request(self, subject: str, payload: bytes, headers: dict[str, str], timeout: float) -> Msg:
-        """Publish and wait up to `timeout` for the ack (TimeoutError)."""
-        reply, fut = await self._publish(subject, payload, headers)
+    async def _wait(self, reply: str, fut: asyncio.Future[Msg], timeout: float) -> Msg:
         # A timer handle, not a cancel scope: this runs once per append, and a scope costs more.
         timer = asyncio.get_running_loop().call_later(timeout, _expire, fut)
         try:
@@ -318,6 +300,38 @@ class AckInbox:
         finally:
             timer.cancel()
             self.pending.pop(reply, None)
+
+    async def publish_each(self, messages: Sequence[frames.Message]) -> list[asyncio.Future[Msg]]:
+        """Publish many messages in one write, each with its own ack (pipelined plain publishes)."""
+        return [fut for _, fut in await self._send(messages, len(messages))]
+
+    async def publish_batch(self, messages: Sequence[frames.Message]) -> asyncio.Future[Msg]:
+        """Publish many messages in one write, only the last with an ack (an atomic batch's commit)."""
+        return (await self._send(messages, 1))[0][1]
+
+    async def request_batch(self, messages: Sequence[frames.Message], timeout: float) -> Msg:
+        """`publish_batch`, then wait up to `timeout` for the ack (TimeoutError)."""
+        ((reply, fut),) = await self._send(messages, 1)
+        return await self._wait(reply, fut, timeout)
+
+    async def _send(self, messages: Sequence[frames.Message], acked: int) -> list[tuple[str, asyncio.Future[Msg]]]:
+        """Send in one write; the last `acked` messages get a reply subject and a future."""
+        if not self.nc.is_connected:
+            raise self.lost()
+        loop = asyncio.get_running_loop()
+        waiting = []
+        for _ in range(acked):
+            self.n += 1
+            reply = f"{self.prefix}{self.n}"
+            waiting.append((reply, loop.create_future()))
+        self.pending.update(waiting)
+        try:
+            await frames.publish(self.nc, messages, [""] * (len(messages) - acked) + [r for r, _ in waiting])
+        except BaseException:
+            for reply, _ in waiting:
+                self.pending.pop(reply, None)
+            raise
+        return waiting
 
 
 # -- streams -----------------------------------------------------------------------------------
