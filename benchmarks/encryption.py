@@ -21,7 +21,7 @@ from entities.inventory import InventoryItem, Received
 from runtime import Envelope, Journal, KeyRing, MemoryJournal, Runtime, SqliteJournal, model_of
 from runtime.engine.keyring import seal_envelope
 from runtime.model.sealing import SealKey
-from runtime.serve.tuning import tune_gc, tune_switch_interval
+from runtime.serve.tuning import tune_gc
 
 
 class PlainItem(InventoryItem, name="plain"):
@@ -120,7 +120,6 @@ async def run(d: Path, commands: int, events: int, rounds: int) -> dict[str, Any
 
 def main() -> None:
     tune_gc()
-    tune_switch_interval()
     p = c.parser(__doc__.splitlines()[0])
     args = p.parse_args()
     commands, events, rounds = (3_000, 10_000, 3) if args.quick else (20_000, 50_000, 5)

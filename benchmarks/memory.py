@@ -9,7 +9,7 @@ import anyio
 
 from entities import InventoryItem
 from runtime import App, Runtime, SqliteJournal
-from runtime.serve.tuning import tune_gc, tune_switch_interval
+from runtime.serve.tuning import tune_gc
 
 app = App("mem", entities=[InventoryItem])
 PAYLOAD = b'{"units": 5}'
@@ -40,7 +40,6 @@ async def run(path: str, entities: int, max_live: int, concurrency: int) -> dict
 
 def main() -> None:
     tune_gc()  # as `memoir run` does (see runtime/tuning.py)
-    tune_switch_interval()
     p = c.parser(__doc__.splitlines()[0])
     p.add_argument("--entities", type=int)
     p.add_argument("--max-live", type=int, default=100_000)

@@ -18,7 +18,7 @@ from entities.social import Post, Profile, Published
 from runtime import App, Envelope, Runtime, SqliteJournal, model_of
 from runtime.serve.nats_server import EmbeddedNats
 from runtime.serve.service import Service
-from runtime.serve.tuning import tune_gc, tune_nats, tune_switch_interval
+from runtime.serve.tuning import tune_gc, tune_nats
 from runtime.streams.handlers import on
 from runtime.streams.publisher import Publisher, StreamSettings, ensure_stream
 from runtime.streams.view import Rows, View
@@ -144,7 +144,6 @@ async def run(events: int, lag_seconds: float) -> dict[str, float]:
 
 def main() -> None:
     tune_gc()  # as `memoir run` does (see runtime/tuning.py), for the raw baselines in this process too
-    tune_switch_interval()
     tune_nats()
     p = c.parser(__doc__.splitlines()[0])
     p.add_argument("--events", type=int)

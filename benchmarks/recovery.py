@@ -12,7 +12,7 @@ import _common as c  # puts the repository on sys.path
 
 from entities.inventory import InventoryItem, Received
 from runtime import App, Envelope, Runtime, SqliteJournal, model_of
-from runtime.serve.tuning import tune_gc, tune_switch_interval
+from runtime.serve.tuning import tune_gc
 
 
 class Unsnapshotted(InventoryItem, name="inventory"):
@@ -101,7 +101,6 @@ def run_eventsourcing(path: Path, events: int) -> float:
 
 def main() -> None:
     tune_gc()  # as `memoir run` does (see runtime/tuning.py)
-    tune_switch_interval()
     p = c.parser(__doc__.splitlines()[0])
     p.add_argument("--events", type=int, default=20_000)
     args = c.parse(p)

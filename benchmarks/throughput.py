@@ -27,7 +27,7 @@ import anyio
 from entities import InventoryItem
 from runtime import App, Runtime, open_journal
 from runtime.journal.sqlite import _SCHEMA
-from runtime.serve.tuning import tune_gc, tune_nats, tune_switch_interval
+from runtime.serve.tuning import tune_gc, tune_nats
 
 PAYLOAD = b'{"units": 1, "on": "2022-03-01"}'
 app = App("bench", entities=[InventoryItem])
@@ -278,7 +278,6 @@ async def drop_schema(url: str, schema: str) -> None:
 
 def main() -> None:
     tune_gc()  # as `memoir run` does (see runtime/tuning.py), for the raw baselines in this process too
-    tune_switch_interval()
     tune_nats()
     p = c.parser(__doc__.splitlines()[0])
     p.add_argument("--journal", choices=["sqlite", "postgres", "nats", "memory"], default="sqlite")

@@ -17,7 +17,7 @@ from publisher import fill  # the same events the publisher benchmark uses
 from entities.social import AuthorPosts, PostsByAuthor
 from runtime import SqliteJournal
 from runtime.serve.nats_server import EmbeddedNats
-from runtime.serve.tuning import tune_gc, tune_nats, tune_switch_interval
+from runtime.serve.tuning import tune_gc, tune_nats
 from runtime.streams.publisher import Publisher
 from runtime.streams.view import ViewRunner
 from runtime.streams.view_store import SqliteViewStore
@@ -84,7 +84,6 @@ async def run(events: int) -> dict[str, float]:
 
 def main() -> None:
     tune_gc()  # as `memoir run` does (see runtime/tuning.py), for the raw baselines in this process too
-    tune_switch_interval()
     tune_nats()
     p = c.parser(__doc__.splitlines()[0])
     p.add_argument("--events", type=int)

@@ -23,7 +23,7 @@ from runtime.serve.client import Client
 from runtime.serve.nats_server import EmbeddedNats
 from runtime.serve.service import Service
 from runtime.serve.transport import Transport
-from runtime.serve.tuning import tune_gc, tune_nats, tune_switch_interval
+from runtime.serve.tuning import tune_gc, tune_nats
 
 ACCOUNTS, CONCURRENCY = 200, 64
 
@@ -182,7 +182,6 @@ async def run(n: int, rounds: int, timer_seconds: float) -> dict[str, Any]:
 
 def main() -> None:
     tune_gc()
-    tune_switch_interval()
     tune_nats()
     p = c.parser(__doc__.splitlines()[0])
     p.add_argument("--transfers", type=int)

@@ -51,7 +51,7 @@ from .serve.client import Client
 from .serve.http import HttpGateway
 from .serve.nats_server import EmbeddedNats
 from .serve.service import Service
-from .serve.tuning import tune_gc, tune_nats, tune_switch_interval
+from .serve.tuning import tune_gc, tune_nats
 from .streams.consumer import Consumer, Context
 from .streams.handlers import on
 from .streams.publisher import Publisher, StreamSettings
@@ -152,7 +152,6 @@ __all__ = [
     "step",
     "tune_gc",
     "tune_nats",
-    "tune_switch_interval",
 ]
 
 # One public home for every name, as httpx does: reprs, docs and tracebacks say `runtime.X`,

@@ -41,18 +41,3 @@ def test_tune_nats_installs_it_and_messages_still_parse() -> None:
         assert Client._parse_header_lines(BLOCKS[0])["Memoir-Command-Id"] == "c%2E1"
     finally:
         Client._parse_header_lines = before  # type: ignore[method-assign]
-
-
-def test_tune_switch_interval_hands_the_gil_over_sooner() -> None:
-    import sys
-
-    from runtime import tune_switch_interval
-
-    before = sys.getswitchinterval()
-    try:
-        tune_switch_interval()
-        assert sys.getswitchinterval() == pytest.approx(0.0005)
-        tune_switch_interval(0.002)
-        assert sys.getswitchinterval() == pytest.approx(0.002)
-    finally:
-        sys.setswitchinterval(before)

@@ -46,7 +46,7 @@ from .nats_server import EmbeddedNats, free_port
 from .private import embedded_identity, private_dir, write_private
 from .service import SHARED_JOURNALS, Service
 from .transport import Transport
-from .tuning import tune_gc, tune_nats, tune_switch_interval
+from .tuning import tune_gc, tune_nats
 
 log = structlog.get_logger("memoir.server")
 
@@ -257,7 +257,6 @@ async def serve(settings: Settings, *, ready: anyio.Event | None = None, auth: N
     """
     configure(settings.log_format, settings.log_level)
     tune_nats()
-    tune_switch_interval()
     app = load_app(settings.app)
     stopping = anyio.Event()  # set once a signal asked us to stop
     try:

@@ -1,6 +1,6 @@
 """Process tuning for a long-running runtime: process-wide settings, so never applied implicitly.
 
-`memoir run` calls all three; an application embedding the runtime can call them once after start-up.
+`memoir run` calls both; an application embedding the runtime can call them once after start-up.
 
 `tune_gc`: CPython's cyclic collector runs a young-generation pass every 700 allocations
 and, every so often, a full pass over every live object. A runtime holds up to
@@ -8,14 +8,6 @@ and, every so often, a full pass over every live object. A runtime holds up to
 grow with the number of entities and land on random commands as latency spikes. Freezing
 what exists after start-up and collecting far less often keeps the collector for what it
 is for (cycles), not for scanning actors.
-
-`tune_switch_interval`: the SQLite journal writes from a thread of its own, and every SQLite
-call it makes (BEGIN, the INSERT, COMMIT's fsync) lets go of the GIL and must take it back
-from the event loop. A thread waiting for the GIL gets it only once the holder has run for
-`sys.getswitchinterval()`, 5 ms by default, and under load the loop always holds it: a batch
-of six statements waited up to 30 ms for the GIL alone, and 1,000 senders' commands waited with it.
-0.5 ms measured 20 % more commands per second through the SQLite journal (benchmarks/throughput.py,
-alternating runs); a process with no other thread never hands the GIL over, so it costs nothing there.
 
 `tune_nats`: nats-py (2.16) parses every received message's headers with a generator
 over each header name's characters, which is half the cost of reading an event from a
@@ -28,7 +20,6 @@ not where it was.
 from __future__ import annotations
 
 import gc
-import sys
 
 _CRLF = b"\r\n"
 
@@ -38,11 +29,6 @@ def tune_gc(young: int = 50_000) -> None:
     gc.collect()
     gc.freeze()  # everything alive now (imports, the app, connections) is never scanned again
     gc.set_threshold(young, 50, 100)
-
-
-def tune_switch_interval(seconds: float = 0.0005) -> None:
-    """Let a thread waiting for the GIL (the SQLite writer) have it after `seconds`, not 5 ms."""
-    sys.setswitchinterval(seconds)
 
 
 def parse_header_lines(raw: bytes) -> dict[str, str]:
