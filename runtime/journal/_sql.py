@@ -120,7 +120,8 @@ class Dialect:
     least: str
     types: dict[str, str]  # DDL hooks: int, serial, position, autoincrement, bool, blob, without_rowid
     numbered: bool  # $1, $2 … instead of ?
-    # bound values per multi-row statement (its rows are as many as fit); 0 = one statement (arrays)
+    # bound values per multi-row statement (its rows are as many as fit); 0 = one statement (arrays);
+    # the first column of a row is never NULL (padding rows are all NULL: see `bulk`)
     max_variables: int
     # the last position and a data version, read first in each write transaction. The version
     # changes when another connection committed; where there is one (SQLite's `data_version`;
@@ -147,12 +148,21 @@ class Dialect:
             cols = ", ".join(f"column{i + 1}" for i in range(len(types)))
             sql = self.sql(template.replace("{rows}", f"SELECT * FROM unnest({arrays}) AS u({cols})"))
             return [(sql, [list(c) for c in zip(*rows, strict=True)])]
+        # Multi-row statements come in a few sizes only, the rows padded with NULLs up to the next
+        # power of two (the WHERE drops them; a join never matches them): each size is a prepared
+        # statement of its own in the connection's cache, hundreds of kB at hundreds of rows, so
+        # one per row count would grow the process by ~90 MB per template and prepare anew nearly
+        # every batch.
         out: list[Query] = []
-        per = max(1, self.max_variables // len(types))
+        width = len(types)
+        per = max(1, self.max_variables // width)
         for i in range(0, len(rows), per):
             part = rows[i : i + per]
-            sql = self.sql(template.replace("{rows}", "VALUES " + _values(len(part), len(types))))
-            out.append((sql, list(itertools.chain.from_iterable(part))))
+            size = min(per, 1 << (len(part) - 1).bit_length())
+            values = list(itertools.chain.from_iterable(part))
+            values += [None] * (width * (size - len(part)))
+            relation = f"SELECT * FROM (VALUES {_values(size, width)}) WHERE column1 IS NOT NULL"
+            out.append((self.sql(template.replace("{rows}", relation)), values))
         return out
 
 

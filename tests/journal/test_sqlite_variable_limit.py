@@ -61,3 +61,30 @@ async def test_a_batch_of_up_to_400_events_is_one_insert(tmp_path: Path, monkeyp
     batches = sum(s == "BEGIN IMMEDIATE" for s in statements)
     inserts = sum(s.startswith("INSERT INTO events") for s in statements)
     assert inserts == batches  # one multi-row INSERT per group commit
+
+
+async def test_batches_of_any_size_use_a_handful_of_statements(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each distinct statement is cached by the connection, and a multi-row one is big: batch sizes
+    from 1 to 300 must not make 300 of them (rows are padded to a power of two)."""
+    connect = SqliteJournal._connect
+    statements: list[str] = []
+
+    def traced(self: SqliteJournal) -> sqlite3.Connection:
+        conn = connect(self)
+        conn.set_trace_callback(statements.append)
+        return conn
+
+    monkeypatch.setattr(SqliteJournal, "_connect", traced)
+    async with SqliteJournal(tmp_path / "j.db") as journal:
+        n = 0
+        for size in range(1, 301, 7):  # 43 group commits of 1, 8, 15, … 295 appends
+            async with anyio.create_task_group() as tg:
+                for _ in range(size):
+                    tg.start_soon(journal.append, [ev(f"e{n}", 1, b'{"n": %d}' % n)], 0)
+                    n += 1
+        stored = await journal.read_all(1, 100_000)
+    assert [(e.entity_id, e.payload) for e in stored] == [(f"e{i}", b'{"n": %d}' % i) for i in range(n)]
+    assert {e.position for e in stored} == set(range(1, n + 1))
+    # the trace shows each statement with its values: its row count tells which statement it was
+    sizes = {s.count("),(") + 1 for s in statements if s.startswith("INSERT INTO events")}
+    assert sizes <= {1, 2, 4, 8, 16, 32, 64, 128, 256, 400}, sorted(sizes)
