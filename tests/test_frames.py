@@ -24,6 +24,8 @@ MESSAGES: list[frames.Message] = [
     ("t.events.inventory.y", b"x" * 70_000, {"Nats-Batch-Id": "b1", "Nats-Batch-Sequence": "2"}),
     ("t.events.inventory.z", b"{}", {"Broken": "line\r\nInjected: yes"}),  # nats-py's path: newlines go
     ("t.events.inventory.w", b"{}", {"Bad Name": "x", "Good": "y"}),  # nats-py refuses the name
+    ("t.events.inventory.v", b"{}", {"Paren(s)": "x"}),  # printable, but not a token: refused too
+    ("t.events.inventory.u", b"{}", {}),  # no headers at all
 ]
 
 

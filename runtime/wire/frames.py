@@ -24,12 +24,14 @@ from nats.aio.client import Client as NATS
 Message = tuple[str, bytes, dict[str, str]]
 """(subject, payload, headers)"""
 
-_UNSAFE_SUBJECT = re.compile(r"[\s]|^$")  # nats-py's _validate_subject refuses whitespace and empty
-_HEADER_NAME = re.compile(r"[!-9;-~]+")  # printable ASCII but the colon: a name nats-py sends unchanged
-_names: set[str] = set()  # names seen to pass, so the check is a set lookup after the first message
+_UNSAFE_SUBJECT = re.compile(r"[ \t\r\n]")  # what nats-py's publish refuses in a subject (and empty)
+_HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # the header names nats-py sends (RFC 7230 tokens)
+_names: set[str] = set()  # names seen to pass, so the check is one set operation after the first message
 
 
 def _plain_names(headers: dict[str, str]) -> bool:
+    if _names.issuperset(headers):
+        return True
     for name in headers:
         if name not in _names:
             if not _HEADER_NAME.fullmatch(name) or len(_names) > 1000:
@@ -42,12 +44,12 @@ def hpub(subject: str, reply: str, headers: dict[str, str], payload: bytes) -> b
     """The HPUB frame of one message; None if it needs nats-py's checks (see the module docstring)."""
     if not _plain_names(headers):
         return None
-    block = "".join([f"{k}: {v}\r\n" for k, v in headers.items()])
-    if block.count("\n") != len(headers) or block.count("\r") != len(headers):  # a value with a line break
+    block = "\r\n".join(map(": ".join, headers.items()))  # (no headers: nats-py's, below)
+    if block.count("\n") != len(headers) - 1 or block.count("\r") != len(headers) - 1:  # a line break in a value
         return None
-    if _UNSAFE_SUBJECT.search(subject) or (reply and _UNSAFE_SUBJECT.search(reply)):
+    if not subject or _UNSAFE_SUBJECT.search(subject) or (reply and _UNSAFE_SUBJECT.search(reply)):
         return None
-    head = f"NATS/1.0\r\n{block}\r\n".encode()
+    head = f"NATS/1.0\r\n{block}\r\n\r\n".encode()
     total = len(head) + len(payload)
     line = f"HPUB {subject} {reply} {len(head)} {total}\r\n" if reply else f"HPUB {subject} {len(head)} {total}\r\n"
     return b"".join((line.encode(), head, payload, b"\r\n"))
