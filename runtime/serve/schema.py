@@ -234,7 +234,11 @@ def event_headers_schema(event: EventSchema) -> JSON:
             H_EVENT: {"const": event.name},
             H_VERSION: {"const": str(event.version)},
             H_SEQ: _str("the event's seq within its entity", **digits),
-            H_POSITION: _str("the event's position in the journal", **digits),
+            H_POSITION: _str(
+                "the event's position in the journal (absent in the JetStream journal's own stream,"
+                " whose stream sequence is the position)",
+                **digits,
+            ),
             H_RECORDED: _str("recorded time, unix nanoseconds", **digits),
             H_COMMAND_ID: _str("the command's id, percent-encoded"),
             H_CORRELATION_ID: _str("percent-encoded"),

@@ -127,15 +127,18 @@ def stream_name(prefix: str, entity_type: str) -> str:
 
 
 def event_headers(env: Envelope) -> dict[str, str]:
+    """An event's headers. No position while it has none: an event the JetStream journal is about
+    to store, whose position will be its stream sequence (a header would say 0 on every message)."""
     eid = token(env.entity_id)
     h = {
         H_MSG_ID: f"{env.entity_type}/{eid}/{env.seq}",
         H_SEQ: str(env.seq),
-        H_POSITION: str(env.position),
         H_EVENT: env.name,
         H_VERSION: str(env.version),
         H_RECORDED: str(env.recorded_at),
     }
+    if env.position:
+        h[H_POSITION] = str(env.position)
     if env.command_id is not None:
         h[H_COMMAND_ID] = token(env.command_id)
     if env.correlation_id is not None:

@@ -180,3 +180,21 @@ async def test_the_duplicate_window_is_a_url_option(tmp_path: Path) -> None:
         for bad in ("0", "soon", "-5"):
             with pytest.raises(ConfigError, match=f"duplicate_window='{bad}'"):
                 JetStreamJournal(f"{server.url}?duplicate_window={bad}")
+
+
+async def test_stored_messages_carry_no_position_header_their_sequence_is_the_position(tmp_path: Path) -> None:
+    async with EmbeddedNats(tmp_path / "n") as server, JetStreamJournal(server.url) as journal:
+        await journal.append([ev("x", 1), ev("x", 2)], 0)
+        await journal.append([ev("y", 1)], 0)
+        nc = await nats.connect(server.url)
+        try:
+            raw = [await nc.jetstream().get_msg(journal.stream, seq=s) for s in (1, 2, 3)]
+        finally:
+            await nc.close()
+        assert all("Memoir-Position" not in (m.headers or {}) for m in raw)
+        assert [(m.headers or {})["Memoir-Seq"] for m in raw] == ["1", "2", "1"]
+        assert [(e.entity_id, e.seq, e.position) for e in await journal.read_all(1)] == [
+            ("x", 1, 1),
+            ("x", 2, 2),
+            ("y", 1, 3),
+        ]

@@ -18,8 +18,8 @@ from runtime import App, MemoirError, Runtime, SqliteJournal
 from runtime.serve.nats_server import EmbeddedNats, find_binary, free_port
 from runtime.serve.service import Service
 from runtime.streams.publisher import CHECKPOINT, Publisher, StreamSettings
-from runtime.wire.nats import ensure_stream
-from runtime.wire.protocol import stream_name, token
+from runtime.wire.nats import AckInbox, PublishError, check_ack, ensure_stream
+from runtime.wire.protocol import event_subject, stream_name, token
 
 from .helpers import eventually, journal_events, stream_messages
 
@@ -114,6 +114,33 @@ async def test_a_read_far_behind_goes_as_atomic_batches_where_the_stream_has_the
 async def _fill(journal: SqliteJournal, ids: list[str]) -> None:
     async with Runtime([InventoryItem], journal) as rt:
         await _send_some(rt, ids)
+
+
+async def test_a_refusal_inside_a_chain_refuses_everything_after_it(nc: NATS) -> None:
+    """What the publisher's one-ack chains rest on, asked of the real server: a message that does not
+    follow on is refused, so every later one in the chain is too, and the last one's ack says so."""
+    settings = StreamSettings()
+    await ensure_stream(nc.jetstream(), settings.config("chain", "thing"))
+    acks = AckInbox(nc, lambda: PublishError("connection lost"))
+    await acks.open()
+    subject = event_subject("chain", "thing", "x")
+
+    def message(n: int, follows: int) -> tuple[str, bytes, dict[str, str]]:
+        return subject, b"%d" % n, {"Nats-Expected-Last-Sequence": str(follows)}
+
+    try:
+        # the third names the wrong sequence: the fourth and fifth, named right, cannot follow it
+        refused = await acks.publish_batch([message(1, 0), message(2, 1), message(3, 1), message(4, 3), message(5, 4)])
+        with pytest.raises(PublishError, match="10071"):
+            check_ack(await refused)
+        info = await nc.jetstream().stream_info(stream_name("chain", "thing"))
+        assert info.state.last_seq == 2
+        stored = await acks.publish_batch([message(3, 2), message(4, 3), message(5, 4)])
+        assert check_ack(await stored)["seq"] == 5
+        msgs = [await nc.jetstream().get_msg(stream_name("chain", "thing"), seq=n) for n in range(1, 6)]
+        assert [m.data for m in msgs] == [b"1", b"2", b"3", b"4", b"5"]
+    finally:
+        await acks.close()
 
 
 async def test_republishing_after_a_lost_checkpoint_adds_no_duplicates(
