@@ -41,9 +41,12 @@ follow, and only the last asks for an answer. The server refuses a message that 
 follow on exactly, so a refusal anywhere in the chain (or a message lost on the way)
 leaves every later expectation wrong: the last one is refused too, and its answer says
 so. An ack for the last therefore stands for the whole chain, and an event at the tail
-costs one message to the server instead of two. (The last one's ack saying "duplicate"
-answers for itself only, not for the chain before it: the publisher then goes back to
-its checkpoint as after a refusal.)
+costs one message to the server instead of two. Every ack is also held to the stream
+sequence the publisher predicted for its message: a replicated stream checks expectations
+when a message is proposed, so one that fails later, as it is applied, could leave a gap
+behind a stored successor; the sequence shows it. (An ack saying "duplicate" answers for
+its own message only: for a chain, the publisher goes back to its checkpoint as after a
+refusal.)
 
 So every acknowledged event reaches its stream exactly once, in per-entity order.
 (Two publishers on one journal take turns rather than interleave: each refusal
@@ -130,18 +133,19 @@ _RETRYABLE = (PublishError, NatsError, JetStreamError, TimeoutError, MemoirError
 
 
 class _Sent:
-    """One read of the journal in flight: its last position, and the acks (each with its message
-    count) that must all be in before the checkpoint may pass it."""
+    """One read of the journal in flight: its last position, and the acks that must all be in
+    before the checkpoint may pass it, each with how many messages it answers for and the stream
+    sequence its message must have been stored at."""
 
     __slots__ = ("acks", "messages", "position")
 
     def __init__(self, position: int) -> None:
         self.position = position
-        self.acks: list[tuple[asyncio.Future[Msg], int]] = []
+        self.acks: list[tuple[asyncio.Future[Msg], int, int]] = []
         self.messages = 0
 
     def done(self) -> bool:
-        return all(fut.done() for fut, _ in self.acks)
+        return all(fut.done() for fut, _, _ in self.acks)
 
 
 _Inflight = deque[_Sent]
@@ -330,7 +334,8 @@ class Publisher:
                 send = self._send_atomic if atomic else self._send_chain
                 for i in range(0, len(envs), MAX_ATOMIC):
                     part = envs[i : i + MAX_ATOMIC]
-                    sent.acks.append((await send(acks, entity_type, part), len(part)))
+                    fut = await send(acks, entity_type, part)
+                    sent.acks.append((fut, len(part), self._last_seq[entity_type]))
             inflight.append(sent)
             self._messages_in_flight += sent.messages
             await self._settle(inflight, ready_only=True)
@@ -374,10 +379,14 @@ class Publisher:
             sent = inflight[0]
             if ready_only and not sent.done():
                 return
-            for fut, count in sent.acks:
+            for fut, count, due in sent.acks:
                 ack = check_ack(await fut)
-                if count > 1 and ack.get("duplicate"):  # answers for the last message only
-                    raise PublishError("the last message of a chain was a duplicate: the stream is asked again")
+                if ack.get("duplicate"):  # it answers for its own message only, stored before
+                    if count > 1:
+                        raise PublishError("the last message of a chain was a duplicate: the stream is asked again")
+                elif ack.get("seq") != due:  # a message before it is missing (a clustered stream can
+                    # let a later one through when an earlier one fails as it is applied)
+                    raise PublishError(f"stored at stream sequence {ack.get('seq')}, {due} was due: asked again")
                 self.published += count
             inflight.popleft()
             self._messages_in_flight -= sent.messages

@@ -7,11 +7,13 @@ thousand, as atomic batches or pipelined messages, with header names of our own 
 made: so a message here is one f-string and one `encode`, a batch is one `bytes.join`, and
 nats-py's flusher gets it as a single write.
 
-What nats-py would refuse or rewrite (a subject with whitespace, a header value with a line
-break, a payload over the server's limit) or a connection not up (nats-py buffers for a
-reconnect) goes by nats-py's own `publish`, message by message, so its answer is the same as
-ever. So does everything when the client's internals are not where this expects them: the
-result is then only slower. `tests/test_frames.py` holds the frames to what nats-py sends.
+What nats-py would refuse, or change on the way (a subject with whitespace, a header name
+that is not a token, a header value with a line break, a payload over the server's limit), or a
+connection not up (nats-py buffers for a reconnect) goes by nats-py's own `publish`, message by
+message, so its answer is the same as ever. So does everything when the client's internals
+are not where this expects them: the result is then only slower. (Values are not stripped as
+nats-py strips them: every reader strips them, nats-py's parser too, so they arrive the same.)
+`tests/test_frames.py` holds what arrives to what nats-py's own publish delivers.
 """
 
 from __future__ import annotations

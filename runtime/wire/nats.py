@@ -301,10 +301,6 @@ class AckInbox:
             timer.cancel()
             self.pending.pop(reply, None)
 
-    async def publish_each(self, messages: Sequence[frames.Message]) -> list[asyncio.Future[Msg]]:
-        """Publish many messages in one write, each with its own ack (pipelined plain publishes)."""
-        return [fut for _, fut in await self._send(messages, len(messages))]
-
     async def publish_batch(self, messages: Sequence[frames.Message]) -> asyncio.Future[Msg]:
         """Publish many messages in one write, only the last with an ack (an atomic batch's commit)."""
         return (await self._send(messages, 1))[0][1]
@@ -316,6 +312,7 @@ class AckInbox:
 
     async def _send(self, messages: Sequence[frames.Message], acked: int) -> list[tuple[str, asyncio.Future[Msg]]]:
         """Send in one write; the last `acked` messages get a reply subject and a future."""
+        assert messages, "nothing to publish"
         if not self.nc.is_connected:
             raise self.lost()
         loop = asyncio.get_running_loop()
