@@ -126,7 +126,8 @@ class Dialect:
     # the last position and a data version, read first in each write transaction. The version
     # changes when another connection committed; where there is one (SQLite's `data_version`;
     # NULL elsewhere) the writer keeps the heads it wrote between batches. One statement for
-    # both: each statement is a round trip, and on SQLite a wait for the GIL (see sqlite.py).
+    # both: each statement is a round trip to PostgreSQL, and on SQLite the writer thread waits
+    # for the GIL after every call (it gives it up for each step).
     take_position: str
     keep_position: str | None  # stores the new last position at its end (None: the table does)
     first_command: str  # the v1 -> v2 migration: the first application of each stored command id

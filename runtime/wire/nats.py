@@ -302,33 +302,28 @@ class AckInbox:
             self.pending.pop(reply, None)
 
     async def publish_batch(self, messages: Sequence[frames.Message]) -> asyncio.Future[Msg]:
-        """Publish many messages in one write, only the last with an ack (an atomic batch's commit)."""
-        return (await self._send(messages, 1))[0][1]
+        """Publish many messages in one write, only the last with an ack (an atomic batch's commit,
+        a chain's last); the future holds the ack (or the connection's loss)."""
+        return (await self._send(messages))[1]
 
     async def request_batch(self, messages: Sequence[frames.Message], timeout: float) -> Msg:
         """`publish_batch`, then wait up to `timeout` for the ack (TimeoutError)."""
-        ((reply, fut),) = await self._send(messages, 1)
+        reply, fut = await self._send(messages)
         return await self._wait(reply, fut, timeout)
 
-    async def _send(self, messages: Sequence[frames.Message], acked: int) -> list[tuple[str, asyncio.Future[Msg]]]:
-        """Send in one write; the last `acked` messages get a reply subject and a future."""
+    async def _send(self, messages: Sequence[frames.Message]) -> tuple[str, asyncio.Future[Msg]]:
         assert messages, "nothing to publish"
         if not self.nc.is_connected:
             raise self.lost()
-        loop = asyncio.get_running_loop()
-        waiting = []
-        for _ in range(acked):
-            self.n += 1
-            reply = f"{self.prefix}{self.n}"
-            waiting.append((reply, loop.create_future()))
-        self.pending.update(waiting)
+        self.n += 1
+        reply = f"{self.prefix}{self.n}"
+        fut = self.pending[reply] = asyncio.get_running_loop().create_future()
         try:
-            await frames.publish(self.nc, messages, [""] * (len(messages) - acked) + [r for r, _ in waiting])
+            await frames.publish(self.nc, messages, [""] * (len(messages) - 1) + [reply])
         except BaseException:
-            for reply, _ in waiting:
-                self.pending.pop(reply, None)
+            self.pending.pop(reply, None)
             raise
-        return waiting
+        return reply, fut
 
 
 # -- streams -----------------------------------------------------------------------------------

@@ -16,17 +16,25 @@ from runtime.journal.sqlite import SqliteJournal
 pytestmark = pytest.mark.anyio
 
 
-async def test_a_build_with_999_variables_stores_a_large_batch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def traced(monkeypatch: pytest.MonkeyPatch, *, variables: int | None = None) -> list[str]:
+    """Every statement the journal's connections run (values expanded), optionally on a build
+    that allows only `variables` bound values per statement."""
     connect = SqliteJournal._connect
     statements: list[str] = []
 
-    def old_build(self: SqliteJournal) -> sqlite3.Connection:
+    def connected(self: SqliteJournal) -> sqlite3.Connection:
         conn = connect(self)
-        conn.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 999)
+        if variables is not None:
+            conn.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, variables)
         conn.set_trace_callback(statements.append)
         return conn
 
-    monkeypatch.setattr(SqliteJournal, "_connect", old_build)
+    monkeypatch.setattr(SqliteJournal, "_connect", connected)
+    return statements
+
+
+async def test_a_build_with_999_variables_stores_a_large_batch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    statements = traced(monkeypatch, variables=999)
     async with SqliteJournal(tmp_path / "j.db") as journal:
         assert journal.dialect.max_variables == 999
         async with anyio.create_task_group() as tg:  # one group commit: 120 entities x 3 events
@@ -40,41 +48,10 @@ async def test_a_build_with_999_variables_stores_a_large_batch(tmp_path: Path, m
     assert len(inserts) >= 360 * 12 // 999  # 83 rows of 12 values per statement at most
 
 
-async def test_a_batch_of_up_to_400_events_is_one_insert(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    connect = SqliteJournal._connect
-    statements: list[str] = []
-
-    def traced(self: SqliteJournal) -> sqlite3.Connection:
-        conn = connect(self)
-        conn.set_trace_callback(statements.append)
-        return conn
-
-    monkeypatch.setattr(SqliteJournal, "_connect", traced)
-    async with SqliteJournal(tmp_path / "j.db") as journal:
-        if journal.dialect.max_variables < 4_800:
-            pytest.skip(f"this SQLite allows {journal.dialect.max_variables} variables per statement")
-        statements.clear()
-        async with anyio.create_task_group() as tg:
-            for i in range(400):
-                tg.start_soon(journal.append, [ev(f"e{i}", 1)], 0)
-        assert len(await journal.read_all(1, 1000)) == 400
-    batches = sum(s == "BEGIN IMMEDIATE" for s in statements)
-    inserts = sum(s.startswith("INSERT INTO events") for s in statements)
-    assert inserts == batches  # one multi-row INSERT per group commit
-
-
 async def test_batches_of_any_size_use_a_handful_of_statements(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Each distinct statement is cached by the connection, and a multi-row one is big: batch sizes
     from 1 to 300 must not make 300 of them (rows are padded to a power of two)."""
-    connect = SqliteJournal._connect
-    statements: list[str] = []
-
-    def traced(self: SqliteJournal) -> sqlite3.Connection:
-        conn = connect(self)
-        conn.set_trace_callback(statements.append)
-        return conn
-
-    monkeypatch.setattr(SqliteJournal, "_connect", traced)
+    statements = traced(monkeypatch)
     async with SqliteJournal(tmp_path / "j.db") as journal:
         n = 0
         for size in range(1, 301, 7):  # 43 group commits of 1, 8, 15, … 295 appends
