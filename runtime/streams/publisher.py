@@ -331,10 +331,9 @@ class Publisher:
                 await self._settle(inflight)
             for entity_type, envs in groups.items():
                 atomic = entity_type in self._atomic and len(envs) >= ATOMIC_FROM
-                send = self._send_atomic if atomic else self._send_chain
                 for i in range(0, len(envs), MAX_ATOMIC):
                     part = envs[i : i + MAX_ATOMIC]
-                    fut = await send(acks, entity_type, part)
+                    fut = await self._send(acks, entity_type, part, atomic=atomic)
                     sent.acks.append((fut, len(part), self._last_seq[entity_type]))
             inflight.append(sent)
             self._messages_in_flight += sent.messages
@@ -342,34 +341,29 @@ class Publisher:
         finally:
             await self._save_checkpoint()
 
-    async def _send_chain(self, acks: AckInbox, entity_type: str, envs: list[Envelope]) -> asyncio.Future[Msg]:
-        """Plain messages in one write, each naming the stream's last sequence it must follow; only
-        the last asks for an ack, which answers for all of them (see the module docstring)."""
-        last_seq = self._last_seq[entity_type]
+    async def _send(
+        self, acks: AckInbox, entity_type: str, envs: list[Envelope], *, atomic: bool
+    ) -> asyncio.Future[Msg]:
+        """A stream's messages in one write, only the last with an ack: an atomic batch, whose first
+        message names the stream's last sequence, or a chain, each of whose messages names the one
+        it follows, so the last one's ack answers for all (see the module docstring)."""
+        first = self._last_seq[entity_type]
+        if atomic:
+            self._batches += 1
+            batch_id = f"{self._batch_prefix}{self._batches}"
         messages = []
-        for env in envs:
+        for n, env in enumerate(envs):
             headers = event_headers(env)
-            headers[H_EXPECTED_LAST_SEQ] = str(last_seq)
-            last_seq += 1
+            if atomic:
+                headers[H_BATCH_ID] = batch_id
+                headers[H_BATCH_SEQ] = str(n + 1)
+            if n == 0 or not atomic:
+                headers[H_EXPECTED_LAST_SEQ] = str(first + n)
             messages.append((event_subject(self.prefix, entity_type, env.entity_id), env.payload, headers))
+        if atomic:
+            messages[-1][2][H_BATCH_COMMIT] = "1"
         fut = await acks.publish_batch(messages)
-        self._last_seq[entity_type] = last_seq
-        return fut
-
-    async def _send_atomic(self, acks: AckInbox, entity_type: str, envs: list[Envelope]) -> asyncio.Future[Msg]:
-        """One atomic batch to a stream, in one write; its first message names the stream's last sequence."""
-        self._batches += 1
-        batch_id = f"{self._batch_prefix}{self._batches}"
-        messages = []
-        for n, env in enumerate(envs, 1):
-            headers = event_headers(env)
-            headers[H_BATCH_ID] = batch_id
-            headers[H_BATCH_SEQ] = str(n)
-            messages.append((event_subject(self.prefix, entity_type, env.entity_id), env.payload, headers))
-        messages[0][2][H_EXPECTED_LAST_SEQ] = str(self._last_seq[entity_type])
-        messages[-1][2][H_BATCH_COMMIT] = "1"
-        fut = await acks.publish_batch(messages)
-        self._last_seq[entity_type] += len(envs)
+        self._last_seq[entity_type] = first + len(envs)
         return fut
 
     async def _settle(self, inflight: _Inflight, *, all_: bool = False, ready_only: bool = False) -> None:
