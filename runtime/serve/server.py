@@ -303,6 +303,7 @@ async def _serve(
                 max_live_actors=settings.max_live_actors,
                 passivate_after=settings.passivate_after,
                 cluster=settings.cluster_config(),
+                take_shards=False,  # once the transport takes commands, below
                 nats_auth=nats_auth,
             )
         )
@@ -325,6 +326,7 @@ async def _serve(
             async with anyio.create_task_group() as serving:
                 await admin.start()
                 await serving.start(transport.run)
+                await svc.take_shards()  # in a cluster: given shards only now that commands reach us
                 if http is not None:  # after the transport: HTTP commands go through it
                     await serving.start(http.run)
                 # Handlers first, banner second: whoever reads "serving" may send SIGTERM at once.

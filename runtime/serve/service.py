@@ -65,6 +65,7 @@ class Service:
         publish: bool = True,
         flush_timeout: float = 30.0,
         cluster: ClusterConfig | None = None,
+        take_shards: bool = True,
         nats_auth: NatsAuth | None = None,
         **runtime_options: Any,
     ) -> None:
@@ -81,6 +82,8 @@ class Service:
         self.publish = publish
         self.flush_timeout = flush_timeout
         self.cluster_config = cluster
+        self._take_shards_on_start = take_shards
+        self._sharding = False
         self.cluster: Cluster | None = None
         self.router: ShardRouter | None = None
         self.shards: ShardManager | None = None
@@ -141,7 +144,9 @@ class Service:
             self.router = ShardRouter(self.cluster, self.runtime)
             self.shards = ShardManager(self.cluster, on_lost=self.router.release, on_release=self.router.release)
             self.router.attach(self.shards)
-            await stack.enter_async_context(self.shards)
+            if self._take_shards_on_start:
+                self._sharding = True
+                await stack.enter_async_context(self.shards)
 
         background = await stack.enter_async_context(anyio.create_task_group())
         stack.callback(background.cancel_scope.cancel)
@@ -194,6 +199,20 @@ class Service:
             await work()
         else:
             await self.cluster.singleton(name).run(work)
+
+    async def take_shards(self) -> None:
+        """In a cluster, be counted for shards from now on (`Service(take_shards=False)`).
+
+        For a front door started after the service (`memoir run`'s transport): call this once
+        it takes commands. A member that is given shards before then stalls their commands:
+        its peers forward them to it and find no one, until their senders give up. Idempotent;
+        a no-op outside a cluster.
+        """
+        if self.shards is None or self._sharding:
+            return
+        assert self._stack is not None, "take_shards() inside `async with Service(...)`"
+        self._sharding = True
+        await self._stack.enter_async_context(self.shards)  # left first: the shards go before the rest stops
 
     def runs(self, name: str) -> bool:
         """Whether this process runs the singleton `name` (always, outside a cluster)."""

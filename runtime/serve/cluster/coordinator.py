@@ -1,18 +1,20 @@
 """One process's place in a cluster: its buckets, its membership, its view of the leases.
 
 `async with Cluster.join(nc, config) as cluster:` opens (or creates) the buckets, checks the
-shard count, starts heartbeating and watching; leaving the block leaves the cluster. A
-ShardManager and any Singleton run on top of it.
+shard count and starts watching; `announce()` starts heartbeating, so the others count this
+member; leaving the block leaves the cluster. A ShardManager (which announces) and any
+Singleton run on top of it.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 
 import anyio
+import anyio.abc
 import nats.js.errors
 from nats.aio.client import Client as NATS
 from nats.js.kv import KeyValue
@@ -57,6 +59,8 @@ class Cluster:
         self.leases = Leases(leases_kv, member_id, config.lease)
         self.membership = Membership(members_kv, member_id, ttl=config.members_ttl)
         self.singletons: dict[str, Singleton] = {}
+        self._tg: anyio.abc.TaskGroup | None = None
+        self._announced = False
 
     @classmethod
     @asynccontextmanager
@@ -72,19 +76,40 @@ class Cluster:
         cluster = await cls.open(nc, config, member_id=member_id)
         cluster.membership.meta.update(meta or {})
         async with anyio.create_task_group() as tg:
-            try:
-                with anyio.fail_after(config.start_timeout):
-                    await tg.start(cluster.leases.watch)
-                    await tg.start(cluster.membership.run)
-            except TimeoutError:
-                raise MemoirError(
-                    f"cannot join the cluster {config.name!r}: NATS KV did not answer within {config.start_timeout:g} s"
-                ) from None
+            cluster._tg = tg
+            with cluster._starting("join"):
+                await tg.start(cluster.leases.watch)
+                await tg.start(cluster.membership.watch)
             try:
                 yield cluster
             finally:
                 await cluster.membership.leave()
                 tg.cancel_scope.cancel()
+
+    async def announce(self) -> None:
+        """Start heartbeating: from now on the others count this member and move shards to it.
+
+        Separate from `join`, so a starting process can follow the leases and run singletons,
+        and be given shards only once it can serve them: a member seen before it takes commands
+        stalls its shards' commands until their senders give up. The `ShardManager` announces
+        on entry. Idempotent.
+        """
+        assert self._tg is not None, "announce() inside `async with Cluster.join(...)`"
+        if not self._announced:
+            self._announced = True
+            with self._starting("announce this member to"):
+                await self._tg.start(self.membership.heartbeat)
+
+    @contextmanager
+    def _starting(self, what: str) -> Iterator[None]:
+        try:
+            with anyio.fail_after(self.config.start_timeout):
+                yield
+        except TimeoutError:
+            raise MemoirError(
+                f"cannot {what} the cluster {self.config.name!r}: NATS KV did not answer within"
+                f" {self.config.start_timeout:g} s"
+            ) from None
 
     @classmethod
     async def open(cls, nc: NATS, config: ClusterConfig, *, member_id: str | None = None) -> Cluster:

@@ -66,6 +66,7 @@ class Membership:
         self._changed = anyio.Event()
         self.version = 0  # counts joins and graceful leaves
         self._leaving = False
+        self._announced = False
         self.heartbeat_failures = 0
 
     def _info(self) -> bytes:
@@ -120,25 +121,28 @@ class Membership:
         self._last_beat = sent
         return True
 
-    async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        """Heartbeat every ttl/3 and watch; started once this member's first heartbeat is in and
-        the current members are known."""
-        async with anyio.create_task_group() as tg:
-            await tg.start(self._watch)
-            delay = 0.05
-            while not await self.beat():  # started only once we are visible
-                await anyio.sleep(delay)
-                delay = min(delay * 2, self.ttl / 3)
-            log.info("member joined", member=self.id, members=sorted(self.live()))
-            task_status.started()
-            while not self._leaving:
-                await anyio.sleep(self.ttl / 3)
-                if not self._leaving:
-                    await self.beat()
-            tg.cancel_scope.cancel()
+    async def heartbeat(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Heartbeat every ttl/3 until `leave`; started once the first heartbeat is in.
 
-    async def _watch(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        # quiet for a whole ttl is a lost consumer: this member's own heartbeats come every ttl/3
+        Separate from `watch`: a member watches from the start, but is seen (and given shards)
+        only from its first heartbeat.
+        """
+        self._announced = True
+        delay = 0.05
+        while not await self.beat():  # started only once we are visible
+            await anyio.sleep(delay)
+            delay = min(delay * 2, self.ttl / 3)
+        log.info("member joined", member=self.id, members=sorted(self.live()))
+        task_status.started()
+        while not self._leaving:
+            await anyio.sleep(self.ttl / 3)
+            if not self._leaving:
+                await self.beat()
+
+    async def watch(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Follow the others' heartbeats; started once the current members are known."""
+        # quiet for a whole ttl is a lost consumer: members heartbeat every ttl/3 (with none
+        # announced yet it is only quiet, and a restart costs one consumer)
         await watch_forever(self.kv, self._on_entry, quiet=self.ttl, what="members", task_status=task_status)
 
     async def leave(self, timeout: float = 2.0) -> None:
@@ -147,6 +151,8 @@ class Membership:
             return
         self._leaving = True
         self._notify()
+        if not self._announced:
+            return  # never seen: nothing to delete
         with anyio.CancelScope(shield=True), anyio.move_on_after(timeout):
             while True:
                 try:

@@ -119,6 +119,7 @@ class ShardManager:
     # -- running ---------------------------------------------------------------------------------
 
     async def __aenter__(self) -> Self:
+        await self.cluster.announce()  # placement counts this member from here on
         self._tg = anyio.create_task_group()
         await self._tg.__aenter__()
         self._tg.start_soon(self._reconcile_forever)
