@@ -27,7 +27,7 @@ if str(ROOT) not in sys.path:
 
 import anyio  # noqa: E402
 
-from runtime.serve import eventloop  # noqa: E402 - after the path above
+from runtime.serve.process import eventloop  # noqa: E402 - after the path above
 
 T = TypeVar("T")
 Ts = TypeVarTuple("Ts")

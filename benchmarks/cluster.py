@@ -17,7 +17,7 @@ import _common as c  # puts the repository on sys.path
 import anyio
 import nats_commands as load
 
-from runtime.serve.nats_server import find_binary, free_port
+from runtime.serve.service.embedded_nats import find_binary, free_port
 
 ENTITIES = 200
 LEASE_TTL = 2.0
@@ -42,7 +42,7 @@ def runtime(url: str, journal: str, data: str, *, cluster: bool, prefix: str) ->
 
 
 async def _members(url: str, prefix: str, want: int) -> None:
-    from runtime.serve.cluster import ClusterConfig, LeaseConfig, settled
+    from runtime.serve.service.cluster import ClusterConfig, LeaseConfig, settled
     from runtime.wire.nats import close_quietly, connect
 
     nc = await connect(url)

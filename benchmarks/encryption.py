@@ -21,7 +21,7 @@ from entities.inventory import InventoryItem, Received
 from runtime import Envelope, Journal, KeyRing, MemoryJournal, Runtime, SqliteJournal, model_of
 from runtime.engine.keyring import seal_envelope
 from runtime.model.sealing import SealKey
-from runtime.serve.tuning import tune_gc
+from runtime.serve.process.tuning import tune_gc
 
 
 class PlainItem(InventoryItem, name="plain"):

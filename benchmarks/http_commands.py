@@ -14,7 +14,7 @@ import _common as c  # puts the repository on sys.path
 import anyio
 import nats
 
-from runtime.serve.nats_server import free_port
+from runtime.serve.service.embedded_nats import free_port
 from runtime.wire.auth import NatsAuth
 
 CLIENTS = 2  # processes; 32 requests in flight each

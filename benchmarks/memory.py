@@ -9,7 +9,7 @@ import anyio
 
 from entities import InventoryItem
 from runtime import App, Runtime, SqliteJournal
-from runtime.serve.tuning import tune_gc
+from runtime.serve.process.tuning import tune_gc
 
 app = App("mem", entities=[InventoryItem])
 PAYLOAD = b'{"units": 5}'

@@ -123,7 +123,7 @@ def verify_cost(n: int = 2000) -> dict[str, float]:
     """Microseconds per `Verifier.verify` in this process: a cached token, and fresh HS256 and RS256 ones."""
     from cryptography.hazmat.primitives.asymmetric import rsa
 
-    from runtime.serve.auth import VerificationKey, Verifier
+    from runtime.serve.service.auth import VerificationKey, Verifier
 
     rsa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     out: dict[str, float] = {}

@@ -16,9 +16,9 @@ import nats
 
 from entities.social import Post, Profile, Published
 from runtime import App, Envelope, Runtime, SqliteJournal, model_of
-from runtime.serve.nats_server import EmbeddedNats
-from runtime.serve.service import Service
-from runtime.serve.tuning import tune_gc, tune_nats
+from runtime.serve.process.tuning import tune_gc, tune_nats
+from runtime.serve.service._service import Service
+from runtime.serve.service.embedded_nats import EmbeddedNats
 from runtime.streams.handlers import on
 from runtime.streams.publisher import Publisher, StreamSettings, ensure_stream
 from runtime.streams.view import Rows, View

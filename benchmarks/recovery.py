@@ -12,7 +12,7 @@ import _common as c  # puts the repository on sys.path
 
 from entities.inventory import InventoryItem, Received
 from runtime import App, Envelope, Runtime, SqliteJournal, model_of
-from runtime.serve.tuning import tune_gc
+from runtime.serve.process.tuning import tune_gc
 
 
 class Unsnapshotted(InventoryItem, name="inventory"):

@@ -27,7 +27,7 @@ import anyio
 from entities import InventoryItem
 from runtime import App, Runtime, open_journal
 from runtime.journal.sqlite import _SCHEMA
-from runtime.serve.tuning import tune_gc, tune_nats
+from runtime.serve.process.tuning import tune_gc, tune_nats
 
 PAYLOAD = b'{"units": 1, "on": "2022-03-01"}'
 app = App("bench", entities=[InventoryItem])
@@ -260,7 +260,7 @@ def embedded_nats(d: Path, sync: str) -> Iterator[str]:
     """A private nats-server for the run, kept alive by a portal thread between the benchmark's phases."""
     from anyio.from_thread import start_blocking_portal
 
-    from runtime.serve.nats_server import EmbeddedNats
+    from runtime.serve.service.embedded_nats import EmbeddedNats
 
     with start_blocking_portal() as portal:
         server = EmbeddedNats(d / "nats", sync=None if sync == "default" else sync)

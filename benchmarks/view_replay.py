@@ -16,8 +16,8 @@ from publisher import fill  # the same events the publisher benchmark uses
 
 from entities.social import AuthorPosts, PostsByAuthor
 from runtime import SqliteJournal
-from runtime.serve.nats_server import EmbeddedNats
-from runtime.serve.tuning import tune_gc, tune_nats
+from runtime.serve.process.tuning import tune_gc, tune_nats
+from runtime.serve.service.embedded_nats import EmbeddedNats
 from runtime.streams.publisher import Publisher
 from runtime.streams.view import ViewRunner
 from runtime.streams.view_store import SqliteViewStore

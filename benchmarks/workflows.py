@@ -19,11 +19,11 @@ import msgspec
 from entities.bank import Account, Transfer
 from runtime import App, Effect, EventSourcedEntity, Journal, SqliteJournal, applies, command
 from runtime.model.timers import SCHEDULED
-from runtime.serve.client import Client
-from runtime.serve.nats_server import EmbeddedNats
-from runtime.serve.service import Service
-from runtime.serve.transport import Transport
-from runtime.serve.tuning import tune_gc, tune_nats
+from runtime.serve.process.tuning import tune_gc, tune_nats
+from runtime.serve.service._service import Service
+from runtime.serve.service.client import Client
+from runtime.serve.service.embedded_nats import EmbeddedNats
+from runtime.serve.service.nats_door import NatsDoor
 
 ACCOUNTS, CONCURRENCY = 200, 64
 
@@ -156,7 +156,7 @@ async def run(n: int, rounds: int, timer_seconds: float) -> dict[str, Any]:
             anyio.create_task_group() as tg,
         ):
             assert svc.nc is not None
-            transport = Transport(svc.runtime, svc.nc, prefix=svc.prefix, workers=256)
+            transport = NatsDoor(svc.runtime, svc.nc, prefix=svc.prefix, workers=256)
             await tg.start(transport.run)
             async with Client(server.url) as client:
                 for a in range(ACCOUNTS):

@@ -4,7 +4,7 @@ The package is layered, and the data path reads in layer order:
 `model` (entities, effects, events: what users write) → `wire` (the NATS protocol) →
 `journal` (group-committed, optimistic append) → `engine` (actors, one command at a
 time; the runtime routes, activates and passivates) → `streams` (the outbox publisher,
-views, consumers) → `serve` (the service, the NATS transport and client, `memoir run`).
+views, consumers) → `serve` (the service, the NATS door and client, `memoir run`).
 A module imports only from its own layer or the ones below; CI checks it.
 Everything a user needs is importable from here.
 """
@@ -46,12 +46,12 @@ from .model.events import event
 from .model.sealing import EntityForgotten, Forgotten, SealError
 from .model.testkit import EntityTestKit
 from .model.workflow import Calls, Recovery, Run, StepEffect, Workflow, WorkflowSettings, WorkflowStatus, step
-from .serve.auth import VerificationKey, Verifier, load_verifier
-from .serve.client import Client
-from .serve.http import HttpGateway
-from .serve.nats_server import EmbeddedNats
-from .serve.service import Service
-from .serve.tuning import tune_gc, tune_nats
+from .serve.process.tuning import tune_gc, tune_nats
+from .serve.service._service import Service
+from .serve.service.auth import VerificationKey, Verifier, load_verifier
+from .serve.service.client import Client
+from .serve.service.embedded_nats import EmbeddedNats
+from .serve.service.http import HttpGateway
 from .streams.consumer import Consumer, Context
 from .streams.handlers import on
 from .streams.publisher import Publisher, StreamSettings

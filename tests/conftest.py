@@ -97,7 +97,7 @@ class _ServedJournal:
         self.journal: Any = None
 
     async def __aenter__(self) -> Journal:
-        from runtime.serve.nats_server import EmbeddedNats
+        from runtime.serve.service.embedded_nats import EmbeddedNats
 
         server = self.owner.servers.get(self.directory)
         if server is None:

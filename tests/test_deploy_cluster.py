@@ -16,8 +16,8 @@ from cluster.natscluster import NatsCluster, Node
 from nats.js.api import StreamConfig
 from test_deploy import _env_file
 
-from runtime.serve.nats_server import find_binary
-from runtime.serve.server import Settings
+from runtime.serve.process.run import Settings
+from runtime.serve.service.embedded_nats import find_binary
 from runtime.wire.auth import NatsAuth
 from runtime.wire.nats import close_quietly, connect
 

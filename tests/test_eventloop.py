@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from runtime.model.errors import ConfigError
-from runtime.serve import eventloop
+from runtime.serve.process import eventloop
 
 
 def test_the_default_is_uvloop_where_it_installs() -> None:

@@ -12,7 +12,7 @@ import pytest
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
-from runtime.serve.nats_server import EmbeddedNats
+from runtime.serve.service.embedded_nats import EmbeddedNats
 from runtime.wire import frames
 
 pytestmark = pytest.mark.anyio

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import socket
 
-from runtime.serve.nats_server import free_port
+from runtime.serve.service.embedded_nats import free_port
 
 
 def test_ports_taken_before_anything_listens_are_all_different() -> None:

@@ -19,9 +19,9 @@ import pytest
 
 from entities import app
 from entities.inventory import Received
-from runtime.serve.appspec import load_app
-from runtime.serve.cli import main
-from runtime.serve.schema import asyncapi, event_json_schemas
+from runtime.serve.cli.main import main
+from runtime.serve.process.appspec import load_app
+from runtime.serve.service.specs.asyncapi import asyncapi, event_json_schemas
 
 SPEC = json.loads((Path(__file__).parent / "fixtures" / "asyncapi-3.0.0.json").read_text())
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from nats.aio.client import Client
 
-from runtime.serve.tuning import parse_header_lines, tune_nats
+from runtime.serve.process.tuning import parse_header_lines, tune_nats
 
 ORIGINAL = Client.__dict__["_parse_header_lines"].__func__  # captured before any test patches it
 

@@ -89,7 +89,7 @@ class Driver:
             self.dropped += 1
 
     async def run(self, scope: anyio.CancelScope) -> None:
-        # A fixed pool of drivers reading one queue, as the transport's workers do: a task per
+        # A fixed pool of drivers reading one queue, as the NATS door's workers do: a task per
         # kick would cost a spawn (and a semaphore) per workflow, more than the queue does.
         send, receive = anyio.create_memory_object_stream[tuple[str, str]](self.queue)
         self.send = send

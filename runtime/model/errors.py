@@ -147,7 +147,7 @@ class Unavailable(CommandError):
 
 
 class Moved(CommandError):
-    """The entity is served by another process now (its shard moved); the transport routes it there.
+    """The entity is served by another process now (its shard moved); the NATS door routes it there.
 
     A client sees it only if routing gave up, as `overloaded`: retry.
     """

@@ -2,7 +2,7 @@
 
 The same parts as `serve.server`, assembled the same way — a `Service` (runtime,
 outbox publisher, views, consumers), then `Admin` (view queries over NATS) and the
-`Transport` (commands over NATS) — minus what a process needs and a test does not:
+`NatsDoor` (commands over NATS) — minus what a process needs and a test does not:
 signals, the banner, metrics, an embedded server of its own. Everything lives under
 one subject prefix; the prefix's streams are kept in memory and deleted on the way
 out, so many tests can share one nats-server without seeing each other.
@@ -21,10 +21,10 @@ from nats.js.errors import Error as JetStreamError
 
 from ..journal import Journal, MemoryJournal
 from ..model.app import App
-from ..serve.admin import Admin
-from ..serve.auth import Verifier
-from ..serve.service import Service
-from ..serve.transport import Transport
+from ..serve.service._service import Service
+from ..serve.service.admin import Admin
+from ..serve.service.auth import Verifier
+from ..serve.service.nats_door import NatsDoor
 from ..streams.publisher import StreamSettings
 from ..streams.view_store import MemoryViewStore, ViewStore
 from ..wire.nats import close_quietly, connect
@@ -48,7 +48,7 @@ async def served(
 
     The journal and view store default to fresh memory ones; `options` go to `Service` (and on
     to its `Runtime`: `passivate_after=`, `mailbox_size=` …). Commands sent to the prefix are
-    answered as soon as this yields (the transport's subscription has reached the server).
+    answered as soon as this yields (the NATS door's subscription has reached the server).
     On the way out every stream of the prefix is deleted — a JetStream journal's own too, when
     it shares the prefix — unless `delete_streams=False`. With a `verifier` commands' bearer
     tokens are checked as `memoir run --jwt-…` checks them, so access rules can be tested end to end.
@@ -73,10 +73,10 @@ async def served(
                 )
             )
             admin = Admin(svc)
-            transport = Transport(svc.runtime, nc, prefix=prefix, workers=workers, verifier=verifier)
+            door = NatsDoor(svc.runtime, nc, prefix=prefix, workers=workers, verifier=verifier)
             async with anyio.create_task_group() as serving:
                 await admin.start()
-                await serving.start(transport.run)
+                await serving.start(door.run)
                 await nc.flush()  # the subscriptions are on the server: a client's first command finds them
                 try:
                     yield svc
@@ -84,7 +84,7 @@ async def served(
                     failed = exc
                 with anyio.CancelScope(shield=True):
                     await admin.stop()
-                    await transport.stop()  # the workers finish what they hold, then return
+                    await door.stop()  # the workers finish what they hold, then return
         if failed is not None:
             raise failed
     finally:

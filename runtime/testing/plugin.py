@@ -25,10 +25,10 @@ from ..engine.runtime import Runtime
 from ..journal import MemoryJournal
 from ..model.app import App
 from ..model.errors import ConfigError
-from ..serve.client import Client
-from ..serve.nats_server import EmbeddedNats
-from ..serve.server import load_app
-from ..serve.service import Service
+from ..serve.process.run import load_app
+from ..serve.service._service import Service
+from ..serve.service.client import Client
+from ..serve.service.embedded_nats import EmbeddedNats
 from .harness import served
 from .held import Held
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import anyio
 from nats.js.errors import NotFoundError
 
-from ..serve.service import Service
+from ..serve.service._service import Service
 from ..streams._pull import consumer_name
 from ..streams._runner import StreamRunner
 

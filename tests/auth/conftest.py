@@ -10,7 +10,7 @@ from pathlib import Path
 import anyio
 
 from runtime import App, Client, EmbeddedNats, Service, SqliteJournal, Verifier
-from runtime.serve.transport import Transport
+from runtime.serve.service.nats_door import NatsDoor
 
 
 @dataclass
@@ -18,7 +18,7 @@ class Served:
     svc: Service
     journal: SqliteJournal
     url: str
-    transport: Transport
+    transport: NatsDoor
 
 
 @contextlib.asynccontextmanager
@@ -30,7 +30,7 @@ async def serve(app: App, tmp: Path, verifier: Verifier | None) -> AsyncIterator
         anyio.create_task_group() as tg,
     ):
         assert svc.nc is not None
-        transport = Transport(svc.runtime, svc.nc, workers=8, verifier=verifier)
+        transport = NatsDoor(svc.runtime, svc.nc, workers=8, verifier=verifier)
         await tg.start(transport.run)
         yield Served(svc, journal, server.url, transport)
         await transport.stop()

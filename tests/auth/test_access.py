@@ -100,7 +100,7 @@ def test_a_wrong_allow_fails_where_it_is_written() -> None:
 
 async def test_the_test_harness_serves_with_a_verifier(tmp_path: Path) -> None:
     from runtime import Client, EmbeddedNats
-    from runtime.serve.auth import VerificationKey, Verifier
+    from runtime.serve.service.auth import VerificationKey, Verifier
     from runtime.testing.harness import served
 
     from .mint import AUDIENCE, ISSUER, SECRET, claims, hs256

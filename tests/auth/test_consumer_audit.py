@@ -58,7 +58,7 @@ app = App(
 
 
 async def test_a_consumer_writes_where_no_token_may_and_the_audit_chain_holds(tmp_path: Path) -> None:
-    from runtime.serve.auth import VerificationKey, Verifier
+    from runtime.serve.service.auth import VerificationKey, Verifier
 
     verifier = Verifier([VerificationKey.hmac(SECRET)], audience=AUDIENCE, issuer=ISSUER)
     async with serve(app, tmp_path, verifier) as served, client(served, hs256(claims("ann", role="teller"))) as c:

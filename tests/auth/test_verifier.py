@@ -11,7 +11,7 @@ import pytest
 
 from runtime import ConfigError, Unauthorized, Verifier, load_verifier
 from runtime.model.access import ANONYMOUS
-from runtime.serve.auth import VerificationKey, jwks_keys
+from runtime.serve.service.auth import VerificationKey, jwks_keys
 
 from .mint import AUDIENCE, ISSUER, SECRET, claims, ec_key, hs256, private_pem, public_pem, rsa_key
 

@@ -13,7 +13,7 @@ import anyio
 import pytest
 from nats.aio.client import Client as NATS
 
-from runtime.serve.cluster import ClusterConfig, LeaseConfig
+from runtime.serve.service.cluster import ClusterConfig, LeaseConfig
 from runtime.wire.nats import close_quietly, connect
 
 from .natscluster import NatsCluster

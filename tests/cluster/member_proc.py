@@ -8,7 +8,7 @@ import sys
 import anyio
 import structlog
 
-from runtime.serve.cluster import Cluster, ClusterConfig, LeaseConfig, ShardManager, assign
+from runtime.serve.service.cluster import Cluster, ClusterConfig, LeaseConfig, ShardManager, assign
 from runtime.wire.nats import connect
 
 

@@ -21,7 +21,7 @@ import anyio.abc
 import nats.errors
 import nats.js.errors
 
-from runtime.serve.nats_server import find_binary, free_port, stop_process
+from runtime.serve.service.embedded_nats import find_binary, free_port, stop_process
 from runtime.wire.auth import NatsAuth
 from runtime.wire.nats import close_quietly, connect
 

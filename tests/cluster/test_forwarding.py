@@ -19,7 +19,7 @@ import pytest
 
 from entities.inventory import InventoryItem
 from runtime import Client, EmbeddedNats, MemoryJournal, Runtime
-from runtime.serve.transport import Transport
+from runtime.serve.service.nats_door import NatsDoor
 from runtime.wire.nats import close_quietly, connect
 
 pytestmark = pytest.mark.anyio
@@ -76,8 +76,8 @@ class Stable:
 @dataclass
 class Members:
     url: str
-    a: Transport  # takes the client's commands, with the lease map under test
-    b: Transport  # the owner: serves forwards only, once started
+    a: NatsDoor  # takes the client's commands, with the lease map under test
+    b: NatsDoor  # the owner: serves forwards only, once started
     rt_b: Runtime
     tg: Any
 
@@ -105,8 +105,8 @@ async def members(tmp_path: Path, router_a: Any) -> AsyncIterator[Members]:
         anyio.create_task_group() as tg,
     ):
         nc_a, nc_b = await connect(server.url), await connect(server.url)
-        a = Transport(rt_a, nc_a, workers=2, router=router_a)
-        b = Transport(rt_b, nc_b, workers=2, router=Owner())
+        a = NatsDoor(rt_a, nc_a, workers=2, router=router_a)
+        b = NatsDoor(rt_b, nc_b, workers=2, router=Owner())
         await tg.start(a.run)
         try:
             yield Members(server.url, a, b, rt_b, tg)

@@ -10,9 +10,9 @@ import pytest
 from nats.aio.client import Client as NATS
 
 from runtime.model.errors import ConfigError, MemoirError
-from runtime.serve.cluster import Cluster, ClusterConfig, LeaseConfig, Leases, shard_of, snapshot
-from runtime.serve.cluster.coordinator import check_recorded_shards
-from runtime.serve.cluster.store import bucket_name, ensure_bucket
+from runtime.serve.service.cluster import Cluster, ClusterConfig, LeaseConfig, Leases, shard_of, snapshot
+from runtime.serve.service.cluster.coordinator import check_recorded_shards
+from runtime.serve.service.cluster.store import bucket_name, ensure_bucket
 
 from .conftest import TTL, client, close
 from .natscluster import NatsCluster

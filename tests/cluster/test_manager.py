@@ -14,7 +14,7 @@ import anyio
 import pytest
 from nats.aio.client import Client as NATS
 
-from runtime.serve.cluster import Cluster, ClusterConfig, ShardManager, assign, snapshot
+from runtime.serve.service.cluster import Cluster, ClusterConfig, ShardManager, assign, snapshot
 
 from .conftest import TTL, Ownership, client, close
 from .natscluster import NatsCluster

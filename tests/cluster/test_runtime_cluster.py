@@ -28,7 +28,7 @@ import pytest
 from conftest import POSTGRES_URL, need_postgres
 
 from runtime import Client, CommandError, Journal, MemoirError, open_journal
-from runtime.serve.cluster import ClusterConfig, LeaseConfig, settled
+from runtime.serve.service.cluster import ClusterConfig, LeaseConfig, settled
 from runtime.wire.nats import close_quietly, connect
 
 from .natscluster import NatsCluster

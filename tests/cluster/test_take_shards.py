@@ -14,8 +14,8 @@ import pytest
 from crypto.people import Note, Person
 
 from runtime import App, Service, open_journal
-from runtime.serve.cluster import ClusterConfig, LeaseConfig, settled, snapshot
-from runtime.serve.nats_server import EmbeddedNats
+from runtime.serve.service.cluster import ClusterConfig, LeaseConfig, settled, snapshot
+from runtime.serve.service.embedded_nats import EmbeddedNats
 
 pytestmark = pytest.mark.anyio
 

@@ -9,9 +9,9 @@ import msgspec
 import pytest
 
 from runtime import App, EntityForgotten, Service, open_journal
-from runtime.serve.admin import Admin
-from runtime.serve.cluster import ClusterConfig, LeaseConfig, settled
-from runtime.serve.nats_server import EmbeddedNats
+from runtime.serve.service.admin import Admin
+from runtime.serve.service.cluster import ClusterConfig, LeaseConfig, settled
+from runtime.serve.service.embedded_nats import EmbeddedNats
 
 from .people import Note, Person
 

@@ -14,10 +14,10 @@ import pytest
 
 from runtime import App, Consumer, Context, Service, SqliteJournal, SqliteViewStore, on
 from runtime.model.sealing import is_sealed
-from runtime.serve.admin import Admin
-from runtime.serve.cli import main
-from runtime.serve.datadir import hold
-from runtime.serve.nats_server import EmbeddedNats
+from runtime.serve.cli.main import main
+from runtime.serve.process.datadir import hold
+from runtime.serve.service.admin import Admin
+from runtime.serve.service.embedded_nats import EmbeddedNats
 from runtime.wire.protocol import stream_name
 
 from .people import MARKER, EmailChanged, Note, Person, app

@@ -16,7 +16,7 @@ import pytest
 from conftest import in_ci
 
 from runtime import MemoirError
-from runtime.serve.nats_server import find_binary, free_port
+from runtime.serve.service.embedded_nats import find_binary, free_port
 from runtime.wire.nats import connect, redact
 
 pytestmark = pytest.mark.anyio

@@ -15,7 +15,7 @@ from conftest import ev
 from runtime import ConcurrencyConflict, Envelope, JournalError
 from runtime.journal.jetstream import JetStreamJournal
 from runtime.model.errors import JournalUnavailable
-from runtime.serve.nats_server import EmbeddedNats
+from runtime.serve.service.embedded_nats import EmbeddedNats
 
 pytestmark = pytest.mark.anyio
 

@@ -15,8 +15,8 @@ from entities.social import CountPosts, Post, PostsByAuthor, Profile
 from runtime import App, ConcurrencyConflict, ConfigError, Envelope
 from runtime.journal.jetstream import JetStreamJournal
 from runtime.model.errors import DuplicateCommand
-from runtime.serve.nats_server import EmbeddedNats
-from runtime.serve.service import Service
+from runtime.serve.service._service import Service
+from runtime.serve.service.embedded_nats import EmbeddedNats
 
 pytestmark = pytest.mark.anyio
 

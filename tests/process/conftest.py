@@ -12,7 +12,7 @@ from pathlib import Path
 import nats
 import pytest
 
-from runtime.serve.private import local_auth
+from runtime.serve.process.identity import local_auth
 from runtime.wire.auth import NatsAuth
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -15,7 +15,7 @@ from streams.helpers import eventually, journal_events, stream_messages
 
 from runtime import SqliteJournal
 from runtime.model.errors import CommandError
-from runtime.serve.client import Client
+from runtime.serve.service.client import Client
 from runtime.wire.auth import NatsAuth
 from runtime.wire.protocol import stream_name, token
 

@@ -25,7 +25,7 @@ import anyio
 import pytest
 from conftest import POSTGRES_URL, in_ci, postgres_reachable
 
-from runtime.serve.cli import parser
+from runtime.serve.cli.main import parser
 
 from .conftest import MEMOIR, ROOT, RunningRuntime
 

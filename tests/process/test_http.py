@@ -25,9 +25,9 @@ import pytest
 
 from entities import app
 from runtime import Client, ErrorCode, SqliteJournal
-from runtime.serve.http.status import status_of
-from runtime.serve.nats_server import free_port
-from runtime.serve.schema import asyncapi
+from runtime.serve.service.embedded_nats import free_port
+from runtime.serve.service.http.status import status_of
+from runtime.serve.service.specs.asyncapi import asyncapi
 
 from .conftest import MEMOIR, ROOT, RunningRuntime
 

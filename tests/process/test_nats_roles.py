@@ -22,7 +22,7 @@ from nats.errors import Error as NatsError
 from security.servers import nats_server
 from streams.helpers import eventually
 
-from runtime.serve.client import Client
+from runtime.serve.service.client import Client
 from runtime.wire.auth import NatsAuth
 
 from .conftest import ROOT, RunningRuntime

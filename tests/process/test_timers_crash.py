@@ -13,7 +13,7 @@ from streams.helpers import journal_events
 
 from runtime import SqliteJournal
 from runtime.model.timers import SCHEDULED
-from runtime.serve.client import Client
+from runtime.serve.service.client import Client
 
 from .conftest import RunningRuntime
 

@@ -16,7 +16,7 @@ from timers.ledger import expected_balances
 
 from runtime import SqliteJournal
 from runtime.model.errors import CommandError
-from runtime.serve.client import Client
+from runtime.serve.service.client import Client
 
 from .conftest import RunningRuntime
 

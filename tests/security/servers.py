@@ -20,7 +20,7 @@ import nkeys  # type: ignore[import-untyped]
 import pytest
 from conftest import in_ci
 
-from runtime.serve.nats_server import find_binary, free_port, stop_process
+from runtime.serve.service.embedded_nats import find_binary, free_port, stop_process
 
 
 @contextlib.asynccontextmanager

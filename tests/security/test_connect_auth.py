@@ -9,7 +9,7 @@ import anyio
 import pytest
 
 from runtime.model.errors import ConfigError, MemoirError
-from runtime.serve.client import Client
+from runtime.serve.service.client import Client
 from runtime.wire.auth import NatsAuth
 from runtime.wire.nats import connect
 from runtime.wire.redact import redact_url

@@ -9,7 +9,7 @@ import nats
 import pytest
 from nats.aio.client import Client as NATS
 
-from runtime.serve.nats_server import EmbeddedNats
+from runtime.serve.service.embedded_nats import EmbeddedNats
 
 
 @pytest.fixture

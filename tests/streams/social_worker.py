@@ -12,7 +12,7 @@ import anyio
 
 from entities import app
 from runtime import SqliteJournal
-from runtime.serve.service import Service
+from runtime.serve.service._service import Service
 from runtime.streams.view_store import SqliteViewStore
 
 

@@ -17,7 +17,7 @@ from nats.aio.client import Client as NATS
 from entities.social import Post, Published
 from runtime import Envelope, Journal, JournalUnavailable, Service, SqliteJournal, SqliteViewStore
 from runtime.model.entity import model_of
-from runtime.serve.nats_server import EmbeddedNats
+from runtime.serve.service.embedded_nats import EmbeddedNats
 from runtime.streams.handlers import on
 from runtime.streams.publisher import Publisher
 from runtime.streams.view import Rows, View, ViewRunner

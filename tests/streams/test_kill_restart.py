@@ -13,8 +13,8 @@ import pytest
 
 from entities import app
 from runtime import SqliteJournal
-from runtime.serve.nats_server import EmbeddedNats
-from runtime.serve.service import Service
+from runtime.serve.service._service import Service
+from runtime.serve.service.embedded_nats import EmbeddedNats
 from runtime.streams.view_store import SqliteViewStore
 
 from .helpers import eventually

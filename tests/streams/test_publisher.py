@@ -15,8 +15,8 @@ from nats.js import api
 
 from entities import InventoryItem
 from runtime import App, MemoirError, Runtime, SqliteJournal
-from runtime.serve.nats_server import EmbeddedNats, find_binary, free_port
-from runtime.serve.service import Service
+from runtime.serve.service._service import Service
+from runtime.serve.service.embedded_nats import EmbeddedNats, find_binary, free_port
 from runtime.streams.publisher import CHECKPOINT, Publisher, StreamSettings
 from runtime.wire.nats import AckInbox, PublishError, check_ack, ensure_stream
 from runtime.wire.protocol import event_subject, stream_name, token

@@ -12,8 +12,8 @@ from conftest import drop_view_schema, open_view_store_for_test
 
 from entities.social import AuthorPosts, CountPosts, Post, PostsByAuthor, Profile, Published
 from runtime import App, SqliteJournal
-from runtime.serve.nats_server import EmbeddedNats
-from runtime.serve.service import Service
+from runtime.serve.service._service import Service
+from runtime.serve.service.embedded_nats import EmbeddedNats
 from runtime.streams.consumer import Consumer, Context
 from runtime.streams.handlers import on
 from runtime.streams.view_store import SqliteViewStore

@@ -13,7 +13,7 @@ import pytest
 
 from entities.social import CountPosts, Post, PostsByAuthor, Profile, Published
 from runtime import App, Client, ConfigError, Consumer, Context, MemoryJournal, Rejected, Runtime, caught_up, on
-from runtime.serve.nats_server import EmbeddedNats
+from runtime.serve.service.embedded_nats import EmbeddedNats
 from runtime.testing import Held, served
 
 pytestmark = pytest.mark.anyio

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from runtime.serve.nats_server import EmbeddedNats
+from runtime.serve.service.embedded_nats import EmbeddedNats
 
 
 @pytest.fixture

@@ -27,9 +27,9 @@ from runtime.model.timers import (
     fire_command_id,
     schedule_op,
 )
-from runtime.serve.metrics import Metrics
-from runtime.serve.nats_server import EmbeddedNats
-from runtime.serve.service import Service
+from runtime.serve.service._service import Service
+from runtime.serve.service.embedded_nats import EmbeddedNats
+from runtime.serve.service.metrics import Metrics
 from runtime.streams.timers import TimerRelay, entity_timers, pending_timers
 from timers.clock import Clock
 

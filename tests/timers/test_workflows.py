@@ -36,7 +36,7 @@ from runtime import (
 )
 from runtime.model.timers import TimerCancelled, TimerScheduled
 from runtime.model.workflow import MAX_STEPS_PER_TURN
-from runtime.serve.nats_server import EmbeddedNats
+from runtime.serve.service.embedded_nats import EmbeddedNats
 from runtime.streams.timers import entity_timers, timer_op
 from timers.clock import Clock
 from timers.flows import Flow

@@ -1,0 +1,33 @@
+"""Scale-out: shards of the entity space, one owner each by NATS KV leases, spread over live members.
+
+Standalone building blocks (the NATS door and the service wire them in): `Cluster.join` for a
+process's membership and buckets, `ShardManager` for its share of the shards, `Singleton` for
+work that runs once in the cluster, `snapshot` for `memoir cluster`.
+"""
+
+from .coordinator import Cluster, ClusterConfig
+from .leases import LeaseConfig, Leases, Singleton
+from .membership import MemberInfo, Membership, new_member_id
+from .placement import ShardManager, assign, owner
+from .shards import DEFAULT_SHARDS, shard_key, shard_of
+from .snapshot import ClusterSnapshot, settled, snapshot
+
+__all__ = [
+    "DEFAULT_SHARDS",
+    "Cluster",
+    "ClusterConfig",
+    "ClusterSnapshot",
+    "LeaseConfig",
+    "Leases",
+    "MemberInfo",
+    "Membership",
+    "ShardManager",
+    "Singleton",
+    "assign",
+    "new_member_id",
+    "owner",
+    "settled",
+    "shard_key",
+    "shard_of",
+    "snapshot",
+]

@@ -1,0 +1,372 @@
+"""The HTTP API as a thin ASGI app over the service: every route is a few lines over what NATS serves.
+
+A command is a NATS request to its command subject, headers carried over (`Idempotency-Key`
+becomes `Memoir-Command-Id`; `Authorization`, `traceparent`, `Memoir-*` pass as they are), so it
+takes the path a NATS client's command takes: the NATS door's validation, its command-id dedupe,
+its cluster routing and whatever access check the NATS door applies. The reply's JSON is the
+response body unchanged; only its error code picks the status (`status.py`). Views are read
+through the same admin requests `memoir query` makes; an entity's state and history are read from
+the journal, as `memoir state` and `memoir events` do.
+
+Routing reads the raw path, so an id holding `/` or `%` arrives percent-encoded and intact: every
+segment is percent-decoded on its own. The literal segment `events` after a type is its live tail;
+an entity whose id is `events` is reached by encoding one of its letters (`%65vents`).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+from urllib.parse import parse_qsl, unquote
+
+import anyio
+import msgspec
+import structlog
+from nats.errors import Error as NatsError
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeoutError
+
+from ....engine.history import state_at
+from ....model.entity import EntityModel
+from ....model.envelope import Envelope
+from ....model.errors import CommandError, ErrorCode, JournalUnavailable
+from ....model.sealing import EntityForgotten
+from ....wire.protocol import (
+    H_COMMAND_ID,
+    H_CORRELATION_ID,
+    H_TIMEOUT,
+    H_TRACEPARENT,
+    Reply,
+    check_entity_id,
+    command_subject,
+    decode_answer,
+    encode_error,
+    encode_reply,
+    encode_result,
+    header_id,
+    header_timeout,
+)
+from .._service import Service
+from ..journal_reader import JournalReader, key_ring
+from .status import RETRY_AFTER_S, status_of
+
+log = structlog.get_logger("memoir.http")
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+H_AUTHORIZATION = "Authorization"
+PASSED = {  # HTTP request headers carried onto the NATS command, lower-case -> NATS name
+    "memoir-command-id": H_COMMAND_ID,
+    "memoir-correlation-id": H_CORRELATION_ID,
+    "traceparent": H_TRACEPARENT,
+    "authorization": H_AUTHORIZATION,
+}
+MAX_HISTORY_PAGE = 1000
+JSON_TYPE = [(b"content-type", b"application/json")]
+
+
+class HttpError(CommandError):
+    """An answer decided here, before anything reached NATS; same envelope as a protocol error."""
+
+
+class Disconnected(Exception):
+    """The client went away while we read its request."""
+
+
+class EventRecord(msgspec.Struct, omit_defaults=True):
+    """An event as the HTTP API shows it (as `memoir events --json` prints it).
+
+    The payload of an encrypted entity is opened; a forgotten one is null with `forgotten: true`.
+    """
+
+    entity_type: str
+    entity_id: str
+    seq: int
+    position: int
+    event: str
+    version: int
+    recorded_at: str
+    command_id: str | None
+    correlation_id: str | None
+    causation_id: str | None
+    principal: str | None
+    payload: Any
+    forgotten: bool = False
+    error: str | None = None
+
+
+async def event_record(env: Envelope, reader: JournalReader) -> EventRecord:
+    opened = await reader.payload(env)
+    return EventRecord(
+        env.entity_type,
+        env.entity_id,
+        env.seq,
+        env.position,
+        env.name,
+        env.version,
+        env.recorded.isoformat(),
+        env.command_id,
+        env.correlation_id,
+        env.causation_id,
+        env.principal,
+        opened.get("payload"),
+        bool(opened.get("forgotten", False)),
+        opened.get("error"),
+    )
+
+
+def _segment(raw: str, what: str) -> str:
+    try:
+        return unquote(raw, errors="strict")
+    except UnicodeDecodeError:
+        raise HttpError(ErrorCode.INVALID, f"{what} {raw[:60]!r} is not UTF-8 once percent-decoded") from None
+
+
+def _ascii_header(name: str, value: str) -> str:
+    if not value.isascii() or not value.isprintable():
+        raise HttpError(ErrorCode.INVALID, f"header {name} must be printable ASCII")
+    return value
+
+
+class Query:
+    """The query string, one value per name; a bad value is `invalid` naming the parameter."""
+
+    def __init__(self, raw: bytes) -> None:
+        self.values = dict(parse_qsl(raw.decode("latin-1"), keep_blank_values=True))
+
+    def text(self, name: str, default: str | None = None) -> str | None:
+        return self.values.get(name, default)
+
+    def integer(self, name: str, default: int | None, low: int, high: int) -> int | None:
+        raw = self.values.get(name)
+        if raw is None:
+            return default
+        try:
+            value = int(raw)
+        except ValueError:
+            value = low - 1
+        if not low <= value <= high:
+            raise HttpError(ErrorCode.INVALID, f"query parameter {name} must be an integer from {low} to {high}")
+        return value
+
+    def time(self, name: str) -> dt.datetime | None:
+        raw = self.values.get(name)
+        if raw is None:
+            return None
+        try:
+            value = dt.datetime.fromisoformat(raw)
+        except ValueError:
+            raise HttpError(ErrorCode.INVALID, f"query parameter {name} is not an ISO 8601 time") from None
+        if value.tzinfo is None:
+            raise HttpError(ErrorCode.INVALID, f"query parameter {name} has no timezone; add Z or +hh:mm")
+        return value
+
+
+class HttpApi:
+    """The ASGI app. `closing` is set on shutdown: live tails end, so the server can stop."""
+
+    def __init__(
+        self,
+        service: Service,
+        *,
+        max_body: int = 1024 * 1024,
+        timeout: float = 5.0,
+        openapi: Callable[[], bytes],
+        tail: Callable[[HttpApi, Scope, Receive, Send, str, Query], Awaitable[None]],
+    ) -> None:
+        assert service.nc is not None
+        self.service = service
+        self.nc = service.nc
+        self.prefix = service.prefix
+        self.models: dict[str, EntityModel] = service.runtime.models
+        self.max_body = max_body
+        self.timeout = timeout
+        self.closing = anyio.Event()
+        self._openapi = openapi
+        self._tail = tail
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        try:
+            status, body, headers = await self._route(scope, receive, send)
+        except Disconnected:
+            return
+        except CommandError as exc:
+            status, body, headers = self.error(exc)
+        except JournalUnavailable as exc:
+            status, body, headers = self.error(CommandError(ErrorCode.UNAVAILABLE, str(exc), {"reason": exc.reason}))
+        except Exception as exc:  # nothing from outside may take the process down
+            log.error("http request failed", path=scope.get("path"), exc_info=exc)
+            status, body, headers = self.error(CommandError(ErrorCode.INTERNAL, f"{type(exc).__name__}: {exc}"))
+        if status:  # 0: the route answered itself (a live tail)
+            length = [(b"content-length", str(len(body)).encode())]
+            await send({"type": "http.response.start", "status": status, "headers": JSON_TYPE + length + headers})
+            await send({"type": "http.response.body", "body": body})
+
+    def error(self, exc: CommandError) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
+        return self.answer(status_of(str(exc.code)), encode_error(exc), str(exc.code))
+
+    @staticmethod
+    def answer(status: int, body: bytes, code: str = "") -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
+        headers: list[tuple[bytes, bytes]] = []
+        if status in (503, 504):
+            headers.append((b"retry-after", str(RETRY_AFTER_S).encode()))
+        elif code == "unauthorized":
+            headers.append((b"www-authenticate", b"Bearer"))
+        return status, body, headers
+
+    async def _route(self, scope: Scope, receive: Receive, send: Send) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
+        raw = scope.get("raw_path") or scope["path"].encode()
+        segs = raw.split(b"?", 1)[0].decode("latin-1")[1:].split("/")
+        method = scope["method"]
+        query = Query(scope.get("query_string", b""))
+        if method not in ("GET", "POST") or (method == "POST" and len(segs) != 3):
+            allowed = "GET, POST" if len(segs) == 3 else "GET"
+            status, body, headers = self.error(
+                HttpError("method_not_allowed", f"{method} is not allowed here (allowed: {allowed})")
+            )
+            return status, body, [*headers, (b"allow", allowed.encode())]
+        match method, segs:
+            case "GET", ["openapi.json"]:
+                return 200, self._openapi(), []
+            case "GET", ["views", view]:
+                return await self._view(view, "scan", query)
+            case "GET", ["views", view, key]:
+                return await self._view(view, "get", query, _segment(key, "key"))
+            case "POST", [entity_type, entity_id, command]:
+                return await self._command(scope, receive, entity_type, entity_id, command)
+            case "GET", [entity_type, "events"]:
+                self.model(entity_type)
+                await self._tail(self, scope, receive, send, entity_type, query)
+                return 0, b"", []
+            case "GET", [entity_type, entity_id]:
+                return await self._state(entity_type, entity_id, query)
+            case "GET", [entity_type, entity_id, "events"]:
+                return await self._history(entity_type, entity_id, query)
+        raise HttpError(
+            "not_found",
+            f"no route for {method} {scope['path'][:200]!r}: POST /{{type}}/{{id}}/{{command}}, GET /{{type}}/{{id}},"
+            " /{type}/{id}/events, /{type}/events, /views/{view}[/{key}], /openapi.json",
+        )
+
+    def model(self, entity_type: str) -> EntityModel:
+        model = self.models.get(entity_type)
+        if model is None:
+            raise HttpError(
+                ErrorCode.UNKNOWN_ENTITY_TYPE,
+                f"no entity type {entity_type[:64]!r} here (known: {', '.join(sorted(self.models)) or 'none'})",
+            )
+        return model
+
+    def _entity(self, entity_type: str, raw_id: str) -> tuple[EntityModel, str]:
+        return self.model(entity_type), check_entity_id(_segment(raw_id, "entity id"))
+
+    # -- commands: a NATS request, as any client sends it --------------------------------------------
+
+    async def _command(
+        self, scope: Scope, receive: Receive, entity_type: str, raw_id: str, command: str
+    ) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
+        model, entity_id = self._entity(entity_type, raw_id)
+        model.command_spec(command)  # unknown_command, with the list of known ones
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+        nats_headers = {name: _ascii_header(name, headers[h]) for h, name in PASSED.items() if h in headers}
+        key = headers.get("idempotency-key")
+        if key is not None:
+            key = header_id({"Idempotency-Key": _ascii_header("Idempotency-Key", key)}, "Idempotency-Key") or key
+            if nats_headers.setdefault(H_COMMAND_ID, key) != key:
+                raise HttpError(ErrorCode.INVALID, f"headers Idempotency-Key and {H_COMMAND_ID} differ")
+        timeout = header_timeout({H_TIMEOUT: headers[H_TIMEOUT.lower()]}) if H_TIMEOUT.lower() in headers else None
+        timeout = timeout or self.timeout
+        nats_headers[H_TIMEOUT] = str(max(1, round(timeout * 1000)))
+        body = await self._body(receive, headers)
+        subject = command_subject(self.prefix, entity_type, entity_id, command)
+        try:
+            msg = await self.nc.request(subject, body, timeout=timeout, headers=nats_headers)
+        except NoRespondersError:
+            raise HttpError(ErrorCode.UNAVAILABLE, f"no Memoir runtime is serving {subject} now; retry") from None
+        except NatsTimeoutError:
+            raise HttpError(
+                "timeout", f"no reply within {timeout:g}s; retry with the same Idempotency-Key (it may have run)"
+            ) from None
+        except NatsError as exc:  # the connection is closing or reconnecting
+            raise HttpError(ErrorCode.UNAVAILABLE, f"NATS is not reachable now ({exc}); retry") from None
+        answer = decode_answer(msg.data)
+        code = "" if answer.ok or answer.error is None else answer.error.code
+        return self.answer(200 if answer.ok else status_of(code), msg.data, code)
+
+    async def _body(self, receive: Receive, headers: dict[str, str]) -> bytes:
+        length = headers.get("content-length", "")
+        if length.isdigit() and int(length) > self.max_body:
+            raise HttpError("too_large", f"the body is {length} bytes, the limit is {self.max_body}")
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise Disconnected
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_body:
+                raise HttpError("too_large", f"the body is over the limit of {self.max_body} bytes")
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return b"".join(chunks)
+
+    # -- reads ------------------------------------------------------------------------------------------
+
+    async def _state(self, entity_type: str, raw_id: str, query: Query) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
+        model, entity_id = self._entity(entity_type, raw_id)
+        seq = query.integer("seq", None, 0, 2**63 - 1)
+        at = query.time("at")
+        if seq is not None and at is not None:
+            raise HttpError(ErrorCode.INVALID, "give seq or at, not both")
+        journal = self.service.journal
+        try:
+            keys = key_ring(journal) if model.encrypted else None
+            value, last = await state_at(journal, model, entity_id, seq=seq, at=at, keys=keys)
+        except EntityForgotten as exc:
+            raise HttpError(ErrorCode.FORGOTTEN, str(exc)) from None
+        return 200, encode_reply(Reply(value, last)), []
+
+    async def _history(
+        self, entity_type: str, raw_id: str, query: Query
+    ) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
+        _, entity_id = self._entity(entity_type, raw_id)
+        from_seq = query.integer("from_seq", 1, 1, 2**63 - 1)
+        limit = query.integer("limit", 100, 1, MAX_HISTORY_PAGE)
+        page = await self.service.journal.read(entity_type, entity_id, from_seq=from_seq or 1, limit=limit)
+        reader = self.reader()
+        return 200, encode_result([await event_record(env, reader) for env in page]), []
+
+    def reader(self) -> JournalReader:
+        """Opens encrypted payloads with the journal's key ring, as `memoir events` does."""
+        return JournalReader(self.service.journal)
+
+    async def _view(
+        self, view: str, op: str, query: Query, key: str | None = None
+    ) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
+        """The admin request `memoir query` sends; its answer is the body."""
+        if view not in self.service.views:
+            raise HttpError("unknown_view", f"no view {view[:64]!r} (known: {sorted(self.service.views)})")
+        if op == "get":
+            payload: dict[str, Any] = {"key": key}
+        else:
+            limit = query.integer("limit", 100, 1, 10_000)
+            payload = {"after": query.text("after", ""), "limit": limit}
+        subject = f"{self.prefix}.view.{view}.{op}"
+        try:
+            msg = await self.nc.request(subject, msgspec.json.encode(payload), timeout=self.timeout)
+        except (NoRespondersError, NatsTimeoutError, NatsError):
+            raise HttpError(ErrorCode.UNAVAILABLE, f"no answer on {subject}; retry") from None
+        answer = decode_answer(msg.data)
+        if not answer.ok:
+            code = answer.error.code if answer.error is not None else "internal"
+            return self.answer(status_of(code), msg.data, code)
+        if op == "get" and answer.result is None:
+            raise HttpError("not_found", f"view {view} has no row {key!r}")
+        return 200, msg.data, []

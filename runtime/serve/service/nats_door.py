@@ -1,0 +1,309 @@
+"""Serves the command protocol (`wire.protocol`) over NATS, in front of a runtime.
+
+Requests are taken by a fixed pool of worker tasks from a bounded queue; when
+it is full the answer is `overloaded` at once, so load never turns into
+unbounded memory. The queue is asyncio's, not an anyio memory stream: each
+request passes through it, and anyio's receive costs a checkpoint, an Event and
+a backend lookup per item (nats-py binds us to asyncio anyway). A bad request
+is answered with `invalid` (the message names what was wrong) and never reaches
+an entity. Subscriptions use a queue group, so several runtime processes can
+share the subject space.
+
+A request that says how long its sender waits (`Memoir-Timeout-Ms`) gets a
+deadline counted from its arrival here; one still queued when it passes is
+answered `overloaded` without running, so a sender that gave up and resent the
+same command id never has both copies applied after a backlog.
+
+In a cluster a `Router` says which process owns an entity. A command for an entity
+owned elsewhere is sent as a request to `{prefix}.fwd.{member}.cmd.…`, which only
+that process subscribes to, and the owner's answer is passed back to the client.
+A request, not a publish with the client's reply subject: a member that has left
+(its forward subscription drained) while our lease map still names it would drop a
+publish silently, and the client would wait out its timeout; a request gets "no
+responders" from NATS at once, and the command is routed again once the map moves
+on. The owner checks ownership again inside the entity's turn
+(`Runtime(admits=…)`); a command that finds its entity moved is passed on again
+once the lease map names the next owner. Clients never see a hand-off.
+
+With a `Verifier` the `Authorization` header is checked before anything else of the command
+(`auth.py`); a bad token is `unauthorized` whatever the rules. Every command from here carries
+a caller (`ANONYMOUS` without a token), so the app's access rules apply to all of them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
+
+import anyio
+import msgspec
+import structlog
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.errors import Error as NatsError
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeoutError
+
+from ...engine.runtime import Runtime
+from ...model.access import ANONYMOUS
+from ...model.errors import CommandError, ErrorCode, Moved
+from ...wire.protocol import (
+    H_AUTHORIZATION,
+    H_COMMAND_ID,
+    H_CORRELATION_ID,
+    H_TIMEOUT,
+    H_TRACEPARENT,
+    Reply,
+    encode_error,
+    encode_reply,
+    header_id,
+    header_timeout,
+    parse_command_subject,
+    trace_id,
+)
+from .auth import Verifier
+
+log = structlog.get_logger("memoir.transport")
+
+H_HOPS = "Memoir-Hops"  # on a forwarded command: how many members passed it on
+MAX_HOPS = 4
+FORWARD_TIMEOUT = 5.0  # for requests that do not say how long their sender waits
+FIRST_REROUTE_PAUSE, MAX_REROUTE_PAUSE = 0.02, 0.5  # between forwards that found no responder
+
+
+class Router(Protocol):
+    """Who owns an entity in a cluster; the NATS door asks it for every command."""
+
+    member: str
+
+    def owner(self, entity_type: str, entity_id: str) -> str | None:
+        """The member serving the entity now; None while its shard has no owner."""
+
+    async def wait_owner(self, entity_type: str, entity_id: str, timeout: float) -> str | None:
+        """The owner, once there is one (a shard being handed over), or None after `timeout`."""
+
+    async def wait_change(self, entity_type: str, entity_id: str, owner: str, timeout: float) -> None:
+        """Return once the entity's owner is no longer `owner` as this process sees it, or after `timeout`."""
+
+
+Observer = Callable[[str, str, str, float], None]
+"""Called after each command: (entity type, command, outcome code or "ok", seconds)."""
+
+
+class NatsDoor:
+    """Serves a runtime's commands over NATS. Run with `await door.run()` in a task group."""
+
+    def __init__(
+        self,
+        runtime: Runtime,
+        nc: NATS,
+        *,
+        prefix: str = "memoir",
+        queue: str = "memoir",
+        workers: int = 256,
+        backlog: int = 4096,
+        max_payload: int = 1024 * 1024,
+        observe: Observer | None = None,
+        router: Router | None = None,
+        verifier: Verifier | None = None,
+    ) -> None:
+        self.runtime = runtime
+        self.verifier = verifier
+        self.nc = nc
+        self.prefix = prefix
+        self.queue = queue
+        self.workers = workers
+        self.max_payload = max_payload
+        self.observe = observe
+        self.router = router
+        self.forwarded = 0
+        self.rerouted = 0  # forwards that found their target gone and were routed again
+        self._prefix_tokens = len(prefix.split("."))
+        self._fwd_prefix = f"{prefix}.fwd."
+        self._queue: asyncio.Queue[tuple[Msg, float] | None] = asyncio.Queue(backlog)
+        self._closed = False
+        self._sub: Any = None
+        self._fwd_sub: Any = None
+        self.served = 0
+
+    async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Subscribe and serve until cancelled or `stop()`ped; in-flight requests are finished first."""
+        async with anyio.create_task_group() as tg:
+            for _ in range(self.workers):
+                tg.start_soon(self._worker)
+            if self.router is not None:  # before the shared subject: forwards may come as soon as we are seen
+                self._fwd_sub = await self.nc.subscribe(self._fwd_subject(self.router.member) + ".>", cb=self._enqueue)
+            self._sub = await self.nc.subscribe(f"{self.prefix}.cmd.>", queue=self.queue, cb=self._enqueue)
+            task_status.started()
+
+    def serving(self) -> bool:
+        """Subscribed and taking commands (for readiness probes)."""
+        return self._sub is not None and not self._closed
+
+    async def stop_taking(self) -> None:
+        """Take no more requests from clients; forwards from other members still arrive.
+
+        In a cluster this comes first on the way out: the shards are handed off next, and
+        members that still see this one as an owner keep forwarding to it until they do.
+        """
+        sub, self._sub = self._sub, None
+        if sub is not None:
+            with contextlib.suppress(NatsError):
+                await sub.drain()  # unsubscribe would drop what nats-py holds but has not handed us yet
+
+    async def stop(self) -> None:
+        """Stop taking requests; the workers finish the queued ones and exit."""
+        await self.stop_taking()
+        sub, self._fwd_sub = self._fwd_sub, None
+        if sub is not None:
+            with contextlib.suppress(NatsError):
+                await sub.drain()
+        if not self._closed:
+            self._closed = True
+            for _ in range(self.workers):  # after the queued requests, one stop sign per worker
+                await self._queue.put(None)
+
+    async def _enqueue(self, msg: Msg) -> None:
+        if self._closed:
+            return  # shutting down: the client times out and may retry elsewhere
+        try:
+            self._queue.put_nowait((msg, time.monotonic()))
+        except asyncio.QueueFull:
+            await self._respond(msg, encode_error(CommandError(ErrorCode.OVERLOADED, "the runtime is at capacity")))
+
+    async def _worker(self) -> None:
+        while (item := await self._queue.get()) is not None:
+            await self._serve(*item)
+
+    def _fwd_subject(self, member: str) -> str:
+        return f"{self.prefix}.fwd.{member}"
+
+    def _command_subject(self, msg: Msg) -> tuple[str, int]:
+        """The command subject, and how many members forwarded it so far (0 from a client)."""
+        if not msg.subject.startswith(self._fwd_prefix):
+            return msg.subject, 0
+        # `{prefix}.fwd.{member}.cmd.…` -> `{prefix}.cmd.…`
+        subject = self.prefix + "." + msg.subject[len(self.prefix) + 1 :].split(".", 2)[2]
+        hops = (msg.headers or {}).get(H_HOPS, "")
+        return subject, int(hops) if hops.isdigit() else MAX_HOPS
+
+    async def _serve(self, msg: Msg, arrived: float) -> None:
+        started = time.perf_counter()
+        entity_type = command = "?"
+        try:
+            subject, hops = self._command_subject(msg)
+            entity_type, entity_id, command = parse_command_subject(subject, self._prefix_tokens)
+            if len(msg.data) > self.max_payload:
+                raise CommandError(
+                    ErrorCode.INVALID, f"payload is {len(msg.data)} bytes, the limit is {self.max_payload}"
+                )
+            headers = msg.headers or {}
+            caller = ANONYMOUS if self.verifier is None else self.verifier.verify(headers.get(H_AUTHORIZATION))
+            timeout = header_timeout(headers)
+            deadline = None if timeout is None else arrived + timeout
+            ask = functools.partial(
+                self.runtime.ask,
+                entity_type,
+                entity_id,
+                command,
+                msg.data,
+                command_id=header_id(headers, H_COMMAND_ID),
+                correlation_id=header_id(headers, H_CORRELATION_ID) or trace_id(headers.get(H_TRACEPARENT)),
+                deadline=deadline,
+                caller=caller,
+            )
+            if self.router is None:
+                reply = await ask()
+            else:
+                routed = await self._route(msg, subject, hops, entity_type, entity_id, deadline, ask)
+                if routed is None:  # forwarded: the owner answers the sender itself
+                    self.served += 1
+                    return
+                reply = routed
+            try:
+                body = encode_reply(reply)
+            except (TypeError, msgspec.EncodeError) as exc:
+                raise CommandError(ErrorCode.INTERNAL, f"the reply cannot be encoded as JSON: {exc}") from exc
+            outcome = "ok"
+        except CommandError as exc:
+            body, outcome = encode_error(exc), str(exc.code)
+        except Exception as exc:  # nothing from outside may take the process down
+            log.error("request failed", subject=msg.subject, exc_info=exc)
+            body, outcome = encode_error(CommandError(ErrorCode.INTERNAL, f"{type(exc).__name__}: {exc}")), "internal"
+        await self._respond(msg, body)
+        self.served += 1
+        if self.observe is not None:
+            self.observe(entity_type, command, outcome, time.perf_counter() - started)
+
+    async def _route(
+        self,
+        msg: Msg,
+        subject: str,
+        hops: int,
+        entity_type: str,
+        entity_id: str,
+        deadline: float | None,
+        ask: Callable[[], Awaitable[Reply]],
+    ) -> Reply | None:
+        """Run the command here if this member owns its entity; else pass it on (None).
+
+        A forward is a request whose answer this member passes back to the client. While a shard
+        changes hands the lease map is waited on, within the sender's time; the old owner, whose
+        forward subscription outlives its shards, passes late arrivals on the same way, and a
+        forward to a member whose subscription is already gone comes back as "no responders"
+        and is routed again. How long the others take to see the new leases is then a matter
+        of latency, never of a lost command.
+        """
+        assert self.router is not None
+        until = deadline if deadline is not None else time.monotonic() + FORWARD_TIMEOUT
+        pause = FIRST_REROUTE_PAUSE
+        while (left := until - time.monotonic()) > 0:
+            owner = self.router.owner(entity_type, entity_id)
+            if owner is None:
+                await self.router.wait_owner(entity_type, entity_id, left)
+                continue  # re-read the clock and the owner
+            if owner == self.router.member:
+                try:
+                    return await ask()
+                except Moved:  # the shard left between the look-up and the turn
+                    await self.router.wait_change(entity_type, entity_id, owner, left)
+                    continue
+            if hops >= MAX_HOPS:
+                break
+            headers = dict(msg.headers or {})
+            headers[H_TIMEOUT] = str(max(1, int(left * 1000)))  # the owner drops it once the sender stops waiting
+            headers[H_HOPS] = str(hops + 1)
+            target = self._fwd_subject(owner) + subject[len(self.prefix) :]
+            self.forwarded += 1
+            if not msg.reply:  # a publish: nobody waits for an answer, so nobody to tell of a loss
+                await self.nc.publish(target, msg.data, headers=headers)
+                return None
+            try:
+                answer = await self.nc.request(target, msg.data, timeout=left, headers=headers)
+            except NoRespondersError:
+                # Nothing reached the owner we saw: it left and our lease map has not caught up,
+                # or it has only just started and its forward subscription has not reached this
+                # NATS server yet (interest spreads between cluster nodes a moment after it is
+                # made). Route again once the map moves on, and in any case after a short pause.
+                log.debug("forward found no one; routing again", subject=subject, owner=owner)
+                self.rerouted += 1
+                await self.router.wait_change(entity_type, entity_id, owner, min(pause, until - time.monotonic()))
+                pause = min(pause * 2, MAX_REROUTE_PAUSE)
+                continue
+            except NatsTimeoutError:
+                return None  # the sender has stopped waiting too; the owner may still have run it
+            await self._respond(msg, answer.data)  # the owner's answer, passed on as it is
+            return None
+        raise Moved(entity_type, entity_id)
+
+    async def _respond(self, msg: Msg, body: bytes) -> None:
+        if not msg.reply:
+            return  # a publish, not a request: nobody to answer
+        try:
+            await msg.respond(body)
+        except NatsError as exc:
+            log.warning("reply not sent", subject=msg.subject, error=str(exc))
