@@ -13,7 +13,7 @@ connection not up (nats-py buffers for a reconnect) goes by nats-py's own `publi
 message, so its answer is the same as ever. So does everything when the client's internals
 are not where this expects them: the result is then only slower. (Values are not stripped as
 nats-py strips them: every reader strips them, nats-py's parser too, so they arrive the same.)
-`tests/test_frames.py` holds what arrives to what nats-py's own publish delivers.
+`tests/wire/test_frames.py` holds what arrives to what nats-py's own publish delivers.
 """
 
 from __future__ import annotations

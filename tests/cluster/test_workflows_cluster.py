@@ -17,7 +17,7 @@ import anyio
 import msgspec
 import pytest
 from conftest import POSTGRES_URL
-from timers.ledger import expected_balances
+from streams.timers.ledger import expected_balances
 
 from runtime import Client, CommandError, open_journal
 

@@ -12,7 +12,7 @@ is for (cycles), not for scanning actors.
 `tune_nats`: nats-py (2.16) parses every received message's headers with a generator
 over each header name's characters, which is half the cost of reading an event from a
 stream (each carries seven headers). This swaps in a parser with the same results that
-does the same checks per name, not per character; tests/test_tuning.py holds it to the
+does the same checks per name, not per character; tests/serve/process/test_tuning.py holds it to the
 original on ordinary and malformed header blocks. It does nothing if nats-py's parser is
 not where it was.
 """

@@ -15,7 +15,7 @@ from runtime import SqliteJournal
 from runtime.model.timers import SCHEDULED
 from runtime.serve.service.client import Client
 
-from .conftest import RunningRuntime
+from ..conftest import RunningRuntime
 
 pytestmark = pytest.mark.anyio
 

@@ -29,7 +29,7 @@ from runtime.serve.service.embedded_nats import free_port
 from runtime.serve.service.http.status import status_of
 from runtime.serve.service.specs.asyncapi import asyncapi
 
-from .conftest import MEMOIR, ROOT, RunningRuntime
+from ..conftest import MEMOIR, ROOT, RunningRuntime
 
 pytestmark = pytest.mark.anyio
 

@@ -13,7 +13,6 @@ import msgspec
 import pytest
 from conftest import JournalFactory
 from nats.aio.client import Client as NATS
-from streams.helpers import eventually
 
 from entities.inventory import InventoryItem
 from entities.reservation import Reservation, ReservationStock
@@ -31,7 +30,8 @@ from runtime.serve.service._service import Service
 from runtime.serve.service.embedded_nats import EmbeddedNats
 from runtime.serve.service.metrics import Metrics
 from runtime.streams.timers import TimerRelay, entity_timers, pending_timers
-from timers.clock import Clock
+from streams.helpers import eventually
+from streams.timers.clock import Clock
 
 pytestmark = pytest.mark.anyio
 

@@ -2,7 +2,7 @@
 
 The official AsyncAPI 3.0.0 JSON Schema is vendored in tests/fixtures (from the `@asyncapi/specs`
 package, Apache-2.0, its LICENSE beside it). Messages from a running service are checked against
-the generated schemas in tests/process/test_http.py.
+the generated schemas in tests/serve/process/test_http.py.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from runtime.serve.cli.main import main
 from runtime.serve.process.appspec import load_app
 from runtime.serve.service.specs.asyncapi import asyncapi, event_json_schemas
 
-SPEC = json.loads((Path(__file__).parent / "fixtures" / "asyncapi-3.0.0.json").read_text())
+SPEC = json.loads((Path(__file__).resolve().parents[2] / "fixtures" / "asyncapi-3.0.0.json").read_text())
 
 
 def component(doc: dict[str, Any], schema: dict[str, Any]) -> jsonschema.Validator:

@@ -12,13 +12,13 @@ import msgspec
 import nats
 import pytest
 from streams.helpers import journal_events
-from timers.ledger import expected_balances
+from streams.timers.ledger import expected_balances
 
 from runtime import SqliteJournal
 from runtime.model.errors import CommandError
 from runtime.serve.service.client import Client
 
-from .conftest import RunningRuntime
+from ..conftest import RunningRuntime
 
 pytestmark = pytest.mark.anyio
 

@@ -14,14 +14,14 @@ import pytest
 import yaml
 from cluster.natscluster import NatsCluster, Node
 from nats.js.api import StreamConfig
-from test_deploy import _env_file
 
 from runtime.serve.process.run import Settings
 from runtime.serve.service.embedded_nats import find_binary
 from runtime.wire.auth import NatsAuth
 from runtime.wire.nats import close_quietly, connect
+from serve.process.test_deploy import _env_file
 
-DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
+DEPLOY = Path(__file__).resolve().parents[3] / "deploy"
 ROOT = DEPLOY.parent
 YAML_FILES = [DEPLOY / "compose.yaml", DEPLOY / "helm" / "nats-values.yaml", *sorted((DEPLOY / "k8s").glob("*.yaml"))]
 CLUSTER_FILES = [DEPLOY / "Dockerfile", DEPLOY / "nats-cluster.conf", *YAML_FILES]

@@ -27,7 +27,7 @@ from conftest import POSTGRES_URL, in_ci, postgres_reachable
 
 from runtime.serve.cli.main import parser
 
-from .conftest import MEMOIR, ROOT, RunningRuntime
+from ..conftest import MEMOIR, ROOT, RunningRuntime
 
 # The console script, as a user runs it: unlike `python -m`, it does not put the working directory on sys.path.
 SCRIPT = shutil.which("memoir", path=str(Path(sys.executable).parent)) or "memoir"

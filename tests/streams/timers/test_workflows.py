@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
-from streams.helpers import eventually, journal_events
 
 from entities.bank import BANK, Account, Closed, SweepClosed, Transfer
 from runtime import (
@@ -38,8 +37,9 @@ from runtime.model.timers import TimerCancelled, TimerScheduled
 from runtime.model.workflow import MAX_STEPS_PER_TURN
 from runtime.serve.service.embedded_nats import EmbeddedNats
 from runtime.streams.timers import entity_timers, timer_op
-from timers.clock import Clock
-from timers.flows import Flow
+from streams.helpers import eventually, journal_events
+from streams.timers.clock import Clock
+from streams.timers.flows import Flow
 
 pytestmark = pytest.mark.anyio
 

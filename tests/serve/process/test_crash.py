@@ -19,7 +19,7 @@ from runtime.serve.service.client import Client
 from runtime.wire.auth import NatsAuth
 from runtime.wire.protocol import stream_name, token
 
-from .conftest import RunningRuntime
+from ..conftest import RunningRuntime
 
 pytestmark = pytest.mark.anyio
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import jwt
 import pytest
 
-from .conftest import MEMOIR, ROOT, RunningRuntime
+from ..conftest import MEMOIR, ROOT, RunningRuntime
 
 SECRET = "process-test-secret-0123456789abcdef"
 

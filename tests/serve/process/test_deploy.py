@@ -17,7 +17,7 @@ from runtime.serve.service.embedded_nats import find_binary, free_port
 from runtime.wire.auth import ENV as NATS_AUTH_ENV
 from runtime.wire.auth import NatsAuth
 
-DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
+DEPLOY = Path(__file__).resolve().parents[3] / "deploy"
 
 
 def _env_file() -> dict[str, str]:

@@ -1,6 +1,6 @@
 """The NATS users in deploy/ agree everywhere: the same roles and permissions in nats-accounts.conf
 and the Helm values, the runtime logging in as `runtime` with its own inboxes in compose and
-Kubernetes, and no password written into any file. (tests/process/test_nats_roles.py runs them.)"""
+Kubernetes, and no password written into any file. (tests/serve/process/test_nats_roles.py runs them.)"""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import yaml
 
 from runtime.wire.auth import NatsAuth
 
-DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
+DEPLOY = Path(__file__).resolve().parents[3] / "deploy"
 ROLES = ("runtime", "client", "reader")
 
 

@@ -12,7 +12,7 @@ import pytest
 from runtime import SqliteJournal
 from runtime.wire.protocol import token
 
-from .conftest import RunningRuntime
+from ..conftest import RunningRuntime
 
 pytestmark = pytest.mark.anyio
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from serve.service.auth.bank import BankAccount, app
 
 from runtime import (
     Anyone,
@@ -21,8 +22,6 @@ from runtime import (
     Unauthorized,
 )
 from runtime.model.access import ANONYMOUS, rule_for
-
-from .bank import BankAccount, app
 
 pytestmark = pytest.mark.anyio
 
@@ -103,7 +102,7 @@ async def test_the_test_harness_serves_with_a_verifier(tmp_path: Path) -> None:
     from runtime.serve.service.auth import VerificationKey, Verifier
     from runtime.testing.harness import served
 
-    from .mint import AUDIENCE, ISSUER, SECRET, claims, hs256
+    from serve.service.auth.mint import AUDIENCE, ISSUER, SECRET, claims, hs256
 
     verifier = Verifier([VerificationKey.hmac(SECRET)], audience=AUDIENCE, issuer=ISSUER)
     async with (

@@ -7,12 +7,11 @@ from pathlib import Path
 
 import pytest
 from conftest import JournalFactory
+from crypto.people import MARKER, EmailChanged, Erased, Note, Person
 
 from runtime import CommandError, ConfigError, EntityTestKit, Journal, MemoryJournal, Runtime
 from runtime.engine.keyring import KeyRing
 from runtime.model.sealing import is_sealed, is_sealed_text
-
-from .people import MARKER, EmailChanged, Erased, Note, Person
 
 pytestmark = pytest.mark.anyio
 

@@ -10,7 +10,7 @@ from typing import Any
 import anyio
 import pytest
 
-from .conftest import RunningRuntime
+from ..conftest import RunningRuntime
 
 OPEN = '{"units": 100, "last_in": "2022-01-01", "last_out": "2022-02-01"}'
 

@@ -19,7 +19,7 @@ import pytest
 from runtime import Client, CommandError, SqliteJournal
 from runtime.wire.protocol import H_COMMAND_ID
 
-from .conftest import RunningRuntime
+from ..conftest import RunningRuntime
 
 pytestmark = pytest.mark.anyio
 
