@@ -98,11 +98,11 @@ def test_a_wrong_allow_fails_where_it_is_written() -> None:
 
 
 async def test_the_test_harness_serves_with_a_verifier(tmp_path: Path) -> None:
+    from serve.service.auth.mint import AUDIENCE, ISSUER, SECRET, claims, hs256
+
     from runtime import Client, EmbeddedNats
     from runtime.serve.service.auth import VerificationKey, Verifier
     from runtime.testing.harness import served
-
-    from serve.service.auth.mint import AUDIENCE, ISSUER, SECRET, claims, hs256
 
     verifier = Verifier([VerificationKey.hmac(SECRET)], audience=AUDIENCE, issuer=ISSUER)
     async with (
