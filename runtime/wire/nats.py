@@ -30,6 +30,7 @@ from nats.js.errors import APIError, NotFoundError, ServiceUnavailableError
 
 from ..model.errors import MemoirError
 from . import frames
+from ._guard import GuardedClient
 from .auth import NatsAuth
 from .redact import redact_url, scrub, url_secrets
 
@@ -118,6 +119,77 @@ def _why(errors: list[BaseException], method: str | None, auth: NatsAuth, tls: b
     return f"timed out (no NATS server answered within {timeout:g} s)"
 
 
+class _Connection:
+    """One `connect`: the errors met while connecting, then the client and whether an outage was told.
+
+    Its methods are nats-py's callbacks; until the client is up, errors are kept for the message.
+    """
+
+    def __init__(self, url: str, name: str, disconnected_cb: Callback | None, reconnected_cb: Callback | None) -> None:
+        self.shown = redact(url)
+        self.name = name
+        self.disconnected_cb = disconnected_cb
+        self.reconnected_cb = reconnected_cb
+        self.errors: list[BaseException] = []
+        self.nc: NATS | None = None  # once connected
+        self.down = False  # one warning per outage, however many servers are tried meanwhile
+
+    async def attempt(self, nc: NATS, url: str, timeout: float, options: dict[str, Any]) -> bool:
+        """Connect `nc` within `timeout`; False (the reasons in `errors`) if it did not."""
+        try:
+            with anyio.move_on_after(timeout):
+                await nc.connect(
+                    [u.strip() for u in url.split(",") if u.strip()],
+                    connect_timeout=max(1, min(int(timeout), 2)),  # seconds, whole (nats-py's type)
+                    error_cb=self.on_error,
+                    disconnected_cb=self.on_disconnected,
+                    reconnected_cb=self.on_reconnected,
+                    **options,
+                )
+                self.nc = nc
+                return True
+        except _GiveUp:
+            pass
+        except Exception as exc:  # noqa: BLE001 - OSError, nats errors: told as one message
+            self.errors.append(exc)
+        return False
+
+    def failure(self, url: str, auth: NatsAuth, options: dict[str, Any], timeout: float) -> MemoirError:
+        """What the attempts ran into, as one message naming the URL, secrets redacted."""
+        tls = url.strip().startswith("tls://") or options.get("tls") is not None
+        in_url = "the user/password or token in the URL" if url_secrets(url) else None
+        why = _why(self.errors, auth.method() or in_url, auth, tls, timeout)
+        reason = scrub(why, url_secrets(url) + auth.secrets())
+        return MemoirError(f"cannot connect to NATS at {self.shown}: {reason}")
+
+    async def on_error(self, exc: Exception) -> None:
+        """Instead of nats-py's default, which prints each error with a traceback."""
+        if self.nc is not None:
+            return  # once connected, the disconnect and reconnect callbacks tell it
+        self.errors.append(exc)
+        if _auth_error(exc) or isinstance(exc, ssl.SSLError):
+            raise _GiveUp  # out of nats-py's retry loop, leaving the socket for close() in connect
+
+    async def on_disconnected(self) -> None:
+        if self.nc is not None and not self.nc.is_closed:  # nats-py also calls it on a deliberate close
+            if not self.down:
+                log.warning("NATS connection lost; reconnecting", url=self.shown, name=self.name)
+            self.down = True
+            for hook in list(_watchers.get(self.nc, _Watchers()).disconnected):
+                hook()
+        if self.disconnected_cb is not None:
+            await self.disconnected_cb()
+
+    async def on_reconnected(self) -> None:
+        if self.nc is not None:
+            self.down = False
+            log.info("NATS connection back", url=self.shown, name=self.name)
+            for hook in list(_watchers.get(self.nc, _Watchers()).reconnected):
+                hook()
+        if self.reconnected_cb is not None:
+            await self.reconnected_cb()
+
+
 async def connect(
     url: str,
     *,
@@ -138,69 +210,19 @@ async def connect(
     nats-py keeps retrying an initial connection that is refused, whatever allow_reconnect says:
     a server still starting is waited for. A refused login or a TLS mismatch will not pass, so it
     ends the wait at once.
+
+    The client is a `GuardedClient`: a message that would stop nats-py's read loop (a subject
+    that is not UTF-8) is dropped and counted instead (`_guard.py`).
     """
-    box: list[NATS] = []
-    name = options.get("name", "")
-    shown = redact(url)
-    errors: list[BaseException] = []
-
-    async def on_error(exc: Exception) -> None:
-        """Instead of nats-py's default, which prints each error with a traceback."""
-        if box:
-            return  # once connected, the disconnect and reconnect callbacks tell it
-        errors.append(exc)
-        if _auth_error(exc) or isinstance(exc, ssl.SSLError):
-            raise _GiveUp  # out of nats-py's retry loop, leaving the socket for close() below
-
-    down = [False]  # one warning per outage, however many servers are tried meanwhile
-
-    async def on_disconnected() -> None:
-        if box and not box[0].is_closed:  # nats-py also calls it on a deliberate close
-            if not down[0]:
-                log.warning("NATS connection lost; reconnecting", url=shown, name=name)
-            down[0] = True
-            for hook in list(_watchers.get(box[0], _Watchers()).disconnected):
-                hook()
-        if disconnected_cb is not None:
-            await disconnected_cb()
-
-    async def on_reconnected() -> None:
-        if box:
-            down[0] = False
-            log.info("NATS connection back", url=shown, name=name)
-            for hook in list(_watchers.get(box[0], _Watchers()).reconnected):
-                hook()
-        if reconnected_cb is not None:
-            await reconnected_cb()
-
     auth = auth or NatsAuth()
     options = {**auth.options(), **options}
-    nc = NATS()
-    connected = False
-    try:
-        with anyio.move_on_after(timeout):
-            await nc.connect(
-                [u.strip() for u in url.split(",") if u.strip()],
-                connect_timeout=max(1, min(int(timeout), 2)),  # seconds, whole (nats-py's type)
-                error_cb=on_error,
-                disconnected_cb=on_disconnected,
-                reconnected_cb=on_reconnected,
-                **options,
-            )
-            connected = True
-    except _GiveUp:
-        pass
-    except Exception as exc:  # noqa: BLE001 - OSError, nats errors: told as one message below
-        errors.append(exc)
-    if not connected:
-        with anyio.move_on_after(2, shield=True), contextlib.suppress(Exception):
-            await nc.close()  # an attempt cut short leaves its socket open otherwise
-        tls = url.strip().startswith("tls://") or options.get("tls") is not None
-        in_url = "the user/password or token in the URL" if url_secrets(url) else None
-        reason = scrub(_why(errors, auth.method() or in_url, auth, tls, timeout), url_secrets(url) + auth.secrets())
-        raise MemoirError(f"cannot connect to NATS at {shown}: {reason}") from None
-    box.append(nc)
-    return nc
+    conn = _Connection(url, options.get("name", ""), disconnected_cb, reconnected_cb)
+    nc = GuardedClient()
+    if await conn.attempt(nc, url, timeout, options):
+        return nc
+    with anyio.move_on_after(2, shield=True), contextlib.suppress(Exception):
+        await nc.close()  # an attempt cut short leaves its socket open otherwise
+    raise conn.failure(url, auth, options, timeout) from None
 
 
 async def close_quietly(nc: NATS) -> None:

@@ -1,0 +1,91 @@
+"""nats-py's client, kept serving whatever bytes another publisher sends (`connect` makes these).
+
+Why: nats-py (2.16) decodes each message's subject and reply subject as strict UTF-8 inside its
+read loop; one publisher sending `PUB a.\\xff b 2` raises there, the loop logs "nats: encountered
+error" and ends, and the connection stays up but deaf: every subscription, every request, for
+good. Here a subject or reply that is not UTF-8 is dropped before nats-py builds a message,
+counted, logged, and, for a subscription that asked for it (`answer_undecodable`), answered
+when the reply subject can be read. Header values that are not UTF-8 arrive with their bad
+bytes as lone surrogates (`surrogateescape`), not U+FFFD as in nats-py: two different bad
+command ids must not read as one, and a reader can tell them apart from real text
+(`protocol.readable`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import structlog
+from nats.aio.client import Client as NATS
+
+log = structlog.get_logger("memoir.nats")
+
+_CRLF = b"\r\n"
+_LOGGED = 10  # dropped messages logged one by one; after that every 1000th
+
+
+def parse_header_lines(raw: bytes) -> dict[str, str]:
+    """A NATS header block as nats-py reads it (names ASCII tokens or skipped), values decoded with
+    `surrogateescape`: a bad byte stays visible. One check per name, not per character."""
+    out: dict[str, str] = {}
+    for line in raw.split(_CRLF):
+        name, sep, value = line.partition(b":")
+        if not sep:  # also the empty line
+            continue
+        stripped = name.strip()
+        if not stripped.isascii():
+            continue
+        key = stripped.decode("ascii")
+        if key and key.split() != [key]:  # whitespace inside a name: skipped, as nats-py does
+            continue
+        out[key] = value.strip().decode("utf-8", "surrogateescape")
+    return out
+
+
+def _text(raw: bytes) -> str | None:
+    if raw.isascii():
+        return raw.decode("ascii")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+
+
+class GuardedClient(NATS):
+    """nats-py's `Client`, dropping (and counting) what its read loop would die of."""
+
+    _parse_header_lines = staticmethod(parse_header_lines)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.dropped = 0  # messages nats-py could not have read: subject or reply not UTF-8, a bad header block
+        self._answers: dict[int, bytes] = {}  # sid -> what to answer such a message when its reply reads
+
+    def answer_undecodable(self, sub: Any, body: bytes) -> None:
+        """Answer `body` to a message for `sub` whose subject is not UTF-8 but whose reply is."""
+        self._answers[sub._id] = body
+
+    async def _process_msg(self, sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes) -> None:
+        if not (subject.isascii() and reply.isascii()) and (_text(subject) is None or _text(reply) is None):
+            await self._undecodable(sid, subject, reply)
+            return
+        try:
+            await super()._process_msg(sid, subject, reply, data, headers)
+        except Exception as exc:  # noqa: BLE001 - raised here it would end the read loop for good
+            self._dropped("NATS message dropped: nats-py could not read it", subject, reply, exc)
+
+    async def _undecodable(self, sid: int, subject: bytes, reply: bytes) -> None:
+        self._dropped("NATS message dropped: its subject or reply subject is not UTF-8", subject, reply, None)
+        inbox = _text(reply)
+        body = self._answers.get(sid)
+        if inbox and body is not None and self.is_connected:
+            try:
+                await self.publish(inbox, body)
+            except Exception as exc:  # noqa: BLE001 - as above: the read loop must go on
+                log.warning("NATS answer not sent", reply=inbox, error=str(exc))
+
+    def _dropped(self, what: str, subject: bytes, reply: bytes, exc: Exception | None) -> None:
+        self.dropped += 1
+        if self.dropped <= _LOGGED or self.dropped % 1000 == 0:
+            error = None if exc is None else f"{type(exc).__name__}: {exc}"
+            log.warning(what, subject=repr(subject[:200]), reply=repr(reply[:200]), dropped=self.dropped, error=error)
