@@ -45,7 +45,8 @@ from ..engine.keyring import KeyRing
 from ..journal.base import Journal
 from ..model.envelope import Envelope
 from ..model.errors import ConfigError, EventDecodeError, JournalError
-from ..model.sealing import SealError, is_sealed
+from ..model.events import spec_of
+from ..model.sealing import Forgotten, SealError, is_sealed
 from ..wire.protocol import H_POSITION, envelope_from_message
 from ._pull import delete_durable, first_above, stream_sequence
 from ._runner import StreamResolver, StreamRunner
@@ -54,6 +55,7 @@ from .view_store import RawRows, ViewStore
 
 R = TypeVar("R")
 
+FORGOTTEN = spec_of(Forgotten).name  # the event a forget appends: the view scrubs after it
 log = structlog.get_logger("memoir.view")
 
 
@@ -262,6 +264,8 @@ class ViewRunner(StreamRunner):
 
         async with self._lock:
             await self.store.transact(self.view.name, transaction)
+            if any(env.name == FORGOTTEN for _, _, env in work):  # its handler dropped the entity's rows
+                await self.store.scrub()
         self._checkpoints.update(checkpoints)
         self.applied += len(work)
         self.last_recorded_at = max(self.last_recorded_at, newest)

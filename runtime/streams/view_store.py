@@ -107,6 +107,14 @@ class ViewStore(abc.ABC):
     async def reset(self, view: str) -> None:
         """Drop the view's rows and checkpoints (before a rebuild)."""
 
+    async def scrub(self) -> None:
+        """Leave no copy of deleted rows in the store's files (called after a view handled a forget).
+
+        A store that keeps deleted bytes around (a write-ahead log, freed pages) clears them here.
+        PostgreSQL cannot promise it: dead tuples and its WAL segments hold old row versions until
+        vacuum and WAL recycling, which the database's operator controls (docs: security).
+        """
+
 
 class MemoryViewStore(ViewStore):
     """View rows in dicts, for tests: lost on exit, so views rebuild from their streams."""
@@ -176,6 +184,7 @@ class SqliteViewStore(ViewStore):
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute(f"PRAGMA synchronous={self.synchronous}")
+        conn.execute("PRAGMA secure_delete=ON")  # a deleted or replaced row's bytes are zeroed, not left in free space
         conn.executescript(_SCHEMA)
         self._conn = conn
 
@@ -224,6 +233,10 @@ class SqliteViewStore(ViewStore):
                 raise
 
         await _until_stored(self._link, lambda _: self._run(run))
+
+    async def scrub(self) -> None:
+        """Copy the WAL into the database file and truncate it: its older frames hold rows as they were."""
+        await self._run(lambda conn: conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall())
 
     async def checkpoints(self, view: str) -> dict[str, int]:
         rows = await self._run(
