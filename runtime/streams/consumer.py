@@ -12,12 +12,22 @@ command a handler sends carries the source event's id (`{type}/{id}/{seq}`,
 suffixed `#2`, `#3` … for a second command to the same entity), so the target
 entity persists it once however often the event is redelivered.
 
-A handler that raises is retried with backoff (the message is nak'ed with a
-delay, and the ones behind it go on). Events of one source entity are handled
-in order, different entities concurrently. After `max_attempts` it is parked on
-`{prefix}.deadletter.{consumer}` with the error in `Memoir-Error` and acked,
-so one poisonous event never stalls the stream. Per-entity order holds except
-across such retries.
+A refusal is not a failure. `ctx.send` raises `CommandError` for any error reply;
+its `code` tells the two kinds apart (`is_refusal`):
+
+- a refusal (`rejected`, `invalid`, `unknown_command`, `forbidden`, `forgotten`, or
+  an entity's own code such as `not_found`) is the target's answer. The same command
+  gets the same answer, so it is never retried: catch it on `ctx.send` and record the
+  outcome (the event is then acked like any handled one). A refusal the handler lets
+  escape is parked at once, without retries.
+- a transient error (`overloaded`, `unavailable`, `conflict`, `internal`) or any other
+  exception (a timeout, a bug) is retried with backoff (the message is nak'ed with a
+  delay, and the ones behind it go on). After `max_attempts` it is parked.
+
+Events of one source entity are handled in order, different entities concurrently.
+Parked events go to `{prefix}.deadletter.{consumer}` with the error in `Memoir-Error`
+and are acked, so one poisonous event never stalls the stream. Per-entity order holds
+except across such retries.
 """
 
 from __future__ import annotations
@@ -33,6 +43,7 @@ from nats.aio.msg import Msg
 from nats.js import api
 
 from ..model.envelope import Envelope
+from ..model.errors import CommandError, ErrorCode
 from ..model.sealing import is_sealed
 from ..wire.protocol import Reply, envelope_from_message, stream_prefix
 from ._runner import StreamResolver, StreamRunner
@@ -78,11 +89,24 @@ class Context:
 
 
 class Consumer(Subscriber):
-    """Base class of a consumer. Subclass with `name=` and `sources=[EntityClass, ...]`."""
+    """Base class of a consumer. Subclass with `name=` and `sources=[EntityClass, ...]`.
+
+    A handler catches `CommandError` on `ctx.send` to react to a refusal (see the module
+    docstring); other errors it lets escape are retried `max_attempts` times, then parked.
+    """
 
     kind = "consumer"
     max_attempts: ClassVar[int] = 5
     backoff: ClassVar[float] = 0.2  # seconds before the first retry; doubles each time
+
+
+TRANSIENT = frozenset({ErrorCode.OVERLOADED, ErrorCode.UNAVAILABLE, ErrorCode.CONFLICT, ErrorCode.INTERNAL})
+"""Error codes that may clear on a retry with the same command id; every other code is an answer."""
+
+
+def is_refusal(exc: BaseException) -> bool:
+    """Whether `exc` is the target entity's deterministic answer (retrying gets the same one)."""
+    return isinstance(exc, CommandError) and exc.code not in TRANSIENT
 
 
 def dead_letter_subject(prefix: str, consumer: str) -> str:
@@ -115,6 +139,7 @@ class ConsumerRunner(StreamRunner):
         self.handled = 0
         self.retried = 0
         self.dead_lettered = 0
+        self.refused = 0  # uncaught refusals, parked without retries (also counted in dead_lettered)
         self.forgotten = 0  # events skipped because their entity was forgotten
 
     def pull_options(self, entity_type: str) -> dict[str, Any]:
@@ -154,6 +179,10 @@ class ConsumerRunner(StreamRunner):
                 event, handler = found
                 await HandlerTable.call(handler, self.instance, Context(self.runtime, env), event, env)
         except Exception as exc:  # noqa: BLE001 - a failing handler is retried, then parked; never fatal
+            if is_refusal(exc):  # a refusal the handler did not catch: a retry would get the same answer
+                self.refused += 1
+                await self._dead_letter(msg, exc)
+                return
             if attempt < self.consumer.max_attempts:
                 self.retried += 1
                 delay = self.consumer.backoff * 2 ** (attempt - 1)
