@@ -9,6 +9,8 @@ stream.
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import msgspec
 
 from runtime import Consumer, Context, Effect, Envelope, EventSourcedEntity, Rows, View, applies, command, on
@@ -38,19 +40,19 @@ class PostState(msgspec.Struct, frozen=True):
 
 
 MAX_TEXT = 10_000
+Author = Annotated[
+    str, msgspec.Meta(pattern=r"\S", description="not blank")
+]  # constraints in the types: schemas show them
+Text = Annotated[str, msgspec.Meta(max_length=MAX_TEXT)]
 
 
 class Post(EventSourcedEntity[PostState], name="post"):
     initial = PostState()
 
     @command
-    def publish(self, post: PostState, author: str, text: str) -> Effect[int]:
+    def publish(self, post: PostState, author: Author, text: Text) -> Effect[int]:
         if post.published:
             return self.error(f"post {self.entity_id} is already published")
-        if not author.strip():
-            return self.error("author must not be blank", code="invalid")
-        if len(text) > MAX_TEXT:
-            return self.error(f"text is {len(text)} characters, the limit is {MAX_TEXT}", code="invalid")
         return self.persist(Published(author, text)).reply(lambda s: s.edits)
 
     @command

@@ -193,11 +193,12 @@ class EntityModel:
             raise ConfigError(f"{self.cls.__name__}.{fn.__name__} must take (self, state, ...)")
         hints = _hints(fn, self.cls)
         checks.check_command(self.cls, fn, hints, self.initial)
+        constrained = typing.get_type_hints(fn, include_extras=True)  # Annotated[int, Meta(gt=0)]: decoder and schema
         fields: list[tuple[Any, ...]] = []
         for p in params[2:]:
             if p.kind not in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY):
                 raise ConfigError(f"{self.cls.__name__}.{fn.__name__}: *args/**kwargs are not command arguments")
-            tp = hints.get(p.name, Any)
+            tp = constrained.get(p.name, Any)
             fields.append((p.name, tp) if p.default is p.empty else (p.name, tp, p.default))
         args_type = msgspec.defstruct(f"{self.type_name}.{name}", fields, forbid_unknown_fields=True, kw_only=True)
         self.commands[name] = CommandSpec(

@@ -25,6 +25,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import hmac
 import json
 import time
 from collections.abc import Mapping, Sequence
@@ -203,6 +204,31 @@ class Verifier:
         if isinstance(exc, jwt.DecodeError):
             return f"malformed ({exc})"
         return f"invalid ({exc})"
+
+
+class StaticToken:
+    """The one bearer token of a data dir (`memoir run --http-port` without JWT keys), checked in constant time.
+
+    It names no caller: whoever holds it is the data dir's owner, so the caller is `ANONYMOUS` to
+    access rules, as a command over the owner's NATS credential is. Unlike `Verifier.verify`, no
+    token is refused: the HTTP gateway admits nobody without it.
+    """
+
+    def __init__(self, token: str) -> None:
+        if len(token) < MIN_SECRET:
+            raise ConfigError(f"the HTTP token is {len(token)} characters; it must be at least {MIN_SECRET}")
+        self._digest = hashlib.sha256(token.encode()).digest()
+
+    def verify(self, authorization: Any) -> Caller:
+        """`ANONYMOUS` if the header is `Bearer <the token>`, else `unauthorized` (the token never echoed)."""
+        if authorization is None:
+            raise Unauthorized(ErrorCode.UNAUTHORIZED, "this API needs 'Authorization: Bearer <token>'")
+        scheme, _, token = str(authorization).strip().partition(" ")
+        # digests compared, so neither the time nor an early length mismatch tells how much was right
+        given = hashlib.sha256(token.strip().encode("utf-8", "surrogateescape")).digest()
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given, self._digest):
+            raise Unauthorized(ErrorCode.UNAUTHORIZED, "bad bearer token: not this server's token")
+        return ANONYMOUS
 
 
 # -- configuration -----------------------------------------------------------------------------------

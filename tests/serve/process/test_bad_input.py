@@ -70,12 +70,12 @@ CASES: list[tuple[str, str, bytes, dict[str, str] | None, str, str]] = [
     ("timeout negative", "inventory.A.receive", GOOD, {"Memoir-Timeout-Ms": "-5"}, "invalid", "between 1 and 86400000"),
     ("timeout not finite", "inventory.A.receive", GOOD, {"Memoir-Timeout-Ms": "nan"}, "invalid", "Memoir-Timeout-Ms"),
     (
-        "negative units (the entity says so)",
+        "negative units (the type says so)",
         "inventory.A.receive",
         b'{"units": -5, "on": "2022-03-01"}',
         None,
         "invalid",
-        "units must be positive",
+        "Expected `int` >= 1 - at `$.units`",
     ),
 ]
 

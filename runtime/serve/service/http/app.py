@@ -1,7 +1,8 @@
 """The HTTP API as a thin ASGI app over the service: every route is a few lines over what NATS serves.
 
-A command is a NATS request to its command subject, headers carried over (`Idempotency-Key`
-becomes `Memoir-Command-Id`; `Authorization`, `traceparent`, `Memoir-*` pass as they are), so it
+Who may call at all is decided first (`guard.py`: origin, credential). A command is a NATS
+request to its command subject, headers carried over (`Idempotency-Key` becomes
+`Memoir-Command-Id`; `traceparent`, `Memoir-*` and, with JWTs, `Authorization` pass as they are), so it
 takes the path a NATS client's command takes: the NATS door's validation, its command-id dedupe,
 its cluster routing and whatever access check the NATS door applies. The reply's JSON is the
 response body unchanged; only its error code picks the status (`status.py`). Views are read
@@ -9,14 +10,16 @@ through the same admin requests `memoir query` makes; an entity's state and hist
 the journal, as `memoir state` and `memoir events` do.
 
 Routing reads the raw path, so an id holding `/` or `%` arrives percent-encoded and intact: every
-segment is percent-decoded on its own. The literal segment `events` after a type is its live tail;
-an entity whose id is `events` is reached by encoding one of its letters (`%65vents`).
+segment is percent-decoded on its own. No two routes overlap for any id: an id is always the second
+of `/{type}/{id}[/…]`, and the live tails are `/events/{type}` (`events`, `views` and
+`openapi.json` are names no entity type may take).
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Awaitable, Callable, MutableMapping
+import re
+from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import parse_qsl, unquote
 
@@ -30,9 +33,9 @@ from nats.errors import TimeoutError as NatsTimeoutError
 from ....engine.history import state_at
 from ....model.entity import EntityModel
 from ....model.envelope import Envelope
-from ....model.errors import CommandError, ErrorCode, JournalUnavailable
-from ....model.sealing import EntityForgotten
+from ....model.errors import CommandError, EntityForgotten, ErrorCode
 from ....wire.protocol import (
+    H_AUTHORIZATION,
     H_COMMAND_ID,
     H_CORRELATION_ID,
     H_TIMEOUT,
@@ -49,22 +52,23 @@ from ....wire.protocol import (
 )
 from .._service import Service
 from ..journal_reader import JournalReader, key_ring
+from .asgi import Headers, Receive, Scope, Send, header
+from .guard import Access, check_json
+from .idempotency import IdempotencyKeys
 from .status import RETRY_AFTER_S, status_of
 
 log = structlog.get_logger("memoir.http")
 
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
+Answer = tuple[int, bytes, Headers]  # status (0: answered already), body, extra headers
+Handler = Callable[[], Awaitable[Answer]]
 
-H_AUTHORIZATION = "Authorization"
-PASSED = {  # HTTP request headers carried onto the NATS command, lower-case -> NATS name
+PASSED_NO_AUTHORIZATION = {  # HTTP request headers carried onto the NATS command, lower-case -> NATS name
     "memoir-command-id": H_COMMAND_ID,
     "memoir-correlation-id": H_CORRELATION_ID,
     "traceparent": H_TRACEPARENT,
-    "authorization": H_AUTHORIZATION,
 }
+PASSED = PASSED_NO_AUTHORIZATION | {"authorization": H_AUTHORIZATION}  # with JWTs, which the NATS door checks
+BODY_TIMEOUT_S = 10.0  # a command's body must arrive within this; then 408 and the connection is closed
 MAX_HISTORY_PAGE = 1000
 JSON_TYPE = [(b"content-type", b"application/json")]
 
@@ -132,6 +136,9 @@ def _ascii_header(name: str, value: str) -> str:
     return value
 
 
+_INTEGER = re.compile(r"-?[0-9]{1,20}")
+
+
 class Query:
     """The query string, one value per name; a bad value is `invalid` naming the parameter."""
 
@@ -145,10 +152,7 @@ class Query:
         raw = self.values.get(name)
         if raw is None:
             return default
-        try:
-            value = int(raw)
-        except ValueError:
-            value = low - 1
+        value = int(raw) if _INTEGER.fullmatch(raw) else low - 1  # int() would take " 5" and "5_0"
         if not low <= value <= high:
             raise HttpError(ErrorCode.INVALID, f"query parameter {name} must be an integer from {low} to {high}")
         return value
@@ -173,18 +177,24 @@ class HttpApi:
         self,
         service: Service,
         *,
+        access: Access,
         max_body: int = 1024 * 1024,
         timeout: float = 5.0,
+        body_timeout: float = BODY_TIMEOUT_S,
         openapi: Callable[[], bytes],
         tail: Callable[[HttpApi, Scope, Receive, Send, str, Query], Awaitable[None]],
+        keys: IdempotencyKeys | None = None,
     ) -> None:
         assert service.nc is not None
         self.service = service
         self.nc = service.nc
         self.prefix = service.prefix
         self.models: dict[str, EntityModel] = service.runtime.models
+        self.access = access
         self.max_body = max_body
         self.timeout = timeout
+        self.body_timeout = body_timeout
+        self.keys = keys
         self.closing = anyio.Event()
         self._openapi = openapi
         self._tail = tail
@@ -198,8 +208,6 @@ class HttpApi:
             return
         except CommandError as exc:
             status, body, headers = self.error(exc)
-        except JournalUnavailable as exc:
-            status, body, headers = self.error(CommandError(ErrorCode.UNAVAILABLE, str(exc), {"reason": exc.reason}))
         except Exception as exc:  # nothing from outside may take the process down
             log.error("http request failed", path=scope.get("path"), exc_info=exc)
             status, body, headers = self.error(CommandError(ErrorCode.INTERNAL, f"{type(exc).__name__}: {exc}"))
@@ -208,51 +216,76 @@ class HttpApi:
             await send({"type": "http.response.start", "status": status, "headers": JSON_TYPE + length + headers})
             await send({"type": "http.response.body", "body": body})
 
-    def error(self, exc: CommandError) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
+    def error(self, exc: CommandError) -> Answer:
         return self.answer(status_of(str(exc.code)), encode_error(exc), str(exc.code))
 
     @staticmethod
-    def answer(status: int, body: bytes, code: str = "") -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
-        headers: list[tuple[bytes, bytes]] = []
+    def answer(status: int, body: bytes, code: str = "") -> Answer:
+        headers: Headers = []
         if status in (503, 504):
             headers.append((b"retry-after", str(RETRY_AFTER_S).encode()))
         elif code == "unauthorized":
             headers.append((b"www-authenticate", b"Bearer"))
+        elif status in (408, 413):  # the rest of the body is not read: this connection is done
+            headers.append((b"connection", b"close"))
         return status, body, headers
 
-    async def _route(self, scope: Scope, receive: Receive, send: Send) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
+    async def _route(self, scope: Scope, receive: Receive, send: Send) -> Answer:
         raw = scope.get("raw_path") or scope["path"].encode()
         segs = raw.split(b"?", 1)[0].decode("latin-1")[1:].split("/")
         method = scope["method"]
-        query = Query(scope.get("query_string", b""))
-        if method not in ("GET", "POST") or (method == "POST" and len(segs) != 3):
-            allowed = "GET, POST" if len(segs) == 3 else "GET"
+        if segs != ["openapi.json"]:  # the document is public; everything else is the owner's
+            self.access.check(header(scope, b"authorization"))
+        routes = self._routes(scope, receive, send, segs)
+        handler = routes.get(method)
+        if handler is not None:
+            return await handler()
+        if routes:
+            allowed = ", ".join(sorted(routes))
             status, body, headers = self.error(
                 HttpError("method_not_allowed", f"{method} is not allowed here (allowed: {allowed})")
             )
             return status, body, [*headers, (b"allow", allowed.encode())]
-        match method, segs:
-            case "GET", ["openapi.json"]:
-                return 200, self._openapi(), []
-            case "GET", ["views", view]:
-                return await self._view(view, "scan", query)
-            case "GET", ["views", view, key]:
-                return await self._view(view, "get", query, _segment(key, "key"))
-            case "POST", [entity_type, entity_id, command]:
-                return await self._command(scope, receive, entity_type, entity_id, command)
-            case "GET", [entity_type, "events"]:
-                self.model(entity_type)
-                await self._tail(self, scope, receive, send, entity_type, query)
-                return 0, b"", []
-            case "GET", [entity_type, entity_id]:
-                return await self._state(entity_type, entity_id, query)
-            case "GET", [entity_type, entity_id, "events"]:
-                return await self._history(entity_type, entity_id, query)
+        if method == "POST" and len(segs) == 3:
+            self.model(segs[0]).command_spec(segs[2])  # unknown_command, naming the known ones
         raise HttpError(
             "not_found",
             f"no route for {method} {scope['path'][:200]!r}: POST /{{type}}/{{id}}/{{command}}, GET /{{type}}/{{id}},"
-            " /{type}/{id}/events, /{type}/events, /views/{view}[/{key}], /openapi.json",
+            " /{type}/{id}/events, /events/{type}, /views/{view}[/{key}], /openapi.json",
         )
+
+    def _routes(self, scope: Scope, receive: Receive, send: Send, segs: list[str]) -> dict[str, Handler]:
+        """The methods this path answers, each with its handler. No path shape overlaps another:
+        the first segment is `views`, `events` or `openapi.json` (names no entity type may take), or a type."""
+        query = Query(scope.get("query_string", b""))
+        match segs:
+            case ["openapi.json"]:
+                return {"GET": lambda: self._document()}
+            case ["events", entity_type]:
+                return {"GET": lambda: self._live(scope, receive, send, entity_type, query)}
+            case ["views", view]:
+                return {"GET": lambda: self._view(view, "scan", query)}
+            case ["views", view, key]:
+                return {"GET": lambda: self._view(view, "get", query, _segment(key, "key"))}
+            case [entity_type, raw_id]:
+                self.model(entity_type)
+                return {"GET": lambda: self._state(entity_type, raw_id, query)}
+            case [entity_type, raw_id, name]:
+                routes: dict[str, Handler] = {}
+                if name == "events":
+                    routes["GET"] = lambda: self._history(entity_type, raw_id, query)
+                if name in self.model(entity_type).commands:
+                    routes["POST"] = lambda: self._command(scope, receive, entity_type, raw_id, name)
+                return routes
+        return {}
+
+    async def _document(self) -> Answer:
+        return 200, self._openapi(), []
+
+    async def _live(self, scope: Scope, receive: Receive, send: Send, entity_type: str, query: Query) -> Answer:
+        self.model(entity_type)
+        await self._tail(self, scope, receive, send, entity_type, query)
+        return 0, b"", []
 
     def model(self, entity_type: str) -> EntityModel:
         model = self.models.get(entity_type)
@@ -268,13 +301,11 @@ class HttpApi:
 
     # -- commands: a NATS request, as any client sends it --------------------------------------------
 
-    async def _command(
-        self, scope: Scope, receive: Receive, entity_type: str, raw_id: str, command: str
-    ) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
-        model, entity_id = self._entity(entity_type, raw_id)
-        model.command_spec(command)  # unknown_command, with the list of known ones
+    async def _command(self, scope: Scope, receive: Receive, entity_type: str, raw_id: str, command: str) -> Answer:
+        _, entity_id = self._entity(entity_type, raw_id)
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
-        nats_headers = {name: _ascii_header(name, headers[h]) for h, name in PASSED.items() if h in headers}
+        passed = PASSED if self.access.forwards_authorization else PASSED_NO_AUTHORIZATION
+        nats_headers = {name: _ascii_header(name, headers[h]) for h, name in passed.items() if h in headers}
         key = headers.get("idempotency-key")
         if key is not None:
             key = header_id({"Idempotency-Key": _ascii_header("Idempotency-Key", key)}, "Idempotency-Key") or key
@@ -284,6 +315,10 @@ class HttpApi:
         timeout = timeout or self.timeout
         nats_headers[H_TIMEOUT] = str(max(1, round(timeout * 1000)))
         body = await self._body(receive, headers)
+        check_json(headers.get("content-type"), body)
+        command_id, claim = nats_headers.get(H_COMMAND_ID), None
+        if command_id is not None and self.keys is not None:
+            claim = await self.keys.claim(entity_type, entity_id, command_id, command, body)
         subject = command_subject(self.prefix, entity_type, entity_id, command)
         try:
             msg = await self.nc.request(subject, body, timeout=timeout, headers=nats_headers)
@@ -297,45 +332,49 @@ class HttpApi:
             raise HttpError(ErrorCode.UNAVAILABLE, f"NATS is not reachable now ({exc}); retry") from None
         answer = decode_answer(msg.data)
         code = "" if answer.ok or answer.error is None else answer.error.code
+        if claim is not None and self.keys is not None and not answer.ok:
+            await self.keys.release(claim)  # refused, nothing stored: a corrected retry may use the key
         return self.answer(200 if answer.ok else status_of(code), msg.data, code)
 
     async def _body(self, receive: Receive, headers: dict[str, str]) -> bytes:
+        """The whole body, within `max_body` bytes and `body_timeout` seconds (a half-sent body is cut)."""
         length = headers.get("content-length", "")
         if length.isdigit() and int(length) > self.max_body:
             raise HttpError("too_large", f"the body is {length} bytes, the limit is {self.max_body}")
         chunks: list[bytes] = []
         size = 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                raise Disconnected
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > self.max_body:
-                raise HttpError("too_large", f"the body is over the limit of {self.max_body} bytes")
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                return b"".join(chunks)
+        with anyio.move_on_after(self.body_timeout):
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    raise Disconnected
+                chunk = message.get("body", b"")
+                size += len(chunk)
+                if size > self.max_body:
+                    raise HttpError("too_large", f"the body is over the limit of {self.max_body} bytes")
+                chunks.append(chunk)
+                if not message.get("more_body", False):
+                    return b"".join(chunks)
+        raise HttpError("request_timeout", f"the body did not arrive within {self.body_timeout:g}s")
 
     # -- reads ------------------------------------------------------------------------------------------
 
-    async def _state(self, entity_type: str, raw_id: str, query: Query) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
+    async def _state(self, entity_type: str, raw_id: str, query: Query) -> Answer:
+        """The state now, after event `seq`, as of time `at`, or both (the earlier of the two)."""
         model, entity_id = self._entity(entity_type, raw_id)
         seq = query.integer("seq", None, 0, 2**63 - 1)
         at = query.time("at")
-        if seq is not None and at is not None:
-            raise HttpError(ErrorCode.INVALID, "give seq or at, not both")
         journal = self.service.journal
         try:
             keys = key_ring(journal) if model.encrypted else None
             value, last = await state_at(journal, model, entity_id, seq=seq, at=at, keys=keys)
         except EntityForgotten as exc:
             raise HttpError(ErrorCode.FORGOTTEN, str(exc)) from None
+        if seq is not None and last < seq and at is None:
+            raise HttpError("not_found", f"{entity_type} {entity_id!r} has no event {seq} (its last is {last})")
         return 200, encode_reply(Reply(value, last)), []
 
-    async def _history(
-        self, entity_type: str, raw_id: str, query: Query
-    ) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
+    async def _history(self, entity_type: str, raw_id: str, query: Query) -> Answer:
         _, entity_id = self._entity(entity_type, raw_id)
         from_seq = query.integer("from_seq", 1, 1, 2**63 - 1)
         limit = query.integer("limit", 100, 1, MAX_HISTORY_PAGE)
@@ -347,9 +386,7 @@ class HttpApi:
         """Opens encrypted payloads with the journal's key ring, as `memoir events` does."""
         return JournalReader(self.service.journal)
 
-    async def _view(
-        self, view: str, op: str, query: Query, key: str | None = None
-    ) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
+    async def _view(self, view: str, op: str, query: Query, key: str | None = None) -> Answer:
         """The admin request `memoir query` sends; its answer is the body."""
         if view not in self.service.views:
             raise HttpError("unknown_view", f"no view {view[:64]!r} (known: {sorted(self.service.views)})")

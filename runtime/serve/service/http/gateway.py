@@ -11,23 +11,30 @@ from __future__ import annotations
 import contextlib
 import logging
 import socket
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING
 
 import anyio
 import anyio.abc
 import msgspec
+import structlog
 
 from ....model.errors import ConfigError
 from .._service import Service
+from ..auth import StaticToken, Verifier
 from ..specs.openapi import openapi
-from .app import HttpApi
+from .app import BODY_TIMEOUT_S, HttpApi
+from .guard import Access, origin_guard
+from .idempotency import IdempotencyKeys
 from .sse import tail
 
 if TYPE_CHECKING:
     import uvicorn
 
+log = structlog.get_logger("memoir.http")
+
 GRACE_S = 5  # seconds in-flight requests get to finish on shutdown
+RESERVED = ("events", "views", "openapi.json")  # first path segments that are not entity types
 
 
 def _server(config: uvicorn.Config) -> uvicorn.Server:
@@ -54,19 +61,51 @@ class HttpGateway:
     """
 
     def __init__(
-        self, service: Service, *, host: str = "127.0.0.1", port: int = 0, timeout: float = 5.0, max_body: int = 1 << 20
+        self,
+        service: Service,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        token: str | None = None,
+        verifier: Verifier | None = None,
+        insecure: bool = False,
+        cors_origins: Sequence[str] = (),
+        timeout: float = 5.0,
+        body_timeout: float = BODY_TIMEOUT_S,
+        max_body: int = 1 << 20,
     ) -> None:
-        if "views" in service.runtime.models:
-            raise ConfigError("an entity type named 'views' clashes with the HTTP routes /views/…; rename it")
+        """Secure by default: give the data dir's `token`, or a JWT `verifier`, or `insecure=True`.
+
+        With a verifier the token is not used: JWTs name callers, which the access rules need.
+        """
+        for name in RESERVED:
+            if name in service.runtime.models:
+                raise ConfigError(f"an entity type named {name!r} clashes with the HTTP route /{name}…; rename it")
+        if verifier is not None:
+            access = Access(verifier=verifier)
+        elif token is not None:
+            access = Access(token=StaticToken(token))
+        else:
+            access = Access(insecure=insecure)  # refuses to start unless insecure was said
+            log.warning("the HTTP API is open to every local user and process: --http-insecure")
         self.service = service
         self.host = host
         self.port = port
+        self.access = access
         self._doc: bytes | None = None
-        self.api = HttpApi(service, timeout=timeout, max_body=max_body, openapi=self.openapi, tail=tail)
+        self.api = HttpApi(
+            service,
+            access=access,
+            timeout=timeout,
+            body_timeout=body_timeout,
+            max_body=max_body,
+            openapi=self.openapi,
+            tail=tail,
+        )
         from uvicorn import Config
 
         config = Config(
-            self.api,
+            origin_guard(self.api, cors_origins),
             http="httptools",
             ws="none",
             lifespan="off",
@@ -81,7 +120,7 @@ class HttpGateway:
 
     def openapi(self) -> bytes:
         if self._doc is None:
-            self._doc = msgspec.json.encode(openapi(self.service.app))
+            self._doc = msgspec.json.encode(openapi(self.service.app, secured=not self.access.insecure))
         return self._doc
 
     @property
@@ -93,6 +132,9 @@ class HttpGateway:
 
     async def run(self, *, task_status: anyio.abc.TaskStatus[int] = anyio.TASK_STATUS_IGNORED) -> None:
         """Listen, report the port, serve until `stop()`."""
+        assert self.service.nc is not None
+        js = self.service.nc.jetstream()
+        self.api.keys = await IdempotencyKeys.open(js, self.service.prefix, replicas=self.service.streams.replicas)
         family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
         # proto given: asyncio sets TCP_NODELAY only on sockets that say TCP, and without it every
         # response (head and body are two writes) waits out the client's delayed ACK, ~40 ms.

@@ -1,4 +1,4 @@
-"""`GET /{type}/events`: a live tail of an entity type's events as Server-Sent Events.
+"""`GET /events/{type}`: a live tail of an entity type's events as Server-Sent Events.
 
 Each tail is a JetStream ordered consumer (ephemeral, flow-controlled, recreated by nats-py
 on a gap) on the type's stream, filtered to the type's subjects. Each event is one SSE message:
@@ -25,7 +25,8 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from ....model.errors import ErrorCode
 from ....wire.protocol import envelope_from_message, events_filter
-from .app import HttpError, Query, Receive, Scope, Send, event_record
+from .app import HttpError, Query, event_record
+from .asgi import Receive, Scope, Send, header
 
 if TYPE_CHECKING:
     from .app import HttpApi
@@ -38,13 +39,14 @@ _encoder = msgspec.json.Encoder()
 
 def _start_after(scope: Scope, query: Query) -> int | None:
     """The stream sequence to resume after: Last-Event-ID, else ?after=, else None (new events only)."""
-    last = next((v for k, v in scope["headers"] if k == b"last-event-id"), None)
+    after = query.integer("after", None, 0, 2**63 - 1)  # checked even when the header wins
+    last = header(scope, b"last-event-id")
     if last is not None:
-        text = last.decode("latin-1").strip()
-        if not text.isdigit():
+        text = last.strip()
+        if not (text.isascii() and text.isdigit() and len(text) <= 18):
             raise HttpError(ErrorCode.INVALID, "header Last-Event-ID must be a stream sequence (an integer)")
         return int(text)
-    return query.integer("after", None, 0, 2**63 - 1)
+    return after
 
 
 async def tail(api: HttpApi, scope: Scope, receive: Receive, send: Send, entity_type: str, query: Query) -> None:

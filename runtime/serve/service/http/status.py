@@ -2,7 +2,9 @@
 
 `invalid` is 400 (the request itself is malformed: fix it, do not retry); `rejected` is 422 (well
 formed, but the entity refused it in its current state); `conflict` is 409 (another writer came
-first: retry with the same Idempotency-Key). The retryable codes, `overloaded` and `unavailable`,
+first: retry with the same Idempotency-Key); `key_reused` is 422 too (an Idempotency-Key sent
+again with another request). `request_timeout` (408) and `unsupported_media_type` (415) are the
+gateway's own. The retryable codes, `overloaded` and `unavailable`,
 are 503 with `Retry-After`.
 """
 
@@ -17,10 +19,13 @@ STATUS: dict[str, int] = {
     "unknown_view": 404,
     "not_found": 404,
     "method_not_allowed": 405,
+    "request_timeout": 408,
     "conflict": 409,
     "forgotten": 410,
     "too_large": 413,
+    "unsupported_media_type": 415,
     "rejected": 422,
+    "key_reused": 422,
     "internal": 500,
     "overloaded": 503,
     "unavailable": 503,
