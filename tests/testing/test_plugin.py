@@ -9,19 +9,19 @@ from pathlib import Path
 
 import pytest
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+README = Path(__file__).resolve().parents[2] / "docs" / "guides" / "testing.md"  # the guide prints it
 
 STRICT = "filterwarnings = error\naddopts = -p no:cacheprovider --strict-config --strict-markers\n"
 
 
 def readme_sample() -> tuple[str, str]:
-    """The ini and the test module that the README's "Testing your entities" section prints."""
+    """The ini and the test module that the testing guide's "Testing your entities" section prints."""
     text = README.read_text()
     section = text[text.index("## Testing your entities") :]
     section = section[: section.index("\n## ", 1)]
     ini = re.search(r"```ini\n(.*?)```", section, re.S)
     module = re.search(r"```python\n(.*?)```", section, re.S)
-    assert ini and module, "the README's testing section lost its ini or its test module"
+    assert ini and module, "the testing guide lost its ini or its test module"
     return ini.group(1), module.group(1)
 
 
@@ -148,7 +148,7 @@ def test_a_missing_or_wrong_app_is_one_clear_error(pytester: pytest.Pytester) ->
 UNDER_ANYIO = """
 import pytest
 
-from runtime import caught_up
+from runtime.testing import caught_up
 
 pytestmark = pytest.mark.anyio
 
