@@ -1,7 +1,7 @@
 """Storage faults, recognised once for the journals and the view stores.
 
 A lost connection or a full disk is not a bug in the command that met it: callers get
-`JournalUnavailable` (retryable, code `unavailable`) instead of a traceback, and the
+`Unavailable` (retryable, code `unavailable`) instead of a traceback, and the
 store serves again by itself once the fault is gone.
 """
 
@@ -13,7 +13,8 @@ import time
 
 import structlog
 
-from ..model.errors import JournalError, JournalUnavailable
+from ..model.backoff import Backoff
+from ..model.errors import JournalError, Unavailable
 
 log = structlog.get_logger("memoir.journal")
 
@@ -31,7 +32,7 @@ def sqlite_full(exc: BaseException) -> bool:
 def sqlite_error(exc: BaseException, what: str, doing: str) -> JournalError:
     """The error a caller sees: `storage full` named as such, never a rollback complaint."""
     if sqlite_full(exc):
-        return JournalUnavailable("storage full", f"{what}: {doing}: {exc}")
+        return Unavailable("storage full", f"{what}: {doing}: {exc}")
     return JournalError(f"{what}: {doing}: {exc}")
 
 
@@ -68,20 +69,19 @@ class Link:
         self.where = where  # host:port/db, no secrets
         self.lost_at: float | None = None
         self._retry_at = 0.0
-        self._backoff = 0.0
+        self._backoff = Backoff(0.05, cap=1.0)
 
-    def error(self, exc: BaseException | None = None) -> JournalUnavailable:
+    def error(self, exc: BaseException | None = None) -> Unavailable:
         detail = f"{self.what} at {self.where}" + (f": {type(exc).__name__}: {exc}" if exc else ": reconnecting")
-        return JournalUnavailable("connection lost", detail)
+        return Unavailable("connection lost", detail)
 
-    def lost(self, exc: BaseException) -> JournalUnavailable:
+    def lost(self, exc: BaseException) -> Unavailable:
         now = time.monotonic()
         if self.lost_at is None:
             self.lost_at = now
-            reason = exc.reason if isinstance(exc, JournalUnavailable) else "connection lost"
+            reason = exc.reason if isinstance(exc, Unavailable) else "connection lost"
             log.warning("storage unavailable", store=self.what, at=self.where, reason=reason, error=str(exc))
-        self._backoff = min(max(self._backoff * 2, 0.05), 1.0)
-        self._retry_at = now + self._backoff
+        self._retry_at = now + self._backoff.next()
         return self.error(exc)
 
     def may_retry(self) -> bool:
@@ -96,4 +96,4 @@ class Link:
                 after_s=round(time.monotonic() - self.lost_at, 3),
             )
         self.lost_at = None
-        self._backoff = 0.0
+        self._backoff.reset()

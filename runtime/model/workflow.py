@@ -45,6 +45,7 @@ import anyio
 import msgspec
 
 from . import effect as _effect
+from .backoff import Backoff
 from .effect import Effect
 from .entity import EventSourcedEntity, applies, command
 from .errors import CommandError, ConfigError, ErrorCode
@@ -70,7 +71,7 @@ class Recovery(msgspec.Struct, frozen=True):
     failover_to: str | None = None  # the step to go to once retries are spent; None: the workflow fails
 
     def delay(self, attempt: int) -> float:
-        return float(min(self.backoff * 2 ** (attempt - 1), self.max_backoff))
+        return Backoff(self.backoff, cap=self.max_backoff).at(attempt)
 
 
 class WorkflowSettings(msgspec.Struct, frozen=True):

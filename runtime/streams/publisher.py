@@ -74,6 +74,7 @@ from nats.js.errors import Error as JetStreamError
 from nats.js.errors import NotFoundError
 
 from ..journal import Journal
+from ..model.backoff import Backoff
 from ..model.envelope import Envelope
 from ..model.errors import JournalError, MemoirError
 from ..wire.nats import AckInbox, PublishError, check_ack, watch
@@ -236,7 +237,7 @@ class Publisher:
         # each batch, so the window stays full from one read of the journal to the next.
         inflight: _Inflight = deque()
         following = self.checkpoint + 1  # the next position to read: ahead of the checkpoint by `inflight`
-        backoff = 0.1
+        retry = Backoff(0.1, cap=5.0)
         try:
             for t in sorted(self._types):
                 await self._prepare(t)
@@ -255,25 +256,25 @@ class Publisher:
                             continue
                     following = batch[-1].position + 1
                     batch = await self._publish_and_prefetch(acks, inflight, batch)
-                    backoff = 0.1
+                    retry.reset()
                 except _RETRYABLE as exc:
+                    delay = retry.next()
                     log.warning(
                         "publish failed; retrying from the checkpoint",
                         error=str(exc),
                         checkpoint=self.checkpoint,
-                        retry_in=backoff,
+                        retry_in=delay,
                     )
                     batch = []
                     inflight.clear()  # their acks no longer count: everything after the checkpoint goes again
                     self._messages_in_flight = 0
                     following = self.checkpoint + 1
                     self._ready.clear()  # and each stream is asked again what it holds
-                    with anyio.move_on_after(backoff):
+                    with anyio.move_on_after(delay):
                         await back.wait()
                     if back.is_set():
-                        back, backoff = anyio.Event(), 0.1
-                    else:
-                        backoff = min(backoff * 2, 5.0)
+                        back = anyio.Event()
+                        retry.reset()
                 if time.monotonic() - sample[0] >= self.stream_sync_interval:
                     await self.journal.save_checkpoint(CHECKPOINT_SYNCED, sample[1])
                     sample = (time.monotonic(), self.checkpoint)

@@ -38,6 +38,7 @@ from nats.js.errors import Error as JetStreamError
 from nats.js.errors import NotFoundError
 
 from ..journal.base import Journal
+from ..model.backoff import Backoff
 from ..model.envelope import Envelope
 from ..model.errors import CommandError, ErrorCode
 from ..model.timers import (
@@ -183,7 +184,7 @@ class TimerRelay:
             await self._tail()
 
     async def _tail(self) -> None:
-        backoff = 0.1
+        retry = Backoff(0.1, cap=5.0)
         saved = self.position
         while True:
             wake = self.journal.next_append()
@@ -196,11 +197,10 @@ class TimerRelay:
                 if floor != saved:
                     await self.journal.save_checkpoint(CHECKPOINT, floor)
                     saved = floor
-                backoff = 0.1
+                retry.reset()
             except Exception as exc:  # noqa: BLE001 - storage or NATS trouble: retried, never fatal
                 log.warning("timer relay failed; retrying", position=self.position, error=str(exc))
-                await anyio.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
+                await retry.sleep()
                 continue
             if not page:
                 with anyio.move_on_after(POLL):
@@ -329,7 +329,7 @@ class TimerRelay:
             assert self.send is not None
             outcome = await deliver(self.send, held.fire, None, held.attempt, self.max_attempts)
             if outcome == RETRY:
-                delay = TimerFirer.backoff * 2 ** (held.attempt - 1)
+                delay = Backoff(TimerFirer.backoff).at(held.attempt)
                 held.attempt += 1
                 if self.held.get(key) is held:
                     heapq.heappush(self._due, (self.clock() + int(delay * 1e9), held.fire.generation, key))
@@ -409,16 +409,15 @@ class TimerFirer:
         slots = anyio.Semaphore(self.concurrency)
         try:
             async with anyio.create_task_group() as tg:
-                backoff = 0.1
+                retry = Backoff(0.1, cap=5.0)
                 while True:
                     try:
                         msgs = await puller.fetch(self.concurrency, 0.5)
                     except (NatsError, JetStreamError) as exc:
                         log.warning("timer fetch failed", error=str(exc))
-                        await anyio.sleep(backoff)
-                        backoff = min(backoff * 2, 5.0)
+                        await retry.sleep()
                         continue
-                    backoff = 0.1
+                    retry.reset()
                     for msg in msgs:
                         await slots.acquire()
                         tg.start_soon(self._fire_and_release, msg, slots)
@@ -448,7 +447,7 @@ class TimerFirer:
         async with _keep_alive(msg):
             outcome = await deliver(self.send, fire, firing, attempt, self.max_attempts)
         if outcome == RETRY:
-            await msg.nak(delay=self.backoff * 2 ** (attempt - 1))
+            await msg.nak(delay=Backoff(self.backoff).at(attempt))
             return
         if outcome == FIRED:
             self.stats.fired += 1

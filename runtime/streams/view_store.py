@@ -17,7 +17,7 @@ from its stream. An fsync per batch would buy nothing but view lag.
 Faults: a lost PostgreSQL connection or a full disk makes `transact` wait and retry
 (one warning when it starts, one info when it is over) rather than fail the view: a
 view cannot move past a batch it could not store, and the store recovers by itself.
-Reads answer `JournalUnavailable` meanwhile. A PostgreSQL batch whose commit was cut
+Reads answer `Unavailable` meanwhile. A PostgreSQL batch whose commit was cut
 off may have landed: the retry sees its checkpoint and stores nothing twice.
 """
 
@@ -37,7 +37,8 @@ import anyio.to_thread
 
 from ..journal._faults import Link, pg_connection_lost, pg_errors, sqlite_error, sqlite_full
 from ..journal._urls import parse_postgres_url, parse_sqlite_url, postgres_where
-from ..model.errors import ConfigError, JournalError, JournalUnavailable
+from ..model.backoff import Backoff
+from ..model.errors import ConfigError, JournalError, Unavailable
 from ..wire.redact import redact_url
 
 T = TypeVar("T")
@@ -47,14 +48,14 @@ _RETRY_MAX_S = 2.0  # the longest wait between two attempts of a batch while sto
 
 async def _until_stored(link: Link, attempt: Callable[[int], Awaitable[None]]) -> None:
     """Run a view batch until storage takes it; `attempt(n)` is told how many attempts failed before."""
-    failed = 0
+    failed, retry = 0, Backoff(0.1, cap=_RETRY_MAX_S)
     while True:
         try:
             await attempt(failed)
-        except JournalUnavailable as exc:
+        except Unavailable as exc:
             link.lost(exc)
             failed += 1
-            await anyio.sleep(min(0.05 * 2**failed, _RETRY_MAX_S))
+            await retry.sleep()
             continue
         link.ok()
         return

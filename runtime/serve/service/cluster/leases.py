@@ -35,6 +35,7 @@ import nats.js.errors
 import structlog
 from nats.js.kv import KeyValue
 
+from ....model.backoff import Backoff
 from ....model.errors import ConfigError
 from .store import Entry, describe, is_deleted, is_wrong_last, watch_forever
 from .store import revision as entry_revision
@@ -230,7 +231,7 @@ class Leases:
         while True:
             await anyio.sleep(max(0.0, held.confirmed_at + config.renew_every - time.monotonic()))
             renewed = False
-            delay = 0.05
+            retry = Backoff(0.05, cap=config.renew_every / 2)
             with anyio.move_on_after(held.deadline(config) - time.monotonic()):
                 while True:
                     try:
@@ -239,8 +240,7 @@ class Leases:
                     except Exception as exc:  # noqa: BLE001 - transient (election, reconnect): retried
                         self.renewal_failures += 1
                         log.debug("lease renewal failed; retrying", key=held.key, reason=describe(exc))
-                        await anyio.sleep(delay)
-                        delay = min(delay * 2, config.renew_every / 2)
+                        await retry.sleep()
             if not renewed:
                 held.lost = True
                 left = held.confirmed_at + config.ttl - time.monotonic()

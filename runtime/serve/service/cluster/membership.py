@@ -20,6 +20,7 @@ import msgspec
 import structlog
 from nats.js.kv import KeyValue
 
+from ....model.backoff import Backoff
 from .store import Entry, describe, is_deleted, revision, safe_key, watch_forever
 
 log = structlog.get_logger("memoir.cluster")
@@ -128,10 +129,9 @@ class Membership:
         only from its first heartbeat.
         """
         self._announced = True
-        delay = 0.05
+        retry = Backoff(0.05, cap=self.ttl / 3)
         while not await self.beat():  # started only once we are visible
-            await anyio.sleep(delay)
-            delay = min(delay * 2, self.ttl / 3)
+            await retry.sleep()
         log.info("member joined", member=self.id, members=sorted(self.live()))
         task_status.started()
         while not self._leaving:

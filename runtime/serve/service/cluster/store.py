@@ -22,6 +22,7 @@ from nats.js import JetStreamContext
 from nats.js.api import KeyValueConfig, StorageType
 from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 
+from ....model.backoff import Backoff
 from ....model.errors import ConfigError, MemoirError
 
 log = structlog.get_logger("memoir.cluster")
@@ -78,7 +79,7 @@ async def ensure_bucket(
 ) -> KeyValue:
     """Open the bucket, or create it; retried with backoff while the cluster elects leaders or
     another member creates it at the same moment, then one clear error."""
-    delay, deadline, last = 0.1, time.monotonic() + timeout, "no attempt"
+    retry, deadline, last = Backoff(0.1, cap=2.0), time.monotonic() + timeout, "no attempt"
     while True:
         try:
             return await js.key_value(bucket)
@@ -91,11 +92,11 @@ async def ensure_bucket(
             return await js.create_key_value(config)
         except Exception as exc:  # noqa: BLE001 - a concurrent creator (10058) is retried as an open
             last = describe(exc)
+        delay = retry.next()
         if time.monotonic() + delay > deadline:
             raise MemoirError(f"cannot open or create the NATS KV bucket {bucket} ({replicas} replicas): {last}")
         log.info("cluster bucket not ready; retrying", bucket=bucket, reason=last)
         await anyio.sleep(delay)
-        delay = min(delay * 2, 2.0)
 
 
 def describe(exc: BaseException) -> str:
@@ -119,16 +120,15 @@ async def watch_forever(
     silence means a consumer lost in a server restart). `task_status.started()` once the
     current values have been delivered."""
     started = False
-    delay = 0.1
+    retry = Backoff(0.1, cap=2.0)
     while True:
         try:
             watcher = await kv.watchall()
         except Exception as exc:  # noqa: BLE001 - transient: retried
             log.info("cluster watch cannot start; retrying", what=what, reason=describe(exc))
-            await anyio.sleep(delay)
-            delay = min(delay * 2, 2.0)
+            await retry.sleep()
             continue
-        delay = 0.1
+        retry.reset()
         try:
             while True:
                 try:
