@@ -42,15 +42,17 @@ from ..model.entity import CommandSpec, EntityModel
 from ..model.envelope import Envelope, Snapshot, SnapshotBody
 from ..model.errors import (
     CommandError,
-    ConcurrencyConflict,
+    Conflict,
     DuplicateCommand,
     EntityDeleted,
+    EntityForgotten,
     ErrorCode,
     JournalError,
-    JournalUnavailable,
     Moved,
+    SealError,
+    Unavailable,
 )
-from ..model.sealing import EntityForgotten, SealError, SealKey
+from ..model.sealing import SealKey
 from ..model.timers import encode_op, is_system
 from ..wire.protocol import Reply
 from . import shredding
@@ -141,7 +143,7 @@ class Actor:
         model = self.model
         try:
             rec = await host.journal.recover(model.type_name, self.entity_id)
-            key = await shredding.existing_key(host, model, self.entity_id) if model.encrypted else None
+            key = await shredding.existing_key(host.keys, model, self.entity_id) if model.encrypted else None
             state = model.initial
             replies: OrderedDict[str, tuple[int, bytes | None]] = OrderedDict()
             if rec.snapshot is not None:
@@ -167,7 +169,7 @@ class Actor:
                 if env.command_id is not None:
                     replies[env.command_id] = (env.seq, env.reply)
                     replies.move_to_end(env.command_id)
-        except JournalUnavailable as exc:
+        except Unavailable as exc:
             raise CommandError(
                 ErrorCode.UNAVAILABLE, f"cannot recover {model.type_name}/{self.entity_id}: {exc}; retry later"
             ) from exc
@@ -208,7 +210,7 @@ class Actor:
         if self.deleted:
             raise CommandError(ErrorCode.REJECTED, f"{model.type_name}/{self.entity_id} was deleted")
         if self.forgotten:
-            raise CommandError(ErrorCode.FORGOTTEN, str(EntityForgotten(model.type_name, self.entity_id)))
+            raise EntityForgotten(model.type_name, self.entity_id)
         cid = meta.command_id
         if cid is not None:
             seen = self.replies.get(cid)
@@ -238,7 +240,7 @@ class Actor:
             raise self._internal(spec, TypeError(f"forget() needs {model.cls.__name__}(..., encrypted=True)"))
         if envelopes:
             if model.encrypted and self.key is None:
-                self.key = await shredding.new_key(self, host)
+                self.key = await self._new_key(host)
             try:
                 await self._append(host, envelopes)
             except DuplicateCommand as dup:  # beyond the in-memory window; nothing was stored
@@ -254,7 +256,7 @@ class Actor:
                 await host.journal.delete(model.type_name, self.entity_id)
             except JournalError as exc:
                 self.recovered = False
-                code = ErrorCode.UNAVAILABLE if isinstance(exc, JournalUnavailable) else ErrorCode.INTERNAL
+                code = ErrorCode.UNAVAILABLE if isinstance(exc, Unavailable) else ErrorCode.INTERNAL
                 raise CommandError(code, f"{model.type_name}/{self.entity_id}: delete failed: {exc}") from exc
             self.deleted = True
         if effect.forget_entity or (effect.delete_entity and model.encrypted):
@@ -264,9 +266,23 @@ class Actor:
 
     # -- crypto-shredding (the logic lives in shredding.py) -------------------------------------
 
+    async def _new_key(self, host: ActorHost) -> SealKey:
+        try:
+            return await shredding.new_key(host.keys, self.model, self.entity_id)
+        except EntityForgotten:
+            self.forgotten = True
+            raise
+
     async def forget(self, host: ActorHost, *, signal: bool = True) -> None:
         """Destroy the data key and the state in memory; run inside a turn (or holding the lock)."""
-        await shredding.forget(self, host, signal=signal)
+        ring = shredding.keys(host.keys, self.model)
+        try:
+            head = await shredding.forget(ring, host.journal, self.model.type_name, self.entity_id, signal=signal)
+        except shredding.ForgetFailed:
+            self.recovered = False  # the key may be gone or not: ask the store on the next turn
+            raise
+        self.state, self.key, self.replies, self.seq = self.model.initial, None, OrderedDict(), head
+        self.forgotten = self.recovered = True
 
     def _open_reply(self, seq: int, data: bytes | None) -> bytes | None:
         try:
@@ -349,7 +365,7 @@ class Actor:
             key = self.key  # timers stay in the clear: the relay reads them with no keys
             sealed = [e if key is None or is_system(e.name) else seal_envelope(key, e) for e in envelopes]
             stored = await host.journal.append(sealed, self.seq)
-        except ConcurrencyConflict as exc:
+        except Conflict as exc:
             self.recovered = False  # someone else wrote: reload before the next turn
             raise CommandError(ErrorCode.CONFLICT, _conflict(where, exc)) from exc
         except EntityDeleted as exc:
@@ -357,7 +373,7 @@ class Actor:
             raise CommandError(ErrorCode.REJECTED, str(exc)) from exc
         except DuplicateCommand:
             raise
-        except JournalUnavailable as exc:
+        except Unavailable as exc:
             self.recovered = False  # the write may or may not have landed
             raise CommandError(
                 ErrorCode.UNAVAILABLE, f"{where}: {exc}; retry with the same command id", {"reason": exc.reason}
@@ -395,7 +411,7 @@ class Actor:
         host.offer_snapshot(snap if self.key is None else seal_snapshot(self.key, snap))
 
 
-def _conflict(where: str, exc: ConcurrencyConflict) -> str:
+def _conflict(where: str, exc: Conflict) -> str:
     """Said once, with advice that fits whether or not the sender gave a command id: nothing was stored."""
     found = "" if exc.actual_seq is None else f", found {exc.actual_seq}"
     return (

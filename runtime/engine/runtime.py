@@ -26,8 +26,7 @@ from ..model.access import Caller, Rule, authorize, rule_for
 from ..model.app import App
 from ..model.entity import EntityModel, EventSourcedEntity, model_of
 from ..model.envelope import Snapshot
-from ..model.errors import CommandError, ConfigError, ErrorCode, JournalError, JournalUnavailable
-from ..model.sealing import EntityForgotten, SealError
+from ..model.errors import CommandError, ConfigError, EntityForgotten, ErrorCode, JournalError, SealError, Unavailable
 from ..model.workflow import Workflow
 from ..wire.protocol import Reply, check_entity_id
 from .actor import Actor, ActorHost, CommandMeta
@@ -78,7 +77,7 @@ class Runtime:
         self._snapshots: MemoryObjectSendStream[Snapshot] | None = None
         self._stack: contextlib.AsyncExitStack | None = None
         self.snapshots_dropped = 0
-        self.step_ask: Callable[..., Awaitable[Reply]] = self.ask  # how workflow steps send (a cluster routes)
+        self._step_ask: Callable[..., Awaitable[Reply]] = self.ask  # how workflow steps send (see route_steps)
         # The workflow types: their events carry their timer (the relay reads it), their turns may kick a step.
         self.workflow_types = frozenset(t for t, m in self.models.items() if issubclass(m.cls, Workflow))
         self._driver = Driver(self.advance)
@@ -114,6 +113,13 @@ class Runtime:
             await stack.__aexit__(et, e, tb)
 
     # -- commands ----------------------------------------------------------------------------------
+
+    def route_steps(self, ask: Callable[..., Awaitable[Reply]]) -> None:
+        """Send the commands of workflow steps through `ask` rather than `Runtime.ask`.
+
+        A cluster's service passes its client: a step's target may live on another member.
+        """
+        self._step_ask = ask
 
     async def ask(
         self,
@@ -210,7 +216,7 @@ class Runtime:
                 await actor.forget(self.host)
                 return False
             except (JournalError, SealError) as exc:
-                code = ErrorCode.UNAVAILABLE if isinstance(exc, JournalUnavailable) else ErrorCode.INTERNAL
+                code = ErrorCode.UNAVAILABLE if isinstance(exc, Unavailable) else ErrorCode.INTERNAL
                 raise CommandError(code, f"cannot forget {entity_type}/{entity_id}: {exc}") from exc
             if key is None and head == 0:
                 raise CommandError(ErrorCode.REJECTED, f"{entity_type}/{entity_id} has no events: nothing to forget")
@@ -233,7 +239,7 @@ class Runtime:
         if actor is None:
             actor = self._live[key] = Actor(model, entity_id)
             if isinstance(actor.entity, Workflow):  # its steps send commands through this runtime
-                actor.entity.bind_calls(step_calls(self.step_ask, model.type_name, entity_id))
+                actor.entity.bind_calls(step_calls(self._step_ask, model.type_name, entity_id))
             if len(self._live) > self.max_live_actors:
                 self._evict_one()
         else:

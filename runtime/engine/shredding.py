@@ -1,85 +1,81 @@
 """Crypto-shredding inside the actor: an entity's data key on its first write, and forgetting it.
 
-Kept apart from actor.py, which calls in at two points: before the first append of an
-encrypted entity (`new_key`) and for `Runtime.forget` or a handler's `forget()` effect.
+Kept apart from actor.py, which calls in at three points: recovery (`existing_key`), before
+the first append of an encrypted entity (`new_key`) and for `Runtime.forget` or a handler's
+`forget()` effect. These functions see the key ring and the journal, never the actor: they
+return what happened, and the actor updates its own state.
 """
 
 from __future__ import annotations
 
 import time
-from collections import OrderedDict
-from typing import TYPE_CHECKING
 
 import structlog
 
+from ..journal.base import Journal
 from ..model.entity import EntityModel
 from ..model.envelope import Envelope
-from ..model.errors import CommandError, EntityDeleted, ErrorCode, JournalError, JournalUnavailable
+from ..model.errors import CommandError, EntityDeleted, ErrorCode, JournalError, SealError, Unavailable
 from ..model.events import spec_of
-from ..model.sealing import EntityForgotten, Forgotten, SealError, SealKey
+from ..model.sealing import Forgotten, SealKey
 from .keyring import KeyRing
-
-if TYPE_CHECKING:
-    from .actor import Actor, ActorHost
 
 log = structlog.get_logger("memoir.actor")
 
 FORGOTTEN = spec_of(Forgotten)
 
 
-def keys(host: ActorHost, model: EntityModel) -> KeyRing:
-    if host.keys is None:
+def keys(ring: KeyRing | None, model: EntityModel) -> KeyRing:
+    if ring is None:
         raise CommandError(ErrorCode.INTERNAL, f"{model.type_name} is encrypted and this runtime has no key ring")
-    return host.keys
+    return ring
 
 
-async def existing_key(host: ActorHost, model: EntityModel, entity_id: str) -> SealKey | None:
+async def existing_key(ring: KeyRing | None, model: EntityModel, entity_id: str) -> SealKey | None:
     """For recovery: the data key (None for an entity without one yet); EntityForgotten if destroyed."""
-    return await keys(host, model).existing(model.type_name, entity_id)
+    return await keys(ring, model).existing(model.type_name, entity_id)
 
 
-async def new_key(actor: Actor, host: ActorHost) -> SealKey:
-    """The entity's data key, created with its first event; a forgotten entity refuses the write."""
-    model = actor.model
-    where = f"{model.type_name}/{actor.entity_id}"
+async def new_key(ring: KeyRing | None, model: EntityModel, entity_id: str) -> SealKey:
+    """The entity's data key, created with its first event; a forgotten entity refuses the write (EntityForgotten)."""
+    where = f"{model.type_name}/{entity_id}"
     try:
-        return await keys(host, model).for_write(model.type_name, actor.entity_id)
-    except EntityForgotten as exc:
-        actor.forgotten = True
-        raise CommandError(ErrorCode.FORGOTTEN, str(exc)) from exc
-    except JournalUnavailable as exc:
+        return await keys(ring, model).for_write(model.type_name, entity_id)
+    except Unavailable as exc:
         raise CommandError(ErrorCode.UNAVAILABLE, f"{where}: cannot read its data key: {exc}") from exc
     except (JournalError, SealError) as exc:
         raise CommandError(ErrorCode.INTERNAL, f"{where}: cannot read its data key: {exc}") from exc
 
 
-async def forget(actor: Actor, host: ActorHost, *, signal: bool = True) -> None:
-    """Destroy the data key and every copy of the state in memory.
+class ForgetFailed(CommandError):
+    """Storage failed part-way through a forget: the key may be gone or not; forgetting again completes it."""
+
+
+async def forget(ring: KeyRing, journal: Journal, entity_type: str, entity_id: str, *, signal: bool = True) -> int:
+    """Destroy the data key and the snapshots; returns the entity's head after it.
 
     The events stay, sealed under a key nobody has; snapshots, unreadable as well, are dropped.
     Then a `Forgotten` event, in the clear, tells views and consumers (`signal`). Each step is
-    idempotent, so forgetting again completes a forget that was interrupted.
+    idempotent, so forgetting again completes a forget that was interrupted (`ForgetFailed`).
+    The actor drops its own copies of the state.
     """
-    model = actor.model
-    t, i = model.type_name, actor.entity_id
+    t, i = entity_type, entity_id
     try:
-        await keys(host, model).forget(t, i)
-        head = await host.journal.head(t, i)
-        await host.journal.delete_snapshots(t, i, head)
+        await ring.forget(t, i)
+        head = await journal.head(t, i)
+        await journal.delete_snapshots(t, i, head)
         if signal:
-            head = await _signal(host, t, i, head)
+            head = await _signal(journal, t, i, head)
     except JournalError as exc:
-        actor.recovered = False  # the key may be gone or not: ask the store on the next turn
-        code = ErrorCode.UNAVAILABLE if isinstance(exc, JournalUnavailable) else ErrorCode.INTERNAL
-        raise CommandError(code, f"{t}/{i}: forget failed: {exc}; retry") from exc
-    actor.state, actor.key, actor.replies, actor.seq = model.initial, None, OrderedDict(), head
-    actor.forgotten = actor.recovered = True
+        code = ErrorCode.UNAVAILABLE if isinstance(exc, Unavailable) else ErrorCode.INTERNAL
+        raise ForgetFailed(code, f"{t}/{i}: forget failed: {exc}; retry") from exc
     log.info("entity forgotten", entity_type=t, entity_id=i)
+    return head
 
 
-async def _signal(host: ActorHost, entity_type: str, entity_id: str, head: int) -> int:
+async def _signal(journal: Journal, entity_type: str, entity_id: str, head: int) -> int:
     """Append the `Forgotten` event unless it is the last one already; returns the head after it."""
-    last = await host.journal.read(entity_type, entity_id, from_seq=head) if head else []
+    last = await journal.read(entity_type, entity_id, from_seq=head) if head else []
     if last and last[-1].name == FORGOTTEN.name:
         return head
     marker = Envelope(
@@ -92,7 +88,7 @@ async def _signal(host: ActorHost, entity_type: str, entity_id: str, head: int) 
         recorded_at=time.time_ns(),
     )
     try:
-        stored = await host.journal.append([marker], head)  # never sealed: it must outlive the key
+        stored = await journal.append([marker], head)  # never sealed: it must outlive the key
     except EntityDeleted:
         return head  # a deleted entity has no events left to signal after
     return stored[-1].seq

@@ -14,7 +14,9 @@ from ..model.errors import ConfigError
 from ..wire.auth import NatsAuth
 from ..wire.redact import redact_url
 from .base import Journal
+from .jetstream import JetStreamJournal
 from .memory import MemoryJournal
+from .postgres import PostgresJournal
 from .sqlite import SqliteJournal
 
 
@@ -36,12 +38,8 @@ def open_journal(url: str, *, nats_auth: NatsAuth | None = None) -> Journal:
                 "the postgresql:// journal needs the asyncpg package: `pip install asyncpg`"
                 " (or install memoir with its postgres extra)"
             ) from None
-        from .postgres import PostgresJournal
-
         return PostgresJournal(url)
     if scheme in ("nats", "tls"):
-        from .jetstream import JetStreamJournal
-
         return JetStreamJournal(url, auth=nats_auth)
     raise ConfigError(
         f"unknown journal URL {redact_url(url)!r}: expected memory://, sqlite:///path.db, postgresql://… or nats://…"

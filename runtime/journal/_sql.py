@@ -31,11 +31,10 @@ from typing import Any, TypeVar
 import msgspec
 
 from ..model.envelope import Envelope, Recovery, Snapshot
-from ..model.errors import ConcurrencyConflict, DuplicateCommand, EntityDeleted, JournalError
+from ..model.errors import Conflict, DuplicateCommand, EntityDeleted, JournalError
 from ._batching import Batcher
 from ._tail import TailCache
 from .base import Journal, check_batch, envelope_from_row, row_values, stream_envelopes
-from .keys import KeyStore
 
 T = TypeVar("T")
 Key = tuple[str, str]
@@ -365,7 +364,7 @@ def decide(
             results.append(EntityDeleted(*op.key))
             continue
         if head != op.expected_seq:
-            results.append(ConcurrencyConflict(op.key[0], op.key[1], op.expected_seq, head))
+            results.append(Conflict(op.key[0], op.key[1], op.expected_seq, head))
             continue
         results.append(position + 1)
         for r in op.rows:
@@ -519,8 +518,9 @@ class SqlJournal(Journal):
         self._notify_appended()
         return stored
 
-    async def _write(self, fn: Callable[[Dialect, StreamIds], Steps[Any]], *, keeps_heads: bool = False) -> None:
-        await self._writes.submit(Op(fn, keeps_heads))
+    async def _write(self, fn: Callable[[Dialect, StreamIds], Steps[Any]], *, keeps_heads: bool = False) -> Any:
+        """Run `fn`'s steps inside the next batch's write transaction; returns what they return."""
+        return await self._writes.submit(Op(fn, keeps_heads))
 
     async def delete(self, entity_type: str, entity_id: str, to_seq: int | None = None) -> None:
         self._tail.clear()  # before and after: no read from here sees the events once they are gone
@@ -537,11 +537,6 @@ class SqlJournal(Journal):
 
     async def save_checkpoint(self, name: str, position: int) -> None:
         await self._write(_save_checkpoint(name, position), keeps_heads=True)
-
-    def _make_key_store(self) -> KeyStore:
-        from .sql_keys import SqlKeyStore  # it builds on this module
-
-        return SqlKeyStore(self)
 
     async def after_erase(self) -> None:
         """After a key was destroyed: make it unrecoverable from the storage's own files where possible."""

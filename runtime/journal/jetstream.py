@@ -8,7 +8,7 @@ publish: no outbox runs, and the stream sequence is the position.
 - Optimistic concurrency is the server's: an append carries
   `Nats-Expected-Last-Subject-Sequence`, the entity subject's last stream sequence,
   and the server refuses it with err_code 10071 if another writer got there first
-  (a `ConcurrencyConflict`). A duplicate `Nats-Msg-Id` is accepted only if the stored
+  (a `Conflict`). A duplicate `Nats-Msg-Id` is accepted only if the stored
   message is this very write (a retry that already landed); otherwise it is a conflict.
 - Command ids hold by JetStream's own dedupe: the last event of an append whose events
   carry a command id has `Nats-Msg-Id: {type}/{token(id)}/cmd:{token(command id)}` (the
@@ -38,7 +38,7 @@ publish: no outbox runs, and the stream sequence is the position.
   floors and tombstones in KV buckets.
 
 Connection loss: nats-py reconnects by itself (every 0.25 s); on the drop every append and
-read waiting for the server fails at once with `JournalUnavailable("connection lost")`, and
+read waiting for the server fails at once with `Unavailable("connection lost")`, and
 new ones fail fast until it is back (one warning, then one info in the log). Whether such
 a write landed is unknown: the caller retries with its command id, which the dedupe above
 makes safe.
@@ -52,7 +52,6 @@ server's `sync="always"`), or replicate the stream (R3) on a cluster.
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import secrets
 from collections.abc import Iterator, Sequence
@@ -77,13 +76,13 @@ from nats.js.errors import KeyNotFoundError, NotFoundError, ServiceUnavailableEr
 
 from ..model.envelope import Envelope, Recovery, Snapshot
 from ..model.errors import (
-    ConcurrencyConflict,
     ConfigError,
+    Conflict,
     DuplicateCommand,
     EntityDeleted,
     JournalError,
-    JournalUnavailable,
     MemoirError,
+    Unavailable,
 )
 from ..wire.auth import NatsAuth
 from ..wire.frames import Message
@@ -105,6 +104,7 @@ from ..wire.protocol import (
 from ..wire.redact import redact_url
 from ._batching import Batcher
 from .base import Journal, check_batch
+from .jetstream_keys import KvKeyStore, kv_key
 from .keys import KeyStore
 
 Key = tuple[str, str]
@@ -160,11 +160,6 @@ def _chunks(batch: list[_Append]) -> list[list[int]]:
 class _Meta(msgspec.Struct):
     floor: int = 0
     deleted: bool = False
-
-
-def _kv_key(key: Key) -> str:
-    """KV keys allow only [-/_=.a-zA-Z0-9]: the entity key in unpadded base64url."""
-    return base64.urlsafe_b64encode(f"{key[0]}/{key[1]}".encode()).decode().rstrip("=")
 
 
 DEFAULT_DUPLICATE_WINDOW = 120.0  # seconds: JetStream's own default
@@ -241,8 +236,8 @@ class JetStreamJournal(Journal):
 
     stream_for = event_stream  # the older name, kept until every caller asks `event_stream`
 
-    def _lost(self) -> JournalUnavailable:
-        return JournalUnavailable("connection lost", f"NATS at {self.server}: the write may or may not have landed")
+    def _lost(self) -> Unavailable:
+        return Unavailable("connection lost", f"NATS at {self.server}: the write may or may not have landed")
 
     def _disconnected(self) -> None:
         for scope in list(self._calls):
@@ -252,11 +247,11 @@ class JetStreamJournal(Journal):
         self._last.clear()  # what the server holds is asked again, entity by entity
 
     def _failure(self, exc: BaseException, what: str) -> JournalError:
-        """A nats-py error as a JournalError: JournalUnavailable when the server cannot be reached."""
+        """A nats-py error as a JournalError: Unavailable when the server cannot be reached."""
         if isinstance(exc, JournalError):
             return exc
         if isinstance(exc, _UNAVAILABLE) or self.nc is None or not self.nc.is_connected:
-            return JournalUnavailable("connection lost", f"NATS at {self.server}: {what}: {exc!r}")
+            return Unavailable("connection lost", f"NATS at {self.server}: {what}: {exc!r}")
         return JournalError(f"JetStream journal at {self.server}: {what}: {exc}")
 
     @contextlib.contextmanager
@@ -354,11 +349,11 @@ class JetStreamJournal(Journal):
         try:
             msg = await self._acks.request_batch(messages, self.ack_timeout)
         except (NatsError, TimeoutError) as exc:
-            raise JournalUnavailable("no answer", f"NATS at {self.server}: no ack for {subject}: {exc!r}") from exc
+            raise Unavailable("no answer", f"NATS at {self.server}: no ack for {subject}: {exc!r}") from exc
         try:
             return decode_ack(msg)
         except PublishError as exc:  # a 503: the stream is not there (yet: a restarted server loads it)
-            raise JournalUnavailable("stream unavailable", f"JetStream journal: {subject}: {exc}") from exc
+            raise Unavailable("stream unavailable", f"JetStream journal: {subject}: {exc}") from exc
 
     async def _expectation(self, key: Key) -> tuple[int, int]:
         """(last stream seq of the entity's subject, head seq), from cache or the server."""
@@ -437,13 +432,13 @@ class JetStreamJournal(Journal):
         try:
             last_seq, head = await self._expectation(key)
             if head != req.expected:
-                raise ConcurrencyConflict(key[0], key[1], req.expected, head)
+                raise Conflict(key[0], key[1], req.expected, head)
             subject = event_subject(self.prefix, *key)
             first = await (self._append_one if len(events) == 1 else self._append_batch)(subject, events, last_seq)
         except (NatsError, JetStreamError) as exc:
             self._last.pop(key, None)
             raise self._failure(exc, f"appending to {key[0]}/{key[1]}") from exc
-        except ConcurrencyConflict:
+        except Conflict:
             self._last.pop(key, None)
             await self._raise_if_repeat(events[-1])  # a repeat decided on a stale seq is still a repeat
             raise
@@ -590,11 +585,11 @@ class JetStreamJournal(Journal):
             return
         code = err.get("err_code")
         if code == WRONG_LAST_SEQUENCE:
-            raise ConcurrencyConflict(env.entity_type, env.entity_id, env.seq - 1)
+            raise Conflict(env.entity_type, env.entity_id, env.seq - 1)
         if code == BATCH_DUPLICATE:
             # A batch whose message ids are already stored: a retried write that landed, or another
             # writer's events under the same ids. Either way this write did not happen; re-read.
-            raise ConcurrencyConflict(env.entity_type, env.entity_id, env.seq - 1)
+            raise Conflict(env.entity_type, env.entity_id, env.seq - 1)
         raise JournalError(f"JetStream refused {env.key}: {code} {err.get('description')}")
 
     async def _same_write(self, seq: int, env: Envelope) -> None:
@@ -603,7 +598,7 @@ class JetStreamJournal(Journal):
         if stored.data != env.payload or (stored.headers or {}).get(H_COMMAND_ID) != (
             token(env.command_id) if env.command_id else None
         ):
-            raise ConcurrencyConflict(env.entity_type, env.entity_id, env.seq - 1)
+            raise Conflict(env.entity_type, env.entity_id, env.seq - 1)
 
     # -- reads -------------------------------------------------------------------------------------
 
@@ -692,7 +687,7 @@ class JetStreamJournal(Journal):
     async def _load_meta(self, key: Key) -> _Meta:
         with self._online(f"reading the deletion floor of {key[0]}/{key[1]}"):
             try:
-                entry = await self._meta.get(_kv_key(key))
+                entry = await self._meta.get(kv_key(key))
             except KeyNotFoundError:
                 return _Meta()
         return msgspec.json.decode(entry.value, type=_Meta) if entry.value else _Meta()
@@ -708,14 +703,12 @@ class JetStreamJournal(Journal):
             if env.seq <= upto:
                 await self.js.delete_msg(self.stream, env.position)
         meta = _Meta(floor=max(meta.floor, upto), deleted=meta.deleted or to_seq is None)
-        await self._meta.put(_kv_key(key), msgspec.json.encode(meta))
+        await self._meta.put(kv_key(key), msgspec.json.encode(meta))
         if to_seq is None:
             await self.js.purge_stream(self.snapshot_stream, subject=self._snapshot_subject(key))
 
     def _make_key_store(self) -> KeyStore:
-        from .jetstream_keys import KvKeyStore  # it builds on this module
-
-        return KvKeyStore(self)
+        return KvKeyStore(prefix=self.prefix, replicas=self.replicas, js=lambda: self.js, online=self._online)
 
     # -- snapshots and checkpoints -----------------------------------------------------------------
 

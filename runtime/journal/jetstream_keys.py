@@ -10,6 +10,9 @@ stream is created here with the KV layout and message deletes allowed, then boun
 
 from __future__ import annotations
 
+import base64
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from typing import Any
 
 from nats.js import api
@@ -18,7 +21,6 @@ from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from ..model.errors import JournalError, MemoirError
 from ..wire.nats import ensure_stream
 from ..wire.protocol import stream_prefix
-from .jetstream import JetStreamJournal, _kv_key
 from .keys import KeyEntry, KeyStore
 
 _TOMBSTONE = b"-"  # stored material always starts with a scheme byte 0x00 or 0x01
@@ -28,10 +30,24 @@ def _entry(value: bytes | None) -> KeyEntry:
     return KeyEntry(None if not value or value == _TOMBSTONE else bytes(value))
 
 
+def kv_key(key: tuple[str, str]) -> str:
+    """KV keys allow only [-/_=.a-zA-Z0-9]: the entity key in unpadded base64url (the journal's meta bucket too)."""
+    return base64.urlsafe_b64encode(f"{key[0]}/{key[1]}".encode()).decode().rstrip("=")
+
+
+Online = Callable[[str], AbstractContextManager[None]]
+"""The journal's guard around one call: fails fast while disconnected, says what was being done."""
+
+
 class KvKeyStore(KeyStore):
-    def __init__(self, journal: JetStreamJournal) -> None:
-        self.journal = journal
-        self.bucket = f"{stream_prefix(journal.prefix)}_ENTITY_KEYS"
+    """Given what it needs from its journal, not the journal: its JetStream context (a getter:
+    the journal connects after building it), its prefix and replicas, and its `online` guard."""
+
+    def __init__(self, *, prefix: str, replicas: int, js: Callable[[], Any], online: Online) -> None:
+        self.bucket = f"{stream_prefix(prefix)}_ENTITY_KEYS"
+        self.replicas = replicas
+        self._js = js
+        self._online = online
         self._kv: Any = None
 
     async def _bucket(self) -> Any:
@@ -40,7 +56,7 @@ class KvKeyStore(KeyStore):
                 name=f"KV_{self.bucket}",
                 subjects=[f"$KV.{self.bucket}.>"],
                 storage=api.StorageType.FILE,
-                num_replicas=self.journal.replicas,
+                num_replicas=self.replicas,
                 max_msgs_per_subject=1,
                 discard=api.DiscardPolicy.NEW,
                 allow_rollup_hdrs=True,
@@ -49,12 +65,12 @@ class KvKeyStore(KeyStore):
                 max_consumers=-1,
                 max_msgs=-1,
             )
-            with self.journal._online("opening the entity key bucket"):
+            with self._online("opening the entity key bucket"):
                 try:
-                    await ensure_stream(self.journal.js, config)
+                    await ensure_stream(self._js(), config)
                 except MemoirError as exc:
                     raise JournalError(str(exc)) from exc
-                self._kv = await self.journal.js.key_value(self.bucket)
+                self._kv = await self._js().key_value(self.bucket)
         return self._kv
 
     async def _get(self, kv: Any, key: str) -> Any:
@@ -65,14 +81,14 @@ class KvKeyStore(KeyStore):
 
     async def get(self, entity_type: str, entity_id: str) -> KeyEntry | None:
         kv = await self._bucket()
-        with self.journal._online(f"reading the key of {entity_type}/{entity_id}"):
+        with self._online(f"reading the key of {entity_type}/{entity_id}"):
             found = await self._get(kv, _key(entity_type, entity_id))
         return None if found is None else _entry(found.value)
 
     async def create(self, entity_type: str, entity_id: str, material: bytes) -> KeyEntry:
         kv = await self._bucket()
         key = _key(entity_type, entity_id)
-        with self.journal._online(f"creating the key of {entity_type}/{entity_id}"):
+        with self._online(f"creating the key of {entity_type}/{entity_id}"):
             try:
                 await kv.create(key, material)
                 return KeyEntry(material)
@@ -83,14 +99,14 @@ class KvKeyStore(KeyStore):
     async def forget(self, entity_type: str, entity_id: str) -> bool:
         kv = await self._bucket()
         key = _key(entity_type, entity_id)
-        with self.journal._online(f"destroying the key of {entity_type}/{entity_id}"):
+        with self._online(f"destroying the key of {entity_type}/{entity_id}"):
             found = await self._get(kv, key)
             had = found is not None and not _entry(found.value).forgotten
             if found is not None:
-                await self.journal.js.delete_msg(f"KV_{self.bucket}", found.revision)  # erased, not unlinked
+                await self._js().delete_msg(f"KV_{self.bucket}", found.revision)  # erased, not unlinked
             await kv.put(key, _TOMBSTONE)
         return had
 
 
 def _key(entity_type: str, entity_id: str) -> str:
-    return _kv_key((entity_type, entity_id))
+    return kv_key((entity_type, entity_id))

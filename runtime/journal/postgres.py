@@ -17,7 +17,7 @@
   repeat raises `DuplicateCommand`, whichever process wrote the first one.
 - Connections are replaceable: when the writer's connection is lost (a failover, a pooler
   restart, `pg_terminate_backend`), the batch in flight fails with
-  `JournalUnavailable("connection lost")` (it may or may not have committed; a retry with
+  `Unavailable("connection lost")` (it may or may not have committed; a retry with
   the same command id is safe) and the next batch reconnects, with a short backoff. Reads
   go through a pool, which replaces dead connections itself.
 - Schema created on first use inside its own PostgreSQL schema, versioned in `memoir_meta`.
@@ -32,10 +32,12 @@ from typing import Any
 import anyio
 
 from ..model.envelope import Recovery
-from ..model.errors import ConcurrencyConflict, EntityDeleted, JournalError
+from ..model.errors import Conflict, EntityDeleted, JournalError
 from ._faults import Link, pg_connection_lost, pg_errors
 from ._sql import Append, Dialect, Op, Rows, SqlJournal, StreamIds, decide, drive_async, migrate, recover_steps
 from ._urls import parse_postgres_url, postgres_where
+from .keys import KeyStore
+from .sql_keys import SqlKeyStore
 
 __all__ = ["PostgresJournal", "dialect", "parse_postgres_url"]
 
@@ -163,7 +165,7 @@ def prepare_appends(
     refused: set[int] = set()
     asked: list[tuple[int, str]] = []
     for sid, op, res in zip(sids, appends, results, strict=True):
-        if isinstance(res, (ConcurrencyConflict, EntityDeleted)):
+        if isinstance(res, (Conflict, EntityDeleted)):
             refused.add(sid)
             if op.command_id is not None:
                 asked.append((sid, op.command_id))
@@ -294,6 +296,9 @@ class PostgresJournal(SqlJournal):
             self._streams.heads.update(before)
             return None
         return [r + last if type(r) is int else r for r in results]
+
+    def _make_key_store(self) -> KeyStore:
+        return SqlKeyStore(write=self._write, query=self._query, after_erase=self.after_erase)
 
     # -- reads -------------------------------------------------------------------------------------
 

@@ -14,10 +14,16 @@ archive: configure a master key so whatever lingers there is wrapped.
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
-from ._sql import Dialect, Op, SqlJournal, Steps, StreamIds
+from ._sql import Dialect, Rows, Steps, StreamIds
 from .keys import KeyEntry, KeyStore
+
+Write = Callable[[Callable[[Dialect, StreamIds], Steps[Any]]], Awaitable[Any]]
+"""Run steps inside one of the journal's write transactions; returns what the steps return."""
+Query = Callable[..., Awaitable[Rows]]
+"""One read statement, written with `?` and `{s}` (the journal renders it for its dialect)."""
 
 _DDL = (
     "CREATE TABLE IF NOT EXISTS {s}entity_keys ("
@@ -34,8 +40,12 @@ def _entry(rows: list[Any]) -> KeyEntry | None:
 
 
 class SqlKeyStore(KeyStore):
-    def __init__(self, journal: SqlJournal) -> None:
-        self.journal = journal
+    """Given the three things it needs from its journal, not the journal: it sees no more of it."""
+
+    def __init__(self, *, write: Write, query: Query, after_erase: Callable[[], Awaitable[None]]) -> None:
+        self._write = write
+        self._query = query
+        self._after_erase = after_erase  # make a destroyed key unrecoverable from the storage's files
         self._ready = False
 
     async def _ensure(self) -> None:
@@ -45,12 +55,12 @@ class SqlKeyStore(KeyStore):
         def steps(d: Dialect, streams: StreamIds) -> Steps[None]:
             yield (d.sql(_DDL.replace("{blob}", d.types["blob"]).replace("{int}", d.types["int"])), ())
 
-        await self.journal._writes.submit(Op(steps))
+        await self._write(steps)
         self._ready = True
 
     async def get(self, entity_type: str, entity_id: str) -> KeyEntry | None:
         await self._ensure()
-        return _entry(await self.journal._query(_SELECT, entity_type, entity_id))
+        return _entry(await self._query(_SELECT, entity_type, entity_id))
 
     async def create(self, entity_type: str, entity_id: str, material: bytes) -> KeyEntry:
         await self._ensure()
@@ -65,7 +75,7 @@ class SqlKeyStore(KeyStore):
             )
             return _entry((yield (d.sql(_SELECT), (entity_type, entity_id))))
 
-        entry = await self.journal._writes.submit(Op(steps))
+        entry = await self._write(steps)
         assert entry is not None  # inserted or already there, in the same transaction
         return entry  # type: ignore[no-any-return]
 
@@ -88,6 +98,6 @@ class SqlKeyStore(KeyStore):
                 yield ("PRAGMA secure_delete=OFF", ())
             return old is not None and not old.forgotten
 
-        had = bool(await self.journal._writes.submit(Op(steps)))
-        await self.journal.after_erase()
+        had = bool(await self._write(steps))
+        await self._after_erase()
         return had

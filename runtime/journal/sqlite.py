@@ -18,7 +18,7 @@
   highest seq ever deleted, so deletion never lets a seq be reused.
 - Command ids are remembered forever (until the entity is deleted), in `commands`,
   checked inside the batch's transaction: a repeat raises `DuplicateCommand`.
-- A full disk (SQLITE_FULL, ENOSPC) raises `JournalUnavailable("storage full")`: the
+- A full disk (SQLITE_FULL, ENOSPC) raises `Unavailable("storage full")`: the
   transaction is rolled back, the writer stays up, and the first write that succeeds
   afterwards checkpoints the WAL so it shrinks back.
 """
@@ -43,6 +43,8 @@ from ._batching import Batcher, ThreadBatcher
 from ._faults import sqlite_error, sqlite_full
 from ._sql import Append, Dialect, Op, Rows, SqlJournal, drive_sync, migrate, recover_steps
 from ._urls import parse_sqlite_url
+from .keys import KeyStore
+from .sql_keys import SqlKeyStore
 
 T = TypeVar("T")
 Key = tuple[str, str]
@@ -233,6 +235,9 @@ class SqliteJournal(SqlJournal):
             with contextlib.suppress(sqlite3.Error):
                 conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         return results
+
+    def _make_key_store(self) -> KeyStore:
+        return SqlKeyStore(write=self._write, query=self._query, after_erase=self.after_erase)
 
     async def after_erase(self) -> None:
         """Fold the WAL into the file and truncate it: old frames would still hold an erased key."""

@@ -154,9 +154,18 @@ class Service:
             publisher = self.publisher = Publisher(
                 self.journal, self.nc, prefix=self.prefix, entity_types=types, settings=self.streams
             )
-            background.start_soon(self._once, "publisher", publisher.run)
+            background.start_soon(self.run_singleton, "publisher", publisher.run)
             stack.push_async_callback(self._flush)
-        self.timers = await start_timers(self, background)
+        self.timers = await start_timers(
+            self.nc,
+            self.journal,
+            self.runtime,
+            background,
+            prefix=self.prefix,
+            streams=self.streams,
+            clustered=self.cluster_config is not None,
+            run_singleton=self.run_singleton,
+        )
         for view in self.app.views:
             runner = self.views[view.name] = ViewRunner(
                 view,
@@ -167,14 +176,14 @@ class Service:
                 keys=self.runtime.keys,
                 journal=self.journal,  # co-located: a view far behind catches up from it
             )
-            background.start_soon(self._once, f"view.{view.name}", functools.partial(self._keep_view, runner))
+            background.start_soon(self.run_singleton, f"view.{view.name}", functools.partial(self._keep_view, runner))
         consumers = await stack.enter_async_context(anyio.create_task_group())
         stack.callback(consumers.cancel_scope.cancel)  # first to stop: no new commands from consumers
         for consumer in self.app.consumers:
             crunner = self.consumers[consumer.name] = ConsumerRunner(
                 consumer, self.runtime, self.nc, prefix=self.prefix, streams=self.stream_for
             )
-            consumers.start_soon(self._once, f"consumer.{consumer.name}", crunner.run)
+            consumers.start_soon(self.run_singleton, f"consumer.{consumer.name}", crunner.run)
 
     async def _join(self, stack: contextlib.AsyncExitStack) -> None:
         assert self.cluster_config is not None and self.nc is not None
@@ -193,7 +202,7 @@ class Service:
             Cluster.join(self.nc, self.cluster_config, meta={"app": self.app.name})
         )
 
-    async def _once(self, name: str, work: Callable[[], Awaitable[None]]) -> None:
+    async def run_singleton(self, name: str, work: Callable[[], Awaitable[None]]) -> None:
         """Run `work` here; in a cluster, only while this process holds the singleton lease `name`."""
         if self.cluster is None:
             await work()

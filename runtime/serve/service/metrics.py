@@ -81,7 +81,7 @@ class Metrics:
         self.renewal_failures = Gauge("memoir_cluster_lease_renewal_failures", "Lease renewals that failed", registry=r)
         self.forwarded: Callable[[], int] = lambda: 0
         r.register(_BatchSizes(service))
-        r.register(TimerMetrics(service))
+        r.register(TimerMetrics(lambda: service.timers))
         self._children: dict[tuple[str, str, str], tuple[Any, Any]] = {}
 
     def observe(self, entity_type: str, command: str, outcome: str, seconds: float) -> None:

@@ -1,19 +1,29 @@
-"""The service's timers: the schedule stream, the relay and the firer, each once per cluster."""
+"""The service's timers: the schedule stream, the relay and the firer, each once per cluster.
+
+The service hands in what the timers need (its connection, journal, runtime, settings, and
+`run_singleton` to run a task once per cluster) rather than itself, so this module never
+imports the service.
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
 
 import anyio.abc
+from nats.aio.client import Client as NATS
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
 
+from ...engine.runtime import Runtime
+from ...journal import Journal
+from ...streams.publisher import StreamSettings
 from ...streams.timers import Send, TimerFirer, TimerRelay, TimerStats, ask_sender, timer_stream_config
 from ...wire.nats import ensure_stream
 from ...wire.protocol import Reply
 from .client import Client
 
-if TYPE_CHECKING:
-    from ._service import Service
+RunSingleton = Callable[[str, Callable[[], Awaitable[None]]], Coroutine[Any, Any, None]]
+"""`Service.run_singleton`: run the work here; in a cluster, only while holding the lease of that name."""
 
 FIRE_TIMEOUT = 30.0  # seconds a fired command may take in a cluster (a workflow step, say)
 
@@ -37,34 +47,41 @@ def _routed(client: Client) -> Any:
     return ask
 
 
-async def start_timers(svc: Service, background: anyio.abc.TaskGroup) -> TimerStats:
+async def start_timers(
+    nc: NATS,
+    journal: Journal,
+    runtime: Runtime,
+    background: anyio.abc.TaskGroup,
+    *,
+    prefix: str,
+    streams: StreamSettings,
+    clustered: bool,
+    run_singleton: RunSingleton,
+) -> TimerStats:
     """Create the timers' stream and start the relay and the firer in `background`."""
-    assert svc.nc is not None
-    await ensure_stream(svc.nc.jetstream(), timer_stream_config(svc.prefix, svc.streams))
+    await ensure_stream(nc.jetstream(), timer_stream_config(prefix, streams))
     stats = TimerStats()
-    if svc.cluster_config is None:
-        send = ask_sender(svc.runtime.ask)
-    else:
-        client = Client(nc=svc.nc, prefix=svc.prefix)
+    if clustered:
+        client = Client(nc=nc, prefix=prefix)
         send = _cluster_sender(client)
-        svc.runtime.step_ask = _routed(client)  # a workflow step's target may live on another member
-    relay = TimerRelay(
-        svc.journal, svc.nc, prefix=svc.prefix, send=send, stats=stats, workflows=svc.runtime.workflow_types
-    )
-    firer = TimerFirer(svc.nc, send, prefix=svc.prefix, stats=stats)
-    background.start_soon(svc._once, "timers.relay", relay.run)
-    background.start_soon(svc._once, "timers.fire", firer.run)
+        runtime.route_steps(_routed(client))  # a workflow step's target may live on another member
+    else:
+        send = ask_sender(runtime.ask)
+    relay = TimerRelay(journal, nc, prefix=prefix, send=send, stats=stats, workflows=runtime.workflow_types)
+    firer = TimerFirer(nc, send, prefix=prefix, stats=stats)
+    background.start_soon(run_singleton, "timers.relay", relay.run)
+    background.start_soon(run_singleton, "timers.fire", firer.run)
     return stats
 
 
 class TimerMetrics:
     """Prometheus collector: timers scheduled, cancelled, fired, refused, and how late they fired."""
 
-    def __init__(self, svc: Service) -> None:
-        self.svc = svc
+    def __init__(self, stats: Callable[[], TimerStats | None]) -> None:
+        self.stats = stats  # None until the service started its timers
 
     def collect(self) -> Any:
-        stats = self.svc.timers
+        stats = self.stats()
         if stats is None:
             return
         for name, value, doc in (
