@@ -26,6 +26,7 @@ from nats.js import api
 from nats.js.errors import Error as JetStreamError
 from nats.js.errors import NotFoundError
 
+from ..model.backoff import Backoff
 from ..wire.protocol import H_POSITION, events_filter
 
 log = structlog.get_logger("memoir.subscription")
@@ -193,42 +194,54 @@ async def pull_loop(
         max_ack_pending=max_ack_pending,
         filter_subject=events_filter(prefix, entity_type),
     )
-    backoff = 0.1
+    await _ensure_consumer(js, stream, config, owner=owner, restart=start_seq is not None)
+    puller = Puller(nc, stream, consumer_name(owner, entity_type))
+    await puller.start()
+    try:
+        await _fetch_and_handle(puller, handle, batch=batch, fetch_timeout=fetch_timeout, stream=stream, owner=owner)
+    finally:
+        with anyio.CancelScope(shield=True):
+            await _nak_unacked(await puller.stop())
+
+
+async def _ensure_consumer(js: Any, stream: str, config: api.ConsumerConfig, *, owner: str, restart: bool) -> None:
+    """Create the durable consumer (first deleting it when `restart`), waiting for its stream to exist."""
+    assert config.durable_name is not None
+    retry = Backoff(0.1, cap=2.0)
     while True:
         try:
-            if start_seq is not None:
-                await delete_durable(js, stream, entity_type, owner)
+            if restart:
+                with contextlib.suppress(NotFoundError):
+                    await js.delete_consumer(stream, config.durable_name)
             try:
                 await js.consumer_info(stream, config.durable_name)
             except NotFoundError:
                 await js.add_consumer(stream, config=config)
-            break
+            return
         except (NatsError, JetStreamError) as exc:  # the stream may not exist yet: the publisher makes it
             log.info("waiting for stream", stream=stream, owner=owner, error=str(exc))
-            await anyio.sleep(backoff)
-            backoff = min(backoff * 2, 2.0)
-    puller = Puller(nc, stream, consumer_name(owner, entity_type))
-    await puller.start()
-    try:
-        backoff = 0.1
-        while True:
+            await retry.sleep()
+
+
+async def _fetch_and_handle(
+    puller: Puller, handle: Handle, *, batch: int, fetch_timeout: float, stream: str, owner: str
+) -> None:
+    """Fetch batches and hand each to `handle`; a failed fetch is retried, a failed handling naks what it left."""
+    retry = Backoff(0.1, cap=5.0)
+    while True:
+        try:
+            msgs = await puller.fetch(batch, fetch_timeout)
+        except (NatsError, JetStreamError) as exc:
+            log.warning("fetch failed", stream=stream, owner=owner, error=str(exc))
+            await retry.sleep()
+            continue
+        retry.reset()
+        if msgs:
             try:
-                msgs = await puller.fetch(batch, fetch_timeout)
-            except (NatsError, JetStreamError) as exc:
-                log.warning("fetch failed", stream=stream, owner=owner, error=str(exc))
-                await anyio.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
-                continue
-            backoff = 0.1
-            if msgs:
-                try:
-                    await handle(msgs)
-                except BaseException:
-                    # Stopping (or failing) mid-batch: hand back what was not acknowledged now,
-                    # rather than leaving it to wait out ack_wait on the server.
-                    with anyio.CancelScope(shield=True):
-                        await _nak_unacked(msgs)
-                    raise
-    finally:
-        with anyio.CancelScope(shield=True):
-            await _nak_unacked(await puller.stop())
+                await handle(msgs)
+            except BaseException:
+                # Stopping (or failing) mid-batch: hand back what was not acknowledged now,
+                # rather than leaving it to wait out ack_wait on the server.
+                with anyio.CancelScope(shield=True):
+                    await _nak_unacked(msgs)
+                raise

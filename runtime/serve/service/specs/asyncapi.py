@@ -265,85 +265,11 @@ def asyncapi(app: App, *, prefix: str = "memoir", version: str = "0.1.0") -> JSO
     requester's inbox; each entity type's events are one `send` operation on its event subject.
     """
     s = Schemas(app)
-    channels: JSON = {}
-    operations: JSON = {}
-    messages: JSON = {
-        "error": {
-            "name": "error",
-            "title": "an error reply",
-            "contentType": "application/json",
-            "payload": s.error_reply(),
-        }
-    }
-    channels["reply"] = {
-        "address": None,
-        "description": "the requester's reply subject (a NATS inbox)",
-        "messages": {"error": {"$ref": "#/components/messages/error"}},
-    }
+    doc = _Document.with_replies(s)
     for entity_type in s.entity_types:
         for cmd in s.commands.get(entity_type, []):
-            key = f"{entity_type}.{cmd.name}"
-            messages[key] = {
-                "name": key,
-                "title": f"{entity_type} {cmd.name}",
-                "summary": cmd.doc or f"the arguments of {entity_type}.{cmd.name}",
-                "contentType": "application/json",
-                "headers": command_headers_schema(),
-                "payload": cmd.args,
-            }
-            messages[f"{key}.reply"] = {
-                "name": f"{key}.reply",
-                "title": f"{entity_type} {cmd.name}: ok",
-                "contentType": "application/json",
-                "payload": s.ok_reply(cmd.result),
-            }
-            channels["reply"]["messages"][f"{key}.reply"] = {"$ref": f"#/components/messages/{key}.reply"}
-            channels[f"cmd.{key}"] = {
-                "address": f"{prefix}.cmd.{entity_type}.{{id}}.{cmd.name}",
-                "title": f"{entity_type} {cmd.name}",
-                "parameters": {"id": _id_parameter()},
-                "messages": {key: {"$ref": f"#/components/messages/{key}"}},
-            }
-            operations[f"{key}"] = {
-                "action": "receive",
-                "title": f"{entity_type} {cmd.name}",
-                "channel": {"$ref": f"#/channels/cmd.{key}"},
-                "messages": [{"$ref": f"#/channels/cmd.{key}/messages/{key}"}],
-                "reply": {
-                    "channel": {"$ref": "#/channels/reply"},
-                    "messages": [
-                        {"$ref": f"#/channels/reply/messages/{key}.reply"},
-                        {"$ref": "#/channels/reply/messages/error"},
-                    ],
-                },
-            }
-        refs: JSON = {}
-        for ev in s.events.get(entity_type, []) + s.system_events:
-            key = ev.name if ev.entity_type == "*" else f"{entity_type}.{ev.name}"
-            messages[key] = {
-                "name": ev.name,
-                "title": f"{entity_type} {ev.name} v{ev.version}",
-                "contentType": "application/json",
-                "headers": event_headers_schema(ev),
-                "payload": ev.payload,
-            }
-            if ev.entity_type == "*":
-                messages[key]["title"] = f"{ev.name}: the runtime's own, on entities that set timers"
-            refs[ev.name] = {"$ref": f"#/components/messages/{key}"}
-        channels[f"events.{entity_type}"] = {
-            "address": f"{prefix}.events.{entity_type}.{{id}}",
-            "title": f"{entity_type} events",
-            "description": f"kept in the JetStream stream {stream_name(prefix, entity_type)}"
-            " (with the JetStream journal: the prefix's one events stream)",
-            "parameters": {"id": _id_parameter()},
-            "messages": refs,
-        }
-        operations[f"{entity_type}.events"] = {
-            "action": "send",
-            "title": f"{entity_type} events",
-            "channel": {"$ref": f"#/channels/events.{entity_type}"},
-            "messages": [{"$ref": f"#/channels/events.{entity_type}/messages/{name}"} for name in refs],
-        }
+            doc.add_command(s, entity_type, cmd, prefix)
+        doc.add_events(s, entity_type, prefix)
     return {
         "asyncapi": "3.0.0",
         "info": {
@@ -352,10 +278,99 @@ def asyncapi(app: App, *, prefix: str = "memoir", version: str = "0.1.0") -> JSO
             "description": "Commands are NATS requests answered by the runtime; events are published to JetStream.",
         },
         "defaultContentType": "application/json",
-        "channels": channels,
-        "operations": operations,
-        "components": {"schemas": s.components, "messages": messages},
+        "channels": doc.channels,
+        "operations": doc.operations,
+        "components": {"schemas": s.components, "messages": doc.messages},
     }
+
+
+@dataclass
+class _Document:
+    """The AsyncAPI document's three maps, filled in phases: the reply channel, then each entity
+    type's commands and events (in that order, so the document reads the same every time)."""
+
+    channels: JSON
+    operations: JSON
+    messages: JSON
+
+    @classmethod
+    def with_replies(cls, s: Schemas) -> _Document:
+        """The error message and the requester's reply channel, which every command's reply joins."""
+        error = {"name": "error", "title": "an error reply", "contentType": "application/json"}
+        reply = {
+            "address": None,
+            "description": "the requester's reply subject (a NATS inbox)",
+            "messages": {"error": {"$ref": "#/components/messages/error"}},
+        }
+        return cls(channels={"reply": reply}, operations={}, messages={"error": {**error, "payload": s.error_reply()}})
+
+    def add_command(self, s: Schemas, entity_type: str, cmd: CommandSchema, prefix: str) -> None:
+        """A command: its arguments and ok reply, its subject, and the `receive` operation answering it."""
+        key = f"{entity_type}.{cmd.name}"
+        self.messages[key] = {
+            "name": key,
+            "title": f"{entity_type} {cmd.name}",
+            "summary": cmd.doc or f"the arguments of {entity_type}.{cmd.name}",
+            "contentType": "application/json",
+            "headers": command_headers_schema(),
+            "payload": cmd.args,
+        }
+        self.messages[f"{key}.reply"] = {
+            "name": f"{key}.reply",
+            "title": f"{entity_type} {cmd.name}: ok",
+            "contentType": "application/json",
+            "payload": s.ok_reply(cmd.result),
+        }
+        self.channels["reply"]["messages"][f"{key}.reply"] = {"$ref": f"#/components/messages/{key}.reply"}
+        self.channels[f"cmd.{key}"] = {
+            "address": f"{prefix}.cmd.{entity_type}.{{id}}.{cmd.name}",
+            "title": f"{entity_type} {cmd.name}",
+            "parameters": {"id": _id_parameter()},
+            "messages": {key: {"$ref": f"#/components/messages/{key}"}},
+        }
+        self.operations[key] = {
+            "action": "receive",
+            "title": f"{entity_type} {cmd.name}",
+            "channel": {"$ref": f"#/channels/cmd.{key}"},
+            "messages": [{"$ref": f"#/channels/cmd.{key}/messages/{key}"}],
+            "reply": {
+                "channel": {"$ref": "#/channels/reply"},
+                "messages": [
+                    {"$ref": f"#/channels/reply/messages/{key}.reply"},
+                    {"$ref": "#/channels/reply/messages/error"},
+                ],
+            },
+        }
+
+    def add_events(self, s: Schemas, entity_type: str, prefix: str) -> None:
+        """An entity type's events (the runtime's timer events too): one channel, one `send` operation."""
+        refs: JSON = {}
+        for ev in s.events.get(entity_type, []) + s.system_events:
+            key = ev.name if ev.entity_type == "*" else f"{entity_type}.{ev.name}"
+            self.messages[key] = {
+                "name": ev.name,
+                "title": f"{entity_type} {ev.name} v{ev.version}",
+                "contentType": "application/json",
+                "headers": event_headers_schema(ev),
+                "payload": ev.payload,
+            }
+            if ev.entity_type == "*":
+                self.messages[key]["title"] = f"{ev.name}: the runtime's own, on entities that set timers"
+            refs[ev.name] = {"$ref": f"#/components/messages/{key}"}
+        self.channels[f"events.{entity_type}"] = {
+            "address": f"{prefix}.events.{entity_type}.{{id}}",
+            "title": f"{entity_type} events",
+            "description": f"kept in the JetStream stream {stream_name(prefix, entity_type)}"
+            " (with the JetStream journal: the prefix's one events stream)",
+            "parameters": {"id": _id_parameter()},
+            "messages": refs,
+        }
+        self.operations[f"{entity_type}.events"] = {
+            "action": "send",
+            "title": f"{entity_type} events",
+            "channel": {"$ref": f"#/channels/events.{entity_type}"},
+            "messages": [{"$ref": f"#/channels/events.{entity_type}/messages/{name}"} for name in refs],
+        }
 
 
 def event_json_schemas(app: App) -> JSON:
