@@ -18,8 +18,8 @@ import _common as c  # puts the repository on sys.path
 import anyio
 
 from entities.inventory import InventoryItem, Received
-from runtime import Envelope, Journal, KeyRing, MemoryJournal, Runtime, SqliteJournal, model_of
-from runtime.engine.keyring import seal_envelope
+from runtime import Envelope, Journal, MemoryJournal, Runtime, SqliteJournal, model_of
+from runtime.engine.keyring import KeyRing, seal_envelope
 from runtime.model.sealing import SealKey
 from runtime.serve.process.tuning import tune_gc
 

@@ -6,14 +6,19 @@ The package is layered, and the data path reads in layer order:
 time; the runtime routes, activates and passivates) → `streams` (the outbox publisher,
 views, consumers) → `serve` (the service, the NATS door and client, `memoir run`).
 A module imports only from its own layer or the ones below; CI checks it.
-Everything a user needs is importable from here.
+
+Everything an app author writes is importable from here; the plumbing stays in its own
+module (`runtime.serve.service` for the embedded NATS server and the HTTP gateway,
+`runtime.streams.publisher`, `runtime.serve.process.tuning`, …) and the testkits live in
+`runtime.testing`.
 """
 
+import importlib
+import warnings
+
 from .engine.history import HistoryItem, history, state_at
-from .engine.keyring import KeyRing
 from .engine.runtime import Runtime
 from .journal import Journal, MemoryJournal, SqliteJournal, open_journal
-from .journal.keys import KeyStore
 from .model.access import Anyone, Authenticated, Caller, Claim, Nobody, Policy, Rule
 from .model.app import App
 from .model.effect import Effect
@@ -21,47 +26,38 @@ from .model.entity import EventSourcedEntity, applies, command, model_of
 from .model.envelope import Envelope, Snapshot
 from .model.errors import (
     CommandError,
-    ConcurrencyConflict,
     ConfigError,
     Conflict,
     DuplicateCommand,
     EntityDeleted,
+    EntityForgotten,
     ErrorCode,
     EventDecodeError,
     Forbidden,
-    ForgottenError,
     InternalError,
     Invalid,
     JournalError,
-    JournalUnavailable,
     MemoirError,
     Overloaded,
     Rejected,
+    SealError,
     Unauthorized,
     Unavailable,
     UnknownCommand,
     UnknownEntityType,
 )
 from .model.events import event
-from .model.sealing import EntityForgotten, Forgotten, SealError
-from .model.testkit import EntityTestKit
+from .model.sealing import Forgotten
 from .model.workflow import Calls, Recovery, Run, StepEffect, Workflow, WorkflowSettings, WorkflowStatus, step
-from .serve.process.tuning import tune_gc, tune_nats
 from .serve.service._service import Service
 from .serve.service.auth import VerificationKey, Verifier, load_verifier
 from .serve.service.client import Client
-from .serve.service.embedded_nats import EmbeddedNats
-from .serve.service.http import HttpGateway
 from .streams.consumer import Consumer, Context
 from .streams.handlers import on
-from .streams.publisher import Publisher, StreamSettings
-from .streams.testkit import ConsumerTestKit, SentCommand, ViewTestKit
 from .streams.view import Rows, View, ViewQuery
 from .streams.view_store import MemoryViewStore, PostgresViewStore, SqliteViewStore, ViewStore, open_view_store
-from .testing.waits import caught_up
 from .wire.auth import NatsAuth
 from .wire.protocol import Reply
-from .wire.redact import redact_url
 
 __all__ = [
     "Anyone",
@@ -72,34 +68,25 @@ __all__ = [
     "Claim",
     "Client",
     "CommandError",
-    "ConcurrencyConflict",
     "ConfigError",
     "Conflict",
     "Consumer",
-    "ConsumerTestKit",
     "Context",
     "DuplicateCommand",
     "Effect",
-    "EmbeddedNats",
     "EntityDeleted",
     "EntityForgotten",
-    "EntityTestKit",
     "Envelope",
     "ErrorCode",
     "EventDecodeError",
     "EventSourcedEntity",
     "Forbidden",
     "Forgotten",
-    "ForgottenError",
     "HistoryItem",
-    "HttpGateway",
     "InternalError",
     "Invalid",
     "Journal",
     "JournalError",
-    "JournalUnavailable",
-    "KeyRing",
-    "KeyStore",
     "MemoirError",
     "MemoryJournal",
     "MemoryViewStore",
@@ -108,7 +95,6 @@ __all__ = [
     "Overloaded",
     "Policy",
     "PostgresViewStore",
-    "Publisher",
     "Recovery",
     "Rejected",
     "Reply",
@@ -117,13 +103,11 @@ __all__ = [
     "Run",
     "Runtime",
     "SealError",
-    "SentCommand",
     "Service",
     "Snapshot",
     "SqliteJournal",
     "SqliteViewStore",
     "StepEffect",
-    "StreamSettings",
     "Unauthorized",
     "Unavailable",
     "UnknownCommand",
@@ -133,12 +117,10 @@ __all__ = [
     "View",
     "ViewQuery",
     "ViewStore",
-    "ViewTestKit",
     "Workflow",
     "WorkflowSettings",
     "WorkflowStatus",
     "applies",
-    "caught_up",
     "command",
     "event",
     "history",
@@ -147,11 +129,8 @@ __all__ = [
     "on",
     "open_journal",
     "open_view_store",
-    "redact_url",
     "state_at",
     "step",
-    "tune_gc",
-    "tune_nats",
 ]
 
 # One public home for every name, as httpx does: reprs, docs and tracebacks say `runtime.X`,
@@ -159,3 +138,43 @@ __all__ = [
 for _name in __all__:
     globals()[_name].__module__ = "runtime"
 del _name
+
+# Names this package exported before, and where each lives now: still importable from here,
+# with a DeprecationWarning. The module is imported on first use, so `import runtime` never
+# loads the testing layer.
+_MOVED: dict[str, tuple[str, str]] = {
+    # one name per idea: the journal's and the client's error are one class
+    "ConcurrencyConflict": ("runtime", "Conflict"),
+    "JournalUnavailable": ("runtime", "Unavailable"),
+    "ForgottenError": ("runtime", "EntityForgotten"),
+    # plumbing, importable from its own namespace
+    "EmbeddedNats": ("runtime.serve.service", "EmbeddedNats"),
+    "HttpGateway": ("runtime.serve.service", "HttpGateway"),
+    "KeyRing": ("runtime.engine.keyring", "KeyRing"),
+    "KeyStore": ("runtime.journal.keys", "KeyStore"),
+    "Publisher": ("runtime.streams.publisher", "Publisher"),
+    "StreamSettings": ("runtime.streams.publisher", "StreamSettings"),
+    "redact_url": ("runtime.wire.redact", "redact_url"),
+    "tune_gc": ("runtime.serve.process.tuning", "tune_gc"),
+    "tune_nats": ("runtime.serve.process.tuning", "tune_nats"),
+    # test helpers, in runtime.testing as trio.testing
+    "ConsumerTestKit": ("runtime.testing", "ConsumerTestKit"),
+    "EntityTestKit": ("runtime.testing", "EntityTestKit"),
+    "SentCommand": ("runtime.testing", "SentCommand"),
+    "ViewTestKit": ("runtime.testing", "ViewTestKit"),
+    "caught_up": ("runtime.testing", "caught_up"),
+}
+
+
+def __getattr__(name: str) -> object:
+    """A deprecated name: warns, naming its new home, and returns the very same object."""
+    moved = _MOVED.get(name)
+    if moved is None:
+        raise AttributeError(f"module 'runtime' has no attribute {name!r}")
+    module, new = moved
+    warnings.warn(
+        f"runtime.{name} is deprecated: use {module}.{new} (`from {module} import {new}`)",
+        DeprecationWarning,
+        stacklevel=2,
+    )
+    return getattr(importlib.import_module(module), new)

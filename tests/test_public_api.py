@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import importlib
 import inspect
 import subprocess
 import sys
@@ -44,12 +45,79 @@ def test_typed_errors_and_the_view_store_api_are_exported() -> None:
         "internal": runtime.InternalError,
         "unauthorized": runtime.Unauthorized,
         "forbidden": runtime.Forbidden,
-        "forgotten": runtime.ForgottenError,
+        "forgotten": runtime.EntityForgotten,
     }
     assert set(typed) == {str(c) for c in runtime.ErrorCode}, "every wire code has its typed error"
     assert issubclass(runtime.SqliteViewStore, runtime.ViewStore)
     assert issubclass(runtime.MemoryViewStore, runtime.ViewStore)
     assert callable(runtime.open_view_store)
+
+
+def test_a_reply_comes_back_as_the_class_the_journal_raises() -> None:
+    """One name per idea: `except Conflict:` catches the journal's conflict and a client's alike."""
+    from runtime.model.errors import command_error
+
+    for cls, raised in [
+        (runtime.Conflict, runtime.Conflict("item", "A", 3, 5)),
+        (runtime.Unavailable, runtime.Unavailable("storage full", "journal.db")),
+        (runtime.EntityForgotten, runtime.EntityForgotten("person", "ann")),
+    ]:
+        assert isinstance(raised, runtime.CommandError)
+        replied = command_error(str(raised.code), raised.message, raised.details)
+        assert type(replied) is cls and str(replied) == str(raised)
+    assert issubclass(runtime.Conflict, runtime.JournalError) and issubclass(runtime.Unavailable, runtime.JournalError)
+    assert command_error("unavailable", "storage full: x", {"reason": "storage full"}).reason == "storage full"  # type: ignore[attr-defined]
+
+
+# Each deprecated name, and where it lives now: `from runtime import X` still works, and warns.
+DEPRECATED = {
+    "ConcurrencyConflict": ("runtime", "Conflict"),
+    "JournalUnavailable": ("runtime", "Unavailable"),
+    "ForgottenError": ("runtime", "EntityForgotten"),
+    "EmbeddedNats": ("runtime.serve.service", "EmbeddedNats"),
+    "HttpGateway": ("runtime.serve.service", "HttpGateway"),
+    "KeyRing": ("runtime.engine.keyring", "KeyRing"),
+    "KeyStore": ("runtime.journal.keys", "KeyStore"),
+    "Publisher": ("runtime.streams.publisher", "Publisher"),
+    "StreamSettings": ("runtime.streams.publisher", "StreamSettings"),
+    "redact_url": ("runtime.wire.redact", "redact_url"),
+    "tune_gc": ("runtime.serve.process.tuning", "tune_gc"),
+    "tune_nats": ("runtime.serve.process.tuning", "tune_nats"),
+    "ConsumerTestKit": ("runtime.testing", "ConsumerTestKit"),
+    "EntityTestKit": ("runtime.testing", "EntityTestKit"),
+    "SentCommand": ("runtime.testing", "SentCommand"),
+    "ViewTestKit": ("runtime.testing", "ViewTestKit"),
+    "caught_up": ("runtime.testing", "caught_up"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(DEPRECATED))
+def test_a_deprecated_name_warns_with_its_new_home_and_is_the_same_object(name: str) -> None:
+    module, new = DEPRECATED[name]
+    assert name not in runtime.__all__
+    with pytest.warns(DeprecationWarning, match=rf"runtime\.{name} is deprecated: use {module}\.{new}\b"):
+        old = getattr(runtime, name)
+    assert old is getattr(importlib.import_module(module), new)
+
+
+def test_an_unknown_name_is_still_an_attribute_error() -> None:
+    with pytest.raises(AttributeError, match="no attribute 'Nope'"):
+        runtime.Nope  # type: ignore[attr-defined]  # noqa: B018
+
+
+def test_the_testkits_live_in_runtime_testing() -> None:
+    import runtime.testing
+
+    for name in ["EntityTestKit", "ViewTestKit", "ConsumerTestKit", "SentCommand", "caught_up", "served"]:
+        assert name in runtime.testing.__all__
+        assert getattr(runtime.testing, name).__module__ == "runtime.testing"
+
+
+def test_importing_runtime_does_not_load_the_testing_layer() -> None:
+    """The lazy `__getattr__` is the only way from `runtime` to `runtime.testing`."""
+    code = "import sys, runtime; print([m for m in sys.modules if m.startswith('runtime.testing')])"
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout
 
 
 def _imports(path: Path) -> list[str]:

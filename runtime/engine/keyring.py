@@ -24,11 +24,9 @@ import msgspec
 
 from ..journal.keys import KeyStore
 from ..model.envelope import Envelope, Snapshot
-from ..model.errors import ConfigError
+from ..model.errors import ConfigError, EntityForgotten, SealError
 from ..model.sealing import (
     KEY_BYTES,
-    EntityForgotten,
-    SealError,
     SealKey,
     cipher,
     event_aad,

@@ -2,14 +2,14 @@
 
 Semantics (the conformance suite in tests/journal holds every backend to them):
 - `append` stores one entity's events atomically, all or none, only if the
-  entity's highest seq is still `expected_seq`; otherwise `ConcurrencyConflict`.
+  entity's highest seq is still `expected_seq`; otherwise `Conflict`.
   The events carry seqs `expected_seq + 1 …` and come back with positions.
 - command ids: when the appended events carry a command id that the entity already
   stored (within the backend's documented window), `append` stores nothing and raises
   `DuplicateCommand` with the first write's seq and reply. This is checked before the
   seq check, so a repeat decided on a stale seq is still recognised as a repeat.
 - a backend that cannot reach its storage, or whose storage is full, raises
-  `JournalUnavailable`; it reconnects by itself and serves again once storage is back.
+  `Unavailable`; it reconnects by itself and serves again once storage is back.
 - positions are strictly increasing and never reused; `read_all` returns events
   in position order, and a reader that has seen position P never later finds a
   new event below P (the property a tailer relies on).

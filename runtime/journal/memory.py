@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import msgspec
 
 from ..model.envelope import Envelope, Snapshot
-from ..model.errors import ConcurrencyConflict, DuplicateCommand, EntityDeleted
+from ..model.errors import Conflict, DuplicateCommand, EntityDeleted
 from .base import Journal, check_batch
 from .keys import KeyStore, MemoryKeyStore
 
@@ -43,7 +43,7 @@ class MemoryJournal(Journal):
             raise EntityDeleted(*key)
         head = self._heads.get(key, 0)
         if head != expected_seq:
-            raise ConcurrencyConflict(key[0], key[1], expected_seq, head)
+            raise Conflict(key[0], key[1], expected_seq, head)
         stored = []
         for env in events:
             self._position += 1

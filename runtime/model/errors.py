@@ -1,15 +1,39 @@
 """The errors Memoir raises, and the reply codes of the wire protocol.
 
-A command either succeeds or fails with a `CommandError` whose `code` is one of
-`ErrorCode`: the same codes travel over NATS, so a client in any language can
-branch on them. Journal errors are separate: they describe storage, and the
-runtime translates them into command errors at the actor boundary.
+Every error Memoir raises on purpose lives here, one class per idea:
+
+    MemoirError
+    ├── CommandError            a command was not carried out; `code` is one of ErrorCode
+    │   ├── Invalid             invalid               the request is malformed: fix it, do not retry
+    │   ├── Rejected            rejected              the entity said no
+    │   ├── UnknownCommand      unknown_command
+    │   ├── UnknownEntityType   unknown_entity_type
+    │   ├── Conflict *          conflict              another writer appended first: retry
+    │   ├── Overloaded          overloaded            back-pressure: retry later
+    │   ├── Moved               overloaded            the entity's shard moved; the NATS door reroutes it
+    │   ├── Unavailable *       unavailable           storage unreachable or full: retry later
+    │   ├── InternalError       internal              a bug, or storage failing in a way that needs an operator
+    │   ├── Unauthorized        unauthorized          no verified caller
+    │   ├── Forbidden           forbidden             a verified caller the access rules refuse
+    │   └── EntityForgotten     forgotten             its data key is destroyed: it takes no more commands
+    ├── JournalError            storage failed or returned something that cannot be trusted
+    │   ├── Conflict *
+    │   ├── Unavailable *
+    │   ├── DuplicateCommand    the command id was applied before: answer the repeat as the first time
+    │   ├── EntityDeleted       the entity was deleted (tombstoned) and takes no more events
+    │   └── EventDecodeError    a stored event does not decode into its class
+    ├── SealError               a sealed payload does not open (tampered, moved, another key)
+    └── ConfigError             a configuration value is wrong; the message names it
+
+The codes travel over NATS and HTTP, so a client in any language can branch on them, and
+a Python client gets the same classes back (`except Conflict:`). A conflict and an outage (*)
+are both: the journal raises them, and they reach the sender as they are, with their code.
 """
 
 from __future__ import annotations
 
 import enum
-from typing import Any
+from typing import Any, Self
 
 
 class ErrorCode(enum.StrEnum):
@@ -32,6 +56,14 @@ class MemoirError(Exception):
     """Base of every error Memoir raises on purpose."""
 
 
+class ConfigError(MemoirError):
+    """A configuration value (URL, option, entity class) is wrong; the message names it."""
+
+
+class SealError(MemoirError):
+    """A sealed payload does not open: tampered, truncated, moved, or sealed under another key."""
+
+
 class CommandError(MemoirError):
     """A command was not carried out; nothing it decided was persisted."""
 
@@ -41,8 +73,15 @@ class CommandError(MemoirError):
         self.message = message
         self.details = details
 
+    @classmethod
+    def from_reply(cls, code: ErrorCode | str, message: str, details: Any = None) -> Self:
+        """The error an error reply describes: typed errors with constructors of their own come back too."""
+        error = cls.__new__(cls)
+        CommandError.__init__(error, code, message, details)
+        return error
+
     def __repr__(self) -> str:
-        return f"CommandError({str(self.code)!r}, {self.message!r})"
+        return f"{type(self).__name__}({str(self.code)!r}, {self.message!r})"
 
     def __str__(self) -> str:
         return f"{self.code}: {self.message}"
@@ -52,29 +91,104 @@ class JournalError(MemoirError):
     """Storage failed or returned something that cannot be trusted."""
 
 
-class ConcurrencyConflict(JournalError):
-    """The entity's highest seq was not the one the writer expected: someone else wrote first."""
+# Typed command errors, one per wire code, so callers can `except Rejected:`.
+class Invalid(CommandError):
+    """The payload, an id or a header was malformed; the message names the field. Fix the request; do not retry it."""
+
+
+class Rejected(CommandError):
+    """The entity refused the command (its handler returned an error). Nothing was stored."""
+
+
+class UnknownCommand(CommandError):
+    """The entity type has no command of that name."""
+
+
+class UnknownEntityType(CommandError):
+    """No entity type of that name is hosted by the runtime that answered."""
+
+
+class Conflict(CommandError, JournalError):
+    """Another writer appended to the entity first; nothing was stored: retry with the same command id.
+
+    The journal raises it when the entity's highest seq is not `expected_seq`; `actual_seq` is the one
+    it found, if known. From an error reply, the entity and the seqs are in the message only (None here).
+    """
+
+    entity_type: str | None = None
+    entity_id: str | None = None
+    expected_seq: int | None = None
+    actual_seq: int | None = None
 
     def __init__(self, entity_type: str, entity_id: str, expected_seq: int, actual_seq: int | None = None) -> None:
         actual = "" if actual_seq is None else f", found {actual_seq}"
-        super().__init__(f"{entity_type}/{entity_id}: expected seq {expected_seq}{actual}")
+        super().__init__(ErrorCode.CONFLICT, f"{entity_type}/{entity_id}: expected seq {expected_seq}{actual}")
         self.entity_type = entity_type
         self.entity_id = entity_id
         self.expected_seq = expected_seq
         self.actual_seq = actual_seq
 
 
-class JournalUnavailable(JournalError):
-    """Storage cannot be reached or cannot take writes now (connection lost, disk full); retryable.
+class Overloaded(CommandError):
+    """Back-pressure: a full mailbox or queue, or the command waited past its sender's timeout. Retry later."""
+
+
+class Unavailable(CommandError, JournalError):
+    """Storage cannot be reached or cannot take writes now (connection lost, disk full); retry later.
 
     Whether a write that failed this way landed is unknown to the writer: the caller retries
     with the same command id, and the journal's command-id check makes the retry safe.
-    `reason` is short and names the fault for an operator: "storage full", "connection lost", ….
+    `reason` is short and names the fault for an operator: "storage full", "connection lost", …;
+    it travels in the reply's details.
     """
 
     def __init__(self, reason: str, detail: str = "") -> None:
-        super().__init__(f"{reason}: {detail}" if detail else reason)
+        super().__init__(ErrorCode.UNAVAILABLE, f"{reason}: {detail}" if detail else reason, {"reason": reason})
         self.reason = reason
+
+    @classmethod
+    def from_reply(cls, code: ErrorCode | str, message: str, details: Any = None) -> Self:
+        error = super().from_reply(code, message, details)
+        reason = details.get("reason") if isinstance(details, dict) else None
+        error.reason = reason if isinstance(reason, str) else str(code)
+        return error
+
+
+class Moved(CommandError):
+    """The entity is served by another process now (its shard moved); the NATS door routes it there.
+
+    A client sees it only if routing gave up, as `overloaded`: retry.
+    """
+
+    def __init__(self, entity_type: str, entity_id: str) -> None:
+        super().__init__(ErrorCode.OVERLOADED, f"{entity_type}/{entity_id} is moving to another process; retry")
+        self.entity_type = entity_type
+        self.entity_id = entity_id
+
+
+class Unauthorized(CommandError):
+    """No verified caller: a token was needed and missing, or it failed verification (the message says how)."""
+
+
+class Forbidden(CommandError):
+    """The caller is verified but the access rules do not let it send this command."""
+
+
+class InternalError(CommandError):
+    """A handler raised or storage failed in a way that is a bug or needs an operator; nothing was stored."""
+
+
+class EntityForgotten(CommandError):
+    """The entity was forgotten (its data key destroyed, crypto-shredding): its payloads are unreadable
+    and it takes no more commands. From an error reply, the entity is in the message only (None here)."""
+
+    entity_type: str | None = None
+    entity_id: str | None = None
+
+    def __init__(self, entity_type: str, entity_id: str) -> None:
+        super().__init__(ErrorCode.FORGOTTEN, f"{entity_type}/{entity_id} was forgotten: its data key is destroyed")
+        self.entity_type = entity_type
+        self.entity_id = entity_id
 
 
 class DuplicateCommand(JournalError):
@@ -113,67 +227,6 @@ class EventDecodeError(JournalError):
         self.reason = reason
 
 
-class ConfigError(MemoirError):
-    """A configuration value (URL, option, entity class) is wrong; the message names it."""
-
-
-# Typed command errors, one per wire code, so callers can `except Rejected:`.
-class Invalid(CommandError):
-    """The payload, an id or a header was malformed; the message names the field. Fix the request; do not retry it."""
-
-
-class Rejected(CommandError):
-    """The entity refused the command (its handler returned an error). Nothing was stored."""
-
-
-class UnknownCommand(CommandError):
-    """The entity type has no command of that name."""
-
-
-class UnknownEntityType(CommandError):
-    """No entity type of that name is hosted by the runtime that answered."""
-
-
-class Conflict(CommandError):
-    """Another writer appended to the entity first; retry with the same command id."""
-
-
-class Overloaded(CommandError):
-    """Back-pressure: a full mailbox or queue, or the command waited past its sender's timeout. Retry later."""
-
-
-class Unavailable(CommandError):
-    """Storage is unreachable or full; retry later with the same command id (it may have been stored)."""
-
-
-class Moved(CommandError):
-    """The entity is served by another process now (its shard moved); the NATS door routes it there.
-
-    A client sees it only if routing gave up, as `overloaded`: retry.
-    """
-
-    def __init__(self, entity_type: str, entity_id: str) -> None:
-        super().__init__(ErrorCode.OVERLOADED, f"{entity_type}/{entity_id} is moving to another process; retry")
-        self.entity_type = entity_type
-        self.entity_id = entity_id
-
-
-class Unauthorized(CommandError):
-    """No verified caller: a token was needed and missing, or it failed verification (the message says how)."""
-
-
-class Forbidden(CommandError):
-    """The caller is verified but the access rules do not let it send this command."""
-
-
-class InternalError(CommandError):
-    """A handler raised or storage failed in a way that is a bug or needs an operator; nothing was stored."""
-
-
-class ForgottenError(CommandError):
-    """The entity was forgotten (its data key destroyed, crypto-shredding); it takes no more commands."""
-
-
 _TYPED: dict[str, type[CommandError]] = {
     ErrorCode.INVALID: Invalid,
     ErrorCode.REJECTED: Rejected,
@@ -185,10 +238,10 @@ _TYPED: dict[str, type[CommandError]] = {
     ErrorCode.INTERNAL: InternalError,
     ErrorCode.UNAUTHORIZED: Unauthorized,
     ErrorCode.FORBIDDEN: Forbidden,
-    ErrorCode.FORGOTTEN: ForgottenError,
+    ErrorCode.FORGOTTEN: EntityForgotten,
 }
 
 
 def command_error(code: str, message: str, details: Any = None) -> CommandError:
     """The typed CommandError for a wire code (a plain CommandError for codes this version does not know)."""
-    return _TYPED.get(code, CommandError)(code, message, details)
+    return _TYPED.get(code, CommandError).from_reply(code, message, details)

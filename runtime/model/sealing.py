@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, TypeAlias
 
 import msgspec
 
-from .errors import MemoirError
+from .errors import SealError
 from .events import event
 
 MAGIC = b"\x00"
@@ -56,19 +56,6 @@ def _aesgcm() -> type[AESGCM]:
 
 def cipher(key: SealKey) -> AESGCM:
     return _aesgcm()(key) if isinstance(key, bytes) else key
-
-
-class SealError(MemoirError):
-    """A sealed payload does not open: tampered, truncated, moved, or sealed under another key."""
-
-
-class EntityForgotten(MemoirError):
-    """The entity's data key was destroyed: its payloads are unreadable and it takes no more commands."""
-
-    def __init__(self, entity_type: str, entity_id: str) -> None:
-        super().__init__(f"{entity_type}/{entity_id} was forgotten: its data key is destroyed")
-        self.entity_type = entity_type
-        self.entity_id = entity_id
 
 
 @event(name="memoir.Forgotten")

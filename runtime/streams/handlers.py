@@ -19,8 +19,8 @@ import msgspec
 from ..engine.keyring import KeyRing
 from ..model.entity import EntityModel, EventSourcedEntity, model_of
 from ..model.envelope import Envelope
-from ..model.errors import ConfigError
-from ..model.sealing import SealError, is_sealed
+from ..model.errors import ConfigError, SealError
+from ..model.sealing import is_sealed
 from ..model.timers import is_system
 from ..wire.protocol import check_name
 

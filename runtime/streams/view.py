@@ -44,9 +44,9 @@ from nats.js.errors import Error as JetStreamError
 from ..engine.keyring import KeyRing
 from ..journal.base import Journal
 from ..model.envelope import Envelope
-from ..model.errors import ConfigError, EventDecodeError, JournalError
+from ..model.errors import ConfigError, EventDecodeError, JournalError, SealError
 from ..model.events import spec_of
-from ..model.sealing import Forgotten, SealError, is_sealed
+from ..model.sealing import Forgotten, is_sealed
 from ..wire.protocol import H_POSITION, envelope_from_message
 from ._pull import delete_durable, first_above, stream_sequence
 from ._runner import StreamResolver, StreamRunner

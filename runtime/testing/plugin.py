@@ -30,7 +30,7 @@ from ..serve.service._service import Service
 from ..serve.service.client import Client
 from ..serve.service.embedded_nats import EmbeddedNats
 from .harness import served
-from .held import Held
+from .own_task import InOwnTask
 
 try:
     import pytest_asyncio
@@ -79,7 +79,7 @@ def memoir_prefix() -> str:
 @_async_fixture
 async def memoir_service(memoir_app: App, memoir_nats: EmbeddedNats, memoir_prefix: str) -> AsyncIterator[Service]:
     """memoir_app served on memoir_nats: runtime on a fresh memory journal, publisher, views, consumers."""
-    async with Held(served(memoir_app, memoir_nats.url, prefix=memoir_prefix), name="memoir_service") as svc:
+    async with InOwnTask(served(memoir_app, memoir_nats.url, prefix=memoir_prefix), name="memoir_service") as svc:
         yield svc
 
 
@@ -92,7 +92,7 @@ async def memoir_client(memoir_service: Service, memoir_nats: EmbeddedNats) -> A
 
 @_async_fixture
 async def _memoir_runtime_alone(memoir_app: App) -> AsyncIterator[Runtime]:
-    async with MemoryJournal() as journal, Held(Runtime(memoir_app, journal), name="memoir_runtime") as runtime:
+    async with MemoryJournal() as journal, InOwnTask(Runtime(memoir_app, journal), name="memoir_runtime") as runtime:
         yield runtime
 
 

@@ -18,7 +18,8 @@ import anyio
 import pytest
 
 from entities.inventory import InventoryItem
-from runtime import Client, EmbeddedNats, MemoryJournal, Runtime
+from runtime import Client, MemoryJournal, Runtime
+from runtime.serve.service import EmbeddedNats
 from runtime.serve.service.nats_door import NatsDoor
 from runtime.wire.nats import close_quietly, connect
 

@@ -14,7 +14,6 @@ from runtime import (
     Effect,
     Envelope,
     EventSourcedEntity,
-    KeyRing,
     MemoryJournal,
     Runtime,
     SealError,
@@ -25,7 +24,7 @@ from runtime import (
     history,
     model_of,
 )
-from runtime.engine.keyring import open_envelope, parse_master_key, seal_envelope
+from runtime.engine.keyring import KeyRing, open_envelope, parse_master_key, seal_envelope
 from runtime.model.sealing import new_key
 
 from .people import MARKER, Note, Person

@@ -9,9 +9,10 @@ import pytest
 from conftest import JournalFactory
 from crypto.people import MARKER, EmailChanged, Erased, Note, Person
 
-from runtime import CommandError, ConfigError, EntityTestKit, Journal, MemoryJournal, Runtime
+from runtime import CommandError, ConfigError, Journal, MemoryJournal, Runtime
 from runtime.engine.keyring import KeyRing
 from runtime.model.sealing import is_sealed, is_sealed_text
+from runtime.testing import EntityTestKit
 
 pytestmark = pytest.mark.anyio
 

@@ -23,7 +23,7 @@ from conftest import in_ci
 
 from runtime import Envelope
 from runtime.journal.sqlite import SqliteJournal
-from runtime.model.errors import JournalUnavailable
+from runtime.model.errors import Unavailable
 from runtime.streams.view_store import RawRows, SqliteViewStore
 
 pytestmark = pytest.mark.anyio
@@ -98,7 +98,7 @@ async def test_sqlite_journal_on_a_full_disk_says_so_and_recovers(tmp_path: Path
     with small_filesystem(tmp_path) as fs:
         db = fs / "journal.db"
         acked: list[Envelope] = []
-        full_errors: list[JournalUnavailable] = []
+        full_errors: list[Unavailable] = []
         async with SqliteJournal(db) as journal:
             heads = dict.fromkeys([f"e{i}" for i in range(8)], 0)
 
@@ -108,7 +108,7 @@ async def test_sqlite_journal_on_a_full_disk_says_so_and_recovers(tmp_path: Path
                 for entity in heads:
                     try:
                         stored = await journal.append([event(entity, heads[entity] + 1)], heads[entity])
-                    except JournalUnavailable as exc:
+                    except Unavailable as exc:
                         full_errors.append(exc)
                         refused += 1
                         continue

@@ -12,9 +12,9 @@ import anyio.lowlevel
 import pytest
 from conftest import ev
 
-from runtime import ConcurrencyConflict, Envelope, JournalError
+from runtime import Conflict, Envelope, JournalError
 from runtime.journal.jetstream import JetStreamJournal
-from runtime.model.errors import JournalUnavailable
+from runtime.model.errors import Unavailable
 from runtime.serve.service.embedded_nats import EmbeddedNats
 
 pytestmark = pytest.mark.anyio
@@ -44,9 +44,9 @@ async def test_appends_recover_within_2s_of_a_nats_restart_and_nothing_is_lost(t
             started = time.monotonic()
             try:
                 await journal.append([ev(entity_id, head + 1, payload)], head)
-            except (JournalUnavailable, ConcurrencyConflict) as exc:
+            except (Unavailable, Conflict) as exc:
                 slowest = max(slowest, time.monotonic() - started)
-                if isinstance(exc, JournalUnavailable):
+                if isinstance(exc, Unavailable):
                     unavailable.append(exc.reason)
                 await anyio.sleep(0.02)
                 try:  # did it land? ask the server for the entity's last event
@@ -55,7 +55,7 @@ async def test_appends_recover_within_2s_of_a_nats_restart_and_nothing_is_lost(t
                     continue  # still away: ask again on the next round
                 if stored and stored[0].payload == payload:
                     acknowledged[entity_id].append(payload)
-                    landed_unseen += isinstance(exc, JournalUnavailable)
+                    landed_unseen += isinstance(exc, Unavailable)
                     op += 1
                 head += len(stored)
                 continue
@@ -98,7 +98,7 @@ async def test_appends_recover_within_2s_of_a_nats_restart_and_nothing_is_lost(t
         f"stored {len(stored)}, stored twice {twice}, lost {lost}; {len(unavailable)} unavailable answers "
         f"({sorted(set(unavailable))}, {landed_unseen} of them stored after all); slowest append answer {slowest:.3f} s"
     )
-    assert unavailable, "the outage was seen as JournalUnavailable"
+    assert unavailable, "the outage was seen as Unavailable"
     assert recovery < 2.0, f"appends ok again {recovery:.2f} s after the restart"
     assert slowest < 5.0, "no append waits out a long ack timeout"
     assert lost == 0 and twice == 0

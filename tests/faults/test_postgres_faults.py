@@ -16,7 +16,7 @@ from conftest import POSTGRES_URL, need_postgres
 
 from runtime import Envelope
 from runtime.journal.postgres import PostgresJournal
-from runtime.model.errors import DuplicateCommand, JournalUnavailable
+from runtime.model.errors import DuplicateCommand, Unavailable
 from runtime.streams.view_store import PostgresViewStore, RawRows
 
 pytestmark = pytest.mark.anyio
@@ -91,7 +91,7 @@ async def test_journal_reconnects_after_its_backends_are_terminated_under_load(s
                             seq = stored[0].seq
                         except DuplicateCommand as dup:  # an earlier attempt landed after all
                             seq = dup.seq
-                        except JournalUnavailable as exc:
+                        except Unavailable as exc:
                             assert exc.reason == "connection lost", exc
                             unavailable += 1
                             await anyio.sleep(0.05)

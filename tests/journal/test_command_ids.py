@@ -13,7 +13,7 @@ import anyio
 import pytest
 from conftest import POSTGRES_URL, JournalFactory, ev, need_postgres
 
-from runtime import ConcurrencyConflict, Envelope, Journal
+from runtime import Conflict, Envelope, Journal
 from runtime.model.errors import DuplicateCommand
 
 pytestmark = pytest.mark.anyio
@@ -48,7 +48,7 @@ async def test_repeat_with_a_stale_expected_seq_is_a_duplicate_not_a_conflict(jo
     with pytest.raises(DuplicateCommand) as info:
         await journal.append(command("a", 1, 1, "once", b"9"), 0)  # decided on the state before "once"
     assert (info.value.seq, info.value.reply) == (1, b"7")
-    with pytest.raises(ConcurrencyConflict):  # a new id with the same stale seq is still a conflict
+    with pytest.raises(Conflict):  # a new id with the same stale seq is still a conflict
         await journal.append(command("a", 1, 1, "new", b"9"), 0)
     assert [e.command_id for e in await journal.read("thing", "a")] == ["once", "other"]
 
@@ -81,7 +81,7 @@ async def test_the_same_id_twice_in_one_concurrent_burst_is_stored_once(journal:
     async def send(entity_id: str, command_id: str, reply: bytes) -> None:
         try:
             outcomes.append((entity_id, await journal.append(command(entity_id, 1, 2, command_id, reply), 0)))
-        except (DuplicateCommand, ConcurrencyConflict) as exc:
+        except (DuplicateCommand, Conflict) as exc:
             outcomes.append((entity_id, exc))
 
     with anyio.fail_after(30):

@@ -11,7 +11,7 @@ import pytest
 from conftest import JournalFactory, ev
 
 from runtime import (
-    ConcurrencyConflict,
+    Conflict,
     EntityDeleted,
     Envelope,
     Journal,
@@ -51,10 +51,10 @@ async def test_append_assigns_increasing_positions_and_reads_back(journal: Journ
 async def test_wrong_expected_seq_is_a_conflict_and_stores_nothing(journal: Journal) -> None:
     await journal.append(evs("a", 1, 2), 0)
     before = await journal.last_position()
-    with pytest.raises(ConcurrencyConflict) as info:
+    with pytest.raises(Conflict) as info:
         await journal.append([ev("a", 2)], 1)
     assert info.value.expected_seq == 1 and info.value.entity_id == "a"
-    with pytest.raises(ConcurrencyConflict):
+    with pytest.raises(Conflict):
         await journal.append([ev("a", 1)], 0)  # a second "first" event
     assert await journal.last_position() == before
     assert [e.seq for e in await journal.read("thing", "a")] == [1, 2]
@@ -68,7 +68,7 @@ async def test_two_writers_with_the_same_expectation_one_wins(journal: Journal) 
         try:
             await journal.append([ev("a", 2, payload=f'"{tag}"'.encode())], 1)
             outcomes.append(tag)
-        except ConcurrencyConflict:
+        except Conflict:
             outcomes.append("conflict")
 
     async with anyio.create_task_group() as tg:
@@ -82,7 +82,7 @@ async def test_two_writers_with_the_same_expectation_one_wins(journal: Journal) 
 async def test_multi_event_append_is_all_or_nothing(journal: Journal) -> None:
     await journal.append(evs("a", 1, 3), 0)
     await journal.append([ev("b", 1)], 0)
-    with pytest.raises(ConcurrencyConflict):
+    with pytest.raises(Conflict):
         await journal.append(evs("a", 3, 3), 2)  # stale: none of the three may land
     assert await journal.head("thing", "a") == 3
     assert len(await journal.read("thing", "a")) == 3
@@ -118,7 +118,7 @@ async def test_read_all_is_ordered_and_gap_free_under_concurrent_writers(journal
                 try:
                     await journal.append(evs(entity, head + 1, 1 + i % 2), head)
                     break
-                except ConcurrencyConflict:
+                except Conflict:
                     await anyio.lowlevel.checkpoint()
 
     async with anyio.create_task_group() as tg:
@@ -185,7 +185,7 @@ async def test_deleting_events_never_lowers_the_head(journal: Journal) -> None:
     await journal.delete("thing", "a", to_seq=5)
     assert await journal.read("thing", "a") == []
     assert await journal.head("thing", "a") == 5
-    with pytest.raises(ConcurrencyConflict):
+    with pytest.raises(Conflict):
         await journal.append([ev("a", 1)], 0)  # seq 1 must never be reused
     await journal.append([ev("a", 6)], 5)
     assert [e.seq for e in await journal.read("thing", "a")] == [6]

@@ -12,7 +12,7 @@ import pytest
 from conftest import ev
 
 from entities.social import CountPosts, Post, PostsByAuthor, Profile
-from runtime import App, ConcurrencyConflict, ConfigError, Envelope
+from runtime import App, ConfigError, Conflict, Envelope
 from runtime.journal.jetstream import JetStreamJournal
 from runtime.model.errors import DuplicateCommand
 from runtime.serve.service._service import Service
@@ -29,7 +29,7 @@ async def test_the_server_refuses_a_stale_writers_atomic_batch(tmp_path: Path) -
     ):
         assert await two.head("thing", "x") == 0  # `two` now believes the subject is empty
         await one.append([ev("x", 1, b'"one"')], 0)
-        with pytest.raises(ConcurrencyConflict):  # passes two's own check; the server refuses it
+        with pytest.raises(Conflict):  # passes two's own check; the server refuses it
             await two.append([ev("x", 1, b'"two"'), ev("x", 2, b'"two"'), ev("x", 3, b'"two"')], 0)
         assert [e.payload for e in await one.read("thing", "x")] == [b'"one"']
         assert await one.last_position() == 1, "none of the batch was stored"
@@ -55,14 +55,14 @@ async def test_group_commit_one_stale_append_fails_alone(tmp_path: Path) -> None
         async def write(i: str) -> None:
             try:
                 results[i] = [e.seq for e in await one.append([ev(i, 2), ev(i, 3)], 1)]
-            except ConcurrencyConflict as exc:
+            except Conflict as exc:
                 results[i] = exc
 
         async with anyio.create_task_group() as tg:
             for i in ids:
                 tg.start_soon(write, i)
         assert one._writes.batches - batches < len(ids), "the appends were grouped"
-        assert isinstance(results.pop("e7"), ConcurrencyConflict)
+        assert isinstance(results.pop("e7"), Conflict)
         assert results == {i: [2, 3] for i in ids if i != "e7"}
         assert [e.payload for e in await one.read("thing", "e7")] == [b"{}", b'"two"']
         everything = await one.read_all(1, limit=1000)

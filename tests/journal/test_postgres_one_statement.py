@@ -10,7 +10,7 @@ import asyncpg
 import pytest
 from conftest import POSTGRES_URL, ev, need_postgres
 
-from runtime import ConcurrencyConflict
+from runtime import Conflict
 from runtime.journal.postgres import PostgresJournal
 from runtime.model.errors import DuplicateCommand, EntityDeleted
 
@@ -28,7 +28,7 @@ async def test_a_second_writer_invalidates_the_first_ones_remembered_heads() -> 
             await a.append([ev("z", 1)], 0)
             assert a._streams.heads  # the one-statement path is what the next appends take
             await b.append([ev("x", 3)], 2)  # behind a's back
-            with pytest.raises(ConcurrencyConflict) as info:
+            with pytest.raises(Conflict) as info:
                 await a.append([ev("x", 3)], 2)
             assert info.value.actual_seq == 3
             await a.append([ev("x", 4)], 3)  # a learned the head from the general path

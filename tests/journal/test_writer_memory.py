@@ -12,7 +12,7 @@ from __future__ import annotations
 import pytest
 from conftest import JournalFactory, ev
 
-from runtime import ConcurrencyConflict, Envelope, Journal
+from runtime import Conflict, Envelope, Journal
 
 pytestmark = pytest.mark.anyio
 
@@ -59,7 +59,7 @@ async def test_another_writers_append_is_seen_by_the_next_write(journal_factory:
         await mine.append([ev("a", 1)], 0)
         await mine.append([ev("a", 2)], 1)  # the writer now holds a's head
         await theirs.append([ev("a", 3)], 2)
-        with pytest.raises(ConcurrencyConflict):
+        with pytest.raises(Conflict):
             await mine.append([ev("a", 3)], 2)
         await mine.append([ev("a", 4)], 3)
         await mine.save_checkpoint("x", 1)  # a write that keeps the heads

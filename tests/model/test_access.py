@@ -83,7 +83,7 @@ async def test_the_runtime_checks_callers_from_outside_and_trusts_its_own() -> N
 
 
 def test_the_testkit_runs_commands_as_a_caller() -> None:
-    from runtime import EntityTestKit
+    from runtime.testing import EntityTestKit
 
     kit = EntityTestKit(BankAccount, "a").acting_as(ANN)
     assert kit.when("deposit", amount=3).events[0].by == "ann"  # type: ignore[attr-defined]
@@ -100,7 +100,8 @@ def test_a_wrong_allow_fails_where_it_is_written() -> None:
 async def test_the_test_harness_serves_with_a_verifier(tmp_path: Path) -> None:
     from serve.service.auth.mint import AUDIENCE, ISSUER, SECRET, claims, hs256
 
-    from runtime import Client, EmbeddedNats
+    from runtime import Client
+    from runtime.serve.service import EmbeddedNats
     from runtime.serve.service.auth import VerificationKey, Verifier
     from runtime.testing.harness import served
 

@@ -6,7 +6,7 @@ import msgspec
 import pytest
 
 from runtime import ConfigError, Effect, EventSourcedEntity, applies, command, model_of
-from runtime.model.testkit import EntityTestKit
+from runtime.testing import EntityTestKit
 
 pytestmark = pytest.mark.anyio
 

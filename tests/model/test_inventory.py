@@ -10,7 +10,7 @@ import pytest
 
 from entities.inventory import Adjusted, InventoryItem, Opened, Received, Sold, Stock
 from runtime import App, CommandError, Runtime, SqliteJournal, history, model_of
-from runtime.model.testkit import EntityTestKit
+from runtime.testing import EntityTestKit
 
 pytestmark = pytest.mark.anyio
 

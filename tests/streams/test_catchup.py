@@ -15,7 +15,7 @@ from crypto.people import EmailsView, app
 from nats.aio.client import Client as NATS
 
 from entities.social import Post, Published
-from runtime import Envelope, Journal, JournalUnavailable, Service, SqliteJournal, SqliteViewStore
+from runtime import Envelope, Journal, Service, SqliteJournal, SqliteViewStore, Unavailable
 from runtime.model.entity import model_of
 from runtime.serve.service.embedded_nats import EmbeddedNats
 from runtime.streams.handlers import on
@@ -234,7 +234,7 @@ class LosingJournal(SqliteJournal):
         if limit == 300:
             self.reads += 1
             if self.reads > 1:
-                raise JournalUnavailable("gone", "for this test")
+                raise Unavailable("gone", "for this test")
         return await super().read_all(from_position, limit)
 
 

@@ -1,4 +1,4 @@
-"""The pieces behind the pytest plugin, under anyio with a real nats-server: Held, served, caught_up."""
+"""The pieces behind the pytest plugin, under anyio with a real nats-server: InOwnTask, served, caught_up."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ import nats
 import pytest
 
 from entities.social import CountPosts, Post, PostsByAuthor, Profile, Published
-from runtime import App, Client, ConfigError, Consumer, Context, MemoryJournal, Rejected, Runtime, caught_up, on
+from runtime import App, Client, ConfigError, Consumer, Context, MemoryJournal, Rejected, Runtime, on
 from runtime.serve.service.embedded_nats import EmbeddedNats
-from runtime.testing import Held, served
+from runtime.testing import InOwnTask, caught_up, served
 
 pytestmark = pytest.mark.anyio
 
@@ -27,17 +27,17 @@ async def server(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Embe
         yield s
 
 
-# -- Held: what lets pytest-asyncio's setup and teardown, two tasks, hold one task group --------------
+# -- InOwnTask: what lets pytest-asyncio's setup and teardown, two tasks, share one task group ---------
 
 
-async def test_held_enters_and_exits_in_one_task_when_its_owner_uses_two() -> None:
+async def test_in_own_task_enters_and_exits_in_one_task_when_its_owner_uses_two() -> None:
     async with MemoryJournal() as journal:
-        held = Held(Runtime(App("a", entities=[Post]), journal))
-        # pytest-asyncio's shape: setup in one task, teardown in another; without Held, anyio
+        kept = InOwnTask(Runtime(App("a", entities=[Post]), journal))
+        # pytest-asyncio's shape: setup in one task, teardown in another; without InOwnTask, anyio
         # refuses to exit the runtime's task group from a task that did not enter it.
-        runtime = await asyncio.create_task(held.__aenter__())
+        runtime = await asyncio.create_task(kept.__aenter__())
         reply = await runtime.ask("post", "p1", "publish", {"author": "ann", "text": "hi"})
-        await asyncio.create_task(held.__aexit__(None, None, None))
+        await asyncio.create_task(kept.__aexit__(None, None, None))
     assert reply.seq == 1
     with pytest.raises(Exception, match="not running"):
         await runtime.ask("post", "p2", "publish", {"author": "ann", "text": "hi"})
@@ -50,20 +50,20 @@ async def _fails_on_entry() -> AsyncIterator[None]:
 
 
 @contextlib.asynccontextmanager
-async def _fails_while_held(started: list[str]) -> AsyncIterator[str]:
+async def _fails_while_open(started: list[str]) -> AsyncIterator[str]:
     started.append("in")
     yield "value"
     raise LookupError("broke on the way out")
 
 
-async def test_held_passes_errors_on_and_leaves_no_task_behind() -> None:
+async def test_in_own_task_passes_errors_on_and_leaves_no_task_behind() -> None:
     before = len(asyncio.all_tasks())
     with pytest.raises(LookupError, match="no such thing"):
-        async with Held(_fails_on_entry()):
+        async with InOwnTask(_fails_on_entry()):
             pass
     started: list[str] = []
     with pytest.raises(LookupError, match="broke on the way out"):
-        async with Held(_fails_while_held(started)) as value:
+        async with InOwnTask(_fails_while_open(started)) as value:
             assert value == "value"
     assert started == ["in"]
     assert len(asyncio.all_tasks()) == before
@@ -79,10 +79,10 @@ async def _slow_to_enter(started: asyncio.Event, left: list[str]) -> AsyncIterat
         left.append("cleaned up")
 
 
-async def test_held_cancelled_while_entering_stops_the_entering_task() -> None:
+async def test_in_own_task_cancelled_while_entering_stops_the_entering_task() -> None:
     before = len(asyncio.all_tasks())
     started, left = asyncio.Event(), list[str]()
-    entering = asyncio.create_task(Held(_slow_to_enter(started, left)).__aenter__())
+    entering = asyncio.create_task(InOwnTask(_slow_to_enter(started, left)).__aenter__())
     await started.wait()
     entering.cancel()
     with pytest.raises(asyncio.CancelledError):

@@ -18,20 +18,8 @@ from entities.social import (
     Registered,
     Removed,
 )
-from runtime import (
-    CommandError,
-    ConfigError,
-    Consumer,
-    ConsumerTestKit,
-    Context,
-    Envelope,
-    Rejected,
-    Rows,
-    SentCommand,
-    View,
-    ViewTestKit,
-    on,
-)
+from runtime import CommandError, ConfigError, Consumer, Context, Envelope, Rejected, Rows, View, on
+from runtime.testing import ConsumerTestKit, SentCommand, ViewTestKit
 
 pytestmark = pytest.mark.anyio
 

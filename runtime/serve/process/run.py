@@ -28,7 +28,7 @@ import structlog
 
 from ...journal import open_journal
 from ...model.app import App
-from ...model.errors import ConfigError, JournalUnavailable, MemoirError
+from ...model.errors import ConfigError, MemoirError, Unavailable
 from ...streams.publisher import StreamSettings
 from ...streams.view_store import open_view_store
 from ...wire.auth import NatsAuth
@@ -230,8 +230,8 @@ def storage_full(exc: BaseException, where: str = "the data directory") -> str |
     """One line naming a full disk, if that is what `exc` (or an error in its group or chain) is."""
     if isinstance(exc, BaseExceptionGroup):
         return next((m for e in exc.exceptions if (m := storage_full(e, where)) is not None), None)
-    if isinstance(exc, JournalUnavailable) and exc.reason == "storage full":
-        return str(exc)
+    if isinstance(exc, Unavailable) and exc.reason == "storage full":
+        return exc.message
     if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return f"storage full: {exc.filename or where}: {exc.strerror}"
     if getattr(exc, "err_code", None) == _JETSTREAM_NO_STORAGE:

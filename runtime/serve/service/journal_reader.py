@@ -27,8 +27,8 @@ from ...engine.runtime import Runtime
 from ...journal import Journal
 from ...model.app import App
 from ...model.envelope import Envelope
-from ...model.errors import CommandError
-from ...model.sealing import SealError, is_sealed
+from ...model.errors import CommandError, SealError
+from ...model.sealing import is_sealed
 
 
 class ForgetArgs(msgspec.Struct, forbid_unknown_fields=True):

@@ -13,10 +13,6 @@ import msgspec
 import pytest
 from conftest import JournalFactory
 from nats.aio.client import Client as NATS
-
-from entities.inventory import InventoryItem
-from entities.reservation import Reservation, ReservationStock
-from runtime import App, CommandError, EntityTestKit, Journal, Runtime, SqliteJournal
 from runtime.model.timers import (
     CANCELLED,
     MAX_DELAY,
@@ -26,10 +22,15 @@ from runtime.model.timers import (
     fire_command_id,
     schedule_op,
 )
+from runtime.streams.timers import TimerRelay, entity_timers, pending_timers
+
+from entities.inventory import InventoryItem
+from entities.reservation import Reservation, ReservationStock
+from runtime import App, CommandError, Journal, Runtime, SqliteJournal
 from runtime.serve.service._service import Service
 from runtime.serve.service.embedded_nats import EmbeddedNats
 from runtime.serve.service.metrics import Metrics
-from runtime.streams.timers import TimerRelay, entity_timers, pending_timers
+from runtime.testing import EntityTestKit
 from streams.helpers import eventually
 from streams.timers.clock import Clock
 

@@ -22,12 +22,12 @@ from typing import Any, Generic, TypeVar
 
 import msgspec
 
-from .access import Caller
-from .effect import Effect
-from .entity import EventSourcedEntity, model_of
-from .envelope import Envelope
-from .errors import CommandError, ConfigError
-from .timers import TimerOp
+from ..model.access import Caller
+from ..model.effect import Effect
+from ..model.entity import EventSourcedEntity, model_of
+from ..model.envelope import Envelope
+from ..model.errors import CommandError, ConfigError
+from ..model.timer_events import TimerOp
 
 S = TypeVar("S")
 

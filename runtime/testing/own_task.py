@@ -1,11 +1,11 @@
-"""An async context manager held open by a task of its own, for test fixtures.
+"""An async context manager kept open by a task of its own, for test fixtures.
 
 pytest-asyncio runs an async fixture's setup and its teardown as two separate tasks,
 but a task group (every Runtime and Service holds one) must be exited by the task
 that entered it — anyio refuses anything else. So the fixture's setup starts a task
 that enters the context manager and then waits; the teardown tells that task to
 leave and awaits it. The task is never left behind: `__aexit__` always joins it, and
-an error raised while the context was held comes out there.
+an error raised while the context was open comes out there.
 """
 
 from __future__ import annotations
@@ -18,10 +18,10 @@ from typing import Generic, TypeVar
 T = TypeVar("T")
 
 
-class Held(Generic[T]):
-    """`async with Held(cm) as value:` is `async with cm as value:`, with cm entered and exited in one task."""
+class InOwnTask(Generic[T]):
+    """`async with InOwnTask(cm) as value:` is `async with cm as value:`, with cm entered and exited in one task."""
 
-    def __init__(self, cm: AbstractAsyncContextManager[T], *, name: str = "memoir-held") -> None:
+    def __init__(self, cm: AbstractAsyncContextManager[T], *, name: str = "memoir-own-task") -> None:
         self._cm = cm
         self._name = name
         self._leave = asyncio.Event()
@@ -30,21 +30,21 @@ class Held(Generic[T]):
 
     async def __aenter__(self) -> T:
         entered = self._entered = asyncio.get_running_loop().create_future()
-        self._task = asyncio.create_task(self._hold(entered), name=self._name)
+        self._task = asyncio.create_task(self._keep(entered), name=self._name)
         try:
             return await asyncio.shield(entered)
         except BaseException:
             await self._join()  # entering failed, or we were cancelled meanwhile: nothing stays behind
             raise
 
-    async def _hold(self, entered: asyncio.Future[T]) -> None:
+    async def _keep(self, entered: asyncio.Future[T]) -> None:
         try:
             async with self._cm as value:
                 entered.set_result(value)
                 await self._leave.wait()
         except BaseException as exc:
             if entered.done():
-                raise  # an error while held: whoever leaves sees it
+                raise  # an error while open: whoever leaves sees it
             if isinstance(exc, asyncio.CancelledError):
                 entered.cancel()
             else:

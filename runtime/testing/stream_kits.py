@@ -31,11 +31,11 @@ import msgspec
 from ..model.entity import EntityModel, EventSourcedEntity, model_of
 from ..model.envelope import Envelope
 from ..model.errors import ConfigError
-from ..model.testkit import _run_sync
+from ..streams.consumer import Consumer, Context
+from ..streams.handlers import HandlerTable, Subscriber
+from ..streams.view import Rows, View
 from ..wire.protocol import Reply
-from .consumer import Consumer, Context
-from .handlers import HandlerTable, Subscriber
-from .view import Rows, View
+from .entity_kit import _run_sync
 
 if TYPE_CHECKING:
     from ..engine.runtime import Runtime
