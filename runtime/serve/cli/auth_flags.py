@@ -12,27 +12,31 @@ from ...wire.auth import NatsAuth
 
 __all__ = ["FLAGS", "NatsAuth", "add_flags", "from_args"]
 
-# flag -> (NatsAuth.from_env field, help)
+# flag -> (NatsAuth.from_env field, metavar, help)
 FLAGS = {
-    "--nats-user": ("user", "NATS user (its password: --nats-password-file or MEMOIR_NATS_PASSWORD)"),
-    "--nats-password-file": ("password_file", "file holding the NATS user's password"),
-    "--nats-token-file": ("token_file", "file holding a NATS token (or MEMOIR_NATS_TOKEN)"),
-    "--nats-nkey": ("nkey_file", "NATS user nkey seed file"),
-    "--nats-creds": ("creds_file", "NATS .creds file (user JWT and seed)"),
-    "--nats-ca": ("tls_ca", "CA certificate(s) that signed the NATS server's (PEM)"),
-    "--nats-cert": ("tls_cert", "TLS client certificate for NATS (PEM)"),
-    "--nats-key": ("tls_key", "its private key (PEM)"),
-    "--nats-server-name": ("tls_server_name", "the name on the NATS server's certificate, if not the URL's host"),
-    "--nats-inbox-prefix": ("inbox_prefix", "subject prefix of this connection's reply inboxes (default _INBOX)"),
+    "--nats-user": ("user", "USER", "NATS user (its password: --nats-password-file or MEMOIR_NATS_PASSWORD)"),
+    "--nats-password-file": ("password_file", "FILE", "file holding the NATS user's password"),
+    "--nats-token-file": ("token_file", "FILE", "file holding a NATS token (or MEMOIR_NATS_TOKEN)"),
+    "--nats-nkey": ("nkey_file", "FILE", "NATS user nkey seed file"),
+    "--nats-creds": ("creds_file", "FILE", "NATS .creds file (user JWT and seed)"),
+    "--nats-ca": ("tls_ca", "PEM", "CA certificate(s) that signed the NATS server's"),
+    "--nats-cert": ("tls_cert", "PEM", "TLS client certificate for NATS"),
+    "--nats-key": ("tls_key", "PEM", "its private key"),
+    "--nats-server-name": (
+        "tls_server_name",
+        "NAME",
+        "the name on the server's certificate, if not the URL's host",
+    ),
+    "--nats-inbox-prefix": ("inbox_prefix", "PREFIX", "subject prefix of this connection's reply inboxes (_INBOX)"),
 }
 
 
 def add_flags(group: argparse._ArgumentGroup) -> None:
     """The flags; each is also a MEMOIR_NATS_* variable (see `runtime.wire.auth.ENV`)."""
-    for flag, (dest, text) in FLAGS.items():
-        group.add_argument(flag, dest=f"auth_{dest}", metavar="FILE" if "file" in dest else None, help=text)
+    for flag, (dest, metavar, text) in FLAGS.items():
+        group.add_argument(flag, dest=f"auth_{dest}", metavar=metavar, help=text)
 
 
 def from_args(args: argparse.Namespace) -> NatsAuth:
     """Flags over MEMOIR_NATS_* variables: how to reach an external NATS (and a nats:// journal)."""
-    return NatsAuth.from_env(**{dest: getattr(args, f"auth_{dest}", None) for dest, _ in FLAGS.values()})
+    return NatsAuth.from_env(**{dest: getattr(args, f"auth_{dest}", None) for dest, _, _ in FLAGS.values()})

@@ -50,8 +50,8 @@ def test_send_with_a_token_and_see_who_did_what(tmp_path: Path, monkeypatch: pyt
         )
 
         events = rt.cli("events", "inventory", "X")
-        lines = events.stdout.strip().splitlines()
-        assert len(lines) == 2, events.stdout
+        header, *lines = events.stdout.strip().splitlines()
+        assert header.split()[2:4] == ["PRINCIPAL", "EVENT"] and len(lines) == 2, events.stdout
         assert lines[0].split()[2:4] == ["ann", "Opened"] and lines[1].split()[2:4] == ["bob", "Received"]
         as_json = [json.loads(x) for x in rt.cli("events", "inventory", "X", "--json").stdout.splitlines()]
         assert [e["principal"] for e in as_json] == ["ann", "bob"]

@@ -21,12 +21,13 @@ def test_send_events_state_query_as_the_readme_shows(runtime_process: RunningRun
 
     sent = rt.cli("send", "inventory", "XYZ-1", "open", OPEN)
     assert sent.returncode == 0, sent.stderr
-    assert sent.stdout.strip() == "100 (seq 1)"
+    assert sent.stdout.splitlines() == ["SEQ  RESULT", "1    100"]
     assert rt.cli("send", "inventory", "XYZ-1", "receive", '{"units": 100, "on": "2022-03-01"}').returncode == 0
 
     events = rt.cli("events", "inventory", "XYZ-1")
     assert events.returncode == 0
-    lines = events.stdout.strip().splitlines()
+    header, *lines = events.stdout.strip().splitlines()
+    assert header.split() == ["SEQ", "RECORDED", "PRINCIPAL", "EVENT", "PAYLOAD"]
     assert len(lines) == 2 and "Opened" in lines[0] and '"units":100' in lines[0] and "Received" in lines[1]
 
     as_json = [json.loads(x) for x in rt.cli("events", "inventory", "XYZ-1", "--json").stdout.splitlines()]
@@ -53,13 +54,17 @@ def test_send_events_state_query_as_the_readme_shows(runtime_process: RunningRun
             rows = json.loads(q.stdout)
             break
     assert rows == {"author": "ann", "posts": 1, "latest": "p1"}
+    scanned = rt.cli("query", "posts_by_author")
+    assert scanned.stdout.splitlines() == ["KEY  AUTHOR  POSTS  LATEST", "ann  ann     1      p1"]
+    as_lines = [json.loads(x) for x in rt.cli("query", "posts_by_author", "--json").stdout.splitlines()]
+    assert as_lines == [{"key": "ann", "row": {"author": "ann", "posts": 1, "latest": "p1"}}]
 
     exported = [json.loads(x) for x in rt.cli("export").stdout.splitlines()]
     assert [e["position"] for e in exported] == list(range(1, len(exported) + 1))
 
     assert rt.stop(signal.SIGTERM) == 0, "a graceful shutdown exits 0"
     # Nothing was lost by the shutdown: the history is all there, read straight from the journal.
-    assert len(rt.cli("events", "inventory", "XYZ-1").stdout.strip().splitlines()) == 2
+    assert len(rt.cli("events", "inventory", "XYZ-1").stdout.strip().splitlines()) == 1 + 2  # the header, two events
 
 
 @pytest.mark.parametrize(

@@ -23,11 +23,11 @@ from pathlib import Path
 
 import anyio
 import pytest
-from conftest import POSTGRES_URL, in_ci, postgres_reachable
+from support.ci import in_ci
+from support.postgres import POSTGRES_URL, postgres_reachable
+from support.process import MEMOIR, ROOT, RunningRuntime
 
 from runtime.serve.cli.main import parser
-
-from ..conftest import MEMOIR, ROOT, RunningRuntime
 
 # The console script, as a user runs it: unlike `python -m`, it does not put the working directory on sys.path.
 SCRIPT = shutil.which("memoir", path=str(Path(sys.executable).parent)) or "memoir"
@@ -257,7 +257,7 @@ def test_a_stopped_runtime_is_named_and_its_data_dir_still_knows_its_app_and_jou
     assert state.returncode == 0, state.stderr
     assert json.loads(state.stdout) == {"seq": 2, "state": {"total": 5, "times": 2}}
     events = memoir(tmp_path, "events", "counter", "c1", "--data-dir", str(data))
-    assert events.returncode == 0 and len(events.stdout.splitlines()) == 2
+    assert events.returncode == 0 and len(events.stdout.splitlines()) == 1 + 2  # the header, two events
 
     # The runtime is gone: said at once, with what to do (no wait for a reply that cannot come).
     sent = memoir(tmp_path, "send", "counter", "c1", "add", '{"n": 1}', "--data-dir", str(data))

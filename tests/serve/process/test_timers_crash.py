@@ -9,13 +9,12 @@ from collections import Counter
 import anyio
 import msgspec
 import pytest
-from streams.helpers import journal_events
+from support.process import RunningRuntime
+from support.reading import journal_events
 
 from runtime import SqliteJournal
-from runtime.model.timers import SCHEDULED
+from runtime.model.timer_events import SCHEDULED
 from runtime.serve.service.client import Client
-
-from ..conftest import RunningRuntime
 
 pytestmark = pytest.mark.anyio
 
@@ -38,7 +37,13 @@ async def test_timers_survive_sigkill_and_fire_once_never_early(sagas_process: R
             for _ in range(CLIENTS):
                 tg.start_soon(hold)
     listed = rt.cli("timers", "reservation", "r0")
-    assert listed.returncode == 0 and listed.stdout.startswith("expire") and "reservation/r0 expire" in listed.stdout
+    header, row = listed.stdout.splitlines()
+    assert (
+        listed.returncode == 0
+        and header.startswith("NAME")
+        and row.startswith("expire")
+        and "reservation/r0 expire" in row
+    )
     assert rt.stop(signal.SIGKILL) == -signal.SIGKILL  # every hold acknowledged; none due yet
 
     rt.start()
@@ -50,7 +55,7 @@ async def test_timers_survive_sigkill_and_fire_once_never_early(sagas_process: R
                 if released == TIMERS and stock == 5_000:
                     break
                 await anyio.sleep(0.5)
-    assert "no pending timers" in rt.cli("timers", "reservation", "r0").stderr
+    assert "no pending timers" in rt.cli("timers", "reservation", "r0").stdout
     assert rt.stop() == 0
 
     async with SqliteJournal(rt.data / "journal.db") as journal:

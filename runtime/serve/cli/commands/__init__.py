@@ -1,0 +1,11 @@
+"""The `memoir` subcommands, one module per command group, each with an `add(sub)` that builds its
+parsers and the async functions that run them. `GROUPS` is the order --help lists them: add a new
+module here."""
+
+from __future__ import annotations
+
+from . import cluster, demo, export, forget, history, run, schema, send, timers, views
+
+GROUPS = [run, send, history, timers, views, export, forget, cluster, schema, demo]
+
+__all__ = ["GROUPS", "cluster", "demo", "export", "forget", "history", "run", "schema", "send", "timers", "views"]
