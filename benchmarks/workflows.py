@@ -18,7 +18,7 @@ import msgspec
 
 from entities.bank import Account, Transfer
 from runtime import App, Effect, EventSourcedEntity, Journal, SqliteJournal, applies, command
-from runtime.model.timers import SCHEDULED
+from runtime.model.timer_events import SCHEDULED
 from runtime.serve.process.tuning import tune_gc, tune_nats
 from runtime.serve.service._service import Service
 from runtime.serve.service.client import Client

@@ -53,7 +53,7 @@ from ..model.errors import (
     Unavailable,
 )
 from ..model.sealing import SealKey
-from ..model.timers import encode_op, is_system
+from ..model.timer_events import encode_op, is_system
 from ..wire.protocol import Reply
 from . import shredding
 from .keyring import KeyRing, open_envelope, open_reply, open_snapshot, seal_envelope, seal_snapshot

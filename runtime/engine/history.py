@@ -19,7 +19,7 @@ from ..model.entity import EntityModel
 from ..model.envelope import Envelope, SnapshotBody
 from ..model.errors import ConfigError
 from ..model.sealing import SealKey
-from ..model.timers import decode_op, is_system
+from ..model.timer_events import decode_op, is_system
 from .keyring import KeyRing, open_envelope, open_snapshot
 
 PAGE = 1000

@@ -14,7 +14,7 @@ from typing import Any, Generic, TypeVar
 import msgspec
 
 from .errors import CommandError, ErrorCode
-from .timers import TimerCancelled, TimerOp, check_timer_name, schedule_op
+from .timer_events import TimerCancelled, TimerOp, check_timer_name, schedule_op
 
 R = TypeVar("R")
 S = TypeVar("S")
@@ -39,7 +39,7 @@ class Effect(Generic[R]):
         self.delete_entity = delete_entity
         self.forget_entity = False
         self._reply: Any = _NO_REPLY
-        self.timers: list[TimerOp] = []  # stored with the events, atomically (see model/timers.py)
+        self.timers: list[TimerOp] = []  # stored with the events, atomically (see model/timer_events.py)
 
     def reply(self, value: R | Callable[[Any], R]) -> Effect[R]:
         """Answer with `value`, or with `value(new_state)` if it is callable."""

@@ -49,7 +49,7 @@ from .backoff import Backoff
 from .effect import Effect
 from .entity import EventSourcedEntity, applies, command
 from .errors import CommandError, ConfigError, ErrorCode
-from .timers import TimerCancelled, TimerOp, TimerScheduled
+from .timer_events import TimerCancelled, TimerOp, TimerScheduled
 
 S = TypeVar("S")
 F = TypeVar("F", bound=Callable[..., Any])

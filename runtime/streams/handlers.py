@@ -21,7 +21,7 @@ from ..model.entity import EntityModel, EventSourcedEntity, model_of
 from ..model.envelope import Envelope
 from ..model.errors import ConfigError, SealError
 from ..model.sealing import is_sealed
-from ..model.timers import is_system
+from ..model.timer_events import is_system
 from ..wire.protocol import check_name
 
 F = TypeVar("F", bound=Callable[..., Any])

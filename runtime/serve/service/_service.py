@@ -33,7 +33,7 @@ from ...model.errors import ConfigError
 from ...streams._runner import StreamResolver, event_streams
 from ...streams.consumer import ConsumerRunner, ensure_dead_letter_stream
 from ...streams.publisher import Publisher, StreamSettings, ensure_stream
-from ...streams.timers import TimerStats
+from ...streams.timer_firing import TimerStats
 from ...streams.view import ViewQuery, ViewRunner
 from ...streams.view_store import MemoryViewStore, PostgresViewStore, ViewStore
 from ...wire.auth import NatsAuth

@@ -17,7 +17,7 @@ from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
 from ...engine.runtime import Runtime
 from ...journal import Journal
 from ...streams.publisher import StreamSettings
-from ...streams.timers import Send, TimerFirer, TimerRelay, TimerStats, ask_sender, timer_stream_config
+from ...streams.timer_firing import Send, TimerFirer, TimerRelay, TimerStats, ask_sender, timer_stream_config
 from ...wire.nats import ensure_stream
 from ...wire.protocol import Reply
 from .client import Client

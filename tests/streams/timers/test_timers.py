@@ -13,7 +13,7 @@ import msgspec
 import pytest
 from conftest import JournalFactory
 from nats.aio.client import Client as NATS
-from runtime.model.timers import (
+from runtime.model.timer_events import (
     CANCELLED,
     MAX_DELAY,
     SCHEDULED,
@@ -22,7 +22,7 @@ from runtime.model.timers import (
     fire_command_id,
     schedule_op,
 )
-from runtime.streams.timers import TimerRelay, entity_timers, pending_timers
+from runtime.streams.timer_firing import TimerRelay, entity_timers, pending_timers
 
 from entities.inventory import InventoryItem
 from entities.reservation import Reservation, ReservationStock

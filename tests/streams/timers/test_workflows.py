@@ -33,10 +33,10 @@ from runtime import (
     on,
     step,
 )
-from runtime.model.timers import TimerCancelled, TimerScheduled
+from runtime.model.timer_events import TimerCancelled, TimerScheduled
 from runtime.model.workflow import MAX_STEPS_PER_TURN
 from runtime.serve.service.embedded_nats import EmbeddedNats
-from runtime.streams.timers import entity_timers, timer_op
+from runtime.streams.timer_firing import entity_timers, timer_op
 from streams.helpers import eventually, journal_events
 from streams.timers.clock import Clock
 from streams.timers.flows import Flow

@@ -18,7 +18,7 @@ import msgspec
 from ....model.app import App
 from ....model.entity import model_of
 from ....model.events import spec_of
-from ....model.timers import CANCELLED, SCHEDULED, TimerCancelled, TimerScheduled
+from ....model.timer_events import CANCELLED, SCHEDULED, TimerCancelled, TimerScheduled
 from ....wire.protocol import (
     H_CAUSATION_ID,
     H_COMMAND_ID,

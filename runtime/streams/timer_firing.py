@@ -1,6 +1,6 @@
 """Firing timers: a relay from the journal, JetStream message schedules, and a firer into the runtime.
 
-The journal is the source of truth (a timer is an event, model/timers.py); this module fires them.
+The journal is the source of truth (a timer is an event, model/timer_events.py); this module fires them.
 
 - `TimerRelay` tails the journal by position, like the outbox publisher. A timer due within
   its horizon (30 s) is held in memory and fired at its time; the relay's checkpoint stays
@@ -41,7 +41,7 @@ from ..journal.base import Journal
 from ..model.backoff import Backoff
 from ..model.envelope import Envelope
 from ..model.errors import CommandError, ErrorCode
-from ..model.timers import (
+from ..model.timer_events import (
     CANCELLED,
     SCHEDULED,
     PendingTimer,
@@ -53,7 +53,7 @@ from ..model.timers import (
 )
 from ..model.workflow import wake_op
 from ..wire.protocol import Reply
-from ..wire.timers import (
+from ..wire.timer_subjects import (
     H_GENERATION,
     H_SCHEDULE,
     H_SCHEDULE_TARGET,
