@@ -42,6 +42,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import api
 
+from ..model.backoff import Backoff
 from ..model.envelope import Envelope
 from ..model.errors import CommandError, ErrorCode
 from ..model.sealing import is_sealed
@@ -185,7 +186,7 @@ class ConsumerRunner(StreamRunner):
                 return
             if attempt < self.consumer.max_attempts:
                 self.retried += 1
-                delay = self.consumer.backoff * 2 ** (attempt - 1)
+                delay = Backoff(self.consumer.backoff).at(attempt)
                 log.warning(
                     "consumer handler failed; will retry",
                     consumer=self.consumer.name,
