@@ -8,7 +8,12 @@ counted, logged, and, for a subscription that asked for it (`answer_undecodable`
 when the reply subject can be read. Header values that are not UTF-8 arrive with their bad
 bytes as lone surrogates (`surrogateescape`), not U+FFFD as in nats-py: two different bad
 command ids must not read as one, and a reader can tell them apart from real text
-(`protocol.readable`).
+(`protocol.readable`). Anything else nats-py raises on one message is dropped and counted
+the same way, as are the messages it drops as a slow consumer (a subscription's pending limits).
+
+For nats-py upstream: `Client._build_message` and `_process_headers` decode with strict UTF-8
+inside `_read_loop`, whose catch-all logs and exits without closing or reconnecting;
+`Msg.respond` sends the request's headers back with the reply.
 """
 
 from __future__ import annotations
@@ -58,8 +63,12 @@ class GuardedClient(NATS):
 
     def __init__(self) -> None:
         super().__init__()
-        self.dropped = 0  # messages nats-py could not have read: subject or reply not UTF-8, a bad header block
+        self.dropped = 0  # messages not delivered: not UTF-8, a header block nats-py chokes on, a full buffer
         self._answers: dict[int, bytes] = {}  # sid -> what to answer such a message when its reply reads
+
+    def slow_consumer(self, exc: Exception) -> None:
+        """nats-py dropped a message: the subscription's buffer was full (its pending limits)."""
+        self._dropped("NATS message dropped: the subscription's buffer is full (slow consumer)", b"", b"", exc)
 
     def answer_undecodable(self, sub: Any, body: bytes) -> None:
         """Answer `body` to a message for `sub` whose subject is not UTF-8 but whose reply is."""

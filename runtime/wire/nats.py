@@ -22,7 +22,7 @@ import msgspec
 import structlog
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
-from nats.errors import AuthorizationError, InvalidUserCredentialsError, NoRespondersError
+from nats.errors import AuthorizationError, InvalidUserCredentialsError, NoRespondersError, SlowConsumerError
 from nats.errors import Error as NatsError
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import api
@@ -164,8 +164,10 @@ class _Connection:
 
     async def on_error(self, exc: Exception) -> None:
         """Instead of nats-py's default, which prints each error with a traceback."""
-        if self.nc is not None:
-            return  # once connected, the disconnect and reconnect callbacks tell it
+        if self.nc is not None:  # once connected, the disconnect and reconnect callbacks tell it
+            if isinstance(exc, SlowConsumerError) and isinstance(self.nc, GuardedClient):
+                self.nc.slow_consumer(exc)
+            return
         self.errors.append(exc)
         if _auth_error(exc) or isinstance(exc, ssl.SSLError):
             raise _GiveUp  # out of nats-py's retry loop, leaving the socket for close() in connect

@@ -36,6 +36,7 @@ from ..model.errors import CommandError, ConfigError, ErrorCode, command_error
 _SAFE = "-_~:@!$&'()+,;="
 _NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _PREFIX = re.compile(r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$")
+_TRACE_ID = re.compile(r"[0-9a-f]{32}")
 
 H_SEQ = "Memoir-Seq"
 H_POSITION = "Memoir-Position"
@@ -53,6 +54,7 @@ H_PRINCIPAL = "Memoir-Principal"  # on an event: the subject of the caller whose
 
 MAX_ID_LENGTH = 256  # entity ids, in characters
 MAX_HEADER_ID = 256  # command, correlation and causation ids, in characters
+MAX_HEADER_BYTES = 16 * 1024  # a command's whole header block (a bearer token fits many times over)
 
 
 @functools.lru_cache(maxsize=65536)
@@ -62,7 +64,20 @@ def token(entity_id: str) -> str:
 
 
 def untoken(tok: str) -> str:
-    return unquote(tok)
+    """`token` undone; a UnicodeDecodeError (a ValueError) if the escapes are not UTF-8: `%FF` and
+    `%FE` must not both read as U+FFFD, one id."""
+    return unquote(tok, errors="strict")
+
+
+def readable(text: str) -> bool:
+    """Whether text came as valid UTF-8: `GuardedClient` keeps a header's bad bytes as lone surrogates."""
+    if text.isascii():
+        return True
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def check_name(kind: str, name: str) -> str:
@@ -92,7 +107,13 @@ def parse_command_subject(subject: str, prefix_tokens: int) -> tuple[str, str, s
             " into one token",
         )
     entity_type, tok, command = parts
-    return entity_type, check_entity_id(untoken(tok)), command
+    try:
+        entity_id = untoken(tok)
+    except UnicodeDecodeError:
+        raise CommandError(
+            ErrorCode.INVALID, f"entity id {tok[:60]!r} is not valid UTF-8 once percent-decoded"
+        ) from None
+    return entity_type, check_entity_id(entity_id), command
 
 
 def check_entity_id(entity_id: object) -> str:
@@ -258,6 +279,17 @@ def decode_answer(data: bytes) -> Answer:
         raise ValueError(f"unreadable reply {data[:200]!r}: {exc}") from None
 
 
+def check_headers(headers: Mapping[str, str]) -> None:
+    """A command's headers: every value valid UTF-8, MAX_HEADER_BYTES in all, or `invalid` naming the header."""
+    size = 0
+    for name, value in headers.items():
+        if not readable(value):
+            raise CommandError(ErrorCode.INVALID, f"header {name} is not valid UTF-8")
+        size += len(name) + len(value) + 4
+    if size > MAX_HEADER_BYTES:
+        raise CommandError(ErrorCode.INVALID, f"headers are {size} bytes, the limit is {MAX_HEADER_BYTES}")
+
+
 def header_id(headers: Mapping[str, Any], name: str) -> str | None:
     """A command, correlation or causation id header: 1-MAX_HEADER_ID printable characters, or `invalid`."""
     raw = headers.get(name)
@@ -290,7 +322,7 @@ def header_timeout(headers: Mapping[str, Any]) -> float | None:
 def trace_id(traceparent: str | None) -> str | None:
     """The trace id of a W3C `traceparent` (version-traceid-parentid-flags): the part that spans services."""
     parts = (traceparent or "").split("-")
-    return parts[1] if len(parts) == 4 and len(parts[1]) == 32 else None
+    return parts[1] if len(parts) == 4 and _TRACE_ID.fullmatch(parts[1]) else None
 
 
 def command_headers(

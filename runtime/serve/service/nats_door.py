@@ -25,6 +25,15 @@ on. The owner checks ownership again inside the entity's turn
 (`Runtime(admits=…)`); a command that finds its entity moved is passed on again
 once the lease map names the next owner. Clients never see a hand-off.
 
+What another NATS client can send is bounded before it costs memory: a payload over
+`max_payload` is answered `invalid` on arrival, never queued; the queue holds at most
+`max_queued_bytes` of payloads (then `overloaded`), and nats-py's buffer in front of it as
+much (beyond that nats-py drops messages as a slow consumer, logged and counted). A subject,
+reply subject or header that is not UTF-8, a header block over `MAX_HEADER_BYTES`, is
+`invalid` (or dropped, with no reply subject to answer). A reply carries the answer alone,
+never the request's headers (nats-py's `Msg.respond` echoes them: a bearer token included,
+to an inbox other clients may share).
+
 With a `Verifier` the `Authorization` header is checked before anything else of the command
 (`auth.py`); a bad token is `unauthorized` whatever the rules. Every command from here carries
 a caller (`ANONYMOUS` without a token), so the app's access rules apply to all of them.
@@ -51,6 +60,7 @@ from nats.errors import TimeoutError as NatsTimeoutError
 from ...engine.runtime import Runtime
 from ...model.access import ANONYMOUS
 from ...model.errors import CommandError, ErrorCode, Moved
+from ...wire._guard import GuardedClient
 from ...wire.protocol import (
     H_AUTHORIZATION,
     H_COMMAND_ID,
@@ -58,6 +68,7 @@ from ...wire.protocol import (
     H_TIMEOUT,
     H_TRACEPARENT,
     Reply,
+    check_headers,
     encode_error,
     encode_reply,
     header_id,
@@ -90,6 +101,9 @@ class Router(Protocol):
         """Return once the entity's owner is no longer `owner` as this process sees it, or after `timeout`."""
 
 
+_AT_CAPACITY = encode_error(CommandError(ErrorCode.OVERLOADED, "the runtime is at capacity"))
+_UNDECODABLE = encode_error(CommandError(ErrorCode.INVALID, "subject is not valid UTF-8"))
+
 Observer = Callable[[str, str, str, float], None]
 """Called after each command: (entity type, command, outcome code or "ok", seconds)."""
 
@@ -107,6 +121,7 @@ class NatsDoor:
         workers: int = 256,
         backlog: int = 4096,
         max_payload: int = 1024 * 1024,
+        max_queued_bytes: int = 64 * 1024 * 1024,
         observe: Observer | None = None,
         router: Router | None = None,
         verifier: Verifier | None = None,
@@ -118,6 +133,8 @@ class NatsDoor:
         self.queue = queue
         self.workers = workers
         self.max_payload = max_payload
+        self.max_queued_bytes = max_queued_bytes
+        self.queued_bytes = 0  # payloads waiting for a worker
         self.observe = observe
         self.router = router
         self.forwarded = 0
@@ -136,9 +153,22 @@ class NatsDoor:
             for _ in range(self.workers):
                 tg.start_soon(self._worker)
             if self.router is not None:  # before the shared subject: forwards may come as soon as we are seen
-                self._fwd_sub = await self.nc.subscribe(self._fwd_subject(self.router.member) + ".>", cb=self._enqueue)
-            self._sub = await self.nc.subscribe(f"{self.prefix}.cmd.>", queue=self.queue, cb=self._enqueue)
+                self._fwd_sub = await self._subscribe(self._fwd_subject(self.router.member) + ".>", "")
+            self._sub = await self._subscribe(f"{self.prefix}.cmd.>", self.queue)
             task_status.started()
+
+    async def _subscribe(self, subject: str, queue: str) -> Any:
+        """With nats-py's buffer bounded (a flood of big messages is a slow consumer, not memory)."""
+        sub = await self.nc.subscribe(
+            subject,
+            queue=queue,
+            cb=self._enqueue,
+            pending_msgs_limit=self._queue.maxsize,
+            pending_bytes_limit=self.max_queued_bytes,
+        )
+        if isinstance(self.nc, GuardedClient):
+            self.nc.answer_undecodable(sub, _UNDECODABLE)
+        return sub
 
     def serving(self) -> bool:
         """Subscribed and taking commands (for readiness probes)."""
@@ -170,13 +200,24 @@ class NatsDoor:
     async def _enqueue(self, msg: Msg) -> None:
         if self._closed:
             return  # shutting down: the client times out and may retry elsewhere
+        size = len(msg.data)
+        if size > self.max_payload:  # answered now: never held while it waits for a worker
+            why = f"payload is {size} bytes, the limit is {self.max_payload}"
+            await self._respond(msg, encode_error(CommandError(ErrorCode.INVALID, why)))
+            return
+        if self.queued_bytes + size > self.max_queued_bytes:
+            await self._respond(msg, _AT_CAPACITY)
+            return
         try:
             self._queue.put_nowait((msg, time.monotonic()))
         except asyncio.QueueFull:
-            await self._respond(msg, encode_error(CommandError(ErrorCode.OVERLOADED, "the runtime is at capacity")))
+            await self._respond(msg, _AT_CAPACITY)
+            return
+        self.queued_bytes += size
 
     async def _worker(self) -> None:
         while (item := await self._queue.get()) is not None:
+            self.queued_bytes -= len(item[0].data)
             await self._serve(*item)
 
     def _fwd_subject(self, member: str) -> str:
@@ -197,11 +238,8 @@ class NatsDoor:
         try:
             subject, hops = self._command_subject(msg)
             entity_type, entity_id, command = parse_command_subject(subject, self._prefix_tokens)
-            if len(msg.data) > self.max_payload:
-                raise CommandError(
-                    ErrorCode.INVALID, f"payload is {len(msg.data)} bytes, the limit is {self.max_payload}"
-                )
             headers = msg.headers or {}
+            check_headers(headers)
             caller = ANONYMOUS if self.verifier is None else self.verifier.verify(headers.get(H_AUTHORIZATION))
             timeout = header_timeout(headers)
             deadline = None if timeout is None else arrived + timeout
@@ -301,9 +339,10 @@ class NatsDoor:
         raise Moved(entity_type, entity_id)
 
     async def _respond(self, msg: Msg, body: bytes) -> None:
+        """The answer alone: not `msg.respond`, which sends the request's headers back with it."""
         if not msg.reply:
             return  # a publish, not a request: nobody to answer
         try:
-            await msg.respond(body)
+            await self.nc.publish(msg.reply, body)
         except NatsError as exc:
             log.warning("reply not sent", subject=msg.subject, error=str(exc))
