@@ -15,7 +15,7 @@ import pytest
 from runtime import App, Consumer, Context, Service, SqliteJournal, SqliteViewStore, on
 from runtime.model.sealing import is_sealed
 from runtime.serve.cli.main import main
-from runtime.serve.process.datadir import hold
+from runtime.serve.process.datadir import lock_data_dir
 from runtime.serve.service.admin import Admin
 from runtime.serve.service.embedded_nats import EmbeddedNats
 from runtime.wire.protocol import stream_name
@@ -155,7 +155,7 @@ async def test_forget_over_nats_then_views_streams_and_exports(
         conn.execute("UPDATE events SET payload=? WHERE position=2", (payload,))
 
     # --offline refuses while a runtime holds the data dir; with none running it forgets on the journal itself
-    with hold(tmp_path / "data", "a runtime"):
+    with lock_data_dir(tmp_path / "data", "a runtime"):
         code, out, err = await _cli(capsys, "forget", "person", "bob", "--offline", *where)
     assert code == 2 and "memoir: locked:" in err
     code, out, err = await _cli(capsys, "forget", "person", "bob", "--offline", *where)

@@ -86,7 +86,7 @@ def _holder_pid(fd: int) -> int | None:
 
 
 @contextlib.contextmanager
-def hold(data_dir: Path, advice: str) -> Iterator[None]:
+def lock_data_dir(data_dir: Path, advice: str) -> Iterator[None]:
     """Own `data_dir` until the block ends; DataDirLocked (naming the holder's pid, then `advice`) if another does."""
     data_dir.mkdir(parents=True, exist_ok=True)
     fd = os.open(data_dir / LOCK, os.O_RDWR | os.O_CREAT, 0o600)

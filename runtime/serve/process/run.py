@@ -43,7 +43,7 @@ from ..service.http import HttpGateway
 from ..service.metrics import Metrics
 from ..service.nats_door import NatsDoor
 from .appspec import load_app as load_app  # re-exported: callers load apps through the server module too
-from .datadir import Manifest, hold, write_manifest
+from .datadir import Manifest, lock_data_dir, write_manifest
 from .identity import embedded_identity, private_dir, write_private
 from .logs import configure
 from .tuning import tune_gc, tune_nats
@@ -261,7 +261,9 @@ async def serve(settings: Settings, *, ready: anyio.Event | None = None, auth: N
     stopping = anyio.Event()  # set once a signal asked us to stop
     try:
         private_dir(settings.data)
-        with hold(settings.data, "one runtime per data dir: stop that one, or give this one another --data-dir"):
+        with lock_data_dir(
+            settings.data, "one runtime per data dir: stop that one, or give this one another --data-dir"
+        ):
             await _serve(settings, app, ready, stopping, NatsAuth.from_env() if auth is None else auth)
     except Exception as exc:  # only a full disk is handled here; anything else goes on up
         full = storage_full(exc, str(settings.data))

@@ -16,7 +16,7 @@ from ....journal import open_journal
 from ....model.entity import model_of
 from ....model.errors import CommandError, ConfigError
 from ...process.appspec import load_app
-from ...process.datadir import hold
+from ...process.datadir import lock_data_dir
 from ..base import Subparsers, subcommand
 from ..target import client_target
 
@@ -64,7 +64,7 @@ async def demo(args: argparse.Namespace) -> int:
     url = target.settings.journal()
     sku = args.sku
     out = sys.stdout
-    with hold(target.data, "the demo writes straight into the journal: give it its own --data-dir"):
+    with lock_data_dir(target.data, "the demo writes straight into the journal: give it its own --data-dir"):
         out.write(f"Memoir demo: inventory item {sku}, event-sourced on {url}\n\n")
         async with open_journal(url, nats_auth=target.auth) as journal:
             async with Runtime(app, journal) as rt:

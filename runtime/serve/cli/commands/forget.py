@@ -8,7 +8,7 @@ import msgspec
 
 from ....journal import open_journal
 from ....wire.protocol import check_entity_id
-from ...process.datadir import hold
+from ...process.datadir import lock_data_dir
 from ...service.journal_reader import forget_offline
 from ..base import Subparsers, subcommand
 from ..output import json_line
@@ -20,7 +20,7 @@ async def forget(args: argparse.Namespace) -> int:
     check_entity_id(args.id)
     target = client_target(args)
     if args.offline:
-        with hold(target.data, "--offline writes straight into the journal: stop `memoir run` first"):
+        with lock_data_dir(target.data, "--offline writes straight into the journal: stop `memoir run` first"):
             async with open_journal(target.settings.journal(), nats_auth=target.auth) as journal:
                 result = msgspec.to_builtins(await forget_offline(target.app(), journal, args.type, args.id))
     else:
