@@ -11,8 +11,10 @@ from runtime import Effect, EventSourcedEntity, applies, command
 
 # Argument constraints live in the types: the decoder refuses `{"units": 0}` as `invalid` naming
 # `$.units`, and `memoir schema` and /openapi.json show `exclusiveMinimum` to every client.
-Count = Annotated[int, msgspec.Meta(ge=0, description="units, 0 or more")]
-Positive = Annotated[int, msgspec.Meta(gt=0, description="units, more than 0")]
+MAX_UNITS = 1_000_000_000  # per command: sums stay far inside the int64 that JSON encoders keep exact
+Count = Annotated[int, msgspec.Meta(ge=0, le=MAX_UNITS, description="units, 0 or more")]
+Positive = Annotated[int, msgspec.Meta(gt=0, le=MAX_UNITS, description="units, more than 0")]
+Change = Annotated[int, msgspec.Meta(ge=-MAX_UNITS, le=MAX_UNITS, description="units found more (+) or fewer (-)")]
 
 
 class Opened(msgspec.Struct, frozen=True):
@@ -69,7 +71,7 @@ class InventoryItem(EventSourcedEntity[Stock], name="inventory"):
         return self.persist(Sold(units, on)).reply(lambda s: s.units)
 
     @command
-    def adjust(self, stock: Stock, units: int, on: date, reason: str) -> Effect[int]:
+    def adjust(self, stock: Stock, units: Change, on: date, reason: str) -> Effect[int]:
         if units == 0:  # no JSON Schema type says "not 0" to msgspec: a refusal, not a malformed request
             return self.error("an adjustment of 0 units changes nothing")
         if stock.units + units < 0:

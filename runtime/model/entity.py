@@ -137,6 +137,17 @@ def _hints(fn: Callable[..., Any], owner: type) -> dict[str, Any]:
         raise ConfigError(f"{owner.__name__}.{fn.__name__}: cannot resolve type hints: {exc}") from exc
 
 
+def _whole(value: Any) -> Any:
+    """`value` with every float that is a whole number made an int (`1.0` -> `1`)."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, list):
+        return [_whole(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _whole(v) for k, v in value.items()}
+    return value
+
+
 def _describe(exc: Exception, payload: object) -> str:
     """msgspec's message, except that bytes which are not UTF-8 are called that, not 'malformed JSON'."""
     if isinstance(payload, (bytes, bytearray, memoryview)):
@@ -244,7 +255,13 @@ class EntityModel:
             if args is None or args == b"":
                 return spec.decoder.decode(b"{}")
             if isinstance(args, (bytes, bytearray, memoryview)):
-                return spec.decoder.decode(args)
+                try:
+                    return spec.decoder.decode(args)
+                except msgspec.ValidationError as exc:
+                    if "got `float`" not in str(exc):
+                        raise
+                    # JSON has one number type: 1.0 is the integer 1 (JSON Schema agrees), 1.5 is not
+                    return spec.decoder.decode(msgspec.json.encode(_whole(msgspec.json.decode(args))))
             if isinstance(args, spec.args_type):
                 return args
             if not isinstance(args, Mapping):

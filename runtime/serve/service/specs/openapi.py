@@ -191,9 +191,13 @@ def _state(s: Schemas, entity_type: str) -> JSON:
     }
 
 
-def _history(s: Schemas, entity_type: str) -> JSON:
+def _record(s: Schemas, entity_type: str) -> JSON:
     events = s.events.get(entity_type, [])
-    record = _event_record({"anyOf": [*(e.payload for e in events), {"type": "null"}]} if events else {})
+    return _event_record({"anyOf": [*(e.payload for e in events), {"type": "null"}]} if events else {})
+
+
+def _history(s: Schemas, entity_type: str) -> JSON:
+    record = _record(s, entity_type)
     return {
         "operationId": f"{entity_type}.history",
         "summary": f"a {entity_type}'s events in seq order",
@@ -207,10 +211,26 @@ def _history(s: Schemas, entity_type: str) -> JSON:
     }
 
 
-def _tail(entity_type: str) -> JSON:
+def _tail(s: Schemas, entity_type: str) -> JSON:
+    """The stream, as SSE parsers read it: a list of events, each `data` one event record as JSON."""
+    frame = {
+        "type": "object",
+        "properties": {
+            "id": {"type": "string", "pattern": "^[0-9]+$", "description": "the stream sequence"},
+            "event": {"type": "string", "description": "the event's name"},
+            "data": {
+                "type": "string",
+                "contentMediaType": "application/json",
+                "contentSchema": _record(s, entity_type),
+                "description": "the event as in /{type}/{id}/events",
+            },
+        },
+        "required": ["id", "event", "data"],
+    }
     stream = {
-        "description": "a stream of events; `data:` is one event as in /{type}/{id}/events",
-        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+        "description": "Server-Sent Events, one per event, with comment lines as heartbeats; it ends when"
+        " the client goes or the server stops",
+        "content": {"text/event-stream": {"schema": {"type": "array", "items": frame}}},
     }
     return {
         "operationId": f"{entity_type}.tail",
@@ -236,7 +256,9 @@ def _view_row(view_name: str, row: JSON) -> JSON:
 
 
 def _view_scan(view_name: str, row: JSON) -> JSON:
-    pairs = {"type": "array", "items": {"type": "array", "prefixItems": [{"type": "string"}, row]}}
+    # a [key, row] pair; said without prefixItems, which some OpenAPI tools still read as draft-4 tuples
+    pair = {"type": "array", "minItems": 2, "maxItems": 2, "items": {"anyOf": [{"type": "string"}, row]}}
+    pairs = {"type": "array", "items": pair}
     return {
         "operationId": f"views.{view_name}.scan",
         "summary": f"rows of view {view_name} in key order",
@@ -257,7 +279,7 @@ def _paths(s: Schemas) -> JSON:
         paths[f"/{entity_type}/{{id}}"] = {"get": _state(s, entity_type)}
         history = {"get": _history(s, entity_type)}
         paths[f"/{entity_type}/{{id}}/events"] = paths.get(f"/{entity_type}/{{id}}/events", {}) | history
-        paths[f"/events/{entity_type}"] = {"get": _tail(entity_type)}
+        paths[f"/events/{entity_type}"] = {"get": _tail(s, entity_type)}
     for view in s.views:
         paths[f"/views/{view.name}/{{key}}"] = {"get": _view_row(view.name, view.row)}
         paths[f"/views/{view.name}"] = {"get": _view_scan(view.name, view.row)}

@@ -14,6 +14,7 @@ from support.served import Served, serve
 from entities import app
 from runtime import Verifier
 from runtime.serve.service import HttpGateway
+from runtime.serve.service.admin import Admin
 
 TOKEN = "t" * 20 + "0123456789abcdef0123"  # 40 characters, as the data dir's would be
 BEARER = {"Authorization": f"Bearer {TOKEN}"}
@@ -42,9 +43,11 @@ async def gateway(
     origins: Sequence[str] = (),
     body_timeout: float = 1.0,
 ) -> AsyncIterator[Gated]:
-    """Serve `entities:app` over HTTP with the token (or `verifier`, or `insecure`)."""
+    """Serve `entities:app` over HTTP with the token (or `verifier`, or `insecure`), views queryable."""
     token = None if verifier is not None or insecure else TOKEN
     async with serve(app, tmp, verifier) as served, anyio.create_task_group() as tg:
+        admin = Admin(served.svc)
+        await admin.start()
         gw = HttpGateway(
             served.svc,
             token=token,
@@ -58,3 +61,4 @@ async def gateway(
             yield Gated(served, gw, f"http://127.0.0.1:{port}")
         finally:
             await gw.stop()
+            await admin.stop()

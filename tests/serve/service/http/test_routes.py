@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 from pathlib import Path
+from typing import Any
 
 import anyio
+import jsonschema
 import pytest
 
 from .served import gateway
@@ -67,3 +70,35 @@ async def test_seq_and_at_together_take_the_earlier(tmp_path: Path) -> None:
             "result": {"units": 0, "last_in": None, "last_out": None, "opened": False},
             "seq": 0,
         }
+
+
+async def test_live_tail_frames_match_the_documented_schema(tmp_path: Path) -> None:
+    """The SSE stream as a parser reads it (a list of id/event/data), each data an event record."""
+    async with gateway(tmp_path) as g, g.http() as http:
+        await http.post("/inventory/sse-1/open", json={"units": 1})
+        await http.post("/inventory/sse-1/receive", json={"units": 2, "on": "2022-03-01"})
+        doc = (await http.get("/openapi.json")).json()
+        frames: list[dict[str, str]] = []
+        with anyio.fail_after(10):
+            async with http.stream("GET", "/events/inventory", params={"after": 0}) as tail:
+                frame: dict[str, str] = {}
+                async for line in tail.aiter_lines():
+                    if line and not line.startswith(":"):
+                        field, _, value = line.partition(": ")
+                        frame[field] = value
+                    elif not line and frame:
+                        frames.append(frame)
+                        frame = {}
+                        if len(frames) == 2:
+                            break
+    op = doc["paths"]["/events/inventory"]["get"]
+    schema = op["responses"]["200"]["content"]["text/event-stream"]["schema"]
+
+    def valid(sub: dict[str, Any], value: Any) -> None:
+        root = {**sub, "components": doc["components"]}
+        jsonschema.Draft202012Validator(root, format_checker=jsonschema.FormatChecker()).validate(value)
+
+    valid(schema, frames)
+    for f in frames:  # contentSchema is an annotation to validators: checked here
+        valid(schema["items"]["properties"]["data"]["contentSchema"], json.loads(f["data"]))
+    assert [f["event"] for f in frames] == ["Opened", "Received"]
