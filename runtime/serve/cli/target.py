@@ -24,7 +24,7 @@ from ...wire.nats import connect
 from ..process.appspec import load_app
 from ..process.datadir import Manifest, holder, read_manifest
 from ..process.identity import local_auth
-from ..process.run import Settings, nats_url_file
+from ..process.settings import Settings, nats_url_file
 from .auth_flags import from_args
 from .outcome import unreachable
 

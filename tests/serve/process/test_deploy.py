@@ -12,7 +12,7 @@ import pytest
 
 from runtime import Envelope
 from runtime.journal.jetstream import JetStreamJournal
-from runtime.serve.process.run import Settings
+from runtime.serve.process.settings import Settings
 from runtime.serve.service.embedded_nats import find_binary, free_port
 from runtime.wire.auth import ENV as NATS_AUTH_ENV
 from runtime.wire.auth import NatsAuth

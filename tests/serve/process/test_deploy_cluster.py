@@ -15,7 +15,7 @@ import yaml
 from cluster.natscluster import NatsCluster, Node
 from nats.js.api import StreamConfig
 
-from runtime.serve.process.run import Settings
+from runtime.serve.process.settings import Settings
 from runtime.serve.service.embedded_nats import find_binary
 from runtime.wire.auth import NatsAuth
 from runtime.wire.nats import close_quietly, connect
