@@ -3,8 +3,8 @@
 The journal is the source of truth (a timer is an event, model/timer_events.py); this module fires them.
 
 - `TimerRelay` tails the journal by position, like the outbox publisher. A timer due within
-  its horizon (30 s) is held in memory and fired at its time; the relay's checkpoint stays
-  below every held timer, so after a crash the journal hands it back. A timer further out, or
+  its horizon (30 s) is armed in memory and fired at its time; the relay's checkpoint stays
+  below every armed timer, so after a crash the journal hands it back. A timer further out, or
   recurring, becomes a JetStream message schedule (nats-server 2.12+, ADR-51): nats-server
   keeps it durably, keeps one per subject (a newer one replaces it), forgets a purged one (a
   cancel), and fires it at its time (`@at`) or repeatedly (`@every`) into the same stream.
@@ -124,7 +124,9 @@ class TimerStats:
                 return
 
 
-class _Held(msgspec.Struct):
+class _Armed(msgspec.Struct):
+    """A near timer armed in memory: fired from the heap at its time, retried from here."""
+
     fire: TimerFire
     position: int  # the journal position of the event that scheduled it
     attempt: int = 1
@@ -138,8 +140,8 @@ class TimerRelay:
 
     nats-server's scheduler fires a schedule up to a few hundred milliseconds after its time when
     it is busy (measured: p99 about 300 ms at 1,000 schedules/s), too coarse for a workflow's next
-    step or a short hold. So a timer due within `horizon` is held here, in a heap, and fired at
-    its time; the checkpoint never passes a held timer, so after a crash the journal gives it back
+    step or a short hold. So a timer due within `horizon` is armed here, in a heap, and fired at
+    its time; the checkpoint never passes an armed timer, so after a crash the journal gives it back
     (a second firing has the same command id). A timer further out, or recurring, is handed to a
     JetStream schedule and the checkpoint moves on: nats-server keeps it, across restarts too.
     """
@@ -168,7 +170,7 @@ class TimerRelay:
         self.stats = stats or TimerStats()
         self.position = 0  # the last journal position read
         self.clock: Callable[[], int] = time.time_ns
-        self.held: dict[TimerKey, _Held] = {}
+        self.armed: dict[TimerKey, _Armed] = {}
         self._due: list[tuple[int, int, TimerKey]] = []  # (due, generation, key): a heap, stale entries skipped
         self._positions: list[tuple[int, TimerKey, int]] = []  # (position, key, generation): the checkpoint's floor
         self._changed = anyio.Event()
@@ -180,7 +182,7 @@ class TimerRelay:
     async def run(self) -> None:
         self.position = await self.journal.load_checkpoint(CHECKPOINT)
         async with anyio.create_task_group() as tg:
-            tg.start_soon(self._fire_held)
+            tg.start_soon(self._fire_armed)
             await self._tail()
 
     async def _tail(self) -> None:
@@ -207,11 +209,11 @@ class TimerRelay:
                     await wake.wait()
 
     def _floor(self) -> int:
-        """The checkpoint: everything read, except what a held timer still needs read again after a crash."""
+        """The checkpoint: everything read, except what an armed timer still needs read again after a crash."""
         while self._positions:
             position, key, generation = self._positions[0]
-            held = self.held.get(key)
-            if held is not None and held.fire.generation == generation:
+            armed = self.armed.get(key)
+            if armed is not None and armed.fire.generation == generation:
                 return position - 1
             heapq.heappop(self._positions)
         return self.position
@@ -231,7 +233,7 @@ class TimerRelay:
                 key = (env.entity_type, env.entity_id, op.name)
                 last.pop(key, None)  # keep journal order
                 last[key] = (env, op)
-        # Most operations are settled in memory (a near timer held, a cancel of one never handed
+        # Most operations are settled in memory (a near timer armed, a cancel of one never handed
         # to JetStream); only the rest need a task each, to talk to JetStream concurrently.
         remote = [(key, env, op) for key, (env, op) in last.items() if not self._apply_here(key, env, op)]
         if not remote:
@@ -247,18 +249,18 @@ class TimerRelay:
         """Apply an operation that JetStream has no part in; False: `_apply` must."""
         if self._maybe_published(key):
             return False
-        self.held.pop(key, None)
+        self.armed.pop(key, None)
         if not isinstance(op, TimerScheduled):
             self.stats.cancelled += 1
             return True
         if op.every != 0 or op.due - self.clock() > self.horizon * 1e9 or self.send is None:
             return False
         self.stats.scheduled += 1
-        self._hold(key, env, op)
+        self._arm(key, env, op)
         return True
 
-    def _hold(self, key: TimerKey, env: Envelope, op: TimerScheduled) -> None:
-        self.held[key] = _Held(self._fire(key, env, op), env.position)
+    def _arm(self, key: TimerKey, env: Envelope, op: TimerScheduled) -> None:
+        self.armed[key] = _Armed(self._fire(key, env, op), env.position)
         heapq.heappush(self._due, (op.due, env.seq, key))
         heapq.heappush(self._positions, (env.position, key, env.seq))
         self._changed.set()
@@ -279,7 +281,7 @@ class TimerRelay:
         )
 
     async def _apply(self, key: TimerKey, env: Envelope, op: TimerOp) -> None:
-        self.held.pop(key, None)
+        self.armed.pop(key, None)
         if not isinstance(op, TimerScheduled):
             self.stats.cancelled += 1
             if self._maybe_published(key):
@@ -293,7 +295,7 @@ class TimerRelay:
         self.stats.scheduled += 1
         near = op.every == 0 and op.due - self.clock() <= self.horizon * 1e9
         if near and self.send is not None and not self._maybe_published(key):
-            self._hold(key, env, op)
+            self._arm(key, env, op)
             return
         headers = {
             H_SCHEDULE: schedule_header(op.due, op.every),
@@ -306,43 +308,43 @@ class TimerRelay:
         )
         self._published.add(key)
 
-    async def _fire_held(self) -> None:
-        """Fire held timers at their time, never before; bounded concurrency; retried with backoff."""
+    async def _fire_armed(self) -> None:
+        """Fire armed timers at their time, never before; bounded concurrency; retried with backoff."""
         slots = anyio.Semaphore(self.concurrency)
         async with anyio.create_task_group() as tg:
             while True:
                 now = self.clock()
                 while self._due and self._due[0][0] <= now:
                     _, generation, key = heapq.heappop(self._due)
-                    held = self.held.get(key)
-                    if held is None or held.fire.generation != generation:
+                    armed = self.armed.get(key)
+                    if armed is None or armed.fire.generation != generation:
                         continue  # replaced or cancelled since
                     await slots.acquire()
-                    tg.start_soon(self._fire_one, key, held, slots)
+                    tg.start_soon(self._fire_one, key, armed, slots)
                 self._changed = anyio.Event()
                 wait = (self._due[0][0] - self.clock()) / 1e9 if self._due else POLL * 10
                 with anyio.move_on_after(max(wait, 0.0)):
                     await self._changed.wait()
 
-    async def _fire_one(self, key: TimerKey, held: _Held, slots: anyio.Semaphore) -> None:
+    async def _fire_one(self, key: TimerKey, armed: _Armed, slots: anyio.Semaphore) -> None:
         try:
             assert self.send is not None
-            outcome = await deliver(self.send, held.fire, None, held.attempt, self.max_attempts)
+            outcome = await deliver(self.send, armed.fire, None, armed.attempt, self.max_attempts)
             if outcome == RETRY:
-                delay = Backoff(TimerFirer.backoff).at(held.attempt)
-                held.attempt += 1
-                if self.held.get(key) is held:
-                    heapq.heappush(self._due, (self.clock() + int(delay * 1e9), held.fire.generation, key))
+                delay = Backoff(TimerFirer.backoff).at(armed.attempt)
+                armed.attempt += 1
+                if self.armed.get(key) is armed:
+                    heapq.heappush(self._due, (self.clock() + int(delay * 1e9), armed.fire.generation, key))
                     self._changed.set()
                 return
             if outcome == FIRED:
                 self.stats.fired += 1
-                self.stats.observe_lateness(max(0, self.clock() - held.fire.due) / 1e9)
+                self.stats.observe_lateness(max(0, self.clock() - armed.fire.due) / 1e9)
             else:
                 self.stats.failed += 1
-                await park(self.js, self.prefix, _fire_encoder.encode(held.fire), "held timer", outcome)
-            if self.held.get(key) is held:
-                del self.held[key]
+                await park(self.js, self.prefix, _fire_encoder.encode(armed.fire), "armed timer", outcome)
+            if self.armed.get(key) is armed:
+                del self.armed[key]
         finally:
             slots.release()
 
