@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from wire.raw import raw_nats
 
 from runtime import SqliteJournal
 from runtime.wire.protocol import token
@@ -118,3 +119,39 @@ async def test_odd_ids_are_one_token_and_round_trip(runtime_process: RunningRunt
         await nc.close()
     events = runtime_process.cli("events", "inventory", entity_id, "--json")
     assert [json.loads(x)["entity_id"] for x in events.stdout.splitlines()] == [entity_id]
+
+
+async def test_a_subject_that_is_not_utf8_does_not_silence_the_runtime(runtime_process: RunningRuntime) -> None:
+    """The exact bytes of issue 22, from the owner of the data dir's key on the embedded defaults:
+    nats-py's read loop died of them, and every command timed out from then on."""
+    port = int(runtime_process.nats_url.rsplit(":", 1)[1])
+    seed = runtime_process.auth.nkey_file
+    async with raw_nats(port, nkey_seed_file=seed) as raw:
+        await raw.sub(b"_INBOX.zz", 1)
+        await raw.send(b"PUB memoir.cmd.inventory.X\xff\xfe1.get _INBOX.zz 2\r\n{}\r\n")
+        await raw.send(b'PUB memoir.cmd.inventory.A.open _INBOX.\xff\xfe 12\r\n{"units": 1}\r\n')
+        answer = json.loads((await raw.next_frame(20)).payload)
+        assert answer["error"] == {"code": "invalid", "message": "subject is not valid UTF-8"}
+    nc = await runtime_process.connect()
+    try:
+        for i in range(3):  # ordinary commands, answered as ever
+            assert (await _request(nc, f"inventory.B{i}.open", b'{"units": 1}'))["ok"]
+        # the open with the unreadable reply subject was dropped, never run
+        assert (await _request(nc, "inventory.A.open", b'{"units": 1}')) == {"ok": True, "result": 1, "seq": 1}
+    finally:
+        await nc.close()
+    assert "NATS message dropped" in (runtime_process.data.parent / "data.log").read_text()
+
+
+async def test_two_command_ids_that_are_not_utf8_are_not_one(runtime_process: RunningRuntime) -> None:
+    """nats-py read both as U+FFFD U+FFFD: the second, a different command, came back a false duplicate."""
+    port = int(runtime_process.nats_url.rsplit(":", 1)[1])
+    async with raw_nats(port, nkey_seed_file=runtime_process.auth.nkey_file) as raw:
+        await raw.sub(b"r.>", 1)
+        before = await _last_position(runtime_process.data)
+        for n, cid in enumerate((b"\xff\xfe", b"\xfe\xff")):
+            headers = b"NATS/1.0\r\nMemoir-Command-Id: " + cid + b"\r\n\r\n"
+            await raw.pub(b"memoir.cmd.inventory.C.receive", GOOD, b"r.%d" % n, headers)
+            error = json.loads((await raw.next_frame(20)).payload)["error"]
+            assert error["code"] == "invalid" and "Memoir-Command-Id" in error["message"], error
+        assert await _last_position(runtime_process.data) == before
