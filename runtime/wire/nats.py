@@ -244,6 +244,7 @@ class PublishError(Exception):
 
 
 _ack_decoder = msgspec.json.Decoder(dict[str, Any])
+ACK_PENDING_BYTES = 16 * 1024 * 1024  # acks are ~100 bytes: room for a hundred thousand in flight
 
 
 def decode_ack(msg: Msg) -> dict[str, Any]:
@@ -289,7 +290,8 @@ class AckInbox:
         self._unwatch: Hook | None = None
 
     async def open(self) -> None:
-        self._sub = await self.nc.subscribe(f"{self.prefix}*", cb=self._on_ack)
+        # Bounded: any client allowed to publish to inboxes could otherwise fill this one without limit.
+        self._sub = await self.nc.subscribe(f"{self.prefix}*", cb=self._on_ack, pending_bytes_limit=ACK_PENDING_BYTES)
         self._unwatch = watch(self.nc, disconnected=self.fail_pending)
 
     async def close(self) -> None:
