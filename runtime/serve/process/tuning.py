@@ -14,7 +14,8 @@ over each header name's characters, which is half the cost of reading an event f
 stream (each carries seven headers). This swaps in a parser with the same results that
 does the same checks per name, not per character; tests/serve/process/test_tuning.py holds it to the
 original on ordinary and malformed header blocks. It does nothing if nats-py's parser is
-not where it was.
+not where it was. Memoir's own connections (`wire.nats.connect`) need none of this: they are
+`GuardedClient`s, with a parser of their own that also keeps a value's bad bytes visible.
 """
 
 from __future__ import annotations
