@@ -17,11 +17,8 @@ of `/{type}/{id}[/…]`, and the live tails are `/events/{type}` (`events`, `vie
 
 from __future__ import annotations
 
-import datetime as dt
-import re
 from collections.abc import Awaitable, Callable
 from typing import Any
-from urllib.parse import parse_qsl, unquote
 
 import anyio
 import msgspec
@@ -32,7 +29,6 @@ from nats.errors import TimeoutError as NatsTimeoutError
 
 from ....engine.history import state_at
 from ....model.entity import EntityModel
-from ....model.envelope import Envelope
 from ....model.errors import CommandError, EntityForgotten, ErrorCode
 from ....wire.protocol import (
     H_AUTHORIZATION,
@@ -55,6 +51,8 @@ from ..journal_reader import JournalReader, key_ring
 from .asgi import Headers, Receive, Scope, Send, header
 from .guard import Access, check_json
 from .idempotency import IdempotencyKeys
+from .records import event_record
+from .request import Disconnected, HttpError, Query, ascii_header, segment
 from .status import RETRY_AFTER_S, status_of
 
 log = structlog.get_logger("memoir.http")
@@ -71,103 +69,6 @@ PASSED = PASSED_NO_AUTHORIZATION | {"authorization": H_AUTHORIZATION}  # with JW
 BODY_TIMEOUT_S = 10.0  # a command's body must arrive within this; then 408 and the connection is closed
 MAX_HISTORY_PAGE = 1000
 JSON_TYPE = [(b"content-type", b"application/json")]
-
-
-class HttpError(CommandError):
-    """An answer decided here, before anything reached NATS; same envelope as a protocol error."""
-
-
-class Disconnected(Exception):
-    """The client went away while we read its request."""
-
-
-class EventRecord(msgspec.Struct, omit_defaults=True):
-    """An event as the HTTP API shows it (as `memoir events --json` prints it).
-
-    The payload of an encrypted entity is opened; a forgotten one is null with `forgotten: true`.
-    """
-
-    entity_type: str
-    entity_id: str
-    seq: int
-    position: int
-    event: str
-    version: int
-    recorded_at: str
-    command_id: str | None
-    correlation_id: str | None
-    causation_id: str | None
-    principal: str | None
-    payload: Any
-    forgotten: bool = False
-    error: str | None = None
-
-
-async def event_record(env: Envelope, reader: JournalReader) -> EventRecord:
-    opened = await reader.payload(env)
-    return EventRecord(
-        env.entity_type,
-        env.entity_id,
-        env.seq,
-        env.position,
-        env.name,
-        env.version,
-        env.recorded.isoformat(),
-        env.command_id,
-        env.correlation_id,
-        env.causation_id,
-        env.principal,
-        opened.get("payload"),
-        bool(opened.get("forgotten", False)),
-        opened.get("error"),
-    )
-
-
-def _segment(raw: str, what: str) -> str:
-    try:
-        return unquote(raw, errors="strict")
-    except UnicodeDecodeError:
-        raise HttpError(ErrorCode.INVALID, f"{what} {raw[:60]!r} is not UTF-8 once percent-decoded") from None
-
-
-def _ascii_header(name: str, value: str) -> str:
-    if not value.isascii() or not value.isprintable():
-        raise HttpError(ErrorCode.INVALID, f"header {name} must be printable ASCII")
-    return value
-
-
-_INTEGER = re.compile(r"-?[0-9]{1,20}")
-
-
-class Query:
-    """The query string, one value per name; a bad value is `invalid` naming the parameter."""
-
-    def __init__(self, raw: bytes) -> None:
-        self.values = dict(parse_qsl(raw.decode("latin-1"), keep_blank_values=True))
-
-    def text(self, name: str, default: str | None = None) -> str | None:
-        return self.values.get(name, default)
-
-    def integer(self, name: str, default: int | None, low: int, high: int) -> int | None:
-        raw = self.values.get(name)
-        if raw is None:
-            return default
-        value = int(raw) if _INTEGER.fullmatch(raw) else low - 1  # int() would take " 5" and "5_0"
-        if not low <= value <= high:
-            raise HttpError(ErrorCode.INVALID, f"query parameter {name} must be an integer from {low} to {high}")
-        return value
-
-    def time(self, name: str) -> dt.datetime | None:
-        raw = self.values.get(name)
-        if raw is None:
-            return None
-        try:
-            value = dt.datetime.fromisoformat(raw)
-        except ValueError:
-            raise HttpError(ErrorCode.INVALID, f"query parameter {name} is not an ISO 8601 time") from None
-        if value.tzinfo is None:
-            raise HttpError(ErrorCode.INVALID, f"query parameter {name} has no timezone; add Z or +hh:mm")
-        return value
 
 
 class HttpApi:
@@ -266,7 +167,7 @@ class HttpApi:
             case ["views", view]:
                 return {"GET": lambda: self._view(view, "scan", query)}
             case ["views", view, key]:
-                return {"GET": lambda: self._view(view, "get", query, _segment(key, "key"))}
+                return {"GET": lambda: self._view(view, "get", query, segment(key, "key"))}
             case [entity_type, raw_id]:
                 self.model(entity_type)
                 return {"GET": lambda: self._state(entity_type, raw_id, query)}
@@ -297,7 +198,7 @@ class HttpApi:
         return model
 
     def _entity(self, entity_type: str, raw_id: str) -> tuple[EntityModel, str]:
-        return self.model(entity_type), check_entity_id(_segment(raw_id, "entity id"))
+        return self.model(entity_type), check_entity_id(segment(raw_id, "entity id"))
 
     # -- commands: a NATS request, as any client sends it --------------------------------------------
 
@@ -305,10 +206,10 @@ class HttpApi:
         _, entity_id = self._entity(entity_type, raw_id)
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
         passed = PASSED if self.access.forwards_authorization else PASSED_NO_AUTHORIZATION
-        nats_headers = {name: _ascii_header(name, headers[h]) for h, name in passed.items() if h in headers}
+        nats_headers = {name: ascii_header(name, headers[h]) for h, name in passed.items() if h in headers}
         key = headers.get("idempotency-key")
         if key is not None:
-            key = header_id({"Idempotency-Key": _ascii_header("Idempotency-Key", key)}, "Idempotency-Key") or key
+            key = header_id({"Idempotency-Key": ascii_header("Idempotency-Key", key)}, "Idempotency-Key") or key
             if nats_headers.setdefault(H_COMMAND_ID, key) != key:
                 raise HttpError(ErrorCode.INVALID, f"headers Idempotency-Key and {H_COMMAND_ID} differ")
         timeout = header_timeout({H_TIMEOUT: headers[H_TIMEOUT.lower()]}) if H_TIMEOUT.lower() in headers else None

@@ -25,8 +25,9 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from ....model.errors import ErrorCode
 from ....wire.protocol import envelope_from_message, events_filter
-from .app import HttpError, Query, event_record
 from .asgi import Receive, Scope, Send, header
+from .records import event_record
+from .request import HttpError, Query
 
 if TYPE_CHECKING:
     from .app import HttpApi
