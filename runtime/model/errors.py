@@ -1,6 +1,7 @@
 """The errors Memoir raises, and the reply codes of the wire protocol.
 
-Every error Memoir raises on purpose lives here, one class per idea:
+Every error an app or an embedder can catch lives here, one class per idea (`memoir run` and
+the CLI keep the few that only they raise):
 
     MemoirError
     ├── CommandError            a command was not carried out; `code` is one of ErrorCode
@@ -27,7 +28,7 @@ Every error Memoir raises on purpose lives here, one class per idea:
 
 The codes travel over NATS and HTTP, so a client in any language can branch on them, and
 a Python client gets the same classes back (`except Conflict:`). A conflict and an outage (*)
-are both: the journal raises them, and they reach the sender as they are, with their code.
+are both kinds at once: the journal raises them, and a sender gets the same class back.
 """
 
 from __future__ import annotations
