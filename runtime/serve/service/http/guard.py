@@ -12,14 +12,16 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from ....model.errors import CommandError, ConfigError, ErrorCode
+from ....model.errors import CommandError, ConfigError, ErrorCode, Forbidden, Unauthorized
 from ....wire.protocol import encode_error
 from ..auth import StaticToken, Verifier
 from .asgi import App, Receive, Scope, Send, header
 
+_MEDIA_TYPE = re.compile(r"[\w.+-]{1,40}/[\w.+-]{1,60}( *; *charset=[\w-]{1,20})?", re.ASCII)
 ALLOWED_HEADERS = [  # request headers a configured origin may send
     "Authorization",
     "Content-Type",
@@ -55,13 +57,13 @@ class Access:
             self.token.verify(authorization)
         elif self.verifier is not None:
             if authorization is None:
-                raise CommandError(ErrorCode.UNAUTHORIZED, "this API needs 'Authorization: Bearer <JWT>'")
+                raise Unauthorized(ErrorCode.UNAUTHORIZED, "this API needs 'Authorization: Bearer <JWT>'")
             self.verifier.verify(authorization)
 
 
 def origin_guard(app: App, origins: Sequence[str]) -> App:
     """`app` behind the Origin check, and behind CORS if any origin is configured."""
-    allowed = frozenset(o.rstrip("/") for o in origins)
+    allowed = frozenset(o.rstrip("/").lower() for o in origins)
     inner = app
     if allowed:
         from starlette.middleware.cors import CORSMiddleware
@@ -72,10 +74,10 @@ def origin_guard(app: App, origins: Sequence[str]) -> App:
 
     async def guarded(scope: Scope, receive: Receive, send: Send) -> None:
         origin = header(scope, b"origin")
-        if scope["type"] == "http" and origin is not None and origin not in allowed:
-            error = CommandError(
-                ErrorCode.FORBIDDEN,
-                f"cross-origin requests from {origin[:100]!r} are refused (allowed origins: --http-cors-origin)",
+        if scope["type"] == "http" and origin is not None and origin.lower() not in allowed:
+            # the Origin is not quoted back: replies never echo request headers
+            error = Forbidden(
+                ErrorCode.FORBIDDEN, "cross-origin requests are refused unless --http-cors-origin names the origin"
             )
             body = encode_error(error)
             await send(
@@ -101,10 +103,9 @@ def check_json(content_type: str | None, body: bytes) -> None:
     media, _, params = content_type.partition(";")
     charset = dict(_param(p) for p in params.split(";") if "=" in p).get("charset", "utf-8")
     if media.strip().lower() != "application/json" or charset.lower() not in ("utf-8", "utf8"):
-        raise CommandError(
-            "unsupported_media_type",
-            f"commands take 'application/json' (UTF-8), not {content_type[:80]!r}",
-        )
+        # named only when it is a media type: replies do not carry arbitrary header bytes back
+        named = repr(content_type) if _MEDIA_TYPE.fullmatch(content_type) else "another Content-Type"
+        raise CommandError("unsupported_media_type", f"commands take 'application/json' (UTF-8), not {named}")
 
 
 def _param(text: str) -> tuple[str, str]:

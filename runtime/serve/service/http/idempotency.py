@@ -72,8 +72,8 @@ class IdempotencyKeys:
             if entry.value != request:
                 raise CommandError(
                     "key_reused",
-                    f"Idempotency-Key {key[:64]!r} was used for another request (another command or body)"
-                    f" on {entity_type} {entity_id[:64]!r}; use a new key for a new request",
+                    f"this Idempotency-Key was used for another request (another command or body) on"
+                    f" {entity_type} {entity_id[:64]!r}; use a new key for a new request",
                 )
             return None
         return None
