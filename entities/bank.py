@@ -11,6 +11,8 @@ moves to the bank's own account, by a transfer whose id is derived from the even
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import msgspec
 
 from runtime import (
@@ -32,6 +34,9 @@ from runtime import (
 )
 
 # -- account ---------------------------------------------------------------------------------------
+
+# in the type, so the decoder refuses 0 (`invalid`, naming `$.amount`) and the schemas show it
+Cents = Annotated[int, msgspec.Meta(gt=0, le=10**15, description="whole cents, more than 0")]
 
 
 class Deposited(msgspec.Struct, frozen=True):
@@ -57,17 +62,13 @@ class Account(EventSourcedEntity[Balance], name="account"):
     initial = Balance()
 
     @command
-    def deposit(self, b: Balance, amount: int) -> Effect[int]:
-        if amount <= 0:
-            return self.error("amount must be positive", code="invalid")
+    def deposit(self, b: Balance, amount: Cents) -> Effect[int]:
         if b.closed:
             return self.error(f"account {self.entity_id} is closed")
         return self.persist(Deposited(amount)).reply(lambda s: s.balance)
 
     @command
-    def withdraw(self, b: Balance, amount: int) -> Effect[int]:
-        if amount <= 0:
-            return self.error("amount must be positive", code="invalid")
+    def withdraw(self, b: Balance, amount: Cents) -> Effect[int]:
         if amount > b.balance:
             return self.error(f"insufficient funds: {b.balance} < {amount}", details={"balance": b.balance})
         return self.persist(Withdrawn(amount)).reply(lambda s: s.balance)
@@ -110,9 +111,7 @@ class Transfer(Workflow[TransferState], name="transfer"):
     settings = WorkflowSettings(step_timeout=5.0, recovery=Recovery(max_retries=5, backoff=0.2))
 
     @command
-    def start(self, run: Run, source: str, target: str, amount: int) -> Effect[str]:
-        if amount <= 0:
-            return self.error("amount must be positive", code="invalid")
+    def start(self, run: Run, source: str, target: str, amount: Cents) -> Effect[str]:
         if source == target:
             return self.error("source and target must differ", code="invalid")
         return self.begin(run, TransferState(source, target, amount), "withdraw")

@@ -14,10 +14,13 @@ from __future__ import annotations
 import datetime as dt
 import math
 import time
+from typing import Annotated
 
 import msgspec
 
 from runtime import CommandError, Consumer, Context, Effect, ErrorCode, EventSourcedEntity, applies, command, on
+
+Positive = Annotated[int, msgspec.Meta(gt=0, le=10**9, description="units, more than 0")]  # the decoder checks it
 
 
 class Held(msgspec.Struct, frozen=True):
@@ -68,12 +71,10 @@ class Reservation(EventSourcedEntity[Hold], name="reservation"):
     initial = Hold()
 
     @command
-    def hold(self, r: Hold, sku: str, units: int, hold_for: float = 900.0) -> Effect[str]:
+    def hold(self, r: Hold, sku: str, units: Positive, hold_for: float = 900.0) -> Effect[str]:
         """Hold `units` of `sku` for `hold_for` seconds (up to a year); unpaid, they go back."""
         if r.status != "new":
             return self.error(f"reservation {self.entity_id} is already {r.status}")
-        if units <= 0:
-            return self.error("units must be positive", code="invalid")
         sane = math.isfinite(hold_for) and abs(hold_for) < 1e10  # anything else `schedule` refuses below
         until = time.time_ns() + int(hold_for * 1e9) if sane else 0
         return (
