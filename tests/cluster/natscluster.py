@@ -20,6 +20,7 @@ import anyio
 import anyio.abc
 import nats.errors
 import nats.js.errors
+from support.waiting import eventually
 
 from runtime.serve.service.embedded_nats import find_binary, free_port, stop_process
 from runtime.wire.auth import NatsAuth
@@ -97,10 +98,12 @@ class NatsCluster:
     async def wait_ready(self, nodes: list[Node] | None = None, timeout: float = 30.0) -> None:
         """Every given node answers a JetStream account request: the cluster has a meta leader."""
         for node in nodes if nodes is not None else self.nodes:
-            with anyio.fail_after(timeout):
-                while not await self._jetstream_ready(node):
-                    assert node.proc is not None and node.proc.returncode is None, self.log_tail(node)
-                    await anyio.sleep(0.2)
+
+            async def ready(node: Node = node) -> bool:
+                assert node.proc is not None and node.proc.returncode is None, self.log_tail(node)
+                return await self._jetstream_ready(node)
+
+            await eventually(ready, timeout, f"{node.name} answering JetStream requests")
 
     async def _jetstream_ready(self, node: Node) -> bool:
         try:

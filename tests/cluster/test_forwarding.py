@@ -125,7 +125,7 @@ async def test_a_forward_to_an_owner_not_yet_listening_is_sent_again(tmp_path: P
     async with members(tmp_path, Stable()) as m:
 
         async def b_starts_late() -> None:
-            await anyio.sleep(0.5)
+            await anyio.sleep(0.5)  # on purpose: b starts after the first forward went out
             await m.start_b()
 
         m.tg.start_soon(b_starts_late)

@@ -8,13 +8,14 @@ from collections import Counter
 import anyio
 import pytest
 from nats.aio.client import Client as NATS
+from support.cluster import TTL, client, close
+from support.waiting import eventually
 
 from runtime.model.errors import ConfigError, MemoirError
 from runtime.serve.service.cluster import Cluster, ClusterConfig, LeaseConfig, Leases, shard_of, snapshot
 from runtime.serve.service.cluster.coordinator import check_recorded_shards
 from runtime.serve.service.cluster.store import bucket_name, ensure_bucket
 
-from .conftest import TTL, client, close
 from .natscluster import NatsCluster
 
 pytestmark = pytest.mark.anyio
@@ -70,14 +71,12 @@ async def test_a_held_lease_is_refused_to_others_and_a_released_one_is_taken_at_
                 deadline = time.monotonic() + TTL * 1.5
                 while time.monotonic() < deadline:
                     assert await b.try_take("shard.00001") is None
-                    await anyio.sleep(0.1)
+                    await anyio.sleep(0.1)  # pacing the attempts over the window under test
                 renewing.cancel()
             assert a.renewals >= 2
             assert await a.release(held)
-            started = time.monotonic()
-            with anyio.fail_after(2):
+            with anyio.fail_after(TTL / 2):  # at once: no waiting out the ttl
                 taken = await b.acquire("shard.00001")
-            assert time.monotonic() - started < TTL / 2  # at once: no waiting out the ttl
             assert taken.key == "shard.00001"
             assert b.owner("shard.00001") == "b"
             tg.cancel_scope.cancel()
@@ -118,17 +117,16 @@ async def test_a_holder_cut_off_stops_before_the_taker_starts(nats_cluster: Nats
                 times["lost"] = time.monotonic()
 
             tg.start_soon(a.hold, held, lost)
-            await anyio.sleep(TTL)  # a few renewals
+            await anyio.sleep(TTL)  # on purpose: a few renewals before the cut
             times["cut"] = time.monotonic()
             await nca.close()  # abruptly: no release
-            with anyio.fail_after(TTL * 3):
+            with anyio.fail_after(TTL * 2.5):  # taken over within a few renewals' time
                 await b.acquire("singleton.x")
             times["taken"] = time.monotonic()
             tg.cancel_scope.cancel()
     finally:
         await close(ncb)
     assert times["cut"] < times["lost"] < times["taken"]
-    assert times["taken"] - times["cut"] < TTL * 2.5
     # the holder stopped at least most of the margin before the taker could start
     assert times["taken"] - times["lost"] > config.lease.safety_margin / 2
 
@@ -136,7 +134,6 @@ async def test_a_holder_cut_off_stops_before_the_taker_starts(nats_cluster: Nats
 async def test_a_singleton_has_one_holder_and_fails_over(nats_cluster: NatsCluster, config: ClusterConfig) -> None:
     running: list[str] = []
     overlaps: list[str] = []
-    started: dict[str, float] = {}
     conns = {name: await client(nats_cluster, name) for name in ("a", "b", "c")}
 
     async def member(name: str, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
@@ -146,7 +143,6 @@ async def test_a_singleton_has_one_holder_and_fails_over(nats_cluster: NatsClust
                 if running:
                     overlaps.append(f"{name} started while {running} ran")
                 running.append(name)
-                started[name] = time.monotonic()
                 try:
                     await anyio.sleep_forever()
                 finally:
@@ -159,21 +155,15 @@ async def test_a_singleton_has_one_holder_and_fails_over(nats_cluster: NatsClust
         async with anyio.create_task_group() as tg:
             for name in conns:
                 await tg.start(member, name)
-            with anyio.fail_after(TTL * 3):
-                while not running:
-                    await anyio.sleep(0.05)
-            await anyio.sleep(TTL)  # steady: still exactly one
+            await eventually(lambda: bool(running), TTL * 3, "one member running the singleton")
+            await anyio.sleep(TTL)  # on purpose: a lease's life, during which there is still exactly one
             assert len(running) == 1
             first = running[0]
-            cut = time.monotonic()
             await conns[first].close()
-            with anyio.fail_after(TTL * 4):
-                while not running or running[0] == first:
-                    await anyio.sleep(0.05)
+            # failover within a few seconds
+            await eventually(lambda: bool(running) and running[0] != first, TTL * 2.5, "another member taking over")
             second = running[0]
-            assert second != first
-            assert started[second] - cut < TTL * 2.5  # failover within a few seconds
-            await anyio.sleep(TTL)
+            await anyio.sleep(TTL)  # on purpose: a lease's life, and the new holder is still the only one
             assert running == [second]
             snap = await snapshot(conns[second], config)
             assert snap.singletons["outbox"].owner == second and snap.singletons["outbox"].age_s < TTL

@@ -12,17 +12,19 @@ from __future__ import annotations
 import signal
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import anyio
 import msgspec
 import pytest
-from conftest import POSTGRES_URL
 from streams.timers.ledger import expected_balances
+from support.members import Member, wait_cluster
+from support.postgres import POSTGRES_URL
+from support.waiting import eventually
 
 from runtime import Client, CommandError, open_journal
 
 from .natscluster import NatsCluster
-from .test_runtime_cluster import Member, _wait_cluster, pg_schema, prefix  # noqa: F401 - fixtures
 
 pytestmark = pytest.mark.anyio
 
@@ -43,14 +45,14 @@ async def _until_answered(
             try:
                 return (await client.send(entity_type, entity_id, command, args, timeout=3)).result
             except (CommandError, TimeoutError):
-                await anyio.sleep(0.1)
+                await anyio.sleep(0.1)  # a pause before resending, not a wait for something
 
 
 async def test_transfers_run_across_members_and_survive_one_being_killed(
     nats_cluster: NatsCluster,
     tmp_path: Path,
-    prefix: str,  # noqa: F811 - the fixture
-    pg_schema: str,  # noqa: F811 - the fixture
+    prefix: str,
+    pg_schema: str,
 ) -> None:
     urls = nats_cluster.urls
     pg = f"{POSTGRES_URL}?schema={pg_schema}"
@@ -59,7 +61,7 @@ async def test_transfers_run_across_members_and_survive_one_being_killed(
     for m in members:
         m.start()
     try:
-        await _wait_cluster(urls[0], prefix, 3, members)
+        await wait_cluster(urls[0], prefix, 3, members)
         async with Client(urls[1], prefix=prefix) as client:
             for a in range(ACCOUNTS):
                 await _until_answered(client, "account", f"a{a}", "deposit", {"amount": OPENING})
@@ -74,16 +76,18 @@ async def test_transfers_run_across_members_and_survive_one_being_killed(
                     if i == TRANSFERS // 3:  # some in flight, inside or between steps
                         assert members[2].signal(signal.SIGKILL) == -signal.SIGKILL
 
-            outcomes = {}
-            with anyio.fail_after(120):
-                for i in range(TRANSFERS):
-                    while True:
-                        out = await _until_answered(client, "transfer", f"t{i}", "get")
-                        assert isinstance(out, dict)
-                        if out["status"] in ("ended", "failed"):
-                            outcomes[i] = out
-                            break
-                        await anyio.sleep(0.2)
+            outcomes: dict[int, dict[str, Any]] = {}
+
+            async def all_finished() -> bool:
+                for i in (i for i in range(TRANSFERS) if i not in outcomes):
+                    out = await _until_answered(client, "transfer", f"t{i}", "get")
+                    assert isinstance(out, dict)
+                    if out["status"] not in ("ended", "failed"):
+                        return False
+                    outcomes[i] = out
+                return True
+
+            await eventually(all_finished, 120, "every transfer ended or failed")
             balances = {}
             for a in [f"a{n}" for n in range(ACCOUNTS)] + ["closed"]:
                 got = await _until_answered(client, "account", a, "get")

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import anyio
 import msgspec
 import pytest
+from support.waiting import eventually
 
 from runtime import App, EntityForgotten, Service, open_journal
 from runtime.serve.service.admin import Admin
@@ -35,12 +35,13 @@ async def test_the_owner_forgets_and_every_member_drops_its_cached_key(tmp_path:
             await admin.start()
         try:
             ids = [f"p{k}" for k in range(12)]
-            with anyio.fail_after(15):  # each member's own view of its leases follows the bucket within moments
-                while True:
-                    owner = {i: one if one.runtime.host.admits("person", i) else two for i in ids}  # type: ignore[misc]
-                    if {id(s) for s in owner.values()} == {id(one), id(two)}:
-                        break  # the ids spread over both members
-                    await anyio.sleep(0.05)
+
+            def spread() -> bool:  # each member's own view of its leases follows the bucket within moments
+                owner.update({i: one if one.runtime.host.admits("person", i) else two for i in ids})  # type: ignore[misc]
+                return {id(s) for s in owner.values()} == {id(one), id(two)}
+
+            owner: dict[str, Service] = {}
+            await eventually(spread, 15, "the ids spread over both members")
             for i in ids:
                 await owner[i].runtime.ask("person", i, "change", {"email": f"{i}@x"})
             target = ids[0]
@@ -58,11 +59,7 @@ async def test_the_owner_forgets_and_every_member_drops_its_cached_key(tmp_path:
                     return True
                 return False
 
-            for _ in range(200):  # the broadcast reaches the other member within moments
-                if await evicted():
-                    break
-                await anyio.sleep(0.02)
-            assert await evicted()
+            await eventually(evicted, 4, "the broadcast reaching the other member")
             with pytest.raises(Exception, match="forgotten"):
                 await owner[target].runtime.ask("person", target, "get")
             for i in ids[1:]:  # the others are untouched

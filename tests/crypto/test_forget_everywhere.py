@@ -11,6 +11,7 @@ from typing import Any, ClassVar
 import anyio
 import msgspec
 import pytest
+from support.waiting import eventually
 
 from runtime import App, Consumer, Context, Service, SqliteJournal, SqliteViewStore, on
 from runtime.model.sealing import is_sealed
@@ -30,14 +31,6 @@ async def _cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str
     code = await anyio.to_thread.run_sync(main, list(argv))
     out, err = capsys.readouterr()
     return code, out, err
-
-
-async def _eventually(check: Any, what: str) -> None:
-    with anyio.move_on_after(20):
-        while not await check():
-            await anyio.sleep(0.05)
-        return
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 async def _admin(nc: Any, payload: bytes) -> dict[str, Any]:
@@ -67,7 +60,7 @@ async def test_forget_over_nats_then_views_streams_and_exports(
             async def both() -> bool:
                 return set(await emails.all()) == {"ann", "bob"}
 
-            await _eventually(both, "the view to hold both people")
+            await eventually(both, what="the view to hold both people")
             assert (await emails.get("ann")) is not None and MARKER in (await emails.get("ann")).email  # type: ignore[union-attr]
 
             # the JetStream stream holds ciphertext only
@@ -108,9 +101,9 @@ async def test_forget_over_nats_then_views_streams_and_exports(
             async def only_bob() -> bool:
                 return set(await emails.all()) == {"bob"}
 
-            await _eventually(only_bob, "the view to handle the Forgotten event")
+            await eventually(only_bob, what="the view to handle the Forgotten event")
             assert await svc.replay("emails")
-            await _eventually(only_bob, "the rebuilt view")
+            await eventually(only_bob, what="the rebuilt view")
             assert svc.views["emails"].forgotten == 1  # ann's sealed event, skipped on the rebuild
             assert await journal.last_position() == last + 1  # the Forgotten event, nothing else
         finally:
@@ -188,6 +181,6 @@ async def test_a_consumer_skips_the_events_of_a_forgotten_entity(tmp_path: Path)
             async def all_taken() -> bool:  # bob's change, ann's sealed change, ann's Forgotten event
                 return runner.handled + runner.forgotten == 3
 
-            await _eventually(all_taken, "the consumer to take every event")
+            await eventually(all_taken, what="the consumer to take every event")
             assert SeenEmails.seen == ["bob@x"]
             assert (runner.forgotten, runner.dead_lettered, runner.retried) == (1, 0, 0)

@@ -1,12 +1,12 @@
 """Command ids hold beyond the actor's in-memory window: the journal is the source of truth.
 
-Each test runs on every journal backend (see conftest.BACKENDS).
+Each test runs on every journal backend (see support.journals.BACKENDS).
 """
 
 from __future__ import annotations
 
 import pytest
-from conftest import JournalFactory
+from support.journals import JournalFactory
 
 from entities.inventory import InventoryItem
 from runtime import Runtime

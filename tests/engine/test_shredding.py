@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import JournalFactory
 from crypto.people import MARKER, EmailChanged, Erased, Note, Person
+from support.journals import JournalFactory
 
 from runtime import CommandError, ConfigError, Journal, MemoryJournal, Runtime
 from runtime.engine.keyring import KeyRing

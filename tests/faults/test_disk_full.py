@@ -19,7 +19,9 @@ from pathlib import Path
 
 import anyio
 import pytest
-from conftest import in_ci
+import structlog
+from support.ci import in_ci
+from support.waiting import eventually
 
 from runtime import Envelope
 from runtime.journal.sqlite import SqliteJournal
@@ -132,9 +134,11 @@ async def test_sqlite_journal_on_a_full_disk_says_so_and_recovers(tmp_path: Path
             assert len(await journal.read_all(1, limit=100_000)) == len(acked)  # still serving reads
 
             ballast.unlink()
-            with anyio.fail_after(10):
-                while await write_round():  # serves again by itself: no restart
-                    await anyio.sleep(0.05)
+
+            async def serves() -> bool:
+                return await write_round() == 0
+
+            await eventually(serves, 10, "the journal serving again by itself: no restart")
             for _ in range(5):
                 assert await write_round() == 0
             wal_after = wal.stat().st_size if wal.exists() else 0
@@ -180,17 +184,20 @@ async def test_sqlite_view_store_waits_out_a_full_disk(tmp_path: Path) -> None:
                     if done.is_set():
                         return
 
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(writer)
-                await anyio.sleep(1.5)
-                blocked_at = n
-                await anyio.sleep(0.5)
-                assert n == blocked_at and stored == n - 1, "the view store kept writing on a full disk"
-                os.unlink(filler)
-                done.set()
-                with anyio.fail_after(10):
-                    while stored < blocked_at:
-                        await anyio.sleep(0.05)
+            with structlog.testing.capture_logs() as logs:
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(writer)
+
+                    def waiting() -> bool:
+                        return any(e["event"] == "storage unavailable" for e in logs)
+
+                    await eventually(waiting, 10, "the view store to find the disk full")
+                    blocked_at = n
+                    await anyio.sleep(0.5)  # on purpose: a while full, during which nothing is written
+                    assert n == blocked_at and stored == n - 1, "the view store kept writing on a full disk"
+                    os.unlink(filler)
+                    done.set()
+                    await eventually(lambda: stored >= blocked_at, 10, "the blocked write stored once there is room")
             assert (await store.checkpoints("v"))["s"] >= blocked_at
             assert await store.get("v", f"k{blocked_at}-3") == big
 

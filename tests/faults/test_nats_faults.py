@@ -1,5 +1,5 @@
 """nats-server SIGKILLed and restarted under concurrent append load through the JetStream journal:
-appends fail fast and clearly while it is gone, succeed again within 2 s of the restart, and every
+appends fail fast and clearly while it is gone, succeed again soon after the restart, and every
 acknowledged append is stored exactly once, with no gaps."""
 
 from __future__ import annotations
@@ -10,7 +10,8 @@ from pathlib import Path
 import anyio
 import anyio.lowlevel
 import pytest
-from conftest import ev
+from support.journals import ev
+from support.waiting import eventually
 
 from runtime import Conflict, Envelope, JournalError
 from runtime.journal.jetstream import JetStreamJournal
@@ -20,35 +21,35 @@ from runtime.serve.service.embedded_nats import EmbeddedNats
 pytestmark = pytest.mark.anyio
 
 WRITERS = 8
+ANSWER_WITHIN = 5.0  # seconds: no append waits out a long ack timeout
+RECOVER_WITHIN = 2.0  # seconds after the restart until appends succeed again
 
 
-async def test_appends_recover_within_2s_of_a_nats_restart_and_nothing_is_lost(tmp_path: Path) -> None:
+async def test_appends_recover_after_a_nats_restart_and_nothing_is_lost(tmp_path: Path) -> None:
     server = EmbeddedNats(tmp_path / "n", sync="always")
     await server.start()
     acknowledged: dict[str, list[bytes]] = {f"w{k}": [] for k in range(WRITERS)}
     unavailable: list[str] = []
     landed_unseen = 0  # answered "unavailable", found stored when looked up
-    slowest = 0.0
     oks_after: list[float] = []  # monotonic times of successful appends after the restart
     restarted_at: float | None = None
     stop = anyio.Event()
 
     async def writer(journal: JetStreamJournal, entity_id: str) -> None:
         """Append one op at a time; an op whose outcome is unknown is looked up before it is retried."""
-        nonlocal slowest, landed_unseen
+        nonlocal landed_unseen
         op, head = 0, 0
         for _ in range(100_000):
             if stop.is_set():
                 return
             payload = f'"{entity_id}-{op}"'.encode()
-            started = time.monotonic()
             try:
-                await journal.append([ev(entity_id, head + 1, payload)], head)
+                with anyio.fail_after(ANSWER_WITHIN):  # answered, ok or not, without waiting out a timeout
+                    await journal.append([ev(entity_id, head + 1, payload)], head)
             except (Unavailable, Conflict) as exc:
-                slowest = max(slowest, time.monotonic() - started)
                 if isinstance(exc, Unavailable):
                     unavailable.append(exc.reason)
-                await anyio.sleep(0.02)
+                await anyio.sleep(0.02)  # a pause before looking it up, not a wait for something
                 try:  # did it land? ask the server for the entity's last event
                     stored = await journal.read("thing", entity_id, from_seq=head + 1)
                 except JournalError:
@@ -59,7 +60,6 @@ async def test_appends_recover_within_2s_of_a_nats_restart_and_nothing_is_lost(t
                     op += 1
                 head += len(stored)
                 continue
-            slowest = max(slowest, time.monotonic() - started)
             acknowledged[entity_id].append(payload)
             op, head = op + 1, head + 1
             if restarted_at is not None:
@@ -72,12 +72,13 @@ async def test_appends_recover_within_2s_of_a_nats_restart_and_nothing_is_lost(t
                 async with anyio.create_task_group() as tg:
                     for k in range(WRITERS):
                         tg.start_soon(writer, journal, f"w{k}")
-                    await anyio.sleep(0.5)
+                    await eventually(lambda: all(acknowledged.values()), what="every writer appending")
                     await server.stop(kill=True)  # no flush, no goodbye, in the middle of the load
-                    await anyio.sleep(0.5)
+                    await anyio.sleep(0.5)  # the outage itself, on purpose
                     await server.start()  # same port and store directory
                     restarted_at = time.monotonic()
-                    with anyio.move_on_after(10):
+                    await eventually(lambda: bool(oks_after), RECOVER_WITHIN, "appends ok again after the restart")
+                    with anyio.move_on_after(10):  # pacing, not a check: load on for 50 appends a writer
                         while len(oks_after) < 50 * WRITERS:
                             await anyio.sleep(0.05)
                     stop.set()
@@ -96,11 +97,9 @@ async def test_appends_recover_within_2s_of_a_nats_restart_and_nothing_is_lost(t
     print(
         f"\nNATS restart under load: recovery {recovery:.3f} s after the restart; acknowledged {acked}, "
         f"stored {len(stored)}, stored twice {twice}, lost {lost}; {len(unavailable)} unavailable answers "
-        f"({sorted(set(unavailable))}, {landed_unseen} of them stored after all); slowest append answer {slowest:.3f} s"
+        f"({sorted(set(unavailable))}, {landed_unseen} of them stored after all)"
     )
     assert unavailable, "the outage was seen as Unavailable"
-    assert recovery < 2.0, f"appends ok again {recovery:.2f} s after the restart"
-    assert slowest < 5.0, "no append waits out a long ack timeout"
     assert lost == 0 and twice == 0
     for entity_id, envs in by_entity.items():
         assert [e.seq for e in envs] == list(range(1, len(envs) + 1)), f"{entity_id}: no gaps"

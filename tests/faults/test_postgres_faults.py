@@ -12,7 +12,8 @@ import anyio
 import asyncpg
 import pytest
 import structlog
-from conftest import POSTGRES_URL, need_postgres
+from support.postgres import POSTGRES_URL
+from support.waiting import eventually
 
 from runtime import Envelope
 from runtime.journal.postgres import PostgresJournal
@@ -22,7 +23,7 @@ from runtime.streams.view_store import PostgresViewStore, RawRows
 pytestmark = pytest.mark.anyio
 
 WRITERS = 16
-RECOVER_WITHIN_S = 10.0
+RECOVER_WITHIN_S = 10.0  # seconds after a kill until a write succeeds again
 
 
 def schema_for(tmp_path: Path, prefix: str) -> str:
@@ -44,11 +45,10 @@ async def terminate(app: str) -> int:
 
 
 @pytest.fixture
-async def schema(tmp_path: Path) -> AsyncIterator[str]:
-    need_postgres()
+async def schema(tmp_path: Path, postgres_url: str) -> AsyncIterator[str]:
     name = schema_for(tmp_path, "f_")
     yield name
-    conn = await asyncpg.connect(POSTGRES_URL)
+    conn = await asyncpg.connect(postgres_url)
     await conn.execute(f"DROP SCHEMA IF EXISTS {name} CASCADE")
     await conn.close()
 
@@ -94,7 +94,7 @@ async def test_journal_reconnects_after_its_backends_are_terminated_under_load(s
                         except Unavailable as exc:
                             assert exc.reason == "connection lost", exc
                             unavailable += 1
-                            await anyio.sleep(0.05)
+                            await anyio.sleep(0.05)  # a pause before retrying, not a wait for something
                             continue
                         acked[(entity, cid)] = seq
                         if kills and len(first_ok_after) < len(kills):
@@ -105,13 +105,11 @@ async def test_journal_reconnects_after_its_backends_are_terminated_under_load(s
 
             async def killer() -> None:
                 for _ in range(2):
-                    await anyio.sleep(1.0)
+                    await anyio.sleep(1.0)  # pacing: a second of load before each kill
                     kills.append(time.monotonic())
                     assert await terminate(app) >= 1
-                    with anyio.fail_after(RECOVER_WITHIN_S):
-                        while len(first_ok_after) < len(kills):
-                            await anyio.sleep(0.01)
-                await anyio.sleep(1.0)
+                    await eventually(lambda: len(first_ok_after) >= len(kills), RECOVER_WITHIN_S, "an append ok again")
+                await anyio.sleep(1.0)  # pacing: a second of load after the last recovery
                 stop.set()
 
             with anyio.fail_after(60):
@@ -134,7 +132,6 @@ async def test_journal_reconnects_after_its_backends_are_terminated_under_load(s
         f" acknowledged={len(acked)} stored={len(stored)} stored_twice={twice} lost={len(lost)}"
         f" unavailable_answers={unavailable}"
     )
-    assert all(r < RECOVER_WITHIN_S for r in recovered)
     assert not lost and twice == 0
     assert len(stored) == len(acked)  # every stored command was acknowledged: retries dedupe
     for es in by_entity.values():  # no gaps: seqs 1..n and positions increasing
@@ -158,8 +155,7 @@ class Counter:
         return {"count": str(now + 1).encode()}, {"s": self.seq}
 
 
-async def test_view_store_reconnects_after_its_backends_are_terminated(tmp_path: Path) -> None:
-    need_postgres()
+async def test_view_store_reconnects_after_its_backends_are_terminated(tmp_path: Path, postgres_url: str) -> None:
     schema = schema_for(tmp_path, "fv_")
     app = f"memoir-fault-{schema}"
     batches = 0
@@ -167,7 +163,7 @@ async def test_view_store_reconnects_after_its_backends_are_terminated(tmp_path:
     first_after: list[float] = []
     try:
         with structlog.testing.capture_logs() as logs:
-            async with PostgresViewStore(f"{POSTGRES_URL}?schema={schema}&application_name={app}") as store:
+            async with PostgresViewStore(f"{postgres_url}?schema={schema}&application_name={app}") as store:
 
                 async def apply() -> None:
                     nonlocal batches
@@ -181,12 +177,10 @@ async def test_view_store_reconnects_after_its_backends_are_terminated(tmp_path:
 
                 async def killer() -> None:
                     for _ in range(2):
-                        await anyio.sleep(0.5)
+                        await anyio.sleep(0.5)  # pacing: half a second of batches before each kill
                         kills.append(time.monotonic())
                         assert await terminate(app) >= 1
-                        with anyio.fail_after(RECOVER_WITHIN_S):
-                            while len(first_after) < len(kills):
-                                await anyio.sleep(0.01)
+                        await eventually(lambda: len(first_after) >= len(kills), RECOVER_WITHIN_S, "a batch stored")
 
                 with anyio.fail_after(60):
                     async with anyio.create_task_group() as tg:
@@ -195,12 +189,11 @@ async def test_view_store_reconnects_after_its_backends_are_terminated(tmp_path:
                 count = await store.get("counter", "count")
                 checkpoints = await store.checkpoints("counter")
     finally:
-        conn = await asyncpg.connect(POSTGRES_URL)
+        conn = await asyncpg.connect(postgres_url)
         await conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
         await conn.close()
     recovered = [ok - k for k, ok in zip(kills, first_after, strict=True)]
     print(f"\npostgres view store: kills={len(kills)} recovered_s={[round(r, 3) for r in recovered]} batches={batches}")
-    assert all(r < RECOVER_WITHIN_S for r in recovered)
     assert count == str(batches).encode()  # every batch applied exactly once
     assert checkpoints == {"s": batches}
     lost_logs = [e for e in logs if e["event"] == "storage unavailable"]

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import anyio
 import pytest
-from conftest import POSTGRES_URL, JournalFactory, ev, need_postgres
+from support.journals import JournalFactory, ev
 
 from runtime import Conflict, Envelope, Journal
 from runtime.model.errors import DuplicateCommand
@@ -180,8 +180,7 @@ async def test_a_version_1_sqlite_journal_is_migrated(tmp_path: Path) -> None:
         assert await journal.find_command("thing", "old", "new") == (6, b"y")
 
 
-async def test_a_version_1_postgres_journal_is_migrated(tmp_path: Path) -> None:
-    need_postgres()
+async def test_a_version_1_postgres_journal_is_migrated(tmp_path: Path, postgres_url: str) -> None:
     import asyncpg
 
     from runtime.journal.postgres import PostgresJournal
@@ -203,12 +202,12 @@ async def test_a_version_1_postgres_journal_is_migrated(tmp_path: Path) -> None:
     for p, row in enumerate(["(1, 1,", "(1, 2,", "(1, 3,", "(1, 4,", "(1, 5,"], start=1):
         v1 = v1.replace(row, f"({p}, {row[1:]}", 1)
     v1 = v1.replace("('schema_version', 1);", "('schema_version', 1), ('position', 5);")
-    conn = await asyncpg.connect(POSTGRES_URL)
+    conn = await asyncpg.connect(postgres_url)
     try:
         await conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema}; SET search_path={schema};")
         await conn.execute(v1)
         await conn.execute(f"SELECT setval(pg_get_serial_sequence('{schema}.streams', 'id'), 1)")
-        async with PostgresJournal(f"{POSTGRES_URL}?schema={schema}") as journal:
+        async with PostgresJournal(f"{postgres_url}?schema={schema}") as journal:
             await check_migrated(journal)
         assert await conn.fetchval(f"SELECT value FROM {schema}.memoir_meta WHERE key='schema_version'") == 2
     finally:

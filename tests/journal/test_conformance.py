@@ -8,7 +8,7 @@ import anyio
 import anyio.lowlevel
 import msgspec
 import pytest
-from conftest import JournalFactory, ev
+from support.journals import JournalFactory, ev
 
 from runtime import (
     Conflict,

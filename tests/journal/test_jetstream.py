@@ -9,7 +9,8 @@ import anyio
 import msgspec
 import nats
 import pytest
-from conftest import ev
+from support.journals import ev
+from support.waiting import eventually
 
 from entities.social import CountPosts, Post, PostsByAuthor, Profile
 from runtime import App, ConfigError, Conflict, Envelope
@@ -96,13 +97,13 @@ async def test_a_service_on_the_jetstream_journal_runs_no_outbox(tmp_path: Path)
             assert svc.publisher is None
             for i in range(30):
                 await svc.runtime.ask("post", f"p{i}", "publish", {"author": f"a{i % 3}", "text": "x"})
-            with anyio.fail_after(30):
-                while True:
-                    rows = await svc.view("posts_by_author").all()
-                    counts = [(await svc.runtime.ask("profile", f"a{k}", "get")).result.posts for k in range(3)]
-                    if {k: r.posts for k, r in rows.items()} == {"a0": 10, "a1": 10, "a2": 10} and counts == [10] * 3:
-                        break
-                    await anyio.sleep(0.05)
+
+            async def counted() -> bool:
+                rows = await svc.view("posts_by_author").all()
+                counts = [(await svc.runtime.ask("profile", f"a{k}", "get")).result.posts for k in range(3)]
+                return {k: r.posts for k, r in rows.items()} == {"a0": 10, "a1": 10, "a2": 10} and counts == [10] * 3
+
+            await eventually(counted, 30, "the view and the profiles to count every post")
         client = await nats.connect(server.url)
         names = [s.config.name for s in await client.jetstream().streams_info()]
         await client.close()

@@ -8,7 +8,7 @@ import uuid
 
 import asyncpg
 import pytest
-from conftest import POSTGRES_URL, ev, need_postgres
+from support.journals import ev
 
 from runtime import Conflict
 from runtime.journal.postgres import PostgresJournal
@@ -17,10 +17,9 @@ from runtime.model.errors import DuplicateCommand, EntityDeleted
 pytestmark = pytest.mark.anyio
 
 
-async def test_a_second_writer_invalidates_the_first_ones_remembered_heads() -> None:
-    need_postgres()
+async def test_a_second_writer_invalidates_the_first_ones_remembered_heads(postgres_url: str) -> None:
     schema = f"t_one_{uuid.uuid4().hex[:12]}"
-    url = f"{POSTGRES_URL}?schema={schema}"
+    url = f"{postgres_url}?schema={schema}"
     try:
         async with PostgresJournal(url) as a, PostgresJournal(url) as b:
             await a.append([ev("x", 1), ev("x", 2)], 0)
@@ -41,14 +40,14 @@ async def test_a_second_writer_invalidates_the_first_ones_remembered_heads() -> 
             assert [e.seq for e in await a.read("thing", "x")] == [1, 2, 3, 4]
             assert [e.seq for e in await a.read("thing", "y")] == [1, 2]
             assert await a.last_position() == 7
-        conn = await asyncpg.connect(POSTGRES_URL)
+        conn = await asyncpg.connect(postgres_url)
         try:
             stored = await conn.fetch(f"SELECT position FROM {schema}.events ORDER BY position")
             assert [r[0] for r in stored] == [1, 2, 3, 5, 6, 7]  # 4 was z's, deleted; no gap, no repeat
         finally:
             await conn.close()
     finally:
-        conn = await asyncpg.connect(POSTGRES_URL)
+        conn = await asyncpg.connect(postgres_url)
         try:
             await conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
         finally:

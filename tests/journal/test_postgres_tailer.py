@@ -12,7 +12,6 @@ from pathlib import Path
 import anyio
 import asyncpg
 import pytest
-from conftest import POSTGRES_URL, need_postgres
 
 from runtime import Envelope
 from runtime.journal.postgres import PostgresJournal
@@ -23,10 +22,9 @@ ENTITIES, EVENTS = 20, 75  # per writer process: 1,500 events each
 TESTS = Path(__file__).resolve().parents[1]
 
 
-async def test_tailer_sees_every_event_once_in_order_under_two_writer_processes() -> None:
-    need_postgres()
+async def test_tailer_sees_every_event_once_in_order_under_two_writer_processes(postgres_url: str) -> None:
     schema = f"t_tail_{uuid.uuid4().hex[:12]}"
-    url = f"{POSTGRES_URL}?schema={schema}"
+    url = f"{postgres_url}?schema={schema}"
     try:
         async with PostgresJournal(url) as journal:  # creates the schema before the writers race
             env = {**os.environ, "PYTHONPATH": f"{TESTS.parent}:{TESTS}"}
@@ -47,7 +45,7 @@ async def test_tailer_sees_every_event_once_in_order_under_two_writer_processes(
                     if done and not page:
                         break
                     if not page:
-                        await anyio.sleep(0.005)
+                        await anyio.sleep(0.005)  # the tailer's own poll interval: the reader under test
             assert [w.returncode for w in writers] == [0, 0]
             final: list[Envelope] = []
             while page := await journal.read_all(final[-1].position + 1 if final else 1, limit=1000):
@@ -58,6 +56,6 @@ async def test_tailer_sees_every_event_once_in_order_under_two_writer_processes(
         for entity in {e.entity_id for e in final}:
             assert [e.seq for e in final if e.entity_id == entity] == list(range(1, EVENTS + 1))
     finally:
-        conn = await asyncpg.connect(POSTGRES_URL)
+        conn = await asyncpg.connect(postgres_url)
         await conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
         await conn.close()

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import msgspec
 import pytest
-from conftest import POSTGRES_URL, ev, need_postgres
+from support.journals import ev
 
 from runtime import Journal
 
@@ -50,15 +50,14 @@ async def test_a_sqlite_journal_from_before_the_principal_gains_it(tmp_path: Pat
     db.close()
 
 
-async def test_a_postgres_journal_from_before_the_principal_gains_it(tmp_path: Path) -> None:
-    need_postgres()
+async def test_a_postgres_journal_from_before_the_principal_gains_it(tmp_path: Path, postgres_url: str) -> None:
     import asyncpg
 
     from runtime.journal.postgres import PostgresJournal
 
     schema = "t_pr_" + "".join(ch for ch in tmp_path.name.lower() if ch.isalnum())[-30:]
-    url = f"{POSTGRES_URL}?schema={schema}"
-    conn = await asyncpg.connect(POSTGRES_URL)
+    url = f"{postgres_url}?schema={schema}"
+    conn = await asyncpg.connect(postgres_url)
     try:
         await conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
         async with PostgresJournal(url) as journal:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import anyio
 import pytest
-from conftest import ev
+from support.journals import ev
 
 from runtime.journal.sqlite import SqliteJournal
 

@@ -10,7 +10,7 @@ SQLite's writer keeps are dropped as soon as another connection has written."""
 from __future__ import annotations
 
 import pytest
-from conftest import JournalFactory, ev
+from support.journals import JournalFactory, ev
 
 from runtime import Conflict, Envelope, Journal
 

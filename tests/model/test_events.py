@@ -8,7 +8,7 @@ from pathlib import Path
 
 import msgspec
 import pytest
-from conftest import JournalFactory
+from support.journals import JournalFactory
 
 from runtime import (
     App,

@@ -1,45 +1,9 @@
-"""Shared waiting and reading helpers for the stream tests."""
+"""Moved to `support.waiting` and `support.reading`; kept so files written before the move still import.
 
-from __future__ import annotations
+New tests import `from support.waiting import eventually` and `from support.reading import ...`.
+"""
 
-from collections.abc import Awaitable, Callable
-from typing import Any
+from support.reading import journal_events, stream_messages
+from support.waiting import eventually
 
-import anyio
-from nats.js import api
-
-from runtime import Envelope, Journal
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 20.0, what: str = "condition") -> None:
-    """Poll until `check()` is true; fail with `what` after `timeout` seconds."""
-    with anyio.move_on_after(timeout):
-        while not await check():
-            await anyio.sleep(0.05)
-        return
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-
-
-async def journal_events(journal: Journal) -> list[Envelope]:
-    out: list[Envelope] = []
-    while page := await journal.read_all(out[-1].position + 1 if out else 1, limit=1000):
-        out.extend(page)
-    return out
-
-
-async def stream_messages(js: Any, stream: str) -> list[Any]:
-    """Every message in a stream, read by a plain nats-py ephemeral pull consumer."""
-    info = await js.stream_info(stream)
-    total = info.state.messages
-    if not total:
-        return []
-    sub = await js.pull_subscribe(
-        "",
-        stream=stream,
-        config=api.ConsumerConfig(deliver_policy=api.DeliverPolicy.ALL, ack_policy=api.AckPolicy.NONE),
-    )
-    msgs: list[Any] = []
-    while len(msgs) < total:
-        msgs.extend(await sub.fetch(min(500, total - len(msgs)), timeout=5))
-    await sub.unsubscribe()
-    return msgs
+__all__ = ["eventually", "journal_events", "stream_messages"]

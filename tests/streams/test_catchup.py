@@ -13,6 +13,7 @@ import msgspec
 import pytest
 from crypto.people import EmailsView, app
 from nats.aio.client import Client as NATS
+from support.waiting import eventually
 
 from entities.social import Post, Published
 from runtime import Envelope, Journal, Service, SqliteJournal, SqliteViewStore, Unavailable
@@ -22,8 +23,6 @@ from runtime.streams.handlers import on
 from runtime.streams.publisher import Publisher
 from runtime.streams.view import Rows, View, ViewRunner
 from runtime.streams.view_store import Work
-
-from .helpers import eventually
 
 pytestmark = pytest.mark.anyio
 
@@ -92,7 +91,7 @@ async def test_catch_up_from_the_journal_while_events_keep_arriving(tmp_path: Pa
             tg.start_soon(runner.run)
             for start in range(3000, 4000, 50):  # during the catch-up and the hand-over
                 await _append(journal, start, 50)
-                await anyio.sleep(0.005)
+                await anyio.sleep(0.005)  # pacing: the appends spread over the catch-up
             await _all_once(store, 4000)
             await _append(journal, 4000, 100)  # after it: the stream's
             await _all_once(store, 4100)

@@ -10,14 +10,13 @@ from pathlib import Path
 
 import anyio
 import pytest
+from support.waiting import eventually
 
 from entities import app
 from runtime import SqliteJournal
 from runtime.serve.service._service import Service
 from runtime.serve.service.embedded_nats import EmbeddedNats
 from runtime.streams.view_store import SqliteViewStore
-
-from .helpers import eventually
 
 pytestmark = pytest.mark.anyio
 
@@ -89,6 +88,6 @@ async def test_counts_are_exact_after_a_kill_in_the_middle(tmp_path: Path, nats_
 
 
 async def _all(journal: SqliteJournal) -> list:  # type: ignore[type-arg]
-    from .helpers import journal_events
+    from support.reading import journal_events
 
     return await journal_events(journal)

@@ -12,6 +12,8 @@ import nats
 import pytest
 from nats.aio.client import Client as NATS
 from nats.js import api
+from support.reading import journal_events, stream_messages
+from support.waiting import eventually
 
 from entities import InventoryItem
 from runtime import App, MemoirError, Runtime, SqliteJournal
@@ -20,8 +22,6 @@ from runtime.serve.service.embedded_nats import EmbeddedNats, find_binary, free_
 from runtime.streams.publisher import CHECKPOINT, Publisher, StreamSettings
 from runtime.wire.nats import AckInbox, PublishError, check_ack, ensure_stream
 from runtime.wire.protocol import event_subject, stream_name, token
-
-from .helpers import eventually, journal_events, stream_messages
 
 pytestmark = pytest.mark.anyio
 
@@ -182,9 +182,9 @@ async def test_stream_holds_every_event_once_after_nats_restarts_under_load(tmp_
                 async with anyio.create_task_group() as tg:
                     for k in range(8):
                         tg.start_soon(load, k)
-                    await anyio.sleep(0.05)
+                    await anyio.sleep(0.05)  # pacing: the load under way
                     await server.stop(kill=True)  # the server dies while events are being published
-                    await anyio.sleep(0.3)
+                    await anyio.sleep(0.3)  # the outage itself, on purpose
                     await server.start()  # same port, same data directory
             stored = await journal_events(journal)
         client = await nats.connect(server.url)
@@ -246,12 +246,17 @@ async def test_ensure_stream_gives_up_after_its_timeout_without_jetstream(tmp_pa
     async with await anyio.open_process([find_binary(), "-a", "127.0.0.1", "-p", str(port)]) as proc:
         try:
             client = None
-            with anyio.fail_after(10):
-                while client is None:
-                    try:
-                        client = await nats.connect(f"nats://127.0.0.1:{port}", allow_reconnect=False)
-                    except Exception:  # noqa: BLE001 - not listening yet
-                        await anyio.sleep(0.05)
+
+            async def connected() -> bool:
+                nonlocal client
+                try:
+                    client = await nats.connect(f"nats://127.0.0.1:{port}", allow_reconnect=False)
+                except Exception:  # noqa: BLE001 - not listening yet
+                    return False
+                return True
+
+            await eventually(connected, 10, "nats-server listening")
+            assert client is not None
             with anyio.fail_after(10), pytest.raises(MemoirError, match=r"stream LATE: still failing after 1 s"):
                 await ensure_stream(client.jetstream(timeout=0.2), api.StreamConfig(name="LATE"), timeout=1.0)
             await client.close()

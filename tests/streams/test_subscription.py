@@ -10,6 +10,7 @@ import pytest
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import api
+from support.waiting import eventually
 
 from runtime.streams._pull import Puller, pull_loop, stream_sequence
 
@@ -49,7 +50,7 @@ async def test_deliveries_after_a_request_gave_up_come_first_next_time(nc: NATS)
     """With AckAll, dropping them and acknowledging a later message would lose them for good."""
     puller = await _puller_on(nc, "L", 8)
     assert await puller._request({"batch": 5, "no_wait": True}, 0.0) == []  # gave up before the answer
-    await anyio.sleep(0.2)  # ... which then arrives
+    await eventually(lambda: len(puller._msgs) == 5, 5, "the answer arriving after all")
     first = await puller.fetch(10, idle_timeout=0.2)
     rest = await puller.fetch(10, idle_timeout=0.2)
     assert [m.data for m in first + rest] == [str(i).encode() for i in range(8)]

@@ -10,7 +10,7 @@ from typing import Any
 
 import anyio
 import pytest
-from conftest import VIEW_STORES, drop_view_schema, open_view_store_for_test
+from support.views import VIEW_STORES, drop_view_schema, open_view_store_for_test
 
 from runtime.streams.view_store import RawRows, ViewStore
 

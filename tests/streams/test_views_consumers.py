@@ -8,7 +8,8 @@ from typing import ClassVar
 import msgspec
 import nats
 import pytest
-from conftest import drop_view_schema, open_view_store_for_test
+from support.views import drop_view_schema, open_view_store_for_test
+from support.waiting import eventually
 
 from entities.social import AuthorPosts, CountPosts, Post, PostsByAuthor, Profile, Published
 from runtime import App, SqliteJournal
@@ -17,8 +18,6 @@ from runtime.serve.service.embedded_nats import EmbeddedNats
 from runtime.streams.consumer import Consumer, Context
 from runtime.streams.handlers import on
 from runtime.streams.view_store import SqliteViewStore
-
-from .helpers import eventually
 
 pytestmark = pytest.mark.anyio
 

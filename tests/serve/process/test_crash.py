@@ -11,15 +11,15 @@ from typing import Any
 import anyio
 import nats
 import pytest
-from streams.helpers import eventually, journal_events, stream_messages
+from support.process import RunningRuntime
+from support.reading import journal_events, stream_messages
+from support.waiting import eventually
 
 from runtime import SqliteJournal
 from runtime.model.errors import CommandError
 from runtime.serve.service.client import Client
 from runtime.wire.auth import NatsAuth
 from runtime.wire.protocol import stream_name, token
-
-from ..conftest import RunningRuntime
 
 pytestmark = pytest.mark.anyio
 

@@ -14,6 +14,7 @@ import pytest
 import yaml
 from cluster.natscluster import NatsCluster, Node
 from nats.js.api import StreamConfig
+from support.waiting import eventually
 
 from runtime.serve.process.settings import Settings
 from runtime.serve.service.embedded_nats import find_binary
@@ -168,13 +169,15 @@ async def test_the_compose_nats_config_forms_a_jetstream_cluster(
             js = nc.jetstream(timeout=10)
             info = await js.add_stream(StreamConfig(name="R3CHECK", subjects=["memoir.r3check.>"], num_replicas=3))
             assert info.config.num_replicas == 3
-            with anyio.fail_after(20):
-                while True:
-                    info = await js.stream_info("R3CHECK")
-                    replicas = info.cluster.replicas if info.cluster is not None else None
-                    if info.cluster is not None and info.cluster.leader and replicas and len(replicas) == 2:
-                        break
-                    await anyio.sleep(0.2)
+
+            async def replicated() -> bool:
+                nonlocal info
+                info = await js.stream_info("R3CHECK")
+                return bool(info.cluster and info.cluster.leader and len(info.cluster.replicas or []) == 2)
+
+            await eventually(replicated, 20, "the R3 stream led, with its two replicas")
+            assert info.cluster is not None and info.cluster.replicas is not None
+            replicas = info.cluster.replicas
             assert {info.cluster.leader, *(r.name for r in replicas)} == {n.name for n in cluster.nodes}
             ack = await js.publish("memoir.r3check.a", b"x")
             assert ack.seq == 1

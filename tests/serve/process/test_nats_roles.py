@@ -19,13 +19,12 @@ import anyio
 import nats
 import pytest
 from nats.errors import Error as NatsError
-from streams.helpers import eventually
+from support.process import ROOT, RunningRuntime
+from support.waiting import eventually
 from wire.servers import nats_server
 
 from runtime.serve.service.client import Client
 from runtime.wire.auth import NatsAuth
-
-from ..conftest import ROOT, RunningRuntime
 
 pytestmark = pytest.mark.anyio
 

@@ -15,11 +15,10 @@ import anyio
 import anyio.lowlevel
 import nats
 import pytest
+from support.process import RunningRuntime
 
 from runtime import Client, CommandError, SqliteJournal
 from runtime.wire.protocol import H_COMMAND_ID
-
-from ..conftest import RunningRuntime
 
 pytestmark = pytest.mark.anyio
 

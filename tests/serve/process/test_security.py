@@ -14,13 +14,12 @@ from pathlib import Path
 
 import anyio
 import pytest
+from support.process import MEMOIR, ROOT, RunningRuntime
 from wire.servers import make_ca, make_cert, nats_server, user_seed
 
 from runtime.model.errors import MemoirError
 from runtime.wire.auth import NatsAuth
 from runtime.wire.nats import connect
-
-from ..conftest import MEMOIR, ROOT, RunningRuntime
 
 pytestmark = pytest.mark.anyio
 

@@ -11,6 +11,7 @@ import msgspec
 import pytest
 from support.process import RunningRuntime
 from support.reading import journal_events
+from support.waiting import eventually
 
 from runtime import SqliteJournal
 from runtime.model.timer_events import SCHEDULED
@@ -48,13 +49,12 @@ async def test_timers_survive_sigkill_and_fire_once_never_early(sagas_process: R
 
     rt.start()
     async with Client(rt.nats_url, auth=rt.auth) as client:
-        with anyio.fail_after(60):
-            while True:
-                stock = (await client.send("inventory", "SKU", "get")).result["units"]
-                released = await _released(client)
-                if released == TIMERS and stock == 5_000:
-                    break
-                await anyio.sleep(0.5)
+
+        async def all_released() -> bool:
+            stock = (await client.send("inventory", "SKU", "get")).result["units"]
+            return stock == 5_000 and await _released(client) == TIMERS
+
+        await eventually(all_released, 60, "every reservation released, every unit back")
     assert "no pending timers" in rt.cli("timers", "reservation", "r0").stdout
     assert rt.stop() == 0
 

@@ -11,14 +11,14 @@ import anyio
 import msgspec
 import nats
 import pytest
-from streams.helpers import journal_events
 from streams.timers.ledger import expected_balances
+from support.process import RunningRuntime
+from support.reading import journal_events
+from support.waiting import eventually
 
 from runtime import SqliteJournal
 from runtime.model.errors import CommandError
 from runtime.serve.service.client import Client
-
-from ..conftest import RunningRuntime
 
 pytestmark = pytest.mark.anyio
 
@@ -73,10 +73,14 @@ async def test_transfers_survive_sigkill_between_and_inside_steps(sagas_process:
     await start_all(rt.nats_url, missing, acked, None, rt)
     assert len(acked) == TRANSFERS
     async with Client(rt.nats_url, auth=rt.auth) as client:
-        with anyio.fail_after(90):
+
+        async def all_finished() -> bool:
             for i in range(TRANSFERS):
-                while (await client.send("transfer", f"t{i}", "get")).result["status"] not in ("ended", "failed"):
-                    await anyio.sleep(0.2)
+                if (await client.send("transfer", f"t{i}", "get")).result["status"] not in ("ended", "failed"):
+                    return False
+            return True
+
+        await eventually(all_finished, 90, "every transfer ended or failed")
         outcomes = {i: (await client.send("transfer", f"t{i}", "get")).result for i in range(TRANSFERS)}
         balances = {
             a: (await client.send("account", a, "get")).result["balance"]

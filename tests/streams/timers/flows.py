@@ -41,7 +41,7 @@ class Flow(Workflow[Steps], name="flow"):
 
     @step(timeout=0.2, recovery=Recovery(max_retries=1, backoff=0.05, failover_to="undo"))
     async def slow(self, s: Steps, calls: Calls) -> StepEffect:
-        await anyio.sleep(10)
+        await anyio.sleep(10)  # on purpose: longer than the step's timeout
         return self.end()
 
     @step

@@ -11,8 +11,13 @@ from pathlib import Path
 import anyio
 import msgspec
 import pytest
-from conftest import JournalFactory
 from nats.aio.client import Client as NATS
+from support.journals import JournalFactory
+from support.waiting import eventually
+
+from entities.inventory import InventoryItem
+from entities.reservation import Reservation, ReservationStock
+from runtime import App, CommandError, Journal, Runtime, SqliteJournal
 from runtime.model.timer_events import (
     CANCELLED,
     MAX_DELAY,
@@ -22,16 +27,11 @@ from runtime.model.timer_events import (
     fire_command_id,
     schedule_op,
 )
-from runtime.streams.timer_firing import TimerRelay, entity_timers, pending_timers
-
-from entities.inventory import InventoryItem
-from entities.reservation import Reservation, ReservationStock
-from runtime import App, CommandError, Journal, Runtime, SqliteJournal
 from runtime.serve.service._service import Service
 from runtime.serve.service.embedded_nats import EmbeddedNats
 from runtime.serve.service.metrics import Metrics
+from runtime.streams.timer_firing import TimerRelay, entity_timers, pending_timers
 from runtime.testing import EntityTestKit
-from streams.helpers import eventually
 from streams.timers.clock import Clock
 
 pytestmark = pytest.mark.anyio

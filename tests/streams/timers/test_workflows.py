@@ -9,6 +9,8 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
+from support.reading import journal_events
+from support.waiting import eventually
 
 from entities.bank import BANK, Account, Closed, SweepClosed, Transfer
 from runtime import (
@@ -37,7 +39,6 @@ from runtime.model.timer_events import TimerCancelled, TimerScheduled
 from runtime.model.workflow import MAX_STEPS_PER_TURN
 from runtime.serve.service.embedded_nats import EmbeddedNats
 from runtime.streams.timer_firing import entity_timers, timer_op
-from streams.helpers import eventually, journal_events
 from streams.timers.clock import Clock
 from streams.timers.flows import Flow
 

@@ -9,14 +9,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import anyio
 import msgspec
 import pytest
+from support.served import client, serve
+from support.waiting import eventually
 
 from runtime import App, Claim, Consumer, Context, Effect, EventSourcedEntity, Forbidden, Policy, applies, command, on
 
 from .bank import BankAccount, Deposited
-from .conftest import client, serve
 from .mint import AUDIENCE, ISSUER, SECRET, claims, hs256
 
 pytestmark = pytest.mark.anyio
@@ -65,9 +65,12 @@ async def test_a_consumer_writes_where_no_token_may_and_the_audit_chain_holds(tm
         await c.send("account", "acc-1", "deposit", {"amount": 7})
         with pytest.raises(Forbidden):
             await c.send("ledger", "main", "record", {"amount": 1000, "asked_by": "ann"})
-        with anyio.fail_after(20):
-            while not (entries := await served.journal.read("ledger", "main")):
-                await anyio.sleep(0.05)
+
+        async def recorded() -> bool:
+            return bool(await served.journal.read("ledger", "main"))
+
+        await eventually(recorded, 20, "the consumer's ledger entry")
+        entries = await served.journal.read("ledger", "main")
         (deposit,) = await served.journal.read("account", "acc-1")
     (entry,) = entries
     assert deposit.principal == "ann"

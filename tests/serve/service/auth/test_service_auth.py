@@ -11,12 +11,12 @@ from pathlib import Path
 
 import msgspec
 import pytest
+from support.served import Served, client, serve
 
 from runtime import Forbidden, Unauthorized, Verifier, load_verifier
 from runtime.wire.protocol import H_AUTHORIZATION, H_PRINCIPAL, decode_answer, stream_name
 
 from .bank import app, open_app
-from .conftest import Served, client, serve
 from .mint import (
     AUDIENCE,
     ISSUER,

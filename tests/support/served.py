@@ -1,4 +1,4 @@
-"""A real service for the access tests: embedded nats-server, SQLite journal, the NATS transport with a verifier."""
+"""A real service for the access tests: embedded nats-server, SQLite journal, the NATS door with a verifier."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ from pathlib import Path
 
 import anyio
 
-from runtime import App, Client, EmbeddedNats, Service, SqliteJournal, Verifier
+from runtime import App, Client, Service, SqliteJournal, Verifier
+from runtime.serve.service import EmbeddedNats
 from runtime.serve.service.nats_door import NatsDoor
 
 
