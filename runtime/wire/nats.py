@@ -227,6 +227,13 @@ async def connect(
     raise conn.failure(url, auth, options, timeout) from None
 
 
+async def respond(msg: Msg, body: bytes) -> None:
+    """Answer a request with `body` alone. nats-py's `Msg.respond` sends the request's headers back
+    with it: a bearer token included, to an inbox that other clients may be allowed to read."""
+    if msg.reply:
+        await msg._client.publish(msg.reply, body)
+
+
 async def close_quietly(nc: NATS) -> None:
     """Drain (flush what was published, then close); if the server is already gone, just close."""
     try:

@@ -23,6 +23,7 @@ from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
 
 from ...model.errors import CommandError, ErrorCode
+from ...wire.nats import respond
 from ...wire.protocol import encode_error, encode_result
 from ._service import Service
 from .journal_reader import ForgetArgs, ForgetResult
@@ -157,4 +158,4 @@ class Admin:
     async def _answer(msg: Msg, body: bytes) -> None:
         if msg.reply:
             with contextlib.suppress(NatsError):
-                await msg.respond(body)
+                await respond(msg, body)  # not msg.respond: it echoes the request's headers

@@ -61,6 +61,7 @@ from ...engine.runtime import Runtime
 from ...model.access import ANONYMOUS
 from ...model.errors import CommandError, ErrorCode, Moved
 from ...wire._guard import GuardedClient
+from ...wire.nats import respond
 from ...wire.protocol import (
     H_AUTHORIZATION,
     H_COMMAND_ID,
@@ -339,10 +340,7 @@ class NatsDoor:
         raise Moved(entity_type, entity_id)
 
     async def _respond(self, msg: Msg, body: bytes) -> None:
-        """The answer alone: not `msg.respond`, which sends the request's headers back with it."""
-        if not msg.reply:
-            return  # a publish, not a request: nobody to answer
         try:
-            await self.nc.publish(msg.reply, body)
+            await respond(msg, body)  # the answer alone, not the request's headers with it
         except NatsError as exc:
             log.warning("reply not sent", subject=msg.subject, error=str(exc))

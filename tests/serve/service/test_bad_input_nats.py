@@ -10,6 +10,7 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
+import anyio
 import pytest
 from streams.helpers import eventually
 from wire.raw import Frame, RawNats, raw_nats
@@ -201,10 +202,15 @@ async def test_replies_carry_no_request_headers(edge: Edge) -> None:
         frame = await raw.next_frame(20)
         assert secret not in frame.headers and b"X-Pad" not in frame.headers
         assert _answer(frame)["ok"] is True
+        # the same for view queries and admin requests
+        await raw.pub(b"memoir.admin.replay", b'{"view": "nope"}', b"r.2", _headers(secret))
+        assert _answer(await raw.next_frame(20))["ok"] is False
 
 
 async def test_a_flood_of_big_messages_leaves_memory_bounded(edge: Edge) -> None:
-    """24 concurrent 15 MB requests (360 MB): each answered `invalid` or dropped as a slow consumer."""
+    """24 concurrent 15 MB requests (360 MB): each answered `invalid`, or dropped as a slow consumer
+    (by nats-py's bounded buffer, or by nats-server, which then closes the runtime's connection:
+    it reconnects), never held."""
     async with raw_nats(edge.port) as raw:
         await raw.sub(b"r.>", 1)
         big = b" " * (15 << 20) + GOOD
@@ -212,8 +218,23 @@ async def test_a_flood_of_big_messages_leaves_memory_bounded(edge: Edge) -> None
         for i in range(24):
             await raw.pub(CMD, big, b"r.flood.%d" % i)
             peak = max(peak, edge.rss_mb())
-        answers = await _good(raw)  # after every answer the flood will get: the door answers in order
-        assert answers, "some answered"
-        assert {_answer(f)["error"]["code"] for f in answers} == {"invalid"}  # type: ignore[index]
-        print(f"flood: peak RSS {peak:.0f} MB, {len(answers)} answered")
-        assert max(peak, edge.rss_mb()) < RSS_LIMIT_MB, peak
+        frames = await _served_again(raw)
+        peak = max(peak, edge.rss_mb())
+        answers = [_answer(f) for f in frames if f.subject.startswith(b"r.flood.")]
+        assert {a["error"]["code"] for a in answers} <= {"invalid"}, answers  # type: ignore[index]
+        assert peak < RSS_LIMIT_MB, peak
+
+
+async def _served_again(raw: RawNats) -> list[Frame]:
+    """A good command sent until one is answered `ok`, each try with its own reply subject: one sent
+    while the runtime reconnects is lost. The frames that came meanwhile."""
+    seen: list[Frame] = []
+    for attempt in range(12):
+        reply = b"r.good.%d" % attempt
+        await raw.pub(CMD, GOOD, reply)
+        with anyio.move_on_after(5):
+            while (frame := await raw.next_frame(10)).subject != reply:
+                seen.append(frame)
+            assert _answer(frame)["ok"] is True, frame
+            return seen
+    raise AssertionError("the runtime did not serve again within a minute of the flood")
