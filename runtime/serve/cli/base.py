@@ -53,12 +53,14 @@ def examples(*lines: str, client: bool = True) -> str:
     return "examples:\n" + "\n".join(f"  {line}" for line in lines) + "\n\n" + rule(client=client)
 
 
-def command(sub: Subparsers, name: str, help: str, *example_lines: str, client: bool = True) -> argparse.ArgumentParser:
-    """A subcommand's parser: its help, description and examples; no abbreviations."""
+def command(
+    sub: Subparsers, name: str, help: str, *example_lines: str, client: bool = True, description: str | None = None
+) -> argparse.ArgumentParser:
+    """A subcommand's parser: its help (its line in `memoir --help`), description and examples; no abbreviations."""
     p: argparse.ArgumentParser = sub.add_parser(
         name,
         help=help,
-        description=help[0].upper() + help[1:] + ".",
+        description=description or help[0].upper() + help[1:] + ".",
         epilog=examples(*example_lines, client=client),
         formatter_class=Formatter,
         allow_abbrev=False,

@@ -23,13 +23,13 @@ def add(sub: Subparsers) -> None:
     r = command(
         sub,
         "run",
-        "start the runtime as a process: host an app's entities, views and consumers, serving commands over"
-        " NATS until SIGTERM/SIGINT",
+        "start the runtime as a process",
         "memoir run                          # the example entities; embedded NATS and SQLite in ./.memoir",
         "memoir run shop:app                 # the App named app in ./shop.py",
         "memoir run shop:app --data-dir /var/lib/shop --metrics-port 9090",
         "memoir run --journal postgresql://memoir@db/shop --nats-url nats://nats:4222",
         client=False,
+        description="Host an app's entities, views and consumers, serving commands over NATS until SIGTERM/SIGINT.",
     )
     r.add_argument(
         "app_spec", nargs="?", metavar="APP", help="the App as module:attribute, e.g. shop:app (default entities:app)"
