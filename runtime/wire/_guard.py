@@ -74,6 +74,10 @@ class GuardedClient(NATS):
         """Answer `body` to a message for `sub` whose subject is not UTF-8 but whose reply is."""
         self._answers[sub._id] = body
 
+    def _remove_sub(self, sid: int, max_msgs: int = 0) -> None:
+        self._answers.pop(sid, None)
+        super()._remove_sub(sid, max_msgs)
+
     async def _process_msg(self, sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes) -> None:
         if not (subject.isascii() and reply.isascii()) and (_text(subject) is None or _text(reply) is None):
             await self._undecodable(sid, subject, reply)
