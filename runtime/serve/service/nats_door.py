@@ -60,8 +60,7 @@ from nats.errors import TimeoutError as NatsTimeoutError
 from ...engine.runtime import Runtime
 from ...model.access import ANONYMOUS
 from ...model.errors import CommandError, ErrorCode, Moved
-from ...wire._guard import GuardedClient
-from ...wire.nats import respond
+from ...wire.nats import GuardedClient, respond
 from ...wire.protocol import (
     H_AUTHORIZATION,
     H_COMMAND_ID,
