@@ -30,7 +30,7 @@ from nats.js.errors import APIError, NotFoundError, ServiceUnavailableError
 
 from ..model.errors import MemoirError
 from . import frames
-from ._guard import GuardedClient
+from ._guard import GuardedClient as GuardedClient  # re-exported: the client `connect` makes
 from .auth import NatsAuth
 from .redact import redact_url, scrub, url_secrets
 
