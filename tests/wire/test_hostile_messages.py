@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import anyio
 import pytest
 from nats.aio.msg import Msg
 from streams.helpers import eventually
@@ -85,5 +86,27 @@ async def test_header_values_keep_their_bad_bytes_distinguishable(tmp_path: Path
             ids = [(m.headers or {})["Memoir-Command-Id"] for m in got]
             assert ids == ["\udcff\udcfe", "\udcfe\udcff", "ünï"]
             assert [i.isprintable() for i in ids] == [False, False, True]
+        finally:
+            await nc.close()
+
+
+async def test_a_full_subscription_buffer_drops_and_counts(tmp_path: Path) -> None:
+    """nats-py drops what exceeds a subscription's pending limits; connect's client counts and logs it."""
+    async with nats_server(CONF, tmp_path) as port:
+        nc = await connect(f"nats://127.0.0.1:{port}")
+        try:
+            release = anyio.Event()
+
+            async def stuck(msg: Msg) -> None:
+                await release.wait()
+
+            await nc.subscribe("s.>", cb=stuck, pending_bytes_limit=3000)
+            await nc.flush()
+            async with raw_nats(port) as raw:
+                for _ in range(10):
+                    await raw.pub(b"s.x", b"x" * 1000)
+                await raw.ping()
+            await eventually(lambda: _true(nc.dropped >= 7), 10, "the messages over the limit dropped")
+            release.set()
         finally:
             await nc.close()
