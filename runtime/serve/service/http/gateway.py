@@ -72,11 +72,14 @@ class HttpGateway:
         cors_origins: Sequence[str] = (),
         timeout: float = 5.0,
         body_timeout: float = BODY_TIMEOUT_S,
+        head_timeout: float = BODY_TIMEOUT_S,
         max_body: int = 1 << 20,
     ) -> None:
         """Secure by default: give the data dir's `token`, or a JWT `verifier`, or `insecure=True`.
 
         With a verifier the token is not used: JWTs name callers, which the access rules need.
+        A request's head must arrive within `head_timeout` seconds, its body within `body_timeout`
+        (408 and the connection closed, so slow clients cannot hold connections).
         """
         for name in RESERVED:
             if name in service.runtime.models:
@@ -104,9 +107,11 @@ class HttpGateway:
         )
         from uvicorn import Config
 
+        from .protocol import head_timeout_protocol
+
         config = Config(
             origin_guard(self.api, cors_origins),
-            http="httptools",
+            http=head_timeout_protocol(head_timeout),  # httptools, with a deadline for request heads
             ws="none",
             lifespan="off",
             log_config=None,

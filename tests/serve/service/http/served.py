@@ -55,6 +55,7 @@ async def gateway(
             insecure=insecure,
             cors_origins=origins,
             body_timeout=body_timeout,
+            head_timeout=body_timeout,
         )
         port = await tg.start(gw.run)
         try:

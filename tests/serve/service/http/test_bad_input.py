@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 import anyio
+import anyio.abc
 import pytest
 
 from .served import BEARER, TOKEN, Gated, gateway
@@ -251,15 +252,38 @@ async def test_a_half_sent_body_is_cut_after_the_body_timeout(gated: Gated) -> N
     with anyio.fail_after(10):  # the gateway's body timeout is 1 s
         async with await anyio.connect_tcp(host, int(port)) as conn:
             await conn.send(head.encode() + GOOD[:10])
-            answer = b""
-            try:
-                while chunk := await conn.receive():
-                    answer += chunk
-            except (anyio.EndOfStream, anyio.BrokenResourceError):
-                pass  # closed by the server: the point
+            answer = await read_until_closed(conn)
     assert answer.startswith(b"HTTP/1.1 408 "), answer
     assert b'"code":"request_timeout"' in answer and b"within 1s" in answer
     await still_serving(gated, before)
+
+
+@pytest.mark.parametrize(
+    "sent",
+    [b"", b"GET /inventory/bad-1 HTTP/1.1\r\nHost: x\r\n"],
+    ids=["nothing sent", "half-sent head"],
+)
+async def test_a_slow_head_is_cut_after_the_head_timeout(gated: Gated, sent: bytes) -> None:
+    """A connection that sends no request, or half a head, is answered 408 and closed (no slowloris)."""
+    host, port = gated.url.removeprefix("http://").split(":")
+    with anyio.fail_after(10):  # the gateway's head timeout is 1 s
+        async with await anyio.connect_tcp(host, int(port)) as conn:
+            if sent:
+                await conn.send(sent)
+            answer = await read_until_closed(conn)
+    assert answer.startswith(b"HTTP/1.1 408 "), answer
+    assert b'"code":"request_timeout"' in answer and b"head did not arrive within 1s" in answer
+    await still_serving(gated, await gated.last_position())
+
+
+async def read_until_closed(conn: anyio.abc.SocketStream) -> bytes:
+    answer = b""
+    try:
+        while chunk := await conn.receive():
+            answer += chunk
+    except (anyio.EndOfStream, anyio.BrokenResourceError):
+        pass  # closed by the server: the point
+    return answer
 
 
 async def still_serving(gated: Gated, before: int) -> None:
