@@ -15,12 +15,13 @@ from __future__ import annotations
 import hashlib
 
 import msgspec
+import nats.errors
 import nats.js.errors
 from nats.js.api import KeyValueConfig, StorageType
 from nats.js.client import JetStreamContext
 from nats.js.kv import KeyValue
 
-from ....model.errors import CommandError
+from ....model.errors import CommandError, ConfigError
 from ....wire.protocol import stream_prefix
 
 KEY_TTL_S = 86_400.0
@@ -47,12 +48,15 @@ class IdempotencyKeys:
     async def open(cls, js: JetStreamContext, prefix: str, *, replicas: int = 1) -> IdempotencyKeys:
         bucket = f"{stream_prefix(prefix)}_HTTP_KEYS"
         try:
-            kv = await js.key_value(bucket)
-        except nats.js.errors.BucketNotFoundError:
-            config = KeyValueConfig(
-                bucket=bucket, history=1, ttl=KEY_TTL_S, replicas=replicas, storage=StorageType.FILE
-            )
-            kv = await js.create_key_value(config)  # a concurrent creator's identical config is accepted
+            try:
+                kv = await js.key_value(bucket)
+            except nats.js.errors.BucketNotFoundError:
+                config = KeyValueConfig(
+                    bucket=bucket, history=1, ttl=KEY_TTL_S, replicas=replicas, storage=StorageType.FILE
+                )
+                kv = await js.create_key_value(config)  # a concurrent creator's identical config is accepted
+        except nats.errors.Error as exc:  # permissions, no JetStream, a timeout: one line at start-up
+            raise ConfigError(f"the HTTP gateway cannot open the NATS KV bucket {bucket}: {exc}") from None
         return cls(kv)
 
     async def claim(self, entity_type: str, entity_id: str, key: str, command: str, body: bytes) -> str | None:
