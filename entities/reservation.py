@@ -18,7 +18,7 @@ from typing import Annotated
 
 import msgspec
 
-from runtime import CommandError, Consumer, Context, Effect, ErrorCode, EventSourcedEntity, applies, command, on
+from runtime import CommandError, Consumer, Context, Effect, ErrorCode, EventSourcedEntity, Nobody, applies, command, on
 
 Positive = Annotated[int, msgspec.Meta(gt=0, le=10**9, description="units, more than 0")]  # the decoder checks it
 
@@ -83,7 +83,7 @@ class Reservation(EventSourcedEntity[Hold], name="reservation"):
             .reply(lambda s: s.status)
         )
 
-    @command
+    @command(allow=Nobody())  # type: ignore[untyped-decorator]  # from the consumer only: `command(...)` is untyped
     def took(self, r: Hold, units: int) -> Effect[str]:
         """Sent by `ReservationStock` once the units left the stock; after a release, they go back."""
         if r.taken:
@@ -92,7 +92,7 @@ class Reservation(EventSourcedEntity[Hold], name="reservation"):
             return self.persist(Taken(units), Returned(r.sku, units)).reply(lambda s: s.status)
         return self.persist(Taken(units)).reply(lambda s: s.status)
 
-    @command
+    @command(allow=Nobody())  # type: ignore[untyped-decorator]  # from the consumer only
     def refuse(self, r: Hold, reason: str) -> Effect[str]:
         """Sent by `ReservationStock` when the item refused the hold: nothing to give back, ever."""
         if r.status not in ("held", "paid"):

@@ -11,7 +11,8 @@ from support.waiting import eventually
 
 from entities.inventory import InventoryItem
 from entities.reservation import Refused, Released, Reservation, ReservationStock, Returned, Taken
-from runtime import App, SqliteJournal
+from runtime import App, CommandError, SqliteJournal
+from runtime.model.access import ANONYMOUS
 from runtime.serve.service._service import Service
 from runtime.serve.service.embedded_nats import EmbeddedNats
 from runtime.testing import EntityTestKit
@@ -54,6 +55,10 @@ async def test_a_hold_without_stock_is_refused_and_its_release_adds_nothing(
         r1 = [e.name for e in await journal.read("reservation", "r-1")]
         assert "Refused" in r1 and "Released" not in r1
         assert (await ask("inventory", "SKU", "get")).result.units == 2
+        for command, args in (("took", {"units": 3}), ("refuse", {"reason": "x"})):  # the consumer's alone
+            with pytest.raises(CommandError) as outside:
+                await ask("reservation", "r-1", command, args, caller=ANONYMOUS)
+            assert outside.value.code == "unauthorized"
 
 
 def test_a_release_gives_back_what_the_hold_took_even_when_it_comes_first() -> None:
