@@ -31,6 +31,35 @@ def _one(part: str) -> str:
         return "<unparsable URL>"
 
 
+def without_secrets(url: str) -> str:
+    """`url` fit to be stored: passwords, NATS tokens and secret query options left out, not masked.
+
+    Where and as whom stay (a PostgreSQL user, a NATS user), so a client that reads the URL back
+    adds the credential from its own environment; a lone user-info part of a NATS URL is a token.
+    """
+    return ",".join(_stripped(part.strip()) for part in url.split(","))
+
+
+def _stripped(part: str) -> str:
+    try:
+        p = urlsplit(part)
+    except ValueError:
+        return "<unparsable URL>"
+    query = "&".join(kv for kv in p.query.split("&") if kv and not _SECRET_QUERY.fullmatch(kv))
+    if "@" not in p.netloc and query == p.query:
+        return part  # nothing to leave out (and `sqlite:///…` keeps its empty authority)
+    host = p.netloc.rpartition("@")[2]
+    token_scheme = p.scheme.lower() in {"nats", "tls", "ws", "wss"}
+    user = p.username if p.username and not (token_scheme and p.password is None) else None
+    netloc = f"{user}@{host}" if user else host
+    return urlunsplit((p.scheme, netloc, p.path, query, p.fragment))
+
+
+def had_secrets(url: str) -> bool:
+    """Whether `without_secrets` would leave anything out of `url`."""
+    return without_secrets(url) != ",".join(part.strip() for part in url.split(","))
+
+
 def url_secrets(url: str) -> list[str]:
     """The secrets written into a URL (passwords, tokens), to scrub from any text that quotes it."""
     found: list[str] = []

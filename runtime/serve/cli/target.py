@@ -45,6 +45,7 @@ class Target:
     auth: NatsAuth = field(
         default_factory=NatsAuth
     )  # the --nats-* credential: for an external NATS and a nats:// journal
+    advice: str = ""  # how to give a credential the data dir does not keep, when one may be missing
 
     @property
     def data(self) -> Path:
@@ -79,7 +80,7 @@ class Target:
         try:
             return await connect(url, timeout=timeout, auth=self.nats_auth()), url
         except MemoirError as exc:
-            raise unreachable(str(exc)) from None
+            raise unreachable(f"{exc}; {self.advice}" if self.advice else str(exc)) from None
 
 
 def client_target(args: Any) -> Target:
@@ -97,7 +98,20 @@ def client_target(args: Any) -> Target:
     names = [f.name for f in msgspec.structs.fields(Settings)]
     flags = {n: getattr(args, n, None) for n in names}
     flags["data_dir"] = str(data)
-    return Target(Settings.from_env(env, **flags), manifest, from_args(args))
+    auth = from_args(args)
+    return Target(Settings.from_env(env, **flags), manifest, auth, _advice(manifest, flags, auth))
+
+
+def _advice(manifest: Manifest | None, flags: dict[str, Any], auth: NatsAuth) -> str:
+    """What to say when the runtime's NATS URL had a credential that its manifest leaves out."""
+    if manifest is None or "nats_url" not in manifest.secrets_left_out:
+        return ""
+    if flags.get("nats_url") or os.environ.get("MEMOIR_NATS_URL") or auth != NatsAuth():
+        return ""  # the user gave one: an error is about that one
+    return (
+        "memoir run's NATS URL carried a credential, which the data dir does not keep:"
+        " give it with MEMOIR_NATS_URL or --nats-url, or the --nats-* credential flags"
+    )
 
 
 def _read(path: Path) -> str | None:

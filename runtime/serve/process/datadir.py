@@ -39,6 +39,10 @@ class Manifest(msgspec.Struct, kw_only=True, omit_defaults=True):
     nats_url: str | None = None
     embedded_nats: bool = False  # the NATS server lived and died with that runtime
     pid: int | None = None
+    # The URLs whose password or token was left out (never at rest here): a client command on this
+    # data dir gives it again as `memoir run` got it — MEMOIR_NATS_URL, the --nats-* credential
+    # flags, MEMOIR_JOURNAL_URL, or PostgreSQL's own PGPASSWORD / ~/.pgpass.
+    secrets_left_out: list[str] = msgspec.field(default_factory=list)
 
 
 class DataDirLocked(MemoirError):

@@ -17,6 +17,7 @@ import msgspec
 from ...model.errors import ConfigError
 from ...streams.publisher import StreamSettings
 from ...wire.protocol import check_prefix
+from ...wire.redact import had_secrets, without_secrets
 from ..service._service import SHARED_JOURNALS
 from ..service.auth import Verifier, load_verifier
 from ..service.cluster import ClusterConfig, LeaseConfig
@@ -149,15 +150,21 @@ class Settings(msgspec.Struct, kw_only=True):
     def manifest(self, nats_url: str, *, embedded: bool) -> Manifest:
         """What this run uses, for the CLI's commands on the same data dir (paths absolute: they may run elsewhere)."""
         absolute = msgspec.structs.replace(self, data_dir=str(self.data.resolve()))
+        urls = {
+            "journal_url": _absolute_sqlite(absolute.journal()),
+            "view_store_url": _absolute_sqlite(absolute.views()),
+            "nats_url": nats_url,
+        }
         return Manifest(
             app=self.app,
             app_path=os.getcwd(),
-            journal_url=_absolute_sqlite(absolute.journal()),
-            view_store_url=_absolute_sqlite(absolute.views()),
+            journal_url=without_secrets(urls["journal_url"]),  # where, never the password (no secret at rest)
+            view_store_url=without_secrets(urls["view_store_url"]),
             prefix=self.prefix,
-            nats_url=nats_url,
+            nats_url=without_secrets(nats_url),
             embedded_nats=embedded,
             pid=os.getpid(),
+            secrets_left_out=sorted(name for name, url in urls.items() if had_secrets(url)),
         )
 
 
