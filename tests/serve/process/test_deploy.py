@@ -9,6 +9,7 @@ from pathlib import Path
 import anyio
 import msgspec
 import pytest
+from support.deploy import DEPLOY, env_file
 
 from runtime import Envelope
 from runtime.journal.jetstream import JetStreamJournal
@@ -17,29 +18,18 @@ from runtime.serve.service.embedded_nats import find_binary, free_port
 from runtime.wire.auth import ENV as NATS_AUTH_ENV
 from runtime.wire.auth import NatsAuth
 
-DEPLOY = Path(__file__).resolve().parents[3] / "deploy"
-
-
-def _env_file() -> dict[str, str]:
-    out = {}
-    for line in (DEPLOY / "memoir.env").read_text().splitlines():
-        if line.strip() and not line.startswith("#"):
-            key, _, value = line.partition("=")
-            out[key] = value
-    return out
-
 
 def test_the_env_file_names_every_setting_and_nothing_else() -> None:
     expected = {f"MEMOIR_{f.name.upper()}" for f in msgspec.structs.fields(Settings)} | set(NATS_AUTH_ENV)
-    assert set(_env_file()) == expected
+    assert set(env_file()) == expected
 
 
 def test_the_env_file_is_accepted_as_it_stands() -> None:
-    settings = Settings.from_env(_env_file())
+    settings = Settings.from_env(env_file())
     assert settings.data_dir == "/var/lib/memoir"
     assert settings.metrics_port == 9464
     assert settings.nats_url is None and settings.journal_url is None  # empty: the defaults
-    assert NatsAuth.from_env(_env_file()) == NatsAuth()  # no credential: the embedded server's own key
+    assert NatsAuth.from_env(env_file()) == NatsAuth()  # no credential: the embedded server's own key
 
 
 @pytest.mark.anyio

@@ -14,15 +14,14 @@ import pytest
 import yaml
 from cluster.natscluster import NatsCluster, Node
 from nats.js.api import StreamConfig
+from support.deploy import DEPLOY, env_file
 from support.waiting import eventually
 
 from runtime.serve.process.settings import Settings
 from runtime.serve.service.embedded_nats import find_binary
 from runtime.wire.auth import NatsAuth
 from runtime.wire.nats import close_quietly, connect
-from serve.process.test_deploy import _env_file
 
-DEPLOY = Path(__file__).resolve().parents[3] / "deploy"
 ROOT = DEPLOY.parent
 YAML_FILES = [DEPLOY / "compose.yaml", DEPLOY / "helm" / "nats-values.yaml", *sorted((DEPLOY / "k8s").glob("*.yaml"))]
 CLUSTER_FILES = [DEPLOY / "Dockerfile", DEPLOY / "nats-cluster.conf", *YAML_FILES]
@@ -41,8 +40,8 @@ def test_every_yaml_file_parses() -> None:
         assert isinstance(_yaml(path), dict), path
 
 
-def test_every_setting_named_exists_in_the_env_file() -> None:
-    known = set(_env_file())
+def test_every_setting_named_exists_in_theenv_file() -> None:
+    known = set(env_file())
     for path in CLUSTER_FILES:
         named = set(re.findall(r"(?<![.\w])MEMOIR_[A-Z0-9_]+", path.read_text()))  # not a stream in a subject
         assert named <= known, f"{path.name} names settings memoir.env lacks: {sorted(named - known)}"
@@ -74,7 +73,7 @@ def test_compose_runs_three_nats_nodes_postgres_and_three_clustered_replicas() -
     assert {services[n]["environment"]["NATS_SERVER_NAME"] for n in nats} == set(nats)
     for name in nats:
         assert any(v.endswith(":/etc/nats/nats-cluster.conf:ro") for v in services[name]["volumes"])
-    defaults = _env_file()
+    defaults = env_file()
     first_nodes = set()
     for name in memoir:
         env = {k: str(v) for k, v in services[name]["environment"].items()}
@@ -103,7 +102,7 @@ def test_the_kubernetes_manifests_fit_together() -> None:
     sources = {next(iter(s.values()))["name"] for s in container["envFrom"]}
     assert sources == {docs["ConfigMap"]["metadata"]["name"], docs["Secret"]["metadata"]["name"]}
     assert "/readyz" in str(container["readinessProbe"]) and "/healthz" in str(container["livenessProbe"])
-    settings = {**_env_file(), **docs["ConfigMap"]["data"], **docs["Secret"]["stringData"]}
+    settings = {**env_file(), **docs["ConfigMap"]["data"], **docs["Secret"]["stringData"]}
     assert "MEMOIR_JOURNAL_URL" in docs["Secret"]["stringData"]
     assert "MEMOIR_JOURNAL_URL" not in docs["ConfigMap"]["data"]  # the password stays in the Secret
     parsed = Settings.from_env({k: str(v) for k, v in settings.items()})
