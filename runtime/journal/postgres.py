@@ -30,6 +30,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import anyio
+from anyio.abc import TaskGroup
 
 from ..model.envelope import Recovery
 from ..model.errors import Conflict, EntityDeleted, JournalError
@@ -42,6 +43,8 @@ from .sql_keys import SqlKeyStore
 __all__ = ["PostgresJournal", "dialect", "parse_postgres_url"]
 
 Key = tuple[str, str]
+
+_CLOSE_TIMEOUT = 10.0  # seconds for close() to land the batches in flight before it cuts them off
 
 
 def dialect(schema: str) -> Dialect:
@@ -197,6 +200,7 @@ class PostgresJournal(SqlJournal):
         self._append_stmt: tuple[Any, Any] | None = None  # (connection, its prepared `_APPEND`)
         self._pool: Any = None
         self._stack: contextlib.AsyncExitStack | None = None
+        self._writing: TaskGroup | None = None  # runs the batcher, from open() to close()
         self._link = Link("PostgreSQL journal", where)
 
     # -- lifecycle ---------------------------------------------------------------------------------
@@ -216,8 +220,10 @@ class PostgresJournal(SqlJournal):
             if isinstance(exc, JournalError):
                 raise
             raise JournalError(f"cannot open PostgreSQL journal at {self._link.where}: {exc}") from exc
+        # The writer task's group stays open until close(), which the same task calls (the journal
+        # is an async context manager): scopes nest only if nothing entered since is still open.
         stack = contextlib.AsyncExitStack()
-        tg = await stack.enter_async_context(anyio.create_task_group())
+        tg = self._writing = await stack.enter_async_context(anyio.create_task_group())
         tg.start_soon(self._writes.run)
         stack.callback(self._writes.close)
         self._stack = stack
@@ -236,8 +242,16 @@ class PostgresJournal(SqlJournal):
             writer.terminate()  # it may be dead: never wait on a goodbye
 
     async def close(self) -> None:
+        """Land the batches accepted so far, then close the connections, even from a cancelled scope.
+
+        The writer's group is shielded and given a deadline rather than wrapped in a scope of
+        close()'s own: a scope entered here would sit inside the group, which could then not be left.
+        """
         if self._stack is not None:
             stack, self._stack = self._stack, None
+            if self._writing is not None:
+                self._writing.cancel_scope.shield = True
+                self._writing.cancel_scope.deadline = anyio.current_time() + _CLOSE_TIMEOUT
             await stack.aclose()
         await self._close_connections()
 

@@ -96,14 +96,18 @@ async def _serve(
             metrics_url = await doors.serve_metrics(side)
             async with anyio.create_task_group() as serving:
                 await doors.open(serving)
-                # Handlers first, banner second: whoever reads "serving" may send SIGTERM at once.
-                with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-                    print(_banner(settings, app, svc, nats, journal, verifier, metrics_url, doors.http), flush=True)
-                    tune_gc()
-                    if ready is not None:
-                        ready.set()
-                    await _wait_for_signal(signals, stopping)
-                await doors.close()
+                # In a cluster, shards only now that commands reach us, and inside `serving`: the
+                # shard manager's task group is left here, before this one (scopes must nest).
+                async with svc.sharding():
+                    await doors.open_http(serving)
+                    # Handlers first, banner second: whoever reads "serving" may send SIGTERM at once.
+                    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                        print(_banner(settings, app, svc, nats, journal, verifier, metrics_url, doors.http), flush=True)
+                        tune_gc()
+                        if ready is not None:
+                            ready.set()
+                        await _wait_for_signal(signals, stopping)
+                    await doors.close()
             side.cancel_scope.cancel()
         # Leaving the stack: consumers stop, the publisher flushes, the runtime closes, the journal
         # closes, the embedded server stops.
@@ -187,7 +191,7 @@ async def _start_service(
         max_live_actors=settings.max_live_actors,
         passivate_after=settings.passivate_after,
         cluster=settings.cluster_config(),
-        take_shards=False,  # once the NATS door takes commands: _Doors.open
+        take_shards=False,  # once the NATS door takes commands: svc.sharding() in _serve
         nats_auth=nats.auth,
     )
     svc = await stack.enter_async_context(service)
@@ -224,7 +228,8 @@ class _Doors:
     async def open(self, serving: TaskGroup) -> None:
         await self.admin.start()
         await serving.start(self.nats.run)
-        await self.svc.take_shards()  # in a cluster: given shards only now that commands reach us
+
+    async def open_http(self, serving: TaskGroup) -> None:
         if self.http is not None:  # after the NATS door: HTTP commands go through it
             await serving.start(self.http.run)
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from types import TracebackType
 from typing import Any, Self
 
@@ -212,16 +212,33 @@ class Service:
     async def take_shards(self) -> None:
         """In a cluster, be counted for shards from now on (`Service(take_shards=False)`).
 
-        For a front door started after the service (`memoir run`'s transport): call this once
-        it takes commands. A member that is given shards before then stalls their commands:
-        its peers forward them to it and find no one, until their senders give up. Idempotent;
-        a no-op outside a cluster.
+        For a front door started after the service: call this once it takes commands, in the
+        scope of `async with Service(...)` (from inside the door's task groups, use
+        `sharding()`). A member that is given shards before then stalls their commands: its
+        peers forward them to it and find no one, until their senders give up. Idempotent; a
+        no-op outside a cluster.
         """
         if self.shards is None or self._sharding:
             return
         assert self._stack is not None, "take_shards() inside `async with Service(...)`"
         self._sharding = True
         await self._stack.enter_async_context(self.shards)  # left first: the shards go before the rest stops
+
+    @contextlib.asynccontextmanager
+    async def sharding(self) -> AsyncIterator[None]:
+        """`take_shards()` for a block, whose end hands the shards off (if `hand_off()` has not).
+
+        For a front door that runs in task groups of its own, as `memoir run`'s: the shard
+        manager's task group is then entered and left inside them, so scopes nest. Given to the
+        service's exit instead, it would be left after them, out of order: anyio refuses that,
+        and a process stopping that way exits 1. A no-op outside a cluster or once taken.
+        """
+        if self.shards is None or self._sharding:
+            yield
+            return
+        self._sharding = True
+        async with self.shards:
+            yield
 
     def runs(self, name: str) -> bool:
         """Whether this process runs the singleton `name` (always, outside a cluster)."""
