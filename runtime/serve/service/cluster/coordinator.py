@@ -20,10 +20,11 @@ from nats.aio.client import Client as NATS
 from nats.js.kv import KeyValue
 
 from ....model.errors import ConfigError, MemoirError
+from .allocation import AllocationTable
 from .leases import LeaseConfig, Leases, Singleton
 from .membership import Membership, new_member_id
-from .shards import DEFAULT_SHARDS, SHARD_COUNT_KEY, check_shard_count, mismatch
-from .store import bucket_name, describe, ensure_bucket, log
+from .shards import DEFAULT_SHARDS, SHARD_COUNT_KEY, check_shard_count, mismatch, shard_from_key
+from .store import Entry, bucket_name, describe, ensure_bucket, log, watch_forever
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,7 @@ class Cluster:
         self.leases_kv = leases_kv
         self.members_kv = members_kv
         self.leases = Leases(leases_kv, member_id, config.lease)
+        self.allocation = AllocationTable(leases_kv, config.shards)
         self.membership = Membership(members_kv, member_id, ttl=config.members_ttl)
         self.singletons: dict[str, Singleton] = {}
         self._tg: anyio.abc.TaskGroup | None = None
@@ -78,13 +80,26 @@ class Cluster:
         async with anyio.create_task_group() as tg:
             cluster._tg = tg
             with cluster._starting("join"):
-                await tg.start(cluster.leases.watch)
+                await tg.start(cluster.watch_leases)
                 await tg.start(cluster.membership.watch)
             try:
                 yield cluster
             finally:
                 await cluster.membership.leave()
                 tg.cancel_scope.cancel()
+
+    def _on_lease_entry(self, entry: Entry) -> None:
+        if shard_from_key(entry.key) is not None:
+            self.allocation.on_entry(entry)
+        else:
+            self.leases.on_entry(entry)
+
+    async def watch_leases(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """One watch on the leases bucket feeds both the leases (members', singletons') and the
+        shard allocation; quiet for a whole ttl means a lost consumer (member leases renew more often)."""
+        await watch_forever(
+            self.leases_kv, self._on_lease_entry, quiet=self.config.lease.ttl, what="leases", task_status=task_status
+        )
 
     async def announce(self) -> None:
         """Start heartbeating: from now on the others count this member and move shards to it.

@@ -151,12 +151,12 @@ class Leases:
             self._changed.set()
             self._changed = anyio.Event()
 
-    def _on_entry(self, entry: Entry) -> None:
+    def on_entry(self, entry: Entry) -> None:
         self.observe(entry.key, entry_revision(entry), None if is_deleted(entry) else decode_held(entry.value))
 
     async def watch(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Keep `seen` current; quiet for a whole ttl means a lost consumer (holders renew more often)."""
-        await watch_forever(self.kv, self._on_entry, quiet=self.config.ttl, what="leases", task_status=task_status)
+        await watch_forever(self.kv, self.on_entry, quiet=self.config.ttl, what="leases", task_status=task_status)
 
     async def wait_changed(self, timeout: float) -> None:
         """Until a lease changes owner or is released, or `timeout`."""
@@ -224,9 +224,35 @@ class Leases:
         self.renewals += 1
         return True
 
-    async def hold(self, held: Held, on_lost: OnLost) -> None:
+    async def fence(self, key: str) -> bool:
+        """Delete another holder's lease once it has been silent for a whole ttl by this clock,
+        with a revision check: its holder stopped serving by its own deadline, and can never
+        renew this revision again. True: the key is free now (deleted here or already)."""
+        seen = self.seen.get(key)
+        if seen is None or seen.owner is None:
+            return True
+        if seen.owner == self.holder or time.monotonic() - seen.since < self.config.ttl:
+            return False
+        try:
+            await self.kv.delete(key, last=seen.revision)
+        except Exception as exc:
+            if not is_wrong_last(exc):
+                raise
+            fresh = await self.refresh(key)  # renewed meanwhile (alive), or deleted by another taker
+            return fresh is None or fresh.owner is None
+        self.seen[key] = Seen(seen.revision, None, time.monotonic())
+        self.version += 1
+        self._changed.set()
+        self._changed = anyio.Event()
+        log.info("silent lease fenced", key=key, holder=seen.owner, by=self.holder)
+        return True
+
+    async def hold(self, held: Held, on_lost: OnLost, *, fenced: bool = False) -> None:
         """Renew `held` until it is lost, then await `on_lost` (by the deadline, before anyone
-        else can take it) and return. Cancel it to stop renewing (then `release`)."""
+        else can take it) and return. Cancel it to stop renewing (then `release`).
+
+        `fenced`: the caller refuses work by `held.deadline` itself (the shard fence), so how
+        long `on_lost` takes is only tidying, not safety."""
         config = self.config
         while True:
             await anyio.sleep(max(0.0, held.confirmed_at + config.renew_every - time.monotonic()))
@@ -249,7 +275,7 @@ class Leases:
                 with anyio.CancelScope(shield=True):
                     await on_lost()
                 took = time.monotonic() - started
-                if took > config.safety_margin:
+                if took > config.safety_margin and not fenced:
                     log.error("on_lost took longer than the lease margin", key=held.key, seconds=round(took, 3))
                 return
 
@@ -296,6 +322,11 @@ class Leases:
             if held is not None:
                 return held
             await self.wait_changed(self.config.ttl / 6)
+
+
+def member_key(member: str) -> str:
+    """The key of a member's own lease: its shards are served only while it is renewed."""
+    return f"member.{member}"
 
 
 def singleton_key(name: str) -> str:

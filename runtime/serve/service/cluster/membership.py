@@ -2,8 +2,10 @@
 
 Liveness goes by this process's own clock, as leases do: a member is live while its key has
 changed within `ttl` of when this process last saw it change. A member that leaves
-gracefully deletes its key, which every watcher sees at once. The bucket's TTL only collects
-the keys of members that died (several ttls, so it never races a live member's heartbeat).
+gracefully deletes its key, which every watcher sees at once. A member silent for two ttls
+(by the clock of whoever notices) has its key deleted by a live one, with a revision check so a
+heartbeat that lands first keeps it: `memoir cluster` stops listing a dead member within about
+two ttls. The bucket's TTL only collects keys when no member is left to do that.
 Membership decides only where shards *should* go; leases alone decide who serves them.
 """
 
@@ -136,8 +138,23 @@ class Membership:
         task_status.started()
         while not self._leaving:
             await anyio.sleep(self.ttl / 3)
-            if not self._leaving:
-                await self.beat()
+            if not self._leaving and await self.beat():
+                await self.reap()
+
+    async def reap(self) -> None:
+        """Delete the keys of members silent for two ttls (revision-checked: a late heartbeat wins)."""
+        now = time.monotonic()
+        for key, seen in list(self._seen.items()):
+            if key == self.id or now - seen.since < 2 * self.ttl:
+                continue
+            try:
+                await self.kv.delete(key, last=seen.revision)
+            except Exception as exc:  # noqa: BLE001 - it beat meanwhile, another reaped it, or transient
+                log.debug("member reap failed", member=key, reason=describe(exc))
+                continue
+            if self._seen.get(key) is seen:
+                del self._seen[key]
+            log.info("silent member removed", member=key, by=self.id)
 
     async def watch(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Follow the others' heartbeats; started once the current members are known."""

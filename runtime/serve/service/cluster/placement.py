@@ -4,11 +4,50 @@ Rendezvous (highest-random-weight) hashing: each member scores each shard by a h
 pair and the highest score wins. Every member computes the same answer from the same live
 set, and a join or leave moves only the shards whose winner changed: about 1/n of them.
 
-The ShardManager holds the shards placement gives this member. It takes a shard once its
-lease is free (released by the previous owner, or silent for a ttl) and hands off a shard
-placement moves away: `on_release` is awaited (turns in flight finish, the actors go) and
-only then is the lease deleted, so the successor starts after this member stopped. A lease
-that cannot be renewed in time calls `on_lost` before anyone else can take it.
+Ownership costs per member, not per shard. Each member holds one lease of its own
+(`member.<id>`, leases.py: renewed every ttl/3 with a revision check) and the shard
+allocation (allocation.py: one entry per shard naming its owner, with an epoch that grows on
+every write) changes only when a shard moves. Idle, a member writes its lease and its
+heartbeat: six KV writes per ttl whatever the shard count.
+
+A member serves a shard while both hold:
+- the allocation names it, by a write it made itself under its current lease (an entry
+  naming it from an earlier lease, before a pause say, is taken again by compare-and-set);
+- its own lease is within its deadline: the send time of its last successful renewal
+  + ttl - margin, on its monotonic clock. The fence (`owns`, the runtime's `admits`) reads
+  that deadline itself, so a member resumed after a pause refuses turns at once, whichever
+  of its tasks runs first.
+
+Moves, all by compare-and-set on the allocation entry's revision:
+- Graceful (placement moved the shard, SIGTERM, leave): the owner stops admitting turns for
+  it, passivates its actors (`on_release`), then writes the entry free; the member placement
+  gives it to takes it at once by compare-and-set. Free rather than naming the successor:
+  the successor is whoever wants it by its own view of the members, so two views that differ
+  for a moment (the members and the leases are separate watches) never bounce a shard.
+- Takeover: a member takes a shard from another only once that member's lease is gone from
+  the bucket. It is gone when its holder released it, or when a taker saw it silent (the same
+  revision) for a whole ttl on its own clock and deleted it with a revision check (`fence`).
+  The deleted revision was the holder's last successful renewal, sent no later than it was
+  committed, and the taker received it no earlier: the holder stopped by send + ttl - margin,
+  before the taker's deletion at receipt + ttl. A holder's renewal racing the deletion is
+  ordered by the server: either it lands first (the deletion fails, the holder is alive) or
+  it fails (the holder stops at its deadline).
+
+Failure cases:
+- Paused owner (SIGSTOP, a long GC): its deadline passes while it sleeps; on resuming the fence
+  refuses every turn before any task runs, its renewal fails against the fenced (deleted) key,
+  it drops its shards and starts a new lease; allocations written before that lease began are
+  not trusted: it takes them again by compare-and-set, or hands them over.
+- Partitioned owner: it cannot renew, so it stops at its deadline; the others fence its lease
+  a ttl after they last saw it change and take its shards. Healed, it is a new lease generation
+  as above.
+- Paused NATS leader of the bucket: nobody can write. Owners stop at their deadlines, nobody
+  takes anything (a takeover is a write); when a leader answers again, members renew or start
+  new leases and take their shards back. Unavailability, never two owners.
+- Two members racing to take a shard: both compare-and-set the same entry revision; the server
+  accepts one. Racing to fence the same lease: one deletion wins, the other sees it gone.
+No clock is compared across machines: each side measures with its own monotonic clock, and
+the journal's optimistic check stays the last guard.
 """
 
 from __future__ import annotations
@@ -24,14 +63,15 @@ import anyio
 import anyio.abc
 import structlog
 
+from .allocation import FREE, Slot
 from .coordinator import Cluster
-from .leases import Held
-from .shards import shard_key
+from .leases import Held, member_key
 from .store import describe
 
 log = structlog.get_logger("memoir.cluster")
 
 ShardCallback = Callable[[int], Awaitable[None]]
+Clock = Callable[[], float]
 
 
 def weight(member: str, shard: int) -> int:
@@ -57,16 +97,19 @@ async def _nothing(shard: int) -> None:
     pass
 
 
-@dataclass
-class _Holding:
+@dataclass(frozen=True)
+class _Lease:
+    """One generation of this member's lease: `since` is the KV revision it began at."""
+
     held: Held
-    scope: anyio.CancelScope
-    stopped: anyio.Event
+    since: int
 
 
 class ShardManager:
     """`async with ShardManager(cluster, on_acquired=..., on_lost=...) as shards:` — holds this
-    member's share of the shards until the block ends, then hands every one off."""
+    member's share of the shards until the block ends, then hands every one off.
+
+    `clock` is the monotonic clock the fence reads (injectable for tests)."""
 
     def __init__(
         self,
@@ -76,52 +119,82 @@ class ShardManager:
         on_lost: ShardCallback = _nothing,
         on_release: ShardCallback | None = None,
         concurrency: int = 32,
+        clock: Clock = time.monotonic,
     ) -> None:
         self.cluster = cluster
+        self.member = cluster.member_id
         self.leases = cluster.leases
+        self.table = cluster.allocation
         self.membership = cluster.membership
+        self.config = cluster.config.lease
         self.shards = cluster.config.shards
         self.on_acquired = on_acquired
         self.on_lost = on_lost
         self.on_release = on_release if on_release is not None else on_lost
-        self._holding: dict[int, _Holding] = {}
-        self._taking: set[int] = set()
+        self.clock = clock
+        self._lease: _Lease | None = None
+        self._holding: dict[int, Slot] = {}
+        self._busy: set[int] = set()  # a take or a hand-over in flight
         self._releasing: dict[int, anyio.Event] = {}
-        self._released: set[str] = set()  # keys handed off: not swept on stop
+        self._placed: tuple[frozenset[str], frozenset[int]] | None = None  # (live, desired) cache
         self._limit = anyio.CapacityLimiter(concurrency)
         self._tg: anyio.abc.TaskGroup | None = None
         self._reconcile_scope = anyio.CancelScope()
+        self._lease_scope = anyio.CancelScope()
+        self._lease_stopped = anyio.Event()
         self._stopped = False
-        self.handoffs = 0  # leases released to a successor
-        self.losses = 0  # leases lost for want of renewal
+        self.handoffs = 0  # shards freed for a successor
+        self.losses = 0  # shards dropped because this member's lease lapsed or was fenced
 
     # -- what it holds ---------------------------------------------------------------------------
+
+    def deadline(self) -> float:
+        """Until when (this clock) this member may serve: its lease's deadline; -inf without one."""
+        lease = self._lease
+        if lease is None or lease.held.lost:
+            return float("-inf")
+        return lease.held.deadline(self.config)
+
+    def serving(self) -> bool:
+        return self.clock() < self.deadline()
 
     def held(self) -> frozenset[int]:
         return frozenset(self._holding)
 
     def owns(self, shard: int) -> bool:
-        return shard in self._holding
+        """The fence: the allocation gave us the shard and our lease is within its deadline now."""
+        return shard in self._holding and self.serving()
+
+    def epoch(self, shard: int) -> int | None:
+        """The fencing token this member holds the shard at; None if it does not hold it."""
+        slot = self._holding.get(shard)
+        return slot.epoch if slot is not None else None
 
     def desired(self) -> frozenset[int]:
         live = self.membership.live()
-        me = self.cluster.member_id
+        me = self.member
         if self._stopped:
             return frozenset()
         if me not in live:  # our own heartbeats fail: the view is stale, so change nothing
             return frozenset(self._holding)
-        return frozenset(s for s in range(self.shards) if owner(s, live) == me)
+        if self._placed is None or self._placed[0] != live:
+            self._placed = (live, frozenset(s for s in range(self.shards) if owner(s, live) == me))
+        return self._placed[1]
 
     def owner_of(self, shard: int) -> str | None:
-        """Who holds the shard's lease, as last seen (for forwarding); None: nobody."""
-        return self.leases.owner(shard_key(shard))
+        """Who the allocation names for the shard (for forwarding); None: nobody."""
+        return self.table.owner(shard)
+
+    def _has_lease(self, member: str) -> bool:
+        return self.leases.owner(member_key(member)) == member
 
     # -- running ---------------------------------------------------------------------------------
 
     async def __aenter__(self) -> Self:
-        await self.cluster.announce()  # placement counts this member from here on
         self._tg = anyio.create_task_group()
         await self._tg.__aenter__()
+        await self._tg.start(self._keep_lease)
+        await self.cluster.announce()  # placement counts this member from here on
         self._tg.start_soon(self._reconcile_forever)
         return self
 
@@ -136,9 +209,32 @@ class ShardManager:
             self._tg.cancel_scope.cancel()
             await self._tg.__aexit__(et, e, tb)
 
+    async def _keep_lease(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Hold this member's lease; when it lapses, drop every shard and start a new one."""
+        key = member_key(self.member)
+        try:
+            with self._lease_scope:
+                while True:
+                    held = await self.leases.acquire(key)
+                    self._lease = _Lease(held, held.revision)
+                    log.info("member lease acquired", member=self.member, revision=held.revision)
+                    task_status.started()
+                    task_status = anyio.TASK_STATUS_IGNORED
+                    await self.leases.hold(held, self._lease_lost, fenced=True)
+        finally:
+            self._lease_stopped.set()
+
+    async def _lease_lost(self) -> None:
+        shards = list(self._holding)
+        self._holding.clear()
+        self.losses += len(shards)
+        log.warning("member lease lost: shards dropped", member=self.member, shards=len(shards))
+        for shard in shards:
+            await self.on_lost(shard)
+
     async def stop(self) -> None:
-        """Leave the membership (so the others start wanting these shards), then hand every
-        shard off: on_release, then delete its lease."""
+        """Leave the membership (so the others stop counting this member), hand every shard to
+        a successor (on_release, then its allocation entry written free), then delete this member's lease."""
         if self._stopped:
             return
         self._stopped = True
@@ -149,46 +245,32 @@ class ShardManager:
                 tg.start_soon(self._release, shard)
         for done in list(self._releasing.values()):
             await done.wait()
-        await self._sweep()
-        log.info("shards handed off", member=self.cluster.member_id)
-
-    async def _sweep(self) -> None:
-        """Delete leases that name this member though it never held them (a take cancelled after
-        it committed), so their successors need not wait them out."""
-        mine = [
-            (key, seen.revision)
-            for key, seen in list(self.leases.seen.items())
-            if seen.owner == self.cluster.member_id and key.startswith("shard.") and key not in self._released
-        ]
-        if not mine:
-            return
-        async with anyio.create_task_group() as tg:
-            for key, revision in mine:
-                tg.start_soon(self._sweep_one, key, revision)
-
-    async def _sweep_one(self, key: str, revision: int) -> None:
-        with anyio.move_on_after(1):
-            try:
-                await self.leases.kv.delete(key, last=revision)
-            except Exception as exc:  # noqa: BLE001 - then it expires by itself
-                log.debug("lease sweep failed", key=key, reason=describe(exc))
+        self._lease_scope.cancel()
+        await self._lease_stopped.wait()
+        lease = self._lease
+        if lease is not None:
+            await self.leases.release(lease.held)
+        log.info("shards handed off", member=self.member)
 
     async def _reconcile_forever(self) -> None:
-        poll = self.cluster.config.lease.ttl / 6
+        poll = self.config.ttl / 6
         with self._reconcile_scope:
             while True:
-                seen = (self.leases.version, self.membership.version)
+                seen = self._versions()
                 try:
                     await self.reconcile()
                 except Exception as exc:  # noqa: BLE001 - one bad round is logged; the next retries
                     log.warning("shard reconcile failed", reason=describe(exc))
-                if (self.leases.version, self.membership.version) == seen:  # else: changed during the round
+                if self._versions() == seen:  # else: changed during the round
                     await self._wait_for_change(poll)
                 else:
                     await anyio.sleep(0.005)  # a busy cluster still lets the others run
 
+    def _versions(self) -> tuple[int, int, int]:
+        return (self.leases.version, self.membership.version, self.table.version)
+
     async def _wait_for_change(self, timeout: float) -> None:
-        """A lease or member change, or `timeout` (deaths and silent leases show up by polling)."""
+        """A lease, member or allocation change, or `timeout` (silent leases show up by polling)."""
         async with anyio.create_task_group() as tg:
 
             async def wait(waiter: Callable[[float], Awaitable[None]]) -> None:
@@ -197,67 +279,106 @@ class ShardManager:
 
             tg.start_soon(wait, self.leases.wait_changed)
             tg.start_soon(wait, self.membership.wait_changed)
+            tg.start_soon(wait, self.table.wait_changed)
 
     async def reconcile(self) -> None:
-        """One round: hand off what placement moved away, try to take what it gave us."""
+        """One round: drop what was taken from us, hand off what placement moved away, take or
+        hand over what the allocation and placement disagree on."""
         assert self._tg is not None
+        lease = self._lease
+        if lease is None or not self.serving():
+            return
+        for shard, slot in list(self._holding.items()):
+            now = self.table.slots.get(shard)
+            if now is None or now.revision != slot.revision:  # written by another: we were fenced
+                del self._holding[shard]
+                self.losses += 1
+                await self.on_lost(shard)
+        await self._fence_silent()
         desired = self.desired()
         for shard in set(self._holding) - desired:
             self._tg.start_soon(self._release, shard)
-        wanted = sorted(desired - set(self._holding) - set(self._releasing) - self._taking)
-        if wanted:
+        me, todo = self.member, []
+        for shard in range(self.shards):
+            if shard in self._holding or shard in self._releasing or shard in self._busy:
+                continue
+            entry = self.table.slots.get(shard)
+            if shard in desired or (entry is not None and entry.owner == me):
+                todo.append(shard)
+        if todo:
             async with anyio.create_task_group() as tg:
-                for shard in wanted:
-                    tg.start_soon(self._try_take, shard)
+                for shard in todo:
+                    tg.start_soon(self._settle, shard, lease, shard in desired)
 
-    async def _try_take(self, shard: int) -> None:
-        assert self._tg is not None
+    async def _settle(self, shard: int, lease: _Lease, wanted: bool) -> None:
         async with self._limit:
-            if self._stopped or shard in self._holding or shard in self._releasing or shard in self._taking:
+            if self._stopped or self._lease is not lease or shard in self._holding or shard in self._busy:
                 return
-            self._taking.add(shard)
+            self._busy.add(shard)
             try:
-                try:
-                    held = await self.leases.try_take(shard_key(shard))
-                except Exception as exc:  # noqa: BLE001 - transient: the next round retries
-                    log.debug("shard take failed", shard=shard, reason=describe(exc))
-                    return
-                if held is None:
-                    return
-                self._released.discard(held.key)
-                holding = _Holding(held, anyio.CancelScope(), anyio.Event())
-                self._holding[shard] = holding
-                self._tg.start_soon(self._hold, shard, holding)
-                await self.on_acquired(shard)
+                if wanted:
+                    await self._take(shard, lease)
+                else:
+                    await self._hand_over(shard)
+            except Exception as exc:  # noqa: BLE001 - transient: the next round retries
+                log.debug("shard allocation write failed", shard=shard, reason=describe(exc))
             finally:
-                self._taking.discard(shard)
+                self._busy.discard(shard)
 
-    async def _hold(self, shard: int, holding: _Holding) -> None:
-        async def lost() -> None:
-            if self._holding.get(shard) is holding:
-                del self._holding[shard]
-            self.losses += 1
-            await self.on_lost(shard)  # also when it was being released: stop now, whatever remains
+    async def _take(self, shard: int, lease: _Lease) -> None:
+        me = self.member
+        slot = self.table.slots.get(shard)
+        if slot is not None and slot.owner == me and slot.revision > lease.since:
+            got: Slot | None = slot  # ours, written under this lease
+        else:
+            if slot is not None and slot.owner not in (FREE, me) and not await self._gone(slot.owner):
+                return  # its owner is alive: it hands the shard over when it sees placement moved
+            got = await self.table.write(shard, me, by=me, last=slot)
+        if got is None or self._lease is not lease or not self.serving() or self._stopped:
+            return  # lost the race, or our lease lapsed meanwhile: a later round sorts it out
+        self._holding[shard] = got
+        await self.on_acquired(shard)
 
-        try:
-            with holding.scope:
-                await self.leases.hold(holding.held, lost)
-        finally:
-            holding.stopped.set()
+    async def _gone(self, member: str) -> bool:
+        """Whether `member` can no longer serve: its lease released, or fenced here after a ttl of silence."""
+        if not self._has_lease(member):
+            return True
+        return await self.leases.fence(member_key(member))
+
+    async def _fence_silent(self) -> None:
+        """Delete the leases of members gone silent (killed ones), so the bucket does not keep a
+        lease per process ever started and `memoir cluster` stops counting them."""
+        live = self.membership.live()
+        for key, seen in list(self.leases.seen.items()):
+            if key.startswith("member.") and seen.owner is not None and seen.owner not in live:
+                try:
+                    await self.leases.fence(key)
+                except Exception as exc:  # noqa: BLE001 - transient: the next round retries
+                    log.debug("lease fence failed", key=key, reason=describe(exc))
+
+    async def _hand_over(self, shard: int) -> None:
+        """Free an entry naming us that we do not serve (an older lease's) and placement gives elsewhere."""
+        slot = self.table.slots.get(shard)
+        if slot is not None and slot.owner == self.member:
+            await self.table.write(shard, FREE, by=self.member, last=slot)
 
     async def _release(self, shard: int) -> None:
-        holding = self._holding.pop(shard, None)
-        if holding is None:
+        slot = self._holding.pop(shard, None)
+        if slot is None:
             return
         self._releasing[shard] = done = anyio.Event()
         started = time.monotonic()
         try:
-            await self.on_release(shard)  # renewals go on meanwhile: turns in flight finish under the lease
-            holding.scope.cancel()
-            await holding.stopped.wait()
-            self._released.add(holding.held.key)
-            if await self.leases.release(holding.held):
-                self.handoffs += 1
+            await self.on_release(shard)  # the fence already refuses; turns in flight finish
+            with anyio.move_on_after(self.config.ttl):
+                while True:
+                    try:
+                        if await self.table.write(shard, FREE, by=self.member, last=slot):
+                            self.handoffs += 1
+                        break
+                    except Exception as exc:  # noqa: BLE001 - transient: retried (else it is fenced later)
+                        log.debug("shard hand-off failed; retrying", shard=shard, reason=describe(exc))
+                        await anyio.sleep(0.1)
             log.debug("shard released", shard=shard, seconds=round(time.monotonic() - started, 3))
         finally:
             del self._releasing[shard]

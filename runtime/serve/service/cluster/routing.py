@@ -1,9 +1,10 @@
 """One writer per entity in a cluster: which process owns an entity, and handing actors off.
 
-The `ShardRouter` answers the NATS door (`Router`) from the shard leases this process
-sees, and fences the runtime (`admits`) with the shards it holds right now. When a shard
-leaves, its actors are passivated after their turns in flight, before the lease is given
-up (or, for a lease that could not be renewed, before anyone else may take it).
+The `ShardRouter` answers the NATS door (`Router`) from the shard allocation this process
+sees, and fences the runtime (`admits`) with the shards it holds right now and its member
+lease's deadline (placement.py). When a shard leaves, its actors are passivated after their
+turns in flight, before the allocation names the successor; a lapsed lease needs no such
+care: the fence refuses at the deadline by itself.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from .shards import shard_of
 
 
 class ShardRouter:
-    """Routes by shard lease: the NATS door's `Router` and the runtime's `admits` fence."""
+    """Routes by shard allocation: the NATS door's `Router` and the runtime's `admits` fence."""
 
     def __init__(self, cluster: Cluster, runtime: Runtime) -> None:
         self.cluster = cluster
@@ -38,6 +39,8 @@ class ShardRouter:
         return shard_of(entity_type, entity_id, self.shards)
 
     def admits(self, entity_type: str, entity_id: str) -> bool:
+        """The fence: the allocation names us and our member lease's deadline (monotonic clock)
+        has not passed, read now, whatever the lease task has or has not run yet."""
         return self.manager is not None and self.manager.owns(self.shard(entity_type, entity_id))
 
     def owner(self, entity_type: str, entity_id: str) -> str | None:
@@ -55,13 +58,13 @@ class ShardRouter:
             found = self.owner(entity_type, entity_id)
             if found is not None:
                 return found
-            await self.cluster.leases.wait_changed(min(left, 0.1))
+            await self.cluster.allocation.wait_changed(min(left, 0.1))
         return self.owner(entity_type, entity_id)
 
     async def wait_change(self, entity_type: str, entity_id: str, owner: str, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while (left := deadline - time.monotonic()) > 0 and self.owner(entity_type, entity_id) == owner:
-            await self.cluster.leases.wait_changed(min(left, 0.1))
+            await self.cluster.allocation.wait_changed(min(left, 0.1))
 
     async def release(self, shard: int) -> None:
         """Passivate the shard's live actors (ShardManager's on_release and on_lost).

@@ -1,7 +1,9 @@
 """What `memoir cluster` shows: members, shards per member, lease ages, where singletons run.
 
 Read straight from the buckets (one pass each), so it needs no membership of its own and
-works from any process that can reach NATS. Ages come from the server's timestamps.
+works from any process that can reach NATS. Ages come from the server's timestamps. A shard
+counts as owned by the member its allocation entry names while that member's lease is in the
+bucket (a lease fenced or released is deleted); its age is the age of that member lease.
 """
 
 from __future__ import annotations
@@ -15,8 +17,9 @@ import nats.js.errors
 from nats.aio.client import Client as NATS
 
 from ....model.errors import MemoirError
+from .allocation import decode as decode_allocation
 from .coordinator import ClusterConfig
-from .leases import decode
+from .leases import decode, member_key
 from .membership import MemberInfo
 from .shards import SHARD_COUNT_KEY, shard_from_key
 from .store import Entry, bucket_name, read_all
@@ -86,20 +89,33 @@ async def snapshot(nc: NATS, config: ClusterConfig | None = None) -> ClusterSnap
     leases: list[LeaseView] = []
     per_member: dict[str, list[int]] = {}
     singletons: dict[str, LeaseView] = {}
+    allocation: dict[int, str] = {}
+    member_leases: dict[str, LeaseView] = {}
     for entry in await read_all(leases_kv):
         if entry.key == SHARD_COUNT_KEY:
             shard_count = int(entry.value or b"0")
+            continue
+        shard = shard_from_key(entry.key)
+        if shard is not None:
+            slot = decode_allocation(entry.value)
+            if slot is not None and slot.owner:
+                allocation[shard] = slot.owner
             continue
         value = decode(entry.value)
         if value is None:
             continue
         view = LeaseView(entry.key, value.owner, _age(entry, now), max(0.0, wall - value.acquired_at))
-        leases.append(view)
-        shard = shard_from_key(entry.key)
-        if shard is not None:
-            per_member.setdefault(value.owner, []).append(shard)
-        elif entry.key.startswith("singleton."):
+        if entry.key.startswith("singleton."):
             singletons[entry.key.removeprefix("singleton.")] = view
+            leases.append(view)
+        elif entry.key == member_key(value.owner):
+            member_leases[value.owner] = view
+    for shard, holder in sorted(allocation.items()):
+        lease = member_leases.get(holder)
+        if lease is not None:
+            per_member.setdefault(holder, []).append(shard)
+            leases.append(LeaseView(f"shard.{shard:05d}", holder, lease.age_s, lease.held_s))
+    leases.extend(member_leases.values())
     members: list[MemberView] = []
     for entry in await read_all(members_kv):
         try:
