@@ -3,6 +3,7 @@ a member cut off, a NATS node lost — with no moment where two members own a sh
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 import time
@@ -174,7 +175,7 @@ async def test_a_sigkilled_member_s_shards_serve_elsewhere_within_seconds(
             )
             killed = time.monotonic()
             proc.kill()
-            await proc.wait()
+            assert await proc.wait() == -signal.SIGKILL
             await eventually(lambda: all_owned(ownership, ["a", "b"]), 5.0, "every shard served within 5 s")
             print(f"SIGKILL: every shard served again after {time.monotonic() - killed:.2f} s")
             for shard in expected["p"]:

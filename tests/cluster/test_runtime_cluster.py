@@ -163,7 +163,9 @@ async def test_three_runtimes_share_the_entity_space(
         # 3. SIGTERM another: a graceful hand-off, no error at all
         await wait_cluster(urls[0], prefix, 2)
         load.reset()
-        await _during(urls, prefix, load, 5, lambda: members[1].signal(signal.SIGTERM))
+        handed_off: list[int | None] = []
+        await _during(urls, prefix, load, 5, lambda: handed_off.append(members[1].signal(signal.SIGTERM)))
+        assert handed_off == [0], members[1].log.read_text(errors="replace")[-2000:]
         assert not load.errors, f"clients saw errors during a graceful hand-off: {load.errors[:5]}"
         handoff_wait = load.longest_wait
 
@@ -185,9 +187,8 @@ async def test_three_runtimes_share_the_entity_space(
         assert load.conflicts == 0, load.errors[:5]
         assert sent_without_node > 0
     finally:
-        for m in members:
-            if m.proc is not None:
-                m.signal(signal.SIGTERM)
+        stopped = {m.name: m.signal(signal.SIGTERM) for m in members if m.proc is not None}
+    assert set(stopped.values()) == {0}, stopped  # reached only when the scenario passed
 
     # Exact counts: every acknowledged command stored once, nothing else stored.
     async with open_journal(journal_url) as journal:

@@ -94,9 +94,8 @@ async def test_transfers_run_across_members_and_survive_one_being_killed(
                 assert isinstance(got, dict)
                 balances[a] = got["balance"]
     finally:
-        for m in members:
-            if m.proc is not None:
-                m.signal(signal.SIGTERM)
+        stopped = {m.name: m.signal(signal.SIGTERM) for m in members if m.proc is not None}
+    assert set(stopped.values()) == {0}, stopped
 
     assert balances == expected_balances(outcomes, transfer, ACCOUNTS, OPENING)
 

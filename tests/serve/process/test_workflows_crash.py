@@ -61,7 +61,7 @@ async def test_transfers_survive_sigkill_between_and_inside_steps(sagas_process:
         await client.send("account", "closed", "close")
     acked: set[int] = set()
     await start_all(rt.nats_url, list(range(TRANSFERS // 2)), acked, None, rt)
-    rt.stop(signal.SIGKILL)  # the first half in flight: kills between and inside their steps
+    assert rt.stop(signal.SIGKILL) == -signal.SIGKILL  # the first half in flight: kills between and inside their steps
 
     rt.start()
     await start_all(rt.nats_url, list(range(TRANSFERS // 2, TRANSFERS)), acked, TRANSFERS // 2 + 20, rt)
