@@ -10,7 +10,6 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from support.ci import in_ci  # noqa: F401 - tests/wire/servers.py still imports it from here
 from support.journals import BACKENDS, JETSTREAM, JournalFactory
 from support.postgres import POSTGRES_URL, need_postgres, schema_for
 

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support.process import MEMOIR, ROOT, RunningRuntime  # noqa: F401 - tests/serve/cli and two process tests import them from here
+from support.process import RunningRuntime
 
 
 @pytest.fixture

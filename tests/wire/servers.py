@@ -18,7 +18,7 @@ from typing import Any
 import anyio
 import nkeys  # type: ignore[import-untyped]
 import pytest
-from conftest import in_ci
+from support.ci import in_ci
 
 from runtime.serve.service.embedded_nats import find_binary, free_port, stop_process
 

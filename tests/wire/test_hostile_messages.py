@@ -9,7 +9,7 @@ from pathlib import Path
 import anyio
 import pytest
 from nats.aio.msg import Msg
-from streams.helpers import eventually
+from support.waiting import eventually
 
 from runtime.wire._guard import GuardedClient, parse_header_lines
 from runtime.wire.nats import connect

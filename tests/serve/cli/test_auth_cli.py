@@ -11,8 +11,7 @@ from pathlib import Path
 
 import jwt
 import pytest
-
-from ..conftest import MEMOIR, ROOT, RunningRuntime
+from support.process import MEMOIR, ROOT, RunningRuntime
 
 SECRET = "process-test-secret-0123456789abcdef"
 

@@ -9,8 +9,7 @@ from typing import Any
 
 import anyio
 import pytest
-
-from ..conftest import RunningRuntime
+from support.process import RunningRuntime
 
 OPEN = '{"units": 100, "last_in": "2022-01-01", "last_out": "2022-02-01"}'
 

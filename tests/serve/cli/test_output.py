@@ -11,8 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
-from ..conftest import MEMOIR, ROOT, RunningRuntime
+from support.process import MEMOIR, ROOT, RunningRuntime
 
 OPEN = '{"units": 100, "last_in": "2022-01-01", "last_out": "2022-02-01"}'
 

@@ -8,12 +8,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support.process import RunningRuntime
 from wire.raw import raw_nats
 
 from runtime import SqliteJournal
 from runtime.wire.protocol import token
-
-from ..conftest import RunningRuntime
 
 pytestmark = pytest.mark.anyio
 

@@ -12,13 +12,12 @@ from pathlib import Path
 
 import anyio
 import pytest
-from streams.helpers import eventually
+from support.process import RunningRuntime
+from support.waiting import eventually
 from wire.raw import Frame, RawNats, raw_nats
 
 from runtime import SqliteJournal
 from runtime.serve.service.embedded_nats import find_binary, free_port
-
-from ..conftest import RunningRuntime
 
 pytestmark = pytest.mark.anyio
 
