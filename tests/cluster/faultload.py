@@ -1,0 +1,176 @@
+"""Load for the fault tests, the ledger of every answer the senders got, and the checks of the
+journal against it.
+
+Eight senders send `receive` (one unit) to 24 inventory items, each command with its own id, resent
+with the same id until it is answered. A phase is one `Ledger.load(...)` block: senders start when
+it opens and finish the command in hand when it closes. The ledger keeps every ok reply (its seq
+and result) and counts the failed attempts by kind; `check_journal` then asserts what the issue
+asks of every fault: each acknowledged command stored exactly once, no id twice, seqs gapless,
+and each reply's result equal to the fold of the entity's events at the reply's seq.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import itertools
+import random
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+
+from entities import InventoryItem
+from runtime import Client, CommandError, Journal, history
+from runtime.model.entity import model_of
+
+ENTITIES = [f"F{k}" for k in range(24)]
+SENDERS = 8
+ATTEMPT = 5.0  # seconds a sender waits for one reply before resending (the Client's default)
+GIVE_UP = 90.0  # a command still unanswered after this long fails the test
+
+
+@dataclass(frozen=True)
+class Ack:
+    entity: str
+    command_id: str
+    seq: int
+    result: Any
+    at: float  # monotonic time of the answer
+
+
+@dataclass
+class Phase:
+    """What the senders saw in one phase, for the assertions and for the record."""
+
+    name: str
+    acks: list[Ack] = field(default_factory=list)
+    failures: collections.Counter[str] = field(default_factory=collections.Counter)  # failed attempts, by kind
+    longest_wait: float = 0.0  # the longest one command waited, from its first send to its answer
+    recovery: float | None = None  # after the heal: until every entity had answered
+
+    def longest_gap(self) -> float:
+        """The longest any entity went between two acknowledged commands in this phase."""
+        times: dict[str, list[float]] = collections.defaultdict(list)
+        for ack in self.acks:
+            times[ack.entity].append(ack.at)
+        return max((b - a for ts in times.values() for a, b in itertools.pairwise(sorted(ts))), default=0.0)
+
+    def summary(self) -> str:
+        failed = ", ".join(f"{k} {n}" for k, n in sorted(self.failures.items())) or "none"
+        recovery = "-" if self.recovery is None else f"{self.recovery:.2f}s"
+        return (
+            f"{self.name}: {len(self.acks)} acknowledged; failed attempts (all resent): {failed}; "
+            f"longest command wait {self.longest_wait:.2f}s; longest per-entity gap {self.longest_gap():.2f}s; "
+            f"every entity answering {recovery} after the heal"
+        )
+
+
+@dataclass
+class Ledger:
+    phases: list[Phase] = field(default_factory=list)
+
+    def acks(self, entity: str) -> list[Ack]:
+        return [a for p in self.phases for a in p.acks if a.entity == entity]
+
+    @contextlib.asynccontextmanager
+    async def load(self, urls: list[str], prefix: str, name: str) -> AsyncIterator[Phase]:
+        """Senders on `urls` (round robin) while the block runs; they finish the command in hand at its end."""
+        phase = Phase(name)
+        self.phases.append(phase)
+        stop = anyio.Event()
+        async with anyio.create_task_group() as tg:
+            for n in range(SENDERS):
+                tg.start_soon(_sender, urls[n % len(urls)], prefix, f"{name}/s{n}", phase, stop)
+            try:
+                yield phase
+            finally:
+                stop.set()
+
+
+async def _sender(url: str, prefix: str, name: str, phase: Phase, stop: anyio.Event) -> None:
+    rnd = random.Random(name)
+    async with Client(url, prefix=prefix) as client:
+        for i in itertools.count():
+            if stop.is_set():
+                return
+            entity = rnd.choice(ENTITIES)
+            await _until_answered(client, phase, entity, f"{name}-{i}")
+
+
+async def _until_answered(client: Client, phase: Phase, entity: str, cid: str) -> None:
+    """Send, resending with the same id, until answered; every failed attempt is counted."""
+    first = time.monotonic()
+    with anyio.move_on_after(GIVE_UP):
+        while True:
+            try:
+                reply = await client.send(
+                    "inventory", entity, "receive", {"units": 1, "on": "2022-03-01"}, command_id=cid, timeout=ATTEMPT
+                )
+            except TimeoutError:
+                phase.failures["timeout"] += 1
+            except CommandError as exc:
+                phase.failures[str(exc.code)] += 1
+                await anyio.sleep(0.05)  # a pause before resending, not a wait for something
+            else:
+                now = time.monotonic()
+                phase.longest_wait = max(phase.longest_wait, now - first)
+                phase.acks.append(Ack(entity, cid, reply.seq, reply.result, now))
+                return
+    raise AssertionError(f"{entity} receive {cid} unanswered for {GIVE_UP:g} s in phase {phase.name}")
+
+
+async def every_entity_answers(url: str, prefix: str, within: float) -> float:
+    """A `get` to every entity succeeds within `within` seconds (each retried, 1 s per try);
+    returns how long that took, for the record."""
+    started, silent = time.monotonic(), set(ENTITIES)
+    async with Client(url, prefix=prefix) as client:
+
+        async def one(entity: str) -> None:
+            while True:
+                try:
+                    await client.send("inventory", entity, "get", timeout=1.0)
+                except (CommandError, TimeoutError):
+                    await anyio.sleep(0.02)  # a pause before resending
+                else:
+                    silent.discard(entity)
+                    return
+
+        with anyio.move_on_after(within):
+            async with anyio.create_task_group() as tg:
+                for entity in ENTITIES:
+                    tg.start_soon(one, entity)
+    assert not silent, f"silent {within:g} s after the heal: {sorted(silent)}"
+    return time.monotonic() - started
+
+
+async def check_journal(journal: Journal, ledger: Ledger) -> int:
+    """Assert the journal against the ledger, entity by entity; returns the events checked."""
+    model = model_of(InventoryItem)
+    checked = 0
+    for entity in ENTITIES:
+        items = [item async for item in history(journal, model, entity)]
+        seqs = [item.envelope.seq for item in items]
+        assert seqs == list(range(1, len(items) + 1)), f"{entity}: seqs not gapless: {seqs}"
+        ids = collections.Counter(item.envelope.command_id for item in items)
+        twice = sorted(str(c) for c, n in ids.items() if n > 1)
+        assert not twice, f"{entity}: command ids stored more than once: {twice[:10]}"
+        acks = ledger.acks(entity)
+        acked = {a.command_id for a in acks}
+        lost = sorted(acked - set(ids))
+        assert not lost, f"{entity}: acknowledged but not stored: {lost[:10]}"
+        unasked = sorted(str(c) for c in set(ids) - acked)
+        assert not unasked, f"{entity}: stored but never acknowledged: {unasked[:10]}"
+        at = {item.envelope.command_id: item for item in items}
+        for ack in acks:
+            item = at[ack.command_id]
+            assert ack.seq == item.envelope.seq, (
+                f"{entity} {ack.command_id}: replied seq {ack.seq}, stored at {item.envelope.seq}"
+            )
+            assert ack.result == item.state.units, (
+                f"{entity} {ack.command_id}: replied {ack.result}, the fold at seq {ack.seq} is {item.state.units}"
+            )
+        checked += len(items)
+    return checked
