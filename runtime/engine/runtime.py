@@ -31,6 +31,7 @@ from ..model.workflow import Workflow
 from ..wire.protocol import Reply, check_entity_id
 from .actor import Actor, ActorHost, CommandMeta
 from .keyring import KeyRing, master_key_from_env
+from .sender import Sender
 from .workflows import Driver, step_calls
 
 log = structlog.get_logger("memoir.runtime")
@@ -114,12 +115,13 @@ class Runtime:
 
     # -- commands ----------------------------------------------------------------------------------
 
-    def route_steps(self, ask: Callable[..., Awaitable[Reply]]) -> None:
-        """Send the commands of workflow steps through `ask` rather than `Runtime.ask`.
+    def route_steps(self, sender: Sender) -> None:
+        """Send the commands of workflow steps through `sender` rather than this runtime.
 
-        A cluster's service passes its client: a step's target may live on another member.
+        A cluster's service passes its member sender (a step's target may live on another
+        member); call it before the first command, as actors keep the sender they were bound to.
         """
-        self._step_ask = ask
+        self._step_ask = sender.ask
 
     async def ask(
         self,

@@ -33,7 +33,7 @@ except across such retries.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 import anyio
 import msgspec
@@ -42,6 +42,8 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import api
 
+from ..engine.keyring import KeyRing
+from ..engine.sender import Sender
 from ..model.backoff import Backoff
 from ..model.envelope import Envelope
 from ..model.errors import CommandError, ErrorCode
@@ -51,17 +53,17 @@ from ._runner import StreamResolver, StreamRunner
 from .handlers import HandlerTable, Subscriber
 from .publisher import StreamSettings, ensure_stream_config
 
-if TYPE_CHECKING:
-    from ..engine.runtime import Runtime
-
 log = structlog.get_logger("memoir.consumer")
 
 
 class Context:
-    """What a consumer handler can do: send commands, attributed to the event being handled."""
+    """What a consumer handler can do: send commands, attributed to the event being handled.
 
-    def __init__(self, runtime: Runtime, envelope: Envelope) -> None:
-        self.runtime = runtime
+    They go through the member's `Sender`, which reaches the target's owner wherever it is.
+    """
+
+    def __init__(self, sender: Sender, envelope: Envelope) -> None:
+        self.sender = sender
         self.envelope = envelope
         self._sent: dict[tuple[str, str], int] = {}
 
@@ -69,7 +71,7 @@ class Context:
         self, entity_type: str, entity_id: str, command: str, args: Mapping[str, Any] | msgspec.Struct | None = None
     ) -> Reply:
         command_id, correlation_id, causation_id = self.next_ids(entity_type, entity_id)
-        return await self.runtime.ask(
+        return await self.sender.ask(
             entity_type,
             entity_id,
             command,
@@ -126,17 +128,19 @@ class ConsumerRunner(StreamRunner):
     def __init__(
         self,
         consumer: type[Consumer],
-        runtime: Runtime,
+        sender: Sender,
         nc: NATS,
         *,
         prefix: str,
         streams: StreamResolver | None = None,
+        keys: KeyRing | None = None,
     ) -> None:
         self.table = consumer.table()
         super().__init__(consumer.name, self.table.sources, nc, prefix=prefix, streams=streams)
         self.consumer = consumer
         self.instance = consumer()
-        self.runtime = runtime
+        self.sender = sender  # the runtime alone; in a cluster, the member's router to each owner
+        self.keys = keys  # to open the events of encrypted types
         self.handled = 0
         self.retried = 0
         self.dead_lettered = 0
@@ -168,7 +172,7 @@ class ConsumerRunner(StreamRunner):
         attempt = msg.metadata.num_delivered or 1
         try:
             env = envelope_from_message(msg.subject, msg.headers, msg.data)
-            readable = await self.table.readable(env, self.runtime.keys) if is_sealed(env.payload) else env
+            readable = await self.table.readable(env, self.keys) if is_sealed(env.payload) else env
             if readable is None:  # its entity was forgotten: nothing left to react to
                 log.info("forgotten event skipped by consumer", consumer=self.consumer.name, envelope=env.key)
                 self.forgotten += 1
@@ -178,7 +182,7 @@ class ConsumerRunner(StreamRunner):
             found = self.table.decode(env)
             if found is not None:
                 event, handler = found
-                await HandlerTable.call(handler, self.instance, Context(self.runtime, env), event, env)
+                await HandlerTable.call(handler, self.instance, Context(self.sender, env), event, env)
         except Exception as exc:  # noqa: BLE001 - a failing handler is retried, then parked; never fatal
             if is_refusal(exc):  # a refusal the handler did not catch: a retry would get the same answer
                 self.refused += 1

@@ -92,7 +92,7 @@ class Flaky(Consumer, name="flaky", sources=[Post]):
         await ctx.send("profile", e.author, "count_post", {"post_id": post})
         if post.startswith("flaky"):
             # Sending again (as a redelivery would) must not count twice: same command id.
-            await Context(ctx.runtime, ctx.envelope).send("profile", e.author, "count_post", {"post_id": post})
+            await Context(ctx.sender, ctx.envelope).send("profile", e.author, "count_post", {"post_id": post})
 
 
 async def test_consumer_retries_then_parks_poison_without_stalling(tmp_path: Path, nats_server: EmbeddedNats) -> None:

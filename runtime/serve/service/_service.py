@@ -11,6 +11,9 @@ Start-up order: connect to NATS, create the streams, start the runtime, then
 the publisher, views and consumers. Shutdown runs it backwards: consumers stop
 sending, the publisher flushes what was appended, the runtime finishes its
 turns, the connection drains.
+
+Consumers, timers and workflow steps send through `Service.sender`: the runtime alone,
+in a cluster a `MemberSender` that reaches each entity's owner wherever it is.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import structlog
 from nats.aio.client import Client as NATS
 
 from ...engine.runtime import Runtime
+from ...engine.sender import Sender
 from ...journal import Journal
 from ...model.app import App
 from ...model.errors import ConfigError
@@ -41,11 +45,13 @@ from ...wire.nats import close_quietly, connect
 from ...wire.protocol import check_prefix
 from .cluster import Cluster, ClusterConfig, ShardManager
 from .cluster.routing import ShardRouter
+from .sending import MemberSender
 from .timer_tasks import start_timers
 
 log = structlog.get_logger("memoir.service")
 
 SHARED_JOURNALS = ("postgresql", "postgres", "nats", "tls")
+INSIDE_TIMEOUT = 30.0  # seconds a member's own command (a consumer's, a timer's, a step's) is routed and awaited
 HANDOFF_GRACE = 0.5  # seconds: usually more than a lease change takes to reach every member (spares re-routes)
 
 
@@ -89,6 +95,7 @@ class Service:
         self.shards: ShardManager | None = None
         admits = self._admits if cluster is not None else None
         self.runtime = Runtime(app, journal, admits=admits, **runtime_options)
+        self.sender: Sender = self.runtime  # how anything inside sends a command; a cluster's routes (_start)
         self.publisher: Publisher | None = None
         self.views: dict[str, ViewRunner] = {}
         self.consumers: dict[str, ConsumerRunner] = {}
@@ -144,6 +151,8 @@ class Service:
             self.router = ShardRouter(self.cluster, self.runtime)
             self.shards = ShardManager(self.cluster, on_lost=self.router.release, on_release=self.router.release)
             self.router.attach(self.shards)
+            self.sender = MemberSender(self.runtime, self.nc, self.router, prefix=self.prefix, timeout=INSIDE_TIMEOUT)
+            self.runtime.route_steps(self.sender)  # before any command: a step's target may live on another member
             if self._take_shards_on_start:
                 self._sharding = True
                 await stack.enter_async_context(self.shards)
@@ -159,11 +168,11 @@ class Service:
         self.timers = await start_timers(
             self.nc,
             self.journal,
-            self.runtime,
+            self.sender,
             background,
             prefix=self.prefix,
             streams=self.streams,
-            clustered=self.cluster_config is not None,
+            workflows=self.runtime.workflow_types,
             run_singleton=self.run_singleton,
         )
         for view in self.app.views:
@@ -181,7 +190,7 @@ class Service:
         stack.callback(consumers.cancel_scope.cancel)  # first to stop: no new commands from consumers
         for consumer in self.app.consumers:
             crunner = self.consumers[consumer.name] = ConsumerRunner(
-                consumer, self.runtime, self.nc, prefix=self.prefix, streams=self.stream_for
+                consumer, self.sender, self.nc, prefix=self.prefix, streams=self.stream_for, keys=self.runtime.keys
             )
             consumers.start_soon(self.run_singleton, f"consumer.{consumer.name}", crunner.run)
 

@@ -23,7 +23,9 @@ publish silently, and the client would wait out its timeout; a request gets "no
 responders" from NATS at once, and the command is routed again once the map moves
 on. The owner checks ownership again inside the entity's turn
 (`Runtime(admits=…)`); a command that finds its entity moved is passed on again
-once the lease map names the next owner. Clients never see a hand-off.
+once the lease map names the next owner. Clients never see a hand-off. The loop is
+`forwarding.route`, which the member's own sender (consumers, timers, workflow steps)
+shares; a forward it sends is marked `Memoir-Inside` and run here without a caller.
 
 What another NATS client can send is bounded before it costs memory: a payload over
 `max_payload` is answered `invalid` on arrival, never queued; the queue holds at most
@@ -46,7 +48,7 @@ import contextlib
 import functools
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, Protocol
+from typing import Any
 
 import anyio
 import msgspec
@@ -54,15 +56,15 @@ import structlog
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
-from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
 
 from ...engine.runtime import Runtime
 from ...model.access import ANONYMOUS
-from ...model.errors import CommandError, ErrorCode, Moved
+from ...model.errors import CommandError, ErrorCode
 from ...wire.nats import GuardedClient, respond
 from ...wire.protocol import (
     H_AUTHORIZATION,
+    H_CAUSATION_ID,
     H_COMMAND_ID,
     H_CORRELATION_ID,
     H_TIMEOUT,
@@ -77,29 +79,9 @@ from ...wire.protocol import (
     trace_id,
 )
 from .auth import Verifier
+from .forwarding import FORWARD_TIMEOUT, H_HOPS, H_INSIDE, MAX_HOPS, Forwards, Router, forward_subject, route
 
 log = structlog.get_logger("memoir.transport")
-
-H_HOPS = "Memoir-Hops"  # on a forwarded command: how many members passed it on
-MAX_HOPS = 4
-FORWARD_TIMEOUT = 5.0  # for requests that do not say how long their sender waits
-FIRST_REROUTE_PAUSE, MAX_REROUTE_PAUSE = 0.02, 0.5  # between forwards that found no responder
-
-
-class Router(Protocol):
-    """Who owns an entity in a cluster; the NATS door asks it for every command."""
-
-    member: str
-
-    def owner(self, entity_type: str, entity_id: str) -> str | None:
-        """The member serving the entity now; None while its shard has no owner."""
-
-    async def wait_owner(self, entity_type: str, entity_id: str, timeout: float) -> str | None:
-        """The owner, once there is one (a shard being handed over), or None after `timeout`."""
-
-    async def wait_change(self, entity_type: str, entity_id: str, owner: str, timeout: float) -> None:
-        """Return once the entity's owner is no longer `owner` as this process sees it, or after `timeout`."""
-
 
 _AT_CAPACITY = encode_error(CommandError(ErrorCode.OVERLOADED, "the runtime is at capacity"))
 _UNDECODABLE = encode_error(CommandError(ErrorCode.INVALID, "subject is not valid UTF-8"))
@@ -137,8 +119,7 @@ class NatsDoor:
         self.queued_bytes = 0  # payloads waiting for a worker
         self.observe = observe
         self.router = router
-        self.forwarded = 0
-        self.rerouted = 0  # forwards that found their target gone and were routed again
+        self.forwards = Forwards()
         self._prefix_tokens = len(prefix.split("."))
         self._fwd_prefix = f"{prefix}.fwd."
         self._queue: asyncio.Queue[tuple[Msg, float] | None] = asyncio.Queue(backlog)
@@ -169,6 +150,15 @@ class NatsDoor:
         if isinstance(self.nc, GuardedClient):
             self.nc.answer_undecodable(sub, _UNDECODABLE)
         return sub
+
+    @property
+    def forwarded(self) -> int:
+        return self.forwards.forwarded
+
+    @property
+    def rerouted(self) -> int:
+        """Forwards that found their target gone and were routed again."""
+        return self.forwards.rerouted
 
     def serving(self) -> bool:
         """Subscribed and taking commands (for readiness probes)."""
@@ -240,7 +230,11 @@ class NatsDoor:
             entity_type, entity_id, command = parse_command_subject(subject, self._prefix_tokens)
             headers = msg.headers or {}
             check_headers(headers)
-            caller = ANONYMOUS if self.verifier is None else self.verifier.verify(headers.get(H_AUTHORIZATION))
+            inside = hops > 0 and headers.get(H_INSIDE) == "1"  # a member's own command (fwd is members only)
+            if inside:
+                caller = None
+            else:
+                caller = ANONYMOUS if self.verifier is None else self.verifier.verify(headers.get(H_AUTHORIZATION))
             timeout = header_timeout(headers)
             deadline = None if timeout is None else arrived + timeout
             ask = functools.partial(
@@ -251,6 +245,7 @@ class NatsDoor:
                 msg.data,
                 command_id=header_id(headers, H_COMMAND_ID),
                 correlation_id=header_id(headers, H_CORRELATION_ID) or trace_id(headers.get(H_TRACEPARENT)),
+                causation_id=header_id(headers, H_CAUSATION_ID) if inside else None,
                 deadline=deadline,
                 caller=caller,
             )
@@ -289,54 +284,40 @@ class NatsDoor:
     ) -> Reply | None:
         """Run the command here if this member owns its entity; else pass it on (None).
 
-        A forward is a request whose answer this member passes back to the client. While a shard
-        changes hands the lease map is waited on, within the sender's time; the old owner, whose
-        forward subscription outlives its shards, passes late arrivals on the same way, and a
-        forward to a member whose subscription is already gone comes back as "no responders"
-        and is routed again. How long the others take to see the new leases is then a matter
-        of latency, never of a lost command.
+        A forward is a request whose answer this member passes back to the client (`route`
+        routes it again when it finds no responder). The old owner, whose forward subscription
+        outlives its shards, passes late arrivals on the same way.
         """
         assert self.router is not None
-        until = deadline if deadline is not None else time.monotonic() + FORWARD_TIMEOUT
-        pause = FIRST_REROUTE_PAUSE
-        while (left := until - time.monotonic()) > 0:
-            owner = self.router.owner(entity_type, entity_id)
-            if owner is None:
-                await self.router.wait_owner(entity_type, entity_id, left)
-                continue  # re-read the clock and the owner
-            if owner == self.router.member:
-                try:
-                    return await ask()
-                except Moved:  # the shard left between the look-up and the turn
-                    await self.router.wait_change(entity_type, entity_id, owner, left)
-                    continue
-            if hops >= MAX_HOPS:
-                break
+
+        async def there(owner: str, left: float) -> Reply | None:
             headers = dict(msg.headers or {})
+            if hops == 0:
+                headers.pop(H_INSIDE, None)  # a client cannot claim to be a member
             headers[H_TIMEOUT] = str(max(1, int(left * 1000)))  # the owner drops it once the sender stops waiting
             headers[H_HOPS] = str(hops + 1)
-            target = self._fwd_subject(owner) + subject[len(self.prefix) :]
-            self.forwarded += 1
+            target = forward_subject(self.prefix, owner, subject)
             if not msg.reply:  # a publish: nobody waits for an answer, so nobody to tell of a loss
                 await self.nc.publish(target, msg.data, headers=headers)
                 return None
             try:
                 answer = await self.nc.request(target, msg.data, timeout=left, headers=headers)
-            except NoRespondersError:
-                # Nothing reached the owner we saw: it left and our lease map has not caught up,
-                # or it has only just started and its forward subscription has not reached this
-                # NATS server yet (interest spreads between cluster nodes a moment after it is
-                # made). Route again once the map moves on, and in any case after a short pause.
-                log.debug("forward found no one; routing again", subject=subject, owner=owner)
-                self.rerouted += 1
-                await self.router.wait_change(entity_type, entity_id, owner, min(pause, until - time.monotonic()))
-                pause = min(pause * 2, MAX_REROUTE_PAUSE)
-                continue
             except NatsTimeoutError:
                 return None  # the sender has stopped waiting too; the owner may still have run it
             await self._respond(msg, answer.data)  # the owner's answer, passed on as it is
             return None
-        raise Moved(entity_type, entity_id)
+
+        until = deadline if deadline is not None else time.monotonic() + FORWARD_TIMEOUT
+        return await route(
+            self.router,
+            entity_type,
+            entity_id,
+            until,
+            ask,
+            there,
+            counts=self.forwards,
+            may_forward=hops < MAX_HOPS,
+        )
 
     async def _respond(self, msg: Msg, body: bytes) -> None:
         try:

@@ -1,0 +1,108 @@
+"""A cluster member's `Sender`: its consumers, timers and workflow steps reach the owner wherever it is.
+
+The command runs here when this member owns the entity (the runtime's fence says so again in
+the turn), and is otherwise forwarded to the owner as the NATS door forwards a client's
+command: the same `route` loop, the same command id (so the owner's dedupe holds across
+retries and moves), the deadline passed on, the owner's error code raised as the typed
+`CommandError`. A forward is marked `Memoir-Inside`: the owner runs it without a caller, as
+it would have run here. `Moved` never comes out: a command no owner took in time is
+`overloaded`, which every sender retries with the same id.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import msgspec
+from nats.aio.client import Client as NATS
+from nats.errors import Error as NatsError
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeoutError
+
+from ...engine.runtime import Runtime
+from ...model.access import Caller
+from ...model.errors import CommandError, ErrorCode, Moved
+from ...wire.protocol import (
+    H_CAUSATION_ID,
+    H_COMMAND_ID,
+    H_CORRELATION_ID,
+    H_TIMEOUT,
+    Reply,
+    command_subject,
+    decode_answer,
+)
+from .forwarding import FORWARD_TIMEOUT, H_HOPS, H_INSIDE, Forwards, Router, forward_subject, route
+
+_encoder = msgspec.json.Encoder()
+
+
+class MemberSender:
+    """The `Sender` of a cluster member (alone, the runtime is the sender)."""
+
+    def __init__(
+        self, runtime: Runtime, nc: NATS, router: Router, *, prefix: str, timeout: float = FORWARD_TIMEOUT
+    ) -> None:
+        self.runtime = runtime
+        self.nc = nc
+        self.router = router
+        self.prefix = prefix
+        self.timeout = timeout  # how long a command without a deadline is routed before `overloaded`
+        self.forwards = Forwards()
+
+    async def ask(
+        self,
+        entity_type: str,
+        entity_id: str,
+        command: str,
+        args: bytes | Mapping[str, Any] | msgspec.Struct | None = None,
+        *,
+        command_id: str | None = None,
+        correlation_id: str | None = None,
+        causation_id: str | None = None,
+        deadline: float | None = None,
+        caller: Caller | None = None,
+    ) -> Reply:
+        async def here() -> Reply:
+            return await self.runtime.ask(
+                entity_type,
+                entity_id,
+                command,
+                args,
+                command_id=command_id,
+                correlation_id=correlation_id,
+                causation_id=causation_id,
+                deadline=deadline,
+                caller=caller,
+            )
+
+        async def there(owner: str, left: float) -> Reply:
+            if caller is not None:  # its token is not ours to pass on: outside callers come through a door
+                raise CommandError(
+                    ErrorCode.INTERNAL, "a command from outside reaches another member via the NATS door"
+                )
+            payload = args if isinstance(args, bytes) else _encoder.encode(args if args is not None else {})
+            ids = {H_COMMAND_ID: command_id, H_CORRELATION_ID: correlation_id, H_CAUSATION_ID: causation_id}
+            headers = {name: value for name, value in ids.items() if value is not None}
+            headers |= {H_INSIDE: "1", H_HOPS: "1", H_TIMEOUT: str(max(1, int(left * 1000)))}
+            subject = forward_subject(self.prefix, owner, command_subject(self.prefix, entity_type, entity_id, command))
+            try:
+                msg = await self.nc.request(subject, payload, timeout=left, headers=headers)
+            except NoRespondersError:
+                raise  # routed again
+            except NatsTimeoutError:
+                raise CommandError(
+                    ErrorCode.UNAVAILABLE, f"{owner} did not answer {entity_type}/{entity_id} {command} in time"
+                ) from None
+            except NatsError as exc:  # reconnecting: a retry with the same id is safe
+                raise CommandError(ErrorCode.UNAVAILABLE, f"NATS is not reachable now ({exc}); retry") from None
+            answer = decode_answer(msg.data)
+            answer.raise_for_error()
+            return Reply(answer.result, answer.seq, answer.duplicate)
+
+        until = deadline if deadline is not None else time.monotonic() + self.timeout
+        try:
+            return await route(self.router, entity_type, entity_id, until, here, there, counts=self.forwards)
+        except Moved as exc:  # no owner took it in time: the plain code, which every sender retries
+            raise CommandError(ErrorCode.OVERLOADED, exc.message) from None
