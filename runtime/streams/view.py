@@ -1,4 +1,4 @@
-"""Views: read models kept up to date from entity streams, queryable by key.
+"""Views: read models kept up to date from entity streams, queryable by key and by declared fields.
 
 ```python
 class AuthorPosts(msgspec.Struct):
@@ -11,6 +11,10 @@ class PostsByAuthor(View[AuthorPosts], name="posts_by_author", sources=[Post]):
         row = rows.get(e.author) or AuthorPosts(e.author)
         rows.put(e.author, msgspec.structs.replace(row, posts=row.posts + 1))
 ```
+
+A view declares the fields it is queried by, `indexes=["author", ("region", "posts")]` (fields
+of its row, checked when the class is made); `ViewQuery.query` filters, sorts and pages by them,
+and `ViewQuery.live` follows a query's result (`query`, `query_live`).
 
 Each view is a durable JetStream consumer per source stream. A batch of events
 is applied in one store transaction together with the view's checkpoint, so
@@ -29,8 +33,9 @@ checkpoint and check, so the hand-over applies each event once (`ViewRunner`).
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
 from typing import Any, ClassVar, Generic, TypeVar
 
 import anyio
@@ -51,6 +56,9 @@ from ..wire.protocol import H_POSITION, envelope_from_message
 from ._pull import delete_durable, first_above, stream_sequence
 from ._runner import StreamResolver, StreamRunner
 from .handlers import Handler, HandlerTable, Subscriber
+from .query import Field, Index, IndexDecl, Page, Query, QueryError, Where, declared_fields, encode_token, plan
+from .query_live import VERSION, Batch, Changes, Event, live
+from .query_text import parse_where
 from .view_store import RawRows, ViewStore
 
 R = TypeVar("R")
@@ -92,17 +100,25 @@ class Rows(Generic[R]):
 
 
 class View(Subscriber, Generic[R]):
-    """Base class of a view. Subclass with `name=`, `sources=[EntityClass, ...]` and a row type, View[Row]."""
+    """Base class of a view. Subclass with `name=`, `sources=[EntityClass, ...]` and a row type, View[Row];
+    `indexes=[field, (field, field), ...]` declares what it is queried by (one index each)."""
 
     kind = "view"
     row_type: ClassVar[type]
+    query_fields: ClassVar[dict[str, Field]] = {}
+    query_indexes: ClassVar[list[Index]] = []
 
-    def __init_subclass__(cls, **kw: Any) -> None:
+    def __init_subclass__(cls, indexes: Iterable[IndexDecl] = (), **kw: Any) -> None:
         super().__init_subclass__(**kw)
         for base in getattr(cls, "__orig_bases__", ()):
             args = getattr(base, "__args__", ())
             if args and isinstance(args[0], type):
                 cls.row_type = args[0]
+        declared = list(indexes) or list(cls.__dict__.get("indexes", ()))
+        if declared:
+            if not isinstance(getattr(cls, "row_type", None), type):
+                raise ConfigError(f"view {cls.name}: declare the row type, View[MyRow], to declare indexes")
+            cls.query_fields, cls.query_indexes = declared_fields(cls.name, cls.row_type, declared)
 
     @classmethod
     def check(cls, table: HandlerTable) -> None:
@@ -113,12 +129,81 @@ class View(Subscriber, Generic[R]):
 
 
 class ViewQuery(Generic[R]):
-    """Read a view's rows: by key, or in key order."""
+    """Read a view's rows: by key, in key order, or by a query over its declared fields."""
 
-    def __init__(self, view: type[View[R]], store: ViewStore) -> None:
+    def __init__(self, view: type[View[R]], store: ViewStore, runner: ViewRunner | None = None) -> None:
         self.view = view
         self.store = store
+        self.runner = runner  # the view's runner in this process: live queries follow its batches
         self._decoder: msgspec.json.Decoder[R] = msgspec.json.Decoder(view.row_type)
+        self._declared = False
+
+    async def declare(self) -> None:
+        """Create the view's declared indexes in its store (once; drops the ones no longer declared)."""
+        if not self._declared:
+            await self.store.declare(self.view.name, self.view.query_indexes)
+            self._declared = True
+
+    async def query(
+        self,
+        where: Where | str | None = None,
+        *,
+        order_by: Iterable[str] = (),
+        limit: int = 100,
+        page: str | None = None,
+    ) -> Page[R]:
+        """Rows passing `where` (a tree or a where-expression), sorted by `order_by` (`-field`: down),
+        at most `limit`, from `page` (the previous page's `next`). QueryError names what is wrong."""
+        tree = parse_where(where) if isinstance(where, str) else where
+        return await self.run(Query(where=tree, order_by=list(order_by), limit=limit, page=page))
+
+    async def run(self, query: Query) -> Page[R]:
+        """`query` in its JSON form (the NATS door's body)."""
+        checked = plan(self.view.name, self.view.query_fields, query)
+        await self.declare()
+        found = await self.store.select(self.view.name, checked)
+        rows = [(k, self._decoder.decode(v)) for k, v in found]
+        token = None
+        if len(found) == query.limit:
+            last_key, last = found[-1]
+            token = encode_token(query, checked.order, last_key, msgspec.json.decode(last))
+        return Page(rows, token)
+
+    async def count(self, where: Where | str | None = None) -> int:
+        """How many rows pass `where`."""
+        tree = parse_where(where) if isinstance(where, str) else where
+        checked = plan(self.view.name, self.view.query_fields, Query(where=tree))
+        await self.declare()
+        return await self.store.count(self.view.name, checked.where, checked.kinds)
+
+    @contextlib.asynccontextmanager
+    async def live(self, where: Where | str | None = None) -> AsyncIterator[AsyncIterator[Event[R]]]:
+        """Follow the rows passing `where`: a `Snapshot`, then each `Change`; `Resync` if fallen behind.
+
+        Needs the view's runner in this process (the service that runs the view)."""
+        if self.runner is None:
+            raise QueryError(f"view {self.view.name}: live queries need the process that runs the view")
+        tree = parse_where(where) if isinstance(where, str) else where
+        checked = plan(self.view.name, self.view.query_fields, Query(where=tree))
+        await self.declare()
+        runner = self.runner
+
+        async def snapshot() -> dict[str, bytes]:
+            out: dict[str, bytes] = {}
+            page = Query(where=tree, limit=1000)
+            while True:
+                p = plan(self.view.name, self.view.query_fields, page)
+                found = await self.store.select(self.view.name, p)
+                out.update(found)
+                if len(found) < page.limit:
+                    return out
+                last_key, last = found[-1]
+                page.page = encode_token(page, p.order, last_key, msgspec.json.decode(last))
+
+        async with live(
+            runner.changes, runner.lock, snapshot, lambda: runner.version, checked.where, self._decoder.decode
+        ) as events:
+            yield events
 
     async def get(self, key: str) -> R | None:
         data = await self.store.get(self.view.name, key)
@@ -177,19 +262,24 @@ class ViewRunner(StreamRunner):
         self.journal = journal
         self.catchup_behind = catchup_behind  # read the journal when at least this many positions behind
         self.catchup_page = catchup_page  # events per journal read and per store transaction
-        self.query = ViewQuery(view, store)
+        self.query = ViewQuery(view, store, self)
+        self.changes = Changes()  # committed batches, to the live queries of this process
+        self.on_batch: list[Any] = []  # callbacks(batch) after each commit (the NATS change notices)
+        self.version = 0  # batches committed (stored as the `@version` checkpoint)
         self.applied = 0
         self.forgotten = 0  # events skipped because their entity was forgotten
         self.from_journal = 0  # events read from the journal while catching up (applied or not)
         self.last_recorded_at = 0  # the recorded time of the newest event applied (view lag)
-        self._lock = anyio.Lock()  # two source streams must not interleave their read-modify-writes
+        self.lock = anyio.Lock()  # two source streams must not interleave their read-modify-writes
         self._decoder: msgspec.json.Decoder[Any] = msgspec.json.Decoder(view.row_type)
         self._encoder = msgspec.json.Encoder()
         self._checkpoints: dict[str, int] = {}
         self._start: dict[str, int] = {}  # entity type -> the stream sequence its consumer starts at
 
     async def run(self) -> None:
+        await self.query.declare()
         self._checkpoints = await self.store.checkpoints(self.view.name)
+        self.version = max(self.version, self._checkpoints.get(VERSION, 0))
         if self.journal is not None:
             await self._positions_of_older_checkpoints()
             try:
@@ -255,15 +345,22 @@ class ViewRunner(StreamRunner):
         """Run the handlers and store their rows with `checkpoints`, in one transaction; `newest` is the
         recorded time of the newest event read (handled or not), for the view's lag."""
 
+        written: dict[str, bytes | None] = {}
+
         def transaction(raw: RawRows) -> tuple[Mapping[str, bytes | None], Mapping[str, int]]:
             rows: Rows[Any] = Rows(raw, self._decoder, self._encoder)
             for handler, event, env in work:
                 args = (self.instance, rows, event, env) if handler.wants_envelope else (self.instance, rows, event)
                 handler.fn(*args)
-            return rows.writes(), checkpoints
+            written.clear()
+            written.update(rows.writes())
+            return written, {**checkpoints, VERSION: self.version + 1} if written else checkpoints
 
-        async with self._lock:
+        async with self.lock:
             await self.store.transact(self.view.name, transaction)
+            if written:  # a version per batch that wrote rows: consecutive, so a lost notice shows
+                self.version += 1
+                self._announce(Batch(self.version, dict(written)))
             if any(env.name == FORGOTTEN for _, _, env in work):  # its handler dropped the entity's rows
                 await self.store.scrub()
         self._checkpoints.update(checkpoints)
@@ -403,9 +500,23 @@ class ViewRunner(StreamRunner):
         """The last stream sequence this view applied from `entity_type`'s events."""
         return self._checkpoints.get(self.source_key(entity_type), 0)
 
+    def _announce(self, batch: Batch) -> None:
+        """After a commit, under the lock: to the live queries here, and to the NATS notices."""
+        self.changes.publish(batch)
+        for callback in self.on_batch:
+            callback(batch)
+
     async def rebuild(self) -> None:
-        """Forget everything: rows, checkpoints and the durable consumers. Run again to replay history."""
-        await self.store.reset(self.view.name)
+        """Forget everything: rows, checkpoints and the durable consumers. Run again to replay history.
+
+        The version goes on counting (a batch that empties the view), so live queries see each row
+        removed and then added back as history is re-applied."""
+        async with self.lock:
+            await self.store.reset(self.view.name)
+            self.version += 1
+            version = self.version
+            await self.store.transact(self.view.name, lambda _: ({}, {VERSION: version}))
+            self._announce(Batch(version, {}, reset=True))
         for entity_type in self.table.sources:
             await delete_durable(self.js, self.streams(entity_type), entity_type, self.view.name)
-        self._checkpoints = {}
+        self._checkpoints = {VERSION: self.version}

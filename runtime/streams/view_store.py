@@ -26,7 +26,7 @@ from __future__ import annotations
 import abc
 import contextlib
 import sqlite3
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Protocol, Self, TypeVar
@@ -34,12 +34,25 @@ from typing import Any, Protocol, Self, TypeVar
 import anyio
 import anyio.from_thread
 import anyio.to_thread
+import msgspec
 
 from ..journal._faults import Link, pg_connection_lost, pg_errors, sqlite_error, sqlite_full
 from ..journal._urls import parse_postgres_url, parse_sqlite_url, postgres_where
 from ..model.backoff import Backoff
 from ..model.errors import ConfigError, JournalError, Unavailable
 from ..wire.redact import redact_url
+from .query import Index, Kind, Plan, Where, matches, sort_key
+from .query_sql import (
+    Dialect,
+    choose_index,
+    count_sql,
+    create_index_sql,
+    desired,
+    index_name,
+    postgres_dialect,
+    select_sql,
+    sqlite_dialect,
+)
 
 T = TypeVar("T")
 
@@ -108,6 +121,19 @@ class ViewStore(abc.ABC):
     async def reset(self, view: str) -> None:
         """Drop the view's rows and checkpoints (before a rebuild)."""
 
+    @abc.abstractmethod
+    async def declare(self, view: str, indexes: Sequence[Index]) -> None:
+        """Make the view's indexes exactly these: create the new ones, drop the ones no longer
+        declared (a changed index is a new one: its name is a digest of its definition)."""
+
+    @abc.abstractmethod
+    async def select(self, view: str, plan: Plan) -> list[tuple[str, bytes]]:
+        """One page of a checked query (`query.plan`): rows passing its filter, in its order."""
+
+    @abc.abstractmethod
+    async def count(self, view: str, where: Where | None, kinds: Mapping[str, Kind]) -> int:
+        """How many rows pass `where` (already checked, in JSON names)."""
+
     async def scrub(self) -> None:
         """Leave no copy of deleted rows in the store's files (called after a view handled a forget).
 
@@ -123,6 +149,7 @@ class MemoryViewStore(ViewStore):
     def __init__(self) -> None:
         self.rows: dict[str, dict[str, bytes]] = {}
         self._checkpoints: dict[str, dict[str, int]] = {}
+        self.indexes: dict[str, list[Index]] = {}
 
     async def transact(self, view: str, work: Work) -> None:
         rows = self.rows.setdefault(view, {})
@@ -148,6 +175,21 @@ class MemoryViewStore(ViewStore):
         self.rows.pop(view, None)
         self._checkpoints.pop(view, None)
 
+    async def declare(self, view: str, indexes: Sequence[Index]) -> None:
+        self.indexes[view] = list(indexes)  # nothing to build: queries evaluate in Python
+
+    def _passing(self, view: str, where: Where | None) -> list[tuple[str, dict[str, Any]]]:
+        docs = ((k, msgspec.json.decode(v)) for k, v in self.rows.get(view, {}).items())
+        return [(k, d) for k, d in docs if matches(where, k, d)]
+
+    async def select(self, view: str, plan: Plan) -> list[tuple[str, bytes]]:
+        found = sorted(self._passing(view, plan.where), key=sort_key(plan.order))[: plan.limit]
+        rows = self.rows.get(view, {})
+        return [(k, rows[k]) for k, _ in found]
+
+    async def count(self, view: str, where: Where | None, kinds: Mapping[str, Kind]) -> int:
+        return len(self._passing(view, where))
+
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS view_rows (
@@ -155,6 +197,9 @@ CREATE TABLE IF NOT EXISTS view_rows (
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS view_checkpoints (
     view TEXT NOT NULL, stream TEXT NOT NULL, seq INTEGER NOT NULL, PRIMARY KEY (view, stream)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS view_indexes (
+    view TEXT NOT NULL, name TEXT NOT NULL, PRIMARY KEY (view, name)
 ) WITHOUT ROWID;
 """
 
@@ -178,6 +223,7 @@ class SqliteViewStore(ViewStore):
         self._conn: sqlite3.Connection | None = None
         self._limiter = anyio.CapacityLimiter(1)
         self._link = Link("SQLite view store", self.path)
+        self._indexes: dict[str, list[Index]] = {}  # declared here, for `INDEXED BY`
 
     def _open(self) -> None:
         if self.path != ":memory:":
@@ -266,6 +312,65 @@ class SqliteViewStore(ViewStore):
 
         await self._run(run)
 
+    async def declare(self, view: str, indexes: Sequence[Index]) -> None:
+        want = desired(view, indexes)
+
+        def run(conn: sqlite3.Connection) -> None:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                have = {n for (n,) in conn.execute("SELECT name FROM view_indexes WHERE view=?", (view,))}
+                for name in have - set(want):
+                    conn.execute(f"DROP INDEX IF EXISTS {name}")
+                    conn.execute("DELETE FROM view_indexes WHERE view=? AND name=?", (view, name))
+                for name in set(want) - have:
+                    conn.execute(create_index_sql(sqlite_dialect(), "view_rows", view, want[name]))
+                    conn.execute("INSERT INTO view_indexes VALUES (?,?)", (view, name))
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    with contextlib.suppress(sqlite3.Error):
+                        conn.execute("ROLLBACK")
+                raise
+
+        await self._run(run)
+        self._indexes[view] = list(indexes)
+
+    def _select(self, view: str, plan: Plan, prefix: str = "") -> Callable[[sqlite3.Connection], list[Any]]:
+        """The query with the index that serves it named (`INDEXED BY`), or without if SQLite finds
+        no way to use it (then it plans alone)."""
+        index = choose_index(plan, self._indexes.get(view, ()))
+        d = sqlite_dialect()
+        plain = prefix + select_sql(d, "view_rows", view, plan)
+        hinted = ""
+        if index is not None:
+            hint = f" INDEXED BY {index_name(view, index)}"
+            hinted = prefix + select_sql(sqlite_dialect(), "view_rows", view, plan, hint)
+
+        def run(conn: sqlite3.Connection) -> list[Any]:
+            if hinted:
+                try:
+                    return conn.execute(hinted, d.params).fetchall()
+                except sqlite3.OperationalError as exc:
+                    if "no query solution" not in str(exc) and "no such index" not in str(exc):
+                        raise
+            return conn.execute(plain, d.params).fetchall()
+
+        return run
+
+    async def select(self, view: str, plan: Plan) -> list[tuple[str, bytes]]:
+        rows = await self._run(self._select(view, plan))
+        return [(k, bytes(v)) for k, v in rows]
+
+    async def count(self, view: str, where: Where | None, kinds: Mapping[str, Kind]) -> int:
+        d = sqlite_dialect()
+        sql = count_sql(d, "view_rows", view, where, kinds)
+        return int(await self._run(lambda c: c.execute(sql, d.params).fetchone()[0]))
+
+    async def explain(self, view: str, plan: Plan) -> str:
+        """SQLite's plan of a query, one line per step (tests read it to see the index used)."""
+        rows = await self._run(self._select(view, plan, "EXPLAIN QUERY PLAN "))
+        return "\n".join(str(r[-1]) for r in rows)
+
 
 _PG_DDL = """
 CREATE SCHEMA IF NOT EXISTS {s};
@@ -275,6 +380,12 @@ CREATE TABLE IF NOT EXISTS {s}.view_rows (
 CREATE TABLE IF NOT EXISTS {s}.view_checkpoints (
     view TEXT NOT NULL, stream TEXT NOT NULL, seq BIGINT NOT NULL, PRIMARY KEY (view, stream)
 );
+CREATE TABLE IF NOT EXISTS {s}.view_indexes (
+    view TEXT NOT NULL, name TEXT NOT NULL, PRIMARY KEY (view, name)
+);
+-- a row's bytes as jsonb, for the indexes: immutable (UTF-8 JSON in, jsonb out) so an index may call it
+CREATE OR REPLACE FUNCTION {s}.view_doc(r bytea) RETURNS jsonb
+    LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS $$ SELECT convert_from(r, 'UTF8')::jsonb $$;
 """
 
 
@@ -323,13 +434,9 @@ class PostgresViewStore(ViewStore):
             raise ConfigError(f"cannot open the view store in schema {self.schema}: {exc}") from exc
 
     async def close(self) -> None:
-        """Close the pool even from a cancelled scope: a goodbye to each connection, shielded and
-        bounded, then whatever is left is cut (a dead server must not hold a stopping process)."""
         pool, self._pool = self._pool, None
         if pool is not None:
-            with anyio.move_on_after(5, shield=True):
-                await pool.close()
-            pool.terminate()
+            await pool.close()
 
     @contextlib.asynccontextmanager
     async def _conn(self) -> AsyncIterator[Any]:
@@ -417,6 +524,44 @@ class PostgresViewStore(ViewStore):
             await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", f"memoir-view-{self.schema}-{view}")
             await conn.execute(self._sql("DELETE FROM {s}.view_rows WHERE view=$1"), view)
             await conn.execute(self._sql("DELETE FROM {s}.view_checkpoints WHERE view=$1"), view)
+
+    async def declare(self, view: str, indexes: Sequence[Index]) -> None:
+        want = desired(view, indexes)
+        async with self._conn() as conn, conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", f"memoir-view-{self.schema}-{view}")
+            rows = await conn.fetch(self._sql("SELECT name FROM {s}.view_indexes WHERE view=$1"), view)
+            have = {r["name"] for r in rows}
+            for name in have - set(want):
+                await conn.execute(self._sql(f"DROP INDEX IF EXISTS {{s}}.{name}"))
+                await conn.execute(self._sql("DELETE FROM {s}.view_indexes WHERE view=$1 AND name=$2"), view, name)
+            for name in set(want) - have:
+                table = self._sql("{s}.view_rows")
+                await conn.execute(create_index_sql(self._dialect(), table, view, want[name]))
+                await conn.execute(self._sql("INSERT INTO {s}.view_indexes VALUES ($1, $2)"), view, name)
+
+    def _dialect(self) -> Dialect:
+        return postgres_dialect(self.schema)
+
+    async def select(self, view: str, plan: Plan) -> list[tuple[str, bytes]]:
+        d = self._dialect()
+        sql = select_sql(d, self._sql("{s}.view_rows"), view, plan)
+        async with self._conn() as conn:
+            rows = await conn.fetch(sql, *d.params)
+        return [(r["key"], bytes(r["row"])) for r in rows]
+
+    async def count(self, view: str, where: Where | None, kinds: Mapping[str, Kind]) -> int:
+        d = self._dialect()
+        sql = count_sql(d, self._sql("{s}.view_rows"), view, where, kinds)
+        async with self._conn() as conn:
+            return int(await conn.fetchval(sql, *d.params))
+
+    async def explain(self, view: str, plan: Plan) -> str:
+        """PostgreSQL's plan of a query (tests read it to see the index used)."""
+        d = self._dialect()
+        sql = select_sql(d, self._sql("{s}.view_rows"), view, plan)
+        async with self._conn() as conn:
+            rows = await conn.fetch("EXPLAIN " + sql, *d.params)
+        return "\n".join(r[0] for r in rows)
 
 
 def open_view_store(url: str) -> ViewStore:
