@@ -182,3 +182,34 @@ async def test_partitions_and_pauses_lose_and_double_nothing(
     assert checked == sum(len(p.acks) for p in ledger.phases)
     print(f"{journal_kind}: {checked} events checked against the replies")
     assert exits == {"m1": -signal.SIGKILL, "m0": 0, "m2": 0}, f"exit status of each member: {exits}"
+
+
+async def test_a_cut_link_holds_bytes_without_closing_and_delivers_them_on_heal() -> None:
+    """The proxy's blackhole: while cut nothing passes and nothing closes; healed, the bytes
+    sent meanwhile arrive, in order, on the same connection."""
+    received = bytearray()
+
+    async def echo(stream: anyio.abc.SocketStream) -> None:
+        async with stream:
+            async for chunk in stream:
+                received.extend(chunk)
+                await stream.send(chunk)
+
+    listener = await anyio.create_tcp_listener(local_host="127.0.0.1")
+    port = listener.extra(anyio.abc.SocketAttribute.local_port)
+    link = Link([port])
+    async with listener, anyio.create_task_group() as tg:
+        tg.start_soon(listener.serve, echo)
+        async with link.running(), await anyio.connect_tcp("127.0.0.1", link.routes[0][0]) as client:
+            await client.send(b"before")
+            assert await client.receive() == b"before"
+            link.cut()
+            await client.send(b"during")
+            with anyio.move_on_after(0.5):  # a window to see that nothing passes, not a wait for something
+                data = await client.receive()
+                raise AssertionError(f"bytes passed a cut link: {data!r}")
+            assert bytes(received) == b"before"  # not even one way
+            link.heal()
+            assert await client.receive() == b"during"  # the same connection: it never closed
+            assert bytes(received) == b"beforeduring"
+        tg.cancel_scope.cancel()
