@@ -29,7 +29,7 @@ from typing import Any, Generic, Literal, TypeVar, Union
 
 import msgspec
 
-from ..model.errors import ConfigError
+from ..model.errors import ConfigError, ErrorCode, Invalid
 
 R = TypeVar("R")
 Scalar = str | int | float | bool | None
@@ -38,8 +38,11 @@ KEY = "@key"  # the row's key in seek conditions (never a user field: fields are
 MAX_LIMIT = 10_000
 
 
-class QueryError(ValueError):
-    """A query that cannot run: names what is wrong (the doors answer `invalid`)."""
+class QueryError(Invalid):
+    """A query that cannot run: names what is wrong (every door answers it as `invalid`)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(ErrorCode.INVALID, message)
 
 
 # -- the tree -------------------------------------------------------------------------------------

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from typing import Any, ClassVar, Generic, TypeVar
 
 import anyio
@@ -49,7 +49,7 @@ from nats.js.errors import Error as JetStreamError
 from ..engine.keyring import KeyRing
 from ..journal.base import Journal
 from ..model.envelope import Envelope
-from ..model.errors import ConfigError, EventDecodeError, JournalError, SealError
+from ..model.errors import ConfigError, EventDecodeError, JournalError, SealError, Unavailable
 from ..model.events import spec_of
 from ..model.sealing import Forgotten, is_sealed
 from ..wire.protocol import H_POSITION, envelope_from_message
@@ -169,6 +169,20 @@ class ViewQuery(Generic[R]):
             token = encode_token(query, checked.order, last_key, msgspec.json.decode(last))
         return Page(rows, token)
 
+    async def version(self) -> int:
+        """The view's version: one more per committed batch that wrote rows (its change notices carry it)."""
+        return (await self.store.checkpoints(self.view.name)).get(VERSION, 0)
+
+    async def run_at_version(self, query: Query, attempts: int = 20) -> tuple[Page[R], int]:
+        """`run`, and the version its rows are at: the version read before and after is the same, so
+        no batch landed in between (a batch stores its rows and its version together)."""
+        for _ in range(attempts):
+            before = await self.version()
+            page = await self.run(query)
+            if await self.version() == before:
+                return page, before
+        raise Unavailable(f"view {self.view.name}: batches kept landing during {attempts} reads; retry")
+
     async def count(self, where: Where | str | None = None) -> int:
         """How many rows pass `where`."""
         tree = parse_where(where) if isinstance(where, str) else where
@@ -264,7 +278,7 @@ class ViewRunner(StreamRunner):
         self.catchup_page = catchup_page  # events per journal read and per store transaction
         self.query = ViewQuery(view, store, self)
         self.changes = Changes()  # committed batches, to the live queries of this process
-        self.on_batch: list[Any] = []  # callbacks(batch) after each commit (the NATS change notices)
+        self.on_batch: list[Callable[[Batch], Awaitable[None]]] = []  # after each commit: NATS notices
         self.version = 0  # batches committed (stored as the `@version` checkpoint)
         self.applied = 0
         self.forgotten = 0  # events skipped because their entity was forgotten
@@ -360,7 +374,7 @@ class ViewRunner(StreamRunner):
             await self.store.transact(self.view.name, transaction)
             if written:  # a version per batch that wrote rows: consecutive, so a lost notice shows
                 self.version += 1
-                self._announce(Batch(self.version, dict(written)))
+                await self._announce(Batch(self.version, dict(written)))
             if any(env.name == FORGOTTEN for _, _, env in work):  # its handler dropped the entity's rows
                 await self.store.scrub()
         self._checkpoints.update(checkpoints)
@@ -500,11 +514,12 @@ class ViewRunner(StreamRunner):
         """The last stream sequence this view applied from `entity_type`'s events."""
         return self._checkpoints.get(self.source_key(entity_type), 0)
 
-    def _announce(self, batch: Batch) -> None:
-        """After a commit, under the lock: to the live queries here, and to the NATS notices."""
+    async def _announce(self, batch: Batch) -> None:
+        """After a commit, under the lock (so in version order): to the live queries here, and to
+        `on_batch` (the NATS change notices: a publish that only fills the client's buffer)."""
         self.changes.publish(batch)
         for callback in self.on_batch:
-            callback(batch)
+            await callback(batch)
 
     async def rebuild(self) -> None:
         """Forget everything: rows, checkpoints and the durable consumers. Run again to replay history.
@@ -516,7 +531,7 @@ class ViewRunner(StreamRunner):
             self.version += 1
             version = self.version
             await self.store.transact(self.view.name, lambda _: ({}, {VERSION: version}))
-            self._announce(Batch(version, {}, reset=True))
+            await self._announce(Batch(version, {}, reset=True))
         for entity_type in self.table.sources:
             await delete_durable(self.js, self.streams(entity_type), entity_type, self.view.name)
         self._checkpoints = {VERSION: self.version}

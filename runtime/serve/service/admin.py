@@ -2,6 +2,13 @@
 
 - `{prefix}.view.{name}.get` with `{"key": "…"}` → `{"ok": true, "result": row or null}`
 - `{prefix}.view.{name}.scan` with `{"after": "", "limit": 100}` → `{"ok": true, "result": [[key, row], …]}`
+- `{prefix}.view.{name}.query` with a query's JSON form (`runtime.streams.query`: where, order_by,
+  limit, page) → `{"ok": true, "result": {"rows": [[key, row], …], "next": token or null, "version": n}}`
+- `{prefix}.view.{name}.count` with `{"where": …}` → `{"ok": true, "result": n}`
+- `{prefix}.view.{name}.changes`: published by the process that runs the view after each batch it
+  commits, `{"version": n, "reset": false, "rows": {key: row or null}}`. A live subscriber subscribes
+  here first, then queries: it applies the notices above the answer's `version`, in order; a version
+  that skips one (a notice lost, or dropped because it fell behind) means query again (resync).
 - `{prefix}.admin.replay` with `{"view": "…"}` → rebuild that view from history; `{"ok": true}`
 - `{prefix}.admin.forget` with `{"type": "…", "id": "…"}` → forget an entity of an encrypted type
   (destroy its data key); `{"ok": true, "result": {"forgotten": true, "already": false}}`. The
@@ -14,6 +21,7 @@ Errors use the command protocol's envelope and codes (`invalid` for a bad payloa
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
@@ -23,6 +31,8 @@ from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
 
 from ...model.errors import CommandError, ErrorCode
+from ...streams.query import CountQuery, Query
+from ...streams.query_live import Batch
 from ...wire.nats import respond
 from ...wire.protocol import encode_error, encode_result
 from ._service import Service
@@ -62,6 +72,8 @@ class Admin:
         nc = self.service.nc
         assert nc is not None
         p = self.service.prefix
+        for name, runner in self.service.views.items():
+            runner.on_batch.append(self._notices(name))
         self._subs = [
             await nc.subscribe(f"{p}.view.*.*", queue=self.queue, cb=self._on_view),
             # every process hears it: each rebuilds the views it runs, and only those answer
@@ -73,13 +85,31 @@ class Admin:
         ]
 
     async def stop(self) -> None:
+        for runner in self.service.views.values():
+            runner.on_batch.clear()
         for sub in self._subs:
             with contextlib.suppress(NatsError):
                 await sub.unsubscribe()
         self._subs = []
 
+    def _notices(self, name: str) -> Callable[[Batch], Awaitable[None]]:
+        """What the view's runner calls after each committed batch: its change notice on NATS."""
+        subject = f"{self.service.prefix}.view.{name}.changes"
+
+        async def publish(batch: Batch) -> None:
+            rows = {k: None if v is None else msgspec.Raw(v) for k, v in batch.writes.items()}
+            body = msgspec.json.encode({"version": batch.version, "reset": batch.reset, "rows": rows})
+            nc = self.service.nc
+            if nc is not None:
+                with contextlib.suppress(NatsError):  # a lost notice shows as a version gap: resync
+                    await nc.publish(subject, body)
+
+        return publish
+
     async def _on_view(self, msg: Msg) -> None:
         *_, name, op = msg.subject.split(".")
+        if op == "changes":
+            return  # a change notice, for live subscribers
         try:
             query = self.service.view(name)
         except KeyError as exc:
@@ -94,10 +124,17 @@ class Admin:
                 if not 1 <= sargs.limit <= 10_000:
                     raise msgspec.ValidationError("limit must be between 1 and 10000 - at `$.limit`")
                 body = encode_result([[k, v] for k, v in await query.scan(after=sargs.after, limit=sargs.limit)])
+            elif op == "query":
+                page, version = await query.run_at_version(_decode(msg.data, Query))
+                body = encode_result({"rows": [[k, v] for k, v in page.rows], "next": page.next, "version": version})
+            elif op == "count":
+                body = encode_result(await query.count(_decode(msg.data, CountQuery).where))
             else:
-                body = _error("unknown_command", f"views answer get and scan, not {op!r}")
+                body = _error("unknown_command", f"views answer get, scan, query and count, not {op!r}")
         except (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError) as exc:
             body = _error("invalid", f"view {name} {op}: {exc}")
+        except CommandError as exc:  # a query that names what is wrong (invalid), storage away (unavailable)
+            body = encode_error(exc)
         await self._answer(msg, body)
 
     async def _on_replay(self, msg: Msg) -> None:
