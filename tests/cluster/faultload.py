@@ -21,10 +21,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
+from support.reading import stream_messages
+from support.waiting import eventually
 
 from entities import InventoryItem
 from runtime import Client, CommandError, Journal, history
 from runtime.model.entity import model_of
+from runtime.wire.nats import close_quietly, connect
+from runtime.wire.protocol import H_MSG_ID, event_headers, stream_name
 
 ENTITIES = [f"F{k}" for k in range(24)]
 SENDERS = 8
@@ -123,33 +127,34 @@ async def _until_answered(client: Client, phase: Phase, entity: str, cid: str) -
 
 
 async def every_entity_answers(url: str, prefix: str, within: float) -> float:
-    """A `get` to every entity succeeds within `within` seconds (each retried, 1 s per try);
-    returns how long that took, for the record."""
+    """A `get` to every entity succeeds within `within` seconds (the silent ones asked again,
+    1 s per try, until each has answered); returns how long that took, for the record."""
     started, silent = time.monotonic(), set(ENTITIES)
     async with Client(url, prefix=prefix) as client:
 
-        async def one(entity: str) -> None:
-            while True:
-                try:
-                    await client.send("inventory", entity, "get", timeout=1.0)
-                except (CommandError, TimeoutError):
-                    await anyio.sleep(0.02)  # a pause before resending
-                else:
-                    silent.discard(entity)
-                    return
+        async def ask(entity: str) -> None:
+            with contextlib.suppress(CommandError, TimeoutError):
+                await client.send("inventory", entity, "get", timeout=1.0)
+                silent.discard(entity)
 
-        with anyio.move_on_after(within):
+        async def all_answered() -> bool:
             async with anyio.create_task_group() as tg:
-                for entity in ENTITIES:
-                    tg.start_soon(one, entity)
-    assert not silent, f"silent {within:g} s after the heal: {sorted(silent)}"
+                for entity in sorted(silent):
+                    tg.start_soon(ask, entity)
+            return not silent
+
+        try:
+            await eventually(all_answered, within, "every entity answering")
+        except AssertionError:
+            raise AssertionError(f"silent {within:g} s after the heal: {sorted(silent)}") from None
     return time.monotonic() - started
 
 
-async def check_journal(journal: Journal, ledger: Ledger) -> int:
-    """Assert the journal against the ledger, entity by entity; returns the events checked."""
+async def check_journal(journal: Journal, ledger: Ledger) -> set[str]:
+    """Assert the journal against the ledger, entity by entity; returns the events checked, by the
+    `Nats-Msg-Id` each has on a stream."""
     model = model_of(InventoryItem)
-    checked = 0
+    checked: set[str] = set()
     for entity in ENTITIES:
         items = [item async for item in history(journal, model, entity)]
         seqs = [item.envelope.seq for item in items]
@@ -172,5 +177,35 @@ async def check_journal(journal: Journal, ledger: Ledger) -> int:
             assert ack.result == item.state.units, (
                 f"{entity} {ack.command_id}: replied {ack.result}, the fold at seq {ack.seq} is {item.state.units}"
             )
-        checked += len(items)
+        checked |= {event_headers(item.envelope)[H_MSG_ID] for item in items}
     return checked
+
+
+async def outbox_caught_up(url: str, prefix: str, count: int, within: float = 30.0) -> None:
+    """Wait until the outbox stream holds `count` inventory events: the publisher, a singleton the
+    faults moved between members, has caught up (it must, before the members stop)."""
+    nc = await connect(url)
+    try:
+        js = nc.jetstream()
+        stream = stream_name(prefix, "inventory")
+
+        async def caught_up() -> bool:
+            return bool((await js.stream_info(stream)).state.messages >= count)
+
+        await eventually(caught_up, within, f"{count} events in {stream}")
+    finally:
+        await close_quietly(nc)
+
+
+async def check_outbox(url: str, prefix: str, expected: set[str]) -> None:
+    """The outbox stream holds each stored inventory event exactly once (by its `Nats-Msg-Id`)."""
+    nc = await connect(url)
+    try:
+        js = nc.jetstream()
+        stream = stream_name(prefix, "inventory")
+        ids = collections.Counter((m.headers or {}).get(H_MSG_ID) for m in await stream_messages(js, stream))
+        twice = sorted(str(i) for i, n in ids.items() if n > 1)
+        assert not twice, f"published twice: {twice[:10]}"
+        assert set(ids) == expected, f"{stream} holds {len(ids)} events, the journal {len(expected)}"
+    finally:
+        await close_quietly(nc)
