@@ -52,7 +52,8 @@ def find_binary() -> str:
 _SHIM = "import ctypes, os, sys; ctypes.CDLL(None).prctl(1, 9); os.execv(sys.argv[1], sys.argv[1:])"
 
 
-def _die_with_parent() -> list[str]:
+def die_with_parent() -> list[str]:
+    """The argv prefix that makes a child die with this process (Linux; elsewhere nothing)."""
     return [sys.executable, "-c", _SHIM] if sys.platform.startswith("linux") else []
 
 
@@ -139,7 +140,7 @@ class EmbeddedNats:
         log = open(self.data_dir / "nats-server.log", "ab")  # noqa: SIM115, ASYNC230 - once, closed in stop()
         self._log = log
         self._proc = await anyio.open_process(
-            [*_die_with_parent(), find_binary(), "-c", str(conf)],
+            [*die_with_parent(), find_binary(), "-c", str(conf)],
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # a Ctrl-C in the terminal goes to the runtime, which stops us in order
