@@ -74,7 +74,7 @@ async def wait_cluster(url: str, prefix: str, members: int, procs: Sequence[Memb
     `procs` that exits ends the wait at once.
     """
     config = ClusterConfig(name=prefix, lease=LeaseConfig(ttl=LEASE_TTL))
-    deadline = time.monotonic() + timeout
+    started = time.monotonic()
     nc = await connect(url)
     try:
         while True:
@@ -83,11 +83,13 @@ async def wait_cluster(url: str, prefix: str, members: int, procs: Sequence[Memb
                 return
             except (MemoirError, nats.errors.Error, TimeoutError) as exc:
                 last = str(exc) or type(exc).__name__
-            if time.monotonic() > deadline or any(m.proc is not None and m.proc.poll() is not None for m in procs):
+            exited = [m.name for m in procs if m.proc is not None and m.proc.poll() is not None]
+            if exited or time.monotonic() - started > timeout:
                 break
     finally:
         await close_quietly(nc)
-    report = [f"{last} (asked for {timeout:g} s in all)"]
+    why = f"{', '.join(exited)} exited" if exited else "no more time"
+    report = [f"{last} (asked for {time.monotonic() - started:.0f} s in all; stopped asking: {why})"]
     for m in procs:
         code = None if m.proc is None else m.proc.poll()
         status = "stopped by the test" if m.proc is None else "alive" if code is None else f"exited {code}"
