@@ -23,6 +23,7 @@ from ....model.errors import ConfigError, MemoirError
 from .allocation import AllocationTable
 from .leases import LeaseConfig, Leases, Singleton
 from .membership import Membership, new_member_id
+from .renewer import Connect, connect_like
 from .shards import DEFAULT_SHARDS, SHARD_COUNT_KEY, check_shard_count, mismatch, shard_from_key
 from .store import Entry, bucket_name, describe, ensure_bucket, log, watch_forever
 
@@ -39,6 +40,7 @@ class ClusterConfig:
     lease: LeaseConfig = field(default_factory=LeaseConfig)
     member_ttl: float | None = None
     start_timeout: float = 30.0
+    renew_on_thread: bool = True  # the member lease's renewal on a thread of its own (renewer.py)
 
     def __post_init__(self) -> None:
         check_shard_count(self.shards)
@@ -61,6 +63,7 @@ class Cluster:
         self.allocation = AllocationTable(leases_kv, config.shards)
         self.membership = Membership(members_kv, member_id, ttl=config.members_ttl)
         self.singletons: dict[str, Singleton] = {}
+        self.connect: Connect | None = connect_like(nc, f"{member_id}-lease") if config.renew_on_thread else None
         self._tg: anyio.abc.TaskGroup | None = None
         self._announced = False
 

@@ -66,7 +66,8 @@ import structlog
 from .allocation import FREE, Slot
 from .coordinator import Cluster
 from .leases import Held, member_key
-from .store import describe
+from .renewer import ThreadRenewer
+from .store import bucket_name, describe
 
 log = structlog.get_logger("memoir.cluster")
 
@@ -128,6 +129,7 @@ class ShardManager:
         self.membership = cluster.membership
         self.config = cluster.config.lease
         self.shards = cluster.config.shards
+        self.leases_bucket = bucket_name(cluster.config.name, "leases")
         self.on_acquired = on_acquired
         self.on_lost = on_lost
         self.on_release = on_release if on_release is not None else on_lost
@@ -220,9 +222,24 @@ class ShardManager:
                     log.info("member lease acquired", member=self.member, revision=held.revision)
                     task_status.started()
                     task_status = anyio.TASK_STATUS_IGNORED
-                    await self.leases.hold(held, self._lease_lost, fenced=True)
+                    await self._renew(held)
         finally:
             self._lease_stopped.set()
+
+    async def _renew(self, held: Held) -> None:
+        """Until the lease lapses: on a thread of its own (renewer.py), or on this loop if that fails."""
+        connect = self.cluster.connect
+        if connect is not None:
+            nc = self.cluster.nc
+            renewer = ThreadRenewer(self.leases, held, connect, self.leases_bucket, lambda: nc.is_connected)
+            await renewer.hold(self._lease_lost)
+            if renewer.error is None:
+                return
+            log.warning("lease renewal thread failed; renewing on the event loop", reason=describe(renewer.error))
+            if held.lost:
+                await self._lease_lost()
+                return
+        await self.leases.hold(held, self._lease_lost, fenced=True)
 
     async def _lease_lost(self) -> None:
         shards = list(self._holding)
