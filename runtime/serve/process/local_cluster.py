@@ -45,6 +45,7 @@ class NatsNode:
     monitor_port: int
     store: Path
     proc: anyio.abc.Process | None = None
+    exit_status: int | None = None  # of its last stop
     log: Path = field(init=False)
 
     def __post_init__(self) -> None:
@@ -175,6 +176,7 @@ class NatsNodes:
         proc, node.proc = node.proc, None
         if proc is not None:
             await stop_process(proc, kill=kill)
+            node.exit_status = proc.returncode
 
     async def restart_node(self, node: NatsNode, timeout: float = 30.0) -> None:
         await self.start_node(node)
@@ -332,14 +334,19 @@ class LocalCluster:
     async def stop(self) -> dict[str, int | None]:
         """The members together (each hands its shards to nobody in particular), then the nodes.
 
-        Shielded: a second Ctrl-C does not leave half a cluster. Returns each member's exit status.
+        Shielded: a second Ctrl-C does not leave half a cluster. Returns the exit status of each
+        member and node (None: never started).
         """
         with anyio.CancelScope(shield=True):
             async with anyio.create_task_group() as tg:
                 for m in self.members:
                     tg.start_soon(m.stop)
             await self.nats.stop()
-        return {m.name: m.exit_status for m in self.members}
+        return self.exit_statuses()
+
+    def exit_statuses(self) -> dict[str, int | None]:
+        members = {m.name: m.exit_status for m in self.members}
+        return members | {f"nats {n.name}": n.exit_status for n in self.nats.nodes}
 
     async def __aenter__(self) -> Self:
         try:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import re
 import signal
 import subprocess
@@ -123,7 +124,7 @@ def _scenario(proc: subprocess.Popen[str], out: Path) -> None:
 
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(90) == 0, out.read_text()
-    assert "every member exited 0" in out.read_text()
+    assert "every member exited 0, then every NATS node (m1, m2, m3, nats n1, nats n2, nats n3)" in out.read_text()
     eventually_sync(lambda: not any(_alive(pid) for pid in children), 10, "no child process left")
 
 
@@ -152,3 +153,25 @@ def test_a_cluster_in_one_command_on_postgresql(tmp_path: Path, pg_schema_url: s
     """The PostgreSQL journal, views in the same database: the default app, views and all."""
     with _up(tmp_path, "--journal", pg_schema_url) as (proc, out):
         _scenario(proc, out)
+
+
+def test_a_member_that_dies_stops_the_cluster_and_up_says_so(tmp_path: Path) -> None:
+    """SIGKILL one member: `up` stops the rest and exits 1 naming it; nothing is left running."""
+    with _up(tmp_path, "entities:sagas") as (proc, out):
+        eventually_sync(lambda: "Ctrl-C" in out.read_text() or proc.poll() is not None, 120, "the cluster listing")
+        listing = out.read_text()
+        victim = re.search(r"member m2 +pid (\d+)", listing)
+        assert victim is not None, listing
+        children = _descendants(proc.pid)
+        os.kill(int(victim.group(1)), signal.SIGKILL)
+        assert proc.wait(90) == 1, out.read_text()
+        assert "m2 exited on its own" in out.read_text()
+        eventually_sync(lambda: not any(_alive(pid) for pid in children), 10, "no child process left")
+
+
+def test_views_on_jetstream_without_a_shared_view_store_is_a_usage_error(tmp_path: Path) -> None:
+    """Refused before anything starts, saying what would work."""
+    refused = _memoir("cluster", "up", "--data-dir", str(tmp_path / "c"))  # the default app has views
+    assert refused.returncode == 2
+    assert "memoir: usage:" in refused.stderr and "--view-store" in refused.stderr
+    assert not (tmp_path / "c").exists()

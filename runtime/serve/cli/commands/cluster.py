@@ -80,12 +80,12 @@ async def up(args: argparse.Namespace) -> int:
                 print(_where(cluster), flush=True)
                 crashed.append(await _first_exit(cluster))  # or a signal cancels the wait
             tg.cancel_scope.cancel()
-    statuses = {m.name: m.exit_status for m in cluster.members}
+    statuses = cluster.exit_statuses()
     failed = {name: status for name, status in statuses.items() if status != 0}
     if crashed or failed:
-        who = crashed[0].name if crashed else ", ".join(failed)
-        raise Failure("member_failed", f"{who} exited {failed or statuses}; logs in {args.data_dir}", status=ANSWERED)
-    print(f"stopped: every member exited 0 ({', '.join(statuses)}), then the NATS nodes", flush=True)
+        who = f"{crashed[0].name} exited on its own" if crashed else "not every process exited 0"
+        raise Failure("member_failed", f"{who}: {failed}; logs in {args.data_dir}", status=ANSWERED)
+    print(f"stopped: every member exited 0, then every NATS node ({', '.join(statuses)})", flush=True)
     return 0
 
 
