@@ -1,7 +1,8 @@
-"""Shards and leases on a real three-node NATS cluster (KV with three replicas)."""
+"""Shards, leases, fencing and the allocation on a real three-node NATS cluster (KV with three replicas)."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import Counter
 
@@ -12,8 +13,17 @@ from support.cluster import TTL, client, close
 from support.waiting import eventually
 
 from runtime.model.errors import ConfigError, MemoirError
-from runtime.serve.service.cluster import Cluster, ClusterConfig, LeaseConfig, Leases, shard_of, snapshot
+from runtime.serve.service.cluster import (
+    AllocationTable,
+    Cluster,
+    ClusterConfig,
+    LeaseConfig,
+    Leases,
+    shard_of,
+    snapshot,
+)
 from runtime.serve.service.cluster.coordinator import check_recorded_shards
+from runtime.serve.service.cluster.leases import member_key
 from runtime.serve.service.cluster.store import bucket_name, ensure_bucket
 
 from .natscluster import NatsCluster
@@ -204,3 +214,62 @@ def test_a_lease_margin_must_leave_time_to_renew() -> None:
     with pytest.raises(ConfigError):
         LeaseConfig(ttl=2, margin=2)
     assert LeaseConfig(ttl=4).safety_margin == 1
+
+
+async def test_a_silent_member_lease_is_fenced_only_after_a_ttl_and_its_holder_cannot_renew_it(
+    nats_cluster: NatsCluster, config: ClusterConfig
+) -> None:
+    nca, a = await _leases(nats_cluster, config, "a")
+    ncb, b = await _leases(nats_cluster, config, "b")
+    try:
+        async with anyio.create_task_group() as tg:
+            await tg.start(b.watch)
+            held = await a.acquire(member_key("a"))  # and never renewed: a is silent from here
+            await eventually(lambda: b.owner(member_key("a")) == "a", TTL, "b seeing a's lease")
+            assert not await b.fence(member_key("a"))  # heard from within the ttl: alive
+            await eventually(lambda: b.fence(member_key("a")), TTL * 2, "a's lease fenced after a ttl of silence")
+            assert not await a.renew(held)  # the fenced revision can never be renewed
+            seen = await a.refresh(member_key("a"))
+            assert seen is not None and seen.owner is None
+            tg.cancel_scope.cancel()
+    finally:
+        await close(nca)
+        await close(ncb)
+
+
+async def test_a_renewal_that_lands_first_beats_the_fence(nats_cluster: NatsCluster, config: ClusterConfig) -> None:
+    nca, a = await _leases(nats_cluster, config, "a")
+    ncb, b = await _leases(nats_cluster, config, "b")
+    try:
+        held = await a.acquire(member_key("a"))
+        seen = await b.refresh(member_key("a"))
+        assert seen is not None and seen.owner == "a"
+        seen.since -= TTL  # as if b had watched this revision for a whole ttl
+        assert await a.renew(held)  # meanwhile a renewed: the revision b would delete is gone
+        assert not await b.fence(member_key("a"))
+        assert b.owner(member_key("a")) == "a"
+    finally:
+        await close(nca)
+        await close(ncb)
+
+
+async def test_two_members_racing_for_a_shard_one_wins_and_the_epoch_grows(
+    nats_cluster: NatsCluster, config: ClusterConfig
+) -> None:
+    nca, a = await _leases(nats_cluster, config, "a")
+    ncb, b = await _leases(nats_cluster, config, "b")
+    try:
+        ta, tb = AllocationTable(a.kv, config.shards), AllocationTable(b.kv, config.shards)
+        first = await ta.write(7, "a", by="a", last=None)
+        assert first is not None and first.epoch == 1
+        await tb.refresh(7)
+        base = tb.slots[7]
+        won = await asyncio.gather(ta.write(7, "a", by="a", last=base), tb.write(7, "b", by="b", last=base))
+        winners = [slot for slot in won if slot is not None]
+        assert len(winners) == 1 and winners[0].epoch == 2
+        await ta.refresh(7)
+        await tb.refresh(7)
+        assert ta.slots[7] == tb.slots[7] == winners[0]  # both see the winner, and only it
+    finally:
+        await close(nca)
+        await close(ncb)
