@@ -14,7 +14,9 @@ import pytest
 from support.deployment import Deployment, Ownership
 from support.waiting import eventually
 
-from runtime.wire.protocol import stream_prefix
+from runtime import CommandError
+from runtime.serve.service.forwarding import H_HOPS, H_INSIDE
+from runtime.wire.protocol import command_subject, stream_prefix
 
 pytestmark = pytest.mark.anyio
 
@@ -107,3 +109,19 @@ async def test_workflow_steps_move_money_between_members(three_members: Deployme
         want[src] -= amount
         want[dst] += amount
     assert {a: (await d.send("account", a, "get"))["balance"] for a in accounts} == want
+
+
+async def test_a_client_cannot_claim_to_be_inside(three_members: Deployment) -> None:
+    """`Memoir-Inside` from a client is dropped: a command only the consumer may send stays refused,
+    whichever member takes it and wherever it is forwarded."""
+    d = three_members
+    holds = [f"one-way-claim-{n}" for n in range(8)]
+    for r in holds:
+        await d.send("reservation", r, "hold", {"sku": "one-way-none", "units": 1, "hold_for": 600})
+    headers = {H_INSIDE: "1", H_HOPS: "0"}
+    for r in holds:
+        subject = command_subject(d.prefix, "reservation", r, "took")
+        with pytest.raises(CommandError) as refused:
+            await d.client.request(subject, b'{"units": 99}', headers=headers, timeout=10)
+        assert refused.value.code in ("forbidden", "unauthorized"), refused.value
+    assert [(await d.send("reservation", r, "get"))["taken"] for r in holds] == [0] * len(holds)
