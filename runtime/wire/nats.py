@@ -383,6 +383,12 @@ def describe(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
+# Seconds one create/update attempt may take. While a stream is being created, the meta leader drops
+# other requests for it: a member starting beside another waited out its client's whole request
+# timeout (5 to 10 s) per stream, and members took 13 to 23 s to start; a dropped attempt now costs this.
+_ATTEMPT = 2.0
+
+
 async def ensure_stream(js: Any, config: api.StreamConfig, *, timeout: float = 20.0) -> None:
     """Create the stream, or bring an existing one to this configuration.
 
@@ -394,12 +400,13 @@ async def ensure_stream(js: Any, config: api.StreamConfig, *, timeout: float = 2
     backoff = 0.05
     while True:
         try:
-            try:
-                await js.stream_info(config.name)
-            except NotFoundError:
-                await js.add_stream(config)
-            else:
-                await js.update_stream(config)
+            with anyio.fail_after(min(_ATTEMPT, max(0.1, deadline - anyio.current_time()))):
+                try:
+                    await js.stream_info(config.name)
+                except NotFoundError:
+                    await js.add_stream(config)
+                else:
+                    await js.update_stream(config)
             return
         except Exception as exc:  # noqa: BLE001 - sorted below: passing, or reported
             if not _passing(exc):
