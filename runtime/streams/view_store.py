@@ -434,9 +434,13 @@ class PostgresViewStore(ViewStore):
             raise ConfigError(f"cannot open the view store in schema {self.schema}: {exc}") from exc
 
     async def close(self) -> None:
+        """Close the pool even from a cancelled scope: a goodbye to each connection, shielded and
+        bounded, then whatever is left is cut (a dead server must not hold a stopping process)."""
         pool, self._pool = self._pool, None
         if pool is not None:
-            await pool.close()
+            with anyio.move_on_after(5, shield=True):
+                await pool.close()
+            pool.terminate()
 
     @contextlib.asynccontextmanager
     async def _conn(self) -> AsyncIterator[Any]:

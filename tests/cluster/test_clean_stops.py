@@ -11,11 +11,14 @@ from __future__ import annotations
 import signal
 from pathlib import Path
 
+import anyio
 import pytest
 from support.members import Member, wait_cluster
 from support.process import RunningRuntime
 
-from runtime import Client
+from runtime import Client, Envelope
+from runtime.journal.postgres import PostgresJournal
+from runtime.streams.view_store import PostgresViewStore
 from runtime.wire.auth import NatsAuth
 
 from .natscluster import NatsCluster
@@ -66,3 +69,28 @@ async def test_a_single_process_exits_0_on_sigterm(tmp_path: Path, postgres_url:
     finally:
         code = runtime.stop(signal.SIGTERM)
     assert code == 0, (tmp_path / "single.log").read_text(errors="replace")[-2000:]
+
+
+async def test_postgres_stores_close_from_a_cancelled_scope(postgres_url: str, pg_schema: str) -> None:
+    """A stop that arrives as a cancellation still closes both stores' pools, shielded and bounded.
+
+    The view store's close used to be cancelled halfway (its pool left open, the journal's close
+    never reached); a close must finish whatever cancelled its caller.
+    """
+    url = f"{postgres_url}?schema={pg_schema}"
+    journal, views = PostgresJournal(url), PostgresViewStore(url)
+    with anyio.CancelScope() as scope:
+        await journal.open()
+        await views.open()
+        pools = journal._pool, views._pool
+        event = Envelope(
+            entity_type="thing", entity_id="a", seq=1, name="Happened", version=1, payload=b"{}", recorded_at=1
+        )
+        await journal.append([event], 0)
+        scope.cancel()
+        await views.close()  # both inside the cancelled scope
+        await journal.close()
+    assert not scope.cancelled_caught, "a close was cut short by the cancellation"
+    assert all(pool._closed for pool in pools)
+    async with PostgresJournal(url) as again:
+        assert [e.seq for e in await again.read("thing", "a")] == [1]
