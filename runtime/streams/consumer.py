@@ -171,18 +171,9 @@ class ConsumerRunner(StreamRunner):
     async def _handle(self, msg: Msg) -> None:
         attempt = msg.metadata.num_delivered or 1
         try:
-            env = envelope_from_message(msg.subject, msg.headers, msg.data)
-            readable = await self.table.readable(env, self.keys) if is_sealed(env.payload) else env
-            if readable is None:  # its entity was forgotten: nothing left to react to
-                log.info("forgotten event skipped by consumer", consumer=self.consumer.name, envelope=env.key)
-                self.forgotten += 1
+            if not await self.react(envelope_from_message(msg.subject, msg.headers, msg.data)):
                 await msg.ack()
                 return
-            env = readable
-            found = self.table.decode(env)
-            if found is not None:
-                event, handler = found
-                await HandlerTable.call(handler, self.instance, Context(self.sender, env), event, env)
         except Exception as exc:  # noqa: BLE001 - a failing handler is retried, then parked; never fatal
             if is_refusal(exc):  # a refusal the handler did not catch: a retry would get the same answer
                 self.refused += 1
@@ -205,6 +196,23 @@ class ConsumerRunner(StreamRunner):
             return
         self.handled += 1
         await msg.ack()
+
+    async def react(self, env: Envelope) -> bool:
+        """Run the event's handler (if any); False when its entity was forgotten (nothing to react to).
+
+        Also how a parked event is replayed: its commands carry the ids derived from the event,
+        as the first time, so an effect that happened then does not happen twice.
+        """
+        readable = await self.table.readable(env, self.keys) if is_sealed(env.payload) else env
+        if readable is None:
+            log.info("forgotten event skipped by consumer", consumer=self.consumer.name, envelope=env.key)
+            self.forgotten += 1
+            return False
+        found = self.table.decode(readable)
+        if found is not None:
+            event, handler = found
+            await HandlerTable.call(handler, self.instance, Context(self.sender, readable), event, readable)
+        return True
 
     async def _dead_letter(self, msg: Msg, exc: Exception) -> None:
         # the event's own headers, minus the server's publish controls (dedup id, expectations, atomic batch)

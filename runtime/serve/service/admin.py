@@ -10,6 +10,7 @@
   here first, then queries: it applies the notices above the answer's `version`, in order; a version
   that skips one (a notice lost, or dropped because it fell behind) means query again (resync).
 - `{prefix}.admin.replay` with `{"view": "…"}` → rebuild that view from history; `{"ok": true}`
+- `{prefix}.admin.deadletters.{list,show,replay,purge}`: consumers' parked events (`dead_letter_admin.py`)
 - `{prefix}.admin.forget` with `{"type": "…", "id": "…"}` → forget an entity of an encrypted type
   (destroy its data key); `{"ok": true, "result": {"forgotten": true, "already": false}}`. The
   owner then publishes `{prefix}.admin.forgotten` (same body): every process drops its cached key.
@@ -36,6 +37,7 @@ from ...streams.query_live import Batch
 from ...wire.nats import respond
 from ...wire.protocol import encode_error, encode_result
 from ._service import Service
+from .dead_letter_admin import DeadLetterAdmin
 from .journal_reader import ForgetArgs, ForgetResult
 
 log = structlog.get_logger("memoir.admin")
@@ -67,6 +69,7 @@ class Admin:
         self.service = service
         self.queue = queue
         self._subs: list[Any] = []
+        self.dead_letters = DeadLetterAdmin(service)
 
     async def start(self) -> None:
         nc = self.service.nc
@@ -82,6 +85,8 @@ class Admin:
             # process drops the key and actor it cached
             await nc.subscribe(f"{p}.admin.forget", cb=self._on_forget),
             await nc.subscribe(f"{p}.admin.forgotten", cb=self._on_forgotten),
+            # any one process answers: a replay's commands reach each owner through its sender
+            await nc.subscribe(f"{p}.admin.deadletters.*", queue=self.queue, cb=self._on_dead_letters),
         ]
 
     async def stop(self) -> None:
@@ -190,6 +195,9 @@ class Admin:
             log.warning("bad admin.forgotten message ignored", error=str(exc))
             return
         self.service.runtime.evict(args.entity_type, args.entity_id)
+
+    async def _on_dead_letters(self, msg: Msg) -> None:
+        await self._answer(msg, await self.dead_letters.answer(msg.subject.rsplit(".", 1)[1], msg.data))
 
     @staticmethod
     async def _answer(msg: Msg, body: bytes) -> None:

@@ -1,7 +1,8 @@
 """Prometheus metrics and health probes for a running service, on a small anyio HTTP endpoint.
 
 Command counts and latencies are recorded as commands are served; everything
-else (live actors, journal batch sizes, publisher lag, view lag, shards) is read
+else (live actors, journal batch sizes, publisher lag, view lag, each consumer's lag, counts
+and parked events, shards) is read
 at scrape time, so the command path pays nothing for it.
 
 `GET /healthz` answers 200 while the process (its event loop) is alive; `GET /readyz`
@@ -16,9 +17,12 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.abc
+from nats.js.errors import NotFoundError
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import HistogramMetricFamily
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
 
+from ...streams._pull import consumer_name
+from ...streams.dead_letters import DeadLetters
 from .timer_tasks import TimerMetrics
 
 if TYPE_CHECKING:
@@ -47,6 +51,27 @@ class _BatchSizes:
             buckets=buckets,
             sum_value=batcher.requests,
         )
+
+
+class _ConsumerCounts:
+    """Each consumer's counters, read from its runner at scrape time (in a cluster: the member running it)."""
+
+    FIELDS = (
+        ("handled", "Events a consumer handled"),
+        ("retried", "Consumer handler failures retried with backoff"),
+        ("dead_lettered", "Events a consumer parked on its dead-letter subject"),
+        ("refused", "Refusals a consumer's handler let escape (parked without retries)"),
+    )
+
+    def __init__(self, service: Service) -> None:
+        self.service = service
+
+    def collect(self) -> Any:
+        for field, help in self.FIELDS:
+            family = CounterMetricFamily(f"memoir_consumer_{field}", help, labels=["consumer"])
+            for name, runner in self.service.consumers.items():
+                family.add_metric([name], getattr(runner, field))
+            yield family
 
 
 class Metrics:
@@ -79,6 +104,11 @@ class Metrics:
         self.lease_losses = Gauge("memoir_cluster_lease_losses", "Shard leases lost for want of renewal", registry=r)
         self.renewals = Gauge("memoir_cluster_lease_renewals", "Lease renewals written", registry=r)
         self.renewal_failures = Gauge("memoir_cluster_lease_renewal_failures", "Lease renewals that failed", registry=r)
+        self.consumer_lag = Gauge(
+            "memoir_consumer_lag", "Stream messages a consumer has not handled yet", ["consumer"], registry=r
+        )
+        self.parked = Gauge("memoir_consumer_parked", "Events a consumer has parked now", ["consumer"], registry=r)
+        r.register(_ConsumerCounts(service))
         self.forwarded: Callable[[], int] = lambda: 0
         r.register(_BatchSizes(service))
         r.register(TimerMetrics(lambda: service.timers))
@@ -115,6 +145,21 @@ class Metrics:
                 info = await js.stream_info(runner.streams(entity_type))
                 behind += max(0, info.state.last_seq - runner.checkpoint(entity_type))
             self.view_lag.labels(name).set(behind)
+        if js is not None and svc.consumers:
+            await self._refresh_consumers(js)
+
+    async def _refresh_consumers(self, js: Any) -> None:
+        letters = DeadLetters(js, self.service.prefix)
+        for name, runner in self.service.consumers.items():
+            behind = 0
+            for entity_type in runner.sources:
+                try:
+                    info = await js.consumer_info(runner.streams(entity_type), consumer_name(name, entity_type))
+                except NotFoundError:  # not started yet: nothing pulled, nothing known
+                    continue
+                behind += info.num_pending + info.num_ack_pending
+            self.consumer_lag.labels(name).set(behind)
+            self.parked.labels(name).set(await letters.count(name))
 
     def ready(self) -> bool:
         svc = self.service

@@ -4,8 +4,21 @@ module here."""
 
 from __future__ import annotations
 
-from . import cluster, demo, export, forget, history, run, schema, send, timers, views
+from . import cluster, deadletters, demo, export, forget, history, run, schema, send, timers, views
 
-GROUPS = [run, send, history, timers, views, export, forget, cluster, schema, demo]
+GROUPS = [run, send, history, timers, views, deadletters, export, forget, cluster, schema, demo]
 
-__all__ = ["GROUPS", "cluster", "demo", "export", "forget", "history", "run", "schema", "send", "timers", "views"]
+__all__ = [
+    "GROUPS",
+    "cluster",
+    "deadletters",
+    "demo",
+    "export",
+    "forget",
+    "history",
+    "run",
+    "schema",
+    "send",
+    "timers",
+    "views",
+]
