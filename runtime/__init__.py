@@ -47,6 +47,7 @@ from .model.errors import (
     UnknownEntityType,
 )
 from .model.events import event
+from .model.kv_entity import KeyValueEntity, StateDeleted, StateSet
 from .model.sealing import Forgotten
 from .model.workflow import Calls, Recovery, Run, StepEffect, Workflow, WorkflowSettings, WorkflowStatus, step
 from .serve.service._service import Service
@@ -87,6 +88,7 @@ __all__ = [
     "Invalid",
     "Journal",
     "JournalError",
+    "KeyValueEntity",
     "MemoirError",
     "MemoryJournal",
     "MemoryViewStore",
@@ -107,6 +109,8 @@ __all__ = [
     "Snapshot",
     "SqliteJournal",
     "SqliteViewStore",
+    "StateDeleted",
+    "StateSet",
     "StepEffect",
     "Unauthorized",
     "Unavailable",

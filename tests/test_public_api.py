@@ -53,6 +53,12 @@ def test_typed_errors_and_the_view_store_api_are_exported() -> None:
     assert callable(runtime.open_view_store)
 
 
+def test_key_value_entities_are_exported() -> None:
+    """The second entity kind and the two state events its views and consumers handle."""
+    assert issubclass(runtime.KeyValueEntity, runtime.EventSourcedEntity)
+    assert {"KeyValueEntity", "StateSet", "StateDeleted"} <= set(runtime.__all__)
+
+
 def test_a_reply_comes_back_as_the_class_the_journal_raises() -> None:
     """One name per idea: `except Conflict:` catches the journal's conflict and a client's alike."""
     from runtime.model.errors import command_error

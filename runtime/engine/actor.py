@@ -53,7 +53,7 @@ from ..model.errors import (
     Unavailable,
 )
 from ..model.sealing import SealKey
-from ..model.timer_events import encode_op, is_system
+from ..model.timer_events import encode_op, is_system, is_timer
 from ..wire.protocol import Reply
 from . import shredding
 from .keyring import KeyRing, open_envelope, open_reply, open_snapshot, seal_envelope, seal_snapshot
@@ -153,11 +153,14 @@ class Actor:
                     replies[cid] = (seq, bytes(data))
             entity, fast, encrypted = self.entity, model.replayers, model.encrypted
             checks, state_type = model.checks_state, model.state_type
-            for env in rec.events:  # the hot loop of an activation: the common case in one lookup
+            superseded = _superseded(model, rec.events)
+            for i, env in enumerate(rec.events):  # the hot loop of an activation: the common case in one lookup
                 if encrypted:
                     env = open_envelope(key, env)
                 hit = fast.get(env.name)
-                if hit is not None and hit[0] == env.version:
+                if i < superseded:
+                    pass  # a key-value entity's older state: only its command id matters
+                elif hit is not None and hit[0] == env.version:
                     try:
                         new = hit[2](entity, state, hit[1](env.payload))
                         ok = not checks or isinstance(new, state_type)
@@ -363,7 +366,7 @@ class Actor:
         where = f"{self.model.type_name}/{self.entity_id}"
         try:
             key = self.key  # timers stay in the clear: the relay reads them with no keys
-            sealed = [e if key is None or is_system(e.name) else seal_envelope(key, e) for e in envelopes]
+            sealed = [e if key is None or is_timer(e.name) else seal_envelope(key, e) for e in envelopes]
             stored = await host.journal.append(sealed, self.seq)
         except Conflict as exc:
             self.recovered = False  # someone else wrote: reload before the next turn
@@ -409,6 +412,13 @@ class Actor:
             recorded_at=time.time_ns(),
         )
         host.offer_snapshot(snap if self.key is None else seal_snapshot(self.key, snap))
+
+
+def _superseded(model: EntityModel, events: list[Envelope]) -> int:
+    """How many recovered events a newer one makes irrelevant to the state (a key-value entity's older states)."""
+    if not model.last_wins:
+        return 0
+    return max((i for i, env in enumerate(events) if not is_timer(env.name)), default=0)
 
 
 def _conflict(where: str, exc: Conflict) -> str:

@@ -65,7 +65,7 @@ async def history(
     state = model.initial
     key = await _key(keys, model, entity_id)
     async for env in _envelopes(journal, model, entity_id, 1, to_seq, key):
-        if is_system(env.name):  # a timer: shown as itself, the state unchanged
+        if is_system(env.name) and not model.codec.knows(env.name):  # a timer: shown as itself, the state unchanged
             op = decode_op(env.name, env.payload)
             if op is not None:
                 yield HistoryItem(env, op, state)
@@ -103,7 +103,7 @@ async def state_at(
     async for env in _envelopes(journal, model, entity_id, from_seq, seq, key):
         if limit_ns is not None and env.recorded_at > limit_ns:
             break
-        if not is_system(env.name):
+        if not is_system(env.name) or model.codec.knows(env.name):  # a key-value entity's states are system events
             state = model.apply(entity, state, model.codec.decode(env))
         last = env.seq
     return state, last

@@ -96,7 +96,7 @@ def _check_state_param(where: str, name: str, hints: dict[str, Any], initial: An
 
 def check_persisted_events(cls: type, fn: Callable[..., Any], appliers: dict[type, Any]) -> None:
     """An event class named inside `persist(...)` in the command's source must have an @applies method."""
-    for event_cls in _persisted_classes(fn):
+    for event_cls in persisted_classes(fn):
         if event_cls not in appliers:
             raise ConfigError(
                 f"{cls.__name__}.{fn.__name__} persists {event_cls.__name__}, but {cls.__name__} has no @applies"
@@ -104,7 +104,7 @@ def check_persisted_events(cls: type, fn: Callable[..., Any], appliers: dict[typ
             )
 
 
-def _persisted_classes(fn: Callable[..., Any]) -> Iterator[type]:
+def persisted_classes(fn: Callable[..., Any]) -> Iterator[type]:
     try:
         tree = ast.parse(textwrap.dedent(inspect.getsource(fn)))
         names = inspect.getclosurevars(fn)

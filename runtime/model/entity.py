@@ -69,6 +69,7 @@ class EventSourcedEntity(Generic[S]):
     initial: ClassVar[Any]
     snapshot_every: ClassVar[int] = 100  # 0 turns snapshots off
     encrypted: ClassVar[bool] = False  # payloads sealed under a per-entity key, which `forget` destroys
+    durable_state: ClassVar[bool] = False  # a KeyValueEntity: each event is a whole state, the last one wins
     entity_id: str
     # Who sent the command being handled (its verified token's subject and claims), set for the
     # duration of each handler call: ANONYMOUS (subject None) from outside without a token,
@@ -110,6 +111,11 @@ class EventSourcedEntity(Generic[S]):
     def forget() -> Effect[Any]:
         """Forget an `encrypted=True` entity: destroy its data key, so its payloads are unreadable everywhere."""
         return _effect.forget()
+
+    @classmethod
+    def system_appliers(cls) -> dict[type, Callable[[Any, Any, Any], Any]]:
+        """How the runtime's own events change the state (a key-value entity's state changes); none here."""
+        return {}
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,8 +188,11 @@ class EntityModel:
                 self._add_command(getattr(fn, _COMMAND), fn)
             elif callable(fn) and getattr(fn, _APPLIES, False):
                 self._add_applier(fn)
+        self.appliers.update(cls.system_appliers())
         for spec in self.commands.values():
             checks.check_persisted_events(cls, spec.handler, self.appliers)
+        self.last_wins: bool = bool(cls.durable_state)
+        """Each event is a whole state (a KeyValueEntity): recovery decodes only the newest."""
         if self.encrypted:  # its last event, once forgotten; it changes nothing in the state
             self.appliers.setdefault(Forgotten, _unchanged)
         self.codec = EventCodec(self.appliers)

@@ -43,6 +43,11 @@ def is_system(event_name: str) -> bool:
     return event_name.startswith(SYSTEM_PREFIX)
 
 
+def is_timer(event_name: str) -> bool:
+    """Whether a stored event is a timer op (stored in the clear: the relay reads it with no keys)."""
+    return event_name in (SCHEDULED, CANCELLED)
+
+
 class TimerScheduled(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     """A timer set: at `due` (unix ns) send `command` with `args` to `to_type`/`to_id`."""
 

@@ -61,12 +61,15 @@ class HandlerTable:
                 raise ConfigError(f"{owner.__name__}.{attr} must take (self, target, event[, envelope])")
             hints = typing.get_type_hints(fn)
             event_cls = hints.get(params[2].name)
-            if event_cls not in known:
+            # a key-value source's state events answer to `StateSet[S]`, `StateSet` and `StateDeleted`
+            matched = [c for c in known if c is event_cls or event_cls in getattr(c, "__memoir_matches__", ())]
+            if not matched:
                 names = sorted(c.__name__ for c in known)
                 raise ConfigError(
                     f"{owner.__name__}.{attr}: annotate the event with one of its sources' events: {names}"
                 )
-            self.handlers[event_cls] = Handler(fn, len(params) == 4, inspect.iscoroutinefunction(fn))
+            for cls in matched:
+                self.handlers[cls] = Handler(fn, len(params) == 4, inspect.iscoroutinefunction(fn))
 
     def decode(self, env: Envelope) -> tuple[msgspec.Struct, Handler] | None:
         """The event and its handler, or None if this table does not handle that event."""
