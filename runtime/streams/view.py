@@ -34,6 +34,7 @@ checkpoint and check, so the hand-over applies each event once (`ViewRunner`).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from typing import Any, ClassVar, Generic, TypeVar
@@ -161,10 +162,11 @@ class ViewQuery(Generic[R]):
         """`query` in its JSON form (the NATS door's body)."""
         checked = plan(self.view.name, self.view.query_fields, query)
         await self.declare()
-        found = await self.store.select(self.view.name, checked)
+        found = await self.store.select(self.view.name, dataclasses.replace(checked, limit=query.limit + 1))
+        more, found = len(found) > query.limit, found[: query.limit]  # one more read says if a next page exists
         rows = [(k, self._decoder.decode(v)) for k, v in found]
         token = None
-        if len(found) == query.limit:
+        if more:
             last_key, last = found[-1]
             token = encode_token(query, checked.order, last_key, msgspec.json.decode(last))
         return Page(rows, token)
