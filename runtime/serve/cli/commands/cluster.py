@@ -141,7 +141,9 @@ def add(sub: Subparsers) -> None:
         "memoir cluster up --members 3",
     )
     c.set_defaults(fn=cluster)
-    groups = c.add_subparsers(dest="cluster_command", metavar="{status,up}", prog="memoir cluster")
+    groups = c.add_subparsers(
+        dest="cluster_command", metavar="{status,up}", prog="memoir cluster", help="status (the default) or up"
+    )
     subcommand(
         groups,
         "status",
