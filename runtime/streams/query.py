@@ -277,6 +277,7 @@ def plan(view: str, fields: Mapping[str, Field], query: Query) -> Plan:
     if not 1 <= query.limit <= MAX_LIMIT:
         raise QueryError(f"view {view}: limit must be between 1 and {MAX_LIMIT}, not {query.limit}")
     where = None if query.where is None else _rename(query.where, view, fields)
+    fields_by_json = {f.name: f for f in fields.values()}
     order: list[Order] = []
     for spec in query.order_by:
         desc = spec.startswith("-")
@@ -291,6 +292,9 @@ def plan(view: str, fields: Mapping[str, Field], query: Query) -> Plan:
         token = decode_token(view, query.page)
         if token.fingerprint != _fingerprint(query) or len(token.values) != len(order) - 1:
             raise QueryError(f"view {view}: the page token belongs to another query (same where and order_by)")
+        kinds_in_order = [fields_by_json[o.field].kind for o in order[:-1]]
+        if any(v is not None and not _value_ok(k, v) for k, v in zip(kinds_in_order, token.values, strict=True)):
+            raise QueryError(f"view {view}: page token {query.page[:40]!r} is not one this view gave")
         seek = _seek(order, [*token.values, token.key])
         where = seek if where is None else And([where, seek])
     kinds = {f.name: f.kind for f in fields.values()}

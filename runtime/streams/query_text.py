@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import re
 
-from .query import COMPARISONS, And, In, IsNull, NotNull, Or, Prefix, QueryError, Scalar, Where
+from .query import COMPARISONS, And, In, IsNull, NotNull, Or, Prefix, Query, QueryError, Scalar, Where
 
 _TOKEN = re.compile(
     r"""\s*(?:(?P<str>"(?:[^"\\]|\\.)*")|(?P<num>-?\d+(?:\.\d+)?(?:[eE][+-]?\d+)?)|(?P<op><=|>=|!=|=|<|>)"""
@@ -129,4 +129,30 @@ def parse_where(text: str) -> Where:
     return where
 
 
-__all__ = ["parse_where"]
+def parse_order(text: str) -> list[str]:
+    """`posts desc, author` (or `-posts,author`) as a query's order_by: ["-posts", "author"]."""
+    out: list[str] = []
+    for spec in (part.strip() for part in text.split(",")):
+        match spec.split():
+            case [name, direction] if direction.lower() in ("asc", "desc"):
+                out.append(f"-{name}" if direction.lower() == "desc" else name)
+            case [name]:
+                out.append(name)
+            case []:
+                continue
+            case _:
+                raise QueryError(f"order by {spec!r}: a field, then asc or desc if you like")
+    return out
+
+
+def query_from_text(where: str | None, order_by: str | None, limit: int, page: str | None) -> Query:
+    """A query from text parameters (a URL's query string, the CLI's flags)."""
+    return Query(
+        where=None if where is None else parse_where(where),
+        order_by=[] if order_by is None else parse_order(order_by),
+        limit=limit,
+        page=page,
+    )
+
+
+__all__ = ["parse_order", "parse_where", "query_from_text"]

@@ -4,6 +4,7 @@ created, rebuilt when their declaration changes, and used by the SQL planners.""
 
 from __future__ import annotations
 
+import base64
 import random
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -14,8 +15,8 @@ import pytest
 from support.views import VIEW_STORES, drop_view_schema, open_view_store_for_test
 
 from runtime.model.errors import ConfigError
-from runtime.streams.query import And, Eq, Ge, In, Query, QueryError, plan
-from runtime.streams.query_text import parse_where
+from runtime.streams.query import And, Eq, Ge, In, Query, QueryError, decode_token, plan
+from runtime.streams.query_text import parse_order, parse_where
 from runtime.streams.view import View, ViewQuery
 from runtime.streams.view_store import MemoryViewStore, PostgresViewStore, SqliteViewStore, ViewStore
 
@@ -141,6 +142,14 @@ async def test_bad_queries_say_what_is_wrong(accounts: ViewQuery[Account]) -> No
         await accounts.query(None, order_by=["name"], page=page.next)
     with pytest.raises(QueryError, match="expected a value"):
         parse_where("owner = ann")
+    query = Query(order_by=["balance"], limit=2)
+    fingerprint = decode_token("accounts", page.next or "").fingerprint
+    forged = base64.urlsafe_b64encode(msgspec.msgpack.encode([fingerprint, ["ten"], "a1"]))  # a number field
+    with pytest.raises(QueryError, match="not one this view gave"):
+        await accounts.run(msgspec.structs.replace(query, page=forged.decode()))
+    assert parse_order("balance desc, name") == ["-balance", "name"] == parse_order("-balance,name")
+    with pytest.raises(QueryError, match="asc or desc"):
+        parse_order("balance downwards")
 
 
 def test_an_undeclared_index_field_is_refused_when_the_view_is_made() -> None:

@@ -13,7 +13,7 @@ from typing import Any
 import msgspec
 
 from ....streams.query import CountQuery, Query
-from ....streams.query_text import parse_where
+from ....streams.query_text import parse_order, parse_where
 from ..base import Subparsers, subcommand
 from ..outcome import Failure, not_found
 from ..output import columns_of, json_line, print_rows, table
@@ -25,16 +25,6 @@ def _cells(row: Any, columns: list[str]) -> list[Any]:
     return [row.get(c) for c in columns] if isinstance(row, dict) else [row]
 
 
-def _order(spec: str) -> str:
-    """`balance desc` (or `-balance`, written `--order-by=-balance`) as the query's `-balance`."""
-    match spec.split():
-        case [field, direction] if direction.lower() in ("asc", "desc"):
-            return f"-{field}" if direction.lower() == "desc" else field
-        case [field]:
-            return field
-    raise Failure("usage", f"--order-by {spec!r}: a field, then asc or desc if you like")
-
-
 async def _query(args: argparse.Namespace, subject: str) -> int:
     """A query by declared fields (--where, --order-by, --page, --count)."""
     target = client_target(args)
@@ -44,7 +34,7 @@ async def _query(args: argparse.Namespace, subject: str) -> int:
         n = await request(args, target, f"{subject}.count", body)
         print(json_line({"count": n}) if args.json else n)
         return 0
-    order_by = [_order(f) for spec in args.order_by for f in spec.split(",") if f.strip()]
+    order_by = [o for spec in args.order_by for o in parse_order(spec)]
     q = Query(where=where, order_by=order_by, limit=args.limit, page=args.page)
     answer = await request(args, target, f"{subject}.query", msgspec.to_builtins(q))
     rows, token = answer["rows"], answer["next"]
