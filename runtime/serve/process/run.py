@@ -38,6 +38,7 @@ from ...wire.redact import redact_url
 from ..service._service import Service
 from ..service.admin import Admin
 from ..service.auth import Verifier, describe
+from ..service.command_log import CommandLog
 from ..service.embedded_nats import EmbeddedNats, free_port
 from ..service.http import HttpGateway
 from ..service.metrics import Metrics
@@ -215,6 +216,8 @@ class _Doors:
         self.metrics = Metrics(svc, serving=self.nats.serving)
         self.metrics.forwarded = lambda: self.nats.forwarded
         self.nats.observe = self.metrics.observe
+        if settings.log_commands:
+            self.nats.command_log = CommandLog()
         port = settings.http_port
         self.http = None if port is None else HttpGateway(svc, port=port, host=settings.http_host)
 

@@ -37,6 +37,7 @@ class Settings(msgspec.Struct, kw_only=True):
     prefix: str = "memoir"
     log_format: str = "auto"
     log_level: str = "info"
+    log_commands: bool = False  # a line per command served, at level "command" (service/command_log.py)
     metrics_port: int | None = None  # None: no metrics endpoint; 0: a free port
     metrics_host: str = "127.0.0.1"  # 0.0.0.0 in a container, for Prometheus and the orchestrator's probes
     mailbox_size: int = 256

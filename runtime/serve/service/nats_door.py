@@ -79,6 +79,7 @@ from ...wire.protocol import (
     trace_id,
 )
 from .auth import Verifier
+from .command_log import CommandLog
 from .forwarding import FORWARD_TIMEOUT, H_HOPS, H_INSIDE, MAX_HOPS, Forwards, Router, forward_subject, route
 
 log = structlog.get_logger("memoir.transport")
@@ -127,6 +128,7 @@ class NatsDoor:
         self._sub: Any = None
         self._fwd_sub: Any = None
         self.served = 0
+        self.command_log: CommandLog | None = None  # a line per command (`memoir run --log-commands`)
 
     async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Subscribe and serve until cancelled or `stop()`ped; in-flight requests are finished first."""
@@ -224,7 +226,8 @@ class NatsDoor:
 
     async def _serve(self, msg: Msg, arrived: float) -> None:
         started = time.perf_counter()
-        entity_type = command = "?"
+        entity_type = entity_id = command = "?"
+        seq: int | None = None
         try:
             subject, hops = self._command_subject(msg)
             entity_type, entity_id, command = parse_command_subject(subject, self._prefix_tokens)
@@ -257,6 +260,7 @@ class NatsDoor:
                     self.served += 1
                     return
                 reply = routed
+            seq = reply.seq
             try:
                 body = encode_reply(reply)
             except (TypeError, msgspec.EncodeError) as exc:
@@ -271,6 +275,9 @@ class NatsDoor:
         self.served += 1
         if self.observe is not None:
             self.observe(entity_type, command, outcome, time.perf_counter() - started)
+        if self.command_log is not None:
+            took = time.perf_counter() - started
+            self.command_log.served(entity_type, entity_id, command, msg.headers, outcome, took, seq)
 
     async def _route(
         self,

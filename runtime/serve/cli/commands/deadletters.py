@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from ..base import Subparsers, command, subcommand
+from ..base import Subparsers, subcommand
 from ..outcome import Failure
 from ..output import json_line, print_rows, table
 from ..remote import request
@@ -69,7 +69,7 @@ async def purge(args: argparse.Namespace) -> int:
 
 
 def add(sub: Subparsers) -> None:
-    d = command(
+    d = subcommand(
         sub,
         "deadletters",
         "the events a consumer parked: list, show, replay or purge them",
@@ -79,7 +79,9 @@ def add(sub: Subparsers) -> None:
         "memoir deadletters replay count_posts --all",
         "memoir deadletters purge count_posts --all",
     )
-    ops = d.add_subparsers(dest="deadletters_command", metavar="{list,show,replay,purge}", required=True)
+    ops = d.add_subparsers(
+        dest="deadletters_command", metavar="{list,show,replay,purge}", prog="memoir deadletters", required=True
+    )
     ls = subcommand(ops, "list", "a consumer's parked events, oldest first", "memoir deadletters list count_posts")
     ls.add_argument("consumer", metavar="CONSUMER", help="the consumer's name")
     ls.add_argument("--after", type=int, default=0, help="only those after this SEQ (the next page)")

@@ -40,6 +40,13 @@ def add(sub: Subparsers) -> None:
     g.add_argument("--view-store", dest="view_store_url", help="view store URL (default SQLite in the data dir)")
     g.add_argument("--log-format", choices=["auto", "console", "json"], help="log format (default auto)")
     g.add_argument("--log-level", help="debug, info, warning or error (default info)")
+    g.add_argument(
+        "--log-commands",
+        action="store_true",
+        default=None,
+        help="a log line per command served (type, id, command, outcome, ms, seq, trace id) at level"
+        " `command`, whatever --log-level says",
+    )
     g.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port (0: any free port)")
     g.add_argument("--metrics-host", help="the metrics endpoint's address (default 127.0.0.1; 0.0.0.0 in a container)")
     g.add_argument("--http-port", type=int, help="serve the HTTP API on this port (0: any free port; default off)")
