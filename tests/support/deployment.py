@@ -122,8 +122,8 @@ class Deployment:
         return {m.name: m.signal(signal.SIGTERM) for m in self.processes if m.proc is not None}
 
 
-def _one(url: str, prefix: str, tmp: Path) -> Member:
-    argv = [sys.executable, "-m", "runtime.serve.cli", "run", APP, "--nats-url", url, "--prefix", prefix]
+def _one(url: str, prefix: str, tmp: Path, app: str = APP) -> Member:
+    argv = [sys.executable, "-m", "runtime.serve.cli", "run", app, "--nats-url", url, "--prefix", prefix]
     argv += ["--data-dir", str(tmp / "m0"), "--log-format", "json"]
     return Member("m0", argv, tmp / "m0.log")
 
@@ -133,19 +133,21 @@ def _data_dir(member: Member) -> Path:
 
 
 @contextlib.asynccontextmanager
-async def deployed(kind: str, urls: Sequence[str], tmp: Path, *, http: bool = False) -> AsyncIterator[Deployment]:
-    """The feature app as `kind` (one of KINDS) on the NATS cluster at `urls`; every process exits 0.
+async def deployed(
+    kind: str, urls: Sequence[str], tmp: Path, *, http: bool = False, app: str = APP
+) -> AsyncIterator[Deployment]:
+    """The feature app (or `app`) as `kind` (one of KINDS) on the NATS cluster at `urls`; every process exits 0.
 
     With `http`, each process serves the HTTP API too (`Deployment.http(i)`).
     """
     prefix = f"fm{next(_runs)}x{os.getpid() % 10000}"
     pg = None
     if kind == KINDS[0]:
-        processes = [_one(urls[0], prefix, tmp)]
+        processes = [_one(urls[0], prefix, tmp, app)]
     else:
         base = need_postgres()
         pg = f"{base}?schema={prefix}"
-        processes = [Member.member(i, urls[i], pg, pg, prefix, tmp, APP) for i in range(3)]
+        processes = [Member.member(i, urls[i], pg, pg, prefix, tmp, app) for i in range(3)]
     ports = [free_port() for _ in processes] if http else []
     for m, port in zip(processes, ports, strict=False):
         m.argv += ["--http-port", str(port)]
