@@ -106,3 +106,39 @@ class MemberSender:
             return await route(self.router, entity_type, entity_id, until, here, there, counts=self.forwards)
         except Moved as exc:  # no owner took it in time: the plain code, which every sender retries
             raise CommandError(ErrorCode.OVERLOADED, exc.message) from None
+
+
+async def ask_here(
+    runtime: Runtime,
+    router: Router | None,
+    entity_type: str,
+    entity_id: str,
+    command: str,
+    args: bytes,
+    *,
+    caller: Caller,
+    command_id: str | None = None,
+    correlation_id: str | None = None,
+    deadline: float | None = None,
+) -> Reply | None:
+    """An outside caller's command run in this process when it owns the entity; None when it does not.
+
+    For a front door beside the NATS door (the HTTP gateway): what this member owns costs no NATS
+    round trip; anything else (None: not ours, or it moved during the turn) goes the client's way,
+    to the command subject, where the NATS door routes it with the caller's token.
+    """
+    if router is not None and router.owner(entity_type, entity_id) != router.member:
+        return None
+    try:
+        return await runtime.ask(
+            entity_type,
+            entity_id,
+            command,
+            args,
+            command_id=command_id,
+            correlation_id=correlation_id,
+            deadline=deadline,
+            caller=caller,
+        )
+    except Moved:
+        return None

@@ -17,16 +17,18 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import msgspec
 import pytest
 
 from entities.inventory import InventoryItem
 from entities.reservation import Reservation
 from runtime import Client, CommandError, MemoryJournal, Runtime
+from runtime.model.access import ANONYMOUS
 from runtime.model.errors import Moved
 from runtime.serve.service import EmbeddedNats
 from runtime.serve.service.forwarding import H_HOPS, H_INSIDE
 from runtime.serve.service.nats_door import NatsDoor
-from runtime.serve.service.sending import MemberSender
+from runtime.serve.service.sending import MemberSender, ask_here
 from runtime.wire.nats import close_quietly, connect
 from runtime.wire.protocol import command_subject
 
@@ -136,3 +138,17 @@ async def test_a_client_cannot_claim_to_be_inside(tmp_path: Path) -> None:
             )
         assert refused.value.code == "unauthorized"
         assert (await p.rt_b.ask("reservation", "r5", "get")).result.taken == 0
+
+
+async def test_ask_here_runs_only_what_this_member_owns(tmp_path: Path) -> None:
+    """The HTTP gateway's shortcut: an outside caller's command runs in process when ours, else None."""
+    async with MemoryJournal() as journal, Runtime(APP, journal, admits=lambda t, i: i != "moved") as rt:
+        hold = msgspec.json.encode(HOLD)
+        ours = await ask_here(rt, Map("a", "a"), "reservation", "r6", "hold", hold, caller=ANONYMOUS, command_id="h")
+        assert ours is not None and ours.result == "held"
+        assert await ask_here(rt, Map("a", "b"), "reservation", "r7", "hold", hold, caller=ANONYMOUS) is None
+        assert await ask_here(rt, Map("a", "a"), "reservation", "moved", "hold", hold, caller=ANONYMOUS) is None
+        with pytest.raises(CommandError) as refused:  # the access rules hold for the caller
+            await ask_here(rt, None, "reservation", "r6", "took", b'{"units": 1}', caller=ANONYMOUS)
+        assert refused.value.code == "unauthorized"
+        assert await journal.read("reservation", "r7") == []  # never ran here
