@@ -34,6 +34,7 @@ ENTITIES = [f"F{k}" for k in range(24)]
 SENDERS = 8
 ATTEMPT = 5.0  # seconds a sender waits for one reply before resending (the Client's default)
 GIVE_UP = 90.0  # a command still unanswered after this long fails the test
+SLOW = 1.0  # a command answered later than this after its first send counts as held up by the fault
 
 
 @dataclass(frozen=True)
@@ -53,7 +54,11 @@ class Phase:
     acks: list[Ack] = field(default_factory=list)
     failures: collections.Counter[str] = field(default_factory=collections.Counter)  # failed attempts, by kind
     longest_wait: float = 0.0  # the longest one command waited, from its first send to its answer
+    slow: int = 0  # commands answered more than SLOW seconds after their first send
     recovery: float | None = None  # after the heal: until every entity had answered
+    failed_sends: list[float] = field(default_factory=list)  # when each failed attempt was sent (monotonic)
+    fault_at: float | None = None  # when the fault began and ended (monotonic), set by the test
+    healed_at: float | None = None
 
     def longest_gap(self) -> float:
         """The longest any entity went between two acknowledged commands in this phase."""
@@ -66,10 +71,20 @@ class Phase:
         failed = ", ".join(f"{k} {n}" for k, n in sorted(self.failures.items())) or "none"
         recovery = "-" if self.recovery is None else f"{self.recovery:.2f}s"
         return (
-            f"{self.name}: {len(self.acks)} acknowledged; failed attempts (all resent): {failed}; "
-            f"longest command wait {self.longest_wait:.2f}s; longest per-entity gap {self.longest_gap():.2f}s; "
+            f"{self.name}: {len(self.acks)} acknowledged; failed attempts (all resent): {failed}{self._when()}; "
+            f"{self.slow} waited over {SLOW:g}s, the longest {self.longest_wait:.2f}s; "
+            f"longest per-entity gap {self.longest_gap():.2f}s; "
             f"every entity answering {recovery} after the heal"
         )
+
+    def _when(self) -> str:
+        """When the failed attempts were sent, counted from the fault's start. A request held by a
+        cut link that heals within the attempt's timeout is answered late, not failed: `slow` counts it."""
+        if self.fault_at is None or not self.failed_sends:
+            return ""
+        first, last = min(self.failed_sends) - self.fault_at, max(self.failed_sends) - self.fault_at
+        heal = "" if self.healed_at is None else f", healed at +{self.healed_at - self.fault_at:.1f}s"
+        return f" (sent from {first:+.1f}s to {last:+.1f}s of the fault{heal})"
 
 
 @dataclass
@@ -109,18 +124,23 @@ async def _until_answered(client: Client, phase: Phase, entity: str, cid: str) -
     first = time.monotonic()
     with anyio.move_on_after(GIVE_UP):
         while True:
+            sent = time.monotonic()
             try:
                 reply = await client.send(
                     "inventory", entity, "receive", {"units": 1, "on": "2022-03-01"}, command_id=cid, timeout=ATTEMPT
                 )
             except TimeoutError:
                 phase.failures["timeout"] += 1
+                phase.failed_sends.append(sent)
             except CommandError as exc:
                 phase.failures[str(exc.code)] += 1
+                phase.failed_sends.append(sent)
                 await anyio.sleep(0.05)  # a pause before resending, not a wait for something
             else:
                 now = time.monotonic()
                 phase.longest_wait = max(phase.longest_wait, now - first)
+                if now - first > SLOW:
+                    phase.slow += 1
                 phase.acks.append(Ack(entity, cid, reply.seq, reply.result, now))
                 return
     raise AssertionError(f"{entity} receive {cid} unanswered for {GIVE_UP:g} s in phase {phase.name}")

@@ -20,6 +20,7 @@ to read it): acknowledged commands, failed attempts by kind, the longest wait an
 from __future__ import annotations
 
 import signal
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
@@ -89,11 +90,13 @@ async def _fault(
     happens meanwhile), then every entity answers within RECOVERY, then AFTER seconds more load."""
     async with ledger.load(urls, prefix, name) as phase:
         await anyio.sleep(LEAD)  # pacing: the fault lands under load
+        phase.fault_at = time.monotonic()
         try:
             await fault()
             await anyio.sleep(length)  # pacing: the fault's length
         finally:
             heal()
+            phase.healed_at = time.monotonic()
         phase.recovery = await every_entity_answers(answer_url, prefix, RECOVERY)
         await anyio.sleep(AFTER)  # pacing: load on the healed cluster
 
