@@ -43,8 +43,11 @@ Connect = Callable[[], Awaitable[NATS]]
 
 
 def connect_like(nc: NATS, name: str) -> Connect:
-    """A factory for another connection to the same servers with the same credentials as `nc`."""
-    servers = ",".join(u.geturl() for u in nc.servers)
+    """A factory for another connection to the same servers with the same credentials as `nc`,
+    trying first the server `nc` is connected to, so the two share a network path where they can."""
+    current = nc.connected_url.geturl() if nc.connected_url is not None else None
+    urls = [u.geturl() for u in nc.servers]
+    servers = ",".join(dict.fromkeys([current, *urls] if current else urls))
     public = ("user", "password", "token", "tls", "tls_hostname")
     options: dict[str, Any] = {k: nc.options[k] for k in public if nc.options.get(k)}
     for option in ("user_credentials", "nkeys_seed", "nkeys_seed_str"):  # kept by nats-py as _<option>
@@ -54,7 +57,9 @@ def connect_like(nc: NATS, name: str) -> Connect:
             options[option] = value
 
     async def again() -> NATS:
-        return await connect(servers, name=name, reconnect_time_wait=0.2, max_reconnect_attempts=-1, **options)
+        return await connect(
+            servers, name=name, reconnect_time_wait=0.2, max_reconnect_attempts=-1, dont_randomize=True, **options
+        )
 
     return again
 
