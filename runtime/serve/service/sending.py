@@ -29,9 +29,14 @@ from ...wire.protocol import (
     H_COMMAND_ID,
     H_CORRELATION_ID,
     H_TIMEOUT,
+    H_TRACEPARENT,
     Reply,
     command_subject,
     decode_answer,
+    encode_error,
+    encode_reply,
+    header_id,
+    trace_id,
 )
 from .forwarding import FORWARD_TIMEOUT, H_HOPS, H_INSIDE, Forwards, Router, forward_subject, route
 
@@ -142,3 +147,40 @@ async def ask_here(
         )
     except Moved:
         return None
+
+
+async def answer_here(
+    runtime: Runtime,
+    router: Router | None,
+    entity_type: str,
+    entity_id: str,
+    command: str,
+    args: bytes,
+    headers: Mapping[str, str],
+    *,
+    caller: Caller,
+    timeout: float,
+) -> bytes | None:
+    """`ask_here` for a front door holding a command as NATS would carry it (ids in `headers`):
+    the encoded answer, as the NATS door would have sent it, or None to send it over NATS."""
+    try:
+        reply = await ask_here(
+            runtime,
+            router,
+            entity_type,
+            entity_id,
+            command,
+            args,
+            caller=caller,
+            command_id=header_id(headers, H_COMMAND_ID),
+            correlation_id=header_id(headers, H_CORRELATION_ID) or trace_id(headers.get(H_TRACEPARENT)),
+            deadline=time.monotonic() + timeout,
+        )
+    except CommandError as exc:
+        return encode_error(exc)
+    if reply is None:
+        return None
+    try:
+        return encode_reply(reply)
+    except (TypeError, msgspec.EncodeError) as exc:
+        return encode_error(CommandError(ErrorCode.INTERNAL, f"the reply cannot be encoded as JSON: {exc}"))

@@ -28,9 +28,9 @@ from runtime.model.errors import Moved
 from runtime.serve.service import EmbeddedNats
 from runtime.serve.service.forwarding import H_HOPS, H_INSIDE
 from runtime.serve.service.nats_door import NatsDoor
-from runtime.serve.service.sending import MemberSender, ask_here
+from runtime.serve.service.sending import MemberSender, answer_here, ask_here
 from runtime.wire.nats import close_quietly, connect
-from runtime.wire.protocol import command_subject
+from runtime.wire.protocol import command_subject, decode_answer
 
 pytestmark = pytest.mark.anyio
 
@@ -152,3 +152,23 @@ async def test_ask_here_runs_only_what_this_member_owns(tmp_path: Path) -> None:
             await ask_here(rt, None, "reservation", "r6", "took", b'{"units": 1}', caller=ANONYMOUS)
         assert refused.value.code == "unauthorized"
         assert await journal.read("reservation", "r7") == []  # never ran here
+
+
+async def test_answer_here_answers_as_the_nats_door_would(tmp_path: Path) -> None:
+    async with MemoryJournal() as journal, Runtime(APP, journal) as rt:
+
+        async def answer(
+            entity_id: str, command: str, body: bytes, ids: dict[str, str], routes: Map | None = None
+        ) -> Any:
+            found = await answer_here(
+                rt, routes, "reservation", entity_id, command, body, ids, caller=ANONYMOUS, timeout=5
+            )
+            return None if found is None else decode_answer(found)
+
+        hold = msgspec.json.encode(HOLD)
+        first = await answer("r8", "hold", hold, {"Memoir-Command-Id": "h1"})
+        again = await answer("r8", "hold", hold, {"Memoir-Command-Id": "h1"})
+        assert (first.ok, first.duplicate, again.ok, again.duplicate) == (True, False, True, True)
+        bad = await answer("r8", "pay", b"{}", {"Memoir-Command-Id": ""})  # ids are checked as the door checks them
+        assert not bad.ok and bad.error.code == "invalid"
+        assert await answer("r9", "hold", hold, {}, Map("a", "b")) is None
