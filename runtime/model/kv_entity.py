@@ -11,11 +11,14 @@ and the outbox to the type's stream, so a View or Consumer subscribes to a key-v
 entity exactly as to an event-sourced one (`@on` a `StateSet[CartState]` or
 `StateDeleted` handler).
 
-Recovery is O(1) in the entity's history: a snapshot is offered after every change
-(`snapshot_every = 1`, off the command path) so the journal hands back the last state
-and at most the few changes not yet snapshotted; of those, only the newest is decoded
-(`EntityModel.last_wins`). A delete stores `StateDeleted`: the state is `initial`
-again and the entity takes commands afterwards (unlike an event-sourced tombstone).
+Recovery is O(1) in the entity's history: a snapshot every 16 changes (`snapshot_every`,
+off the command path) bounds what the journal hands back to the last snapshot and the few
+changes after it, and of those only the newest is decoded (`EntityModel.last_wins`), never
+a fold of past states. Not a snapshot on every change: the saver then competes with the
+command path for the journal and, behind, drops most of them (benchmarks/kv_entities.py
+measured it at half the commands/s of an event-sourced entity on PostgreSQL). A delete
+stores `StateDeleted`: the state is `initial` again and the entity takes commands
+afterwards (unlike an event-sourced tombstone).
 
 Each key-value type gets its own subclasses of `StateSet` and `StateDeleted` (so the
 state decodes to its type and two key-value sources of one view stay apart); handlers
@@ -62,7 +65,7 @@ class KeyValueEntity(EventSourcedEntity[S]):
     or `self.error(...)`; `.reply(value_or_fn)` chains on the first two.
     """
 
-    snapshot_every: ClassVar[int] = 1  # recovery reads the last state, not every past one
+    snapshot_every: ClassVar[int] = 16  # recovery reads at most ~16 stored states and decodes one
     durable_state: ClassVar[bool] = True
     _kv_events: ClassVar[tuple[type[StateSet[Any]], type[StateDeleted]] | None] = None
 

@@ -53,7 +53,7 @@ def test_the_state_events_are_stored_under_system_names_with_the_state_typed() -
     assert model.codec.spec(Cart.state_set(CartState())).name == STATE_SET
     assert model.codec.spec(Cart.state_deleted()).name == STATE_DELETED
     assert model.codec.encode(Cart.state_set(CartState({"a": 1}))) == b'{"state":{"items":{"a":1},"checked_out":false}}'
-    assert model.last_wins and model.snapshot_every == 1
+    assert model.last_wins and model.snapshot_every == 16
     assert issubclass(set_cls, StateSet) and issubclass(deleted_cls, StateDeleted)
 
 
