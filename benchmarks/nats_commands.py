@@ -8,11 +8,13 @@ handling. All phases run against the same process, interleaved in short rounds."
 
 from __future__ import annotations
 
+import http.server
 import json
 import os
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -162,11 +164,83 @@ def start_runtime(data: Path, env: dict[str, str]) -> tuple[subprocess.Popen[str
     return runtime, (data / "nats.url").read_text().strip()
 
 
+class _OtlpSink(http.server.BaseHTTPRequestHandler):
+    """An OTLP/HTTP collector that takes every export and keeps nothing: the runtime pays for
+    recording, batching, encoding and sending its spans, not for a collector's work."""
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        self.send_response(200)
+        self.send_header("Content-Type", "application/x-protobuf")
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+TRACING = {"off": {}, "1%": {"OTEL_TRACES_SAMPLER_ARG": "0.01"}, "100%": {"OTEL_TRACES_SAMPLER_ARG": "1.0"}}
+
+
+def tracing_main(seconds: float) -> None:
+    """Tracing off, on with 1 % of commands sampled, on with all: three runtimes, rounds interleaved."""
+    print(f"tracing cost: {CLIENTS} client processes x {INFLIGHT} in flight, {ROUNDS} rounds of {seconds:g}s")
+    sink = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _OtlpSink)
+    threading.Thread(target=sink.serve_forever, daemon=True).start()
+    otel = {
+        "OTEL_TRACES_EXPORTER": "otlp",
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": f"http://127.0.0.1:{sink.server_address[1]}/v1/traces",
+        "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
+        "OTEL_SERVICE_NAME": "memoir-bench",
+    }
+    runtimes: dict[str, tuple[subprocess.Popen[str], str, str]] = {}
+    with c.scratch_dir() as d:
+        try:
+            for mode, extra in TRACING.items():
+                data = d / f"data-{len(runtimes)}"
+                env = {**os.environ, "PYTHONPATH": str(c.ROOT), **(otel | extra if extra else {})}
+                proc, url = start_runtime(data, env)
+                runtimes[mode] = (proc, url, str(data / "nats.nk"))
+            rounds = []
+            for r in range(ROUNDS + 1):  # the first round warms up: activations, connections
+                results = {}
+                for mode, (_, url, key) in runtimes.items():
+                    os.environ["MEMOIR_NATS_NKEY"] = key  # the client processes inherit it
+                    results[mode] = run_clients(url, "memoir", seconds if r else 1.0)
+                if r:
+                    rounds.append(results)
+        finally:
+            for proc, _, _ in runtimes.values():
+                proc.terminate()
+                proc.wait(30)
+            sink.shutdown()
+    per_s = {mode: statistics.mean(r[mode]["per_s"] for r in rounds) for mode in TRACING}
+    ratio = {mode: statistics.median(r[mode]["per_s"] / r["off"]["per_s"] for r in rounds) for mode in TRACING}
+    c.line("tracing off / 1 % / 100 % commands/s", " / ".join(f"{per_s[m]:,.0f}" for m in TRACING))
+    c.line("vs off, median of rounds: 1 % / 100 %", f"{ratio['1%']:.2f}x / {ratio['100%']:.2f}x")
+    c.line("command errors", sum(x["errors"] for r in rounds for x in r.values()))
+    c.goal("1 % sampling vs off", ratio["1%"], ">=", 0.95)
+    c.goal("100 % sampling vs off", ratio["100%"], ">=", 0.8)
+    c.finish(
+        {
+            "tracing_off_per_s": per_s["off"],
+            "tracing_1pct_per_s": per_s["1%"],
+            "tracing_100pct_per_s": per_s["100%"],
+            "tracing_1pct_ratio": ratio["1%"],
+            "tracing_100pct_ratio": ratio["100%"],
+        }
+    )
+
+
 def main() -> None:
     p = c.parser(__doc__.splitlines()[0])
     p.add_argument("--seconds", type=float)
+    p.add_argument("--tracing", action="store_true", help="only the cost of tracing: off, 1 %% and 100 %% sampled")
     args = c.parse(p)
     seconds = args.seconds or (6.0 if args.quick else 20.0)
+    if args.tracing:
+        tracing_main(seconds / 2)
+        return
     print(f"nats commands: {CLIENTS} client processes x {INFLIGHT} in flight, {seconds:g}s per phase", flush=True)
     env = {**os.environ, "PYTHONPATH": str(c.ROOT), "MEMOIR_JWT_SECRET": SECRET}
     with c.scratch_dir() as d:

@@ -54,6 +54,7 @@ from ..model.errors import (
 )
 from ..model.sealing import SealKey
 from ..model.timer_events import encode_op, is_system, is_timer
+from ..wire import tracing
 from ..wire.protocol import Reply
 from . import shredding
 from .keyring import KeyRing, open_envelope, open_reply, open_snapshot, seal_envelope, seal_snapshot
@@ -132,7 +133,11 @@ class Actor:
         self.queued += 1
         try:
             async with self.lock:
-                return await self._turn(host, spec, args, meta)
+                if tracing.tracer() is None:
+                    return await self._turn(host, spec, args, meta)
+                attributes = {"memoir.entity_id": self.entity_id, "memoir.command": spec.name}
+                with tracing.span(f"turn {self.model.type_name}.{spec.name}", attributes=attributes):
+                    return await self._turn(host, spec, args, meta)
         finally:
             self.queued -= 1
             self.last_used = time.monotonic()

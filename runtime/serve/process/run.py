@@ -33,6 +33,7 @@ from ...journal import Journal, open_journal
 from ...model.app import App
 from ...model.errors import MemoirError
 from ...streams.view_store import ViewStore, open_view_store
+from ...wire import tracing
 from ...wire.auth import NatsAuth
 from ...wire.redact import redact_url
 from ..service._service import Service
@@ -64,6 +65,7 @@ async def serve(settings: Settings, *, ready: anyio.Event | None = None, auth: N
     configure(settings.log_format, settings.log_level)
     tune_nats()
     app = load_app(settings.app)
+    tracing.configure_from_env()  # after the app: one that installed its own tracer provider keeps it
     stopping = anyio.Event()  # set once a signal asked us to stop
     try:
         private_dir(settings.data)

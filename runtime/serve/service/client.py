@@ -28,10 +28,12 @@ from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
 
 from ...model.errors import ErrorCode, MemoirError, Overloaded
+from ...wire import tracing
 from ...wire.auth import NatsAuth
 from ...wire.nats import connect
 from ...wire.protocol import (
     H_AUTHORIZATION,
+    H_TRACEPARENT,
     Answer,
     Reply,
     check_prefix,
@@ -106,13 +108,15 @@ class Client:
         headers = command_headers(command_id, correlation_id, timeout)
         if (bearer := token or self.token) is not None:
             headers = {**(headers or {}), H_AUTHORIZATION: f"Bearer {bearer}"}
-        answer = await self.request(
-            self.subject(entity_type, entity_id, command),
-            payload,
-            timeout=timeout,
-            headers=headers,
-            what=f"{entity_type}/{entity_id} {command}",
-        )
+        subject, what = self.subject(entity_type, entity_id, command), f"{entity_type}/{entity_id} {command}"
+        if tracing.tracer() is None:  # off: nothing more than this check
+            answer = await self.request(subject, payload, timeout=timeout, headers=headers, what=what)
+            return Reply(answer.result, answer.seq, answer.duplicate)
+        attributes = {"memoir.entity_type": entity_type, "memoir.entity_id": entity_id, "memoir.command": command}
+        with tracing.span(f"send {entity_type}.{command}", kind=tracing.CLIENT, attributes=attributes):
+            if (parent := tracing.traceparent()) is not None:  # the member's spans continue this one
+                headers = {**(headers or {}), H_TRACEPARENT: parent}
+            answer = await self.request(subject, payload, timeout=timeout, headers=headers, what=what)
         return Reply(answer.result, answer.seq, answer.duplicate)
 
     async def request(

@@ -61,6 +61,7 @@ from nats.errors import TimeoutError as NatsTimeoutError
 from ...engine.runtime import Runtime
 from ...model.access import ANONYMOUS
 from ...model.errors import CommandError, ErrorCode
+from ...wire import tracing
 from ...wire.nats import GuardedClient, respond
 from ...wire.protocol import (
     H_AUTHORIZATION,
@@ -208,9 +209,21 @@ class NatsDoor:
         self.queued_bytes += size
 
     async def _worker(self) -> None:
+        serve = self._serve if tracing.tracer() is None else self._serve_traced  # looked up once
         while (item := await self._queue.get()) is not None:
             self.queued_bytes -= len(item[0].data)
-            await self._serve(*item)
+            await serve(*item)
+
+    async def _serve_traced(self, msg: Msg, arrived: float) -> None:
+        """`_serve` in a server span, the child of the request's `traceparent` if it has one."""
+        try:
+            entity_type, _, command = parse_command_subject(self._command_subject(msg)[0], self._prefix_tokens)
+            name = f"serve {entity_type}.{command}"
+        except CommandError:
+            name = "serve ?"
+        parent = (msg.headers or {}).get(H_TRACEPARENT)
+        with tracing.span(name, kind=tracing.SERVER, parent=parent, attributes={"memoir.subject": msg.subject}) as sp:
+            tracing.set_outcome(sp, await self._serve(msg, arrived))
 
     def _fwd_subject(self, member: str) -> str:
         return f"{self.prefix}.fwd.{member}"
@@ -224,7 +237,8 @@ class NatsDoor:
         hops = (msg.headers or {}).get(H_HOPS, "")
         return subject, int(hops) if hops.isdigit() else MAX_HOPS
 
-    async def _serve(self, msg: Msg, arrived: float) -> None:
+    async def _serve(self, msg: Msg, arrived: float) -> str:
+        """Answer one request; its outcome code ("ok", an error code, or "forwarded")."""
         started = time.perf_counter()
         entity_type = entity_id = command = "?"
         seq: int | None = None
@@ -258,7 +272,7 @@ class NatsDoor:
                 routed = await self._route(msg, subject, hops, entity_type, entity_id, deadline, ask)
                 if routed is None:  # forwarded: the owner answers the sender itself
                     self.served += 1
-                    return
+                    return "forwarded"
                 reply = routed
             seq = reply.seq
             try:
@@ -278,6 +292,7 @@ class NatsDoor:
         if self.command_log is not None:
             took = time.perf_counter() - started
             self.command_log.served(entity_type, entity_id, command, msg.headers, outcome, took, seq)
+        return outcome
 
     async def _route(
         self,
@@ -304,13 +319,16 @@ class NatsDoor:
             headers[H_TIMEOUT] = str(max(1, int(left * 1000)))  # the owner drops it once the sender stops waiting
             headers[H_HOPS] = str(hops + 1)
             target = forward_subject(self.prefix, owner, subject)
-            if not msg.reply:  # a publish: nobody waits for an answer, so nobody to tell of a loss
-                await self.nc.publish(target, msg.data, headers=headers)
-                return None
-            try:
-                answer = await self.nc.request(target, msg.data, timeout=left, headers=headers)
-            except NatsTimeoutError:
-                return None  # the sender has stopped waiting too; the owner may still have run it
+            with tracing.span(f"forward {entity_type}", kind=tracing.CLIENT, attributes={"memoir.owner": owner}):
+                if (parent := tracing.traceparent()) is not None:  # the owner's spans continue this one
+                    headers[H_TRACEPARENT] = parent
+                if not msg.reply:  # a publish: nobody waits for an answer, so nobody to tell of a loss
+                    await self.nc.publish(target, msg.data, headers=headers)
+                    return None
+                try:
+                    answer = await self.nc.request(target, msg.data, timeout=left, headers=headers)
+                except NatsTimeoutError:
+                    return None  # the sender has stopped waiting too; the owner may still have run it
             await self._respond(msg, answer.data)  # the owner's answer, passed on as it is
             return None
 

@@ -1,0 +1,137 @@
+"""OpenTelemetry spans, free when tracing is off.
+
+Memoir never requires OpenTelemetry: the `otel` extra installs the API, the SDK and the OTLP
+exporter. Spans are made only when a real (SDK) tracer provider is installed, which `memoir run`
+does from the standard `OTEL_*` variables (`configure_from_env`) and an embedding program may do
+itself. Whether one is, is looked up once, on the first span asked for (`reset` looks again):
+with none, `span` hands back one shared no-op context manager and `traceparent` None, so a hot
+path pays a function call and a global read.
+
+Context crosses processes as a W3C `traceparent` header on NATS messages (`H_TRACEPARENT`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+_UNKNOWN: Any = object()
+_tracer: Any = _UNKNOWN  # an opentelemetry Tracer, None when off; looked up once
+_OFF = contextlib.nullcontext()
+
+SERVER, CLIENT, INTERNAL = "server", "client", "internal"
+
+
+def tracer() -> Any:
+    """The tracer spans come from, or None when no SDK tracer provider is installed."""
+    global _tracer
+    if _tracer is _UNKNOWN:
+        _tracer = _lookup()
+    return _tracer
+
+
+def reset() -> None:
+    """Look the tracer provider up again on the next span (after installing one)."""
+    global _tracer
+    _tracer = _UNKNOWN
+
+
+def use(provider: Any) -> None:
+    """Make spans with `provider` (an SDK TracerProvider) rather than the global one; None: tracing off.
+
+    For tests and programs that keep their provider to themselves. Parts that looked the tracer up
+    already (a NATS door's workers, when they start) keep what they found.
+    """
+    global _tracer
+    _tracer = None if provider is None else provider.get_tracer("memoir")
+
+
+def _lookup() -> Any:
+    try:
+        from opentelemetry import trace
+    except ImportError:
+        return None
+    provider = trace.get_tracer_provider()
+    if isinstance(provider, trace.ProxyTracerProvider | trace.NoOpTracerProvider):
+        return None  # the API alone: nothing would be recorded
+    return provider.get_tracer("memoir")
+
+
+def span(
+    name: str,
+    *,
+    kind: str = INTERNAL,
+    parent: str | None = None,
+    attributes: Mapping[str, Any] | None = None,
+) -> contextlib.AbstractContextManager[Any]:
+    """A span named `name` around a block (the current one's child, or `parent`'s: a traceparent)."""
+    t = tracer()
+    if t is None:
+        return _OFF
+    return _started(t, name, kind, parent, attributes)
+
+
+@contextlib.contextmanager
+def _started(t: Any, name: str, kind: str, parent: str | None, attributes: Mapping[str, Any] | None) -> Iterator[Any]:
+    from opentelemetry.trace import SpanKind
+    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+    context = None if parent is None else TraceContextTextMapPropagator().extract({"traceparent": parent})
+    with t.start_as_current_span(
+        name, context=context, kind=SpanKind[kind.upper()], attributes=dict(attributes or {})
+    ) as current:
+        yield current
+
+
+def traceparent() -> str | None:
+    """The current span as a W3C `traceparent`, for a message's headers; None when off or outside a span."""
+    if tracer() is None:
+        return None
+    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+    carrier: dict[str, str] = {}
+    TraceContextTextMapPropagator().inject(carrier)
+    return carrier.get("traceparent")
+
+
+def set_outcome(current: Any, outcome: str) -> None:
+    """Record a command's outcome code on its span (an error status unless `ok`)."""
+    if current is None:
+        return
+    from opentelemetry.trace import Status, StatusCode
+
+    current.set_attribute("memoir.outcome", outcome)
+    if outcome != "ok":
+        current.set_status(Status(StatusCode.ERROR, outcome))
+
+
+def configure_from_env(env: Mapping[str, str] | None = None) -> bool:
+    """Install the SDK with an OTLP exporter when the `OTEL_*` variables ask for traces.
+
+    Asked for: `OTEL_TRACES_EXPORTER=otlp`, or an `OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT` with no
+    exporter named; never with `OTEL_SDK_DISABLED=true` or a provider installed already. The SDK
+    reads the rest itself (`OTEL_SERVICE_NAME`, `OTEL_TRACES_SAMPLER(_ARG)`, the exporter's
+    endpoint, headers and timeouts). True if it installed one.
+    """
+    env = os.environ if env is None else env
+    exporter = env.get("OTEL_TRACES_EXPORTER", "").strip().lower()
+    endpoint = env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or env.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+    wanted = exporter == "otlp" or (not exporter and bool(endpoint))
+    if not wanted or env.get("OTEL_SDK_DISABLED", "").lower() == "true" or tracer() is not None:
+        return False
+    try:
+        from opentelemetry import trace
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import BatchSpanProcessor
+    except ImportError as exc:
+        from ..model.errors import ConfigError
+
+        raise ConfigError(f"OTEL_* asks for traces but {exc.name} is missing: pip install 'memoir[otel]'") from None
+    provider = TracerProvider()  # its resource and sampler from OTEL_SERVICE_NAME, OTEL_TRACES_SAMPLER, …
+    provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+    trace.set_tracer_provider(provider)
+    reset()
+    return True

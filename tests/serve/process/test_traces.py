@@ -1,0 +1,63 @@
+"""OpenTelemetry traces across real processes: the test's client and a `memoir run` each export
+their spans (the client's in memory, the runtime's as JSON lines to a file), joined by trace id."""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from support.process import RunningRuntime
+from support.span_file import SPAN_FILE, read_spans, span_record, tree
+
+from runtime import Client
+from runtime.wire import tracing
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def exported() -> Iterator[InMemorySpanExporter]:
+    """This process's spans, in memory, from a provider of its own (not the global one)."""
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracing.use(provider)
+    yield exporter
+    tracing.reset()
+    provider.shutdown()
+
+
+def by_name(spans: list[dict[str, Any]], name: str) -> dict[str, Any]:
+    found = [s for s in spans if s["name"] == name]
+    assert len(found) == 1, (name, [s["name"] for s in spans])
+    return found[0]
+
+
+async def test_a_command_is_one_trace_from_the_client_to_the_entitys_turn(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, exported: InMemorySpanExporter
+) -> None:
+    span_file = tmp_path / "spans.jsonl"
+    monkeypatch.setenv(SPAN_FILE, str(span_file))
+    rt = RunningRuntime(tmp_path / "data", "tests.support.traced_app:app").start()
+    try:
+        async with Client(rt.nats_url, auth=rt.auth) as client:
+            reply = await client.send("post", "p1", "publish", {"author": "ann", "text": "hi"})
+            assert reply.seq == 1
+    finally:
+        assert rt.stop(signal.SIGTERM) == 0
+    spans = [span_record(s) for s in exported.get_finished_spans()] + read_spans(span_file)
+    send = by_name(spans, "send post.publish")
+    serve = by_name(spans, "serve post.publish")
+    turn = by_name(spans, "turn post.publish")
+    assert send["kind"] == "client" and serve["kind"] == "server"
+    assert serve["trace"] == turn["trace"] == send["trace"]
+    assert (serve["parent"], turn["parent"]) == (send["span"], serve["span"])
+    assert serve["attributes"]["memoir.outcome"] == "ok" and serve["status"] == "unset"
+    assert turn["attributes"] == {"memoir.entity_id": "p1", "memoir.command": "publish"}
+    print(tree(spans, send["trace"]))

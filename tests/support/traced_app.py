@@ -1,0 +1,13 @@
+"""The social example with its spans written to `MEMOIR_TEST_SPAN_FILE` (support/span_file.py),
+for `memoir run tests.support.traced_app:app` in the tracing tests."""
+
+from __future__ import annotations
+
+from entities.social import CountPosts, Post, PostsByAuthor, Profile
+from runtime import App
+
+from .span_file import install_from_env
+
+install_from_env()
+
+app = App("traced", entities=[Post, Profile], views=[PostsByAuthor], consumers=[CountPosts])

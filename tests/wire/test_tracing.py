@@ -1,0 +1,71 @@
+"""runtime/wire/tracing.py: nothing is made while no SDK provider is in use; spans and their
+traceparent once one is; the OTEL_* variables that ask `memoir run` for traces."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from runtime.wire import tracing
+from runtime.wire.protocol import trace_id
+
+PARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+
+
+@pytest.fixture
+def exporter() -> Iterator[InMemorySpanExporter]:
+    exported = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exported))
+    tracing.use(provider)
+    yield exported
+    tracing.reset()
+
+
+def test_off_is_one_shared_no_op() -> None:
+    tracing.use(None)
+    try:
+        assert tracing.span("a") is tracing.span("b", kind=tracing.SERVER, parent=PARENT)
+        with tracing.span("a") as current:
+            assert current is None and tracing.traceparent() is None
+        tracing.set_outcome(None, "rejected")
+    finally:
+        tracing.reset()
+
+
+def test_spans_continue_a_traceparent_and_hand_theirs_on(exporter: InMemorySpanExporter) -> None:
+    with tracing.span("serve", kind=tracing.SERVER, parent=PARENT, attributes={"a": 1}) as outer:
+        handed = tracing.traceparent()
+        with tracing.span("turn"):
+            pass
+        tracing.set_outcome(outer, "rejected")
+    turn, serve = exporter.get_finished_spans()
+    assert serve.context is not None and turn.parent is not None and serve.parent is not None
+    assert f"{serve.context.trace_id:032x}" == trace_id(PARENT)
+    assert f"{serve.parent.span_id:016x}" == PARENT.split("-")[2]
+    assert turn.parent.span_id == serve.context.span_id
+    assert handed is not None and handed.split("-")[2] == f"{serve.context.span_id:016x}"
+    assert serve.attributes == {"a": 1, "memoir.outcome": "rejected"}
+    assert serve.status.status_code.name == "ERROR"
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {},
+        {"OTEL_TRACES_EXPORTER": "none", "OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4318"},
+        {"OTEL_TRACES_EXPORTER": "otlp", "OTEL_SDK_DISABLED": "true"},
+    ],
+)
+def test_only_the_otel_variables_that_ask_for_traces_install_the_sdk(env: dict[str, str]) -> None:
+    assert tracing.configure_from_env(env) is False
+    tracing.reset()
+
+
+def test_a_provider_in_use_is_kept(exporter: InMemorySpanExporter) -> None:
+    assert tracing.configure_from_env({"OTEL_TRACES_EXPORTER": "otlp"}) is False
+    assert tracing.tracer() is not None
