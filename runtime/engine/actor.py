@@ -136,8 +136,13 @@ class Actor:
                 if tracing.tracer() is None:
                     return await self._turn(host, spec, args, meta)
                 attributes = {"memoir.entity_id": self.entity_id, "memoir.command": spec.name}
-                with tracing.span(f"turn {self.model.type_name}.{spec.name}", attributes=attributes):
-                    return await self._turn(host, spec, args, meta)
+                with tracing.span(f"turn {self.model.type_name}.{spec.name}", attributes=attributes) as span:
+                    before = self.seq
+                    reply = await self._turn(host, spec, args, meta)
+                    # the events it stored, by key: the spans reacting to them name them as parents
+                    keys = [f"{self.model.type_name}/{self.entity_id}/{s}" for s in range(before + 1, self.seq + 1)]
+                    span.set_attribute("memoir.events", keys)
+                    return reply
         finally:
             self.queued -= 1
             self.last_used = time.monotonic()

@@ -48,6 +48,7 @@ from ..model.backoff import Backoff
 from ..model.envelope import Envelope
 from ..model.errors import CommandError, ErrorCode
 from ..model.sealing import is_sealed
+from ..wire import tracing
 from ..wire.protocol import Reply, envelope_from_message, stream_prefix
 from ._runner import StreamResolver, StreamRunner
 from .handlers import HandlerTable, Subscriber
@@ -201,8 +202,20 @@ class ConsumerRunner(StreamRunner):
         """Run the event's handler (if any); False when its entity was forgotten (nothing to react to).
 
         Also how a parked event is replayed: its commands carry the ids derived from the event,
-        as the first time, so an effect that happened then does not happen twice.
+        as the first time, so an effect that happened then does not happen twice. Traced, in a
+        span that continues the trace of the command that stored the event.
         """
+        if tracing.tracer() is None:
+            return await self._react(env)
+        with tracing.span(
+            f"consume {self.consumer.name} {env.name}",
+            kind=tracing.CONSUMER,
+            parent=tracing.event_parent(env.correlation_id, env.key),
+            attributes={"memoir.event": env.key},
+        ):
+            return await self._react(env)
+
+    async def _react(self, env: Envelope) -> bool:
         readable = await self.table.readable(env, self.keys) if is_sealed(env.payload) else env
         if readable is None:
             log.info("forgotten event skipped by consumer", consumer=self.consumer.name, envelope=env.key)

@@ -13,7 +13,9 @@ Context crosses processes as a W3C `traceparent` header on NATS messages (`H_TRA
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
+import re
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -21,7 +23,8 @@ _UNKNOWN: Any = object()
 _tracer: Any = _UNKNOWN  # an opentelemetry Tracer, None when off; looked up once
 _OFF = contextlib.nullcontext()
 
-SERVER, CLIENT, INTERNAL = "server", "client", "internal"
+SERVER, CLIENT, CONSUMER, INTERNAL = "server", "client", "consumer", "internal"
+_TRACE_ID = re.compile(r"[0-9a-f]{32}")
 
 
 def tracer() -> Any:
@@ -94,6 +97,25 @@ def traceparent() -> str | None:
     carrier: dict[str, str] = {}
     TraceContextTextMapPropagator().inject(carrier)
     return carrier.get("traceparent")
+
+
+def event_parent(correlation_id: str | None, key: str) -> str | None:
+    """The traceparent a reaction to an event continues: the trace its command was in, or None.
+
+    An event keeps its command's correlation id, which is the trace id when the command came
+    with a `traceparent` (or was traced where it arrived: the NATS door sets one). The parent
+    span id is the event's own, derived from its key (`{type}/{id}/{seq}`): one per event, the
+    same in every process that handles it.
+    """
+    if correlation_id is None or not _TRACE_ID.fullmatch(correlation_id):
+        return None
+    return f"00-{correlation_id}-{event_span_id(key)}-01"
+
+
+def event_span_id(key: str) -> str:
+    """The span id that stands for the event `key` (16 hex digits); the turn that stored it lists
+    its key in `memoir.events`, so a trace's reader can hang the reactions under that turn."""
+    return hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
 def set_outcome(current: Any, outcome: str) -> None:

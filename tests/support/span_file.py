@@ -13,6 +13,8 @@ from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
 
+from runtime.wire.tracing import event_span_id
+
 SPAN_FILE = "MEMOIR_TEST_SPAN_FILE"
 
 
@@ -26,7 +28,7 @@ def span_record(s: ReadableSpan) -> dict[str, Any]:
         "kind": s.kind.name.lower(),
         "start": s.start_time,
         "links": [f"{link.context.span_id:016x}" for link in s.links],
-        "attributes": dict(s.attributes or {}),
+        "attributes": {k: list(v) if isinstance(v, tuple) else v for k, v in (s.attributes or {}).items()},
         "status": s.status.status_code.name.lower(),
     }
 
@@ -56,14 +58,17 @@ def read_spans(path: Path) -> list[dict[str, Any]]:
 
 
 def tree(spans: list[dict[str, Any]], trace_id: str) -> str:
-    """One trace's spans as an indented tree: name, kind, and the spans it links to."""
+    """One trace's spans as an indented tree (name and kind), a reaction to an event under the
+    turn that stored it (its parent is the event's id, which that turn lists in `memoir.events`)."""
     mine = sorted((s for s in spans if s["trace"] == trace_id), key=lambda s: s["start"])
-    ids = {s["span"] for s in mine}
+    via = {event_span_id(k): s["span"] for s in mine for k in s["attributes"].get("memoir.events", [])}
+    parents = {s["span"]: via.get(s["parent"], s["parent"]) for s in mine}
     lines: list[str] = []
 
     def walk(parent: str | None, depth: int) -> None:
         for s in mine:
-            if s["parent"] == parent or (parent is None and s["parent"] not in ids):
+            up = parents[s["span"]]
+            if up == parent or (parent is None and up not in parents):
                 lines.append(f"{'  ' * depth}{s['name']} ({s['kind']})")
                 walk(s["span"], depth + 1)
 

@@ -223,6 +223,10 @@ class NatsDoor:
             name = "serve ?"
         parent = (msg.headers or {}).get(H_TRACEPARENT)
         with tracing.span(name, kind=tracing.SERVER, parent=parent, attributes={"memoir.subject": msg.subject}) as sp:
+            # this span's traceparent in place of the caller's: the forward and the correlation id
+            # (the trace id, stored with the events for those that react to them) follow it
+            if (mine := tracing.traceparent()) is not None:
+                msg.headers = {**(msg.headers or {}), H_TRACEPARENT: mine}
             tracing.set_outcome(sp, await self._serve(msg, arrived))
 
     def _fwd_subject(self, member: str) -> str:

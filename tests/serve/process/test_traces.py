@@ -14,9 +14,11 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from support.process import RunningRuntime
 from support.span_file import SPAN_FILE, read_spans, span_record, tree
+from support.waiting import eventually
 
 from runtime import Client
 from runtime.wire import tracing
+from runtime.wire.tracing import event_span_id
 
 pytestmark = pytest.mark.anyio
 
@@ -49,6 +51,11 @@ async def test_a_command_is_one_trace_from_the_client_to_the_entitys_turn(
         async with Client(rt.nats_url, auth=rt.auth) as client:
             reply = await client.send("post", "p1", "publish", {"author": "ann", "text": "hi"})
             assert reply.seq == 1
+
+            async def counted() -> bool:
+                return bool((await client.send("profile", "ann", "get")).result["posts"] == 1)
+
+            await eventually(counted, what="the consumer to count ann's post")
     finally:
         assert rt.stop(signal.SIGTERM) == 0
     spans = [span_record(s) for s in exported.get_finished_spans()] + read_spans(span_file)
@@ -59,5 +66,19 @@ async def test_a_command_is_one_trace_from_the_client_to_the_entitys_turn(
     assert serve["trace"] == turn["trace"] == send["trace"]
     assert (serve["parent"], turn["parent"]) == (send["span"], serve["span"])
     assert serve["attributes"]["memoir.outcome"] == "ok" and serve["status"] == "unset"
-    assert turn["attributes"] == {"memoir.entity_id": "p1", "memoir.command": "publish"}
-    print(tree(spans, send["trace"]))
+    assert turn["attributes"] == {"memoir.entity_id": "p1", "memoir.command": "publish", "memoir.events": ["post/p1/1"]}
+    # later, the consumer: the same trace, under the event the turn stored
+    consume = by_name(spans, "consume count_posts Published")
+    counted_turn = by_name(spans, "turn profile.count_post")
+    assert consume["kind"] == "consumer" and consume["trace"] == counted_turn["trace"] == send["trace"]
+    assert consume["parent"] == event_span_id("post/p1/1") and counted_turn["parent"] == consume["span"]
+    assert consume["attributes"] == {"memoir.event": "post/p1/1"}
+    text = tree(spans, send["trace"])
+    print(text)
+    assert text.splitlines() == [
+        "send post.publish (client)",
+        "  serve post.publish (server)",
+        "    turn post.publish (internal)",
+        "      consume count_posts Published (consumer)",
+        "        turn profile.count_post (internal)",
+    ]
