@@ -78,13 +78,17 @@ class Phase:
         )
 
     def _when(self) -> str:
-        """When the failed attempts were sent, counted from the fault's start. A request held by a
-        cut link that heals within the attempt's timeout is answered late, not failed: `slow` counts it."""
-        if self.fault_at is None or not self.failed_sends:
+        """When the failed attempts were sent: during the fault (the last one counted from its start,
+        which says how long the servers kept routing requests into it) or after the heal. A request
+        held by a cut link that heals within the attempt's timeout is answered late, not failed:
+        `slow` counts it."""
+        if self.fault_at is None or self.healed_at is None or not self.failed_sends:
             return ""
-        first, last = min(self.failed_sends) - self.fault_at, max(self.failed_sends) - self.fault_at
-        heal = "" if self.healed_at is None else f", healed at +{self.healed_at - self.fault_at:.1f}s"
-        return f" (sent from {first:+.1f}s to {last:+.1f}s of the fault{heal})"
+        during = [t - self.fault_at for t in self.failed_sends if t < self.healed_at]
+        after = len(self.failed_sends) - len(during)
+        last = f", the last at {max(during):+.1f}s" if during else ""
+        heal = self.healed_at - self.fault_at
+        return f" ({len(during)} sent during the fault{last}; {after} after the heal at +{heal:.1f}s)"
 
 
 @dataclass
