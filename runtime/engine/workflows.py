@@ -12,10 +12,12 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from ..model.errors import CommandError, command_error
 from ..model.workflow import Calls, step_command_id
+from ..wire import tracing
 from ..wire.protocol import Reply
 
 Ask = Callable[..., Awaitable[Reply]]
 Advance = Callable[[str, str], Awaitable[bool]]  # run a workflow's step: whether another is due now
+_Kick = tuple[str, str, str | None]  # workflow type, id, and the traceparent of the turn that kicked it
 log = structlog.get_logger("memoir.workflow")
 
 
@@ -74,7 +76,7 @@ class Driver:
     def __init__(self, advance: Advance, *, queue: int = 4096, concurrency: int = 256) -> None:
         self.advance = advance
         self.queue = queue
-        self.send: MemoryObjectSendStream[tuple[str, str]] | None = None  # while running
+        self.send: MemoryObjectSendStream[_Kick] | None = None  # while running
         self.concurrency = concurrency
         self.kicks = 0
         self.dropped = 0
@@ -83,7 +85,8 @@ class Driver:
         try:
             if self.send is None:
                 raise anyio.ClosedResourceError
-            self.send.send_nowait((workflow_type, workflow_id))
+            # traced: the steps continue the trace of the turn that moved the workflow on
+            self.send.send_nowait((workflow_type, workflow_id, tracing.traceparent()))
             self.kicks += 1
         except (anyio.WouldBlock, anyio.ClosedResourceError, anyio.BrokenResourceError):
             self.dropped += 1
@@ -91,7 +94,7 @@ class Driver:
     async def run(self, scope: anyio.CancelScope) -> None:
         # A fixed pool of drivers reading one queue, as the NATS door's workers do: a task per
         # kick would cost a spawn (and a semaphore) per workflow, more than the queue does.
-        send, receive = anyio.create_memory_object_stream[tuple[str, str]](self.queue)
+        send, receive = anyio.create_memory_object_stream[_Kick](self.queue)
         self.send = send
         try:
             with scope:
@@ -102,9 +105,14 @@ class Driver:
             self.send = None
             send.close()
 
-    async def _work(self, receive: MemoryObjectReceiveStream[tuple[str, str]]) -> None:
-        async for workflow_type, workflow_id in receive:
-            await self._drive(workflow_type, workflow_id)
+    async def _work(self, receive: MemoryObjectReceiveStream[_Kick]) -> None:
+        async for workflow_type, workflow_id, parent in receive:
+            if parent is None:
+                await self._drive(workflow_type, workflow_id)
+                continue
+            attributes = {"memoir.workflow": f"{workflow_type}/{workflow_id}"}
+            with tracing.span(f"drive {workflow_type}", parent=parent, attributes=attributes):
+                await self._drive(workflow_type, workflow_id)
 
     async def _drive(self, workflow_type: str, workflow_id: str) -> None:
         try:

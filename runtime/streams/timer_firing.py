@@ -52,6 +52,7 @@ from ..model.timer_events import (
     fold_op,
 )
 from ..model.workflow import wake_op
+from ..wire import tracing
 from ..wire.protocol import Reply
 from ..wire.timer_subjects import (
     H_GENERATION,
@@ -354,6 +355,16 @@ FIRED, RETRY = "fired", "retry"
 
 async def deliver(send: Send, fire: TimerFire, firing: int | None, attempt: int, max_attempts: int) -> str:
     """Send a timer's command with its derived id: FIRED, RETRY, or the refusal to park."""
+    if tracing.tracer() is None:
+        return await _deliver(send, fire, firing, attempt, max_attempts)
+    attributes = {"memoir.timer": f"{fire.owner_type}/{fire.owner_id}/{fire.name}", "memoir.attempt": attempt}
+    with tracing.span(f"fire {fire.owner_type}.{fire.name}", kind=tracing.CONSUMER, attributes=attributes) as span:
+        outcome = await _deliver(send, fire, firing, attempt, max_attempts)
+        tracing.set_outcome(span, "ok" if outcome == FIRED else "retry" if outcome == RETRY else "refused")
+        return outcome
+
+
+async def _deliver(send: Send, fire: TimerFire, firing: int | None, attempt: int, max_attempts: int) -> str:
     cid = fire_command_id(fire.owner_type, fire.owner_id, fire.name, fire.generation, firing)
     try:
         await send(

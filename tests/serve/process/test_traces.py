@@ -82,3 +82,37 @@ async def test_a_command_is_one_trace_from_the_client_to_the_entitys_turn(
         "      consume count_posts Published (consumer)",
         "        turn profile.count_post (internal)",
     ]
+
+
+async def test_a_transfer_is_one_trace_from_its_start_through_its_steps(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, exported: InMemorySpanExporter
+) -> None:
+    span_file = tmp_path / "spans.jsonl"
+    monkeypatch.setenv(SPAN_FILE, str(span_file))
+    rt = RunningRuntime(tmp_path / "data", "tests.support.traced_app:app").start()
+    try:
+        async with Client(rt.nats_url, auth=rt.auth) as client:
+            await client.send("account", "a", "deposit", {"amount": 100})
+            await client.send("transfer", "t1", "start", {"source": "a", "target": "b", "amount": 30})
+
+            async def ended() -> bool:
+                return bool((await client.send("transfer", "t1", "get")).result["status"] == "ended")
+
+            await eventually(ended, what="the transfer to end")
+    finally:
+        assert rt.stop(signal.SIGTERM) == 0
+    spans = [span_record(s) for s in exported.get_finished_spans()] + read_spans(span_file)
+    start = by_name(spans, "send transfer.start")
+    text = tree(spans, start["trace"])
+    print(text)
+    lines = text.splitlines()
+    assert lines[:4] == [
+        "send transfer.start (client)",
+        "  serve transfer.start (server)",
+        "    turn transfer.start (internal)",
+        "    drive transfer (internal)",  # kicked once the start's turn moved the workflow on
+    ]
+    steps = [line.strip() for line in lines[4:]]
+    assert steps[0] == "turn transfer.advance (internal)"
+    assert "turn account.withdraw (internal)" in steps and "turn account.deposit (internal)" in steps
+    assert steps.index("turn account.withdraw (internal)") < steps.index("turn account.deposit (internal)")
