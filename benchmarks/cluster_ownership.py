@@ -8,7 +8,8 @@ Saturated: one member whose event loop runs `--busy-tasks` tasks that each burn 
 CPU between checkpoints (the loop is never idle; one pass over the ready tasks takes about
 tasks x slice), for `--saturate` seconds; it reports the shards it lost (lease lapses).
 
-Baseline in the same run: the idle CPU of a process that only holds a NATS connection.
+Baselines in the same run: the idle CPU of a process that only holds a NATS connection; with
+`--compare-loop`, the saturated runs again with the renewal on the event loop (no thread).
 """
 
 from __future__ import annotations
@@ -36,13 +37,15 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / 100  # utime, stime in clock ticks (USER_HZ = 100)
 
 
-async def member(url: str, name: str, shards: int, busy_tasks: int, slice_ms: float, seconds: float) -> None:
+async def member(
+    url: str, name: str, shards: int, busy_tasks: int, slice_ms: float, seconds: float, on_thread: bool = True
+) -> None:
     """A member process: hold shards; with busy tasks, saturate the loop for `seconds`, then report."""
     nc = await connect(url, name=name, reconnect_time_wait=0.2, max_reconnect_attempts=-1)
     if name == "none":  # the baseline: a connection only
         print("ready", flush=True)
         await anyio.sleep_forever()
-    config = ClusterConfig(name=f"own{shards}", shards=shards, lease=LeaseConfig(ttl=TTL))
+    config = ClusterConfig(name=f"own{shards}", shards=shards, lease=LeaseConfig(ttl=TTL), renew_on_thread=on_thread)
     async with Cluster.join(nc, config, member_id=name) as cluster, ShardManager(cluster) as manager:
         print("ready", flush=True)
         if not busy_tasks:
@@ -82,9 +85,10 @@ async def member(url: str, name: str, shards: int, busy_tasks: int, slice_ms: fl
 
 
 def spawn(
-    url: str, name: str, shards: int, busy: int = 0, slice_ms: float = 0.0, seconds: float = 0.0
+    url: str, name: str, shards: int, busy: int = 0, slice_ms: float = 0.0, seconds: float = 0.0, on_thread: bool = True
 ) -> subprocess.Popen[str]:
     argv = [sys.executable, __file__, "member", url, name, str(shards), str(busy), str(slice_ms), str(seconds)]
+    argv.append("thread" if on_thread else "loop")
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     assert proc.stdout is not None
     assert proc.stdout.readline().strip() == "ready", f"{name} did not start"
@@ -137,8 +141,8 @@ async def baseline(url: str, window: float) -> float:
         stop([proc])
 
 
-def saturated(url: str, busy: int, slice_ms: float, seconds: float) -> dict[str, float]:
-    procs = [spawn(url, "m0", 256), spawn(url, "m1", 256, busy, slice_ms, seconds)]
+def saturated(url: str, busy: int, slice_ms: float, seconds: float, on_thread: bool) -> dict[str, float]:
+    procs = [spawn(url, "m0", 256), spawn(url, "m1", 256, busy, slice_ms, seconds, on_thread)]
     try:
         out = procs[1].stdout
         assert out is not None
@@ -153,6 +157,7 @@ async def main() -> None:
     p.add_argument("--saturate", type=float, default=60.0, help="seconds of a saturated loop")
     p.add_argument("--busy-tasks", type=int, default=64)
     p.add_argument("--slice-ms", type=float, default=1.0)
+    p.add_argument("--compare-loop", action="store_true", help="also renew on the event loop (the baseline)")
     args = c.parse(p)
     window = 4.0 if args.quick else args.window
     seconds = 15.0 if args.quick else args.saturate
@@ -166,17 +171,20 @@ async def main() -> None:
                 for k, v in got.items():
                     fields[f"{k}_{shards}"] = v
                     c.line(f"{k} at {shards} shards", round(v, 2))
-            for slice_ms in (args.slice_ms, args.slice_ms * 10):
-                got = await anyio.to_thread.run_sync(saturated, server.url, args.busy_tasks, slice_ms, seconds)
-                c.line(f"saturated {seconds:g} s ({args.busy_tasks} tasks x {slice_ms:g} ms)", got)
-                fields[f"saturated_{slice_ms:g}ms"] = got
+            for where in ("thread", "loop") if args.compare_loop else ("thread",):
+                for slice_ms in (args.slice_ms, args.slice_ms * 10):
+                    got = await anyio.to_thread.run_sync(
+                        saturated, server.url, args.busy_tasks, slice_ms, seconds, where == "thread"
+                    )
+                    c.line(f"renewal on the {where}, {seconds:g} s of {args.busy_tasks} tasks x {slice_ms:g} ms", got)
+                    fields[f"saturated_{where}_{slice_ms:g}ms"] = got
     c.finish(fields)
 
 
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "member":
-        url, name, shards, busy, slice_ms, seconds = sys.argv[2:]
+        url, name, shards, busy, slice_ms, seconds, where = sys.argv[2:]
         structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))  # stdout says `ready`
-        anyio.run(member, url, name, int(shards), int(busy), float(slice_ms), float(seconds))
+        anyio.run(member, url, name, int(shards), int(busy), float(slice_ms), float(seconds), where == "thread")
     else:
         c.run(main)

@@ -184,8 +184,10 @@ class ShardManager:
         return self._placed[1]
 
     def owner_of(self, shard: int) -> str | None:
-        """Who the allocation names for the shard (for forwarding); None: nobody."""
-        return self.table.owner(shard)
+        """Who the allocation names for the shard (for forwarding); None: nobody, or a member whose
+        lease is gone (released or fenced: it serves nothing, and a taker is on its way)."""
+        named = self.table.owner(shard)
+        return named if named is not None and (named == self.member or self._has_lease(named)) else None
 
     def _has_lease(self, member: str) -> bool:
         return self.leases.owner(member_key(member)) == member
