@@ -53,6 +53,7 @@ from ..model.envelope import Envelope
 from ..model.errors import ConfigError, EventDecodeError, JournalError, SealError, Unavailable
 from ..model.events import spec_of
 from ..model.sealing import Forgotten, is_sealed
+from ..wire import tracing
 from ..wire.protocol import H_POSITION, envelope_from_message
 from ._pull import delete_durable, first_above, stream_sequence
 from ._runner import StreamResolver, StreamRunner
@@ -362,12 +363,17 @@ class ViewRunner(StreamRunner):
         recorded time of the newest event read (handled or not), for the view's lag."""
 
         written: dict[str, bytes | None] = {}
+        traced = tracing.tracer() is not None
 
         def transaction(raw: RawRows) -> tuple[Mapping[str, bytes | None], Mapping[str, int]]:
             rows: Rows[Any] = Rows(raw, self._decoder, self._encoder)
             for handler, event, env in work:
                 args = (self.instance, rows, event, env) if handler.wants_envelope else (self.instance, rows, event)
-                handler.fn(*args)
+                if traced:  # a span per event, in the trace of the command that stored it
+                    with self._span(env):
+                        handler.fn(*args)
+                else:
+                    handler.fn(*args)
             written.clear()
             written.update(rows.writes())
             return written, {**checkpoints, VERSION: self.version + 1} if written else checkpoints
@@ -382,6 +388,11 @@ class ViewRunner(StreamRunner):
         self._checkpoints.update(checkpoints)
         self.applied += len(work)
         self.last_recorded_at = max(self.last_recorded_at, newest)
+
+    def _span(self, env: Envelope) -> contextlib.AbstractContextManager[Any]:
+        parent = tracing.event_parent(env.correlation_id, env.key)
+        name = f"apply {self.view.name} {env.name}"
+        return tracing.span(name, kind=tracing.CONSUMER, parent=parent, attributes={"memoir.event": env.key})
 
     # -- the stream path -------------------------------------------------------------------------
 

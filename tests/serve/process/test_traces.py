@@ -56,6 +56,12 @@ async def test_a_command_is_one_trace_from_the_client_to_the_entitys_turn(
                 return bool((await client.send("profile", "ann", "get")).result["posts"] == 1)
 
             await eventually(counted, what="the consumer to count ann's post")
+
+            async def viewed() -> bool:
+                row = await client.request("memoir.view.posts_by_author.get", b'{"key": "ann"}')
+                return row.result is not None
+
+            await eventually(viewed, what="the view to hold ann's post")
     finally:
         assert rt.stop(signal.SIGTERM) == 0
     spans = [span_record(s) for s in exported.get_finished_spans()] + read_spans(span_file)
@@ -73,15 +79,19 @@ async def test_a_command_is_one_trace_from_the_client_to_the_entitys_turn(
     assert consume["kind"] == "consumer" and consume["trace"] == counted_turn["trace"] == send["trace"]
     assert consume["parent"] == event_span_id("post/p1/1") and counted_turn["parent"] == consume["span"]
     assert consume["attributes"] == {"memoir.event": "post/p1/1"}
+    applied = by_name(spans, "apply posts_by_author Published")
+    assert applied["trace"] == send["trace"] and applied["parent"] == event_span_id("post/p1/1")
     text = tree(spans, send["trace"])
     print(text)
-    assert text.splitlines() == [
+    lines = text.splitlines()
+    assert lines[:3] == [
         "send post.publish (client)",
         "  serve post.publish (server)",
         "    turn post.publish (internal)",
-        "      consume count_posts Published (consumer)",
-        "        turn profile.count_post (internal)",
     ]
+    consumed = lines.index("      consume count_posts Published (consumer)")  # the two reactions, in either order
+    assert lines[consumed + 1] == "        turn profile.count_post (internal)"
+    assert "      apply posts_by_author Published (consumer)" in lines and len(lines) == 6
 
 
 async def test_a_transfer_is_one_trace_from_its_start_through_its_steps(
