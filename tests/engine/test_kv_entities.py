@@ -13,7 +13,7 @@ import pytest
 from support.journals import JournalFactory
 
 from entities.cart import Cart, CartState
-from runtime import CommandError, ErrorCode, Runtime, history
+from runtime import CommandError, ErrorCode, Runtime, history, state_at
 from runtime.model.entity import model_of
 from runtime.model.kv_entity import STATE_DELETED, STATE_SET
 from runtime.model.sealing import is_sealed
@@ -51,6 +51,7 @@ async def test_set_get_delete_and_set_again(journal_factory: JournalFactory) -> 
             CartState(),
             CartState({"fig": 3}),
         ]
+        assert await state_at(journal, model_of(Cart), "c1", seq=3) == (CartState(), 3)  # what HTTP's ?seq= reads
 
 
 async def test_two_writers_one_conflicts_and_retries_on_the_new_state(journal_factory: JournalFactory) -> None:
