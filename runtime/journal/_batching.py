@@ -17,16 +17,18 @@ import contextlib
 import queue
 import threading
 from collections.abc import Awaitable, Callable
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 import anyio
 
 from ..model.errors import JournalError
+from ..wire import tracing
 
 Req = TypeVar("Req")
 Res = TypeVar("Res")
 
 Flush = Callable[[list[Req]], Awaitable[list[Res | BaseException]]]
+_UNTRACED = contextlib.nullcontext()
 
 
 class Batcher(Generic[Req, Res]):
@@ -40,6 +42,7 @@ class Batcher(Generic[Req, Res]):
         self.batches = 0  # counters for metrics and benchmarks
         self.requests = 0
         self.sizes = [0] * 16  # batches by size: bucket i holds sizes up to 2**i
+        self._trace()
 
     def submit(self, request: Req) -> asyncio.Future[Res]:
         """Queue `request`; await the future for its own result.
@@ -52,6 +55,8 @@ class Batcher(Generic[Req, Res]):
         fut: asyncio.Future[Res] = asyncio.get_running_loop().create_future()
         self._pending.append((request, fut))
         self._wake.set()
+        if self._traced:
+            self._link(fut)
         return fut
 
     def close(self) -> None:
@@ -72,10 +77,31 @@ class Batcher(Generic[Req, Res]):
 
     async def _flush_batch(self, batch: list[tuple[Req, asyncio.Future[Res]]]) -> None:
         try:
-            results = await self._flush([req for req, _ in batch])
+            with self._commit_span(batch):
+                results = await self._flush([req for req, _ in batch])
         except BaseException as exc:  # noqa: BLE001 - every waiter must hear of it
             results = [exc] * len(batch)
         self._answer(batch, results)
+
+    # -- traced: a span per batch (a group commit, or grouped reads), linked to each turn it served
+
+    _traced = False  # looked up when the batcher is made (`_trace`)
+    _links: dict[int, Any]
+
+    def _trace(self) -> None:
+        self._traced = tracing.tracer() is not None
+        self._links = {}
+
+    def _link(self, fut: asyncio.Future[Res]) -> None:
+        if (ctx := tracing.current()) is not None:
+            self._links[id(fut)] = ctx
+
+    def _commit_span(self, batch: list[tuple[Req, asyncio.Future[Res]]]) -> contextlib.AbstractContextManager[Any]:
+        if not self._traced:
+            return _UNTRACED
+        links = [ctx for _, fut in batch if (ctx := self._links.pop(id(fut), None)) is not None]
+        attributes = {"memoir.batch": len(batch), "memoir.journal": self._name}
+        return tracing.span(f"journal batch {self._name}", attributes=attributes, links=links)
 
     def _answer(self, batch: list[tuple[Req, asyncio.Future[Res]]], results: list[Res | BaseException]) -> None:
         """Count the batch and hand each waiter its own result."""
@@ -118,12 +144,15 @@ class ThreadBatcher(Batcher[Req, Res]):
         self.batches = 0
         self.requests = 0
         self.sizes = [0] * 16
+        self._trace()
 
     def submit(self, request: Req) -> asyncio.Future[Res]:
         if self._closed:
             raise JournalError(f"{self._name}: the journal is closed")
         fut: asyncio.Future[Res] = asyncio.get_running_loop().create_future()
         self._queue.put((request, fut))  # before `run` has started the thread too: it takes them then
+        if self._traced:
+            self._link(fut)
         return fut
 
     def close(self) -> None:
@@ -164,7 +193,8 @@ class ThreadBatcher(Batcher[Req, Res]):
                         break
                 if batch:
                     try:
-                        results = self._flush_sync([req for req, _ in batch])
+                        with self._commit_span(batch):
+                            results = self._flush_sync([req for req, _ in batch])
                     except BaseException as exc:  # noqa: BLE001 - every waiter must hear of it
                         results = [exc] * len(batch)
                     loop.call_soon_threadsafe(self._answer, batch, results)

@@ -68,24 +68,42 @@ def span(
     kind: str = INTERNAL,
     parent: str | None = None,
     attributes: Mapping[str, Any] | None = None,
+    links: list[Any] | None = None,
 ) -> contextlib.AbstractContextManager[Any]:
-    """A span named `name` around a block (the current one's child, or `parent`'s: a traceparent)."""
+    """A span named `name` around a block (the current one's child, or `parent`'s: a traceparent),
+    linked to the span contexts in `links` (what `current()` gave)."""
     t = tracer()
     if t is None:
         return _OFF
-    return _started(t, name, kind, parent, attributes)
+    return _started(t, name, kind, parent, attributes, links)
 
 
 @contextlib.contextmanager
-def _started(t: Any, name: str, kind: str, parent: str | None, attributes: Mapping[str, Any] | None) -> Iterator[Any]:
-    from opentelemetry.trace import SpanKind
+def _started(
+    t: Any, name: str, kind: str, parent: str | None, attributes: Mapping[str, Any] | None, links: list[Any] | None
+) -> Iterator[Any]:
+    from opentelemetry.trace import Link, SpanKind
     from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
     context = None if parent is None else TraceContextTextMapPropagator().extract({"traceparent": parent})
     with t.start_as_current_span(
-        name, context=context, kind=SpanKind[kind.upper()], attributes=dict(attributes or {})
+        name,
+        context=context,
+        kind=SpanKind[kind.upper()],
+        attributes=dict(attributes or {}),
+        links=[Link(c) for c in links or ()],
     ) as current:
         yield current
+
+
+def current() -> Any:
+    """The current span's context, to link to from elsewhere; None when off or outside a recorded span."""
+    if tracer() is None:
+        return None
+    from opentelemetry import trace
+
+    found = trace.get_current_span().get_span_context()
+    return found if found.is_valid and found.trace_flags.sampled else None
 
 
 def traceparent() -> str | None:

@@ -79,6 +79,10 @@ async def test_a_command_is_one_trace_from_the_client_to_the_entitys_turn(
     assert consume["kind"] == "consumer" and consume["trace"] == counted_turn["trace"] == send["trace"]
     assert consume["parent"] == event_span_id("post/p1/1") and counted_turn["parent"] == consume["span"]
     assert consume["attributes"] == {"memoir.event": "post/p1/1"}
+    # the journal's batches it joined (its recovery's read, the group commit that stored its event):
+    # each a trace of its own, linked to every turn it served
+    batches = [s for s in spans if s["name"] == "journal batch sqlite" and turn["span"] in s["links"]]
+    assert len(batches) == 2 and all(s["attributes"]["memoir.batch"] >= 1 for s in batches)
     applied = by_name(spans, "apply posts_by_author Published")
     assert applied["trace"] == send["trace"] and applied["parent"] == event_span_id("post/p1/1")
     text = tree(spans, send["trace"])
