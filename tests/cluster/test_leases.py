@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections import Counter
 
@@ -22,6 +21,7 @@ from runtime.serve.service.cluster import (
     shard_of,
     snapshot,
 )
+from runtime.serve.service.cluster.allocation import Slot
 from runtime.serve.service.cluster.coordinator import check_recorded_shards
 from runtime.serve.service.cluster.leases import member_key
 from runtime.serve.service.cluster.store import bucket_name, ensure_bucket
@@ -264,7 +264,14 @@ async def test_two_members_racing_for_a_shard_one_wins_and_the_epoch_grows(
         assert first is not None and first.epoch == 1
         await tb.refresh(7)
         base = tb.slots[7]
-        won = await asyncio.gather(ta.write(7, "a", by="a", last=base), tb.write(7, "b", by="b", last=base))
+        won: list[Slot | None] = []
+
+        async def write(table: AllocationTable, member: str) -> None:
+            won.append(await table.write(7, member, by=member, last=base))
+
+        async with anyio.create_task_group() as tg:  # both sent before either is answered
+            tg.start_soon(write, ta, "a")
+            tg.start_soon(write, tb, "b")
         winners = [slot for slot in won if slot is not None]
         assert len(winners) == 1 and winners[0].epoch == 2
         await ta.refresh(7)

@@ -1,13 +1,12 @@
 """Renewing a member's lease on a thread of its own, so command load never starves it.
 
-Measured (benchmarks/cluster_ownership.py): on an event loop saturated by 64 tasks that each
-run 10 ms between checkpoints, a timer fires up to 2.3 s late and a lease renewed by an asyncio
-task lapsed within seconds (every shard dropped); with 1 ms slices it held, 0.7 s late at worst.
-A command turn that runs long, or enough of them queued, is all it takes; the deadline leaves
-ttl - margin - ttl/3 (1.25 s at the default 3 s) for a renewal to come back. So the member
-lease is renewed by a thread with its own event loop and its own NATS connection: it needs the
-GIL only for a few hundred microseconds per renewal, and CPython hands the GIL over every 5 ms
-(sys.getswitchinterval) however busy the main thread is.
+An asyncio task does not suffice: on an event loop saturated by command work (many tasks, each
+running for milliseconds between checkpoints) timers fire seconds late, and the deadline leaves
+ttl - margin - ttl/3 for a renewal to come back; measured, a member renewing on its loop lost
+every shard while one renewing on a thread lost none (benchmarks/cluster_ownership.py
+--compare-loop). So the member lease is renewed by a thread with its own event loop and its own
+NATS connection: it needs the GIL only briefly per renewal, and CPython hands the GIL over every
+few milliseconds (sys.getswitchinterval) however busy the main thread is.
 
 The thread and the main loop share one `Held`: the thread writes its revision and the send time
 of each successful renewal; the fence reads the deadline from it. A float or int attribute is
