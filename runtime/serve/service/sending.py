@@ -24,6 +24,7 @@ from nats.errors import TimeoutError as NatsTimeoutError
 from ...engine.runtime import Runtime
 from ...model.access import Caller
 from ...model.errors import CommandError, ErrorCode, Moved
+from ...wire import tracing
 from ...wire.protocol import (
     H_CAUSATION_ID,
     H_COMMAND_ID,
@@ -91,6 +92,8 @@ class MemberSender:
             ids = {H_COMMAND_ID: command_id, H_CORRELATION_ID: correlation_id, H_CAUSATION_ID: causation_id}
             headers = {name: value for name, value in ids.items() if value is not None}
             headers |= {H_INSIDE: "1", H_HOPS: "1", H_TIMEOUT: str(max(1, int(left * 1000)))}
+            if (parent := tracing.traceparent()) is not None:  # the owner's spans continue this one
+                headers[H_TRACEPARENT] = parent
             subject = forward_subject(self.prefix, owner, command_subject(self.prefix, entity_type, entity_id, command))
             try:
                 msg = await self.nc.request(subject, payload, timeout=left, headers=headers)
