@@ -30,6 +30,7 @@ def span_record(s: ReadableSpan) -> dict[str, Any]:
         "links": [f"{link.context.span_id:016x}" for link in s.links],
         "attributes": {k: list(v) if isinstance(v, tuple) else v for k, v in (s.attributes or {}).items()},
         "status": s.status.status_code.name.lower(),
+        "process": os.getpid(),
     }
 
 
