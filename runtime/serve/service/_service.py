@@ -46,6 +46,7 @@ from ...wire.protocol import check_prefix
 from .cluster import Cluster, ClusterConfig, ShardManager
 from .cluster.routing import ShardRouter
 from .sending import MemberSender
+from .supervision import supervised
 from .timer_tasks import start_timers
 
 log = structlog.get_logger("memoir.service")
@@ -213,10 +214,11 @@ class Service:
 
     async def run_singleton(self, name: str, work: Callable[[], Awaitable[None]]) -> None:
         """Run `work` here; in a cluster, only while this process holds the singleton lease `name`."""
+        task = functools.partial(supervised, name, work)  # a passing outage restarts it, never ends the process
         if self.cluster is None:
-            await work()
+            await task()
         else:
-            await self.cluster.singleton(name).run(work)
+            await self.cluster.singleton(name).run(task)
 
     async def take_shards(self) -> None:
         """In a cluster, be counted for shards from now on (`Service(take_shards=False)`).
