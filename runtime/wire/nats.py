@@ -192,6 +192,17 @@ class _Connection:
             await self.reconnected_cb()
 
 
+# Liveness, on both ends of every connection: a member cut off from NATS (a partition drops its
+# bytes, no FIN or RST reaches either side) must stop receiving commands within seconds, not after
+# nats-py's and nats-server's 2-minute default ping. A client pings every PING_INTERVAL_S and calls
+# the server gone after MAX_OUTSTANDING_PINGS unanswered (then reconnects elsewhere); a server Memoir
+# configures (the embedded one, `memoir cluster up`, deploy/) does the same to its clients, and so
+# drops a silent member's queue subscriptions: detection takes (pings + 1) x interval, ~6 s.
+PING_INTERVAL_S = 2
+MAX_OUTSTANDING_PINGS = 2
+SERVER_PINGS = f'ping_interval: "{PING_INTERVAL_S}s"\nping_max: {MAX_OUTSTANDING_PINGS}\n'
+
+
 async def connect(
     url: str,
     *,
@@ -217,7 +228,12 @@ async def connect(
     that is not UTF-8) is dropped and counted instead (`_guard.py`).
     """
     auth = auth or NatsAuth()
-    options = {**auth.options(), **options}
+    options = {
+        "ping_interval": PING_INTERVAL_S,
+        "max_outstanding_pings": MAX_OUTSTANDING_PINGS,
+        **auth.options(),
+        **options,
+    }
     conn = _Connection(url, options.get("name", ""), disconnected_cb, reconnected_cb)
     nc = GuardedClient()
     if await conn.attempt(nc, url, timeout, options):

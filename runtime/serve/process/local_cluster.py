@@ -29,7 +29,7 @@ from nats.js import api
 
 from ...model.errors import MemoirError
 from ...wire.auth import NatsAuth
-from ...wire.nats import close_quietly, connect
+from ...wire.nats import SERVER_PINGS, close_quietly, connect
 from ..service.embedded_nats import die_with_parent, find_binary, free_port, stop_process
 
 __all__ = ["LocalCluster", "LocalMember", "NatsNode", "NatsNodes", "Render", "node_config"]
@@ -67,6 +67,7 @@ def node_config(node: NatsNode, nodes: list[NatsNode], *, cluster: str = "memoir
         f"server_name: {node.name}\n"
         f"listen: 127.0.0.1:{node.port}\n"
         f"http: 127.0.0.1:{node.monitor_port}\n"
+        f"{SERVER_PINGS}"
         f'jetstream {{\n  store_dir: "{node.store.as_posix()}"\n}}\n'
         f"cluster {{\n  name: {cluster}\n  listen: 127.0.0.1:{node.route_port}\n  routes: [{routes}]\n}}\n"
     )

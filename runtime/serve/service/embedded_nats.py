@@ -32,6 +32,7 @@ import anyio
 import anyio.abc
 
 from ...model.errors import ConfigError, MemoirError
+from ...wire.nats import SERVER_PINGS
 
 
 def find_binary() -> str:
@@ -128,7 +129,8 @@ class EmbeddedNats:
         conf.write_text(
             f'listen: "127.0.0.1:{self.port}"\n'
             "max_payload: 8MB\n"
-            f'jetstream {{\n  store_dir: "{store.as_posix()}"\n'
+            + SERVER_PINGS
+            + f'jetstream {{\n  store_dir: "{store.as_posix()}"\n'
             + (f"  sync_interval: {self.sync}\n" if self.sync else "")
             + "}\n"
             + (f'authorization {{\n  users: [{{ nkey: "{self.nkey}" }}]\n}}\n' if self.nkey else "")

@@ -20,7 +20,7 @@ from support.waiting import eventually
 from runtime.serve.process.settings import Settings
 from runtime.serve.service.embedded_nats import find_binary
 from runtime.wire.auth import NatsAuth
-from runtime.wire.nats import close_quietly, connect
+from runtime.wire.nats import SERVER_PINGS, close_quietly, connect
 
 ROOT = DEPLOY.parent
 YAML_FILES = [DEPLOY / "compose.yaml", DEPLOY / "helm" / "nats-values.yaml", *sorted((DEPLOY / "k8s").glob("*.yaml"))]
@@ -121,7 +121,17 @@ def test_the_helm_values_describe_the_same_three_node_jetstream_cluster() -> Non
     conf = (DEPLOY / "nats-cluster.conf").read_text()
     payload = re.search(r"max_payload:\s*(\S+)", conf)
     assert payload is not None and payload.group(1) in values["merge"]["max_payload"]
+    assert _liveness(conf) == _liveness((DEPLOY / "nats-server.conf").read_text()) == _liveness(SERVER_PINGS)
+    assert _liveness(conf) == (values["merge"]["ping_interval"], str(values["merge"]["ping_max"]))
     assert _k8s()["ConfigMap"]["data"]["MEMOIR_STREAM_REPLICAS"] == str(values["cluster"]["replicas"])
+
+
+def _liveness(conf: str) -> tuple[str, str]:
+    """The server's ping interval and how many pings a client may miss, as a config file sets them."""
+    interval = re.search(r'^ping_interval:\s*"([^"]+)"', conf, re.M)
+    most = re.search(r"^ping_max:\s*(\d+)", conf, re.M)
+    assert interval is not None and most is not None, "the config sets no liveness pings"
+    return interval.group(1), most.group(1)
 
 
 def _local(conf: str) -> Any:
