@@ -117,13 +117,21 @@ class ThreadRenewer:
         self._loop, self._task = asyncio.get_running_loop(), asyncio.current_task()
         if self._stop.is_set():
             return
-        nc = await asyncio.wait_for(self.connect(), self.leases.config.ttl * 2)
+        config = self.leases.config
+        # connected before the first renewal is due, or the caller renews on its own loop in time
+        nc = await asyncio.wait_for(self.connect(), config.renew_every)
         try:
-            kv = await nc.jetstream(timeout=self.leases.config.request_timeout).key_value(self.bucket)
-            mine = Leases(kv, self.leases.holder, self.leases.config)
+            kv = await asyncio.wait_for(
+                nc.jetstream(timeout=config.request_timeout).key_value(self.bucket), config.renew_every
+            )
+            mine = Leases(kv, self.leases.holder, config)
             await self._renew_forever(mine)
         finally:
-            await close_quietly(nc)
+            try:  # bounded: a cut-off link would hold a drain for nats-py's drain_timeout (30 s)
+                await asyncio.wait_for(close_quietly(nc), 1.0)
+            except TimeoutError:
+                with contextlib.suppress(TimeoutError):  # its socket goes with this thread's loop
+                    await asyncio.wait_for(nc.close(), 1.0)
 
     async def _renew_forever(self, mine: Leases) -> None:
         held, config = self.held, self.leases.config
