@@ -9,11 +9,12 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+import msgspec
 import pytest
 from support.journals import JournalFactory
 
 from entities.cart import Cart, CartState
-from runtime import CommandError, ErrorCode, Runtime, history, state_at
+from runtime import CommandError, Envelope, ErrorCode, Runtime, history, state_at
 from runtime.model.entity import model_of
 from runtime.model.kv_entity import STATE_DELETED, STATE_SET
 from runtime.model.sealing import is_sealed
@@ -126,6 +127,28 @@ async def test_recovery_without_snapshots_takes_the_newest_state(journal_factory
             assert (await rt.ask("cart_nosnap", "n", "get")).result == CartState({"pear": 2})
             repeat = await rt.ask("cart_nosnap", "n", "add_item", {"sku": "apple", "quantity": 1}, command_id="a3")
             assert repeat.duplicate and repeat.result == CartState({"apple": 4})  # an older change's reply
+
+
+async def test_recovery_decodes_only_the_newest_state(journal_factory: JournalFactory) -> None:
+    """An older stored state that no longer decodes is never read: no fold of past states."""
+    async with journal_factory.open() as journal:
+        stale = Envelope(
+            entity_type="cart_nosnap",
+            entity_id="old",
+            seq=1,
+            name=STATE_SET,
+            version=1,
+            payload=b'{"state": "not a cart state"}',
+            recorded_at=0,
+        )
+        await journal.append([stale], 0)
+        async with Runtime([Unsnapshotted], journal) as rt:
+            with pytest.raises(CommandError, match="cannot decode event cart_nosnap/old seq 1"):  # the only state
+                await rt.ask("cart_nosnap", "old", "get")
+        fresh = msgspec.structs.replace(stale, seq=2, payload=b'{"state": {"items": {"fig": 1}}}')
+        await journal.append([fresh], 1)
+        async with Runtime([Unsnapshotted], journal) as rt:
+            assert (await rt.ask("cart_nosnap", "old", "get")).result == CartState({"fig": 1})
 
 
 class SecretCart(Cart, name="secret_cart", encrypted=True):
