@@ -77,6 +77,7 @@ from ..journal import Journal
 from ..model.backoff import Backoff
 from ..model.envelope import Envelope
 from ..model.errors import JournalError, MemoirError
+from ..wire import tracing
 from ..wire.nats import AckInbox, PublishError, check_ack, watch
 from ..wire.nats import ensure_stream as ensure_stream_with
 from ..wire.protocol import H_POSITION, event_headers, event_subject, events_filter, stream_name
@@ -305,7 +306,11 @@ class Publisher:
             try:
                 # One deadline per batch, not per message: a timer per event costs more than the event.
                 with anyio.fail_after(self.ack_timeout + len(batch) / 1000):
-                    await self._publish(acks, inflight, batch)
+                    if tracing.tracer() is None:
+                        await self._publish(acks, inflight, batch)
+                    else:
+                        with _span(batch):
+                            await self._publish(acks, inflight, batch)
             except _RETRYABLE as exc:
                 failure = exc
                 tg.cancel_scope.cancel()
@@ -408,3 +413,10 @@ class Publisher:
         with anyio.fail_after(timeout):
             while await self.journal.read_all(self.checkpoint + 1, limit=1):
                 await anyio.sleep(0.01)
+
+
+def _span(batch: list[Envelope]) -> contextlib.AbstractContextManager[Any]:
+    """A traced publish: one span per read of the journal, linked to each event's trace (at most 128)."""
+    links = [link for env in batch[:128] if (link := tracing.event_link(env.correlation_id, env.key)) is not None]
+    attributes = {"memoir.events": len(batch), "memoir.from_position": batch[0].position}
+    return tracing.span("publish", kind=tracing.PRODUCER, attributes=attributes, links=links)

@@ -23,7 +23,7 @@ _UNKNOWN: Any = object()
 _tracer: Any = _UNKNOWN  # an opentelemetry Tracer, None when off; looked up once
 _OFF = contextlib.nullcontext()
 
-SERVER, CLIENT, CONSUMER, INTERNAL = "server", "client", "consumer", "internal"
+SERVER, CLIENT, PRODUCER, CONSUMER, INTERNAL = "server", "client", "producer", "consumer", "internal"
 _TRACE_ID = re.compile(r"[0-9a-f]{32}")
 
 
@@ -128,6 +128,17 @@ def event_parent(correlation_id: str | None, key: str) -> str | None:
     if correlation_id is None or not _TRACE_ID.fullmatch(correlation_id):
         return None
     return f"00-{correlation_id}-{event_span_id(key)}-01"
+
+
+def event_link(correlation_id: str | None, key: str) -> Any:
+    """A span context standing for the event `key` in its command's trace, to link to; or None."""
+    parent = event_parent(correlation_id, key)
+    if parent is None or tracer() is None:
+        return None
+    from opentelemetry.trace import SpanContext, TraceFlags
+
+    _, trace, span, _ = parent.split("-")
+    return SpanContext(int(trace, 16), int(span, 16), is_remote=True, trace_flags=TraceFlags(TraceFlags.SAMPLED))
 
 
 def event_span_id(key: str) -> str:

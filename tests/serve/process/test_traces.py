@@ -83,6 +83,8 @@ async def test_a_command_is_one_trace_from_the_client_to_the_entitys_turn(
     # each a trace of its own, linked to every turn it served
     batches = [s for s in spans if s["name"] == "journal batch sqlite" and turn["span"] in s["links"]]
     assert len(batches) == 2 and all(s["attributes"]["memoir.batch"] >= 1 for s in batches)
+    # the outbox's publish of it: a span per journal read, linked to each event in its trace
+    assert any(s["name"] == "publish" and event_span_id("post/p1/1") in s["links"] for s in spans)
     applied = by_name(spans, "apply posts_by_author Published")
     assert applied["trace"] == send["trace"] and applied["parent"] == event_span_id("post/p1/1")
     text = tree(spans, send["trace"])
