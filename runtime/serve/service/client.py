@@ -13,6 +13,11 @@ the runtime how long it waits (`Memoir-Timeout-Ms`), so a command still queued
 when the client gives up is dropped instead of running late. A bearer token
 (`Client(..., token=jwt)`, or `send(..., token=jwt)` for one command) goes in the
 `Authorization` header: the runtime verifies it and records its subject with the events.
+
+In a cluster the client follows the shard map (`shard_map.py`) and sends each command to
+its owner's own subject, so it takes no forwarding hop; a stale map costs a hop, and a
+member gone is forgotten and the command resent (same command id) to the shared subject.
+`Client(..., direct=False)` sends everything to the shared subject.
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ from ...wire.protocol import (
     command_subject,
     decode_answer,
 )
+from .shard_map import ShardMap
 
 _encoder = msgspec.json.Encoder()
 
@@ -60,6 +66,7 @@ class Client:
         prefix: str = "memoir",
         auth: NatsAuth | None = None,
         token: str | None = None,
+        direct: bool = True,
     ) -> None:
         if (nats_url is None) == (nc is None):
             raise ValueError("give exactly one of nats_url and nc")
@@ -69,16 +76,24 @@ class Client:
         self.nc = nc
         self._owns = nc is None
         self.prefix = check_prefix(prefix)
+        self.direct = direct
+        self.shard_map: ShardMap | None = None  # followed from `__aenter__` when `direct`
 
     async def __aenter__(self) -> Self:
         if self.nc is None:
             assert self.nats_url is not None
             self.nc = await connect(self.nats_url, auth=self.auth)
+        if self.direct:
+            self.shard_map = await ShardMap.follow(self.nc, self.prefix)
         return self
 
     async def __aexit__(
         self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
     ) -> None:
+        shard_map, self.shard_map = self.shard_map, None
+        if shard_map is not None:
+            with anyio.move_on_after(5, shield=True):
+                await shard_map.close()
         if self._owns and self.nc is not None:
             nc, self.nc = self.nc, None
             # Shielded: a client leaving a cancelled task group still closes its socket.
@@ -110,14 +125,35 @@ class Client:
             headers = {**(headers or {}), H_AUTHORIZATION: f"Bearer {bearer}"}
         subject, what = self.subject(entity_type, entity_id, command), f"{entity_type}/{entity_id} {command}"
         if tracing.tracer() is None:  # off: nothing more than this check
-            answer = await self.request(subject, payload, timeout=timeout, headers=headers, what=what)
+            answer = await self._routed(entity_type, entity_id, subject, payload, timeout, headers, what)
             return Reply(answer.result, answer.seq, answer.duplicate)
         attributes = {"memoir.entity_type": entity_type, "memoir.entity_id": entity_id, "memoir.command": command}
         with tracing.span(f"send {entity_type}.{command}", kind=tracing.CLIENT, attributes=attributes):
             if (parent := tracing.traceparent()) is not None:  # the member's spans continue this one
                 headers = {**(headers or {}), H_TRACEPARENT: parent}
-            answer = await self.request(subject, payload, timeout=timeout, headers=headers, what=what)
+            answer = await self._routed(entity_type, entity_id, subject, payload, timeout, headers, what)
         return Reply(answer.result, answer.seq, answer.duplicate)
+
+    async def _routed(
+        self,
+        entity_type: str,
+        entity_id: str,
+        subject: str,
+        payload: bytes,
+        timeout: float,
+        headers: dict[str, str] | None,
+        what: str,
+    ) -> Answer:
+        """To the owner's own subject where the map names one; a member gone is forgotten and the
+        command resent to the shared subject (same headers, so the same command id) at once."""
+        direct = None if self.shard_map is None else self.shard_map.subject(entity_type, entity_id, subject)
+        if direct is not None:
+            try:
+                return await self.request(direct, payload, timeout=timeout, headers=headers, what=what)
+            except NotServing:  # answered at once: nothing ran, nothing waited
+                assert self.shard_map is not None
+                self.shard_map.forget(direct)
+        return await self.request(subject, payload, timeout=timeout, headers=headers, what=what)
 
     async def request(
         self,

@@ -27,6 +27,12 @@ once the lease map names the next owner. Clients never see a hand-off. The loop 
 `forwarding.route`, which the member's own sender (consumers, timers, workflow steps)
 shares; a forward it sends is marked `Memoir-Inside` and run here without a caller.
 
+A member also serves `{prefix}.cmd.@{member}.…`, its own copy of the command subjects, where
+Memoir's clients that follow the shard map send (`shard_map.py`): most commands then take no
+hop. It is served as a client's command (a stale map's is routed like any other). The shared
+subscription leaves those four-token subjects out (`cmd.*`, `cmd.*.*`, `cmd.*.*.*`,
+`cmd.*.*.*.*.>`), so one addressed to a member gone gets "no responders" at once.
+
 What another NATS client can send is bounded before it costs memory: a payload over
 `max_payload` is answered `invalid` on arrival, never queued; the queue holds at most
 `max_queued_bytes` of payloads (then `overloaded`), and nats-py's buffer in front of it as
@@ -82,11 +88,14 @@ from ...wire.protocol import (
 from .auth import Verifier
 from .command_log import CommandLog
 from .forwarding import FORWARD_TIMEOUT, H_HOPS, H_INSIDE, MAX_HOPS, Forwards, Router, forward_subject, route
+from .shard_map import DIRECT_MARK
 
 log = structlog.get_logger("memoir.transport")
 
 _AT_CAPACITY = encode_error(CommandError(ErrorCode.OVERLOADED, "the runtime is at capacity"))
 _UNDECODABLE = encode_error(CommandError(ErrorCode.INVALID, "subject is not valid UTF-8"))
+
+_SHARED = ("*", "*.*", "*.*.*", "*.*.*.*.>")  # `cmd.…` with any token count but the direct subjects' 4
 
 Observer = Callable[[str, str, str, float], None]
 """Called after each command: (entity type, command, outcome code or "ok", seconds)."""
@@ -124,9 +133,10 @@ class NatsDoor:
         self.forwards = Forwards()
         self._prefix_tokens = len(prefix.split("."))
         self._fwd_prefix = f"{prefix}.fwd."
+        self._direct_prefix = f"{prefix}.cmd.{DIRECT_MARK}"
         self._queue: asyncio.Queue[tuple[Msg, float] | None] = asyncio.Queue(backlog)
         self._closed = False
-        self._sub: Any = None
+        self._sub: list[Any] | None = None
         self._fwd_sub: Any = None
         self.served = 0
         self.command_log: CommandLog | None = None  # a line per command (`memoir run --log-commands`)
@@ -138,7 +148,12 @@ class NatsDoor:
                 tg.start_soon(self._worker)
             if self.router is not None:  # before the shared subject: forwards may come as soon as we are seen
                 self._fwd_sub = await self._subscribe(self._fwd_subject(self.router.member) + ".>", "")
-            self._sub = await self._subscribe(f"{self.prefix}.cmd.>", self.queue)
+                subs = [await self._subscribe(f"{self._direct_prefix}{self.router.member}.>", "")]
+                # not `cmd.>`: the direct subjects (4 tokens) must reach their member alone
+                subs += [await self._subscribe(f"{self.prefix}.cmd.{s}", self.queue) for s in _SHARED]
+                self._sub = subs
+            else:
+                self._sub = [await self._subscribe(f"{self.prefix}.cmd.>", self.queue)]
             task_status.started()
 
     async def _subscribe(self, subject: str, queue: str) -> Any:
@@ -173,8 +188,8 @@ class NatsDoor:
         In a cluster this comes first on the way out: the shards are handed off next, and
         members that still see this one as an owner keep forwarding to it until they do.
         """
-        sub, self._sub = self._sub, None
-        if sub is not None:
+        subs, self._sub = self._sub or [], None
+        for sub in subs:
             with contextlib.suppress(NatsError):
                 await sub.drain()  # unsubscribe would drop what nats-py holds but has not handed us yet
 
@@ -234,6 +249,8 @@ class NatsDoor:
 
     def _command_subject(self, msg: Msg) -> tuple[str, int]:
         """The command subject, and how many members forwarded it so far (0 from a client)."""
+        if msg.subject.startswith(self._direct_prefix):  # `{prefix}.cmd.@{member}.…` -> `{prefix}.cmd.…`
+            return f"{self.prefix}.cmd." + msg.subject[len(self._direct_prefix) :].split(".", 1)[-1], 0
         if not msg.subject.startswith(self._fwd_prefix):
             return msg.subject, 0
         # `{prefix}.fwd.{member}.cmd.…` -> `{prefix}.cmd.…`
