@@ -15,8 +15,8 @@ Recovery is O(1) in the entity's history: a snapshot every 16 changes (`snapshot
 off the command path) bounds what the journal hands back to the last snapshot and the few
 changes after it, and of those only the newest is decoded (`EntityModel.last_wins`), never
 a fold of past states. Not a snapshot on every change: the saver then competes with the
-command path for the journal and, behind, drops most of them (benchmarks/kv_entities.py
-measured it at half the commands/s of an event-sourced entity on PostgreSQL). A delete
+command path for the journal and, once behind, drops most of them (benchmarks/kv_entities.py
+measures both against an event-sourced entity). A delete
 stores `StateDeleted`: the state is `initial` again and the entity takes commands
 afterwards (unlike an event-sourced tombstone).
 
@@ -25,6 +25,8 @@ state decodes to its type and two key-value sources of one view stay apart); han
 name them through the generic `StateSet[CartState]` or the plain classes.
 """
 
+# No `from __future__ import annotations` here: msgspec resolves `state: S` of the generated
+# subclasses in their own (the user's) module, where `S` is not defined; a real TypeVar needs none.
 import sys
 import types
 import typing
