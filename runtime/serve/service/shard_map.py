@@ -23,6 +23,7 @@ import structlog
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
+from nats.errors import NoRespondersError
 from nats.js.api import DeliverPolicy
 
 from .cluster.allocation import decode
@@ -105,3 +106,24 @@ class ShardMap:
         member = direct[len(self.prefix) + len(".cmd.") + len(DIRECT_MARK) :].split(".", 1)[0]
         self.gone.add(member)
         self.fallbacks += 1
+
+
+async def request_owner(
+    nc: NATS,
+    owner: str | None,
+    prefix: str,
+    subject: str,
+    payload: bytes,
+    *,
+    timeout: float,
+    headers: dict[str, str] | None,
+) -> Msg:
+    """A command request to `owner`'s own subject (None: the shared one), for a front door inside a
+    member (the HTTP gateway, whose member's router names the owner); the shared subject when the
+    owner has gone (nobody answered, nothing ran)."""
+    if owner is not None:
+        try:
+            return await nc.request(direct_subject(prefix, owner, subject), payload, timeout=timeout, headers=headers)
+        except NoRespondersError:
+            pass
+    return await nc.request(subject, payload, timeout=timeout, headers=headers)

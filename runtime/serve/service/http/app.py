@@ -48,6 +48,7 @@ from ....wire.protocol import (
 )
 from .._service import Service
 from ..journal_reader import JournalReader, key_ring
+from ..shard_map import request_owner
 from .asgi import Headers, Receive, Scope, Send, header
 from .guard import Access, check_json
 from .idempotency import IdempotencyKeys
@@ -200,7 +201,7 @@ class HttpApi:
     def _entity(self, entity_type: str, raw_id: str) -> tuple[EntityModel, str]:
         return self.model(entity_type), check_entity_id(segment(raw_id, "entity id"))
 
-    # -- commands: a NATS request, as any client sends it --------------------------------------------
+    # -- commands: a NATS request, as any client sends it (to the owner's own subject in a cluster) ---------
 
     async def _command(self, scope: Scope, receive: Receive, entity_type: str, raw_id: str, command: str) -> Answer:
         _, entity_id = self._entity(entity_type, raw_id)
@@ -222,7 +223,8 @@ class HttpApi:
             claim = await self.keys.claim(entity_type, entity_id, command_id, command, body)
         subject = command_subject(self.prefix, entity_type, entity_id, command)
         try:
-            msg = await self.nc.request(subject, body, timeout=timeout, headers=nats_headers)
+            owner = None if self.service.router is None else self.service.router.owner(entity_type, entity_id)
+            msg = await request_owner(self.nc, owner, self.prefix, subject, body, timeout=timeout, headers=nats_headers)
         except NoRespondersError:
             raise HttpError(ErrorCode.UNAVAILABLE, f"no Memoir runtime is serving {subject} now; retry") from None
         except NatsTimeoutError:
