@@ -140,8 +140,9 @@ class Actor:
                     before = self.seq
                     reply = await self._turn(host, spec, args, meta)
                     # the events it stored, by key: the spans reacting to them name them as parents
-                    keys = [f"{self.model.type_name}/{self.entity_id}/{s}" for s in range(before + 1, self.seq + 1)]
-                    span.set_attribute("memoir.events", keys)
+                    if span.is_recording():
+                        keys = [f"{self.model.type_name}/{self.entity_id}/{s}" for s in range(before + 1, self.seq + 1)]
+                        span.set_attribute("memoir.events", keys)
                     return reply
         finally:
             self.queued -= 1

@@ -13,6 +13,7 @@ Context crosses processes as a W3C `traceparent` header on NATS messages (`H_TRA
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import os
 import re
@@ -83,9 +84,8 @@ def _started(
     t: Any, name: str, kind: str, parent: str | None, attributes: Mapping[str, Any] | None, links: list[Any] | None
 ) -> Iterator[Any]:
     from opentelemetry.trace import Link, SpanKind
-    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-    context = None if parent is None else TraceContextTextMapPropagator().extract({"traceparent": parent})
+    context = None if parent is None else _propagator().extract({"traceparent": parent})
     with t.start_as_current_span(
         name,
         context=context,
@@ -110,10 +110,8 @@ def traceparent() -> str | None:
     """The current span as a W3C `traceparent`, for a message's headers; None when off or outside a span."""
     if tracer() is None:
         return None
-    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
-
     carrier: dict[str, str] = {}
-    TraceContextTextMapPropagator().inject(carrier)
+    _propagator().inject(carrier)
     return carrier.get("traceparent")
 
 
@@ -127,13 +125,32 @@ def event_parent(correlation_id: str | None, key: str) -> str | None:
     """
     if correlation_id is None or not _TRACE_ID.fullmatch(correlation_id):
         return None
-    return f"00-{correlation_id}-{event_span_id(key)}-01"
+    return f"00-{correlation_id}-{event_span_id(key)}-{'01' if _sampled(correlation_id) else '00'}"
+
+
+def _sampled(trace_id: str) -> bool:
+    """Whether this process's sampler samples the trace `trace_id` at its root: what the command's
+    first member decided, with the same ratio (a ratio sampler decides by the trace id alone), so
+    1 % of commands means 1 % of their reactions too, not all of them."""
+    sampler = getattr(tracer(), "sampler", None)
+    if sampler is None:
+        return True
+    from opentelemetry.sdk.trace.sampling import Decision
+
+    return bool(sampler.should_sample(None, int(trace_id, 16), "event").decision == Decision.RECORD_AND_SAMPLE)
+
+
+@functools.cache
+def _propagator() -> Any:
+    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+    return TraceContextTextMapPropagator()
 
 
 def event_link(correlation_id: str | None, key: str) -> Any:
     """A span context standing for the event `key` in its command's trace, to link to; or None."""
     parent = event_parent(correlation_id, key)
-    if parent is None or tracer() is None:
+    if parent is None or tracer() is None or parent.endswith("-00"):
         return None
     from opentelemetry.trace import SpanContext, TraceFlags
 
