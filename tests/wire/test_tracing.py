@@ -69,3 +69,18 @@ def test_only_the_otel_variables_that_ask_for_traces_install_the_sdk(env: dict[s
 def test_a_provider_in_use_is_kept(exporter: InMemorySpanExporter) -> None:
     assert tracing.configure_from_env({"OTEL_TRACES_EXPORTER": "otlp"}) is False
     assert tracing.tracer() is not None
+
+
+def test_an_events_reactions_are_sampled_as_its_command_was() -> None:
+    from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+
+    trace = "4bf92f3577b34da6a3ce929d0e0e4736"
+    for ratio, flag in ((0.0, "00"), (1.0, "01")):
+        tracing.use(TracerProvider(sampler=ParentBased(TraceIdRatioBased(ratio))))
+        try:
+            parent = tracing.event_parent(trace, "post/p1/1")
+            assert parent == f"00-{trace}-{tracing.event_span_id('post/p1/1')}-{flag}"
+            assert (tracing.event_link(trace, "post/p1/1") is None) == (flag == "00")
+            assert tracing.event_parent("not-a-trace-id", "post/p1/1") is None
+        finally:
+            tracing.reset()
