@@ -116,6 +116,7 @@ H_BATCH_ID = "Nats-Batch-Id"
 H_BATCH_SEQ = "Nats-Batch-Sequence"
 H_BATCH_COMMIT = "Nats-Batch-Commit"
 WRONG_LAST_SEQUENCE = 10071
+RECOVER_ATTEMPTS = 5  # reads of an entity that another writer is still changing, before `unavailable`
 BATCH_DUPLICATE = 10201
 
 
@@ -775,13 +776,27 @@ class JetStreamJournal(Journal):
         await self._checkpoints.put(name, str(position).encode())
 
     async def recover(self, entity_type: str, entity_id: str) -> Recovery:
+        """The entity's snapshot and events, and a head that is the last event read.
+
+        The events are read first and the head (what the next append expects) after: a write that
+        lands in between — another member that owned the entity a moment ago, still finishing its
+        turn — would otherwise give a head past the events, and the next append would pass the
+        server's check on state that misses that write. So the two must agree, or it reads again.
+        """
         key = (entity_type, entity_id)
-        meta = await self._load_meta(key)
-        if meta.deleted:
-            return Recovery(None, [], meta.floor, deleted=True)
-        found = await self._latest_snapshot(key, None)
-        snapshot, start = (found[0], found[1] + 1) if found else (None, 1)
-        events = await self._read(entity_type, entity_id, (snapshot.seq + 1) if snapshot else 1, None, None, start)
-        self._last.pop(key, None)
-        _, head = await self._expectation(key)
-        return Recovery(snapshot, events, head)
+        for _ in range(RECOVER_ATTEMPTS):
+            meta = await self._load_meta(key)
+            if meta.deleted:
+                return Recovery(None, [], meta.floor, deleted=True)
+            found = await self._latest_snapshot(key, None)
+            snapshot, start = (found[0], found[1] + 1) if found else (None, 1)
+            events = await self._read(entity_type, entity_id, (snapshot.seq + 1) if snapshot else 1, None, None, start)
+            self._last.pop(key, None)
+            _, head = await self._expectation(key)
+            read = events[-1].seq if events else snapshot.seq if snapshot else 0
+            if head == max(meta.floor, read):
+                return Recovery(snapshot, events, head)
+            self._last.pop(key, None)  # written while we read: read it all again
+        raise Unavailable(
+            "entity busy", f"{entity_type}/{entity_id} kept changing while it was read ({RECOVER_ATTEMPTS} attempts)"
+        )

@@ -199,3 +199,33 @@ async def test_stored_messages_carry_no_position_header_their_sequence_is_the_po
             ("x", 2, 2),
             ("y", 1, 3),
         ]
+
+
+async def test_recovery_never_pairs_a_head_with_events_that_miss_a_write(tmp_path: Path) -> None:
+    """A write that lands while an entity is read (the member that owned it a moment ago finishing
+    its turn) must not give a head past the events read: the next append would then pass the
+    server's check on a state that misses that write (seen in the fault tests: a reply of 74 for
+    the event at seq 75). The interleaving is forced: `two` appends right after `one` read."""
+    async with (
+        EmbeddedNats(tmp_path / "n", sync="always") as server,
+        JetStreamJournal(server.url) as one,
+        JetStreamJournal(server.url) as two,
+    ):
+        for seq in (1, 2):
+            await two.append([ev("x", seq)], seq - 1)
+        read = one._read
+        interleaved = False
+
+        async def read_then_another_writes(*args: object) -> list[Envelope]:
+            nonlocal interleaved
+            events = await read(*args)  # type: ignore[arg-type]
+            if not interleaved:
+                interleaved = True
+                await two.append([ev("x", 3)], 2)
+            return events
+
+        one._read = read_then_another_writes  # type: ignore[method-assign]
+        recovery = await one.recover("thing", "x")
+        assert interleaved
+        assert [e.seq for e in recovery.events] == [1, 2, 3]  # read again, whole
+        assert recovery.head == 3
