@@ -3,19 +3,31 @@ the forwarding hop's cost, and failover time (SIGKILL → every entity answers a
 
 Baseline in the same run: one plain `memoir run` (no cluster: no routing, no leases) on the same
 journal and NATS server. The client processes and the load are those of nats_commands.py.
+
+`--capped` (the scaling measurement that does not depend on the machine's cores): 1, then 2, then
+3 members, each in a cgroup of its own capped at a quarter of a core from its first instruction
+(`_cgroup.py`: v1 or v2, whichever is writable; it says which, or that neither is), under the
+same load from uncapped client processes using Memoir's `Client` (it follows the shard map).
+Each phase has a fresh prefix and schema; it measures the members idle (cgroup CPU use over a
+few seconds), then under load: commands/s, KV writes/s (the buckets' stream sequences),
+forwarded share and lease losses (the members' metrics) and each member's CPU per command.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
+from typing import Any
 
 import _common as c  # puts the repository on sys.path
 import anyio
 import nats_commands as load
+from _cgroup import Caps
 
 from runtime.serve.service.embedded_nats import find_binary, free_port
 
@@ -84,9 +96,220 @@ async def _drop_schema(pg: str, schema: str) -> None:
         await conn.close()
 
 
+# -- capped mode: members in CPU-capped cgroups, 1, 2 and 3 of them under the same load ------------
+
+CAP = 0.25  # of a core, per member
+IDLE_S = 3.0
+
+
+def client_main(url: str, prefix: str, seconds: float, seed: int) -> None:
+    """One load process: Memoir's `Client` (it follows the shard map), INFLIGHT in flight."""
+    from runtime import Client, CommandError
+
+    async def go() -> None:
+        done = errors = 0
+        deadline = time.perf_counter() + seconds
+        started = time.perf_counter()
+        async with Client(url, prefix=prefix) as client:
+
+            async def worker(w: int) -> None:
+                nonlocal done, errors
+                i = w
+                while time.perf_counter() < deadline:
+                    i += load.INFLIGHT
+                    try:
+                        await client.send("inventory", f"SKU-{seed}-{i % 500}", "receive", load.PAYLOAD, timeout=10)
+                        done += 1
+                    except (CommandError, TimeoutError):
+                        errors += 1
+
+            async with anyio.create_task_group() as tg:
+                for w in range(load.INFLIGHT):
+                    tg.start_soon(worker, w)
+        took, cpu = time.perf_counter() - started, time.process_time()
+        print(json.dumps({"done": done, "errors": errors, "seconds": took, "cpu_s": cpu}), flush=True)
+
+    c.run(go)
+
+
+def _load(url: str, prefix: str, seconds: float) -> dict[str, float]:
+    argv = [sys.executable, __file__, "--client", url, prefix, str(seconds)]
+    procs = [subprocess.Popen([*argv, str(k)], stdout=subprocess.PIPE, text=True) for k in range(load.CLIENTS)]
+    results = [json.loads(p.communicate()[0].strip().splitlines()[-1]) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [p.returncode for p in procs]
+    done = sum(r["done"] for r in results)
+    errors, took = sum(r["errors"] for r in results), max(r["seconds"] for r in results)
+    clients_cores = sum(r["cpu_s"] for r in results) / took  # includes their start: an upper bound
+    return {"done": done, "per_s": done / took, "errors": errors, "clients_cores": clients_cores}
+
+
+def _machine_busy() -> tuple[float, float]:
+    """(busy, total) jiffies of every CPU so far (/proc/stat), to tell a saturated machine."""
+    fields = [float(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    return sum(fields) - idle, sum(fields)
+
+
+def _metrics(port: int) -> dict[str, float]:
+    """The sums this benchmark needs from one member's Prometheus text."""
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    out = {"commands": 0.0, "forwards": 0.0, "losses": 0.0}
+    names = {"memoir_commands_total": "commands", "memoir_cluster_forwards": "forwards"}
+    names["memoir_cluster_lease_losses"] = "losses"
+    for row in text.splitlines():
+        name = row.split("{", 1)[0].split(" ", 1)[0]
+        if name in names:
+            out[names[name]] += float(row.rsplit(" ", 1)[1])
+    return out
+
+
+async def _kv_messages(url: str, prefix: str) -> int:
+    """Messages ever written to the cluster's KV buckets (their streams' last sequence)."""
+    from runtime.wire.nats import close_quietly, connect
+
+    nc = await connect(url)
+    try:
+        js = nc.jetstream()
+        total = 0
+        for what in ("leases", "members"):
+            total += (await js.stream_info(f"KV_{prefix}_{what}")).state.last_seq
+        return total
+    finally:
+        await close_quietly(nc)
+
+
+def _phase(caps: Caps, url: str, journal_base: str | None, d: Path, n: int, seconds: float) -> dict[str, Any]:
+    """n capped members on a fresh prefix (and schema): idle CPU, then the load; all stopped, exit 0."""
+    prefix = f"cap{n}x{os.getpid() % 10000}"
+    journal = f"{journal_base}?schema={prefix}" if journal_base else f"{url}?prefix={prefix}"
+    ports = [free_port() for _ in range(n)]
+    groups = [caps.make(f"memoir-bench-{os.getpid()}-{n}-{i}", CAP) for i in range(n)]
+    procs: list[subprocess.Popen[str]] = []
+    out: dict[str, Any] = {}
+    try:
+        for i in range(n):
+            argv = [sys.executable, "-m", "runtime.serve.cli", "run", "--nats-url", url, "--journal", journal]
+            argv += ["--data-dir", str(d / f"{prefix}-{i}"), "--prefix", prefix, "--log-format", "json"]
+            argv += ["--log-level", "warning", "--cluster", "--lease-ttl", str(LEASE_TTL)]
+            argv += ["--metrics-port", str(ports[i])]
+            env = {**os.environ, "PYTHONPATH": str(c.ROOT)}
+            procs.append(load.start(caps.wrap(groups[i], argv), "memoir: serving", env))
+        c.run(_members, url, prefix, n)
+        before = [caps.usage_us(g) for g in groups]
+        time.sleep(IDLE_S)  # the measurement window: nothing is sent
+        idle = [(caps.usage_us(g) - b) / (IDLE_S * 1e6) * 100 for g, b in zip(groups, before, strict=True)]
+        _load(url, prefix, 1.0)  # warm up: activations, the clients' shard maps
+        kv0 = c.run(_kv_messages, url, prefix)
+        m0 = [_metrics(p) for p in ports]
+        cpu0 = [caps.usage_us(g) for g in groups]
+        t0, busy0 = time.perf_counter(), _machine_busy()
+        result = _load(url, prefix, seconds)
+        took, busy1 = time.perf_counter() - t0, _machine_busy()
+        cpu = [caps.usage_us(g) - u for g, u in zip(groups, cpu0, strict=True)]
+        m1 = [_metrics(p) for p in ports]
+        kv = c.run(_kv_messages, url, prefix) - kv0
+        served = [b["commands"] - a["commands"] for a, b in zip(m0, m1, strict=True)]
+        forwards = sum(b["forwards"] - a["forwards"] for a, b in zip(m0, m1, strict=True))
+        out = {
+            "per_s": result["per_s"],
+            "errors": result["errors"],
+            "idle_cpu_pct": max(idle),
+            "kv_writes_per_s": kv / took,
+            "forwarded_share": forwards / max(1.0, result["done"]),
+            "ownership_losses": sum(m["losses"] for m in m1),
+            "cpu_us_per_command": [round(u / max(1.0, s)) for u, s in zip(cpu, served, strict=True)],
+            "clients_cores": round(result["clients_cores"], 2),
+            "machine_busy_pct": round(100 * (busy1[0] - busy0[0]) / max(1.0, busy1[1] - busy0[1])),
+            "throttled_pct": [round(caps.throttled_pct(g)) for g in groups] if caps.version == "v1" else [],
+        }
+    finally:
+        statuses = []
+        for proc in procs:
+            proc.terminate()
+            statuses.append(proc.wait(60))
+        out["exit_statuses"] = statuses
+        caps.cleanup()
+        if journal_base:
+            c.run(_drop_schema, journal_base, prefix)
+    return out
+
+
+def capped(quick: bool) -> None:
+    caps = Caps.find()
+    if isinstance(caps, str):
+        print(f"cluster --capped: {caps}", flush=True)
+        c.finish({"capped": False, "cgroup": caps})
+        return
+    seconds = 4.0 if quick else 10.0
+    pg = _postgres_url()
+    print(f"cluster --capped: members at {CAP:g} core each, {caps.what}", flush=True)
+    print(
+        f"  load: {load.CLIENTS} client processes (uncapped) x {load.INFLIGHT} in flight, Memoir's Client", flush=True
+    )
+    print(f"  journal: {'PostgreSQL' if pg else 'JetStream'}; {seconds:g}s of load per phase", flush=True)
+    phases: dict[int, dict[str, Any]] = {}
+    with c.scratch_dir() as d:
+        port = free_port()
+        server = subprocess.Popen(
+            [find_binary(), "-js", "-a", "127.0.0.1", "-p", str(port), "-sd", str(d / "js")],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        url = f"nats://127.0.0.1:{port}"
+        time.sleep(0.5)
+        try:
+            for n in (1, 2, 3):
+                phases[n] = _phase(caps, url, pg, d, n, seconds)
+                print(f"  {n} member(s): {json.dumps(phases[n])}", flush=True)
+        finally:
+            caps.cleanup()
+            server.terminate()
+            server.wait(10)
+    per_s = {n: p["per_s"] for n, p in phases.items()}
+    fields: dict[str, Any] = {
+        "capped": True,
+        "cgroup": caps.version,
+        "cap_cores": CAP,
+        "journal": "postgres" if pg else "nats",
+        "per_s_1": per_s[1],
+        "per_s_2": per_s[2],
+        "per_s_3": per_s[3],
+        "scaling_2": per_s[2] / per_s[1],
+        "scaling_3": per_s[3] / per_s[1],
+        "idle_cpu_pct": max(p["idle_cpu_pct"] for p in phases.values()),
+        "kv_writes_per_s": phases[3]["kv_writes_per_s"],
+        "forwarded_share": max(p["forwarded_share"] for p in phases.values()),
+        "ownership_losses": sum(p["ownership_losses"] for p in phases.values()),
+        "cpu_us_per_command_1": phases[1]["cpu_us_per_command"],
+        "cpu_us_per_command_2": phases[2]["cpu_us_per_command"],
+        "cpu_us_per_command_3": phases[3]["cpu_us_per_command"],
+        "throttled_pct_3": phases[3]["throttled_pct"],
+        "machine_busy_pct": [phases[n]["machine_busy_pct"] for n in (1, 2, 3)],
+        "clients_cores": [phases[n]["clients_cores"] for n in (1, 2, 3)],
+        "errors": sum(p["errors"] for p in phases.values()),
+        "exit_statuses": [s for p in phases.values() for s in p["exit_statuses"]],
+    }
+    c.goal("scaling_2", fields["scaling_2"], ">=", 1.8)
+    c.goal("scaling_3", fields["scaling_3"], ">=", 2.6)
+    c.goal("idle_cpu_pct", fields["idle_cpu_pct"], "<=", 1)
+    c.goal("ownership_losses", fields["ownership_losses"], "<=", 0)
+    c.goal("forwarded_share", fields["forwarded_share"], "<=", 0.05)
+    c.finish(fields)
+
+
 def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "--client":
+        client_main(sys.argv[2], sys.argv[3], float(sys.argv[4]), int(sys.argv[5]))
+        return
     p = c.parser(__doc__.splitlines()[0])
+    p.add_argument("--capped", action="store_true", help="members in CPU-capped cgroups: 1, 2, 3 of them")
     args = c.parse(p)
+    if args.capped:
+        capped(args.quick)
+        return
     seconds = 4.0 if args.quick else 12.0
     pg = _postgres_url()
     print(f"cluster: {load.CLIENTS} client processes x {load.INFLIGHT} in flight, {seconds:g}s per phase", flush=True)
