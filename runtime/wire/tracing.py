@@ -74,8 +74,8 @@ def span(
     """A span named `name` around a block (the current one's child, or `parent`'s: a traceparent),
     linked to the span contexts in `links` (what `current()` gave)."""
     t = tracer()
-    if t is None:
-        return _OFF
+    if t is None or (parent is not None and parent.endswith("-00")):
+        return _OFF  # off, or continuing a trace nobody records: nothing to make
     return _started(t, name, kind, parent, attributes, links)
 
 
