@@ -24,6 +24,7 @@ from .._service import Service
 from ..auth import StaticToken, Verifier
 from ..specs.openapi import openapi
 from .app import BODY_TIMEOUT_S, HttpApi
+from .console import Console
 from .guard import Access, origin_guard
 from .idempotency import IdempotencyKeys
 from .sse import tail
@@ -34,7 +35,7 @@ if TYPE_CHECKING:
 log = structlog.get_logger("memoir.http")
 
 GRACE_S = 5  # seconds in-flight requests get to finish on shutdown
-RESERVED = ("events", "views", "openapi.json")  # first path segments that are not entity types
+RESERVED = ("events", "views", "openapi.json", "ui")  # first path segments that are not entity types
 
 
 def _server(config: uvicorn.Config) -> uvicorn.Server:
@@ -109,8 +110,9 @@ class HttpGateway:
 
         from .protocol import head_timeout_protocol
 
+        self.console = Console(self.api)  # /ui: the web console, outside the Origin guard (it checks its own)
         config = Config(
-            origin_guard(self.api, cors_origins),
+            self.console.mount(origin_guard(self.api, cors_origins)),
             http=head_timeout_protocol(head_timeout),  # httptools, with a deadline for request heads
             ws="none",
             lifespan="off",
