@@ -136,11 +136,11 @@ class Actor:
                 if tracing.tracer() is None:
                     return await self._turn(host, spec, args, meta)
                 attributes = {"memoir.entity_id": self.entity_id, "memoir.command": spec.name}
-                with tracing.span(f"turn {self.model.type_name}.{spec.name}", attributes=attributes) as span:
+                with tracing.child(f"turn {self.model.type_name}.{spec.name}", attributes=attributes) as span:
                     before = self.seq
                     reply = await self._turn(host, spec, args, meta)
                     # the events it stored, by key: the spans reacting to them name them as parents
-                    if span.is_recording():
+                    if span is not None:
                         keys = [f"{self.model.type_name}/{self.entity_id}/{s}" for s in range(before + 1, self.seq + 1)]
                         span.set_attribute("memoir.events", keys)
                     return reply

@@ -100,6 +100,8 @@ class Batcher(Generic[Req, Res]):
         if not self._traced:
             return _UNTRACED
         links = [ctx for _, fut in batch if (ctx := self._links.pop(id(fut), None)) is not None]
+        if not links:  # it served no recorded turn: no trace wants it
+            return _UNTRACED
         attributes = {"memoir.batch": len(batch), "memoir.journal": self._name}
         return tracing.span(f"journal batch {self._name}", attributes=attributes, links=links)
 

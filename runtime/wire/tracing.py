@@ -17,7 +17,7 @@ import functools
 import hashlib
 import os
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 _UNKNOWN: Any = object()
@@ -76,24 +76,33 @@ def span(
     t = tracer()
     if t is None or (parent is not None and parent.endswith("-00")):
         return _OFF  # off, or continuing a trace nobody records: nothing to make
-    return _started(t, name, kind, parent, attributes, links)
-
-
-@contextlib.contextmanager
-def _started(
-    t: Any, name: str, kind: str, parent: str | None, attributes: Mapping[str, Any] | None, links: list[Any] | None
-) -> Iterator[Any]:
-    from opentelemetry.trace import Link, SpanKind
-
+    api = _api()
     context = None if parent is None else _propagator().extract({"traceparent": parent})
-    with t.start_as_current_span(
+    return t.start_as_current_span(  # type: ignore[no-any-return]
         name,
         context=context,
-        kind=SpanKind[kind.upper()],
-        attributes=dict(attributes or {}),
-        links=[Link(c) for c in links or ()],
-    ) as current:
-        yield current
+        kind=api.kinds[kind],
+        attributes=attributes,
+        links=[api.Link(c) for c in links] if links else None,
+    )
+
+
+def child(
+    name: str, attributes: Mapping[str, Any] | None = None, links: list[Any] | None = None
+) -> contextlib.AbstractContextManager[Any]:
+    """`span` only inside a recorded span (else the no-op): a part of a traced whole, never a root."""
+    return _OFF if current() is None else span(name, attributes=attributes, links=links)
+
+
+@functools.cache
+def _api() -> Any:
+    """The OpenTelemetry names the spans use, imported once (the package is optional)."""
+    from types import SimpleNamespace
+
+    from opentelemetry.trace import Link, SpanKind, Status, StatusCode
+
+    kinds = {k: SpanKind[k.upper()] for k in (SERVER, CLIENT, PRODUCER, CONSUMER, INTERNAL)}
+    return SimpleNamespace(Link=Link, kinds=kinds, Status=Status, StatusCode=StatusCode)
 
 
 def current() -> Any:
@@ -107,8 +116,9 @@ def current() -> Any:
 
 
 def traceparent() -> str | None:
-    """The current span as a W3C `traceparent`, for a message's headers; None when off or outside a span."""
-    if tracer() is None:
+    """The current span as a W3C `traceparent`, for a message's headers; None when off or outside a
+    recorded span (an unsampled command's reactions record nothing either)."""
+    if current() is None:
         return None
     carrier: dict[str, str] = {}
     _propagator().inject(carrier)
@@ -166,13 +176,12 @@ def event_span_id(key: str) -> str:
 
 def set_outcome(current: Any, outcome: str) -> None:
     """Record a command's outcome code on its span (an error status unless `ok`)."""
-    if current is None:
+    if current is None or not current.is_recording():
         return
-    from opentelemetry.trace import Status, StatusCode
-
     current.set_attribute("memoir.outcome", outcome)
     if outcome != "ok":
-        current.set_status(Status(StatusCode.ERROR, outcome))
+        api = _api()
+        current.set_status(api.Status(api.StatusCode.ERROR, outcome))
 
 
 def configure_from_env(env: Mapping[str, str] | None = None) -> bool:
