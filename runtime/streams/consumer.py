@@ -207,12 +207,7 @@ class ConsumerRunner(StreamRunner):
         """
         if tracing.tracer() is None:
             return await self._react(env)
-        with tracing.span(
-            f"consume {self.consumer.name} {env.name}",
-            kind=tracing.CONSUMER,
-            parent=tracing.event_parent(env.correlation_id, env.key),
-            attributes={"memoir.event": env.key},
-        ):
+        with tracing.reaction(f"consume {self.consumer.name} {env.name}", env.correlation_id, env.key):
             return await self._react(env)
 
     async def _react(self, env: Envelope) -> bool:

@@ -390,9 +390,7 @@ class ViewRunner(StreamRunner):
         self.last_recorded_at = max(self.last_recorded_at, newest)
 
     def _span(self, env: Envelope) -> contextlib.AbstractContextManager[Any]:
-        parent = tracing.event_parent(env.correlation_id, env.key)
-        name = f"apply {self.view.name} {env.name}"
-        return tracing.span(name, kind=tracing.CONSUMER, parent=parent, attributes={"memoir.event": env.key})
+        return tracing.reaction(f"apply {self.view.name} {env.name}", env.correlation_id, env.key)
 
     # -- the stream path -------------------------------------------------------------------------
 

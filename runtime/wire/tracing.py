@@ -157,6 +157,15 @@ def _propagator() -> Any:
     return TraceContextTextMapPropagator()
 
 
+def reaction(name: str, correlation_id: str | None, key: str) -> contextlib.AbstractContextManager[Any]:
+    """A consumer-kind span for handling the event `key`, in its command's trace; the no-op when
+    that trace is not recorded (or the event has none): a reaction is never a trace's root."""
+    parent = event_parent(correlation_id, key)
+    if parent is None:
+        return _OFF
+    return span(name, kind=CONSUMER, parent=parent, attributes={"memoir.event": key})
+
+
 def event_link(correlation_id: str | None, key: str) -> Any:
     """A span context standing for the event `key` in its command's trace, to link to; or None."""
     parent = event_parent(correlation_id, key)
