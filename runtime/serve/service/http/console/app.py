@@ -22,7 +22,7 @@ from ..request import Query
 from ..sse import tail
 from . import auth
 from .entity import entity_page, history_row
-from .html import Html, esc, notice, page
+from .html import Html, esc, notice, page, url
 from .operations import (
     cluster_page,
     dead_letters_page,
@@ -137,8 +137,8 @@ class Console:
                 await respond(send, 303, b"", HTML, [(b"location", b"/ui/login"), (b"set-cookie", auth.clear_cookie())])
             case ["deadletters", "replay"] if method == "POST":
                 message = await replay(self, Params(await read_form(receive)).values)
-                title, body = await dead_letters_page(self, params, message)
-                await respond(send, 200, page(title, body, current="/ui/deadletters"), HTML)
+                where = url("/ui/deadletters", done=message).encode()  # post, redirect, get: a reload repeats nothing
+                await respond(send, 303, b"", HTML, [(b"location", where)])
             case ["views", name] if method == "GET":
                 title, body = await view_page(self, params, name)
                 await respond(send, 200, page(title, body, current="/ui/views"), HTML)

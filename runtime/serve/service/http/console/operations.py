@@ -133,7 +133,7 @@ async def workflows_page(console: Console, params: Params) -> tuple[str, Html]:
     retries = sum(1 for r in run.history if r.outcome == "failed")
     body = (
         form
-        + table(["", ""], summary, caption="Status")
+        + table(["field", "value"], summary, caption="Status")
         + f"<h2>Steps ({len(steps)}, {retries} failed attempts)</h2>"
         + table(["#", "step", "attempt", "outcome", "detail"], steps, caption="Step history, oldest first")
         + "<h2>Pending timers</h2>"
@@ -150,9 +150,10 @@ async def workflows_page(console: Console, params: Params) -> tuple[str, Html]:
 # -- dead letters -------------------------------------------------------------------------------------
 
 
-async def dead_letters_page(console: Console, params: Params, message: str = "") -> tuple[str, Html]:
+async def dead_letters_page(console: Console, params: Params) -> tuple[str, Html]:
     consumers = sorted(console.api.service.consumers)
-    parts: list[str] = [notice(message)] if message else []
+    done = params.text("done", "")[:200]
+    parts: list[str] = [notice(f"Last action: {done}")] if done else []
     if not consumers:
         parts.append(notice("This app has no consumers."))
     for name in consumers:
