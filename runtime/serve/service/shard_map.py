@@ -53,8 +53,11 @@ class ShardMap:
         self._sub: Any = None
 
     @classmethod
-    async def follow(cls, nc: NATS, prefix: str, timeout: float = 2.0) -> ShardMap | None:
-        """The map of the cluster serving `prefix`, kept current; None where there is none to follow."""
+    async def follow(cls, nc: NATS, prefix: str, timeout: float = 1.0) -> ShardMap | None:
+        """The map of the cluster serving `prefix`, kept current; None where there is none to follow.
+
+        A NATS user not allowed JetStream gets no answer at all (a permissions violation), so the
+        look-up is bounded by `timeout`: that long is what such a client's start costs."""
         bucket = f"{prefix}_leases"
         try:
             js = nc.jetstream(timeout=timeout)
