@@ -222,6 +222,8 @@ class _Doors:
             self.nats.command_log = CommandLog()
         port = settings.http_port
         self.http = None if port is None else HttpGateway(svc, port=port, host=settings.http_host)
+        if self.http is not None:
+            self.http.console.metrics = self.metrics  # the console shows this process's counters
 
     async def serve_metrics(self, side: TaskGroup) -> str:
         """The metrics endpoint in `side`, if asked for: its URL, or "off"."""

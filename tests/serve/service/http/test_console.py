@@ -223,10 +223,10 @@ def test_browse_a_view_and_run_its_query(page: Any, tmp_path: Path) -> None:
         result = page.locator("#query-result")
         expect(result).to_contain_text('"author":"ann"')
         assert '"author":"bob"' not in result.inner_text()
-        where = {"where": {"op": "=", "field": "author", "value": "bob"}}  # the example view indexes nothing
+        where = {"where": {"op": "=", "field": "nope", "value": 1}}  # a refused query is named, not a crash
         page.get_by_label("Query").fill(json.dumps(where))
         page.get_by_role("button", name="Run query").click()
-        expect(page.get_by_role("alert")).to_contain_text("field 'author' is not declared for queries")
+        expect(page.get_by_role("alert")).to_contain_text("field 'nope' is not declared for queries")
         screenshot(page, tmp_path, "view")
     finally:
         assert served.rt.stop() == 0
@@ -235,6 +235,8 @@ def test_browse_a_view_and_run_its_query(page: Any, tmp_path: Path) -> None:
 def test_the_cluster_and_the_metrics(page: Any, served: Served, tmp_path: Path) -> None:
     signed_in(page, served, "/ui/metrics")
     expect(page.get_by_role("table", name="Every sample /metrics serves")).to_contain_text("memoir_live_actors")
+    commands = page.locator(".card", has_text="Commands").locator(".n")
+    assert int(commands.inner_text()) >= len(SEED)  # this process's own counters: the seed's commands
     screenshot(page, tmp_path, "metrics")
     page.goto(served.url + "/ui/cluster")
     expect(page.get_by_text("This process runs alone (not a cluster member).")).to_be_visible()
