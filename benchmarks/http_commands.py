@@ -115,7 +115,8 @@ async def client(target: str, kind: str, seconds: float, seed: int) -> None:
         session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=INFLIGHT))
 
         async def one(i: int) -> bool:
-            async with session.post(f"{target}/inventory/H-{seed}-{i % 500}/receive", data=PAYLOAD) as r:
+            url = f"{target}/inventory/H-{seed}-{i % 500}/receive"
+            async with session.post(url, data=PAYLOAD, headers={"Content-Type": "application/json"}) as r:
                 await r.read()
                 return r.status == 200
 
@@ -208,7 +209,7 @@ def main() -> None:
     with c.scratch_dir() as d:
         run = [sys.executable, "-m", "runtime.serve.cli", "run", "--data-dir", str(d / "data")]
         runtime = start(
-            [*run, "--http-port", str(port), "--log-format", "json", "--log-level", "warning"],
+            [*run, "--http-port", str(port), "--http-insecure", "--log-format", "json", "--log-level", "warning"],
             "memoir: serving",
             env,
         )

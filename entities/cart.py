@@ -14,7 +14,10 @@ import msgspec
 
 from runtime import Effect, Envelope, KeyValueEntity, Rows, StateDeleted, StateSet, View, command, on
 
-Sku = Annotated[str, msgspec.Meta(pattern=r"^\S{1,64}$", description="an item's stock-keeping unit")]
+# Whitespace spelled out (all Python's `\s` and all ECMA-262's): `\S` differs between them (\x1c-\x1f,
+# \x85, \ufeff), and the schema's reader is not Python. `(?!\n)`: Python's `$` also matches before a last \n.
+BLANK = r"\t-\r\x1c-\x20\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\ufeff"
+Sku = Annotated[str, msgspec.Meta(pattern=f"^[^{BLANK}]{{1,64}}$(?!\\n)", description="an item's stock-keeping unit")]
 Quantity = Annotated[int, msgspec.Meta(gt=0, le=1000)]
 
 

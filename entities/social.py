@@ -40,9 +40,10 @@ class PostState(msgspec.Struct, frozen=True):
 
 
 MAX_TEXT = 10_000
-Author = Annotated[
-    str, msgspec.Meta(pattern=r"\S", description="not blank")
-]  # constraints in the types: schemas show them
+# Constraints in the types: the decoder checks them, the schemas show them. Whitespace is spelled
+# out (as in cart.py): `\S` means other characters to Python than to the schema's ECMA-262 readers.
+BLANK = r"\t-\r\x1c-\x20\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\ufeff"
+Author = Annotated[str, msgspec.Meta(pattern=f"[^{BLANK}]", description="not blank")]
 Text = Annotated[str, msgspec.Meta(max_length=MAX_TEXT)]
 
 

@@ -46,6 +46,7 @@ from ..service.metrics import Metrics
 from ..service.nats_door import NatsDoor
 from .appspec import load_app as load_app  # re-exported: callers load apps through the server module too
 from .datadir import lock_data_dir, write_manifest
+from .http_token import http_token
 from .identity import embedded_identity, private_dir, write_private
 from .logs import configure
 from .settings import Settings, nats_url_file
@@ -205,6 +206,21 @@ async def _start_service(
 # -- phases 4 to 6: the doors opened, the signal awaited, the doors closed in order ----------------
 
 
+def _http_gateway(settings: Settings, svc: Service, port: int, verifier: Verifier | None) -> HttpGateway:
+    """Secure by default: JWTs when keys are set, else the data dir's token (made once), else only --http-insecure."""
+    insecure = settings.http_insecure and verifier is None
+    token = None if verifier is not None or insecure else http_token(settings.data)
+    return HttpGateway(
+        svc,
+        port=port,
+        host=settings.http_host,
+        token=token,
+        verifier=verifier,
+        insecure=insecure,
+        cors_origins=settings.cors_origins(),
+    )
+
+
 class _Doors:
     """How commands and reads reach the service: the NATS door, admin, HTTP and the metrics endpoint."""
 
@@ -221,7 +237,7 @@ class _Doors:
         if settings.log_commands:
             self.nats.command_log = CommandLog()
         port = settings.http_port
-        self.http = None if port is None else HttpGateway(svc, port=port, host=settings.http_host)
+        self.http = None if port is None else _http_gateway(settings, svc, port, verifier)
         if self.http is not None:
             self.http.console.metrics = self.metrics  # the console shows this process's counters
 

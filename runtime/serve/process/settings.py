@@ -9,6 +9,7 @@ read the same class, over what the data dir's manifest recorded (cli/target.py).
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,8 @@ from ..service.cluster import ClusterConfig, LeaseConfig
 from .datadir import Manifest
 
 __all__ = ["Settings", "nats_url_file"]
+
+_ORIGIN = re.compile(r"https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?|https?://\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?")
 
 
 class Settings(msgspec.Struct, kw_only=True):
@@ -64,6 +67,8 @@ class Settings(msgspec.Struct, kw_only=True):
     # the HTTP gateway (serve/http): commands, reads, live tails and /openapi.json beside NATS
     http_port: int | None = None  # None: no HTTP; 0: a free port
     http_host: str = "127.0.0.1"
+    http_insecure: bool = False  # no credential needed (logged): without it, JWTs or the data dir's http.token
+    http_cors_origins: str | None = None  # web origins whose pages may call it, comma-separated; others get 403
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None, **overrides: Any) -> Settings:
@@ -91,6 +96,7 @@ class Settings(msgspec.Struct, kw_only=True):
             raise ConfigError(f"stream_storage must be file or memory, got {self.stream_storage!r}")
         if self.stream_replicas < 1 or self.stream_max_age < 0 or self.stream_duplicate_window <= 0:
             raise ConfigError("stream_replicas must be >= 1, stream_max_age >= 0, stream_duplicate_window > 0")
+        self.cors_origins()  # checks each origin
         if self.cluster:
             self.cluster_config()  # checks shards and lease_ttl
             scheme = self.journal().split(":", 1)[0]
@@ -107,6 +113,14 @@ class Settings(msgspec.Struct, kw_only=True):
         return ClusterConfig(
             name=self.prefix, shards=self.shards, replicas=self.stream_replicas, lease=LeaseConfig(ttl=self.lease_ttl)
         )
+
+    def cors_origins(self) -> list[str]:
+        """The origins of `http_cors_origins`, each `scheme://host[:port]` as a browser sends it."""
+        origins = [o.strip().rstrip("/") for o in (self.http_cors_origins or "").split(",") if o.strip()]
+        for origin in origins:
+            if not _ORIGIN.fullmatch(origin):
+                raise ConfigError(f"http_cors_origins: {origin[:80]!r} is not an origin like https://shop.example:8443")
+        return origins
 
     def verifier(self, env: dict[str, str] | None = None) -> Verifier | None:
         """The bearer-token verifier these settings describe, or None (no keys: tokens are not read)."""

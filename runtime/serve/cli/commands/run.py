@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 from ...process.identity import owner_only_umask
 from ...process.run import serve
@@ -17,6 +18,14 @@ async def run(args: argparse.Namespace) -> int:
     owner_only_umask()  # the data dir, journal, view store and NATS store: 0700/0600 (see private.py)
     await serve(run_settings(args), auth=auth_flags.from_args(args))
     return 0
+
+
+class _Joined(argparse.Action):
+    """A repeatable flag whose values join into one comma-separated setting, as its variable reads."""
+
+    def __call__(self, parser: argparse.ArgumentParser, ns: argparse.Namespace, value: Any, opt: Any = None) -> None:
+        before = getattr(ns, self.dest, None)
+        setattr(ns, self.dest, f"{before},{value}" if before else value)
 
 
 def add(sub: Subparsers) -> None:
@@ -51,6 +60,21 @@ def add(sub: Subparsers) -> None:
     g.add_argument("--metrics-host", help="the metrics endpoint's address (default 127.0.0.1; 0.0.0.0 in a container)")
     g.add_argument("--http-port", type=int, help="serve the HTTP API on this port (0: any free port; default off)")
     g.add_argument("--http-host", help="the HTTP API's address (default 127.0.0.1; 0.0.0.0 in a container)")
+    g.add_argument(
+        "--http-insecure",
+        action="store_true",
+        default=None,
+        help="let HTTP requests in without a credential (default: a JWT if keys are set, else the data dir's"
+        " http.token as 'Authorization: Bearer …')",
+    )
+    g.add_argument(
+        "--http-cors-origin",
+        dest="http_cors_origins",
+        action=_Joined,
+        metavar="ORIGIN",
+        help="a web origin (https://shop.example) whose pages may call the HTTP API; repeat for more"
+        " (MEMOIR_HTTP_CORS_ORIGINS: comma-separated). Other pages get 403",
+    )
     g.add_argument("--mailbox-size", type=int, help="commands queued per entity before `overloaded` (default 256)")
     g.add_argument("--max-live-actors", type=int, help="entities kept in memory, least recently used out (100000)")
     g.add_argument("--passivate-after", type=float, help="seconds an idle entity stays in memory (default 300)")

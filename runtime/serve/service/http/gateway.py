@@ -135,7 +135,12 @@ class HttpGateway:
         return f"http://{self.host}:{self.port}"
 
     def banner(self) -> str:
-        return f"; http {self.url}"
+        """For the start-up line: where, and what a request needs (never the token itself)."""
+        access = self.access
+        needs = (
+            "a JWT" if access.verifier else "no credential (insecure)" if access.insecure else "the data dir's token"
+        )
+        return f"; http {self.url} ({needs})"
 
     async def run(self, *, task_status: anyio.abc.TaskStatus[int] = anyio.TASK_STATUS_IGNORED) -> None:
         """Listen, report the port, serve until `stop()`."""
