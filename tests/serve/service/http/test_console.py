@@ -132,6 +132,10 @@ def test_a_page_without_a_credential_is_refused(page: Any, served: Served, tmp_p
     expect(page.get_by_role("alert")).to_have_text("That credential was refused.")
     assert page.context.cookies() == []
     screenshot(page, tmp_path, "login-refused")
+    forged = page.request.post(  # another site's form posting the right token: refused, no cookie
+        served.url + "/ui/login", form={"token": served.token}, headers={"Origin": "http://evil.example"}
+    )
+    assert forged.status == 403 and "set-cookie" not in forged.headers
 
 
 def test_the_login_cookie_is_http_only_and_same_site_strict(page: Any, served: Served) -> None:

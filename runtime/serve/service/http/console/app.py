@@ -7,7 +7,6 @@ refuses any origin but its own (`auth.same_origin`), then asks for the API's cre
 
 from __future__ import annotations
 
-import time
 from collections.abc import Awaitable, Callable, Sequence
 from importlib import resources
 from typing import TYPE_CHECKING
@@ -35,6 +34,7 @@ from .operations import (
 
 if TYPE_CHECKING:
     from ..app import HttpApi
+
 
 log = structlog.get_logger("memoir.console")
 
@@ -105,7 +105,6 @@ class Console:
         return app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        started = time.perf_counter()
         segs = scope["path"].split("/")[2:]
         method = scope["method"]
         try:
@@ -125,8 +124,12 @@ class Console:
         except CommandError as exc:
             body = page("Not possible", Html(notice(str(exc), error=True)))
             await respond(send, 400 if str(exc.code) != "unavailable" else 503, body, HTML)
-        finally:
-            log.debug("console request", path=scope["path"], ms=round((time.perf_counter() - started) * 1000, 1))
+        except Exception as exc:  # a page that fails says so; the process serves on
+            if scope["path"].startswith("/ui/live/"):
+                raise  # the tail had started its answer: nothing more can be sent
+            log.error("console page failed", path=scope["path"][:200], exc_info=exc)
+            body = page("Failed", Html(notice(f"this page failed: {type(exc).__name__}", error=True)))
+            await respond(send, 500, body, HTML)
 
     async def route(self, scope: Scope, receive: Receive, send: Send, segs: list[str], method: str) -> None:
         params = Params(scope.get("query_string", b""))
