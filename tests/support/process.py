@@ -10,6 +10,7 @@ from pathlib import Path
 
 import nats
 
+from runtime.serve.process.http_token import read_http_token
 from runtime.serve.process.identity import local_auth
 from runtime.wire.auth import NatsAuth
 
@@ -49,6 +50,12 @@ class RunningRuntime:
     def auth(self) -> NatsAuth:
         """The embedded server admits only the holder of the data dir's key."""
         return local_auth(self.data)
+
+    @property
+    def http_auth(self) -> dict[str, str]:
+        """The header `--http-port` admits (without JWT keys): the token `memoir run` keeps in the data dir."""
+        token = read_http_token(self.data)
+        return {} if token is None else {"Authorization": f"Bearer {token}"}
 
     async def connect(self) -> nats.NATS:
         return await nats.connect(self.nats_url, **self.auth.options())

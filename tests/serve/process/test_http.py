@@ -47,9 +47,8 @@ class Served:
     @property
     def bearer(self) -> dict[str, str]:
         """The header the data dir's owner sends: the token `memoir run` made there."""
-        token = read_http_token(self.rt.data)
-        assert token is not None
-        return {"Authorization": f"Bearer {token}"}
+        assert self.rt.http_auth, "memoir run made no http.token"
+        return self.rt.http_auth
 
 
 @pytest.fixture(scope="module")

@@ -128,8 +128,8 @@ class HttpApi:
             headers.append((b"retry-after", str(RETRY_AFTER_S).encode()))
         elif code == "unauthorized":
             headers.append((b"www-authenticate", b"Bearer"))
-        elif status in (408, 413):  # the rest of the body is not read: this connection is done
-            headers.append((b"connection", b"close"))
+        elif status == 408:  # the body is late: this connection is done (after a 413, uvicorn drops the
+            headers.append((b"connection", b"close"))  # rest as it comes, so the sender still reads the answer)
         return status, body, headers
 
     async def _route(self, scope: Scope, receive: Receive, send: Send) -> Answer:
