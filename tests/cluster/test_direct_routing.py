@@ -15,6 +15,7 @@ import os
 import signal
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import anyio
 import asyncpg
@@ -26,6 +27,7 @@ from support.postgres import need_postgres
 from support.waiting import eventually
 
 from runtime import Client
+from runtime.serve.process.http_token import read_http_token
 from runtime.serve.service.cluster.shards import shard_of
 from runtime.serve.service.embedded_nats import free_port
 
@@ -43,6 +45,14 @@ class Members:
     url: str
     processes: list[Member]
     metrics: list[str]
+    gateways: list[str]
+
+    def http(self, i: int) -> httpx.AsyncClient:
+        """Member `i`'s HTTP gateway, with the bearer token its data dir holds."""
+        member = self.processes[i]
+        token = read_http_token(Path(member.argv[member.argv.index("--data-dir") + 1]))
+        assert token is not None
+        return httpx.AsyncClient(base_url=self.gateways[i], timeout=10, headers={"Authorization": f"Bearer {token}"})
 
     async def forwards(self) -> dict[str, float]:
         """Each running member's `memoir_cluster_forwards`, by member name."""
@@ -64,14 +74,16 @@ async def members(nats_cluster: NatsCluster, tmp_path_factory: pytest.TempPathFa
     pg = f"{base}?schema={prefix}"
     tmp = tmp_path_factory.mktemp("direct")
     ports = [free_port() for _ in range(3)]
+    web = [free_port() for _ in range(3)]
     procs = [Member.member(i, nats_cluster.urls[i], pg, pg, prefix, tmp, APP) for i in range(3)]
-    for m, port in zip(procs, ports, strict=True):
-        m.argv += ["--metrics-port", str(port)]
+    for m, port, http_port in zip(procs, ports, web, strict=True):
+        m.argv += ["--metrics-port", str(port), "--http-port", str(http_port)]
         m.start()
     stopped: dict[str, int | None] = {}
     try:
         await wait_cluster(nats_cluster.urls[0], prefix, 3, procs, timeout=90)
-        yield Members(prefix, nats_cluster.urls[-1], procs, [f"http://127.0.0.1:{p}/metrics" for p in ports])
+        metrics = [f"http://127.0.0.1:{p}/metrics" for p in ports]
+        yield Members(prefix, nats_cluster.urls[-1], procs, metrics, [f"http://127.0.0.1:{p}" for p in web])
     finally:
         stopped = {m.name: m.signal(signal.SIGTERM) for m in procs if m.proc is not None}
         conn = await asyncpg.connect(base)
@@ -103,6 +115,32 @@ async def test_commands_reach_their_owner_without_a_hop(members: Members) -> Non
         after = await members.forwards()
     hops = sum(after.values()) - sum(before.values())
     print(f"forwards during {ACCOUNTS} commands: {hops:g} ({after})")
+    assert hops == 0, f"{hops:g} of {ACCOUNTS} commands were forwarded"
+
+
+async def test_the_http_gateway_sends_to_the_owner_without_a_hop(members: Members) -> None:
+    async with Client(members.url, prefix=members.prefix) as client:
+        await _map_known(client, 3)  # the members' own maps are as far along by now
+        assert client.shard_map is not None
+        owners = {client.shard_map.owner("account", f"web-{n}") for n in range(ACCOUNTS)}
+    assert len(owners) == 3, f"the batch must reach every member, it reaches {owners}"
+
+    async def gateway_up() -> bool:
+        async with members.http(0) as http:
+            try:
+                return (await http.get("/openapi.json")).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+    await eventually(gateway_up, 30, "member 0's HTTP gateway up")
+    before = await members.forwards()
+    async with members.http(0) as http:
+        for n in range(ACCOUNTS):
+            r = await http.post(f"/account/web-{n}/deposit", json={"amount": n + 1})
+            assert (r.status_code, r.json()["result"]) == (200, n + 1), r.text
+    after = await members.forwards()
+    hops = sum(after.values()) - sum(before.values())
+    print(f"forwards during {ACCOUNTS} HTTP commands through one gateway: {hops:g}")
     assert hops == 0, f"{hops:g} of {ACCOUNTS} commands were forwarded"
 
 
