@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 from support.ci import in_ci
 from support.deadletter_app import FIX_FILE
+from support.postgres import need_postgres, schema_for
 from support.process import RunningRuntime
 from support.waiting import eventually_sync
 
@@ -244,7 +245,26 @@ def test_the_cluster_and_the_metrics(page: Any, served: Served, tmp_path: Path) 
     screenshot(page, tmp_path, "metrics")
     page.goto(served.url + "/ui/cluster")
     expect(page.get_by_text("This process runs alone (not a cluster member).")).to_be_visible()
-    screenshot(page, tmp_path, "cluster")
+
+
+def test_a_cluster_members_shards_and_singletons(page: Any, tmp_path: Path) -> None:
+    """A one-member cluster (`memoir run --cluster`, its journal in PostgreSQL): it holds every shard."""
+    url = need_postgres()
+    journal = f"{url}?schema={schema_for('console_', tmp_path)}"
+    served = start(tmp_path / "data", "entities:sagas", "--cluster", "--journal", journal)
+    try:
+        signed_in(page, served, "/ui/cluster")
+        expect(page.get_by_text("256 shards, 0 unowned.")).to_be_visible()
+        members = page.get_by_role("table", name="Members")
+        expect(members.get_by_role("row")).to_have_count(2)  # the header and the one member
+        held = page.get_by_role("table", name="Shards per member").get_by_role("row", name="256 0-255")
+        expect(held).to_have_count(1)
+        singletons = page.get_by_role("table", name="Singletons")
+        expect(singletons).to_contain_text("publisher")
+        expect(singletons).to_contain_text("timers.relay")
+        screenshot(page, tmp_path, "cluster")
+    finally:
+        assert served.rt.stop() == 0
 
 
 def test_a_dead_letter_replay(page: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -192,6 +192,17 @@ async def replay(console: Console, form: dict[str, str]) -> str:
 # -- the cluster and metrics --------------------------------------------------------------------------
 
 
+def ranges(numbers: list[int]) -> str:
+    """Shard numbers as runs: `0-127, 200`."""
+    runs: list[list[int]] = []
+    for n in sorted(numbers):
+        if runs and n == runs[-1][1] + 1:
+            runs[-1][1] = n
+        else:
+            runs.append([n, n])
+    return ", ".join(f"{a}-{b}" if a != b else f"{a}" for a, b in runs)
+
+
 async def cluster_page(console: Console, params: Params) -> tuple[str, Html]:
     from ...cluster.snapshot import snapshot
 
@@ -201,8 +212,15 @@ async def cluster_page(console: Console, params: Params) -> tuple[str, Html]:
     snap = await snapshot(console.api.nc, svc.cluster_config)
     members = [(m.id, m.host, m.pid, m.shards, f"{m.up_s:.0f} s", f"{m.heartbeat_age_s:.1f} s") for m in snap.members]
     singles = [(k, v.owner, f"{v.age_s:.1f} s", f"{v.held_s:.0f} s") for k, v in sorted(snap.singletons.items())]
-    leases = [(v.key, v.owner, f"{v.age_s:.1f} s", f"{v.held_s:.0f} s") for v in snap.leases]
-    shards = [(m, len(s), ", ".join(map(str, s))) for m, s in sorted(snap.shards_per_member.items())]
+    shard_leases: dict[str, list[float]] = {}  # one row per owner, not one per shard: the oldest renewal
+    leases = []
+    for v in snap.leases:
+        if v.key.startswith("shard."):
+            shard_leases.setdefault(v.owner, []).append(v.age_s)
+        else:
+            leases.append((v.key, v.owner, f"{v.age_s:.1f} s", f"{v.held_s:.0f} s"))
+    leases += [(f"{len(ages)} shard leases", o, f"{max(ages):.1f} s at most", "") for o, ages in shard_leases.items()]
+    shards = [(m, len(s), ranges(s)) for m, s in sorted(snap.shards_per_member.items())]
     body = (
         f"<p>{snap.shard_count} shards, {len(snap.unowned_shards)} unowned.</p>"
         + table(["member", "host", "pid", "shards", "up", "heartbeat age"], members, caption="Members")
