@@ -13,11 +13,13 @@ import json
 import os
 import re
 import shutil
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import jwt
 import pytest
 from support.ci import in_ci
 from support.deadletter_app import FIX_FILE
@@ -148,6 +150,30 @@ def test_the_login_cookie_is_http_only_and_same_site_strict(page: Any, served: S
     expect(page).to_have_url(served.url + "/ui/login")
     page.goto(served.url + "/ui/metrics")
     expect(page).to_have_url(served.url + "/ui/login")
+
+
+def test_with_jwts_the_console_takes_a_jwt_as_the_api_does(page: Any, tmp_path: Path) -> None:
+    """`--jwt-secret-file`: no data dir token; the login takes a JWT, and an expired one is refused."""
+    secret = tmp_path / "jwt.secret"
+    secret.write_bytes(b"0123456789abcdef0123456789abcdef")
+    secret.chmod(0o600)
+    served = start(tmp_path / "data", "--jwt-secret-file", str(secret))
+    try:
+        now = int(time.time())
+        for exp, admitted in ((now - 60, False), (now + 600, True)):
+            claims = {"sub": "ops", "exp": exp, "roles": ["admin"]}
+            token = jwt.encode(claims, secret.read_bytes(), algorithm="HS256")
+            page.goto(served.url + "/ui/metrics")
+            expect(page).to_have_url(served.url + "/ui/login")
+            page.get_by_label("Token").fill(token)
+            page.get_by_role("button", name="Sign in").click()
+            if admitted:
+                expect(page.get_by_role("heading", name="Entities")).to_be_visible()
+            else:
+                expect(page.get_by_role("alert")).to_have_text("That credential was refused.")
+        assert read_http_token(served.rt.data) is None
+    finally:
+        assert served.rt.stop() == 0
 
 
 def test_click_through_xyz1_history_and_travel_to_seq_3(page: Any, served: Served, tmp_path: Path) -> None:
