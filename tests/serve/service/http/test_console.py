@@ -263,6 +263,26 @@ def test_browse_a_view_and_run_its_query(page: Any, tmp_path: Path) -> None:
         assert served.rt.stop() == 0
 
 
+def test_a_compensated_transfer_shows_its_refund(page: Any, served: Served, tmp_path: Path) -> None:
+    """The target is closed: the deposit is refused, the workflow goes on to its refund step."""
+    served.send("account", "a2", "deposit", {"amount": 100})
+    served.send("account", "closed-2", "close", {})
+    served.send("transfer", "t2", "start", {"source": "a2", "target": "closed-2", "amount": 30})
+    signed_in(page, served, "/ui/workflows?type=transfer&id=t2")
+
+    def ended() -> bool:
+        page.reload()
+        return page.get_by_role("row", name="status ended").count() == 1
+
+    eventually_sync(ended, what="the transfer to end")
+    steps = page.get_by_role("table", name="Step history, oldest first")
+    expect(steps.get_by_role("row", name="1 withdraw 1 completed")).to_be_visible()
+    expect(steps.get_by_role("row", name="2 deposit 1 completed refund")).to_be_visible()
+    expect(steps.get_by_role("row", name="3 refund 1 completed")).to_be_visible()
+    expect(page.get_by_role("table", name="Status")).to_contain_text('"outcome":"refunded"')
+    screenshot(page, tmp_path, "workflow-refunded")
+
+
 def test_the_cluster_and_the_metrics(page: Any, served: Served, tmp_path: Path) -> None:
     signed_in(page, served, "/ui/metrics")
     expect(page.get_by_role("table", name="Every sample /metrics serves")).to_contain_text("memoir_live_actors")
