@@ -213,6 +213,8 @@ def test_a_live_update_arrives_after_a_command_sent_meanwhile(page: Any, served:
     expect(new.locator("td").nth(3)).to_have_text('{"units":7,"on":"2022-05-01"}')
     expect(page.locator("#live-status")).to_have_text(f"Event {before + 1} (Received) arrived.")
     screenshot(page, tmp_path, "entity-live")
+    new.locator("td").nth(1).click()  # a row that arrived live travels in time like the others
+    expect(page.get_by_role("heading", name=f"State at seq {before + 1} (time travel)")).to_be_visible()
 
 
 def test_a_transfer_workflows_steps(page: Any, served: Served, tmp_path: Path) -> None:

@@ -59,6 +59,16 @@ def _pager(entity_type: str, entity_id: str, first: int, head: int) -> Html:
     return Html(f'<nav class="pager" aria-label="History pages"><span>{esc(shown)}</span>{"".join(parts)}</nav>')
 
 
+def _live(live: str, entity_id: str, row_url: str, names: str, *, last_page: bool) -> Html:
+    """Where the script follows the entity: only on the last page, where new rows belong."""
+    if not last_page:
+        return Html('<p id="live-status" role="status">The last page follows this entity live.</p>')
+    return Html(
+        f'<p id="live-status" role="status" aria-live="polite" data-live="{esc(live)}" data-id="{esc(entity_id)}"'
+        f' data-row="{esc(row_url)}" data-events="{esc(names)}">Live updates start when the page has loaded.</p>'
+    )
+
+
 def entity_key(console: Console, params: Params) -> tuple[EntityModel, str]:
     model = console.api.model(params.text("type"))
     return model, check_entity_id(params.text("id"))
@@ -96,8 +106,7 @@ async def entity_page(console: Console, params: Params) -> tuple[str, Html]:
         + (link("Back to now", url("/ui/entity", type=entity_type, id=entity_id, first=first)) if chosen else "")
         + "</section>"
         + '<section aria-labelledby="history-h"><h2 id="history-h">History</h2>'
-        + f'<p id="live-status" role="status" aria-live="polite" data-live="{esc(live)}" data-id="{esc(entity_id)}"'
-        + f' data-row="{esc(row_url)}" data-events="{esc(names)}">Live updates start when the page has loaded.</p>'
+        + _live(live, entity_id, row_url, names, last_page=first + PAGE_SIZE > head)
         + _pager(entity_type, entity_id, first, head)
         + '<div class="scroll"><table id="history"><caption>Events with the state after each; choose a seq'
         + f" to see the state then</caption><thead><tr>{head_cells}</tr></thead><tbody>{rows}</tbody></table></div>"
