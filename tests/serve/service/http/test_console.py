@@ -329,6 +329,8 @@ def test_a_dead_letter_replay(page: Any, tmp_path: Path, monkeypatch: pytest.Mon
 
         eventually_sync(parked, what="the poison post parked")
         expect(page.get_by_role("table", name="Events tally parked")).to_contain_text("cannot handle bad-1 yet")
+        source = page.get_by_role("link", name="post/bad-1/1")  # the parked event, at its seq
+        expect(source).to_have_attribute("href", "/ui/entity?type=post&id=bad-1&seq=1")
         screenshot(page, tmp_path, "deadletters")
         fix.touch()
         page.get_by_role("button", name="Replay parked event").click()

@@ -173,10 +173,28 @@ async def dead_letters_page(console: Console, params: Params) -> tuple[str, Html
                 f'<button type="submit" aria-label="Replay parked event {esc(seq)} of {esc(name)}">'
                 "Replay</button></form>"
             )
-            detail = {k: v for k, v in item.items() if k != "seq"}
-            rows.append((seq, as_json(detail), button))
-        parts.append(table(["seq", "parked event", ""], rows, caption=f"Events {name} parked"))
+            rows.append(
+                (
+                    seq,
+                    _event_link(str(item.get("event", ""))),
+                    item.get("name", ""),
+                    item.get("parked_at", ""),
+                    item.get("error", ""),
+                    button,
+                )
+            )
+        headers = ["seq", "event", "name", "parked at", "error", "action"]
+        parts.append(table(headers, rows, caption=f"Events {name} parked"))
     return "Dead letters", Html("".join(parts))
+
+
+def _event_link(event: str) -> Html | str:
+    """`type/id/seq` as a link to that entity's state at that seq (ids may hold `/`: seq is last)."""
+    entity, _, seq = event.rpartition("/")
+    entity_type, _, entity_id = entity.partition("/")
+    if not (entity_type and entity_id and seq.isdigit()):
+        return event
+    return link(event, url("/ui/entity", type=entity_type, id=entity_id, seq=seq))
 
 
 async def replay(console: Console, form: dict[str, str]) -> str:
