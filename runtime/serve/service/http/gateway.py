@@ -27,6 +27,7 @@ from .app import BODY_TIMEOUT_S, HttpApi
 from .console import Console
 from .guard import Access, origin_guard
 from .idempotency import IdempotencyKeys
+from .protocol import head_timeout_protocol
 from .sse import tail
 
 if TYPE_CHECKING:
@@ -107,8 +108,6 @@ class HttpGateway:
             tail=tail,
         )
         from uvicorn import Config
-
-        from .protocol import head_timeout_protocol
 
         self.console = Console(self.api)  # /ui: the web console, outside the Origin guard (it checks its own)
         config = Config(

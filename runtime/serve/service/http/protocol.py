@@ -6,14 +6,12 @@ hold the gateway's connections (slowloris). Here a connection must deliver each 
 request line and headers — within `seconds` of opening or of the request's first byte, or it is
 answered 408 and closed. The body has its own deadline (`HttpApi.body_timeout`), in the app.
 
-Imported with uvicorn, when a gateway is made: `import runtime` stays light.
+uvicorn is imported when the class is made, by a gateway starting: `import runtime` stays light.
 """
 
 from __future__ import annotations
 
 import asyncio
-
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from ....model.errors import CommandError
 from ....wire.protocol import encode_error
@@ -21,6 +19,10 @@ from ....wire.protocol import encode_error
 
 def head_timeout_protocol(seconds: float) -> type[asyncio.Protocol]:
     """The protocol class for `uvicorn.Config(http=…)`, cutting heads that take over `seconds`."""
+    from uvicorn.protocols.http.httptools_impl import (
+        HttpToolsProtocol,  # with the gateway: `import runtime` stays light
+    )
+
     body = encode_error(CommandError("request_timeout", f"the request head did not arrive within {seconds:g}s"))
     answer = b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\ncontent-length: %d\r\n" % len(body)
     answer += b"connection: close\r\n\r\n" + body
