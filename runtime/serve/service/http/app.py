@@ -52,9 +52,11 @@ from ..shard_map import request_owner
 from .asgi import Headers, Receive, Scope, Send, header
 from .guard import Access, check_json
 from .idempotency import IdempotencyKeys
+from .operations import PROBES, dead_letter_routes, probe
 from .records import event_record
 from .request import Disconnected, HttpError, Query, ascii_header, segment
 from .status import RETRY_AFTER_S, status_of
+from .view_live import live_view, view_query
 
 log = structlog.get_logger("memoir.http")
 
@@ -98,6 +100,7 @@ class HttpApi:
         self.body_timeout = body_timeout
         self.keys = keys
         self.closing = anyio.Event()
+        self.ready: Callable[[], bool] | None = None  # /readyz: set by `memoir run` (else: NATS connected)
         self._openapi = openapi
         self._tail = tail
 
@@ -136,6 +139,8 @@ class HttpApi:
         raw = scope.get("raw_path") or scope["path"].encode()
         segs = raw.split(b"?", 1)[0].decode("latin-1")[1:].split("/")
         method = scope["method"]
+        if method == "GET" and len(segs) == 1 and segs[0] in PROBES:  # probes answer without a credential
+            return probe(self, segs[0])
         if segs != ["openapi.json"]:  # the document is public; everything else is the owner's
             self.access.check(header(scope, b"authorization"))
         routes = self._routes(scope, receive, send, segs)
@@ -165,10 +170,14 @@ class HttpApi:
                 return {"GET": lambda: self._document()}
             case ["events", entity_type]:
                 return {"GET": lambda: self._live(scope, receive, send, entity_type, query)}
+            case ["views", view] if query.text("live") is not None:
+                return {"GET": lambda: self._live_view(receive, send, view, query)}
             case ["views", view]:
                 return {"GET": lambda: self._view(view, "scan", query)}
             case ["views", view, key]:
                 return {"GET": lambda: self._view(view, "get", query, segment(key, "key"))}
+            case ["deadletters", *rest]:
+                return dead_letter_routes(self, rest, query)
             case [entity_type, raw_id]:
                 self.model(entity_type)
                 return {"GET": lambda: self._state(entity_type, raw_id, query)}
@@ -187,6 +196,12 @@ class HttpApi:
     async def _live(self, scope: Scope, receive: Receive, send: Send, entity_type: str, query: Query) -> Answer:
         self.model(entity_type)
         await self._tail(self, scope, receive, send, entity_type, query)
+        return 0, b"", []
+
+    async def _live_view(self, receive: Receive, send: Send, view: str, query: Query) -> Answer:
+        if view not in self.service.views:
+            raise HttpError("unknown_view", f"no view {view[:64]!r} (known: {sorted(self.service.views)})")
+        await live_view(self, receive, send, view, query)
         return 0, b"", []
 
     def model(self, entity_type: str) -> EntityModel:
@@ -295,6 +310,8 @@ class HttpApi:
             raise HttpError("unknown_view", f"no view {view[:64]!r} (known: {sorted(self.service.views)})")
         if op == "get":
             payload: dict[str, Any] = {"key": key}
+        elif {"where", "order_by", "page"} & query.values.keys():  # a query by declared fields
+            op, payload = "query", view_query(query)
         else:
             limit = query.integer("limit", 100, 1, 10_000)
             payload = {"after": query.text("after", ""), "limit": limit}

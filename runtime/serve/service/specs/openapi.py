@@ -16,6 +16,7 @@ from ....model.app import App
 from ....wire.protocol import MAX_HEADER_ID, MAX_ID_LENGTH
 from ..http.status import STATUS
 from .asyncapi import JSON, CommandSchema, Schemas
+from .view_query import VIEW_QUERY_PARAMS, view_page
 
 _GUARD = ["invalid", "unauthorized", "forbidden"]  # every operation: bad input, no credential, foreign origin
 ERROR_RESPONSES = {  # per kind of operation: the codes it can answer besides 200 (and 500)
@@ -261,13 +262,17 @@ def _view_scan(view_name: str, row: JSON) -> JSON:
     pairs = {"type": "array", "items": pair}
     return {
         "operationId": f"views.{view_name}.scan",
-        "summary": f"rows of view {view_name} in key order",
+        "summary": f"rows of view {view_name} in key order, or a query by its declared fields",
         "tags": ["views"],
         "parameters": [
             {"name": "after", "in": "query", "required": False, "schema": {"type": "string"}},
             _int_param("limit", "at most this many rows", 1, 10_000),
+            *VIEW_QUERY_PARAMS,
         ],
-        "responses": _responses("view", _json(_ok(pairs), "[key, row] pairs")),
+        "responses": _responses(
+            "view",
+            _json(_ok({"anyOf": [pairs, view_page(pairs)]}), "[key, row] pairs; with where, order_by or page: a page"),
+        ),
     }
 
 
