@@ -66,5 +66,5 @@ async def deployment(
 async def three_members(
     nats_cluster: NatsCluster, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[Deployment]:
-    async with deployed(KINDS[1], nats_cluster.urls, tmp_path_factory.mktemp("members")) as d:
+    async with deployed(KINDS[1], nats_cluster.urls, tmp_path_factory.mktemp("members"), http=True) as d:
         yield d

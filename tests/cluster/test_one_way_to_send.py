@@ -1,7 +1,7 @@
 """Every sender inside a member reaches an entity another member owns: one way to send a command.
 
 Three `memoir run --cluster` members on PostgreSQL run the feature app. A consumer's `ctx.send`,
-a timer firing, and a workflow step each target entities spread over 256 shards,
+a timer firing, a workflow step and an HTTP command each target entities spread over 256 shards,
 so most are owned by a member other than the one sending (the test checks that some are, from the
 cluster's buckets). Before, a consumer's commands reached only its own member's runtime: every
 target owned elsewhere failed with `Moved` and was parked after five tries. Here every outcome is
@@ -9,6 +9,8 @@ exact and nothing is parked.
 """
 
 from __future__ import annotations
+
+import datetime as dt
 
 import pytest
 from support.deployment import Deployment, Ownership
@@ -125,3 +127,29 @@ async def test_a_client_cannot_claim_to_be_inside(three_members: Deployment) -> 
             await d.client.request(subject, b'{"units": 99}', headers=headers, timeout=10)
         assert refused.value.code in ("forbidden", "unauthorized"), refused.value
     assert [(await d.send("reservation", r, "get"))["taken"] for r in holds] == [0] * len(holds)
+
+
+async def test_http_commands_reach_owners_here_and_elsewhere(three_members: Deployment) -> None:
+    """Each member's gateway takes commands for an item it owns (run in process) and for one
+    another member owns (sent over NATS, where the door forwards it)."""
+    d = three_members
+    own = await d.ownership()
+    today = dt.date.today().isoformat()
+    for i in range(len(d.processes)):
+        me = d.member_id(own, i)
+        ids = [f"one-way-h{i}-{n}" for n in range(200)]
+        here = next(x for x in ids if own.owner("inventory", x) == me)
+        elsewhere = next(x for x in ids if own.owner("inventory", x) not in (None, me))
+        async with d.http(i) as http:
+            for item in (here, elsewhere):
+                opened = await http.post(f"/inventory/{item}/open", json={"units": 5})
+                assert opened.status_code == 200, opened.text
+                key = {"Idempotency-Key": f"{item}-r"}
+                received = await http.post(f"/inventory/{item}/receive", json={"units": 2, "on": today}, headers=key)
+                again = await http.post(f"/inventory/{item}/receive", json={"units": 2, "on": today}, headers=key)
+                assert (received.status_code, again.status_code) == (200, 200), (received.text, again.text)
+                assert again.json()["duplicate"] is True
+                refused = await http.post(f"/inventory/{item}/sell", json={"units": 99, "on": today})
+                assert (refused.status_code, refused.json()["error"]["code"]) == (422, "rejected")
+        for item in (here, elsewhere):
+            assert (await d.send("inventory", item, "get"))["units"] == 7
