@@ -16,7 +16,7 @@ from ....model.app import App
 from ....wire.protocol import MAX_HEADER_ID, MAX_ID_LENGTH
 from ..http.status import STATUS
 from .asyncapi import JSON, CommandSchema, Schemas
-from .view_query import VIEW_QUERY_PARAMS, view_page
+from .view_query import view_page, view_query_params
 
 _GUARD = ["invalid", "unauthorized", "forbidden"]  # every operation: bad input, no credential, foreign origin
 ERROR_RESPONSES = {  # per kind of operation: the codes it can answer besides 200 (and 500)
@@ -256,7 +256,7 @@ def _view_row(view_name: str, row: JSON) -> JSON:
     }
 
 
-def _view_scan(view_name: str, row: JSON) -> JSON:
+def _view_scan(view_name: str, row: JSON, query_params: list[JSON]) -> JSON:
     # a [key, row] pair; said without prefixItems, which some OpenAPI tools still read as draft-4 tuples
     pair = {"type": "array", "minItems": 2, "maxItems": 2, "items": {"anyOf": [{"type": "string"}, row]}}
     pairs = {"type": "array", "items": pair}
@@ -267,7 +267,7 @@ def _view_scan(view_name: str, row: JSON) -> JSON:
         "parameters": [
             {"name": "after", "in": "query", "required": False, "schema": {"type": "string"}},
             _int_param("limit", "at most this many rows", 1, 10_000),
-            *VIEW_QUERY_PARAMS,
+            *query_params,
         ],
         "responses": _responses(
             "view",
@@ -287,7 +287,7 @@ def _paths(s: Schemas) -> JSON:
         paths[f"/events/{entity_type}"] = {"get": _tail(s, entity_type)}
     for view in s.views:
         paths[f"/views/{view.name}/{{key}}"] = {"get": _view_row(view.name, view.row)}
-        paths[f"/views/{view.name}"] = {"get": _view_scan(view.name, view.row)}
+        paths[f"/views/{view.name}"] = {"get": _view_scan(view.name, view.row, view_query_params(s.app, view.name))}
     return paths
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -85,6 +86,11 @@ def test_openapi_types_the_query_parameters() -> None:
     params = {p["name"]: p for p in doc["paths"]["/views/authors"]["get"]["parameters"]}
     assert {"where", "order_by", "page", "limit", "after"} <= set(params)
     assert params["where"]["schema"]["type"] == "string" and "prefix" in params["where"]["description"]
+    pattern = re.compile(params["where"]["schema"]["pattern"])  # declared fields, each with its kind of value
+    assert pattern.match('posts >= 2 and author prefix "a"') and not pattern.match('latest = "p1"')
+    assert not pattern.match('posts = "2"')
+    plain = openapi(App("plain", entities=[Post, Profile], views=[PostsByAuthor]))
+    assert {p["name"] for p in plain["paths"]["/views/posts_by_author"]["get"]["parameters"]} == {"after", "limit"}
 
 
 async def frames(lines: AsyncIterator[str]) -> AsyncIterator[tuple[str, dict[str, Any]]]:
