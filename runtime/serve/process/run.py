@@ -240,6 +240,7 @@ class _Doors:
         self.http = None if port is None else _http_gateway(settings, svc, port, verifier)
         if self.http is not None:
             self.http.console.metrics = self.metrics  # the console shows this process's counters
+            self.http.api.ready = self.metrics.ready  # /readyz on the HTTP port says what the metrics port's does
 
     async def serve_metrics(self, side: TaskGroup) -> str:
         """The metrics endpoint in `side`, if asked for: its URL, or "off"."""
