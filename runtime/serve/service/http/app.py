@@ -53,7 +53,6 @@ from .asgi import Headers, Receive, Scope, Send, header
 from .guard import Access, check_json
 from .idempotency import IdempotencyKeys
 from .operations import PROBES, dead_letter_routes, probe
-from .operations import PROBES, dead_letter_routes, probe
 from .records import event_record
 from .request import Disconnected, HttpError, Query, ascii_header, segment
 from .status import RETRY_AFTER_S, status_of
@@ -102,7 +101,6 @@ class HttpApi:
         self.keys = keys
         self.closing = anyio.Event()
         self.ready: Callable[[], bool] | None = None  # /readyz: set by `memoir run` (else: NATS connected)
-        self.ready: Callable[[], bool] | None = None  # /readyz: set by `memoir run` (else: NATS connected)
         self._openapi = openapi
         self._tail = tail
 
@@ -143,8 +141,6 @@ class HttpApi:
         method = scope["method"]
         if method == "GET" and len(segs) == 1 and segs[0] in PROBES:  # probes answer without a credential
             return probe(self, segs[0])
-        if method == "GET" and len(segs) == 1 and segs[0] in PROBES:  # probes answer without a credential
-            return probe(self, segs[0])
         if segs != ["openapi.json"]:  # the document is public; everything else is the owner's
             self.access.check(header(scope, b"authorization"))
         routes = self._routes(scope, receive, send, segs)
@@ -180,8 +176,6 @@ class HttpApi:
                 return {"GET": lambda: self._view(view, "scan", query)}
             case ["views", view, key]:
                 return {"GET": lambda: self._view(view, "get", query, segment(key, "key"))}
-            case ["deadletters", *rest]:
-                return dead_letter_routes(self, rest, query)
             case ["deadletters", *rest]:
                 return dead_letter_routes(self, rest, query)
             case [entity_type, raw_id]:
