@@ -11,6 +11,8 @@ exact and nothing is parked.
 from __future__ import annotations
 
 import datetime as dt
+import statistics
+import time
 
 import pytest
 from support.deployment import Deployment, Ownership
@@ -153,3 +155,18 @@ async def test_http_commands_reach_owners_here_and_elsewhere(three_members: Depl
                 assert (refused.status_code, refused.json()["error"]["code"]) == (422, "rejected")
         for item in (here, elsewhere):
             assert (await d.send("inventory", item, "get"))["units"] == 7
+        if i == 0:  # after the check: these add units
+            await _print_latency(d, here, elsewhere, today)
+
+
+async def _print_latency(d: Deployment, here: str, elsewhere: str, today: str) -> None:
+    """Median HTTP command time on member 0, owned there and owned elsewhere (printed, never asserted)."""
+    async with d.http(0) as http:
+        for label, item in (("owned here", here), ("owned elsewhere", elsewhere)):
+            took = []
+            for _ in range(40):
+                started = time.perf_counter()
+                r = await http.post(f"/inventory/{item}/receive", json={"units": 1, "on": today})
+                took.append(time.perf_counter() - started)
+                assert r.status_code == 200, r.text
+            print(f"HTTP command {label}: median {statistics.median(took) * 1000:.2f} ms over {len(took)}")
