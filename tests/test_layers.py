@@ -28,6 +28,7 @@ LAZY_ALLOWED = {
     "jwt": "optional: loaded only when JWT auth is configured",
     "nats": "process/tuning.py patches nats-py's client only when asked to",
     "nkeys": "optional: loaded only for NKey identities and credentials",
+    "opentelemetry": "optional (memoir[otel]): loaded only when an SDK tracer provider is in use",
     "starlette": "CORS middleware, loaded only when origins are configured",
     "uvicorn": "optional: loaded only when the HTTP gateway is served",
 }

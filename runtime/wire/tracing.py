@@ -18,7 +18,10 @@ import hashlib
 import os
 import re
 from collections.abc import Mapping
+from types import SimpleNamespace
 from typing import Any
+
+from ..model.errors import ConfigError
 
 _UNKNOWN: Any = object()
 _tracer: Any = _UNKNOWN  # an opentelemetry Tracer, None when off; looked up once
@@ -97,8 +100,6 @@ def child(
 @functools.cache
 def _api() -> Any:
     """The OpenTelemetry names the spans use, imported once (the package is optional)."""
-    from types import SimpleNamespace
-
     from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 
     kinds = {k: SpanKind[k.upper()] for k in (SERVER, CLIENT, PRODUCER, CONSUMER, INTERNAL)}
@@ -213,8 +214,6 @@ def configure_from_env(env: Mapping[str, str] | None = None) -> bool:
         from opentelemetry.sdk.trace import TracerProvider
         from opentelemetry.sdk.trace.export import BatchSpanProcessor
     except ImportError as exc:
-        from ..model.errors import ConfigError
-
         raise ConfigError(f"OTEL_* asks for traces but {exc.name} is missing: pip install 'memoir[otel]'") from None
     provider = TracerProvider()  # its resource and sampler from OTEL_SERVICE_NAME, OTEL_TRACES_SAMPLER, …
     provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))

@@ -14,7 +14,7 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import msgspec
 from nats.errors import Error as NatsError
@@ -23,11 +23,28 @@ from nats.errors import TimeoutError as NatsTimeoutError
 
 from ....model.errors import ErrorCode
 from ....wire.protocol import decode_answer
+from .asgi import Headers
 from .request import HttpError, Query, segment
 from .status import status_of
 
 if TYPE_CHECKING:
-    from .app import Answer, HttpApi
+    from nats.aio.client import Client as NATS
+
+    from .._service import Service
+
+Answer = tuple[int, bytes, Headers]  # as `app.Answer`: status, body, extra headers
+
+
+class HttpApi(Protocol):
+    """What these routes use of the HTTP API (`app.HttpApi`), so this module never imports it back."""
+
+    service: Service
+    prefix: str
+    nc: NATS
+    timeout: float
+
+    def answer(self, status: int, body: bytes, code: str = "") -> Answer: ...
+
 
 PROBES = ("healthz", "readyz")
 TEXT = [(b"content-type", b"text/plain")]

@@ -16,7 +16,7 @@ client goes or the gateway stops.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import anyio
 import msgspec
@@ -33,7 +33,17 @@ from .request import HttpError
 from .request import Query as Params
 
 if TYPE_CHECKING:
-    from .app import HttpApi
+    from nats.aio.client import Client as NATS
+
+
+class HttpApi(Protocol):
+    """What a live view uses of the HTTP API (`app.HttpApi`), so this module never imports it back."""
+
+    prefix: str
+    nc: NATS
+    timeout: float
+    closing: anyio.Event
+
 
 HEARTBEAT_S = 5.0
 BUFFER = 1000  # notices held for a slow client; beyond, NATS drops them and the gap means resync

@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Sequence
 from importlib import resources
 from typing import TYPE_CHECKING
-from urllib.parse import parse_qs
 
 import structlog
 
@@ -31,6 +30,7 @@ from .operations import (
     views_page,
     workflows_page,
 )
+from .parts import ConsolePart, Params
 
 if TYPE_CHECKING:
     from ..app import HttpApi
@@ -52,7 +52,7 @@ STATIC = {
     "favicon.svg": b"image/svg+xml",
 }
 TOKEN_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~+/=")
-Page = Callable[["Console", "Params"], Awaitable[tuple[str, Html]]]
+Page = Callable[[ConsolePart, Params], Awaitable[tuple[str, Html]]]
 PAGES: dict[str, Page] = {
     "entity": entity_page,
     "views": views_page,
@@ -61,28 +61,6 @@ PAGES: dict[str, Page] = {
     "cluster": cluster_page,
     "metrics": metrics_page,
 }
-
-
-class Params:
-    """A query string's or form's fields, one value each."""
-
-    def __init__(self, raw: bytes | str) -> None:
-        text = raw.decode("latin-1") if isinstance(raw, bytes) else raw
-        self.values = {k: v[0] for k, v in parse_qs(text, max_num_fields=32).items()}
-
-    def text(self, name: str, default: str | None = None) -> str:
-        value = self.values.get(name, default)
-        if value is None:
-            raise CommandError("invalid", f"{name} is required")
-        return value[:4096]
-
-    def integer(self, name: str) -> int | None:
-        value = self.values.get(name, "")
-        if not value:
-            return None
-        if not (value.isascii() and value.isdigit() and len(value) <= 18):
-            raise CommandError("invalid", f"{name} must be a positive integer")
-        return int(value)
 
 
 class Console:

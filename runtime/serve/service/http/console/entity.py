@@ -3,22 +3,18 @@ travel to any seq (a row's link), and follow it live (the API's SSE tail, render
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from .....engine.history import HistoryItem
 from .....model.entity import EntityModel
 from .....model.errors import CommandError, EntityForgotten
 from .....wire.protocol import check_entity_id
 from .html import Html, as_json, builtins, esc, fields, link, notice, url
+from .parts import ConsolePart, Params
 from .reading import PAGE_SIZE, history_page, state_after
-
-if TYPE_CHECKING:
-    from .app import Console, Params
 
 HEADERS = ("seq", "event", "recorded", "payload", "state after")
 
 
-def lookup_form(console: Console, entity_type: str, entity_id: str, action: str = "/ui/entity") -> Html:
+def lookup_form(console: ConsolePart, entity_type: str, entity_id: str, action: str = "/ui/entity") -> Html:
     options = "".join(
         f"<option{' selected' if t == entity_type else ''}>{esc(t)}</option>" for t in sorted(console.api.models)
     )
@@ -69,12 +65,12 @@ def _live(live: str, entity_id: str, row_url: str, names: str, *, last_page: boo
     )
 
 
-def entity_key(console: Console, params: Params) -> tuple[EntityModel, str]:
+def entity_key(console: ConsolePart, params: Params) -> tuple[EntityModel, str]:
     model = console.api.model(params.text("type"))
     return model, check_entity_id(params.text("id"))
 
 
-async def entity_page(console: Console, params: Params) -> tuple[str, Html]:
+async def entity_page(console: ConsolePart, params: Params) -> tuple[str, Html]:
     entity_type, entity_id = params.text("type", ""), params.text("id", "")
     form = lookup_form(console, entity_type, entity_id)
     if not entity_type or not entity_id:
@@ -115,7 +111,7 @@ async def entity_page(console: Console, params: Params) -> tuple[str, Html]:
     return title, Html(body)
 
 
-async def history_row(console: Console, params: Params) -> bytes:
+async def history_row(console: ConsolePart, params: Params) -> bytes:
     """One history row, for the live tail to append (the state after that event included)."""
     model, entity_id = entity_key(console, params)
     seq = params.integer("seq")

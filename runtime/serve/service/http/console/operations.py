@@ -8,7 +8,7 @@ the cluster's buckets, and the metrics registry `/metrics` renders.
 from __future__ import annotations
 
 import datetime as dt
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import msgspec
 from nats.errors import Error as NatsError
@@ -17,17 +17,16 @@ from .....model.errors import CommandError, ErrorCode
 from .....model.workflow import Run
 from .....streams.timer_firing import pending_timers
 from .....wire.protocol import check_entity_id, decode_answer
+from ...cluster.snapshot import snapshot
 from ..request import HttpError
 from .html import Html, as_json, esc, link, notice, table, url
+from .parts import ConsolePart, Params
 from .reading import state_after
-
-if TYPE_CHECKING:
-    from .app import Console, Params
 
 ROWS = 50
 
 
-async def ask(console: Console, subject: str, payload: Any) -> Any:
+async def ask(console: ConsolePart, subject: str, payload: Any) -> Any:
     """An admin request over NATS; its result, or a CommandError carrying its error."""
     data = payload if isinstance(payload, bytes) else msgspec.json.encode(payload)
     try:
@@ -44,13 +43,13 @@ async def ask(console: Console, subject: str, payload: Any) -> Any:
 # -- views --------------------------------------------------------------------------------------------
 
 
-async def views_page(console: Console, params: Params) -> tuple[str, Html]:
+async def views_page(console: ConsolePart, params: Params) -> tuple[str, Html]:
     names = sorted(console.api.service.views)
     rows = [(link(n, url("/ui/views/" + n)),) for n in names]
     return "Views", table(["view"], rows, caption=f"{len(names)} views") if names else notice("This app has no views.")
 
 
-async def view_page(console: Console, params: Params, name: str) -> tuple[str, Html]:
+async def view_page(console: ConsolePart, params: Params, name: str) -> tuple[str, Html]:
     if name not in console.api.service.views:
         raise HttpError("unknown_view", f"no view {name[:64]!r}")
     prefix = console.api.prefix
@@ -88,11 +87,11 @@ async def view_page(console: Console, params: Params, name: str) -> tuple[str, H
 # -- workflows ----------------------------------------------------------------------------------------
 
 
-def workflow_types(console: Console) -> list[str]:
+def workflow_types(console: ConsolePart) -> list[str]:
     return sorted(t for t, m in console.api.models.items() if isinstance(m.initial, Run))
 
 
-async def workflows_page(console: Console, params: Params) -> tuple[str, Html]:
+async def workflows_page(console: ConsolePart, params: Params) -> tuple[str, Html]:
     types = workflow_types(console)
     if not types:
         return "Workflows", notice("This app has no workflows.")
@@ -150,7 +149,7 @@ async def workflows_page(console: Console, params: Params) -> tuple[str, Html]:
 # -- dead letters -------------------------------------------------------------------------------------
 
 
-async def dead_letters_page(console: Console, params: Params) -> tuple[str, Html]:
+async def dead_letters_page(console: ConsolePart, params: Params) -> tuple[str, Html]:
     consumers = sorted(console.api.service.consumers)
     done = params.text("done", "")[:200]
     parts: list[str] = [notice(f"Last action: {done}")] if done else []
@@ -197,7 +196,7 @@ def _event_link(event: str) -> Html | str:
     return link(event, url("/ui/entity", type=entity_type, id=entity_id, seq=seq))
 
 
-async def replay(console: Console, form: dict[str, str]) -> str:
+async def replay(console: ConsolePart, form: dict[str, str]) -> str:
     consumer, seq = form.get("consumer", ""), form.get("seq", "")
     if not seq.isdigit():
         raise HttpError("invalid", "seq must be a number")
@@ -221,9 +220,7 @@ def ranges(numbers: list[int]) -> str:
     return ", ".join(f"{a}-{b}" if a != b else f"{a}" for a, b in runs)
 
 
-async def cluster_page(console: Console, params: Params) -> tuple[str, Html]:
-    from ...cluster.snapshot import snapshot
-
+async def cluster_page(console: ConsolePart, params: Params) -> tuple[str, Html]:
     svc = console.api.service
     if svc.cluster_config is None:
         return "Cluster", notice("This process runs alone (not a cluster member).")
@@ -260,7 +257,7 @@ GLANCE = {
 }
 
 
-async def metrics_page(console: Console, params: Params) -> tuple[str, Html]:
+async def metrics_page(console: ConsolePart, params: Params) -> tuple[str, Html]:
     metrics = console.metrics
     await metrics.refresh()
     totals: dict[str, float] = {}
