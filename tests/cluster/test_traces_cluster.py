@@ -56,7 +56,8 @@ async def test_a_post_is_one_trace_across_the_members(
         for m in members:
             m.start()
         await wait_cluster(urls[0], pg_schema, 3, members, timeout=90)
-        async with Client(urls[0], prefix=pg_schema) as client:
+        # direct=False: as any NATS client sends (the shared subject), so a non-owner forwards the post
+        async with Client(urls[0], prefix=pg_schema, direct=False) as client:
             for i in range(POSTS):
                 await client.send("post", f"tr-p{i}", "publish", {"author": f"tr-a{i}", "text": "hi"}, timeout=30)
 

@@ -138,6 +138,7 @@ class NatsDoor:
         self._closed = False
         self._sub: list[Any] | None = None
         self._fwd_sub: Any = None
+        self._direct_sub: Any = None
         self.served = 0
         self.command_log: CommandLog | None = None  # a line per command (`memoir run --log-commands`)
 
@@ -148,10 +149,13 @@ class NatsDoor:
                 tg.start_soon(self._worker)
             if self.router is not None:  # before the shared subject: forwards may come as soon as we are seen
                 self._fwd_sub = await self._subscribe(self._fwd_subject(self.router.member) + ".>", "")
-                subs = [await self._subscribe(f"{self._direct_prefix}{self.router.member}.>", "")]
+                # Outlives the shards, as the forward subscription does: clients following a map that
+                # still names this member reach it during a hand-off and are routed on. Dropped first,
+                # a direct subject has no one left, and a request the servers still route here (its
+                # interest not yet gone from every node) would wait out its sender's timeout.
+                self._direct_sub = await self._subscribe(f"{self._direct_prefix}{self.router.member}.>", "")
                 # not `cmd.>`: the direct subjects (4 tokens) must reach their member alone
-                subs += [await self._subscribe(f"{self.prefix}.cmd.{s}", self.queue) for s in _SHARED]
-                self._sub = subs
+                self._sub = [await self._subscribe(f"{self.prefix}.cmd.{s}", self.queue) for s in _SHARED]
             else:
                 self._sub = [await self._subscribe(f"{self.prefix}.cmd.>", self.queue)]
             task_status.started()
@@ -183,7 +187,8 @@ class NatsDoor:
         return self._sub is not None and not self._closed
 
     async def stop_taking(self) -> None:
-        """Take no more requests from clients; forwards from other members still arrive.
+        """Take no more requests on the shared subjects; forwards, and clients that follow a map
+        still naming this member (its direct subject), still arrive.
 
         In a cluster this comes first on the way out: the shards are handed off next, and
         members that still see this one as an owner keep forwarding to it until they do.
@@ -196,10 +201,11 @@ class NatsDoor:
     async def stop(self) -> None:
         """Stop taking requests; the workers finish the queued ones and exit."""
         await self.stop_taking()
-        sub, self._fwd_sub = self._fwd_sub, None
-        if sub is not None:
-            with contextlib.suppress(NatsError):
-                await sub.drain()
+        for sub in (self._direct_sub, self._fwd_sub):
+            if sub is not None:
+                with contextlib.suppress(NatsError):
+                    await sub.drain()
+        self._direct_sub = self._fwd_sub = None
         if not self._closed:
             self._closed = True
             for _ in range(self.workers):  # after the queued requests, one stop sign per worker

@@ -80,7 +80,11 @@ def add(sub: Subparsers) -> None:
         "memoir deadletters purge count_posts --all",
     )
     ops = d.add_subparsers(
-        dest="deadletters_command", metavar="{list,show,replay,purge}", prog="memoir deadletters", required=True
+        dest="deadletters_command",
+        metavar="{list,show,replay,purge}",
+        prog="memoir deadletters",
+        required=True,
+        help="list, show, replay or purge a consumer's parked events",
     )
     ls = subcommand(ops, "list", "a consumer's parked events, oldest first", "memoir deadletters list count_posts")
     ls.add_argument("consumer", metavar="CONSUMER", help="the consumer's name")
