@@ -222,7 +222,8 @@ def test_a_transfer_workflows_steps(page: Any, served: Served, tmp_path: Path) -
     served.send("transfer", "t1", "start", {"source": "a", "target": "b", "amount": 30})
     signed_in(page, served, "/ui/workflows")
     page.get_by_label("Workflow id").fill("t1")
-    page.get_by_role("button", name="Show").click()
+    with page.expect_navigation():  # the form's page loaded before any reload (a reload mid-way detaches)
+        page.get_by_role("button", name="Show").click()
 
     def ended() -> bool:
         page.reload()
@@ -242,7 +243,8 @@ def test_browse_a_view_and_run_its_query(page: Any, tmp_path: Path) -> None:
         served.send("post", "p1", "publish", {"author": "ann", "text": "hello"})
         served.send("post", "p2", "publish", {"author": "bob", "text": "hi"})
         signed_in(page, served, "/ui/views")
-        page.get_by_role("link", name="posts_by_author").click()
+        with page.expect_navigation():  # loaded before `both` reloads it
+            page.get_by_role("link", name="posts_by_author").click()
         rows = page.get_by_role("table", name="first rows")
 
         def both() -> bool:
