@@ -25,7 +25,7 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from ....model.errors import ErrorCode
 from ....wire.protocol import envelope_from_message, events_filter
-from .asgi import Receive, Scope, Send, header
+from .asgi import Receive, Scope, Send, end_with_client_or_gateway, header
 from .records import event_record
 from .request import HttpError, Query
 
@@ -79,18 +79,7 @@ async def tail(api: HttpApi, scope: Scope, receive: Receive, send: Send, entity_
             {"type": "http.response.body", "body": b": tailing " + entity_type.encode() + b"\n\n", "more_body": True}
         )
         async with anyio.create_task_group() as tg:
-
-            async def until_gone() -> None:
-                while (await receive())["type"] != "http.disconnect":
-                    pass
-                tg.cancel_scope.cancel()
-
-            async def until_closing() -> None:
-                await api.closing.wait()
-                tg.cancel_scope.cancel()
-
-            tg.start_soon(until_gone)
-            tg.start_soon(until_closing)
+            end_with_client_or_gateway(tg, receive, api.closing)
             reader = api.reader()
             while True:
                 try:

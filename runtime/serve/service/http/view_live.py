@@ -28,7 +28,7 @@ from ....model.errors import CommandError, ErrorCode
 from ....streams.query import MAX_LIMIT, Query, QueryError
 from ....streams.query_live import Batch, diff
 from ....streams.query_text import parse_where, query_from_text
-from .asgi import Receive, Send
+from .asgi import Receive, Send, end_with_client_or_gateway
 from .request import HttpError
 from .request import Query as Params
 
@@ -119,18 +119,7 @@ async def live_view(api: HttpApi, receive: Receive, send: Send, view: str, param
         snapshot = {"rows": [[k, msgspec.Raw(v)] for k, v in answer.result.rows], "version": version}
         await send({"type": "http.response.body", "body": _frame("snapshot", snapshot, version), "more_body": True})
         async with anyio.create_task_group() as tg:
-
-            async def until_gone() -> None:
-                while (await receive())["type"] != "http.disconnect":
-                    pass
-                tg.cancel_scope.cancel()
-
-            async def until_closing() -> None:
-                await api.closing.wait()
-                tg.cancel_scope.cancel()
-
-            tg.start_soon(until_gone)
-            tg.start_soon(until_closing)
+            end_with_client_or_gateway(tg, receive, api.closing)
             while True:
                 try:
                     note = msgspec.json.decode((await sub.next_msg(timeout=HEARTBEAT_S)).data, type=_Notice)
