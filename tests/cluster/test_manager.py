@@ -250,8 +250,8 @@ async def test_the_managers_keep_working_when_a_nats_node_dies(
                         except Exception:  # noqa: BLE001 - no leader during the election
                             return False
 
-                    await eventually(elected, 20, "new leaders for the cluster's buckets")
-                    await eventually(lambda: {m: ownership.held_by(m) for m in "ab"} == split, 20, "the same split")
+                    await eventually(elected, 60, "new leaders for the cluster's buckets")
+                    await eventually(lambda: {m: ownership.held_by(m) for m in "ab"} == split, 60, "the same split")
                     print(
                         f"leader {victim.name} killed: every shard served again after {time.monotonic() - killed:.2f} s"
                     )
