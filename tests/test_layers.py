@@ -29,6 +29,7 @@ LAZY_ALLOWED = {
     "nats": "process/tuning.py patches nats-py's client only when asked to",
     "nkeys": "optional: loaded only for NKey identities and credentials",
     "opentelemetry": "optional (memoir[otel]): loaded only when an SDK tracer provider is in use",
+    "obstore": "optional (memoir[archive]): loaded only when an archive URL is opened",
     "starlette": "CORS middleware, loaded only when origins are configured",
     "uvicorn": "optional: loaded only when the HTTP gateway is served",
 }

@@ -416,6 +416,16 @@ def _delete_snapshots(key: Key, to_seq: int) -> Callable[[Dialect, StreamIds], S
     return steps
 
 
+def _restore(key: Key, rows: list[tuple[Any, ...]]) -> Callable[[Dialect, StreamIds], Steps[None]]:
+    def steps(d: Dialect, streams: StreamIds) -> Steps[None]:
+        sid = yield from streams.one(d, key, create=True)
+        template = f"INSERT INTO {{s}}events ({_EVENT_COLUMNS}) {{rows}} ON CONFLICT DO NOTHING"
+        for q in d.bulk(template, [(r[0], sid, *r[1:]) for r in rows], _EVENT_TYPES):  # noqa: UP028 - results are sent back
+            yield q
+
+    return steps
+
+
 def _save_checkpoint(name: str, position: int) -> Callable[[Dialect, StreamIds], Steps[None]]:
     def steps(d: Dialect, streams: StreamIds) -> Steps[None]:
         yield (
@@ -528,6 +538,21 @@ class SqlJournal(Journal):
             await self._write(_delete((entity_type, entity_id), to_seq))
         finally:
             self._tail.clear()
+
+    async def restore_events(self, events: Sequence[Envelope]) -> int:
+        """Put one entity's events back at their own seqs and positions (`memoir archive restore`).
+
+        Events the journal holds already are left as they are; positions are the old ones, so a
+        reader past them never sees them again (they were read once, before they were moved)."""
+        if not events:
+            return 0
+        key = (events[0].entity_type, events[0].entity_id)
+        self._tail.clear()
+        try:
+            await self._write(_restore(key, [(e.position, *row_values(e)) for e in events]))
+        finally:
+            self._tail.clear()
+        return len(events)
 
     async def save_snapshot(self, snapshot: Snapshot) -> None:
         await self._write(_save_snapshot(snapshot), keeps_heads=True)

@@ -92,6 +92,19 @@ class MemoryJournal(Journal):
             self._snapshots.pop(key, None)
             self._commands.pop(key, None)
 
+    async def restore_events(self, events: Sequence[Envelope]) -> int:
+        """Put one entity's events back at their own seqs and positions (`memoir archive restore`)."""
+        for env in events:
+            key = (env.entity_type, env.entity_id)
+            held = self._entities.setdefault(key, [])
+            if any(e.seq == env.seq for e in held) or env.position in self._positions:
+                continue
+            held.insert(bisect.bisect_left([e.seq for e in held], env.seq), env)
+            i = bisect.bisect_left(self._positions, env.position)
+            self._positions.insert(i, env.position)
+            self._log.insert(i, env)
+        return len(events)
+
     def _make_key_store(self) -> KeyStore:
         return MemoryKeyStore()
 

@@ -1,0 +1,189 @@
+"""Tiered storage with real parts: a SQLite journal, and an archive in a local directory or in S3 (moto).
+
+Each case archives, truncates and then reads the way the CLI and the views do: equal to before.
+"""
+
+from __future__ import annotations
+
+import gzip
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import msgspec
+import pytest
+from support.object_stores import moto_endpoint, s3_bucket
+
+from runtime.archive import Archive, Archiver, ArchiverSettings, ArchivingJournal, Exporter
+from runtime.journal import SqliteJournal
+from runtime.model.envelope import Envelope, Snapshot
+from runtime.model.errors import ConfigError
+
+pytestmark = pytest.mark.anyio
+__all__ = ["moto_endpoint"]  # the session fixture, imported so pytest finds it here
+
+DAY = 86400 * 10**9
+ENTITIES = [("inventory", "XYZ-1"), ("inventory", "a/b c"), ("cart", "C1")]
+
+
+def event(t: str, i: str, seq: int, recorded_at: int) -> Envelope:
+    payload = msgspec.json.encode({"units": seq, "id": i})
+    return Envelope(entity_type=t, entity_id=i, seq=seq, name="Received", version=1, payload=payload,
+                    recorded_at=recorded_at, command_id=f"c-{seq}", reply=b'{"ok":1}')  # fmt: skip
+
+
+async def fill(journal: SqliteJournal, per_entity: int = 30, snapshot_at: int = 20) -> None:
+    """Events interleaved across entities, the older 25 per entity 30 days old; a snapshot at 20."""
+    old = time.time_ns() - 30 * DAY
+    for seq in range(1, per_entity + 1):
+        when = old + seq if seq <= 25 else time.time_ns()
+        for t, i in ENTITIES:
+            await journal.append([event(t, i, seq, when)], seq - 1)
+    for t, i in ENTITIES:
+        await journal.save_snapshot(Snapshot(entity_type=t, entity_id=i, seq=snapshot_at, payload=b"{}", recorded_at=0))
+
+
+async def everything(journal: ArchivingJournal | SqliteJournal) -> list[Envelope]:
+    out: list[Envelope] = []
+    position = 1
+    for _ in range(1000):
+        page = await journal.read_all(position, limit=7)
+        if not page:
+            return out
+        out.extend(page)
+        position = page[-1].position + 1
+    raise AssertionError("read_all did not end")
+
+
+@pytest.fixture(params=["file", "s3"])
+async def archive_url(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    if request.param == "file":
+        return f"file://{tmp_path / 'archive'}"
+    endpoint = request.getfixturevalue("moto_endpoint")
+    return f"s3://{s3_bucket(endpoint, monkeypatch)}/memoir"
+
+
+@pytest.fixture
+async def journal(tmp_path: Path) -> AsyncIterator[SqliteJournal]:
+    async with SqliteJournal.from_url(f"sqlite:///{tmp_path / 'journal.db'}") as j:
+        yield j
+
+
+async def test_archive_then_truncate_reads_equal_before(journal: SqliteJournal, archive_url: str) -> None:
+    await fill(journal)
+    before_all = await everything(journal)
+    before = {k: await journal.read(*k) for k in ENTITIES}
+    archive = Archive(archive_url)
+    reading = ArchivingJournal(journal, archive)
+
+    moved = await Archiver(journal, archive, ArchiverSettings(after=86400)).run_once()
+
+    assert (moved.entities, moved.events, moved.segments) == (3, 60, 3)  # up to the snapshot (20), all old
+    for k in ENTITIES:
+        assert [e.seq for e in await journal.read(*k)] == list(range(21, 31))  # the journal dropped 1..20
+        assert await reading.read(*k) == before[k]  # memoir events
+        assert await reading.read(*k, from_seq=5, to_seq=22) == before[k][4:22]  # memoir state --seq 22
+        assert await reading.read(*k, from_seq=3, limit=4) == before[k][2:6]
+        assert await reading.read(*k, from_seq=21) == before[k][20:]
+        rec = await reading.recover(*k)  # an activation: snapshot + the events after it, no archive needed
+        assert rec.snapshot is not None and rec.snapshot.seq == 20 and rec.events == before[k][20:]
+        assert await journal.head(*k) == 30
+    assert await everything(reading) == before_all  # a new view's catch-up, memoir replay, export
+    assert len(await everything(journal)) == len(before_all) - 60
+
+    again = await Archiver(journal, archive, ArchiverSettings(after=86400)).run_once()
+    assert again.events == 0  # nothing left older than the snapshot
+    checked, problems = await archive.verify()
+    assert (checked, problems) == (3, [])
+    status = await archive.status()
+    assert (status.entities, status.segments, status.events) == (3, 3, 60)
+
+
+async def test_a_reader_in_another_process_sees_a_later_pass(journal: SqliteJournal, archive_url: str) -> None:
+    """A reader whose archive loaded its runs before a pass finds the moved events through the run checkpoint."""
+    await fill(journal)
+    before_all = await everything(journal)
+    reader = ArchivingJournal(journal, Archive(archive_url))
+    assert await everything(reader) == before_all
+    await Archiver(journal, Archive(archive_url), ArchiverSettings(after=86400)).run_once()
+    assert await everything(reader) == before_all
+
+
+async def test_only_old_events_below_the_guard_move(journal: SqliteJournal, tmp_path: Path) -> None:
+    await fill(journal)
+    await journal.save_checkpoint("memoir.publisher", 30)  # the outbox published ten events per entity
+    archive = Archive(f"file://{tmp_path / 'a'}")
+    moved = await Archiver(journal, archive, ArchiverSettings(after=86400), guards=["memoir.publisher"]).run_once()
+    assert moved.events == 30
+    assert max(s.last_position for m in await archive.manifests() for s in m.segments) <= 30
+    young = await Archiver(journal, archive, ArchiverSettings(after=40 * 86400)).run_once()
+    assert young.events == 0  # nothing is 40 days old
+
+
+async def test_verify_finds_a_corrupted_segment(journal: SqliteJournal, tmp_path: Path) -> None:
+    await fill(journal)
+    root = tmp_path / "archive"
+    archive = Archive(f"file://{root}")
+    await Archiver(journal, archive, ArchiverSettings(after=86400)).run_once()
+    victim = sorted(root.glob("segments/inventory/XYZ-1/*.jsonl.gz"))[0]
+    text = gzip.decompress(victim.read_bytes()).replace(b'"units":3,', b'"units":4,')
+    victim.write_bytes(gzip.compress(text))
+
+    checked, problems = await Archive(f"file://{root}").verify()
+
+    assert checked == 3
+    assert [p.path for p in problems] == [str(victim.relative_to(root))]
+    assert "sha256" in problems[0].error
+
+
+async def test_restore_puts_the_events_back(journal: SqliteJournal, archive_url: str) -> None:
+    await fill(journal)
+    before_all = await everything(journal)
+    archive = Archive(archive_url)
+    reading = ArchivingJournal(journal, archive)
+    await Archiver(journal, archive, ArchiverSettings(after=86400)).run_once()
+
+    assert await reading.restore("inventory", "XYZ-1") == 20
+
+    assert await journal.read("inventory", "XYZ-1") == [e for e in before_all if e.entity_id == "XYZ-1"]
+    assert await everything(reading) == before_all
+    again = await Archiver(journal, archive, ArchiverSettings(after=86400)).run_once()
+    assert (again.events, again.segments) == (20, 0)  # archived already: compared, then dropped again
+    assert await everything(reading) == before_all
+
+
+async def test_a_tombstone_deletes_the_archived_segments(journal: SqliteJournal, tmp_path: Path) -> None:
+    await fill(journal)
+    archive = Archive(f"file://{tmp_path / 'a'}")
+    reading = ArchivingJournal(journal, archive)
+    await Archiver(journal, archive, ArchiverSettings(after=86400)).run_once()
+    await reading.delete("cart", "C1")
+    assert await reading.read("cart", "C1") == []
+    assert not list((tmp_path / "a" / "segments" / "cart").glob("*/*"))
+
+
+async def test_export_writes_every_event_once(journal: SqliteJournal, tmp_path: Path) -> None:
+    await fill(journal)
+    archive = Archive(f"file://{tmp_path / 'a'}")
+    reading = ArchivingJournal(journal, archive)
+    await Archiver(journal, archive, ArchiverSettings(after=86400)).run_once()
+    exporter = Exporter(reading, archive, page=40)
+    assert await exporter.run_once() == 90
+    await journal.append([event("cart", "C1", 31, time.time_ns())], 30)
+    assert await exporter.run_once() == 1
+    lines = [
+        msgspec.json.decode(line)
+        for f in sorted((tmp_path / "a" / "export").iterdir())
+        for line in gzip.decompress(f.read_bytes()).splitlines()
+    ]
+    assert [x["position"] for x in lines] == [e.position for e in await everything(reading)]
+    assert lines[0]["payload"] == {"units": 1, "id": "XYZ-1"}  # the event's own JSON, for analytics
+
+
+@pytest.mark.parametrize(
+    ("url", "names"),
+    [("ftp://host/x", "ftp://host/x"), ("s3://", "s3:"), ("nowhere", "nowhere")],
+)
+def test_a_bad_archive_url_is_named(url: str, names: str) -> None:
+    with pytest.raises(ConfigError, match=f"archive URL '{names}'"):
+        Archive(url)
