@@ -1,0 +1,27 @@
+"""Regions: NATS clusters joined by gateways, each entity written in one primary region and read in all.
+
+See docs/guides/regions.md. `settings` (names and the primary rule), `replication` (the replica
+stream: JetStream sourcing), `replica` (that stream read as a read-only journal), `primary`
+(which region writes an entity), `door` (commands reach the primary region), `region` (the
+region's part of a process).
+"""
+
+from .door import RegionDoor
+from .primary import Primaries
+from .region import Region, regional_app
+from .replica import ReadOnly, ReplicaJournal
+from .replication import ensure_replica, replica_config, replica_stream
+from .settings import RegionSettings
+
+__all__ = [
+    "Primaries",
+    "ReadOnly",
+    "Region",
+    "RegionDoor",
+    "RegionSettings",
+    "ReplicaJournal",
+    "ensure_replica",
+    "regional_app",
+    "replica_config",
+    "replica_stream",
+]

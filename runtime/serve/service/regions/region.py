@@ -1,0 +1,126 @@
+"""A region's part of a process, beside its `Service`: the replica, the door, views and reads over the replica.
+
+```python
+settings = RegionSettings(name="eu", regions=("eu", "us"), pinned={"account": "eu"})
+async with (
+    Service(regional_app(app), journal, nc=nc, prefix=settings.region_prefix(), streams=StreamSettings(replicas=3)),
+    Region(app, nc, settings) as region,
+):
+    ...  # plus a NatsDoor(service.runtime, nc, prefix=settings.region_prefix()) for the region's own commands
+```
+
+The `Service` writes the entities whose primary is this region and publishes their events under
+the region's prefix; `Region` keeps the region's replica stream (every region's events), runs
+the door that sends each client command to its entity's primary region, and runs the app's
+views over the replica, so a view here sees every entity of its sources, whichever region
+writes it. `state` and `events` read the replica (eventually consistent: `replica.py`).
+Consumers stay on the Service and see this region's own entities only (not built yet: a
+consumer that reacts to other regions' events and sends commands through the door).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from types import TracebackType
+from typing import Any, Self
+
+import anyio
+from nats.aio.client import Client as NATS
+
+from ....engine.history import HistoryItem, history, state_at
+from ....model.app import App
+from ....model.entity import model_of
+from ....streams.publisher import StreamSettings
+from ....streams.view import ViewQuery, ViewRunner
+from ....streams.view_store import MemoryViewStore, ViewStore
+from ..supervision import supervised
+from .door import RegionDoor
+from .primary import Primaries
+from .replica import ReplicaJournal
+from .replication import ensure_replica
+from .settings import RegionSettings
+
+
+def regional_app(app: App) -> App:
+    """The app a region's `Service` runs: its views run over the replica (`Region`), not the local streams."""
+    return dataclasses.replace(app, views=())
+
+
+class Region:
+    """`async with Region(app, nc, settings) as region:` — see the module's docstring."""
+
+    def __init__(
+        self,
+        app: App,
+        nc: NATS,
+        settings: RegionSettings,
+        *,
+        view_store: ViewStore | None = None,
+        streams: StreamSettings | None = None,
+        door: bool = True,
+    ) -> None:
+        self.app = app
+        self.nc = nc
+        self.settings = settings
+        self.view_store = view_store or MemoryViewStore()
+        self.streams = streams
+        self.types = [model_of(e).type_name for e in app.entities]
+        self.primaries = Primaries(nc, settings)
+        self.door = RegionDoor(nc, settings, self.primaries) if door else None
+        self.stream = ""
+        self.journal: ReplicaJournal | None = None
+        self.views: dict[str, ViewRunner] = {}
+        self._tg: anyio.abc.TaskGroup | None = None
+
+    async def __aenter__(self) -> Self:
+        self.stream = await _ensure(self.nc, self.settings, self.types, self.streams)
+        journal = self.journal = ReplicaJournal(self.nc, self.stream, prefix=self.settings.prefix)
+        await self.primaries.start()
+        tg = self._tg = anyio.create_task_group()
+        await tg.__aenter__()
+        try:
+            if self.door is not None:
+                await tg.start(self.door.run)
+            for view in self.app.views:
+                runner = self.views[view.name] = ViewRunner(
+                    view,
+                    self.view_store,
+                    self.nc,
+                    prefix=self.settings.prefix,
+                    streams=journal.event_stream,
+                    journal=journal,
+                )
+                tg.start_soon(supervised, f"region view {view.name}", runner.run)
+        except BaseException:
+            tg.cancel_scope.cancel()
+            await tg.__aexit__(None, None, None)
+            raise
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        assert self._tg is not None
+        self._tg.cancel_scope.cancel()
+        await self._tg.__aexit__(None, None, None)
+
+    def view(self, name: str) -> ViewQuery[Any]:
+        return self.views[name].query
+
+    def _journal(self) -> ReplicaJournal:
+        if self.journal is None:
+            raise RuntimeError("use `async with Region(...)` first")
+        return self.journal
+
+    async def state(self, entity_type: str, entity_id: str, *, seq: int | None = None) -> tuple[Any, int]:
+        """The entity's state as this region's replica has it: (state, seq of the last event read)."""
+        return await state_at(self._journal(), model_of(self.app.entity(entity_type)), entity_id, seq=seq)
+
+    async def events(self, entity_type: str, entity_id: str) -> list[HistoryItem]:
+        """The entity's history as this region's replica has it, each event with the state after it."""
+        model = model_of(self.app.entity(entity_type))
+        return [item async for item in history(self._journal(), model, entity_id)]
+
+
+async def _ensure(nc: NATS, settings: RegionSettings, types: list[str], streams: StreamSettings | None) -> str:
+    return await ensure_replica(nc.jetstream(timeout=10.0), settings, types, streams)

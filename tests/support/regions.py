@@ -1,0 +1,163 @@
+"""Two regions on loopback for the regions tests and benchmark: NATS clusters of three JetStream
+nodes joined by gateways through TCP proxies (cut and healed like a partition), and a member per
+region (SQLite journal, Service, NATS door, Region: replica stream, region door, views).
+
+Every gateway connection goes through a proxy: each node advertises its proxy's port as its
+gateway address (`NatsRegions.set_gateway_via`), so `link.cut()` blackholes all traffic between
+the regions and nothing else (each region's routes and clients are direct).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import anyio
+import msgspec
+from cluster.proxy import Link
+
+from runtime import App, Effect, Envelope, EventSourcedEntity, Rows, SqliteJournal, View, applies, command, on
+from runtime.serve.process.local_regions import NatsRegions
+from runtime.serve.service import Service
+from runtime.serve.service.nats_door import NatsDoor
+from runtime.serve.service.regions import Region, RegionSettings, regional_app
+from runtime.streams.publisher import StreamSettings
+from runtime.wire.nats import close_quietly, connect
+
+REGIONS = ("eu", "us")
+
+
+class Deposited(msgspec.Struct, frozen=True):
+    amount: int
+
+
+class Balance(msgspec.Struct, frozen=True):
+    balance: int = 0
+
+
+class Account(EventSourcedEntity[Balance], name="account"):
+    """Pinned to a region in the tests (`pinned={"account": "eu"}`)."""
+
+    initial = Balance()
+
+    @command
+    def deposit(self, b: Balance, amount: int) -> Effect[int]:
+        if amount <= 0:
+            return self.error("amount must be positive")
+        return self.persist(Deposited(amount)).reply(lambda s: s.balance)
+
+    @applies
+    def deposited(self, b: Balance, e: Deposited) -> Balance:
+        return Balance(b.balance + e.amount)
+
+
+class Wallet(EventSourcedEntity[Balance], name="wallet"):
+    """Not pinned: its primary is the region of its first command."""
+
+    initial = Balance()
+
+    @command
+    def deposit(self, b: Balance, amount: int) -> Effect[int]:
+        if amount <= 0:
+            return self.error("amount must be positive")
+        return self.persist(Deposited(amount)).reply(lambda s: s.balance)
+
+    @applies
+    def deposited(self, b: Balance, e: Deposited) -> Balance:
+        return Balance(b.balance + e.amount)
+
+
+class Total(msgspec.Struct):
+    id: str
+    balance: int = 0
+    deposits: int = 0
+
+
+class Totals(View[Total], name="totals", sources=[Account, Wallet]):
+    """One row per account and wallet, whichever region writes it."""
+
+    @on
+    def deposited(self, rows: Rows[Total], e: Deposited, env: Envelope) -> None:
+        key = f"{env.entity_type}/{env.entity_id}"
+        row = rows.get(key) or Total(key)
+        rows.put(key, Total(key, row.balance + e.amount, row.deposits + 1))
+
+
+APP = App("regions", entities=[Account, Wallet], views=[Totals])
+
+
+@dataclass
+class Member:
+    """One region's member: its service (writes), NATS door (its own prefix), region (replica, door, views)."""
+
+    name: str
+    settings: RegionSettings
+    service: Service
+    region: Region
+    url: str
+
+
+@dataclass
+class Regions:
+    nats: NatsRegions
+    link: Link
+    members: dict[str, Member] = field(default_factory=dict)
+
+    def url(self, region: str) -> str:
+        return self.nats.url(region)
+
+
+def settings_for(region: str, **options: object) -> RegionSettings:
+    return RegionSettings(name=region, regions=REGIONS, pinned={"account": "eu"}, **options)  # type: ignore[arg-type]
+
+
+@contextlib.asynccontextmanager
+async def nats_regions(directory: Path) -> AsyncIterator[tuple[NatsRegions, Link]]:
+    """The supercluster, every gateway connection through one `Link` of proxies."""
+    nats = NatsRegions(directory, list(REGIONS))
+    targets = [port for r in REGIONS for port in nats.gateway_ports[r]]
+    link = Link(targets)
+    proxy_of = {target: proxy for proxy, target in link.routes}
+    nats.set_gateway_via(lambda region, i: proxy_of[nats.gateway_ports[region][i]])
+    async with link.running(), nats:
+        yield nats, link
+
+
+@contextlib.asynccontextmanager
+async def member(directory: Path, region: str, url: str, **options: object) -> AsyncIterator[Member]:
+    """A member of `region`: SQLite journal, Service and NatsDoor on the region's prefix, and its Region."""
+    settings = settings_for(region, **options)
+    nc = await connect(url, timeout=10, max_reconnect_attempts=-1, reconnect_time_wait=0.25)
+    try:
+        async with (
+            SqliteJournal(directory / f"{region}.db") as journal,
+            Service(
+                regional_app(APP),
+                journal,
+                nc=nc,
+                prefix=settings.region_prefix(),
+                streams=StreamSettings(replicas=3),
+            ) as service,
+            Region(APP, nc, settings, streams=StreamSettings(replicas=3)) as region_part,
+            anyio.create_task_group() as tg,
+        ):
+            door = NatsDoor(service.runtime, nc, prefix=settings.region_prefix(), workers=32)
+            await tg.start(door.run)
+            yield Member(region, settings, service, region_part, url)
+            await door.stop()
+            tg.cancel_scope.cancel()
+    finally:
+        await close_quietly(nc)
+
+
+@contextlib.asynccontextmanager
+async def two_regions(directory: Path, **options: object) -> AsyncIterator[Regions]:
+    """Both regions' NATS clusters, joined by proxied gateways, and a member in each."""
+    async with nats_regions(directory / "nats") as (nats, link):
+        regions = Regions(nats, link)
+        async with contextlib.AsyncExitStack() as stack:
+            for r in REGIONS:  # one after the other: the first creates the claims bucket
+                regions.members[r] = await stack.enter_async_context(member(directory, r, nats.url(r), **options))
+            yield regions
