@@ -8,11 +8,12 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import anyio
 import pytest
 from support.regions import REGIONS, Regions, two_regions
 from support.waiting import eventually
 
-from runtime import Client, Rejected
+from runtime import Client, CommandError, Rejected, Unavailable
 
 pytestmark = pytest.mark.anyio
 
@@ -81,3 +82,88 @@ async def test_dedupe_and_errors_are_the_primarys_across_regions(regions: Region
         with pytest.raises(Rejected, match="amount must be positive"):
             await us.send("account", "A2", "deposit", {"amount": 0})
     assert len(await journal_events(regions, "eu", "account", "A2")) == 1
+
+
+class Load:
+    """Deposits of 1 in a loop to a few entities through one region's client, until stopped (at most `limit`).
+
+    Each command has its own command id and is retried with it until acknowledged, so the
+    primary's journal must hold exactly one event per acknowledged command."""
+
+    def __init__(self, client: Client, entity_type: str, ids: list[str], limit: int = 2000) -> None:
+        self.client, self.entity_type, self.ids, self.limit = client, entity_type, ids, limit
+        self.acked: dict[str, int] = dict.fromkeys(ids, 0)
+        self.failures: list[str] = []
+        self.stop = anyio.Event()
+
+    @property
+    def total(self) -> int:
+        return sum(self.acked.values())
+
+    async def run(self) -> None:
+        for i in range(self.limit):
+            if self.stop.is_set():
+                return
+            entity_id = self.ids[i % len(self.ids)]
+            for _attempt in range(20):
+                try:
+                    cid = f"load-{i}"
+                    await self.client.send(self.entity_type, entity_id, "deposit", {"amount": 1}, command_id=cid)
+                    self.acked[entity_id] += 1
+                    break
+                except (CommandError, TimeoutError) as exc:
+                    self.failures.append(repr(exc))
+            await anyio.sleep(0.01)
+
+
+async def test_a_gateway_cut_fails_only_the_other_regions_entities_and_the_heal_loses_nothing(regions: Regions) -> None:
+    accounts = [f"E{i}" for i in range(3)]  # pinned to eu
+    wallets = [f"U{i}" for i in range(3)]  # first written in us: us's
+    async with (
+        Client(regions.url("eu"), direct=False) as eu,
+        Client(regions.url("us"), direct=False) as us,
+        anyio.create_task_group() as tg,
+    ):
+        for w in wallets:  # claimed (and the claims cached in us) before the cut
+            await us.send("wallet", w, "deposit", {"amount": 1}, command_id=f"open-{w}")
+        eu_load, us_load = Load(eu, "account", accounts), Load(us, "wallet", wallets)
+        tg.start_soon(eu_load.run)
+        tg.start_soon(us_load.run)
+        await eventually(lambda: eu_load.total > 5 and us_load.total > 5, what="load in both regions")
+
+        regions.link.cut()
+        before = (eu_load.total, us_load.total)
+        for i in range(3):  # blackholed first, then no responders once the servers see the gateway gone
+            with anyio.fail_after(8):  # answered by the region door, well before the client's 10 s
+                with pytest.raises(Unavailable):
+                    await us.send("account", "E0", "deposit", {"amount": 1}, command_id=f"cut-{i}", timeout=10)
+        await eventually(
+            lambda: eu_load.total > before[0] + 20 and us_load.total > before[1] + 20,
+            what="local commands served in both regions during the cut",
+        )
+        assert eu_load.failures == [] and us_load.failures == []
+
+        regions.link.heal()
+        await eventually(lambda: eu_load.total > before[0] + 40, what="load after the heal")
+        eu_load.stop.set()
+        us_load.stop.set()
+
+    primaries = {("account", a): "eu" for a in accounts} | {("wallet", w): "us" for w in wallets}
+    for (entity_type, entity_id), primary in primaries.items():
+        stored = await journal_events(regions, primary, entity_type, entity_id)
+        assert [seq for seq, _, _ in stored] == list(range(1, len(stored) + 1))
+        acked = (eu_load if entity_type == "account" else us_load).acked[entity_id]
+        assert len(stored) == acked + (1 if entity_type == "wallet" else 0)  # one event per acknowledged command
+        for region in REGIONS:
+
+            async def caught_up() -> bool:
+                return await replica_events(regions, region, entity_type, entity_id) == stored  # noqa: B023
+
+            await eventually(caught_up, timeout=60, what=f"{entity_type}/{entity_id} in {region} after the heal")
+            view = regions.members[region].region.view("totals")
+
+            async def viewed() -> bool:
+                row = await view.get(f"{entity_type}/{entity_id}")  # noqa: B023
+                return row is not None and row.deposits == len(stored)  # noqa: B023
+
+            await eventually(viewed, timeout=30, what=f"{region}'s view of {entity_type}/{entity_id}")
