@@ -14,16 +14,13 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import anyio
 import msgspec
 from cluster.proxy import Link
 
 from runtime import App, Effect, Envelope, EventSourcedEntity, Rows, SqliteJournal, View, applies, command, on
 from runtime.serve.process.local_regions import NatsRegions
 from runtime.serve.service import Service
-from runtime.serve.service.nats_door import NatsDoor
-from runtime.serve.service.regions import Region, RegionSettings, regional_app
-from runtime.streams.publisher import StreamSettings
+from runtime.serve.service.regions import Region, RegionSettings, region_member
 from runtime.wire.nats import close_quietly, connect
 
 REGIONS = ("eu", "us")
@@ -133,21 +130,9 @@ async def member(directory: Path, region: str, url: str, **options: object) -> A
     try:
         async with (
             SqliteJournal(directory / f"{region}.db") as journal,
-            Service(
-                regional_app(APP),
-                journal,
-                nc=nc,
-                prefix=settings.region_prefix(),
-                streams=StreamSettings(replicas=3),
-            ) as service,
-            Region(APP, nc, settings, streams=StreamSettings(replicas=3)) as region_part,
-            anyio.create_task_group() as tg,
+            region_member(APP, journal, nc, settings, workers=32) as m,
         ):
-            door = NatsDoor(service.runtime, nc, prefix=settings.region_prefix(), workers=32)
-            await tg.start(door.run)
-            yield Member(region, settings, service, region_part, url)
-            await door.stop()
-            tg.cancel_scope.cancel()
+            yield Member(region, settings, m.service, m.region, url)
     finally:
         await close_quietly(nc)
 

@@ -7,6 +7,7 @@ region's part of a process).
 """
 
 from .door import RegionDoor
+from .member import RegionMember, region_member
 from .primary import Primaries
 from .region import Region, regional_app
 from .replica import ReadOnly, ReplicaJournal
@@ -18,9 +19,11 @@ __all__ = [
     "ReadOnly",
     "Region",
     "RegionDoor",
+    "RegionMember",
     "RegionSettings",
     "ReplicaJournal",
     "ensure_replica",
+    "region_member",
     "regional_app",
     "replica_config",
     "replica_stream",
