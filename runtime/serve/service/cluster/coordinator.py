@@ -25,6 +25,7 @@ from .leases import LeaseConfig, Leases, Singleton
 from .membership import Membership, new_member_id
 from .renewer import Connect, connect_like
 from .shards import DEFAULT_SHARDS, SHARD_COUNT_KEY, check_shard_count, mismatch, shard_from_key
+from .singleton_placement import SpreadPlacement
 from .store import Entry, bucket_name, describe, ensure_bucket, log, watch_forever
 
 
@@ -41,15 +42,23 @@ class ClusterConfig:
     member_ttl: float | None = None
     start_timeout: float = 30.0
     renew_on_thread: bool = True  # the member lease's renewal on a thread of its own (renewer.py)
+    spread_singletons: bool = True  # each singleton campaigned for first by its preferred member
+    singleton_settle: float | None = None  # seconds a joiner is live before singletons move to it (lease ttl)
 
     def __post_init__(self) -> None:
         check_shard_count(self.shards)
         if not 1 <= self.replicas <= 5:
             raise ConfigError(f"cluster replicas must be between 1 and 5, got {self.replicas}")
+        if self.singleton_settle is not None and self.singleton_settle < 0:
+            raise ConfigError(f"singleton settle must not be negative, got {self.singleton_settle}")
 
     @property
     def members_ttl(self) -> float:
         return self.member_ttl if self.member_ttl is not None else self.lease.ttl
+
+    @property
+    def settle(self) -> float:
+        return self.singleton_settle if self.singleton_settle is not None else self.lease.ttl
 
 
 class Cluster:
@@ -63,6 +72,7 @@ class Cluster:
         self.allocation = AllocationTable(leases_kv, config.shards)
         self.membership = Membership(members_kv, member_id, ttl=config.members_ttl)
         self.singletons: dict[str, Singleton] = {}
+        self.placement = SpreadPlacement(member_id, self.membership.live, self.singletons.keys, settle=config.settle)
         self.connect: Connect | None = connect_like(nc, f"{member_id}-lease") if config.renew_on_thread else None
         self._tg: anyio.abc.TaskGroup | None = None
         self._announced = False
@@ -150,9 +160,13 @@ class Cluster:
         return cls(nc, config, member_id or new_member_id(), leases_kv, members_kv)
 
     def singleton(self, name: str) -> Singleton:
-        """The lease-backed runner for `name` (the outbox publisher, a view, a consumer)."""
+        """The lease-backed runner for `name` (a publisher partition, a view, a consumer, a timer task).
+
+        Ask for every singleton before running any (as `Service` does): placement balances over
+        the names it knows, and every member should know the same ones."""
         if name not in self.singletons:
-            self.singletons[name] = Singleton(self.leases, name)
+            placement = self.placement if self.config.spread_singletons else None
+            self.singletons[name] = Singleton(self.leases, name, placement=placement)
         return self.singletons[name]
 
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import anyio
 import anyio.abc
@@ -333,11 +334,31 @@ def singleton_key(name: str) -> str:
     return f"singleton.{name}"
 
 
+class Placement(Protocol):
+    """Who should run a singleton (singleton_placement.py): only that member campaigns at once."""
+
+    def preferred(self, name: str) -> str | None:
+        """The member that should run `name`; None: nobody can tell, so anyone campaigns at once."""
+        ...
+
+    def current(self) -> bool:
+        """Whether this member's own view is fresh enough to hand a singleton over on."""
+        ...
+
+
 class Singleton:
     """Run `work` in exactly one process of the cluster at a time, failing over when its holder goes.
 
     `run` campaigns for the lease, runs `work` while it holds it, cancels `work` (and waits for
     it) when the lease is lost, then campaigns again; cancelled, it stops `work` and releases.
+
+    With a `placement`, only the preferred member campaigns at once; the others wait until the
+    lease has been vacant (released, or silent past its ttl) for a further ttl, so a singleton
+    whose preferred member does not take it still runs somewhere. A holder whose view names
+    another member hands over: it stops `work` (which checkpoints as it stops), releases the
+    lease, and the preferred member, waiting on the lease, takes it at once. A holder that took
+    the singleton because its preferred member left it vacant never hands it back to that member
+    (it may not run this singleton: a rolling upgrade), so nothing bounces.
     """
 
     def __init__(
@@ -347,13 +368,18 @@ class Singleton:
         *,
         on_acquired: Callable[[], Awaitable[None]] | None = None,
         on_lost: Callable[[], Awaitable[None]] | None = None,
+        placement: Placement | None = None,
     ) -> None:
         self.leases = leases
         self.name = name
         self.key = singleton_key(name)
         self.on_acquired = on_acquired
         self.on_lost = on_lost
+        self.placement = placement
         self.holding = False
+        self.handovers = 0  # times this member gave the singleton to its preferred member
+        self._not_to: str | None = None  # a preferred member that left it vacant: never handed to
+        self._poll = leases.config.ttl / 6
 
     async def run(
         self,
@@ -363,8 +389,51 @@ class Singleton:
     ) -> None:
         task_status.started()
         while True:
-            held = await self.leases.acquire(self.key)
+            held = await self._campaign()
             if await self._run_holding(held, work):
+                return
+
+    def _preferred(self) -> str | None:
+        return None if self.placement is None else self.placement.preferred(self.name)
+
+    async def _campaign(self) -> Held:
+        """Until this member holds the lease: at once if preferred, else once it has stayed vacant a ttl."""
+        began = time.monotonic()
+        while True:
+            preferred = self._preferred()
+            if preferred in (None, self.leases.holder) or self._vacant_for(began) >= self.leases.config.ttl:
+                try:
+                    held = await self.leases.try_take(self.key)
+                except Exception as exc:  # noqa: BLE001 - transient: retried
+                    log.debug("lease take failed; retrying", key=self.key, reason=describe(exc))
+                    held = None
+                if held is not None:
+                    self._not_to = preferred if preferred not in (None, self.leases.holder) else None
+                    return held
+            await self.leases.wait_changed(self._poll)
+
+    def _vacant_for(self, began: float) -> float:
+        """How long the lease has been free to take by this clock: released (or never written), or
+        silent past its ttl."""
+        seen = self.leases.seen.get(self.key)
+        now = time.monotonic()
+        if seen is None:
+            return now - began
+        if seen.owner is None:
+            return now - seen.since
+        return now - (seen.since + self.leases.config.ttl)
+
+    async def _hand_over_when_moved(self, work_scope: anyio.CancelScope) -> None:
+        """Stop `work` once this member's view prefers another member (the lease is released after)."""
+        placement = self.placement
+        assert placement is not None
+        while True:
+            await anyio.sleep(self._poll)
+            target = placement.preferred(self.name)
+            if placement.current() and target not in (None, self.leases.holder, self._not_to):
+                self.handovers += 1
+                log.info("singleton handed over", name=self.name, holder=self.leases.holder, to=target)
+                work_scope.cancel()
                 return
 
     async def _run_holding(self, held: Held, work: Callable[[], Awaitable[None]]) -> bool:
@@ -387,6 +456,8 @@ class Singleton:
                 await self.on_acquired()
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self.leases.hold, held, lost)
+                if self.placement is not None:
+                    tg.start_soon(self._hand_over_when_moved, work_scope)
                 try:
                     with work_scope:
                         await work()
