@@ -51,6 +51,18 @@ refusal.)
 So every acknowledged event reaches its stream exactly once, in per-entity order.
 (Two publishers on one journal take turns rather than interleave: each refusal
 sends the loser back to its checkpoint, where it finds the events already there.)
+
+Partitions: `Publisher(..., only=type)` publishes one entity type's events and keeps a
+checkpoint of its own (`publisher.{type}`); a service runs one per type (`Publishers`), each a
+singleton of its own in a cluster, so the publishing spreads over the members. By stream, not by
+shard range: each stream then keeps exactly one writer, so the expectation above (the stream's
+last sequence, one ack per chain or atomic batch) stays exact. A partition by shard range would
+have several writers per stream, so each message could only name its subject's last sequence
+(`Nats-Expected-Last-Subject-Sequence`) and would need an ack of its own, and atomic batches
+(one stream, one writer) would be gone. The cost: each partition reads the whole journal and
+skips the other types' events. A partition that has no checkpoint yet starts from the
+whole-journal one (`memoir.publisher`, an upgrade), and any partition starts from the later of
+the two, which are both safe: everything at or below either is in its stream.
 """
 
 from __future__ import annotations
@@ -60,7 +72,7 @@ import contextlib
 import secrets
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import anyio
@@ -86,6 +98,7 @@ log = structlog.get_logger("memoir.publisher")
 
 CHECKPOINT = "memoir.publisher"
 CHECKPOINT_SYNCED = "memoir.publisher.synced"  # a checkpoint at least one stream sync interval old
+IDLE_CHECKPOINT_S = 5.0  # a partition whose type had no events since its last save stores its place this rarely
 H_EXPECTED_LAST_SEQ = "Nats-Expected-Last-Sequence"
 H_BATCH_ID = "Nats-Batch-Id"
 H_BATCH_SEQ = "Nats-Batch-Sequence"
@@ -153,6 +166,11 @@ class _Sent:
 _Inflight = deque[_Sent]
 
 
+def partition_name(entity_type: str) -> str:
+    """The singleton and the checkpoint of the partition publishing `entity_type`'s events."""
+    return f"publisher.{entity_type}"
+
+
 class Publisher:
     """Run with `tg.start_soon(publisher.run)`; stop by cancelling, or `flush()` then cancel."""
 
@@ -170,7 +188,9 @@ class Publisher:
         ack_timeout: float = 5.0,
         stream_sync_interval: float = 120.0,
         checkpoint_interval: float = 0.2,
+        only: str | None = None,
     ) -> None:
+        """`only`: publish that entity type's events alone, from a checkpoint of its own (a partition)."""
         self.journal = journal
         self.nc = nc
         self.js = nc.jetstream()
@@ -186,7 +206,10 @@ class Publisher:
         self._saved_at = 0.0
         self.checkpoint = 0
         self.published = 0
-        self._types = set(entity_types)
+        self.only = only
+        self._types = set(entity_types) if only is None else {only}
+        self._checkpoint_name = CHECKPOINT if only is None else partition_name(only)
+        self._own_since_save = False  # a partition published events of its type since its last save
         self._ready: set[str] = set()
         self._high_water: dict[str, int] = {}
         self._last_seq: dict[str, int] = {}  # per type: its stream's last sequence once what was sent is stored
@@ -218,12 +241,21 @@ class Publisher:
                 self._high_water[entity_type] = int(headers.get(H_POSITION, 0))
         self._ready.add(entity_type)
 
+    async def _load_checkpoints(self) -> tuple[int, int]:
+        """(checkpoint, synced checkpoint); a partition's are at least the whole journal's (see the docstring)."""
+        saved = await self.journal.load_checkpoint(self._checkpoint_name)
+        synced = await self.journal.load_checkpoint(f"{self._checkpoint_name}.synced")
+        if self.only is not None:
+            saved = max(saved, await self.journal.load_checkpoint(CHECKPOINT))
+            synced = max(synced, await self.journal.load_checkpoint(CHECKPOINT_SYNCED))
+        return saved, synced
+
     async def run(self) -> None:
-        self.checkpoint = self._saved = await self.journal.load_checkpoint(CHECKPOINT)
         # A stream's server fsyncs every `stream_sync_interval`: after a machine crash it may have lost
         # what it acknowledged since. So start from the checkpoint that is at least that old; the
         # streams' high-water marks skip whatever did survive.
-        resume = await self.journal.load_checkpoint(CHECKPOINT_SYNCED)
+        self.checkpoint, resume = await self._load_checkpoints()
+        self._saved = self.checkpoint
         sample = (time.monotonic(), self.checkpoint)
         self.checkpoint = min(resume, self.checkpoint)
         acks = AckInbox(self.nc, _connection_lost)
@@ -277,13 +309,13 @@ class Publisher:
                         back = anyio.Event()
                         retry.reset()
                 if time.monotonic() - sample[0] >= self.stream_sync_interval:
-                    await self.journal.save_checkpoint(CHECKPOINT_SYNCED, sample[1])
+                    await self.journal.save_checkpoint(f"{self._checkpoint_name}.synced", sample[1])
                     sample = (time.monotonic(), self.checkpoint)
         finally:
             unwatch()
             with anyio.CancelScope(shield=True):
                 await acks.close()
-                await self._save_checkpoint(force=True)
+                await self._save_checkpoint(force=True, final=True)
 
     async def _publish_and_prefetch(self, acks: AckInbox, inflight: _Inflight, batch: list[Envelope]) -> list[Envelope]:
         """Publish one batch while the next is read from the journal; returns the next batch.
@@ -323,6 +355,8 @@ class Publisher:
         try:
             groups: dict[str, list[Envelope]] = {}
             for env in batch:
+                if self.only is not None and env.entity_type != self.only:
+                    continue  # another partition's
                 if env.entity_type not in self._ready:
                     await self._prepare(env.entity_type)
                 if env.position > self._high_water.get(env.entity_type, 0):  # else already in its stream
@@ -388,21 +422,31 @@ class Publisher:
                     # let a later one through when an earlier one fails as it is applied)
                     raise PublishError(f"stored at stream sequence {ack.get('seq')}, {due} was due: asked again")
                 self.published += count
+                self._own_since_save = True
             inflight.popleft()
             self._messages_in_flight -= sent.messages
             self.checkpoint = sent.position
             if not (all_ or ready_only):
                 return
 
-    async def _save_checkpoint(self, *, force: bool = False) -> None:
+    async def _save_checkpoint(self, *, force: bool = False, final: bool = False) -> None:
         """Store the checkpoint at most every `checkpoint_interval` seconds: each save waits for a
-        journal write, and a crash re-publishes at most that much (which JetStream then drops)."""
+        journal write, and a crash re-publishes at most that much (which JetStream then drops).
+
+        A partition that only skipped other types' events since its last save stores its place
+        every IDLE_CHECKPOINT_S, even when it catches up: a restart then re-reads a few seconds of
+        the journal and publishes none of it, where saving each catch-up would cost a journal
+        write per partition per append."""
         now = time.monotonic()
         if self.checkpoint == self._saved or (not force and now - self._saved_at < self.checkpoint_interval):
             return
+        idle = self.only is not None and not self._own_since_save
+        if idle and not final and now - self._saved_at < IDLE_CHECKPOINT_S:
+            return
         with anyio.CancelScope(shield=True):
-            await self.journal.save_checkpoint(CHECKPOINT, self.checkpoint)
+            await self.journal.save_checkpoint(self._checkpoint_name, self.checkpoint)
         self._saved, self._saved_at = self.checkpoint, now
+        self._own_since_save = False
 
     async def lag(self) -> int:
         """How many positions the stream is behind the journal."""
@@ -413,6 +457,40 @@ class Publisher:
         with anyio.fail_after(timeout):
             while await self.journal.read_all(self.checkpoint + 1, limit=1):
                 await anyio.sleep(0.01)
+
+
+class Publishers:
+    """A service's publisher partitions, one per entity type, seen as the one publisher that callers
+    (flush on shutdown, the lag metric, the test waits) know. `runs(name)` says whether this process
+    runs the partition `name` now (in a cluster, another member may): only those are flushed and
+    measured here."""
+
+    def __init__(self, partitions: dict[str, Publisher], runs: Callable[[str], bool] | None = None) -> None:
+        self.partitions = partitions
+        self._runs = runs
+
+    def here(self) -> list[Publisher]:
+        runs = self._runs
+        return [p for t, p in sorted(self.partitions.items()) if runs is None or runs(partition_name(t))]
+
+    @property
+    def checkpoint(self) -> int:
+        """The lowest partition's checkpoint: every event at or below it is published."""
+        return min((p.checkpoint for p in self.partitions.values()), default=0)
+
+    @property
+    def published(self) -> int:
+        return sum(p.published for p in self.partitions.values())
+
+    async def lag(self) -> int:
+        """The most positions a partition running here is behind the journal (0 when none runs here)."""
+        return max([await p.lag() for p in self.here()], default=0)
+
+    async def flush(self, timeout: float = 30.0) -> None:
+        """Wait until the partitions running here have published everything appended so far."""
+        with anyio.fail_after(timeout):
+            for p in self.here():
+                await p.flush(timeout)
 
 
 def _span(batch: list[Envelope]) -> contextlib.AbstractContextManager[Any]:

@@ -36,7 +36,7 @@ from ...model.app import App
 from ...model.errors import ConfigError
 from ...streams._runner import StreamResolver, event_streams
 from ...streams.consumer import ConsumerRunner, ensure_dead_letter_stream
-from ...streams.publisher import Publisher, StreamSettings, ensure_stream
+from ...streams.publisher import Publisher, Publishers, StreamSettings, ensure_stream, partition_name
 from ...streams.timer_firing import TimerStats
 from ...streams.view import ViewQuery, ViewRunner
 from ...streams.view_store import MemoryViewStore, PostgresViewStore, ViewStore
@@ -97,7 +97,7 @@ class Service:
         admits = self._admits if cluster is not None else None
         self.runtime = Runtime(app, journal, admits=admits, **runtime_options)
         self.sender: Sender = self.runtime  # how anything inside sends a command; a cluster's routes (_start)
-        self.publisher: Publisher | None = None
+        self.publisher: Publishers | None = None  # one partition per entity type, each a singleton
         self.views: dict[str, ViewRunner] = {}
         self.consumers: dict[str, ConsumerRunner] = {}
         self.timers: TimerStats | None = None  # counts of the timer relay and firer, once started
@@ -160,11 +160,14 @@ class Service:
 
         background = await stack.enter_async_context(anyio.create_task_group())
         stack.callback(background.cancel_scope.cancel)
+        self._register_singletons(types)
         if self.publish:
-            publisher = self.publisher = Publisher(
-                self.journal, self.nc, prefix=self.prefix, entity_types=types, settings=self.streams
-            )
-            background.start_soon(self.run_singleton, "publisher", publisher.run)
+            partitions = {
+                t: Publisher(self.journal, self.nc, prefix=self.prefix, settings=self.streams, only=t) for t in types
+            }
+            self.publisher = Publishers(partitions, runs=self.runs)
+            for t, partition in partitions.items():
+                background.start_soon(self.run_singleton, partition_name(t), partition.run)
             stack.push_async_callback(self._flush)
         self.timers = await start_timers(
             self.nc,
@@ -211,6 +214,16 @@ class Service:
         self.cluster = await stack.enter_async_context(
             Cluster.join(self.nc, self.cluster_config, meta={"app": self.app.name})
         )
+
+    def _register_singletons(self, types: list[str]) -> None:
+        """Tell the cluster every singleton name before any runs: placement balances over them all."""
+        if self.cluster is None:
+            return
+        names = [partition_name(t) for t in types] if self.publish else []
+        names += ["timers.relay", "timers.fire"]
+        names += [f"view.{v.name}" for v in self.app.views] + [f"consumer.{c.name}" for c in self.app.consumers]
+        for name in names:
+            self.cluster.singleton(name)
 
     async def run_singleton(self, name: str, work: Callable[[], Awaitable[None]]) -> None:
         """Run `work` here; in a cluster, only while this process holds the singleton lease `name`."""
@@ -302,9 +315,9 @@ class Service:
         return True
 
     async def _flush(self) -> None:
+        """Publish what was appended, by the partitions running here (another member runs the
+        others: our appends are in the shared journal for it)."""
         assert self.publisher is not None
-        if not self.runs("publisher"):
-            return  # another member publishes; our appends are in the shared journal for it
         try:
             await self.publisher.flush(self.flush_timeout)
         except TimeoutError:
