@@ -36,17 +36,32 @@ class Journal(abc.ABC):
 
     url: str = ""
     prefix: str = ""  # the subject prefix of a journal that is itself the event stream
+    idle_poll: float = 5.0  # seconds between a tailer's reads while every append wakes it (`tail_poll`)
     _appended: anyio.Event | None = None
 
     def next_append(self) -> anyio.Event:
-        """An event set by the next append in this process: lets a tailer sleep until there is news.
+        """An event set by the next append: lets a tailer sleep until there is news.
 
         Take it *before* reading, so an append between the read and the wait is not missed.
-        Appends by other processes are not seen; tailers also poll.
+        Appends in this process set it; appends by other processes only where `hears_others()`
+        (PostgreSQL, through LISTEN/NOTIFY); otherwise tailers poll (`tail_poll`).
         """
         if self._appended is None or self._appended.is_set():
             self._appended = anyio.Event()
         return self._appended
+
+    def hears_others(self) -> bool:
+        """Whether other processes' appends set `next_append()` now (False: they go unseen)."""
+        return False
+
+    def tail_poll(self, fallback: float) -> float:
+        """How long a tailer may wait on `next_append()` before it reads again anyway.
+
+        `fallback`, the tailer's own short poll, while other processes' appends go unseen; else
+        `idle_poll`, a slow safety net: an idle process then costs next to nothing. A backend
+        whose hearing comes or goes sets the event when it does, so a sleeping tailer re-chooses.
+        """
+        return self.idle_poll if self.hears_others() else fallback
 
     def _notify_appended(self) -> None:
         if self._appended is not None:

@@ -20,12 +20,16 @@
   `Unavailable("connection lost")` (it may or may not have committed; a retry with
   the same command id is safe) and the next batch reconnects, with a short backoff. Reads
   go through a pool, which replaces dead connections itself.
+- Tailers in other processes wake on commit: each append transaction notifies the schema's
+  channel and every instance LISTENs on a connection of its own (_pg_listen.py), so an idle
+  process polls only every `idle_poll` seconds, and a busy one hears of appends at once.
 - Schema created on first use inside its own PostgreSQL schema, versioned in `memoir_meta`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import secrets
 from collections.abc import Sequence
 from typing import Any
 
@@ -35,6 +39,7 @@ from anyio.abc import TaskGroup
 from ..model.envelope import Recovery
 from ..model.errors import Conflict, EntityDeleted, JournalError
 from ._faults import Link, pg_connection_lost, pg_errors
+from ._pg_listen import AppendListener, channel_for
 from ._sql import Append, Dialect, Op, Rows, SqlJournal, StreamIds, decide, drive_async, migrate, recover_steps
 from ._urls import parse_postgres_url, postgres_where
 from .keys import KeyStore
@@ -132,7 +137,15 @@ BEGIN
 END
 $f$;
 """
-_APPEND = "SELECT {s}.memoir_append(" + ", ".join(f"${i}" for i in range(1, 22)) + ")"
+_ARGS = ", ".join(f"${i}" for i in range(1, 22))
+# The function's call, notifying the schema's channel ($22) with the writer's token ($23) when it stored events
+# ($7: their streams): one statement still, so the notification costs no round trip, and PostgreSQL
+# delivers it with the commit.
+_APPEND = (
+    "WITH a AS (SELECT {s}.memoir_append(" + _ARGS + ") AS last)"
+    " SELECT last, CASE WHEN last IS NOT NULL AND cardinality($7::bigint[]) > 0 THEN pg_notify($22, $23) END FROM a"
+)
+_NOTIFY = "SELECT pg_notify($1, $2)"
 
 _DDL = (  # `.format(s=schema)`; also for tools
     "CREATE SCHEMA IF NOT EXISTS {s};" + dialect("{s}").ddl() + _APPEND_FUNCTION
@@ -190,7 +203,7 @@ def prepare_appends(
 class PostgresJournal(SqlJournal):
     """The journal in a PostgreSQL schema, for several processes on one database (see the module docstring)."""
 
-    def __init__(self, url: str, *, max_batch: int = 4096, pool_size: int = 4) -> None:
+    def __init__(self, url: str, *, max_batch: int = 4096, pool_size: int = 4, listen: bool = True) -> None:
         self.dsn, self.schema = parse_postgres_url(url)
         super().__init__(dialect(self.schema), max_batch=max_batch)
         where = postgres_where(self.dsn)
@@ -202,6 +215,12 @@ class PostgresJournal(SqlJournal):
         self._stack: contextlib.AsyncExitStack | None = None
         self._writing: TaskGroup | None = None  # runs the batcher, from open() to close()
         self._link = Link("PostgreSQL journal", where)
+        self.channel = channel_for(self.schema)  # where its appends are announced (NOTIFY)
+        self._token = secrets.token_hex(8)  # this instance's notifications carry it; its listener skips them
+        self.listener: AppendListener | None = (
+            AppendListener(self.dsn, self.channel, self._token, self._notify_appended, where=where) if listen else None
+        )
+        self._listening = anyio.CancelScope()
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -226,7 +245,18 @@ class PostgresJournal(SqlJournal):
         tg = self._writing = await stack.enter_async_context(anyio.create_task_group())
         tg.start_soon(self._writes.run)
         stack.callback(self._writes.close)
+        if self.listener is not None:
+            self._listening = anyio.CancelScope()
+            tg.start_soon(self._listen, self.listener, self._listening)
         self._stack = stack
+
+    @staticmethod
+    async def _listen(listener: AppendListener, scope: anyio.CancelScope) -> None:
+        with scope:
+            await listener.run()
+
+    def hears_others(self) -> bool:
+        return self.listener is not None and self.listener.up
 
     async def _close_connections(self) -> None:
         pool, self._pool = self._pool, None
@@ -249,6 +279,7 @@ class PostgresJournal(SqlJournal):
         """
         if self._stack is not None:
             stack, self._stack = self._stack, None
+            self._listening.cancel()  # before the writer's group is shielded: it has nothing to land
             if self._writing is not None:
                 self._writing.cancel_scope.shield = True
                 self._writing.cancel_scope.deadline = anyio.current_time() + _CLOSE_TIMEOUT
@@ -284,6 +315,8 @@ class PostgresJournal(SqlJournal):
                 hints = self._streams.heads.copy()  # the general path trusts none of them: it reads its own
                 async with conn.transaction():
                     results = await drive_async(self._execute, self._batch(batch))
+                    if any(isinstance(op, Append) and type(r) is int for op, r in zip(batch, results, strict=True)):
+                        await conn.execute(_NOTIFY, self.channel, self._token)
                 if len(hints) < StreamIds.MAX and all(isinstance(op, Append) or op.keeps_heads for op in batch):
                     # the other streams' heads stay hints for the next batches (each checked when used)
                     hints.update(self._streams.heads)
@@ -305,7 +338,7 @@ class PostgresJournal(SqlJournal):
         args, results, before = prepared
         if self._append_stmt is None or self._append_stmt[0] is not conn:
             self._append_stmt = (conn, await conn.prepare(_APPEND.format(s=self.schema)))
-        last = await self._append_stmt[1].fetchval(*args)
+        last = await self._append_stmt[1].fetchval(*args, self.channel, self._token)
         if last is None:  # another writer moved a head, or a command id is stored: nothing was written
             self._streams.heads.update(before)
             return None

@@ -284,7 +284,7 @@ class Publisher:
                             with anyio.fail_after(self.ack_timeout):
                                 await self._settle(inflight, all_=True)
                             await self._save_checkpoint(force=True)  # caught up: store where we are
-                            with anyio.move_on_after(self.poll_interval):
+                            with anyio.move_on_after(self.journal.tail_poll(self.poll_interval)):
                                 await news.wait()
                             continue
                     following = batch[-1].position + 1

@@ -74,7 +74,7 @@ log = structlog.get_logger("memoir.timers")
 CHECKPOINT = "timers"
 DURABLE = "timers"
 ACK_WAIT = 5.0  # seconds before a firing held by a process that died is delivered again
-POLL = 0.1  # seconds between journal reads when nothing was appended in this process
+POLL = 0.1  # seconds between journal reads while other processes' appends go unseen (`Journal.tail_poll`)
 _DEFINITE = {ErrorCode.INVALID, ErrorCode.REJECTED, ErrorCode.UNKNOWN_COMMAND, ErrorCode.UNKNOWN_ENTITY_TYPE}
 _fire_encoder = msgspec.json.Encoder()
 _fire_decoder = msgspec.json.Decoder(TimerFire)
@@ -206,7 +206,7 @@ class TimerRelay:
                 await retry.sleep()
                 continue
             if not page:
-                with anyio.move_on_after(POLL):
+                with anyio.move_on_after(self.journal.tail_poll(POLL)):
                     await wake.wait()
 
     def _floor(self) -> int:
@@ -323,7 +323,8 @@ class TimerRelay:
                     await slots.acquire()
                     tg.start_soon(self._fire_one, key, armed, slots)
                 self._changed = anyio.Event()
-                wait = (self._due[0][0] - self.clock()) / 1e9 if self._due else POLL * 10
+                # nothing armed: nothing to fire until `_arm` or a retry sets `_changed`
+                wait = (self._due[0][0] - self.clock()) / 1e9 if self._due else self.horizon
                 with anyio.move_on_after(max(wait, 0.0)):
                     await self._changed.wait()
 
