@@ -56,7 +56,7 @@ from .operations import PROBES, dead_letter_routes, probe
 from .records import event_record
 from .request import Disconnected, HttpError, Query, ascii_header, segment
 from .status import RETRY_AFTER_S, status_of
-from .view_live import live_view, view_query
+from .view_live import live_view, view_count, view_query
 
 log = structlog.get_logger("memoir.http")
 
@@ -310,6 +310,8 @@ class HttpApi:
             raise HttpError("unknown_view", f"no view {view[:64]!r} (known: {sorted(self.service.views)})")
         if op == "get":
             payload: dict[str, Any] = {"key": key}
+        elif (counted := view_count(query)) is not None:  # how many rows pass `where`
+            op, payload = "count", counted
         elif {"where", "order_by", "page"} & query.values.keys():  # a query by declared fields
             op, payload = "query", view_query(query)
         else:

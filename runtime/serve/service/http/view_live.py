@@ -1,5 +1,6 @@
 """View queries over HTTP: `GET /views/{view}?where=…&order_by=…&limit=…&page=…` (`view_query`
-builds the query door's body), and `?live=1&where=…`, a live query as Server-Sent Events.
+builds the query door's body), `?count=true&where=…` (`view_count`: how many rows pass), and
+`?live=1&where=…`, a live query as Server-Sent Events.
 
 The gateway follows the view as any NATS client may (`admin.py`): it subscribes to the view's
 change notices first, then asks the query door for the result at a version, then applies the
@@ -25,7 +26,7 @@ from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
 
 from ....model.errors import CommandError, ErrorCode
-from ....streams.query import MAX_LIMIT, Query, QueryError
+from ....streams.query import MAX_LIMIT, CountQuery, Query, QueryError
 from ....streams.query_live import Batch, diff
 from ....streams.query_text import parse_where, query_from_text
 from .asgi import Receive, Send, end_with_client_or_gateway
@@ -75,6 +76,22 @@ def view_query(params: Params) -> dict[str, object]:
     except QueryError as exc:
         raise HttpError(ErrorCode.INVALID, exc.message) from None
     body: dict[str, object] = msgspec.to_builtins(query)
+    return body
+
+
+def view_count(params: Params) -> dict[str, object] | None:
+    """The count door's body when the URL asks for a count (`count=true` and maybe `where`), else None.
+    A count reads `where` only: order_by, page, limit and after do not change how many rows pass."""
+    flag = params.text("count")
+    if flag is None or flag in ("false", "0"):
+        return None
+    if flag not in ("true", "1"):
+        raise HttpError(ErrorCode.INVALID, f"query parameter count must be true or false, not {flag[:20]!r}")
+    try:
+        where = None if params.text("where") is None else parse_where(params.text("where") or "")
+    except QueryError as exc:
+        raise HttpError(ErrorCode.INVALID, exc.message) from None
+    body: dict[str, object] = msgspec.to_builtins(CountQuery(where=where))
     return body
 
 

@@ -260,6 +260,11 @@ def _view_scan(view_name: str, row: JSON, query_params: list[JSON]) -> JSON:
     # a [key, row] pair; said without prefixItems, which some OpenAPI tools still read as draft-4 tuples
     pair = {"type": "array", "minItems": 2, "maxItems": 2, "items": {"anyOf": [{"type": "string"}, row]}}
     pairs = {"type": "array", "items": pair}
+    answers: list[JSON] = [pairs, view_page(pairs)]
+    counting: list[JSON] = []
+    if query_params:  # a view queried by declared fields also counts the rows passing a where
+        answers.append({"type": "integer", "minimum": 0, "description": "with count=true: how many rows pass"})
+        counting.append(_COUNT)
     return {
         "operationId": f"views.{view_name}.scan",
         "summary": f"rows of view {view_name} in key order, or a query by its declared fields",
@@ -268,12 +273,26 @@ def _view_scan(view_name: str, row: JSON, query_params: list[JSON]) -> JSON:
             {"name": "after", "in": "query", "required": False, "schema": {"type": "string"}},
             _int_param("limit", "at most this many rows", 1, 10_000),
             *query_params,
+            *counting,
         ],
         "responses": _responses(
             "view",
-            _json(_ok({"anyOf": [pairs, view_page(pairs)]}), "[key, row] pairs; with where, order_by or page: a page"),
+            _json(
+                _ok({"anyOf": answers}),
+                "[key, row] pairs; with where, order_by or page: a page; with count=true: a count",
+            ),
         ),
     }
+
+
+_COUNT: JSON = {
+    "name": "count",
+    "in": "query",
+    "required": False,
+    "description": "true: answer how many rows pass `where` (all rows without it) instead of the rows"
+    " (order_by, page, limit and after do not change a count)",
+    "schema": {"type": "boolean"},
+}
 
 
 def _paths(s: Schemas) -> JSON:
