@@ -149,19 +149,38 @@ def verify_cost(n: int = 2000) -> dict[str, float]:
     return out
 
 
-def start(cmd: list[str], ready: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env, cwd=c.ROOT)
+def start(cmd: list[str], ready: str, env: dict[str, str] | None = None, cwd: Path = c.ROOT) -> subprocess.Popen[str]:
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env, cwd=cwd)
     assert proc.stdout is not None
     line = proc.stdout.readline()
     assert line.startswith(ready), f"did not start: {line!r}"
     return proc
 
 
-def start_runtime(data: Path, env: dict[str, str]) -> tuple[subprocess.Popen[str], str]:
-    """`memoir run` on the embedded defaults in `data`, on the benchmark's loop; and its NATS URL."""
+def start_runtime(data: Path, env: dict[str, str], code: Path = c.ROOT) -> tuple[subprocess.Popen[str], str]:
+    """`memoir run` of the code in `code` on the embedded defaults in `data`, on the benchmark's loop; and its
+    NATS URL."""
     argv = [sys.executable, "-m", "runtime.serve.cli", "run", "--data-dir", str(data)]
-    runtime = start([*argv, "--log-format", "json", "--log-level", "warning", "--loop", c.LOOP], "memoir: serving", env)
+    flags = ["--log-format", "json", "--log-level", "warning", "--loop", c.LOOP]
+    runtime = start([*argv, *flags], "memoir: serving", {**env, "PYTHONPATH": str(code)}, code)
     return runtime, (data / "nats.url").read_text().strip()
+
+
+def before_tracing(into: Path) -> tuple[Path, str]:
+    """The code as it was before tracing existed (the parent of the commit that added `runtime/wire/tracing.py`),
+    unpacked into `into` with `git archive`; and that commit, short."""
+    git = ["git", "-C", str(c.ROOT)]
+    added = subprocess.run(
+        [*git, "log", "--format=%H", "--diff-filter=A", "--", "runtime/wire/tracing.py"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()[-1]
+    rev = subprocess.run([*git, "rev-parse", "--short", f"{added}^"], capture_output=True, text=True, check=True)
+    into.mkdir()
+    tar = subprocess.run([*git, "archive", f"{added}^"], capture_output=True, check=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(into)], input=tar, check=True)
+    return into, rev.stdout.strip()
 
 
 class _OtlpSink(http.server.BaseHTTPRequestHandler):
@@ -180,11 +199,13 @@ class _OtlpSink(http.server.BaseHTTPRequestHandler):
 
 
 TRACING = {"off": {}, "1%": {"OTEL_TRACES_SAMPLER_ARG": "0.01"}, "100%": {"OTEL_TRACES_SAMPLER_ARG": "1.0"}}
+MODES = ("before", *TRACING)  # before: the code before tracing existed, run the same way
 
 
-def tracing_main(seconds: float) -> None:
-    """Tracing off, on with 1 % of commands sampled, on with all: three runtimes, rounds interleaved."""
-    print(f"tracing cost: {CLIENTS} client processes x {INFLIGHT} in flight, {ROUNDS} rounds of {seconds:g}s")
+def tracing_main(seconds: float, rounds: int) -> None:
+    """The code before tracing existed, and today's with tracing off, on with 1 % of commands sampled, on with all:
+    four runtimes, rounds interleaved (each round runs the four in turn, in a rotating order)."""
+    print(f"tracing cost: {CLIENTS} client processes x {INFLIGHT} in flight, {rounds} rounds of {seconds:g}s")
     sink = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _OtlpSink)
     threading.Thread(target=sink.serve_forever, daemon=True).start()
     otel = {
@@ -195,39 +216,52 @@ def tracing_main(seconds: float) -> None:
     }
     runtimes: dict[str, tuple[subprocess.Popen[str], str, str]] = {}
     with c.scratch_dir() as d:
+        old, rev = before_tracing(d / "before")
+        print(f"  before tracing: {rev}", flush=True)
         try:
-            for mode, extra in TRACING.items():
+            for mode in MODES:
                 data = d / f"data-{len(runtimes)}"
-                env = {**os.environ, "PYTHONPATH": str(c.ROOT), **(otel | extra if extra else {})}
-                proc, url = start_runtime(data, env)
+                extra = TRACING.get(mode)
+                env = {**os.environ, **(otel | extra if extra else {})}
+                proc, url = start_runtime(data, env, old if mode == "before" else c.ROOT)
                 runtimes[mode] = (proc, url, str(data / "nats.nk"))
-            rounds = []
-            for r in range(ROUNDS + 1):  # the first round warms up: activations, connections
-                results = {}
-                for mode, (_, url, key) in runtimes.items():
+            results = []
+            for r in range(rounds + 1):  # the first round warms up: activations, connections
+                result = {}
+                for k in range(len(MODES)):
+                    mode = MODES[(r + k) % len(MODES)]
+                    _, url, key = runtimes[mode]
                     os.environ["MEMOIR_NATS_NKEY"] = key  # the client processes inherit it
-                    results[mode] = run_clients(url, "memoir", seconds if r else 1.0)
+                    result[mode] = run_clients(url, "memoir", seconds if r else 1.0)
                 if r:
-                    rounds.append(results)
+                    results.append(result)
         finally:
             for proc, _, _ in runtimes.values():
                 proc.terminate()
                 proc.wait(30)
             sink.shutdown()
-    per_s = {mode: statistics.mean(r[mode]["per_s"] for r in rounds) for mode in TRACING}
-    ratio = {mode: statistics.median(r[mode]["per_s"] / r["off"]["per_s"] for r in rounds) for mode in TRACING}
-    c.line("tracing off / 1 % / 100 % commands/s", " / ".join(f"{per_s[m]:,.0f}" for m in TRACING))
-    c.line("vs off, median of rounds: 1 % / 100 %", f"{ratio['1%']:.2f}x / {ratio['100%']:.2f}x")
-    c.line("command errors", sum(x["errors"] for r in rounds for x in r.values()))
-    c.goal("1 % sampling vs off", ratio["1%"], ">=", 0.95)
-    c.goal("100 % sampling vs off", ratio["100%"], ">=", 0.8)
+    per_s = {mode: statistics.mean(r[mode]["per_s"] for r in results) for mode in MODES}
+    vs = {mode: statistics.median(r[mode]["per_s"] / r["before"]["per_s"] for r in results) for mode in MODES}
+    vs_off = {mode: statistics.median(r[mode]["per_s"] / r["off"]["per_s"] for r in results) for mode in TRACING}
+    c.line("before tracing / off / 1 % / 100 % commands/s", " / ".join(f"{per_s[m]:,.0f}" for m in MODES))
+    c.line("vs before tracing, median of rounds: off / 1 % / 100 %", " / ".join(f"{vs[m]:.2f}x" for m in TRACING))
+    c.line("vs off, median of rounds: 1 % / 100 %", f"{vs_off['1%']:.2f}x / {vs_off['100%']:.2f}x")
+    c.line("command errors", sum(x["errors"] for r in results for x in r.values()))
+    c.goal("tracing off vs before tracing", vs["off"], ">=", 0.98)
+    c.goal("1 % sampling vs before tracing", vs["1%"], ">=", 0.95)
+    c.goal("100 % sampling vs before tracing", vs["100%"], ">=", 0.8)
     c.finish(
         {
+            "before_tracing": rev,
+            "before_tracing_per_s": per_s["before"],
             "tracing_off_per_s": per_s["off"],
             "tracing_1pct_per_s": per_s["1%"],
             "tracing_100pct_per_s": per_s["100%"],
-            "tracing_1pct_ratio": ratio["1%"],
-            "tracing_100pct_ratio": ratio["100%"],
+            "tracing_off_vs_before": vs["off"],
+            "tracing_1pct_vs_before": vs["1%"],
+            "tracing_100pct_vs_before": vs["100%"],
+            "tracing_1pct_ratio": vs_off["1%"],
+            "tracing_100pct_ratio": vs_off["100%"],
         }
     )
 
@@ -235,14 +269,19 @@ def tracing_main(seconds: float) -> None:
 def main() -> None:
     p = c.parser(__doc__.splitlines()[0])
     p.add_argument("--seconds", type=float)
-    p.add_argument("--tracing", action="store_true", help="only the cost of tracing: off, 1 %% and 100 %% sampled")
+    p.add_argument(
+        "--tracing",
+        action="store_true",
+        help="only the cost of tracing: the code before tracing, and tracing off, 1 %% and 100 %% sampled",
+    )
+    p.add_argument("--rounds", type=int, help="rounds of the --tracing phases (default 4, 5 with --quick)")
     args = c.parse(p)
     seconds = args.seconds or (6.0 if args.quick else 20.0)
     if args.tracing:
-        tracing_main(seconds / 2)
+        tracing_main(seconds / 4, args.rounds or (5 if args.quick else ROUNDS))
         return
     print(f"nats commands: {CLIENTS} client processes x {INFLIGHT} in flight, {seconds:g}s per phase", flush=True)
-    env = {**os.environ, "PYTHONPATH": str(c.ROOT), "MEMOIR_JWT_SECRET": SECRET}
+    env = {**os.environ, "MEMOIR_JWT_SECRET": SECRET}
     with c.scratch_dir() as d:
         for k in range(CLIENTS):
             (d / f"fresh-{k}.txt").write_text("\n".join(mint(f"client-{k}-{n}") for n in range(FRESH)))

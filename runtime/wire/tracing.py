@@ -7,7 +7,15 @@ itself. Whether one is, is looked up once, on the first span asked for (`reset` 
 with none, `span` hands back one shared no-op context manager and `traceparent` None, so a hot
 path pays a function call and a global read.
 
-Context crosses processes as a W3C `traceparent` header on NATS messages (`H_TRACEPARENT`).
+With one, a request's door asks `sampled` before it makes anything: a remote parent's flags
+decide (the parent-based sampler drops what its parent did not sample), and for a new root the
+trace id is drawn here and given to the root sampler (a ratio sampler decides by the trace id
+alone), then handed to the SDK for the span if it is kept. So a command that is not sampled
+makes no span object at all, not even a non-recording one, and nothing of it is attached to
+the context: at 1 % sampling, 99 % of commands take the untraced path.
+
+Context crosses processes as a W3C `traceparent` header on NATS messages (`H_TRACEPARENT`),
+parsed and written here directly (the SDK's propagator builds a context per call).
 """
 
 from __future__ import annotations
@@ -16,8 +24,9 @@ import contextlib
 import functools
 import hashlib
 import os
+import random
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from types import SimpleNamespace
 from typing import Any
 
@@ -25,17 +34,20 @@ from ..model.errors import ConfigError
 
 _UNKNOWN: Any = object()
 _tracer: Any = _UNKNOWN  # an opentelemetry Tracer, None when off; looked up once
+_root_sampled: Callable[[int], bool] | None = None  # the tracer's root decision for a trace id, when it can say
+_ids: _TraceIds | None = None  # the tracer's id generator, to which a new root's trace id is handed
 _OFF = contextlib.nullcontext()
 
 SERVER, CLIENT, PRODUCER, CONSUMER, INTERNAL = "server", "client", "producer", "consumer", "internal"
 _TRACE_ID = re.compile(r"[0-9a-f]{32}")
+_TRACEPARENT = re.compile(r"([0-9a-e][0-9a-f])-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")  # version ff is invalid
 
 
 def tracer() -> Any:
     """The tracer spans come from, or None when no SDK tracer provider is installed."""
     global _tracer
     if _tracer is _UNKNOWN:
-        _tracer = _lookup()
+        _install(_lookup())
     return _tracer
 
 
@@ -51,8 +63,7 @@ def use(provider: Any) -> None:
     For tests and programs that keep their provider to themselves. Parts that looked the tracer up
     already (a NATS door's workers, when they start) keep what they found.
     """
-    global _tracer
-    _tracer = None if provider is None else provider.get_tracer("memoir")
+    _install(None if provider is None else provider.get_tracer("memoir"))
 
 
 def _lookup() -> Any:
@@ -66,6 +77,69 @@ def _lookup() -> Any:
     return provider.get_tracer("memoir")
 
 
+class _TraceIds:
+    """The SDK tracer's id generator, handed the trace id of the next root span ahead: the one the
+    root sampler was asked about before any span was made (`sampled`)."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.next = 0
+
+    def generate_trace_id(self) -> int:
+        trace_id, self.next = self.next, 0
+        return trace_id or int(self.inner.generate_trace_id())
+
+    def __getattr__(self, name: str) -> Any:  # generate_span_id, is_trace_id_random, …
+        return getattr(self.inner, name)
+
+
+def _install(t: Any) -> None:
+    """Use the tracer `t` (None: off), with what deciding before making a span needs from it."""
+    global _tracer, _root_sampled, _ids
+    _tracer, _root_sampled, _ids = t, None, None
+    if t is None or not hasattr(t, "id_generator") or not hasattr(t, "sampler"):
+        return  # not the SDK's tracer: every root is made, and its sampler decides then
+    _ids = t.id_generator if isinstance(t.id_generator, _TraceIds) else _TraceIds(t.id_generator)
+    t.id_generator = _ids
+    _root_sampled = _root_rule(t.sampler)
+
+
+def _root_rule(sampler: Any) -> Callable[[int], bool]:
+    """The sampler's decision for a new root with a given trace id, as cheap as it can be had: a
+    ratio sampler's is one comparison (its own rule: the trace id's low 64 bits under its bound)."""
+    from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+
+    root = getattr(sampler, "_root", sampler) if isinstance(sampler, ParentBased) else sampler
+    if type(root) is TraceIdRatioBased:
+        bound, low = root.bound, TraceIdRatioBased.TRACE_ID_LIMIT
+        return lambda trace_id: trace_id & low < bound
+    return lambda trace_id: bool(sampler.should_sample(None, trace_id, "root").decision.is_sampled())
+
+
+def sampled(parent: str | None) -> int | None:
+    """Whether a request that arrived with `parent` (its traceparent; None: none) is recorded here,
+    decided before any span object is made: None if not (or tracing is off); else the trace id of
+    the span to make, passed to `span` with the same `parent`.
+
+    A valid parent decides by its sampled flag (the parent-based sampler's rule: a remote parent
+    not sampled is dropped). A new root's trace id is drawn here and put to the root sampler.
+    """
+    if tracer() is None:
+        return None
+    if parent is not None and (m := _TRACEPARENT.fullmatch(parent)) and (found := _valid(m)):
+        return found if int(m[4], 16) & 1 else None
+    if _root_sampled is None:
+        return 0  # the SDK draws the trace id and decides when the span is made
+    trace_id = random.getrandbits(128) or 1
+    return trace_id if _root_sampled(trace_id) else None
+
+
+def _valid(m: re.Match[str]) -> int:
+    """The trace id of a parsed traceparent, 0 if it is not a valid parent (a zero trace or span id)."""
+    trace_id = int(m[2], 16)
+    return trace_id if trace_id and int(m[3], 16) else 0
+
+
 def span(
     name: str,
     *,
@@ -73,14 +147,19 @@ def span(
     parent: str | None = None,
     attributes: Mapping[str, Any] | None = None,
     links: list[Any] | None = None,
+    trace_id: int = 0,
 ) -> contextlib.AbstractContextManager[Any]:
     """A span named `name` around a block (the current one's child, or `parent`'s: a traceparent),
-    linked to the span contexts in `links` (what `current()` gave)."""
+    linked to the span contexts in `links` (what `current()` gave). A root (no valid `parent`) takes
+    `trace_id` when one is given (what `sampled` drew)."""
     t = tracer()
     if t is None or (parent is not None and parent.endswith("-00")):
         return _OFF  # off, or continuing a trace nobody records: nothing to make
     api = _api()
-    context = None if parent is None else _propagator().extract({"traceparent": parent})
+    context = None if parent is None else _parent_context(parent)
+    if context is None and trace_id and _ids is not None:
+        _ids.next = trace_id  # taken by this root when the block is entered (at once: `with span(…)`)
+        context = api.Context()  # a root, whatever span is current
     return t.start_as_current_span(  # type: ignore[no-any-return]
         name,
         context=context,
@@ -88,6 +167,16 @@ def span(
         attributes=attributes,
         links=[api.Link(c) for c in links] if links else None,
     )
+
+
+def _parent_context(parent: str) -> Any:
+    """A context holding the remote span `parent` names (a W3C traceparent); None if it names none."""
+    m = _TRACEPARENT.fullmatch(parent)
+    if m is None or not (trace_id := _valid(m)):
+        return None
+    api = _api()
+    remote = api.SpanContext(trace_id, int(m[3], 16), is_remote=True, trace_flags=api.TraceFlags(int(m[4], 16)))
+    return api.set_span_in_context(api.NonRecordingSpan(remote))
 
 
 def child(
@@ -100,30 +189,50 @@ def child(
 @functools.cache
 def _api() -> Any:
     """The OpenTelemetry names the spans use, imported once (the package is optional)."""
-    from opentelemetry.trace import Link, SpanKind, Status, StatusCode
+    from opentelemetry.context import Context
+    from opentelemetry.trace import (
+        Link,
+        NonRecordingSpan,
+        SpanContext,
+        SpanKind,
+        Status,
+        StatusCode,
+        TraceFlags,
+        get_current_span,
+        set_span_in_context,
+    )
 
     kinds = {k: SpanKind[k.upper()] for k in (SERVER, CLIENT, PRODUCER, CONSUMER, INTERNAL)}
-    return SimpleNamespace(Link=Link, kinds=kinds, Status=Status, StatusCode=StatusCode)
+    return SimpleNamespace(
+        Context=Context,
+        Link=Link,
+        kinds=kinds,
+        Status=Status,
+        StatusCode=StatusCode,
+        SpanContext=SpanContext,
+        TraceFlags=TraceFlags,
+        NonRecordingSpan=NonRecordingSpan,
+        get_current_span=get_current_span,
+        set_span_in_context=set_span_in_context,
+    )
 
 
 def current() -> Any:
     """The current span's context, to link to from elsewhere; None when off or outside a recorded span."""
     if tracer() is None:
         return None
-    from opentelemetry import trace
-
-    found = trace.get_current_span().get_span_context()
+    found = _api().get_current_span().get_span_context()
     return found if found.is_valid and found.trace_flags.sampled else None
 
 
 def traceparent() -> str | None:
     """The current span as a W3C `traceparent`, for a message's headers; None when off or outside a
-    recorded span (an unsampled command's reactions record nothing either)."""
-    if current() is None:
+    recorded span (an unsampled command's reactions record nothing either). Written as the W3C
+    propagator writes it."""
+    found = current()
+    if found is None:
         return None
-    carrier: dict[str, str] = {}
-    _propagator().inject(carrier)
-    return carrier.get("traceparent")
+    return f"00-{found.trace_id:032x}-{found.span_id:016x}-{found.trace_flags:02x}"
 
 
 def event_parent(correlation_id: str | None, key: str) -> str | None:
@@ -143,19 +252,8 @@ def _sampled(trace_id: str) -> bool:
     """Whether this process's sampler samples the trace `trace_id` at its root: what the command's
     first member decided, with the same ratio (a ratio sampler decides by the trace id alone), so
     1 % of commands means 1 % of their reactions too, not all of them."""
-    sampler = getattr(tracer(), "sampler", None)
-    if sampler is None:
-        return True
-    from opentelemetry.sdk.trace.sampling import Decision
-
-    return bool(sampler.should_sample(None, int(trace_id, 16), "event").decision == Decision.RECORD_AND_SAMPLE)
-
-
-@functools.cache
-def _propagator() -> Any:
-    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
-
-    return TraceContextTextMapPropagator()
+    tracer()
+    return True if _root_sampled is None else _root_sampled(int(trace_id, 16))
 
 
 def reaction(name: str, correlation_id: str | None, key: str) -> contextlib.AbstractContextManager[Any]:

@@ -84,3 +84,41 @@ def test_an_events_reactions_are_sampled_as_its_command_was() -> None:
             assert tracing.event_parent("not-a-trace-id", "post/p1/1") is None
         finally:
             tracing.reset()
+
+
+def test_sampling_is_decided_before_any_span_is_made() -> None:
+    from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+
+    tracing.use(None)
+    assert tracing.sampled(PARENT) is None and tracing.sampled(None) is None  # off
+    unsampled = PARENT[:-2] + "00"
+    for ratio in (0.0, 1.0):
+        exported = InMemorySpanExporter()
+        provider = TracerProvider(sampler=ParentBased(TraceIdRatioBased(ratio)))
+        provider.add_span_processor(SimpleSpanProcessor(exported))
+        tracing.use(provider)
+        try:
+            # a remote parent decides by its flag, whatever the ratio
+            assert tracing.sampled(PARENT) == int(PARENT.split("-")[1], 16)
+            assert tracing.sampled(unsampled) is None
+            # a root, or a parent that is not one (bad, zero ids): the ratio decides, on a trace id drawn here
+            for parent in (None, "garbage", f"00-{'0' * 32}-00f067aa0ba902b7-01"):
+                root = tracing.sampled(parent)
+                assert (root is None) == (ratio == 0.0)
+            if ratio == 1.0:
+                # a root's trace id is the one drawn, even under a current span
+                with tracing.span("outer"), tracing.span("serve", kind=tracing.SERVER, trace_id=root or 0):
+                    pass
+                serve, _ = exported.get_finished_spans()
+                assert serve.context is not None and serve.context.trace_id == root and serve.parent is None
+        finally:
+            tracing.reset()
+
+
+def test_traceparent_is_written_as_the_w3c_propagator_writes_it(exporter: InMemorySpanExporter) -> None:
+    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+    with tracing.span("serve", parent=PARENT):
+        carrier: dict[str, str] = {}
+        TraceContextTextMapPropagator().inject(carrier)
+        assert tracing.traceparent() == carrier["traceparent"]

@@ -42,6 +42,10 @@ reply subject or header that is not UTF-8, a header block over `MAX_HEADER_BYTES
 never the request's headers (nats-py's `Msg.respond` echoes them: a bearer token included,
 to an inbox other clients may share).
 
+Another front door of the process (the HTTP gateway) serves a command through `answer`: the same
+function as a message taken off NATS (checks, caller, ids, routing, tracing, metrics, command log),
+run in its own task, the answer handed back instead of sent.
+
 With a `Verifier` the `Authorization` header is checked before anything else of the command
 (`auth.py`); a bad token is `unauthorized` whatever the rules. Every command from here carries
 a caller (`ANONYMOUS` without a token), so the app's access rules apply to all of them.
@@ -78,6 +82,7 @@ from ...wire.protocol import (
     H_TRACEPARENT,
     Reply,
     check_headers,
+    command_subject,
     encode_error,
     encode_reply,
     header_id,
@@ -99,6 +104,9 @@ _SHARED = ("*", "*.*", "*.*.*", "*.*.*.*.>")  # `cmd.…` with any token count b
 
 Observer = Callable[[str, str, str, float], None]
 """Called after each command: (entity type, command, outcome code or "ok", seconds)."""
+Answer = Callable[[Msg, bytes], Awaitable[None]]
+"""Sends a command's answer: as a NATS reply, or to the front door that served it in-process."""
+_IN_PROCESS = "_MEMOIR_IN_PROCESS"  # the reply subject of a command served in-process: someone waits, not on NATS
 
 
 class NatsDoor:
@@ -235,20 +243,50 @@ class NatsDoor:
             self.queued_bytes -= len(item[0].data)
             await serve(*item)
 
-    async def _serve_traced(self, msg: Msg, arrived: float) -> None:
-        """`_serve` in a server span, the child of the request's `traceparent` if it has one."""
+    async def answer(
+        self, entity_type: str, entity_id: str, command: str, payload: bytes, headers: dict[str, str]
+    ) -> bytes | None:
+        """Serve a command that another front door of this process holds (the HTTP gateway) as one taken
+        off NATS: the same checks, caller, dedupe ids, routing, tracing, metrics and command log. The
+        encoded answer, or None when none came in time (a forward the owner did not answer).
+
+        Run here when this member owns the entity: no NATS round trip, no queue. A command for another
+        member's entity is forwarded to its owner, as a NATS client's would be.
+        """
+        msg = Msg(self.nc, command_subject(self.prefix, entity_type, entity_id, command), _IN_PROCESS, payload, headers)
+        answered: list[bytes] = []
+
+        async def keep(_: Msg, body: bytes) -> None:
+            answered.append(body)
+
+        serve = self._serve if tracing.tracer() is None else self._serve_traced
+        await serve(msg, time.monotonic(), keep)
+        return answered[0] if answered else None
+
+    async def _serve_traced(self, msg: Msg, arrived: float, answer: Answer | None = None) -> str:
+        """`_serve` in a server span, the child of the request's `traceparent` if it has one.
+
+        Sampling is decided first, from the traceparent's flags or a trace id drawn for a new root
+        (`tracing.sampled`): a command not sampled is served as if tracing were off, no span made.
+        """
+        parent = (msg.headers or {}).get(H_TRACEPARENT)
+        trace = tracing.sampled(parent)
+        if trace is None:
+            return await self._serve(msg, arrived, answer)
         try:
             entity_type, _, command = parse_command_subject(self._command_subject(msg)[0], self._prefix_tokens)
             name = f"serve {entity_type}.{command}"
         except CommandError:
             name = "serve ?"
-        parent = (msg.headers or {}).get(H_TRACEPARENT)
-        with tracing.span(name, kind=tracing.SERVER, parent=parent, attributes={"memoir.subject": msg.subject}) as sp:
+        attributes = {"memoir.subject": msg.subject}
+        with tracing.span(name, kind=tracing.SERVER, parent=parent, attributes=attributes, trace_id=trace) as sp:
             # this span's traceparent in place of the caller's: the forward and the correlation id
             # (the trace id, stored with the events for those that react to them) follow it
             if (mine := tracing.traceparent()) is not None:
                 msg.headers = {**(msg.headers or {}), H_TRACEPARENT: mine}
-            tracing.set_outcome(sp, await self._serve(msg, arrived))
+            outcome = await self._serve(msg, arrived, answer)
+            tracing.set_outcome(sp, outcome)
+            return outcome
 
     def _fwd_subject(self, member: str) -> str:
         return f"{self.prefix}.fwd.{member}"
@@ -264,8 +302,10 @@ class NatsDoor:
         hops = (msg.headers or {}).get(H_HOPS, "")
         return subject, int(hops) if hops.isdigit() else MAX_HOPS
 
-    async def _serve(self, msg: Msg, arrived: float) -> str:
-        """Answer one request; its outcome code ("ok", an error code, or "forwarded")."""
+    async def _serve(self, msg: Msg, arrived: float, answer: Answer | None = None) -> str:
+        """Answer one request (with `answer`, else as a NATS reply); its outcome code ("ok", an error
+        code, or "forwarded")."""
+        answer = answer or self._respond
         started = time.perf_counter()
         entity_type = entity_id = command = "?"
         seq: int | None = None
@@ -296,7 +336,7 @@ class NatsDoor:
             if self.router is None:
                 reply = await ask()
             else:
-                routed = await self._route(msg, subject, hops, entity_type, entity_id, deadline, ask)
+                routed = await self._route(msg, subject, hops, entity_type, entity_id, deadline, ask, answer)
                 if routed is None:  # forwarded: the owner answers the sender itself
                     self.served += 1
                     return "forwarded"
@@ -312,7 +352,7 @@ class NatsDoor:
         except Exception as exc:  # nothing from outside may take the process down
             log.error("request failed", subject=msg.subject, exc_info=exc)
             body, outcome = encode_error(CommandError(ErrorCode.INTERNAL, f"{type(exc).__name__}: {exc}")), "internal"
-        await self._respond(msg, body)
+        await answer(msg, body)
         self.served += 1
         if self.observe is not None:
             self.observe(entity_type, command, outcome, time.perf_counter() - started)
@@ -330,6 +370,7 @@ class NatsDoor:
         entity_id: str,
         deadline: float | None,
         ask: Callable[[], Awaitable[Reply]],
+        answer: Answer,
     ) -> Reply | None:
         """Run the command here if this member owns its entity; else pass it on (None).
 
@@ -353,10 +394,10 @@ class NatsDoor:
                     await self.nc.publish(target, msg.data, headers=headers)
                     return None
                 try:
-                    answer = await self.nc.request(target, msg.data, timeout=left, headers=headers)
+                    owners = await self.nc.request(target, msg.data, timeout=left, headers=headers)
                 except NatsTimeoutError:
                     return None  # the sender has stopped waiting too; the owner may still have run it
-            await self._respond(msg, answer.data)  # the owner's answer, passed on as it is
+            await answer(msg, owners.data)  # the owner's answer, passed on as it is
             return None
 
         until = deadline if deadline is not None else time.monotonic() + FORWARD_TIMEOUT
