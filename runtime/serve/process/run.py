@@ -241,6 +241,7 @@ class _Doors:
         if self.http is not None:
             self.http.console.metrics = self.metrics  # the console shows this process's counters
             self.http.api.ready = self.metrics.ready  # /readyz on the HTTP port says what the metrics port's does
+            self.http.api.door = self.nats  # commands take the NATS door's own path, in-process
 
     async def serve_metrics(self, side: TaskGroup) -> str:
         """The metrics endpoint in `side`, if asked for: its URL, or "off"."""

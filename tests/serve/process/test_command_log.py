@@ -8,8 +8,12 @@ import signal
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from support.process import RunningRuntime
+from support.waiting import eventually
+
+from runtime.serve.service.embedded_nats import free_port
 
 pytestmark = pytest.mark.anyio
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -59,3 +63,33 @@ async def test_a_line_per_command_only_with_the_flag(tmp_path: Path) -> None:
     finally:
         assert rt.stop(signal.SIGTERM) == 0
     assert command_lines(tmp_path / "data.log") == []
+
+
+async def test_http_commands_served_in_process_are_logged_and_counted(tmp_path: Path) -> None:
+    """An HTTP command for an entity this process owns takes the NATS door's own path, in-process: its
+    command log line and its metrics are the ones a NATS command gets."""
+    http_port, metrics_port = free_port(), free_port()
+    args = ("--log-commands", "--http-port", str(http_port), "--metrics-port", str(metrics_port))
+    rt = RunningRuntime(tmp_path / "data", *args).start()
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{http_port}", headers=rt.http_auth, timeout=10) as h:
+            headers = {"Idempotency-Key": "h-1", "traceparent": f"00-{TRACE}-00f067aa0ba902b7-01"}
+            ok = await h.post("/post/p9/publish", json={"author": "ann", "text": "hi"}, headers=headers)
+            assert ok.status_code == 200, ok.text
+            bad = await h.post("/post/p9/publish", json={"author": "ann"})
+            assert (bad.status_code, bad.json()["error"]["code"]) == (400, "invalid")
+        async with httpx.AsyncClient(timeout=10) as plain:
+            metrics = (await plain.get(f"http://127.0.0.1:{metrics_port}/metrics")).text
+    finally:
+        assert rt.stop(signal.SIGTERM) == 0
+    for outcome in ("ok", "invalid"):
+        assert f'memoir_commands_total{{command="publish",entity_type="post",outcome="{outcome}"}} 1.0' in metrics
+
+    async def logged() -> bool:
+        return len(command_lines(tmp_path / "data.log")) == 2
+
+    await eventually(logged, 10, "two command lines")
+    ok_line, bad_line = command_lines(tmp_path / "data.log")
+    assert (ok_line["entity_id"], ok_line["command_id"], ok_line["outcome"], ok_line["seq"]) == ("p9", "h-1", "ok", 1)
+    assert ok_line["trace_id"] == TRACE
+    assert (bad_line["outcome"], bad_line["seq"]) == ("invalid", None)

@@ -1,11 +1,14 @@
 """The HTTP API as a thin ASGI app over the service: every route is a few lines over what NATS serves.
 
-Who may call at all is decided first (`guard.py`: origin, credential). A command is a NATS
-request to its command subject, headers carried over (`Idempotency-Key` becomes
+Who may call at all is decided first (`guard.py`: origin, credential). A command is served as a NATS
+client's command to its command subject, headers carried over (`Idempotency-Key` becomes
 `Memoir-Command-Id`; `traceparent`, `Memoir-*` and, with JWTs, `Authorization` pass as they are), so it
 takes the path a NATS client's command takes: the NATS door's validation, its command-id dedupe,
-its cluster routing and whatever access check the NATS door applies. The reply's JSON is the
-response body unchanged; only its error code picks the status (`status.py`). Views are read
+its cluster routing, tracing, metrics and command log, and whatever access check the NATS door
+applies. For an entity this member owns, with the process's NATS door at hand (`door`, as
+`memoir run` sets), it is that door's own function, in-process: no NATS round trip. Only a command
+for another member's entity (or with no door here) is a NATS request, to its owner's own subject.
+The reply's JSON is the response body unchanged; only its error code picks the status (`status.py`). Views are read
 through the same admin requests `memoir query` makes; an entity's state and history are read from
 the journal, as `memoir state` and `memoir events` do.
 
@@ -18,7 +21,7 @@ of `/{type}/{id}[/…]`, and the live tails are `/events/{type}` (`events`, `vie
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Protocol
 
 import anyio
 import msgspec
@@ -74,6 +77,14 @@ MAX_HISTORY_PAGE = 1000
 JSON_TYPE = [(b"content-type", b"application/json")]
 
 
+class CommandDoor(Protocol):
+    """The NATS door's in-process entry (`NatsDoor.answer`): a command served as one taken off NATS."""
+
+    async def answer(
+        self, entity_type: str, entity_id: str, command: str, payload: bytes, headers: dict[str, str]
+    ) -> bytes | None: ...
+
+
 class HttpApi:
     """The ASGI app. `closing` is set on shutdown: live tails end, so the server can stop."""
 
@@ -101,6 +112,7 @@ class HttpApi:
         self.keys = keys
         self.closing = anyio.Event()
         self.ready: Callable[[], bool] | None = None  # /readyz: set by `memoir run` (else: NATS connected)
+        self.door: CommandDoor | None = None  # this process's NATS door (set by `memoir run`): commands in-process
         self._openapi = openapi
         self._tail = tail
 
@@ -216,7 +228,7 @@ class HttpApi:
     def _entity(self, entity_type: str, raw_id: str) -> tuple[EntityModel, str]:
         return self.model(entity_type), check_entity_id(segment(raw_id, "entity id"))
 
-    # -- commands: a NATS request, as any client sends it (to the owner's own subject in a cluster) ---------
+    # -- commands: served as a NATS client's (by the NATS door in-process, or as a NATS request) -----------
 
     async def _command(self, scope: Scope, receive: Receive, entity_type: str, raw_id: str, command: str) -> Answer:
         _, entity_id = self._entity(entity_type, raw_id)
@@ -236,23 +248,42 @@ class HttpApi:
         command_id, claim = nats_headers.get(H_COMMAND_ID), None
         if command_id is not None and self.keys is not None:
             claim = await self.keys.claim(entity_type, entity_id, command_id, command, body)
-        subject = command_subject(self.prefix, entity_type, entity_id, command)
-        try:
-            owner = None if self.service.router is None else self.service.router.owner(entity_type, entity_id)
-            msg = await request_owner(self.nc, owner, self.prefix, subject, body, timeout=timeout, headers=nats_headers)
-        except NoRespondersError:
-            raise HttpError(ErrorCode.UNAVAILABLE, f"no Memoir runtime is serving {subject} now; retry") from None
-        except NatsTimeoutError:
-            raise HttpError(
-                "timeout", f"no reply within {timeout:g}s; retry with the same Idempotency-Key (it may have run)"
-            ) from None
-        except NatsError as exc:  # the connection is closing or reconnecting
-            raise HttpError(ErrorCode.UNAVAILABLE, f"NATS is not reachable now ({exc}); retry") from None
-        answer = decode_answer(msg.data)
+        router = self.service.router
+        owner = None if router is None else router.owner(entity_type, entity_id)
+        if self.door is not None and (router is None or owner == router.member):
+            data = await self.door.answer(entity_type, entity_id, command, body, nats_headers)
+        else:  # another member's (its own subject: no hop), or no door here
+            data = await self._request(entity_type, entity_id, command, body, nats_headers, timeout, owner)
+        if data is None:  # forwarded, and its owner did not answer in time
+            why = f"no reply within {timeout:g}s; retry with the same Idempotency-Key (it may have run)"
+            raise HttpError("timeout", why)
+        answer = decode_answer(data)
         code = "" if answer.ok or answer.error is None else answer.error.code
         if claim is not None and self.keys is not None and not answer.ok:
             await self.keys.release(claim)  # refused, nothing stored: a corrected retry may use the key
-        return self.answer(200 if answer.ok else status_of(code), msg.data, code)
+        return self.answer(200 if answer.ok else status_of(code), data, code)
+
+    async def _request(
+        self,
+        entity_type: str,
+        entity_id: str,
+        command: str,
+        body: bytes,
+        headers: dict[str, str],
+        timeout: float,
+        owner: str | None,
+    ) -> bytes | None:
+        """The command as a NATS request (to `owner`'s own subject in a cluster); None if no reply came in time."""
+        subject = command_subject(self.prefix, entity_type, entity_id, command)
+        try:
+            msg = await request_owner(self.nc, owner, self.prefix, subject, body, timeout=timeout, headers=headers)
+        except NoRespondersError:
+            raise HttpError(ErrorCode.UNAVAILABLE, f"no Memoir runtime is serving {subject} now; retry") from None
+        except NatsTimeoutError:
+            return None
+        except NatsError as exc:  # the connection is closing or reconnecting
+            raise HttpError(ErrorCode.UNAVAILABLE, f"NATS is not reachable now ({exc}); retry") from None
+        return bytes(msg.data)
 
     async def _body(self, receive: Receive, headers: dict[str, str]) -> bytes:
         """The whole body, within `max_body` bytes and `body_timeout` seconds (a half-sent body is cut)."""
