@@ -44,6 +44,7 @@ from ..service.embedded_nats import EmbeddedNats, free_port
 from ..service.http import HttpGateway
 from ..service.metrics import Metrics
 from ..service.nats_door import NatsDoor
+from ..service.regions import Region, regional_app
 from .appspec import load_app as load_app  # re-exported: callers load apps through the server module too
 from .datadir import lock_data_dir, write_manifest
 from .http_token import http_token
@@ -184,11 +185,12 @@ async def _open_stores(
 async def _start_service(
     stack: contextlib.AsyncExitStack, settings: Settings, app: App, journal: Journal, views: ViewStore, nats: _Nats
 ) -> Service:
+    regions = settings.region_settings()  # in a region: the app's views run over the region's replica
     service = Service(
-        app,
+        app if regions is None else regional_app(app),
         journal,
         nats_url=nats.url,
-        prefix=settings.prefix,
+        prefix=settings.prefix if regions is None else regions.region_prefix(),
         view_store=views,
         streams=settings.streams(),
         mailbox_size=settings.mailbox_size,
@@ -200,6 +202,8 @@ async def _start_service(
     )
     svc = await stack.enter_async_context(service)
     assert svc.nc is not None
+    if regions is not None:
+        await stack.enter_async_context(Region(app, svc.nc, regions, streams=settings.streams(), view_store=views))
     return svc
 
 
@@ -229,7 +233,7 @@ class _Doors:
         self.settings, self.svc = settings, svc
         self.admin = Admin(svc)
         self.nats = NatsDoor(
-            svc.runtime, svc.nc, prefix=settings.prefix, workers=settings.workers, router=svc.router, verifier=verifier
+            svc.runtime, svc.nc, prefix=svc.prefix, workers=settings.workers, router=svc.router, verifier=verifier
         )
         self.metrics = Metrics(svc, serving=self.nats.serving)
         self.metrics.forwarded = lambda: self.nats.forwarded

@@ -22,6 +22,7 @@ from ...wire.redact import had_secrets, without_secrets
 from ..service._service import SHARED_JOURNALS
 from ..service.auth import Verifier, load_verifier
 from ..service.cluster import ClusterConfig, LeaseConfig
+from ..service.regions import RegionSettings
 from .datadir import Manifest
 
 __all__ = ["Settings", "nats_url_file"]
@@ -70,6 +71,12 @@ class Settings(msgspec.Struct, kw_only=True):
     http_insecure: bool = False  # no credential needed (logged): without it, JWTs or the data dir's http.token
     http_cors_origins: str | None = None  # web origins whose pages may call it, comma-separated; others get 403
 
+    # regions (docs/guides/regions.md): this process serves one region of several, NATS clusters joined by gateways
+    region: str | None = None  # this process's region: its NATS cluster's name
+    regions: str | None = None  # every region, comma-separated, this one included
+    region_pinned: str | None = None  # type=region pairs, comma-separated: each such type's primary region
+    region_home: str | None = None  # the region keeping the first-write claims (default: the first of regions)
+
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None, **overrides: Any) -> Settings:
         """Environment variables first, flags (`overrides` that are not None) on top; values validated."""
@@ -97,6 +104,8 @@ class Settings(msgspec.Struct, kw_only=True):
         if self.stream_replicas < 1 or self.stream_max_age < 0 or self.stream_duplicate_window <= 0:
             raise ConfigError("stream_replicas must be >= 1, stream_max_age >= 0, stream_duplicate_window > 0")
         self.cors_origins()  # checks each origin
+        if self.region_settings() is not None and self.cluster:
+            raise ConfigError("a region of several members (--cluster with --region) is not built yet: one member")
         if self.cluster:
             self.cluster_config()  # checks shards and lease_ttl
             scheme = self.journal().split(":", 1)[0]
@@ -105,6 +114,27 @@ class Settings(msgspec.Struct, kw_only=True):
                     "a cluster needs a journal every member shares: postgresql:// or nats://, not"
                     f" {scheme}:// (a SQLite or memory journal belongs to one process; set --journal)"
                 )
+
+    def region_settings(self) -> RegionSettings | None:
+        """The region this process serves (`--region` with `--regions`), or None."""
+        if self.region is None and self.regions is None:
+            return None
+        if not self.region or not self.regions:
+            raise ConfigError("regions need both region (this one) and regions (all, comma-separated)")
+        pinned: dict[str, str] = {}
+        for pair in filter(None, (p.strip() for p in (self.region_pinned or "").split(","))):
+            entity_type, sep, region = pair.partition("=")
+            if not sep or not entity_type or not region:
+                raise ConfigError(f"region_pinned takes type=region pairs, got {pair!r}")
+            pinned[entity_type.strip()] = region.strip()
+        return RegionSettings(
+            name=self.region,
+            regions=tuple(r.strip() for r in self.regions.split(",") if r.strip()),
+            prefix=self.prefix,
+            pinned=pinned,
+            home=self.region_home,
+            replicas=self.stream_replicas,
+        )
 
     def cluster_config(self) -> ClusterConfig | None:
         """The cluster this process joins (its buckets replicated like the streams), or None."""

@@ -84,6 +84,11 @@ def add(sub: Subparsers) -> None:
     s.add_argument("--stream-replicas", type=int, help="replicas (default 1; 3 on a NATS cluster)")
     s.add_argument("--stream-max-age", type=float, help="seconds a message is kept (default 0: forever)")
     s.add_argument("--stream-duplicate-window", type=float, help="seconds JetStream remembers message ids (120)")
+    rg = r.add_argument_group("regions (docs/guides/regions.md)")
+    rg.add_argument("--region", help="this process's region: the name of its NATS cluster (gateways join regions)")
+    rg.add_argument("--regions", help="every region, comma-separated, this one included (e.g. eu,us)")
+    rg.add_argument("--region-pinned", help="type=region pairs, comma-separated: those types' primary region")
+    rg.add_argument("--region-home", help="the region keeping first-write claims (default: the first of --regions)")
     c = r.add_argument_group("cluster")
     c.add_argument(
         "--cluster",

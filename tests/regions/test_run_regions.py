@@ -1,0 +1,40 @@
+"""`memoir run --region`: two processes, one per region, on two NATS clusters joined by gateways."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from runtime import Client
+from runtime.serve.process.local_cluster import LocalMember
+from runtime.serve.process.local_regions import NatsRegions
+
+pytestmark = pytest.mark.anyio
+
+
+def member(tmp_path: Path, nats: NatsRegions, region: str) -> LocalMember:
+    argv = [sys.executable, "-m", "runtime.serve.cli", "run", "entities:sagas", "--nats-url", nats.url(region)]
+    argv += ["--region", region, "--regions", "eu,us", "--region-pinned", "account=eu", "--stream-replicas", "3"]
+    return LocalMember(region, tmp_path / region, [*argv, "--data-dir", str(tmp_path / region)])
+
+
+async def test_memoir_run_serves_a_region_and_commands_reach_the_primary(tmp_path: Path) -> None:
+    async with NatsRegions(tmp_path / "nats", ["eu", "us"]) as nats:
+        members = [member(tmp_path, nats, r) for r in ("eu", "us")]
+        try:
+            for m in members:  # one after the other: the first creates the claims bucket
+                await m.spawn()
+                await m.serving(90)
+            assert "memoir.cmd" in members[1].banner
+            async with Client(nats.url("us"), direct=False) as us, Client(nats.url("eu"), direct=False) as eu:
+                assert (await us.send("account", "A1", "deposit", {"amount": 5})).result == 5  # pinned to eu
+                assert (await eu.send("account", "A1", "deposit", {"amount": 2})).result == 7
+                item = {"units": 3, "on": "2022-03-01"}
+                assert (await us.send("inventory", "I1", "receive", item)).seq == 1  # first written in us
+                assert (await eu.send("inventory", "I1", "receive", item)).seq == 2  # so it crosses to us
+        finally:
+            for m in members:
+                await m.stop()
+        assert [m.exit_status for m in members] == [0, 0]
