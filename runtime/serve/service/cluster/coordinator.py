@@ -41,7 +41,7 @@ class ClusterConfig:
     lease: LeaseConfig = field(default_factory=LeaseConfig)
     member_ttl: float | None = None
     start_timeout: float = 30.0
-    renew_on_thread: bool = True  # the member lease's renewal on a thread of its own (renewer.py)
+    renew_on_thread: bool = True  # the member lease's renewal and the heartbeat on threads (renewer.py)
     spread_singletons: bool = True  # each singleton campaigned for first by its preferred member
     singleton_settle: float | None = None  # seconds a joiner is live before singletons move to it (lease ttl)
 
@@ -70,10 +70,18 @@ class Cluster:
         self.members_kv = members_kv
         self.leases = Leases(leases_kv, member_id, config.lease)
         self.allocation = AllocationTable(leases_kv, config.shards)
-        self.membership = Membership(members_kv, member_id, ttl=config.members_ttl)
+        # the member lease's renewal and the heartbeat each on a thread with its own connection (renewer.py)
+        self.connect: Connect | None = connect_like(nc, f"{member_id}-lease") if config.renew_on_thread else None
+        self.membership = Membership(
+            members_kv,
+            member_id,
+            ttl=config.members_ttl,
+            bucket=bucket_name(config.name, "members"),
+            connect=self.connect,
+            alive=lambda: nc.is_connected,
+        )
         self.singletons: dict[str, Singleton] = {}
         self.placement = SpreadPlacement(member_id, self.membership.live, self.singletons.keys, settle=config.settle)
-        self.connect: Connect | None = connect_like(nc, f"{member_id}-lease") if config.renew_on_thread else None
         self._tg: anyio.abc.TaskGroup | None = None
         self._announced = False
 

@@ -7,22 +7,34 @@ gracefully deletes its key, which every watcher sees at once. A member silent fo
 heartbeat that lands first keeps it: `memoir cluster` stops listing a dead member within about
 two ttls. The bucket's TTL only collects keys when no member is left to do that.
 Membership decides only where shards *should* go; leases alone decide who serves them.
+
+The heartbeat runs on a thread of its own with its own NATS connection (renewer.py's `OnThread`,
+as the member lease's renewal does), so a member whose event loop is saturated by commands still
+counts itself and is counted live; the loop only reads the send time of the last heartbeat (a
+float, written whole under the GIL) and reaps. It beats only while the member's own connection is
+up (`alive`), and stops, joined, before `leave` deletes the key, so no late beat brings it back.
+Without a `connect` (or if the thread cannot connect) it beats on the event loop.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import anyio
 import anyio.abc
 import msgspec
 import structlog
+from nats.aio.client import Client as NATS
 from nats.js.kv import KeyValue
 
 from ....model.backoff import Backoff
+from .renewer import Connect, OnThread
 from .store import Entry, describe, is_deleted, revision, safe_key, watch_forever
 
 log = structlog.get_logger("memoir.cluster")
@@ -56,13 +68,29 @@ class _Seen:
 
 
 class Membership:
-    """This member's heartbeat and its view of the others. `run` in a task group; `leave` to go."""
+    """This member's heartbeat and its view of the others. `heartbeat` and `watch` in a task group;
+    `leave` to go. With `connect` (and `bucket`, the KV's name) the heartbeat runs on a thread."""
 
-    def __init__(self, kv: KeyValue, member_id: str, *, ttl: float, meta: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        kv: KeyValue,
+        member_id: str,
+        *,
+        ttl: float,
+        meta: dict[str, str] | None = None,
+        bucket: str | None = None,
+        connect: Connect | None = None,
+        alive: Callable[[], bool] = lambda: True,
+    ) -> None:
         self.kv = kv
         self.id = member_id
         self.ttl = ttl
         self.meta = dict(meta or {})
+        self.bucket = bucket
+        self.connect = connect if bucket is not None else None
+        self.alive = alive  # whether the member's own connection is up: the thread beats only then
+        self._thread: OnThread | None = None
+        self._thread_ended = anyio.Event()
         self.started_at = time.time()
         self._seen: dict[str, _Seen] = {}
         self._last_beat: float | None = None  # monotonic send time of the last successful heartbeat
@@ -113,10 +141,13 @@ class Membership:
         with anyio.move_on_after(timeout):
             await self._changed.wait()
 
-    async def beat(self) -> bool:
+    async def beat(self, kv: KeyValue | None = None) -> bool:
+        """One heartbeat, through `kv` (the thread's) or the member's own; False if it failed."""
         sent = time.monotonic()
         try:
-            await self.kv.put(self.id, self._info())
+            if not self.alive():
+                raise ConnectionError("the member's own NATS connection is down")
+            await (kv or self.kv).put(self.id, self._info())
         except Exception as exc:  # noqa: BLE001 - transient: the next beat retries
             self.heartbeat_failures += 1
             log.debug("heartbeat failed", member=self.id, reason=describe(exc))
@@ -131,6 +162,59 @@ class Membership:
         only from its first heartbeat.
         """
         self._announced = True
+        if self.connect is not None:
+            thread = self._thread = OnThread(self.connect, f"memoir-heartbeat-{self.id}", connect_timeout=self.ttl)
+            started = False
+            try:
+                started = await self._heartbeat_on_thread(thread, task_status)
+            finally:
+                self._thread_ended.set()
+            if thread.error is None or self._leaving:
+                return  # stopped by `leave`
+            log.warning("heartbeat thread failed; heartbeating on the event loop", reason=describe(thread.error))
+            if started:
+                task_status = anyio.TASK_STATUS_IGNORED
+        await self._heartbeat_on_loop(task_status)
+
+    async def _heartbeat_on_thread(self, thread: OnThread, task_status: anyio.abc.TaskStatus[None]) -> bool:
+        """Until the thread ends (`leave`, or an error): the loop waits for the first beat, then reaps.
+        Returns whether it reported the task started."""
+        joined = anyio.Event()
+        started = False
+        main = asyncio.get_running_loop()
+
+        async def beats(nc: NATS) -> None:  # on the thread
+            timeout = max(0.2, min(5.0, self.ttl / 6))  # a retry fits within the ttl
+            kv = await asyncio.wait_for(nc.jetstream(timeout=timeout).key_value(self.bucket or ""), self.ttl)
+            retry = Backoff(0.05, cap=self.ttl / 3)
+            while not self._leaving:
+                if not await self.beat(kv):
+                    await asyncio.sleep(retry.next())
+                    continue
+                retry.reset()
+                if not joined.is_set():
+                    with contextlib.suppress(RuntimeError):  # the main loop is gone
+                        main.call_soon_threadsafe(joined.set)
+                await asyncio.sleep(self.ttl / 3)
+
+        async with anyio.create_task_group() as tg:
+
+            async def run_thread() -> None:
+                await thread.run(beats)
+                tg.cancel_scope.cancel()
+
+            tg.start_soon(run_thread)
+            await joined.wait()
+            log.info("member joined", member=self.id, members=sorted(self.live()), heartbeat="thread")
+            task_status.started()
+            started = True
+            while True:
+                await anyio.sleep(self.ttl / 3)
+                if self.id in self.live():
+                    await self.reap()
+        return started
+
+    async def _heartbeat_on_loop(self, task_status: anyio.abc.TaskStatus[None]) -> None:
         retry = Backoff(0.05, cap=self.ttl / 3)
         while not await self.beat():  # started only once we are visible
             await retry.sleep()
@@ -171,6 +255,9 @@ class Membership:
         if not self._announced:
             return  # never seen: nothing to delete
         with anyio.CancelScope(shield=True), anyio.move_on_after(timeout):
+            if self._thread is not None:  # no beat of its may land after the delete
+                self._thread.stop()
+                await self._thread_ended.wait()
             while True:
                 try:
                     await self.kv.delete(self.id)

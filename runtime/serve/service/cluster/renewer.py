@@ -1,4 +1,5 @@
-"""Renewing a member's lease on a thread of its own, so command load never starves it.
+"""Renewing a member's lease (and beating its heartbeat) on threads of their own, so command load
+never starves them. `OnThread` is the thread: its own event loop, its own NATS connection.
 
 An asyncio task does not suffice: on an event loop saturated by command work (many tasks, each
 running for milliseconds between checkpoints) timers fire seconds late, and the deadline leaves
@@ -39,6 +40,7 @@ from .store import describe
 log = structlog.get_logger("memoir.cluster")
 
 Connect = Callable[[], Awaitable[NATS]]
+Body = Callable[[NATS], Awaitable[None]]  # work done on a thread's own connection
 
 
 def connect_like(nc: NATS, name: str) -> Connect:
@@ -63,6 +65,68 @@ def connect_like(nc: NATS, name: str) -> Connect:
     return again
 
 
+class OnThread:
+    """Runs one coroutine on a thread with its own event loop and its own NATS connection.
+
+    `await run(body)` from the main loop returns when `body(nc)` returns or raises (kept in `error`:
+    the caller does the work itself instead), or when `stop()` was called; cancelled, it stops the
+    thread and waits for it. Either way the thread has ended when `run` returns.
+    """
+
+    def __init__(self, connect: Connect, name: str, *, connect_timeout: float) -> None:
+        self.connect = connect
+        self.name = name
+        self.connect_timeout = connect_timeout  # connected by then, or `error` (the caller works itself)
+        self.error: BaseException | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._stop = threading.Event()
+
+    def stop(self) -> None:
+        """From any thread: end the body (cancelled) and the thread; `run` then returns."""
+        self._stop.set()
+        loop, task = self._loop, self._task
+        if loop is not None and task is not None:
+            with contextlib.suppress(RuntimeError):  # its loop already closed: the thread is ending
+                loop.call_soon_threadsafe(task.cancel)
+
+    async def run(self, body: Body) -> None:
+        main = asyncio.get_running_loop()
+        ended = anyio.Event()
+        thread = threading.Thread(target=self._main, args=(main, ended, body), name=self.name, daemon=True)
+        thread.start()
+        try:
+            await ended.wait()
+        finally:
+            self.stop()
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(thread.join)
+
+    def _main(self, main: asyncio.AbstractEventLoop, ended: anyio.Event, body: Body) -> None:
+        try:
+            asyncio.run(self._run(body))
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller, which does the work itself instead
+            if not self._stop.is_set():
+                self.error = exc
+        finally:
+            with contextlib.suppress(RuntimeError):  # the main loop is gone: nobody to tell
+                main.call_soon_threadsafe(ended.set)
+
+    async def _run(self, body: Body) -> None:
+        self._loop, self._task = asyncio.get_running_loop(), asyncio.current_task()
+        if self._stop.is_set():
+            return
+        nc = await asyncio.wait_for(self.connect(), self.connect_timeout)
+        try:
+            await body(nc)
+        finally:
+            try:  # bounded: a cut-off link would hold a drain for nats-py's drain_timeout (30 s)
+                await asyncio.wait_for(close_quietly(nc), 1.0)
+            except TimeoutError:
+                with contextlib.suppress(TimeoutError):  # its socket goes with this thread's loop
+                    await asyncio.wait_for(nc.close(), 1.0)
+
+
 class ThreadRenewer:
     """Renew one held lease from a thread until it lapses (then `on_lost` runs on the main loop)
     or the caller is cancelled (then the thread stops, and `release` may follow)."""
@@ -75,63 +139,24 @@ class ThreadRenewer:
         self.bucket = bucket
         self.held = held
         self.connect = connect
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._task: asyncio.Task[None] | None = None
-        self._stop = threading.Event()
-        self._started = threading.Event()
         self.error: BaseException | None = None  # the thread could not connect: the caller renews itself
 
     async def hold(self, on_lost: OnLost) -> None:
-        main = asyncio.get_running_loop()
-        lapsed = anyio.Event()
-        thread = threading.Thread(
-            target=self._main, args=(main, lapsed), name=f"memoir-lease-{self.held.key}", daemon=True
-        )
-        thread.start()
-        try:
-            await lapsed.wait()
-        finally:
-            self._stop.set()
-            loop, task = self._loop, self._task
-            if loop is not None and task is not None:
-                with contextlib.suppress(RuntimeError):  # its loop already closed: the thread is ending
-                    loop.call_soon_threadsafe(task.cancel)
-            with anyio.CancelScope(shield=True):
-                await anyio.to_thread.run_sync(thread.join)
+        config = self.leases.config
+        # connected before the first renewal is due, or the caller renews on its own loop in time
+        thread = OnThread(self.connect, f"memoir-lease-{self.held.key}", connect_timeout=config.renew_every)
+        await thread.run(self._renew_on)
+        self.error = thread.error
         if self.error is None:
             with anyio.CancelScope(shield=True):
                 await on_lost()
 
-    def _main(self, main: asyncio.AbstractEventLoop, lapsed: anyio.Event) -> None:
-        try:
-            asyncio.run(self._run())
-        except BaseException as exc:  # noqa: BLE001 - handed to the caller, which renews itself instead
-            if not self._stop.is_set():
-                self.error = exc
-        finally:
-            if not self._stop.is_set():
-                with contextlib.suppress(RuntimeError):  # the main loop is gone: nobody to tell
-                    main.call_soon_threadsafe(lapsed.set)
-
-    async def _run(self) -> None:
-        self._loop, self._task = asyncio.get_running_loop(), asyncio.current_task()
-        if self._stop.is_set():
-            return
+    async def _renew_on(self, nc: NATS) -> None:
         config = self.leases.config
-        # connected before the first renewal is due, or the caller renews on its own loop in time
-        nc = await asyncio.wait_for(self.connect(), config.renew_every)
-        try:
-            kv = await asyncio.wait_for(
-                nc.jetstream(timeout=config.request_timeout).key_value(self.bucket), config.renew_every
-            )
-            mine = Leases(kv, self.leases.holder, config)
-            await self._renew_forever(mine)
-        finally:
-            try:  # bounded: a cut-off link would hold a drain for nats-py's drain_timeout (30 s)
-                await asyncio.wait_for(close_quietly(nc), 1.0)
-            except TimeoutError:
-                with contextlib.suppress(TimeoutError):  # its socket goes with this thread's loop
-                    await asyncio.wait_for(nc.close(), 1.0)
+        kv = await asyncio.wait_for(
+            nc.jetstream(timeout=config.request_timeout).key_value(self.bucket), config.renew_every
+        )
+        await self._renew_forever(Leases(kv, self.leases.holder, config))
 
     async def _renew_forever(self, mine: Leases) -> None:
         held, config = self.held, self.leases.config
