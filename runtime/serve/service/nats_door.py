@@ -4,7 +4,10 @@ Requests are taken by a fixed pool of worker tasks from a bounded queue; when
 it is full the answer is `overloaded` at once, so load never turns into
 unbounded memory. The queue is asyncio's, not an anyio memory stream: each
 request passes through it, and anyio's receive costs a checkpoint, an Event and
-a backend lookup per item (nats-py binds us to asyncio anyway). A bad request
+a backend lookup per item (nats-py binds us to asyncio anyway). nats-py's read
+loop puts each message in it directly (`door_inbox.py`), not through a
+subscription queue and task of nats-py's own; a refusal it cannot send from
+there (synchronously) is queued for a task that sends refusals. A bad request
 is answered with `invalid` (the message names what was wrong) and never reaches
 an entity. Subscriptions use a queue group, so several runtime processes can
 share the subject space.
@@ -90,6 +93,7 @@ from ...wire.protocol import (
     parse_command_subject,
     trace_id,
 )
+from . import door_inbox
 from .auth import Verifier
 from .command_log import CommandLog
 from .forwarding import FORWARD_TIMEOUT, H_HOPS, H_INSIDE, MAX_HOPS, Forwards, Router, forward_subject, route
@@ -100,6 +104,7 @@ log = structlog.get_logger("memoir.transport")
 _AT_CAPACITY = encode_error(CommandError(ErrorCode.OVERLOADED, "the runtime is at capacity"))
 _UNDECODABLE = encode_error(CommandError(ErrorCode.INVALID, "subject is not valid UTF-8"))
 
+_REFUSALS = 1024  # refusals waiting to be sent; beyond, a refused message gets no answer
 _SHARED = ("*", "*.*", "*.*.*", "*.*.*.*.>")  # `cmd.…` with any token count but the direct subjects' 4
 
 Observer = Callable[[str, str, str, float], None]
@@ -143,6 +148,7 @@ class NatsDoor:
         self._fwd_prefix = f"{prefix}.fwd."
         self._direct_prefix = f"{prefix}.cmd.{DIRECT_MARK}"
         self._queue: asyncio.Queue[tuple[Msg, float] | None] = asyncio.Queue(backlog)
+        self._refusals: asyncio.Queue[tuple[Msg, bytes] | None] = asyncio.Queue(_REFUSALS)
         self._closed = False
         self._sub: list[Any] | None = None
         self._fwd_sub: Any = None
@@ -155,6 +161,7 @@ class NatsDoor:
         async with anyio.create_task_group() as tg:
             for _ in range(self.workers):
                 tg.start_soon(self._worker)
+            tg.start_soon(self._refuser)
             if self.router is not None:  # before the shared subject: forwards may come as soon as we are seen
                 self._fwd_sub = await self._subscribe(self._fwd_subject(self.router.member) + ".>", "")
                 # Outlives the shards, as the forward subscription does: clients following a map that
@@ -169,14 +176,18 @@ class NatsDoor:
             task_status.started()
 
     async def _subscribe(self, subject: str, queue: str) -> Any:
-        """With nats-py's buffer bounded (a flood of big messages is a slow consumer, not memory)."""
-        sub = await self.nc.subscribe(
-            subject,
-            queue=queue,
-            cb=self._enqueue,
-            pending_msgs_limit=self._queue.maxsize,
-            pending_bytes_limit=self.max_queued_bytes,
-        )
+        """Messages straight into the worker queue (`door_inbox`); else, with an older nats-py, through
+        its callback, its buffer bounded (a flood of big messages is a slow consumer, not memory)."""
+        sub = await self.nc.subscribe(subject, queue=queue)
+        if not door_inbox.install(sub, self._take):
+            await sub.unsubscribe()
+            sub = await self.nc.subscribe(
+                subject,
+                queue=queue,
+                cb=self._enqueue,
+                pending_msgs_limit=self._queue.maxsize,
+                pending_bytes_limit=self.max_queued_bytes,
+            )
         if isinstance(self.nc, GuardedClient):
             self.nc.answer_undecodable(sub, _UNDECODABLE)
         return sub
@@ -218,24 +229,39 @@ class NatsDoor:
             self._closed = True
             for _ in range(self.workers):  # after the queued requests, one stop sign per worker
                 await self._queue.put(None)
+            await self._refusals.put(None)
 
-    async def _enqueue(self, msg: Msg) -> None:
+    def _take(self, msg: Msg) -> None:
+        """A message off the socket (called in nats-py's read loop): queued for a worker, or refused."""
         if self._closed:
             return  # shutting down: the client times out and may retry elsewhere
         size = len(msg.data)
-        if size > self.max_payload:  # answered now: never held while it waits for a worker
+        if size > self.max_payload:  # refused now: never held while it waits for a worker
             why = f"payload is {size} bytes, the limit is {self.max_payload}"
-            await self._respond(msg, encode_error(CommandError(ErrorCode.INVALID, why)))
-            return
-        if self.queued_bytes + size > self.max_queued_bytes:
-            await self._respond(msg, _AT_CAPACITY)
+            self._refuse(msg, encode_error(CommandError(ErrorCode.INVALID, why)))
+        elif self.queued_bytes + size > self.max_queued_bytes or self._queue.full():
+            self._refuse(msg, _AT_CAPACITY)
+        else:
+            self._queue.put_nowait((msg, time.monotonic()))
+            self.queued_bytes += size
+
+    async def _enqueue(self, msg: Msg) -> None:
+        """`_take` as a nats-py callback (the way in when `door_inbox` cannot be installed)."""
+        self._take(msg)
+
+    def _refuse(self, msg: Msg, body: bytes) -> None:
+        """Answer `body` soon (the refuser task sends it); the payload is not kept meanwhile."""
+        if not msg.reply:
             return
         try:
-            self._queue.put_nowait((msg, time.monotonic()))
-        except asyncio.QueueFull:
-            await self._respond(msg, _AT_CAPACITY)
-            return
-        self.queued_bytes += size
+            self._refusals.put_nowait((Msg(msg._client, msg.subject, msg.reply), body))
+        except asyncio.QueueFull:  # refusing faster than it can say so: this one waits out its timeout
+            if isinstance(self.nc, GuardedClient):
+                self.nc.slow_consumer(RuntimeError("the NATS door's refusals are full"))
+
+    async def _refuser(self) -> None:
+        while (item := await self._refusals.get()) is not None:
+            await self._respond(*item)
 
     async def _worker(self) -> None:
         serve = self._serve if tracing.tracer() is None else self._serve_traced  # looked up once
