@@ -15,11 +15,12 @@ The guide is docs/guides/archive.md.
 from __future__ import annotations
 
 from .archive import Archive, Problem, Status
-from .archiver import Archiver, ArchiverSettings, PassResult
+from .archiver import FAULT_ENV, Archiver, ArchiverSettings, PassResult
 from .export import Exporter
 from .journal import RUN_CHECKPOINT, ArchivingJournal
 
 __all__ = [
+    "FAULT_ENV",
     "RUN_CHECKPOINT",
     "Archive",
     "Archiver",

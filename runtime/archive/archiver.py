@@ -12,7 +12,9 @@ what `ArchivingJournal.read_all` checks), and only then does the journal drop th
 
 A crash anywhere before the drop leaves the events in the journal and maybe in the archive
 too; the next pass finds them archived already, compares them with the archive's copy and
-drops them. `MEMOIR_ARCHIVE_FAULT=before-truncate` kills the process at that point (tests).
+drops them. A JetStream journal is refused: its events *are* the streams views and consumers
+follow, so dropping them there would drop them for a view that is not far enough behind to
+catch up from the journal. `MEMOIR_ARCHIVE_FAULT=before-truncate` kills the process at that point (tests).
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import structlog
 
 from ..journal.base import Journal
 from ..model.envelope import Envelope
-from ..model.errors import JournalError
+from ..model.errors import ConfigError, JournalError
 from .archive import Archive
 from .journal import RUN_CHECKPOINT
 from .segments import Manifest, Segment
@@ -109,6 +111,11 @@ class Archiver:
         written: list[Segment] = []
         manifests: list[Manifest] = []
         for entity_type, entity_id in await self._candidates(cutoff, ceiling):
+            if self.journal.event_stream(entity_type) is not None:
+                raise ConfigError(
+                    f"the journal {self.journal.url} is its own event stream (nats://): deleting from it would"
+                    " delete from the streams the views follow; archive a SQLite or PostgreSQL journal"
+                )
             plan = await self._plan(entity_type, entity_id, cutoff, ceiling)
             if plan is None:
                 continue

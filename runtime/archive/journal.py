@@ -56,6 +56,10 @@ class ArchivingJournal(Journal):
     def next_append(self) -> anyio.Event:
         return self.inner.next_append()
 
+    def hears_others(self) -> bool:  # a backend that hears other processes' appends still does
+        hears = getattr(self.inner, "hears_others", None)
+        return bool(hears()) if hears is not None else False
+
     async def open(self) -> None:
         await self.inner.open()
 

@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+from ...archive import Archive, ArchivingJournal
 from ...journal import Journal, open_journal
 from ...journal._urls import parse_sqlite_url
 from .outcome import Failure, not_found, unreachable
@@ -29,7 +30,10 @@ async def reading(target: Target) -> AsyncIterator[Journal]:
                 f"no journal at {path}: no Memoir runtime has written here"
                 f" (start one with `memoir run --data-dir {target.data}`, or give --data-dir or --journal)"
             )
-    async with open_journal(url, nats_auth=target.auth) as journal:
+    journal = open_journal(url, nats_auth=target.auth)
+    if target.settings.archive_url:  # the runtime moved old events there: reads fall through to it
+        journal = ArchivingJournal(journal, Archive(target.settings.archive_url))
+    async with journal:
         yield journal
 
 

@@ -29,7 +29,7 @@ from .auth_flags import from_args
 from .outcome import unreachable
 
 # Manifest fields that stand in for a setting nobody gave (their Settings field names).
-_REMEMBERED = ("app", "journal_url", "view_store_url", "prefix")
+_REMEMBERED = ("app", "journal_url", "view_store_url", "prefix", "archive_url")
 
 
 def run_settings(args: Any) -> Settings:

@@ -39,6 +39,7 @@ class Manifest(msgspec.Struct, kw_only=True, omit_defaults=True):
     nats_url: str | None = None
     embedded_nats: bool = False  # the NATS server lived and died with that runtime
     pid: int | None = None
+    archive_url: str | None = None  # where old events went (runtime/archive): the CLI's reads fall through to it
     # The URLs whose password or token was left out (never at rest here): a client command on this
     # data dir gives it again as `memoir run` got it — MEMOIR_NATS_URL, the --nats-* credential
     # flags, MEMOIR_JOURNAL_URL, or PostgreSQL's own PGPASSWORD / ~/.pgpass.

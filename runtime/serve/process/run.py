@@ -44,8 +44,9 @@ from ..service.embedded_nats import EmbeddedNats, free_port
 from ..service.http import HttpGateway
 from ..service.metrics import Metrics
 from ..service.nats_door import NatsDoor
-from ..service.regions import Region, regional_app
+from ..service.regions import Fence, Region, regional_app
 from .appspec import load_app as load_app  # re-exported: callers load apps through the server module too
+from .archiving import archived, start_archiving
 from .datadir import lock_data_dir, write_manifest
 from .http_token import http_token
 from .identity import embedded_identity, private_dir, write_private
@@ -99,6 +100,7 @@ async def _serve(
         doors = _Doors(settings, svc, verifier)
         async with anyio.create_task_group() as side:  # the metrics endpoint
             metrics_url = await doors.serve_metrics(side)
+            start_archiving(side, svc, settings)  # old events to object storage, if configured
             async with anyio.create_task_group() as serving:
                 await doors.open(serving)
                 # In a cluster, shards only now that commands reach us, and inside `serving`: the
@@ -177,7 +179,7 @@ async def _open_stores(
     stack: contextlib.AsyncExitStack, settings: Settings, auth: NatsAuth
 ) -> tuple[Journal, ViewStore]:
     """The journal (a nats:// one with the given credential, never the embedded key) and the view store."""
-    journal = await stack.enter_async_context(open_journal(settings.journal(), nats_auth=auth))
+    journal = await stack.enter_async_context(archived(settings, open_journal(settings.journal(), nats_auth=auth)))
     views = await stack.enter_async_context(open_view_store(settings.views()))
     return journal, views
 
@@ -200,10 +202,13 @@ async def _start_service(
         take_shards=False,  # once the NATS door takes commands: svc.sharding() in _serve
         nats_auth=nats.auth,
     )
+    fence = None if regions is None else Fence(service, regions)  # before it serves: no turn unfenced
     svc = await stack.enter_async_context(service)
     assert svc.nc is not None
-    if regions is not None:
-        await stack.enter_async_context(Region(app, svc.nc, regions, streams=settings.streams(), view_store=views))
+    if regions is not None and fence is not None:
+        region = Region(app, svc.nc, regions, streams=settings.streams(), view_store=views)
+        fence.attach(region.primaries)
+        await stack.enter_async_context(region)
     return svc
 
 

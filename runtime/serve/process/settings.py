@@ -70,6 +70,12 @@ class Settings(msgspec.Struct, kw_only=True):
     http_host: str = "127.0.0.1"
     http_insecure: bool = False  # no credential needed (logged): without it, JWTs or the data dir's http.token
     http_cors_origins: str | None = None  # web origins whose pages may call it, comma-separated; others get 403
+    # tiered storage (runtime/archive): events older than a snapshot and `archive_after` seconds move to
+    # object storage (file:///dir, s3://bucket/prefix, gs://…, az://…); reads fall through to it
+    archive_url: str | None = None
+    archive_after: float = 7 * 86400.0
+    archive_interval: float = 300.0  # seconds between the archiver's passes
+    archive_export: bool = False  # also write the whole journal, continuously, as files under export/
 
     # regions (docs/guides/regions.md): this process serves one region of several, NATS clusters joined by gateways
     region: str | None = None  # this process's region: its NATS cluster's name
@@ -104,6 +110,15 @@ class Settings(msgspec.Struct, kw_only=True):
         if self.stream_replicas < 1 or self.stream_max_age < 0 or self.stream_duplicate_window <= 0:
             raise ConfigError("stream_replicas must be >= 1, stream_max_age >= 0, stream_duplicate_window > 0")
         self.cors_origins()  # checks each origin
+        if self.archive_after < 0 or self.archive_interval <= 0:
+            raise ConfigError("archive_after must be >= 0 seconds and archive_interval > 0")
+        if self.archive_export and not self.archive_url:
+            raise ConfigError("archive_export needs archive_url: the files are written there")
+        if self.archive_url and self.journal().split(":", 1)[0] in ("nats", "tls"):
+            raise ConfigError(
+                "archive_url needs a SQLite or PostgreSQL journal: a nats:// journal is the event streams"
+                " views follow, and its events cannot be dropped from under them"
+            )
         if self.region_settings() is not None and self.cluster:
             raise ConfigError("a region of several members (--cluster with --region) is not built yet: one member")
         if self.cluster:
@@ -200,6 +215,7 @@ class Settings(msgspec.Struct, kw_only=True):
             "view_store_url": _absolute_sqlite(absolute.views()),
             "nats_url": nats_url,
         }
+        archive = without_secrets(self.archive_url) if self.archive_url else None
         return Manifest(
             app=self.app,
             app_path=os.getcwd(),
@@ -209,6 +225,7 @@ class Settings(msgspec.Struct, kw_only=True):
             nats_url=without_secrets(nats_url),
             embedded_nats=embedded,
             pid=os.getpid(),
+            archive_url=archive,
             secrets_left_out=sorted(name for name, url in urls.items() if had_secrets(url)),
         )
 

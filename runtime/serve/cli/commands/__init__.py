@@ -4,12 +4,13 @@ module here."""
 
 from __future__ import annotations
 
-from . import cluster, deadletters, demo, export, forget, history, run, schema, send, timers, views
+from . import archive, cluster, deadletters, demo, export, forget, history, run, schema, send, timers, views
 
-GROUPS = [run, send, history, timers, views, deadletters, export, forget, cluster, schema, demo]
+GROUPS = [run, send, history, timers, views, deadletters, export, archive, forget, cluster, schema, demo]
 
 __all__ = [
     "GROUPS",
+    "archive",
     "cluster",
     "deadletters",
     "demo",

@@ -84,6 +84,13 @@ def add(sub: Subparsers) -> None:
     s.add_argument("--stream-replicas", type=int, help="replicas (default 1; 3 on a NATS cluster)")
     s.add_argument("--stream-max-age", type=float, help="seconds a message is kept (default 0: forever)")
     s.add_argument("--stream-duplicate-window", type=float, help="seconds JetStream remembers message ids (120)")
+    a = r.add_argument_group("archive (old events in object storage; docs/guides/archive.md)")
+    a.add_argument("--archive-url", help="file:///dir, s3://bucket/prefix, gs://…, az://… (default: no archive)")
+    a.add_argument("--archive-after", type=float, help="seconds an event stays in the journal at least (604800)")
+    a.add_argument("--archive-interval", type=float, help="seconds between the archiver's passes (default 300)")
+    a.add_argument(
+        "--archive-export", action="store_true", default=None, help="also export the journal continuously as files"
+    )
     rg = r.add_argument_group("regions (docs/guides/regions.md)")
     rg.add_argument("--region", help="this process's region: the name of its NATS cluster (gateways join regions)")
     rg.add_argument("--regions", help="every region, comma-separated, this one included (e.g. eu,us)")
