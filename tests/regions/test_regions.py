@@ -84,6 +84,32 @@ async def test_dedupe_and_errors_are_the_primarys_across_regions(regions: Region
     assert len(await journal_events(regions, "eu", "account", "A2")) == 1
 
 
+async def test_a_region_refuses_to_write_an_entity_written_elsewhere(regions: Regions) -> None:
+    """Sent straight to us's own prefix (past the door), an eu-pinned account stores nothing in us."""
+    async with Client(regions.url("us"), prefix="memoir.r.us", direct=False) as us_member:
+        with pytest.raises(CommandError) as refused:
+            await us_member.send("account", "A3", "deposit", {"amount": 5})
+        assert refused.value.code == "overloaded"  # the fence's answer: send it through the door
+    assert await journal_events(regions, "us", "account", "A3") == []
+
+
+async def test_two_regions_racing_for_a_new_entity_agree_on_one_primary(regions: Regions) -> None:
+    async with Client(regions.url("eu"), direct=False) as eu, Client(regions.url("us"), direct=False) as us:
+        for n in range(3):
+            entity_id = f"race-{n}"
+            replies: list[int] = []
+
+            async def first(client: Client, cid: str) -> None:
+                replies.append((await client.send("wallet", entity_id, "deposit", {"amount": 1}, command_id=cid)).seq)  # noqa: B023
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(first, eu, "from-eu")
+                tg.start_soon(first, us, "from-us")
+            assert sorted(replies) == [1, 2]  # both served, one after the other, by one writer
+            stored = {r: len(await journal_events(regions, r, "wallet", entity_id)) for r in REGIONS}
+            assert sorted(stored.values()) == [0, 2], stored
+
+
 class Load:
     """Deposits of 1 in a loop to a few entities through one region's client, until stopped (at most `limit`).
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from runtime import Client
+from runtime import Client, CommandError
 from runtime.serve.process.local_cluster import LocalMember
 from runtime.serve.process.local_regions import NatsRegions
 
@@ -34,6 +34,10 @@ async def test_memoir_run_serves_a_region_and_commands_reach_the_primary(tmp_pat
                 item = {"units": 3, "on": "2022-03-01"}
                 assert (await us.send("inventory", "I1", "receive", item)).seq == 1  # first written in us
                 assert (await eu.send("inventory", "I1", "receive", item)).seq == 2  # so it crosses to us
+            async with Client(nats.url("us"), prefix="memoir.r.us", direct=False) as us_member:
+                with pytest.raises(CommandError) as refused:  # past the door: the fence refuses it
+                    await us_member.send("account", "A1", "deposit", {"amount": 1})
+                assert refused.value.code == "overloaded"
         finally:
             for m in members:
                 await m.stop()

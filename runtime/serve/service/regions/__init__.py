@@ -7,7 +7,7 @@ region's part of a process).
 """
 
 from .door import RegionDoor
-from .member import RegionMember, region_member
+from .member import Fence, RegionMember, region_member
 from .primary import Primaries
 from .region import Region, regional_app
 from .replica import ReadOnly, ReplicaJournal
@@ -15,6 +15,7 @@ from .replication import ensure_replica, replica_config, replica_stream
 from .settings import RegionSettings
 
 __all__ = [
+    "Fence",
     "Primaries",
     "ReadOnly",
     "Region",

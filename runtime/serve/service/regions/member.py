@@ -15,6 +15,7 @@ several members (shards and leases within the region) is not built yet.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -23,12 +24,40 @@ from nats.aio.client import Client as NATS
 
 from ....journal import Journal
 from ....model.app import App
+from ....model.errors import ConfigError
 from ....streams.publisher import StreamSettings
 from ....streams.view_store import ViewStore
 from .._service import Service
 from ..nats_door import NatsDoor
+from .primary import Primaries
 from .region import Region, regional_app
 from .settings import RegionSettings
+
+
+class Fence:
+    """The region's fence inside each turn of a runtime (its `admits`), set before the service starts.
+
+    Checked inside each turn, as a cluster's shard fence is (the refusal is `Moved`: the client sees
+    `overloaded`, retry), so a command sent straight to this region's prefix for an entity pinned
+    elsewhere stores nothing here. Pinned types from the start; claims once `attach`ed to the
+    region's `Primaries` (`Primaries.admits`).
+    """
+
+    def __init__(self, service: Service, settings: RegionSettings) -> None:
+        if service.runtime.host.admits is not None:
+            raise ConfigError("a region member is not a cluster member (one fence per runtime)")
+        self.settings = settings
+        self.primaries: Primaries | None = None
+        service.runtime.host = dataclasses.replace(service.runtime.host, admits=self)
+
+    def attach(self, primaries: Primaries) -> None:
+        self.primaries = primaries
+
+    def __call__(self, entity_type: str, entity_id: str) -> bool:
+        if self.primaries is not None:
+            return self.primaries.admits(entity_type, entity_id)
+        pinned = self.settings.pinned.get(entity_type)
+        return pinned is None or pinned == self.settings.name
 
 
 @dataclass
@@ -53,11 +82,10 @@ async def region_member(
     """Serve `app` in `settings.name` until the block ends; the journal is opened by the caller."""
     streams = streams or StreamSettings(replicas=settings.replicas)
     prefix = settings.region_prefix()
-    async with (
-        Service(regional_app(app), journal, nc=nc, prefix=prefix, streams=streams) as service,
-        Region(app, nc, settings, streams=streams, view_store=view_store) as region,
-        anyio.create_task_group() as tg,
-    ):
+    service = Service(regional_app(app), journal, nc=nc, prefix=prefix, streams=streams)
+    region = Region(app, nc, settings, streams=streams, view_store=view_store)
+    Fence(service, settings).attach(region.primaries)
+    async with service, region, anyio.create_task_group() as tg:
         door = NatsDoor(service.runtime, nc, prefix=prefix, workers=workers)
         await tg.start(door.run)
         try:

@@ -75,6 +75,19 @@ class Primaries:
         self._cache[(entity_type, entity_id)] = region
         return region
 
+    def admits(self, entity_type: str, entity_id: str) -> bool:
+        """The fence inside each turn (the runtime's `admits`): False for an entity known to be written elsewhere.
+
+        Known: its type is pinned to another region, or this process read another region's claim
+        for it. An entity whose claim this process has not read is admitted: a command reaches a
+        member through a door that looked the claim up, and only a client sending to a region's
+        own prefix directly could bypass that (for pinned types the fence is complete).
+        """
+        pinned = self.settings.pinned.get(entity_type)
+        if pinned is not None:
+            return pinned == self.settings.name
+        return self._cache.get((entity_type, entity_id), self.settings.name) == self.settings.name
+
     async def _claim(self, entity_type: str, entity_id: str) -> str:
         if self._kv is None:
             raise Unavailable("no primary rule", "Primaries.start() was not awaited")
