@@ -10,7 +10,10 @@ and refreshed when the journal says a newer run exists (`ArchivingJournal`).
 
 from __future__ import annotations
 
+import bisect
 import collections
+import heapq
+import sys
 import time
 from collections.abc import Iterable, Sequence
 
@@ -22,7 +25,7 @@ from . import segments as fmt
 from ._store import ObjectStore
 from .segments import Manifest, Run, Segment
 
-CACHE_EVENTS = 200_000  # decoded events kept for reads by position (a catch-up reads each segment once per page)
+CACHE_EVENTS = 500_000  # decoded events kept: a catch-up by position reads each segment again once it is evicted
 
 
 class Problem(msgspec.Struct, frozen=True):
@@ -49,6 +52,7 @@ class Archive:
         self.url = self.store.where
         self._runs: dict[int, list[Segment]] = {}
         self._cache: collections.OrderedDict[str, list[Envelope]] = collections.OrderedDict()
+        self._positions: dict[str, list[int]] = {}  # each cached segment's positions, for bisection
         self._cached = 0
 
     # -- writing -------------------------------------------------------------------------------
@@ -110,14 +114,17 @@ class Archive:
         if len(events) != segment.count:
             raise JournalError(f"archive {self.url}: {segment.path} holds {len(events)} events, not {segment.count}")
         self._cache[segment.path] = events
+        self._positions[segment.path] = [e.position for e in events]
         self._cached += len(events)
         while self._cached > CACHE_EVENTS and len(self._cache) > 1:
-            _, gone = self._cache.popitem(last=False)
+            path, gone = self._cache.popitem(last=False)
+            self._positions.pop(path, None)
             self._cached -= len(gone)
         return events
 
     def _drop(self, path: str) -> None:
         gone = self._cache.pop(path, None)
+        self._positions.pop(path, None)
         if gone is not None:
             self._cached -= len(gone)
 
@@ -155,15 +162,31 @@ class Archive:
             yield from run
 
     async def read_positions(self, low: int, high: int | None, limit: int) -> list[Envelope]:
-        """Archived events with `low <= position <= high`, in position order, at most `limit` (from the run files)."""
-        top = high if high is not None else float("inf")
-        found: dict[int, Envelope] = {}
+        """Archived events with `low <= position <= high`, in position order, at most `limit` (from the run files).
+
+        Within a segment positions rise with seqs, so each segment is cut by bisection and the cuts
+        merged: a page costs its own events, not the archive's.
+        """
+        top = high if high is not None else sys.maxsize
+        cuts: list[list[Envelope]] = []
         for s in self._segments():
             if s.last_position >= low and s.first_position <= top:
-                for e in await self._load(s):
-                    if low <= e.position <= top:
-                        found[e.position] = e
-        return [found[p] for p in sorted(found)[:limit]]
+                events = await self._load(s)
+                positions = self._positions[s.path]
+                cut = events[bisect.bisect_left(positions, low) : bisect.bisect_right(positions, top)]
+                if cut:
+                    cuts.append(cut[:limit])
+        if len(cuts) == 1:
+            return cuts[0]
+        merged = heapq.merge(*cuts, key=lambda e: e.position)
+        out: list[Envelope] = []
+        for e in merged:
+            if out and out[-1].position == e.position:
+                continue  # the same event in two runs (archived again after a restore)
+            out.append(e)
+            if len(out) == limit:
+                break
+        return out
 
     # -- operating -------------------------------------------------------------------------------
 
