@@ -161,3 +161,23 @@ async def test_singletons_spread_a_joiner_takes_its_share_and_a_dead_member_s_mo
         for nc in conns.values():
             await close(nc)
     assert runs.overlaps == []
+
+
+async def test_a_preferred_member_that_loses_its_lease_campaigns_again(
+    nats_cluster: NatsCluster, config: ClusterConfig
+) -> None:
+    """The lease taken from under the holder (deleted, as a fence does): its work stops, and being
+    preferred, it takes the singleton again rather than waiting on a hand-over that never comes."""
+    runs = Runs()
+    nc = await client(nats_cluster, "solo")
+    try:
+        async with anyio.create_task_group() as tg:
+            cluster = await tg.start(_member, nc, config, "solo", runs)
+            await eventually(lambda: len(runs.now) == len(NAMES), TTL * 3, "every singleton running")
+            await cluster.leases_kv.delete("singleton.view.a")
+            await eventually(lambda: runs.starts["view.a"] == 2 and "view.a" in runs.now, TTL * 4, "view.a again")
+            assert runs.starts["view.b"] == 1
+            tg.cancel_scope.cancel()
+    finally:
+        await close(nc)
+    assert runs.overlaps == []

@@ -380,6 +380,7 @@ class Singleton:
         self.handovers = 0  # times this member gave the singleton to its preferred member
         self._not_to: str | None = None  # a preferred member that left it vacant: never handed to
         self._poll = leases.config.ttl / 6
+        self._stopped_at = float("-inf")  # monotonic: when this member last stopped holding it
 
     async def run(
         self,
@@ -421,10 +422,13 @@ class Singleton:
             return now - began
         if seen.owner is None:
             return now - seen.since
+        if seen.owner == self.leases.holder:  # ours until the watch shows the release; or it expires
+            return now - (self._stopped_at + self.leases.config.ttl)
         return now - (seen.since + self.leases.config.ttl)
 
     async def _hand_over_when_moved(self, work_scope: anyio.CancelScope) -> None:
-        """Stop `work` once this member's view prefers another member (the lease is released after)."""
+        """Stop `work` once this member's view prefers another member (the lease is released after).
+        Cancelled as soon as `work` ends, however it ends."""
         placement = self.placement
         assert placement is not None
         while True:
@@ -441,6 +445,11 @@ class Singleton:
         finished = False
         work_done = anyio.Event()
         work_scope = anyio.CancelScope()
+        watch_scope = anyio.CancelScope()
+
+        async def watch() -> None:
+            with watch_scope:
+                await self._hand_over_when_moved(work_scope)
 
         async def lost() -> None:
             work_scope.cancel()
@@ -457,16 +466,18 @@ class Singleton:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self.leases.hold, held, lost)
                 if self.placement is not None:
-                    tg.start_soon(self._hand_over_when_moved, work_scope)
+                    tg.start_soon(watch)
                 try:
                     with work_scope:
                         await work()
                         finished = True
                 finally:
                     work_done.set()
+                    watch_scope.cancel()  # a lost lease ends `work` too: nothing left to hand over
                     if not held.lost:
                         tg.cancel_scope.cancel()
         finally:
+            self._stopped_at = time.monotonic()
             if not held.lost:
                 self.holding = False
                 with anyio.CancelScope(shield=True):
