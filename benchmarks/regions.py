@@ -11,6 +11,7 @@ of the extra hops, not of a continent."""
 from __future__ import annotations
 
 import contextlib
+import signal
 import time
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from nats.js import api
 
 from runtime import App, Client, Effect, EventSourcedEntity, SqliteJournal, applies, command
 from runtime.serve.process.local_regions import NatsRegions
-from runtime.serve.service.regions import RegionSettings, region_member, replica_stream
+from runtime.serve.service.regions import RegionSettings, ReplicaJournal, region_member, replica_stream
 from runtime.wire.nats import close_quietly, connect
 from runtime.wire.protocol import H_RECORDED
 
@@ -114,6 +115,45 @@ async def steady_load(client: Client, rate: float, seconds: float, ids: int = 50
     return done, errors
 
 
+async def loss(
+    nats: NatsRegions, eu: Client, replica: ReplicaJournal, journal: SqliteJournal, rate: float, before: float
+) -> tuple[int, float, int, int]:
+    """The RPO of losing eu under load: eu's NATS nodes all paused (SIGSTOP) after `before` seconds of
+    `rate` commands/s; then the acknowledged events us's replica never got. Returns (events lost, the
+    age in ms of the oldest lost one at the moment of the loss, events acknowledged, events in eu's
+    journal us lacks, acknowledged or not). eu is resumed (SIGCONT) afterwards."""
+    ids = 50
+    acks: dict[tuple[str, int], float] = {}
+
+    async def one(i: int) -> None:
+        entity_id = f"q{i % ids}"
+        with contextlib.suppress(Exception):
+            reply = await eu.send("pinned", entity_id, "add", {"n": 1}, timeout=5)
+            acks[(entity_id, reply.seq)] = time.time()
+
+    nodes = nats.regions["eu"].nodes
+    try:
+        async with anyio.create_task_group() as tg:
+            start = time.perf_counter()
+            for i in range(int(rate * before)):
+                await c.sleep_until(start + i / rate)
+                tg.start_soon(one, i)
+            for node in nodes:
+                assert node.proc is not None
+                node.proc.send_signal(signal.SIGSTOP)
+            lost_at, acked = time.time(), dict(acks)
+            tg.cancel_scope.cancel()
+        await anyio.sleep(3.0)  # what was already on its way arrives
+        have = {(f"q{k}", e.seq) for k in range(ids) for e in await replica.read("pinned", f"q{k}")}
+        stored = {(f"q{k}", e.seq) for k in range(ids) for e in await journal.read("pinned", f"q{k}")}
+    finally:
+        for node in nodes:
+            if node.proc is not None:
+                node.proc.send_signal(signal.SIGCONT)
+    missing = [when for key, when in acked.items() if key not in have]
+    return len(missing), (lost_at - min(missing)) * 1000 if missing else 0.0, len(acked), len(stored - have)
+
+
 async def latencies(sends: list[tuple[Client, str, str]], n: int) -> list[list[float]]:
     """`n` rounds of one command to each target in turn (interleaved: the machine's drift hits all alike)."""
     out: list[list[float]] = [[] for _ in sends]
@@ -133,10 +173,11 @@ async def main(quick: bool) -> None:
             ncs = {r: await connect(nats.url(r), timeout=10) for r in REGIONS}
             for nc in ncs.values():
                 stack.push_async_callback(close_quietly, nc)
+            members = {}
             for r in REGIONS:
                 s = RegionSettings(name=r, regions=REGIONS, pinned={"pinned": "eu"}, prefix="bench")
                 journal = await stack.enter_async_context(SqliteJournal(Path(d) / f"{r}.db"))
-                await stack.enter_async_context(region_member(APP, journal, ncs[r], s))
+                members[r] = await stack.enter_async_context(region_member(APP, journal, ncs[r], s))
             s_eu = RegionSettings(name="eu", regions=REGIONS, prefix="bench")
             remote, local = Lags("eu"), Lags("eu")
             await follow(ncs["us"], replica_stream(s_eu, "us"), remote)
@@ -158,6 +199,11 @@ async def main(quick: bool) -> None:
                 sends = [(us_member, "counter", "mine"), (us_door, "counter", "mine"), (us_door, "pinned", "far")]
                 await latencies(sends, 10)  # warm up
                 direct, via_door, cross = await latencies(sends, n)
+                us_replica = members["us"].region.journal
+                assert us_replica is not None
+                eu_journal = members["eu"].service.journal
+                assert isinstance(eu_journal, SqliteJournal)
+                lost, rpo_ms, acked, unreplicated = await loss(nats, eu_member, us_replica, eu_journal, rate, 3.0)
     p = c.percentile
     c.line("load: events/s acknowledged (errors)", f"{achieved:,.0f} ({errors})")
     c.line("replication lag eu -> us p50 / p99 (ms)", f"{p(remote.ms, 50):.1f} / {p(remote.ms, 99):.1f}")
@@ -170,6 +216,9 @@ async def main(quick: bool) -> None:
     c.line("command p50 / p99 (ms): door, primary in eu", f"{p(cross, 50):.2f} / {p(cross, 99):.2f}")
     cross_ratio = p(cross, 50) / max(p(via_door, 50), 0.001)
     c.line("cross-region / local command p50", f"{cross_ratio:.2f}x")
+    c.line("eu lost under load (its NATS nodes paused): acked events us lacks", f"{lost} of {acked}")
+    c.line("events in eu's journal us lacks (acknowledged or not)", unreplicated)
+    c.line("RPO: age of the oldest of them at the loss (ms)", f"{rpo_ms:.0f}")
     c.goal("replication lag p99 ms at 1,000 events/s", p(remote.ms, 99), "<=", 1000)
     c.finish(
         {
@@ -189,6 +238,10 @@ async def main(quick: bool) -> None:
             "cmd_cross_p50_ms": p(cross, 50),
             "cmd_cross_p99_ms": p(cross, 99),
             "cross_ratio_p50": cross_ratio,
+            "rpo_events": lost,
+            "rpo_ms": rpo_ms,
+            "rpo_acked": acked,
+            "unreplicated": unreplicated,
         }
     )
 
