@@ -3,7 +3,9 @@
 A segment holds one entity's events `from_seq..to_seq` as JSON Lines, gzip-compressed (stdlib:
 every analytics tool reads it; zstandard would be a new dependency for a few per cent): one
 object per event with the envelope's fields, `payload` as the event's own JSON, or `sealed`
-(base64) for an encrypted entity's frame, so forgetting an entity reaches the archive too.
+(base64) for an encrypted entity's frame, so forgetting an entity reaches the archive too, or
+`raw` (base64) for bytes that cannot stand in a line as themselves (a line break, surrounding
+spaces, not JSON): the journal gets back exactly the bytes it gave.
 Replies travel as base64: metadata for dedupe, not for analytics.
 
 A manifest per entity lists its segments with seq and position ranges, event count, size
@@ -40,8 +42,9 @@ class Line(msgspec.Struct, kw_only=True, omit_defaults=True):
     name: str
     version: int
     recorded_at: int
-    payload: msgspec.Raw = _NULL  # the event's JSON, as stored; null for a sealed one
+    payload: msgspec.Raw = _NULL  # the event's JSON, as stored (left out when `sealed` or `raw` holds it)
     sealed: bytes | None = None  # an encrypted payload's frame (base64 in the file)
+    raw: bytes | None = None  # a payload that is not one line of JSON, byte for byte (base64)
     command_id: str | None = None
     correlation_id: str | None = None
     causation_id: str | None = None
@@ -107,12 +110,13 @@ _line_decoder = msgspec.json.Decoder(Line)
 
 
 def _line(env: Envelope) -> Line:
-    payload = _NULL
-    sealed: bytes | None = None
-    if is_sealed(env.payload) or not _is_json(env.payload):
+    payload, sealed, raw = _NULL, None, None
+    if is_sealed(env.payload):
         sealed = env.payload
-    else:
+    elif _one_json_line(env.payload):
         payload = msgspec.Raw(env.payload)
+    else:
+        raw = env.payload
     return Line(
         type=env.entity_type,
         id=env.entity_id,
@@ -123,6 +127,7 @@ def _line(env: Envelope) -> Line:
         recorded_at=env.recorded_at,
         payload=payload,
         sealed=sealed,
+        raw=raw,
         command_id=env.command_id,
         correlation_id=env.correlation_id,
         causation_id=env.causation_id,
@@ -131,12 +136,16 @@ def _line(env: Envelope) -> Line:
     )
 
 
-def _is_json(data: bytes) -> bool:
+def _one_json_line(data: bytes) -> bool:
+    """Whether the payload can stand in a line as itself: JSON, no line break, nothing around it
+    (a JSON value is read back without its surrounding spaces, and the journal must get back its bytes)."""
+    if not data or data != data.strip() or b"\n" in data or b"\r" in data:
+        return False
     try:
         msgspec.json.decode(data)
     except msgspec.DecodeError:
         return False
-    return bool(data)
+    return True
 
 
 def encode(events: Sequence[Envelope]) -> bytes:
@@ -149,9 +158,11 @@ def decode(data: bytes, what: str) -> list[Envelope]:
     """The events of a segment file; a damaged file is a `JournalError` naming it."""
     try:
         text = gzip.decompress(data)
-        lines = [_line_decoder.decode(line) for line in text.splitlines() if line]
+        lines = [_line_decoder.decode(line) for line in text.split(b"\n") if line]
     except (OSError, EOFError, msgspec.DecodeError, ValueError) as exc:
         raise JournalError(f"archive segment {what} is damaged: {exc}") from None
+    if not lines:
+        raise JournalError(f"archive segment {what} is damaged: no events in it")
     return [
         Envelope(
             entity_type=x.type,
@@ -161,7 +172,7 @@ def decode(data: bytes, what: str) -> list[Envelope]:
             name=x.name,
             version=x.version,
             recorded_at=x.recorded_at,
-            payload=bytes(x.payload) if x.sealed is None else x.sealed,
+            payload=x.sealed if x.sealed is not None else x.raw if x.raw is not None else bytes(x.payload),
             command_id=x.command_id,
             correlation_id=x.correlation_id,
             causation_id=x.causation_id,

@@ -76,6 +76,15 @@ async def test_archive_commands_and_a_crash_before_truncation(tmp_path: Path) ->
     assert await held(data) == list(range(1, 151))
     assert ok(memoir(data, "events", "inventory", "XYZ-1", "--json")) == events
 
+    assert ok(memoir(data, "archive", "export", archive=url)) == "exported 150 events\n"  # the Firehose
+    assert ok(memoir(data, "archive", "export", archive=url)) == "exported 0 events\n"  # from its checkpoint
+    exported = [
+        json.loads(x)
+        for f in (tmp_path / "archive" / "export").iterdir()
+        for x in gzip.decompress(f.read_bytes()).splitlines()
+    ]
+    assert [x["seq"] for x in exported] == list(range(1, 151))
+
     segment = next((tmp_path / "archive" / "segments").rglob("*.jsonl.gz"))
     segment.write_bytes(gzip.compress(gzip.decompress(segment.read_bytes()).replace(b'"units":1,', b'"units":9,')))
     bad = memoir(data, "archive", "verify", archive=url)
