@@ -17,7 +17,7 @@ from support.object_stores import moto_endpoint, s3_bucket
 
 from runtime.archive import Archive, Archiver, ArchiverSettings, ArchivingJournal, Exporter
 from runtime.journal import SqliteJournal
-from runtime.model.errors import ConfigError
+from runtime.model.errors import ConfigError, JournalError
 
 pytestmark = pytest.mark.anyio
 __all__ = ["moto_endpoint"]  # the session fixture, imported so pytest finds it here
@@ -88,20 +88,22 @@ async def test_only_old_events_below_the_guard_move(journal: SqliteJournal, tmp_
     assert young.events == 0  # nothing is 40 days old
 
 
-async def test_verify_finds_a_corrupted_segment(journal: SqliteJournal, tmp_path: Path) -> None:
+async def test_verify_finds_a_corrupted_segment(journal: SqliteJournal, archive_url: str) -> None:
     await fill(journal)
-    root = tmp_path / "archive"
-    archive = Archive(f"file://{root}")
+    archive = Archive(archive_url)
     await Archiver(journal, archive, ArchiverSettings(after=86400)).run_once()
-    victim = sorted(root.glob("segments/inventory/XYZ-1/*.jsonl.gz"))[0]
-    text = gzip.decompress(victim.read_bytes()).replace(b'"units":3,', b'"units":4,')
-    victim.write_bytes(gzip.compress(text))
+    victim = (await archive.manifest("inventory", "XYZ-1")).segments[0].path
+    stored = await archive.store.get(victim)
+    assert stored is not None
+    await archive.store.put(victim, gzip.compress(gzip.decompress(stored).replace(b'"units":3,', b'"units":4,')))
 
-    checked, problems = await Archive(f"file://{root}").verify()
+    checked, problems = await Archive(archive_url).verify()
 
     assert checked == 3
-    assert [p.path for p in problems] == [str(victim.relative_to(root))]
+    assert [p.path for p in problems] == [victim]
     assert "sha256" in problems[0].error
+    with pytest.raises(JournalError, match="does not match its sha256"):
+        await ArchivingJournal(journal, Archive(archive_url)).read("inventory", "XYZ-1")  # never served as history
 
 
 async def test_restore_puts_the_events_back(journal: SqliteJournal, archive_url: str) -> None:
