@@ -10,10 +10,12 @@ from pathlib import Path
 
 import anyio
 import pytest
-from support.regions import REGIONS, Regions, two_regions
+from support.regions import REGIONS, Regions, settings_for, two_regions
 from support.waiting import eventually
 
 from runtime import Client, CommandError, Rejected, Unavailable
+from runtime.serve.service.regions import move
+from runtime.wire.nats import close_quietly, connect
 
 pytestmark = pytest.mark.anyio
 
@@ -131,7 +133,7 @@ class Load:
             if self.stop.is_set():
                 return
             entity_id = self.ids[i % len(self.ids)]
-            for _attempt in range(20):
+            for _attempt in range(200):
                 try:
                     cid = f"load-{i}"
                     await self.client.send(self.entity_type, entity_id, "deposit", {"amount": 1}, command_id=cid)
@@ -139,7 +141,45 @@ class Load:
                     break
                 except (CommandError, TimeoutError) as exc:
                     self.failures.append(repr(exc))
+                    await anyio.sleep(0.05)
             await anyio.sleep(0.01)
+
+
+async def test_a_primary_moves_under_load_with_nothing_lost_or_doubled(regions: Regions) -> None:
+    nc = await connect(regions.url("us"), timeout=10)
+    try:
+        async with Client(regions.url("us"), direct=False) as us, anyio.create_task_group() as tg:
+            load = Load(us, "account", ["M1"])  # pinned to eu, sent in us: each command crosses until the move
+            tg.start_soon(load.run)
+            await eventually(lambda: load.total >= 20, what="load on the entity")
+            old, head = await move(nc, settings_for("us"), "account", "M1", "us")
+            assert old == "eu" and head >= 20
+            await eventually(lambda: load.total >= head + 20, what="load served by the new primary")
+            load.stop.set()
+    finally:
+        await close_quietly(nc)
+    before = await journal_events(regions, "eu", "account", "M1")
+    after = await journal_events(regions, "us", "account", "M1")
+    assert [seq for seq, _, _ in before] == list(range(1, head + 1))  # the old primary stopped at head
+    assert [seq for seq, _, _ in after] == list(range(1, load.total + 1))  # one event per acknowledged command
+    assert after[:head] == before  # the new primary started at head + 1, on the same history
+    for region in REGIONS:
+
+        async def caught_up() -> bool:
+            return await replica_events(regions, region, "account", "M1") == after  # noqa: B023
+
+        await eventually(caught_up, what=f"{region}'s replica after the move")
+        view = regions.members[region].region.view("totals")
+
+        async def viewed() -> bool:
+            row = await view.get("account/M1")  # noqa: B023
+            return row is not None and (row.deposits, row.balance) == (len(after), len(after))
+
+        await eventually(viewed, what=f"{region}'s view after the move: each event once")
+    async with Client(regions.url("eu"), prefix="memoir.r.eu", direct=False) as eu_member:
+        with pytest.raises(CommandError):  # the old primary refuses it now
+            await eu_member.send("account", "M1", "deposit", {"amount": 1})
+    assert len(await journal_events(regions, "eu", "account", "M1")) == head
 
 
 async def test_a_gateway_cut_fails_only_the_other_regions_entities_and_the_heal_loses_nothing(regions: Regions) -> None:

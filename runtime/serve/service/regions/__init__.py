@@ -8,6 +8,7 @@ region's part of a process).
 
 from .door import RegionDoor
 from .member import Fence, RegionMember, region_member
+from .moves import MoveDoor, MoveError, move
 from .primary import Primaries
 from .region import Region, regional_app
 from .replica import ReadOnly, ReplicaJournal
@@ -16,6 +17,8 @@ from .settings import RegionSettings
 
 __all__ = [
     "Fence",
+    "MoveDoor",
+    "MoveError",
     "Primaries",
     "ReadOnly",
     "Region",
@@ -24,6 +27,7 @@ __all__ = [
     "RegionSettings",
     "ReplicaJournal",
     "ensure_replica",
+    "move",
     "region_member",
     "regional_app",
     "replica_config",

@@ -83,7 +83,7 @@ async def region_member(
     streams = streams or StreamSettings(replicas=settings.replicas)
     prefix = settings.region_prefix()
     service = Service(regional_app(app), journal, nc=nc, prefix=prefix, streams=streams)
-    region = Region(app, nc, settings, streams=streams, view_store=view_store)
+    region = Region(app, nc, settings, streams=streams, view_store=view_store, writer=(service.runtime, journal))
     Fence(service, settings).attach(region.primaries)
     async with service, region, anyio.create_task_group() as tg:
         door = NatsDoor(service.runtime, nc, prefix=prefix, workers=workers)

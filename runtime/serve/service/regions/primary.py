@@ -1,15 +1,18 @@
 """The rule that says which region writes an entity (its primary), and where it is recorded.
 
-1. Pinned: `RegionSettings.pinned[type]` names the region for every entity of the type.
-2. Otherwise the first write: the region a command for an entity with no primary yet was sent
-   in becomes its primary, claimed with a KV create (it fails if a claim exists, so two regions
-   racing for a new entity agree on one) in the bucket `{PREFIX}_REGION_PRIMARY`, placed in the
-   home region and replicated there.
+1. A claim in the KV bucket `{PREFIX}_REGION_PRIMARY` (placed in the home region, replicated
+   there) names the entity's region: written by an entity's first command (unpinned types) or
+   by a move (`moves.py`, any type).
+2. Otherwise, a pinned type's region: `RegionSettings.pinned[type]`.
+3. Otherwise (unpinned, never claimed) the region the entity's first command was sent in claims
+   it, with a KV create (it fails if a claim exists, so two regions racing agree on one).
 
-A claim never changes here (moving a primary is not built yet), so each process caches the
-answers it read. The cost of the rule: an unpinned entity not in the cache needs the home
-region; while the home region cannot be reached, commands for such entities answer
-`unavailable` (pinned types, and entities already looked up, are unaffected).
+Each process follows the bucket (a KV watch): every claim of a pinned type's entity (a moved
+one: few) and the claims it has read of others, so a move reaches every door and fence, and a
+pinned type's commands never wait for the bucket. The cost: an unpinned entity not in the cache
+needs the home region; while the home region cannot be reached, commands for such entities
+answer `unavailable` (entities already looked up, and pinned types, are unaffected). A process
+just started reads the moved entities while it starts serving (the watch's first pass).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from __future__ import annotations
 import base64
 from typing import Any
 
+import structlog
 from nats.aio.client import Client as NATS
 from nats.errors import Error as NatsError
 from nats.js import api
@@ -26,6 +30,8 @@ from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from ....model.errors import Unavailable
 from ....wire.protocol import stream_prefix
 from .settings import RegionSettings
+
+log = structlog.get_logger("memoir.region.primary")
 
 CACHE = 100_000  # entities whose primary a process remembers
 
@@ -39,19 +45,29 @@ def claim_key(entity_type: str, entity_id: str) -> str:
     return f"{entity_type}.{base64.urlsafe_b64encode(entity_id.encode()).decode().rstrip('=') or '_'}"
 
 
+class Claim:
+    """What the bucket says of one entity: its region and the entry's revision (0: no entry)."""
+
+    __slots__ = ("region", "revision")
+
+    def __init__(self, region: str | None, revision: int) -> None:
+        self.region, self.revision = region, revision
+
+
 class Primaries:
     """`await primaries.start()`, then `await primaries.of(type, id)` -> the primary region's name."""
 
-    def __init__(self, nc: NATS, settings: RegionSettings, *, timeout: float = 2.0) -> None:
+    def __init__(self, nc: NATS, settings: RegionSettings) -> None:
         self.nc = nc
         self.settings = settings
-        self.timeout = timeout
         self._kv: Any = None
-        self._cache: dict[tuple[str, str], str] = {}
+        self._cache: dict[str, str] = {}  # claim key -> region
+        self._released: set[str] = set()  # entities this region handed away: refused even before the claim moves
+        self._moved: dict[str, str] = {}  # claims of pinned types' entities (moved off their pinned region)
         self.claimed = 0  # entities this process claimed for its region
 
     async def start(self) -> None:
-        """Create (or bind) the claims bucket in the home region; needs every region's types pinned or the home."""
+        """Create (or bind) the claims bucket in the home region."""
         js = self.nc.jetstream(timeout=10.0)
         config = api.KeyValueConfig(
             bucket=claims_bucket(self.settings),
@@ -60,54 +76,109 @@ class Primaries:
             placement=api.Placement(cluster=self.settings.home_region),
             direct=True,
         )
-        self._kv = await js.create_key_value(config)
+        await js.create_key_value(config)
+        # look-ups on the command path wait no longer than a command sent to another region may
+        self._kv = await self.nc.jetstream(timeout=self.settings.remote_timeout).key_value(config.bucket)
+
+    async def follow(self) -> None:
+        """Keep the cached claims current (a move changes one) until cancelled."""
+        watcher = await self._bucket().watchall()
+        try:
+            async for entry in watcher:
+                if entry is None or entry.value is None:
+                    continue
+                region = entry.value.decode()
+                if entry.key.split(".", 1)[0] in self.settings.pinned:
+                    self._moved[entry.key] = region  # every one: the fence of a pinned type reads them
+                if entry.key in self._cache:
+                    self._cache[entry.key] = region
+        finally:
+            await watcher.stop()
+
+    def _bucket(self) -> Any:
+        if self._kv is None:
+            raise Unavailable("no primary rule", "Primaries.start() was not awaited")
+        return self._kv
+
+    def _remember(self, key: str, region: str) -> str:
+        if key not in self._cache and len(self._cache) >= CACHE:
+            self._cache.pop(next(iter(self._cache)))
+        self._cache[key] = region
+        return region
 
     async def of(self, entity_type: str, entity_id: str) -> str:
+        key = claim_key(entity_type, entity_id)
         pinned = self.settings.pinned.get(entity_type)
-        if pinned is not None:
-            return pinned
-        found = self._cache.get((entity_type, entity_id))
+        if pinned is not None:  # no look-up on the way: the moved ones are all followed (`follow`)
+            return self._moved.get(key, pinned)
+        found = self._cache.get(key)
         if found is not None:
             return found
-        region = await self._claim(entity_type, entity_id)
-        if len(self._cache) >= CACHE:
-            self._cache.pop(next(iter(self._cache)))
-        self._cache[(entity_type, entity_id)] = region
-        return region
+        claim = await self.claim(entity_type, entity_id)
+        if claim.region is not None:
+            return self._remember(key, claim.region)
+        return self._remember(key, await self._create(entity_type, entity_id))
+
+    async def claim(self, entity_type: str, entity_id: str) -> Claim:
+        """The bucket's entry for the entity, read now."""
+        try:
+            entry = await self._bucket().get(claim_key(entity_type, entity_id))
+        except KeyNotFoundError:
+            return Claim(None, 0)
+        except (NatsError, JetStreamError, TimeoutError) as exc:
+            raise self._unreachable(entity_type, entity_id, exc) from None
+        return Claim(entry.value.decode() if entry.value else None, entry.revision or 0)
+
+    async def _create(self, entity_type: str, entity_id: str) -> str:
+        key = claim_key(entity_type, entity_id)
+        try:
+            await self._bucket().create(key, self.settings.name.encode())
+            self.claimed += 1
+            return self.settings.name
+        except KeyWrongLastSequenceError:  # another region claimed it first
+            claim = await self.claim(entity_type, entity_id)
+            assert claim.region is not None
+            return claim.region
+        except (NatsError, JetStreamError, TimeoutError) as exc:
+            raise self._unreachable(entity_type, entity_id, exc) from None
+
+    async def take(self, entity_type: str, entity_id: str, revision: int) -> None:
+        """Claim the entity for this region if the bucket's entry is still at `revision` (0: none)."""
+        key = claim_key(entity_type, entity_id)
+        value = self.settings.name.encode()
+        if revision:
+            await self._bucket().update(key, value, last=revision)
+        else:
+            await self._bucket().create(key, value)
+        self._released.discard(key)
+        if entity_type in self.settings.pinned:
+            self._moved[key] = self.settings.name
+        self._remember(key, self.settings.name)
+
+    def release(self, entity_type: str, entity_id: str) -> None:
+        """This region stops writing the entity now (a move away): the fence refuses it from here on."""
+        self._released.add(claim_key(entity_type, entity_id))
 
     def admits(self, entity_type: str, entity_id: str) -> bool:
         """The fence inside each turn (the runtime's `admits`): False for an entity known to be written elsewhere.
 
-        Known: its type is pinned to another region, or this process read another region's claim
-        for it. An entity whose claim this process has not read is admitted: a command reaches a
-        member through a door that looked the claim up, and only a client sending to a region's
-        own prefix directly could bypass that (for pinned types the fence is complete).
+        Known: released here by a move, claimed by another region as far as this process has
+        read, or of a type pinned elsewhere and not claimed here. An unpinned entity whose claim
+        this process has not read is admitted: commands reach a member through a door that
+        looked the claim up; only a client sending to a region's own prefix could bypass that.
         """
+        key = claim_key(entity_type, entity_id)
+        if key in self._released:
+            return False
         pinned = self.settings.pinned.get(entity_type)
         if pinned is not None:
-            return pinned == self.settings.name
-        return self._cache.get((entity_type, entity_id), self.settings.name) == self.settings.name
+            return self._moved.get(key, pinned) == self.settings.name
+        cached = self._cache.get(key)
+        return cached is None or cached == self.settings.name
 
-    async def _claim(self, entity_type: str, entity_id: str) -> str:
-        if self._kv is None:
-            raise Unavailable("no primary rule", "Primaries.start() was not awaited")
-        key = claim_key(entity_type, entity_id)
-        try:
-            try:
-                entry = await self._kv.get(key)
-                return str(entry.value.decode())
-            except KeyNotFoundError:
-                pass
-            try:
-                await self._kv.create(key, self.settings.name.encode())
-                self.claimed += 1
-                return self.settings.name
-            except KeyWrongLastSequenceError:  # another region claimed it first
-                entry = await self._kv.get(key)
-                return str(entry.value.decode())
-        except (NatsError, JetStreamError, TimeoutError) as exc:
-            raise Unavailable(
-                "primary unknown",
-                f"{entity_type}/{entity_id}: the home region {self.settings.home_region} holding first-write "
-                f"claims cannot be reached ({type(exc).__name__})",
-            ) from None
+    def _unreachable(self, entity_type: str, entity_id: str, exc: BaseException) -> Unavailable:
+        return Unavailable(
+            "primary unknown",
+            f"{entity_type}/{entity_id}: the home region {self.settings.home_region} holding the claims "
+            f"cannot be reached ({type(exc).__name__})",
+        )

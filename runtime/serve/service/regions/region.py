@@ -28,6 +28,8 @@ import anyio
 from nats.aio.client import Client as NATS
 
 from ....engine.history import HistoryItem, history, state_at
+from ....engine.runtime import Runtime
+from ....journal import Journal
 from ....model.app import App
 from ....model.entity import model_of
 from ....streams.publisher import StreamSettings
@@ -35,6 +37,7 @@ from ....streams.view import ViewQuery, ViewRunner
 from ....streams.view_store import MemoryViewStore, ViewStore
 from ..supervision import supervised
 from .door import RegionDoor
+from .moves import MoveDoor
 from .primary import Primaries
 from .replica import ReplicaJournal
 from .replication import ensure_replica
@@ -58,6 +61,7 @@ class Region:
         view_store: ViewStore | None = None,
         streams: StreamSettings | None = None,
         door: bool = True,
+        writer: tuple[Runtime, Journal] | None = None,
     ) -> None:
         self.app = app
         self.nc = nc
@@ -67,6 +71,7 @@ class Region:
         self.types = [model_of(e).type_name for e in app.entities]
         self.primaries = Primaries(nc, settings)
         self.door = RegionDoor(nc, settings, self.primaries) if door else None
+        self.writer = writer  # the region's runtime and journal: it serves moves (`moves.py`)
         self.stream = ""
         self.journal: ReplicaJournal | None = None
         self.views: dict[str, ViewRunner] = {}
@@ -79,8 +84,12 @@ class Region:
         tg = self._tg = anyio.create_task_group()
         await tg.__aenter__()
         try:
+            tg.start_soon(supervised, "region claims", self.primaries.follow)
             if self.door is not None:
                 await tg.start(self.door.run)
+            if self.writer is not None:
+                runtime, own = self.writer
+                await tg.start(MoveDoor(self.nc, self.settings, runtime, own, journal, self.primaries).run)
             for view in self.app.views:
                 runner = self.views[view.name] = ViewRunner(
                     view,

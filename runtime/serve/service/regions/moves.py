@@ -1,0 +1,172 @@
+"""Moving an entity's primary to another region: the old one stops, replication catches up, the new one
+starts at the right seq (`memoir region move TYPE ID --to R`).
+
+1. The mover reads the entity's claim (its region, and the entry's revision).
+2. Release, in the old primary (`{prefix}.r.{old}.region.release`): its fence refuses the entity
+   from now on, its live actor is passivated after the turn in flight, and it answers the
+   entity's head in its journal: the last seq it will ever write there (until moved back).
+3. Adopt, in the new primary (`{prefix}.r.{new}.region.adopt`): it waits until its replica holds
+   the entity's events up to that head, puts them into its own journal at their seqs (with
+   positions below 1, so its outbox never publishes them again: every region has them already),
+   then claims the entity with the revision read in 1 (a KV update that fails if anything moved
+   it meanwhile) and starts serving it, at head + 1.
+
+Between 2 and 3, commands for the entity answer `overloaded` (the old fence's "moved": retry);
+no two regions write it at any moment, and no event is lost or doubled (the test moves an entity
+under load). A move stopped half-way leaves the entity unserved until it is run again: both
+steps can be repeated. The new primary's journal needs `restore_events` (SQLite, PostgreSQL,
+memory). A repeated command id across a move is recognised but answered without its first
+reply's result (the replica carries command ids, not replies).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import anyio
+import anyio.abc
+import msgspec
+import structlog
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.errors import Error as NatsError
+
+from ....engine.runtime import Runtime
+from ....journal import Journal
+from ....model.errors import MemoirError
+from .primary import Primaries
+from .replica import ReplicaJournal
+from .settings import RegionSettings
+
+log = structlog.get_logger("memoir.region.moves")
+
+POLL = 0.05
+
+
+class MoveError(MemoirError):
+    """A move could not be done; the message says which step and why."""
+
+
+class _Ask(msgspec.Struct, forbid_unknown_fields=True):
+    type: str
+    id: str
+    head: int = 0
+    revision: int = 0
+
+
+def subject(settings: RegionSettings, region: str, step: str) -> str:
+    return f"{settings.region_prefix(region)}.region.{step}"
+
+
+class MoveDoor:
+    """A region member's side of moves: `release` and `adopt` requests, served until cancelled."""
+
+    def __init__(
+        self,
+        nc: NATS,
+        settings: RegionSettings,
+        runtime: Runtime,
+        journal: Journal,
+        replica: ReplicaJournal,
+        primaries: Primaries,
+        *,
+        catch_up: float = 30.0,
+    ) -> None:
+        self.nc, self.settings, self.runtime, self.journal = nc, settings, runtime, journal
+        self.replica, self.primaries, self.catch_up = replica, primaries, catch_up
+
+    async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        async with anyio.create_task_group() as tg:
+
+            def serving(step: Any) -> Any:
+                async def cb(msg: Msg) -> None:
+                    tg.start_soon(self._answer, msg, step)
+
+                return cb
+
+            subs = [
+                await self.nc.subscribe(
+                    subject(self.settings, self.settings.name, "release"), cb=serving(self.release)
+                ),
+                await self.nc.subscribe(subject(self.settings, self.settings.name, "adopt"), cb=serving(self.adopt)),
+            ]
+            task_status.started()
+            try:
+                await anyio.sleep_forever()
+            finally:
+                with anyio.CancelScope(shield=True):
+                    for sub in subs:
+                        await sub.unsubscribe()
+
+    async def _answer(self, msg: Msg, step: Any) -> None:
+        try:
+            ask = msgspec.json.decode(msg.data, type=_Ask)
+            head = await step(ask)
+            answer: dict[str, Any] = {"ok": True, "head": head}
+        except (MemoirError, msgspec.ValidationError, msgspec.DecodeError, NatsError) as exc:
+            answer = {"ok": False, "error": str(exc)}
+        log.info("region move step", region=self.settings.name, step=step.__name__, answer=answer)
+        if msg.reply:
+            await msg.respond(json.dumps(answer).encode())
+
+    async def release(self, ask: _Ask) -> int:
+        """Stop writing the entity here; returns its head in this region's journal."""
+        self.primaries.release(ask.type, ask.id)
+        await self.runtime.passivate_where(lambda t, i: (t, i) == (ask.type, ask.id))  # after its turn in flight
+        return await self.journal.head(ask.type, ask.id)
+
+    async def adopt(self, ask: _Ask) -> int:
+        """Take the entity's events up to `head` from the replica into this journal, then claim it."""
+        restore = getattr(self.journal, "restore_events", None)
+        if restore is None:
+            raise MoveError(f"the journal {self.journal.url} cannot take a moved entity's events (no restore_events)")
+        events = await self.replica.read(ask.type, ask.id, to_seq=ask.head)
+        with anyio.move_on_after(self.catch_up):
+            while (events[-1].seq if events else 0) < ask.head:
+                await anyio.sleep(POLL)
+                events = await self.replica.read(ask.type, ask.id, to_seq=ask.head)
+        if [e.seq for e in events] != list(range(1, ask.head + 1)):
+            raise MoveError(
+                f"{ask.type}/{ask.id}: the replica of {self.settings.name} holds seqs up to "
+                f"{events[-1].seq if events else 0}, not {ask.head}, after {self.catch_up:g}s"
+            )
+        await restore([msgspec.structs.replace(e, position=-e.position) for e in events])
+        head = await self.journal.head(ask.type, ask.id)
+        if head != ask.head:
+            raise MoveError(
+                f"{ask.type}/{ask.id}: this region's journal is at seq {head}, the old primary's at {ask.head}"
+            )
+        await self.primaries.take(ask.type, ask.id, ask.revision)
+        return head
+
+
+async def _request(nc: NATS, to: str, ask: _Ask, timeout: float) -> int:
+    try:
+        msg = await nc.request(to, msgspec.json.encode(ask), timeout=timeout)
+    except NatsError as exc:
+        raise MoveError(f"no answer on {to}: {type(exc).__name__}") from None
+    answer = json.loads(msg.data)
+    if not answer.get("ok"):
+        raise MoveError(f"{to}: {answer.get('error')}")
+    return int(answer["head"])
+
+
+async def move(
+    nc: NATS, settings: RegionSettings, entity_type: str, entity_id: str, to: str, *, timeout: float = 60.0
+) -> tuple[str, int]:
+    """Move the entity's primary to region `to`; returns (the old region, the seq the new one starts after)."""
+    if to not in settings.regions:
+        raise MoveError(f"region {to!r} is not one of {list(settings.regions)}")
+    primaries = Primaries(nc, settings)
+    await primaries.start()
+    claim = await primaries.claim(entity_type, entity_id)
+    old = claim.region or settings.pinned.get(entity_type)
+    if old is None:
+        raise MoveError(f"{entity_type}/{entity_id} has no primary yet: its first command will claim one")
+    if old == to:
+        return old, 0
+    ask = _Ask(entity_type, entity_id, revision=claim.revision)
+    head = await _request(nc, subject(settings, old, "release"), ask, timeout)
+    ask = _Ask(entity_type, entity_id, head=head, revision=claim.revision)
+    return old, await _request(nc, subject(settings, to, "adopt"), ask, timeout)
