@@ -153,6 +153,10 @@ class Archive:
             if raw is not None:
                 self._runs[number] = msgspec.json.decode(raw, type=Run).segments
 
+    def indexed(self, path: str) -> bool:
+        """Whether a loaded run file lists the segment (reads by position find it)."""
+        return any(s.path == path for s in self._segments())
+
     def latest_run(self) -> int:
         """The highest run number loaded (0 if none)."""
         return max(self._runs, default=0)

@@ -11,8 +11,9 @@ what `ArchivingJournal.read_all` checks), and only then does the journal drop th
 (`Journal.delete(type, id, to_seq)`: keeps the snapshots, the command ids and the head).
 
 A crash anywhere before the drop leaves the events in the journal and maybe in the archive
-too; the next pass finds them archived already, compares them with the archive's copy and
-drops them. A JetStream journal is refused: its events *are* the streams views and consumers
+too; the next pass finds them archived already, compares them with the archive's copy, lists
+their segments in its run file if no run lists them yet (a crash between the manifests and the
+run file), and drops them. A JetStream journal is refused: its events *are* the streams views and consumers
 follow, so dropping them there would drop them for a view that is not far enough behind to
 catch up from the journal. `MEMOIR_ARCHIVE_FAULT=before-truncate` kills the process at that point (tests).
 """
@@ -110,6 +111,8 @@ class Archiver:
         drops: list[tuple[str, str, int, int]] = []  # (type, id, to_seq, events)
         written: list[Segment] = []
         manifests: list[Manifest] = []
+        fresh = 0  # segment files written by this pass
+        await self.archive.refresh()
         for entity_type, entity_id in await self._candidates(cutoff, ceiling):
             if self.journal.event_stream(entity_type) is not None:
                 raise ConfigError(
@@ -125,6 +128,12 @@ class Archiver:
             if old and await self.archive.read(entity_type, entity_id, old[0].seq, old[-1].seq) != old:
                 log.error("journal and archive differ; left in the journal", entity=f"{entity_type}/{entity_id}")
                 continue
+            if old:  # archived by a pass cut short before its run file: this pass's run lists them
+                written.extend(
+                    s
+                    for s in manifest.segments
+                    if s.to_seq >= old[0].seq and s.from_seq <= old[-1].seq and not self.archive.indexed(s.path)
+                )
             if new:
                 if manifest.segments and new[0].seq != manifest.to_seq + 1:
                     log.error("seqs missing between the archive and the journal", entity=f"{entity_type}/{entity_id}")
@@ -134,6 +143,7 @@ class Archiver:
                     segment = await self.archive.write_segment(new[i : i + step])
                     manifest.segments.append(segment)
                     written.append(segment)
+                    fresh += 1
                 manifests.append(manifest)
             drops.append((entity_type, entity_id, take[-1].seq, len(take)))
         if not drops:
@@ -149,7 +159,7 @@ class Archiver:
             os.kill(os.getpid(), signal.SIGKILL)
         for entity_type, entity_id, to_seq, _ in drops:
             await self.journal.delete(entity_type, entity_id, to_seq)
-        result = PassResult(entities=len(drops), events=sum(d[3] for d in drops), segments=len(written), run=latest)
+        result = PassResult(entities=len(drops), events=sum(d[3] for d in drops), segments=fresh, run=latest)
         self.passes += 1
         self.moved += result.events
         log.info("archived", archive=self.archive.url, **msgspec.structs.asdict(result))

@@ -16,8 +16,9 @@ from support.archive_data import ENTITIES, event, everything, fill
 from support.object_stores import moto_endpoint, s3_bucket
 
 from runtime.archive import Archive, Archiver, ArchiverSettings, ArchivingJournal, Exporter
+from runtime.archive.segments import Segment
 from runtime.journal import SqliteJournal
-from runtime.model.errors import ConfigError, JournalError
+from runtime.model.errors import ConfigError, JournalError, Unavailable
 
 pytestmark = pytest.mark.anyio
 __all__ = ["moto_endpoint"]  # the session fixture, imported so pytest finds it here
@@ -120,6 +121,29 @@ async def test_restore_puts_the_events_back(journal: SqliteJournal, archive_url:
     again = await Archiver(journal, archive, ArchiverSettings(after=86400)).run_once()
     assert (again.events, again.segments) == (20, 0)  # archived already: compared, then dropped again
     assert await everything(reading) == before_all
+
+
+async def test_a_pass_cut_short_before_its_run_file_is_indexed_by_the_next(
+    journal: SqliteJournal, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Manifests written, the run file not (the store failed): the next pass lists those segments."""
+    await fill(journal)
+    before_all = await everything(journal)
+    url = f"file://{tmp_path / 'a'}"
+
+    async def fails(self: Archive, segments: list[Segment]) -> int:
+        raise Unavailable("archive unavailable", "the store went away")
+
+    with monkeypatch.context() as m:
+        m.setattr(Archive, "save_run", fails)
+        with pytest.raises(Unavailable):
+            await Archiver(journal, Archive(url), ArchiverSettings(after=86400)).run_once()
+    assert await everything(journal) == before_all  # nothing dropped
+
+    again = await Archiver(journal, Archive(url), ArchiverSettings(after=86400)).run_once()
+
+    assert (again.events, again.segments) == (60, 0)
+    assert await everything(ArchivingJournal(journal, Archive(url))) == before_all
 
 
 async def test_a_tombstone_deletes_the_archived_segments(journal: SqliteJournal, tmp_path: Path) -> None:
