@@ -74,6 +74,9 @@ log = structlog.get_logger("memoir.timers")
 CHECKPOINT = "timers"
 DURABLE = "timers"
 ACK_WAIT = 5.0  # seconds before a firing held by a process that died is delivered again
+# seconds one idle pull for firings waits on the server: a firing is delivered as soon as it is
+# stored whatever this is; it bounds how long a pull lost with a connection goes unnoticed (+5 s)
+FETCH_WAIT = 2.0
 POLL = 0.1  # seconds between journal reads while other processes' appends go unseen (`Journal.tail_poll`)
 _DEFINITE = {ErrorCode.INVALID, ErrorCode.REJECTED, ErrorCode.UNKNOWN_COMMAND, ErrorCode.UNKNOWN_ENTITY_TYPE}
 _fire_encoder = msgspec.json.Encoder()
@@ -426,7 +429,7 @@ class TimerFirer:
                 retry = Backoff(0.1, cap=5.0)
                 while True:
                     try:
-                        msgs = await puller.fetch(self.concurrency, 0.5)
+                        msgs = await puller.fetch(self.concurrency, FETCH_WAIT)
                     except (NatsError, JetStreamError) as exc:
                         log.warning("timer fetch failed", error=str(exc))
                         await retry.sleep()
