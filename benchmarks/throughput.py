@@ -65,12 +65,15 @@ async def run_memoir(url: str, commands: int, entities: int, concurrency: int) -
         elapsed = time.perf_counter() - started
         batches = (writes.batches - b0) if writes else 0
         avg_batch = ((writes.requests - r0) / batches) if writes and batches else 1.0
+        ck = getattr(journal, "_checkpointer", None)  # SQLite's checkpoint thread, by kind of checkpoint
+        checkpoints = {"passive": ck.passive, "blocking": ck.blocking} if ck is not None else {}
     return {
         "commands_per_s": commands / elapsed,
         "p50_ms": c.percentile(latencies, 50) * 1000,
         "p99_ms": c.percentile(latencies, 99) * 1000,
         "batches": batches,
         "avg_batch": avg_batch,
+        "checkpoints": checkpoints,
     }
 
 
@@ -314,6 +317,9 @@ def main() -> None:
         c.line("memoir commands/s", m["commands_per_s"])
         c.line("memoir latency p50 / p99 (ms)", f"{m['p50_ms']:.2f} / {m['p99_ms']:.2f}")
         c.line("group-commit batches (avg size)", f"{m['batches']} ({m['avg_batch']:.0f})")
+        if m["checkpoints"]:
+            ck = m["checkpoints"]
+            c.line("WAL checkpoints: by the thread / by the writer", f"{ck['passive']} / {ck['blocking']}")
         batch = max(1, round(m["avg_batch"]))
         if args.journal == "sqlite":
             raw = raw_sqlite(d / "raw.db", commands, args.entities, batch)

@@ -18,6 +18,9 @@
   highest seq ever deleted, so deletion never lets a seq be reused.
 - Command ids are remembered forever (until the entity is deleted), in `commands`,
   checked inside the batch's transaction: a repeat raises `DuplicateCommand`.
+- The WAL checkpoint is off the commit path: a thread of its own copies the WAL back
+  into the file while the writer goes on committing, and the writer checkpoints (and waits)
+  only if the WAL passes a hard limit (see `_checkpoint.py`).
 - A full disk (SQLITE_FULL, ENOSPC) raises `Unavailable("storage full")`: the
   transaction is rolled back, the writer stays up, and the first write that succeeds
   afterwards checkpoints the WAL so it shrinks back.
@@ -40,6 +43,7 @@ import anyio.to_thread
 from ..model.envelope import Recovery
 from ..model.errors import ConfigError, JournalError
 from ._batching import Batcher, ThreadBatcher
+from ._checkpoint import HARD, SOFT, Checkpointer
 from ._faults import sqlite_error, sqlite_full
 from ._sql import Append, Dialect, Op, Rows, SqlJournal, drive_sync, migrate, recover_steps
 from ._urls import parse_sqlite_url
@@ -94,7 +98,17 @@ _SCHEMA = DIALECT.ddl() + _EVENT_LOG  # the whole schema as one script, also for
 class SqliteJournal(SqlJournal):
     """The embedded default: one SQLite file in WAL mode, group-committed (see the module docstring)."""
 
-    def __init__(self, path: str | Path, *, synchronous: str = "FULL", max_batch: int = 4096) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        synchronous: str = "FULL",
+        max_batch: int = 4096,
+        wal_checkpoint_at: int = SOFT,
+        wal_limit: int = HARD,
+    ) -> None:
+        """`wal_checkpoint_at`: the WAL size in bytes from which a thread checkpoints it;
+        `wal_limit`: the size from which the writer checkpoints it and waits (the WAL's bound)."""
         synchronous = synchronous.upper()
         if synchronous not in ("OFF", "NORMAL", "FULL", "EXTRA"):
             raise ConfigError(f"sqlite synchronous must be OFF, NORMAL, FULL or EXTRA, got {synchronous!r}")
@@ -111,6 +125,7 @@ class SqliteJournal(SqlJournal):
         self._r: sqlite3.Connection | None = None
         self._stack: contextlib.AsyncExitStack | None = None
         self._was_full = False  # a write failed for space: checkpoint the WAL after the next one that works
+        self._checkpointer = Checkpointer(self.path, self._connect, soft=wal_checkpoint_at, hard=wal_limit)
 
     @classmethod
     def from_url(cls, url: str) -> SqliteJournal:
@@ -131,7 +146,7 @@ class SqliteJournal(SqlJournal):
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute(f"PRAGMA synchronous={self.synchronous}")
         conn.execute("PRAGMA cache_size=-65536")  # 64 MiB
-        conn.execute("PRAGMA wal_autocheckpoint=4000")  # checkpoint every ~16 MiB of WAL, not every 4
+        self._checkpointer.setup_writer(conn)  # no checkpoint on commit: the checkpoint thread's
         return conn
 
     def _open_sync(self) -> None:
@@ -166,6 +181,9 @@ class SqliteJournal(SqlJournal):
         tg = await stack.enter_async_context(anyio.create_task_group())
         tg.start_soon(self._writes.run)
         tg.start_soon(self._recoveries.run)
+        if self.path != ":memory:":
+            tg.start_soon(self._checkpointer.run)
+            stack.callback(self._checkpointer.stop)
         stack.callback(self._recoveries.close)
         stack.callback(self._writes.close)
         self._stack = stack
@@ -230,6 +248,7 @@ class SqliteJournal(SqlJournal):
             self._forget_streams()
             self._was_full = self._was_full or sqlite_full(exc)
             raise
+        self._checkpointer.committed(conn)
         if self._was_full:  # space is back: let the WAL the full disk left behind shrink
             self._was_full = False
             with contextlib.suppress(sqlite3.Error):
