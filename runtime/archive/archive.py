@@ -81,21 +81,46 @@ class Archive:
     async def save_manifest(self, manifest: Manifest) -> None:
         await self.store.put(fmt.manifest_path(manifest.entity_type, manifest.entity_id), msgspec.json.encode(manifest))
 
-    async def save_run(self, segments: list[Segment]) -> int:
-        """Record a pass's segments in the next run file (after their manifests); returns its number."""
+    async def save_run(self, segments: list[Segment], forgotten: Sequence[str] = ()) -> int:
+        """Record a pass's segments (after their manifests), or a tombstone's deleted segments, in
+        the next run file; returns its number."""
         await self.refresh()
         number = max(self._runs, default=0) + 1
-        await self.store.put(fmt.run_path(number), msgspec.json.encode(Run(number=number, segments=segments)))
-        self._runs[number] = segments
+        run = Run(number=number, segments=segments, forgotten=list(forgotten))
+        await self.store.put(fmt.run_path(number), msgspec.json.encode(run))
+        self._apply(run)
         return number
 
-    async def forget(self, entity_type: str, entity_id: str) -> None:
-        """Delete an entity's segments and manifest (a tombstone reaches the archive too)."""
+    def _apply(self, run: Run) -> None:
+        if run.forgotten:
+            gone = set(run.forgotten)
+            for n, listed in self._runs.items():
+                self._runs[n] = [s for s in listed if s.path not in gone]
+            for path in gone:
+                self._drop(path)
+        self._runs[run.number] = run.segments
+
+    async def forget(self, entity_type: str, entity_id: str) -> int:
+        """Delete an entity's archive (a tombstone reaches it too); returns the run that records it (0: none).
+
+        The manifest goes first (reads by seq stop), then a run file names the deleted segments
+        (readers in other processes drop them when the journal's run checkpoint moves), the older
+        run files are rewritten without them, and the files go last. A reader that meets a missing
+        segment its manifest no longer names skips it (`read_positions`).
+        """
         manifest = await self.manifest(entity_type, entity_id)
+        if not manifest.segments:
+            return 0
+        gone = [s.path for s in manifest.segments]
         await self.store.delete(fmt.manifest_path(entity_type, entity_id))
-        for s in manifest.segments:
-            await self.store.delete(s.path)
-            self._drop(s.path)
+        number = await self.save_run([], forgotten=gone)
+        for n, listed in list(self._runs.items()):
+            raw = await self.store.get(fmt.run_path(n)) if n != number else None
+            if raw is not None and len(msgspec.json.decode(raw, type=Run).segments) != len(listed):
+                await self.store.put(fmt.run_path(n), msgspec.json.encode(Run(number=n, segments=listed)))
+        for path in gone:
+            await self.store.delete(path)
+        return number
 
     # -- reading ---------------------------------------------------------------------------------
 
@@ -121,6 +146,18 @@ class Archive:
             self._positions.pop(path, None)
             self._cached -= len(gone)
         return events
+
+    async def _load_listed(self, segment: Segment) -> list[Envelope] | None:
+        """`_load`, or None for a segment whose entity was forgotten since its run was loaded."""
+        try:
+            return await self._load(segment)
+        except JournalError:
+            manifest = await self.manifest(segment.entity_type, segment.entity_id)
+            if any(s.path == segment.path for s in manifest.segments):
+                raise  # still named by its manifest: missing or damaged, not forgotten
+            for number, run in self._runs.items():
+                self._runs[number] = [s for s in run if s.path != segment.path]
+            return None
 
     def _drop(self, path: str) -> None:
         gone = self._cache.pop(path, None)
@@ -151,7 +188,7 @@ class Archive:
                 continue
             raw = await self.store.get(path)
             if raw is not None:
-                self._runs[number] = msgspec.json.decode(raw, type=Run).segments
+                self._apply(msgspec.json.decode(raw, type=Run))
 
     def indexed(self, path: str) -> bool:
         """Whether a loaded run file lists the segment (reads by position find it)."""
@@ -173,9 +210,11 @@ class Archive:
         """
         top = high if high is not None else sys.maxsize
         cuts: list[list[Envelope]] = []
-        for s in self._segments():
+        for s in list(self._segments()):
             if s.last_position >= low and s.first_position <= top:
-                events = await self._load(s)
+                events = await self._load_listed(s)
+                if events is None:
+                    continue
                 positions = self._positions[s.path]
                 cut = events[bisect.bisect_left(positions, low) : bisect.bisect_right(positions, top)]
                 if cut:

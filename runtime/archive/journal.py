@@ -12,7 +12,8 @@ catch-up and `memoir replay` ask the journal as before and get the whole history
   journal *before* it deletes anything, and the read loads it *after* reading the journal: an
   event it no longer found in the journal is then already in a run it knows. Costs one
   checkpoint load per page.
-- `delete(type, id)` (a tombstone) deletes the entity's segments too. Writes, snapshots and
+- `delete(type, id)` (a tombstone) deletes the entity's segments too, and moves the run
+  checkpoint so readers elsewhere drop them from what they loaded. Writes, snapshots and
   checkpoints go to the journal unchanged: archived events keep their seqs and positions.
 """
 
@@ -124,8 +125,9 @@ class ArchivingJournal(Journal):
 
     async def delete(self, entity_type: str, entity_id: str, to_seq: int | None = None) -> None:
         await self.inner.delete(entity_type, entity_id, to_seq)
-        if to_seq is None:
-            await self.archive.forget(entity_type, entity_id)
+        if to_seq is None and (run := await self.archive.forget(entity_type, entity_id)):
+            seen = await self.inner.load_checkpoint(RUN_CHECKPOINT)
+            await self.inner.save_checkpoint(RUN_CHECKPOINT, max(run, seen))
 
     async def find_command(self, entity_type: str, entity_id: str, command_id: str) -> tuple[int, bytes | None] | None:
         return await self.inner.find_command(entity_type, entity_id, command_id)

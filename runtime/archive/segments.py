@@ -81,11 +81,13 @@ class Manifest(msgspec.Struct, kw_only=True):
         return self.segments[-1].to_seq if self.segments else 0
 
 
-class Run(msgspec.Struct, kw_only=True):
-    """One archiving pass: the segments it added (the index reads by position use)."""
+class Run(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """One archiving pass: the segments it added (the index reads by position use); or a tombstone's
+    record: the segments deleted with their entity, which readers drop from the runs they loaded."""
 
     number: int
     segments: list[Segment]
+    forgotten: list[str] = msgspec.field(default_factory=list)
 
 
 def token(entity_id: str) -> str:

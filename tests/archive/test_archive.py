@@ -148,12 +148,23 @@ async def test_a_pass_cut_short_before_its_run_file_is_indexed_by_the_next(
 
 async def test_a_tombstone_deletes_the_archived_segments(journal: SqliteJournal, tmp_path: Path) -> None:
     await fill(journal)
-    archive = Archive(f"file://{tmp_path / 'a'}")
+    before_all = await everything(journal)
+    url = f"file://{tmp_path / 'a'}"
+    archive = Archive(url)
     reading = ArchivingJournal(journal, archive)
     await Archiver(journal, archive, ArchiverSettings(after=86400)).run_once()
+    elsewhere = ArchivingJournal(journal, Archive(url))
+    assert await everything(elsewhere) == before_all  # another reader, its runs loaded before the delete
+
     await reading.delete("cart", "C1")
+
     assert await reading.read("cart", "C1") == []
     assert not list((tmp_path / "a" / "segments" / "cart").glob("*/*"))
+    rest = [e for e in before_all if e.entity_type != "cart"]
+    assert await everything(reading) == rest
+    assert await everything(elsewhere) == rest  # skips the segment it finds gone with its manifest
+    assert await everything(ArchivingJournal(journal, Archive(url))) == rest  # the run files no longer list it
+    assert await Archive(url).verify() == (2, [])
 
 
 async def test_export_writes_every_event_once(journal: SqliteJournal, tmp_path: Path) -> None:
