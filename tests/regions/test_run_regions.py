@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
+import anyio
 import pytest
 
 from runtime import Client, CommandError
@@ -12,6 +14,13 @@ from runtime.serve.process.local_cluster import LocalMember
 from runtime.serve.process.local_regions import NatsRegions
 
 pytestmark = pytest.mark.anyio
+
+
+async def memoir(*argv: str) -> str:
+    """The CLI as a user runs it; its stdout (it must exit 0)."""
+    done = await anyio.run_process([sys.executable, "-m", "runtime.serve.cli", *argv], check=False)
+    assert done.returncode == 0, done.stderr.decode()
+    return done.stdout.decode()
 
 
 def member(tmp_path: Path, nats: NatsRegions, region: str) -> LocalMember:
@@ -38,6 +47,15 @@ async def test_memoir_run_serves_a_region_and_commands_reach_the_primary(tmp_pat
                 with pytest.raises(CommandError) as refused:  # past the door: the fence refuses it
                     await us_member.send("account", "A1", "deposit", {"amount": 1})
                 assert refused.value.code == "overloaded"
+            moved = await memoir(
+                "region", "move", "account", "A1", "--to", "us", "--regions", "eu,us", "--region-pinned", "account=eu",
+                "--nats-url", nats.url("eu"), "--data-dir", str(tmp_path / "cli"), "--json",
+            )  # fmt: skip
+            assert json.loads(moved) == {"type": "account", "id": "A1", "from": "eu", "to": "us", "after_seq": 2}
+            async with Client(nats.url("eu"), direct=False) as eu:
+                assert (await eu.send("account", "A1", "deposit", {"amount": 1})).seq == 3  # crosses to us now
+            async with Client(nats.url("us"), prefix="memoir.r.us", direct=False) as us_member:
+                assert (await us_member.send("account", "A1", "deposit", {"amount": 1})).result == 9  # us writes it
         finally:
             for m in members:
                 await m.stop()

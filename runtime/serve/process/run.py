@@ -206,7 +206,8 @@ async def _start_service(
     svc = await stack.enter_async_context(service)
     assert svc.nc is not None
     if regions is not None and fence is not None:
-        region = Region(app, svc.nc, regions, streams=settings.streams(), view_store=views)
+        writer = (svc.runtime, journal)  # it serves moves: releases and adoptions of entities
+        region = Region(app, svc.nc, regions, streams=settings.streams(), view_store=views, writer=writer)
         fence.attach(region.primaries)
         await stack.enter_async_context(region)
     return svc

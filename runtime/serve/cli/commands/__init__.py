@@ -4,9 +4,9 @@ module here."""
 
 from __future__ import annotations
 
-from . import archive, cluster, deadletters, demo, export, forget, history, run, schema, send, timers, views
+from . import archive, cluster, deadletters, demo, export, forget, history, region, run, schema, send, timers, views
 
-GROUPS = [run, send, history, timers, views, deadletters, export, archive, forget, cluster, schema, demo]
+GROUPS = [run, send, history, timers, views, deadletters, export, archive, forget, cluster, region, schema, demo]
 
 __all__ = [
     "GROUPS",
@@ -17,6 +17,7 @@ __all__ = [
     "export",
     "forget",
     "history",
+    "region",
     "run",
     "schema",
     "send",

@@ -31,6 +31,7 @@ import structlog
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
+from nats.js.errors import Error as JetStreamError
 
 from ....engine.runtime import Runtime
 from ....journal import Journal
@@ -159,7 +160,10 @@ async def move(
     if to not in settings.regions:
         raise MoveError(f"region {to!r} is not one of {list(settings.regions)}")
     primaries = Primaries(nc, settings)
-    await primaries.start()
+    try:
+        await primaries.bind()
+    except (NatsError, JetStreamError) as exc:
+        raise MoveError(f"no claims bucket ({type(exc).__name__}): is every region up?") from None
     claim = await primaries.claim(entity_type, entity_id)
     old = claim.region or settings.pinned.get(entity_type)
     if old is None:

@@ -80,6 +80,11 @@ class Primaries:
         # look-ups on the command path wait no longer than a command sent to another region may
         self._kv = await self.nc.jetstream(timeout=self.settings.remote_timeout).key_value(config.bucket)
 
+    async def bind(self) -> None:
+        """Use the claims bucket the regions' members made (a client that moves entities)."""
+        js = self.nc.jetstream(timeout=self.settings.remote_timeout)
+        self._kv = await js.key_value(claims_bucket(self.settings))
+
     async def follow(self) -> None:
         """Keep the cached claims current (a move changes one) until cancelled."""
         watcher = await self._bucket().watchall()
