@@ -12,7 +12,8 @@ import anyio
 import pytest
 from support.views import VIEW_STORES, drop_view_schema, open_view_store_for_test
 
-from runtime.streams.view_store import RawRows, ViewStore
+from runtime.model.errors import ConfigError
+from runtime.streams.view_store import RawRows, SqliteViewStore, ViewStore, open_view_store
 
 pytestmark = pytest.mark.anyio
 
@@ -82,3 +83,15 @@ async def test_reset_forgets_one_view(store: ViewStore) -> None:
     await store.reset("v")
     assert await store.scan("v") == [] and await store.checkpoints("v") == {}
     assert await store.scan("w") == [("a", b"2")] and await store.checkpoints("w") == {"S": 4}
+
+
+async def test_the_sqlite_store_takes_its_page_cache_from_the_url(tmp_path: Path) -> None:
+    store = open_view_store(f"sqlite:///{tmp_path}/views.db?cache_mib=8")
+    assert isinstance(store, SqliteViewStore) and store.cache_mib == 8
+    async with store:
+        assert await store._run(lambda c: c.execute("PRAGMA cache_size").fetchone()[0]) == -8 * 1024
+    assert isinstance(default := open_view_store(f"sqlite:///{tmp_path}/v.db"), SqliteViewStore)
+    assert default.cache_mib == 64
+    for bad in ("0", "lots", "70000"):
+        with pytest.raises(ConfigError, match="cache_mib must be"):
+            open_view_store(f"sqlite:///{tmp_path}/views.db?cache_mib={bad}")
