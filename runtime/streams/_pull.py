@@ -59,6 +59,7 @@ class Puller:
         self._want = 0
         self._status: tuple[str, str] | None = None
         self._done = asyncio.Event()
+        self._ahead = False  # a request sent before the last batch was handled, not yet collected
 
     async def start(self) -> None:
         self._sub = await self.nc.subscribe(self.inbox, cb=self._on_msg)
@@ -84,20 +85,35 @@ class Puller:
         if len(self._msgs) >= self._want:
             self._done.set()
 
-    async def fetch(self, batch: int, idle_timeout: float) -> list[Msg]:
-        """Whatever is ready now (up to `batch`), else wait up to `idle_timeout` for one message."""
-        if self._msgs:  # late deliveries of an earlier request: first in line
+    async def fetch(self, batch: int, idle_timeout: float, *, ahead: bool = False) -> list[Msg]:
+        """Whatever is ready now (up to `batch`), else wait up to `idle_timeout` for one message.
+
+        `ahead`: a full batch asks for the next one before it is returned, so the server sends it
+        while this one is handled (a view catching up; its redeliveries are checked by sequence)."""
+        if self._ahead:
+            self._ahead = False
+            msgs = await self._collect(5.0)
+        elif self._msgs:  # late deliveries of an earlier request: first in line
             msgs, self._msgs = self._msgs, []
-            return msgs
-        msgs = await self._request({"batch": batch, "no_wait": True}, 5.0)
+        else:
+            msgs = await self._request({"batch": batch, "no_wait": True}, 5.0)
         if msgs:
+            if ahead and len(msgs) >= batch:
+                await self._send({"batch": batch, "no_wait": True})
+                self._ahead = True
             return msgs
         return await self._request({"batch": 1, "expires": int(idle_timeout * 1e9)}, idle_timeout + 5.0)
 
-    async def _request(self, request: dict[str, Any], timeout: float) -> list[Msg]:
+    async def _send(self, request: dict[str, Any]) -> None:
         self._want, self._status = len(self._msgs) + request["batch"], None
         self._done = asyncio.Event()
         await self.nc.publish(self.api, json.dumps(request).encode(), reply=self.inbox)
+
+    async def _request(self, request: dict[str, Any], timeout: float) -> list[Msg]:
+        await self._send(request)
+        return await self._collect(timeout)
+
+    async def _collect(self, timeout: float) -> list[Msg]:
         with anyio.move_on_after(timeout):
             await self._done.wait()
         msgs, status, self._msgs = self._msgs, self._status, []
@@ -174,6 +190,7 @@ async def pull_loop(
     ack_wait: float = 10.0,
     fetch_timeout: float = 0.5,
     start_seq: int | None = None,
+    ahead: bool = False,
     nc: NATS,
 ) -> None:
     """Fetch and handle batches forever; connection trouble is logged and retried, never fatal.
@@ -183,7 +200,7 @@ async def pull_loop(
     With `start_seq` the durable consumer is recreated to start there: a view passes the
     position after its own checkpoint, so what the server thinks was acknowledged (AckAll
     acknowledges everything below, including messages a dead process held) never decides
-    what the view sees.
+    what the view sees. `ahead`: ask for the next batch while one is handled (`Puller.fetch`).
     """
     config = api.ConsumerConfig(
         durable_name=consumer_name(owner, entity_type),
@@ -198,7 +215,9 @@ async def pull_loop(
     puller = Puller(nc, stream, consumer_name(owner, entity_type))
     await puller.start()
     try:
-        await _fetch_and_handle(puller, handle, batch=batch, fetch_timeout=fetch_timeout, stream=stream, owner=owner)
+        await _fetch_and_handle(
+            puller, handle, batch=batch, fetch_timeout=fetch_timeout, stream=stream, owner=owner, ahead=ahead
+        )
     finally:
         with anyio.CancelScope(shield=True):
             await _nak_unacked(await puller.stop())
@@ -224,13 +243,13 @@ async def _ensure_consumer(js: Any, stream: str, config: api.ConsumerConfig, *, 
 
 
 async def _fetch_and_handle(
-    puller: Puller, handle: Handle, *, batch: int, fetch_timeout: float, stream: str, owner: str
+    puller: Puller, handle: Handle, *, batch: int, fetch_timeout: float, stream: str, owner: str, ahead: bool = False
 ) -> None:
     """Fetch batches and hand each to `handle`; a failed fetch is retried, a failed handling naks what it left."""
     retry = Backoff(0.1, cap=5.0)
     while True:
         try:
-            msgs = await puller.fetch(batch, fetch_timeout)
+            msgs = await puller.fetch(batch, fetch_timeout, ahead=ahead)
         except (NatsError, JetStreamError) as exc:
             log.warning("fetch failed", stream=stream, owner=owner, error=str(exc))
             await retry.sleep()

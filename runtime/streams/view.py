@@ -54,7 +54,7 @@ from ..model.errors import ConfigError, EventDecodeError, JournalError, SealErro
 from ..model.events import spec_of
 from ..model.sealing import Forgotten, is_sealed
 from ..wire import tracing
-from ..wire.protocol import H_POSITION, envelope_from_message
+from ..wire.protocol import H_EVENT, H_POSITION, H_RECORDED, H_SEQ, H_VERSION, envelope_from_message
 from ._pull import delete_durable, first_above, stream_sequence
 from ._runner import StreamResolver, StreamRunner
 from .handlers import Handler, HandlerTable, Subscriber
@@ -68,9 +68,30 @@ R = TypeVar("R")
 FORGOTTEN = spec_of(Forgotten).name  # the event a forget appends: the view scrubs after it
 log = structlog.get_logger("memoir.view")
 
+ToApply = tuple[Handler, msgspec.Struct, Envelope | None]
+"""One event to apply: its handler, the event, its envelope (None on the fast path: nobody reads it)."""
+
+
+def plain_events(table: HandlerTable) -> dict[str, dict[str, tuple[str, Callable[[bytes], Any], Handler | None]]]:
+    """The fast path's table: for each source type that is not encrypted (known from its model, so
+    no payload of it needs a key), stored event name -> (current version as the header writes it,
+    payload decoder, handler or None when the view does not handle it)."""
+    out: dict[str, dict[str, tuple[str, Callable[[bytes], Any], Handler | None]]] = {}
+    for entity_type, model in table.sources.items():
+        if model.encrypted:
+            continue
+        names: dict[str, tuple[str, Callable[[bytes], Any], Handler | None]] = {}
+        for name, (cls, version, decode) in model.codec.decoders().items():
+            names[name] = (str(version), decode, table.handlers.get(cls))
+        out[entity_type] = names
+    return out
+
 
 class Rows(Generic[R]):
-    """A view's rows inside one batch: reads see the batch's own writes."""
+    """A view's rows inside one batch: reads see the batch's own writes.
+
+    A row put back as it was read (or deleted when it was not there) is not written: the store and
+    its indexes are left alone, and live queries see no change."""
 
     def __init__(self, raw: RawRows, decoder: msgspec.json.Decoder[R], encoder: msgspec.json.Encoder) -> None:
         self._raw = raw
@@ -78,10 +99,12 @@ class Rows(Generic[R]):
         self._encoder = encoder
         self._cache: dict[str, R | None] = {}
         self._dirty: set[str] = set()
+        self._stored: dict[str, bytes | None] = {}  # the bytes of each row read from the store
 
     def get(self, key: str) -> R | None:
         if key not in self._cache:
             data = self._raw.get(key)
+            self._stored[key] = data
             self._cache[key] = None if data is None else self._decoder.decode(data)
         return self._cache[key]
 
@@ -95,9 +118,12 @@ class Rows(Generic[R]):
 
     def writes(self) -> dict[str, bytes | None]:
         out: dict[str, bytes | None] = {}
+        stored = self._stored
         for key in self._dirty:
             row = self._cache[key]
-            out[key] = None if row is None else self._encoder.encode(row)
+            data = None if row is None else self._encoder.encode(row)
+            if key not in stored or stored[key] != data:
+                out[key] = data
         return out
 
 
@@ -240,6 +266,33 @@ class ViewQuery(Generic[R]):
         return out
 
 
+def _fast(
+    plain: Mapping[str, tuple[str, Callable[[bytes], Any], Handler | None]], msg: Msg, position: int | None
+) -> tuple[int, int, ToApply | None] | None:
+    """(position, recorded time, what to apply or None) of a plain event's message, read off its
+    headers and payload alone; None sends it down the path that builds its envelope (an event of
+    another version, a sealed payload left from when the type was encrypted, anything odd: that
+    path names what is wrong)."""
+    h = msg.headers
+    if h is None or H_SEQ not in h:
+        return None
+    entry = plain.get(h.get(H_EVENT, ""))
+    if entry is None or h.get(H_VERSION, "1") != entry[0] or is_sealed(msg.data):
+        return None
+    _, decode, handler = entry
+    item: ToApply | None = None
+    try:
+        at = int(h.get(H_POSITION, 0)) if position is None else position
+        recorded = int(h.get(H_RECORDED, 0))
+        if handler is not None and handler.wants_envelope:
+            item = (handler, decode(msg.data), envelope_from_message(msg.subject, h, msg.data))
+        elif handler is not None:
+            item = (handler, decode(msg.data), None)
+    except (ValueError, msgspec.DecodeError):
+        return None
+    return at, recorded, item
+
+
 class ViewRunner(StreamRunner):
     """Keeps one view up to date: one pull loop per source stream, one store transaction per batch.
 
@@ -292,6 +345,7 @@ class ViewRunner(StreamRunner):
         self._encoder = msgspec.json.Encoder()
         self._checkpoints: dict[str, int] = {}
         self._start: dict[str, int] = {}  # entity type -> the stream sequence its consumer starts at
+        self._plain = plain_events(self.table)  # the fast path of the stream's plain events
 
     async def run(self) -> None:
         await self.query.declare()
@@ -328,11 +382,11 @@ class ViewRunner(StreamRunner):
             await msgs[-1].ack()  # AckAll: everything up to here
 
         start = self._start.get(entity_type, self._checkpoints.get(key, 0) + 1)
-        return {"handle": handle, "batch": self.batch, "start_seq": start}
+        return {"handle": handle, "batch": self.batch, "start_seq": start, "ahead": True}
 
     # -- one event, either path ------------------------------------------------------------------
 
-    async def _prepare(self, env: Envelope, where: Any) -> tuple[Handler, msgspec.Struct, Envelope] | None:
+    async def _prepare(self, env: Envelope, where: Any) -> ToApply | None:
         """Open and decode one event; None when the view has nothing to do with it (forgotten, timer,
         unhandled, undecodable: logged). The stream and the journal paths both go through here;
         `where` (the stream sequence or the journal position) is for the log only."""
@@ -347,7 +401,7 @@ class ViewRunner(StreamRunner):
             return None
         return self._decode(readable, where)
 
-    def _decode(self, env: Envelope, where: Any) -> tuple[Handler, msgspec.Struct, Envelope] | None:
+    def _decode(self, env: Envelope, where: Any) -> ToApply | None:
         """`_prepare` of an event that is not sealed: no await on the hot path."""
         try:
             found = self.table.decode(env)
@@ -356,9 +410,7 @@ class ViewRunner(StreamRunner):
             return None
         return None if found is None else (found[1], found[0], env)
 
-    async def _commit(
-        self, work: list[tuple[Handler, msgspec.Struct, Envelope]], checkpoints: dict[str, int], newest: int
-    ) -> None:
+    async def _commit(self, work: list[ToApply], checkpoints: dict[str, int], newest: int) -> None:
         """Run the handlers and store their rows with `checkpoints`, in one transaction; `newest` is the
         recorded time of the newest event read (handled or not), for the view's lag."""
 
@@ -369,7 +421,7 @@ class ViewRunner(StreamRunner):
             rows: Rows[Any] = Rows(raw, self._decoder, self._encoder)
             for handler, event, env in work:
                 args = (self.instance, rows, event, env) if handler.wants_envelope else (self.instance, rows, event)
-                if traced:  # a span per event, in the trace of the command that stored it
+                if traced and env is not None:  # a span per event, in the trace of the command that stored it
                     with self._span(env):
                         handler.fn(*args)
                 else:
@@ -383,7 +435,7 @@ class ViewRunner(StreamRunner):
             if written:  # a version per batch that wrote rows: consecutive, so a lost notice shows
                 self.version += 1
                 await self._announce(Batch(self.version, dict(written)))
-            if any(env.name == FORGOTTEN for _, _, env in work):  # its handler dropped the entity's rows
+            if any(env is not None and env.name == FORGOTTEN for _, _, env in work):  # it dropped the entity's rows
                 await self.store.scrub()
         self._checkpoints.update(checkpoints)
         self.applied += len(work)
@@ -398,32 +450,39 @@ class ViewRunner(StreamRunner):
         seen = self._checkpoints.get(stream, 0)
         pkey = self.position_key(entity_type)
         done = self._checkpoints.get(pkey, 0)
-        work: list[tuple[Handler, msgspec.Struct, Envelope]] = []
+        work: list[ToApply] = []
         last = seen
         top = done
         newest = 0
+        plain = None if tracing.tracer() is not None else self._plain.get(entity_type)
         for msg in msgs:
             seq = stream_sequence(msg)
             if seq <= seen:
                 continue  # a redelivery of something already applied
             last = max(last, seq)
-            try:
-                env = envelope_from_message(msg.subject, msg.headers, msg.data)
-            except ValueError as exc:
-                log.error("event skipped by view", view=self.view.name, stream=stream, seq=seq, error=str(exc))
-                continue
-            position = seq if in_journal else env.position  # the JetStream journal's position is the sequence
+            fast = None if plain is None else _fast(plain, msg, seq if in_journal else None)
+            if fast is not None:  # a plain event: no envelope, no key ring, one lookup
+                position, recorded, item = fast
+            else:
+                try:
+                    env = envelope_from_message(msg.subject, msg.headers, msg.data)
+                except ValueError as exc:
+                    log.error("event skipped by view", view=self.view.name, stream=stream, seq=seq, error=str(exc))
+                    continue
+                position = seq if in_journal else env.position  # the JetStream journal's position is the sequence
+                recorded = env.recorded_at
+                item = None
+                if not position or position > done:
+                    where = (stream, seq)
+                    item = await self._prepare(env, where) if is_sealed(env.payload) else self._decode(env, where)
             if position:
                 if position <= done:
                     continue  # applied already, from the journal
                 top = max(top, position)
-            item = (
-                await self._prepare(env, (stream, seq)) if is_sealed(env.payload) else self._decode(env, (stream, seq))
-            )
             if item is not None:
                 work.append(item)
-            if env.recorded_at > newest:
-                newest = env.recorded_at
+            if recorded > newest:
+                newest = recorded
         if last == seen:
             return
         checkpoints = {stream: last}
@@ -493,7 +552,7 @@ class ViewRunner(StreamRunner):
             if not page:
                 break
             done = {t: self.position(t) for t in types}
-            work: list[tuple[Handler, msgspec.Struct, Envelope]] = []
+            work: list[ToApply] = []
             newest = 0
             for env in page:
                 if env.position <= done.get(env.entity_type, env.position):
