@@ -26,7 +26,9 @@ async def region_move(args: argparse.Namespace) -> int:
         raise Failure("usage", "give --regions (every region, comma-separated) or MEMOIR_REGIONS")
     nc, _ = await target.connect(args.timeout)
     try:
-        old, head = await move(nc, settings, args.type, args.id, args.to, timeout=max(args.timeout, 30.0))
+        old, head = await move(
+            nc, settings, args.type, args.id, args.to, timeout=max(args.timeout, 30.0), lost=args.lost
+        )
     except MoveError as exc:
         raise Failure("move_failed", str(exc), status=ANSWERED) from None
     finally:
@@ -58,6 +60,11 @@ def add(sub: Subparsers) -> None:
     m.add_argument("type", help="the entity type")
     m.add_argument("id", help="the entity id")
     m.add_argument("--to", required=True, help="the region that writes it from now on")
+    m.add_argument(
+        "--lost",
+        action="store_true",
+        help="the old region is gone: promote --to without its release; what it had not replicated is lost (RPO)",
+    )
     g = m.add_argument_group("regions (as the regions' `memoir run` has them)")
     g.add_argument("--regions", help="every region, comma-separated (MEMOIR_REGIONS)")
     g.add_argument("--region-pinned", help="type=region pairs, comma-separated (MEMOIR_REGION_PINNED)")

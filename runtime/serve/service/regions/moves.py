@@ -31,7 +31,6 @@ import structlog
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
-from nats.js.errors import Error as JetStreamError
 
 from ....engine.runtime import Runtime
 from ....journal import Journal
@@ -118,10 +117,15 @@ class MoveDoor:
         return await self.journal.head(ask.type, ask.id)
 
     async def adopt(self, ask: _Ask) -> int:
-        """Take the entity's events up to `head` from the replica into this journal, then claim it."""
+        """Take the entity's events up to `head` from the replica into this journal, then claim it.
+
+        `head` -1 (a promotion: the old region is lost and cannot say its head) takes what the
+        replica holds: the events the old region had not replicated are lost (the RPO)."""
         restore = getattr(self.journal, "restore_events", None)
         if restore is None:
             raise MoveError(f"the journal {self.journal.url} cannot take a moved entity's events (no restore_events)")
+        if ask.head < 0:
+            ask = msgspec.structs.replace(ask, head=await self.replica.head(ask.type, ask.id))
         events = await self.replica.read(ask.type, ask.id, to_seq=ask.head)
         with anyio.move_on_after(self.catch_up):
             while (events[-1].seq if events else 0) < ask.head:
@@ -154,23 +158,38 @@ async def _request(nc: NATS, to: str, ask: _Ask, timeout: float) -> int:
 
 
 async def move(
-    nc: NATS, settings: RegionSettings, entity_type: str, entity_id: str, to: str, *, timeout: float = 60.0
+    nc: NATS,
+    settings: RegionSettings,
+    entity_type: str,
+    entity_id: str,
+    to: str,
+    *,
+    timeout: float = 60.0,
+    lost: bool = False,
 ) -> tuple[str, int]:
-    """Move the entity's primary to region `to`; returns (the old region, the seq the new one starts after)."""
+    """Move the entity's primary to region `to`; returns (the old region, the seq the new one starts after).
+
+    `lost`: promote `to` without the old region's release (it is gone): `to` starts after what its
+    replica holds. The old region, if it comes back, learns the claim (its KV watch, read before
+    it serves again) and refuses the entity. What it had not replicated when it was lost is lost
+    from the entity's history (the RPO: benchmarks/regions.py measures it); if its outbox still
+    publishes those events on its return, readers of the replica keep the first event of each seq
+    but views apply both (not handled yet).
+    """
     if to not in settings.regions:
         raise MoveError(f"region {to!r} is not one of {list(settings.regions)}")
     primaries = Primaries(nc, settings)
+    primaries.bind()
     try:
-        await primaries.bind()
-    except (NatsError, JetStreamError) as exc:
-        raise MoveError(f"no claims bucket ({type(exc).__name__}): is every region up?") from None
-    claim = await primaries.claim(entity_type, entity_id)
+        claim = await primaries.claim(entity_type, entity_id)
+    except MemoirError as exc:
+        raise MoveError(f"cannot read the entity's claim: {exc}") from None
     old = claim.region or settings.pinned.get(entity_type)
     if old is None:
         raise MoveError(f"{entity_type}/{entity_id} has no primary yet: its first command will claim one")
     if old == to:
         return old, 0
     ask = _Ask(entity_type, entity_id, revision=claim.revision)
-    head = await _request(nc, subject(settings, old, "release"), ask, timeout)
+    head = -1 if lost else await _request(nc, subject(settings, old, "release"), ask, timeout)
     ask = _Ask(entity_type, entity_id, head=head, revision=claim.revision)
     return old, await _request(nc, subject(settings, to, "adopt"), ask, timeout)

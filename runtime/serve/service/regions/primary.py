@@ -20,14 +20,17 @@ from __future__ import annotations
 import base64
 from typing import Any
 
+import anyio
 import structlog
 from nats.aio.client import Client as NATS
 from nats.errors import Error as NatsError
 from nats.js import api
 from nats.js.errors import Error as JetStreamError
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.kv import KeyValue
 
 from ....model.errors import Unavailable
+from ....wire.nats import ensure_stream
 from ....wire.protocol import stream_prefix
 from .settings import RegionSettings
 
@@ -65,31 +68,48 @@ class Primaries:
         self._released: set[str] = set()  # entities this region handed away: refused even before the claim moves
         self._moved: dict[str, str] = {}  # claims of pinned types' entities (moved off their pinned region)
         self.claimed = 0  # entities this process claimed for its region
+        self.followed = anyio.Event()  # set once `follow` has read every claim there was when it began
 
     async def start(self) -> None:
-        """Create (or bind) the claims bucket in the home region."""
-        js = self.nc.jetstream(timeout=10.0)
-        config = api.KeyValueConfig(
-            bucket=claims_bucket(self.settings),
-            history=1,
-            replicas=self.settings.replicas,
-            placement=api.Placement(cluster=self.settings.home_region),
-            direct=True,
-        )
-        await js.create_key_value(config)
-        # look-ups on the command path wait no longer than a command sent to another region may
-        self._kv = await self.nc.jetstream(timeout=self.settings.remote_timeout).key_value(config.bucket)
+        """Create (or bring to this configuration) the claims bucket in the home region, then bind it.
 
-    async def bind(self) -> None:
-        """Use the claims bucket the regions' members made (a client that moves entities)."""
+        The bucket's stream is made here rather than by nats-py's `create_key_value`, which leaves
+        a `placement` out: the bucket would land in the cluster of whichever member made it first."""
+        bucket = claims_bucket(self.settings)
+        config = api.StreamConfig(
+            name=f"KV_{bucket}",
+            subjects=[f"$KV.{bucket}.>"],
+            allow_direct=True,
+            allow_rollup_hdrs=True,
+            deny_delete=True,
+            discard=api.DiscardPolicy.NEW,
+            duplicate_window=120.0,
+            max_consumers=-1,
+            max_msgs=-1,
+            max_msgs_per_subject=1,
+            num_replicas=self.settings.replicas,
+            placement=api.Placement(cluster=self.settings.home_region),
+        )
+        await ensure_stream(self.nc.jetstream(timeout=10.0), config)
+        self.bind()
+
+    def bind(self) -> None:
+        """Use the claims bucket the regions' members made (a client that moves entities).
+
+        No look-up of the bucket's stream: that needs the supercluster's meta leader, which a cut
+        between the regions takes away; reads (direct gets) and writes go to the bucket's own
+        replicas in the home region."""
+        bucket = claims_bucket(self.settings)
         js = self.nc.jetstream(timeout=self.settings.remote_timeout)
-        self._kv = await js.key_value(claims_bucket(self.settings))
+        self._kv = KeyValue(name=bucket, stream=f"KV_{bucket}", pre=f"$KV.{bucket}.", js=js, direct=True)
 
     async def follow(self) -> None:
         """Keep the cached claims current (a move changes one) until cancelled."""
         watcher = await self._bucket().watchall()
         try:
             async for entry in watcher:
+                if entry is None or not entry.delta:  # None: the first pass is over (or there was none)
+                    self.followed.set()
                 if entry is None or entry.value is None:
                     continue
                 region = entry.value.decode()

@@ -43,6 +43,8 @@ from .replica import ReplicaJournal
 from .replication import ensure_replica
 from .settings import RegionSettings
 
+FOLLOW_TIMEOUT = 10.0  # seconds a region waits at start for the claims' first read (then serves anyway)
+
 
 def regional_app(app: App) -> App:
     """The app a region's `Service` runs: its views run over the replica (`Region`), not the local streams."""
@@ -85,6 +87,8 @@ class Region:
         await tg.__aenter__()
         try:
             tg.start_soon(supervised, "region claims", self.primaries.follow)
+            with anyio.move_on_after(FOLLOW_TIMEOUT):  # a returning region learns what moved away before it serves
+                await self.primaries.followed.wait()
             if self.door is not None:
                 await tg.start(self.door.run)
             if self.writer is not None:
