@@ -3,6 +3,7 @@ on the same data dir fall through to the archive (the data dir's manifest says w
 
 from __future__ import annotations
 
+import gzip
 import json
 from pathlib import Path
 
@@ -18,7 +19,8 @@ pytestmark = pytest.mark.anyio
 async def test_memoir_run_archives_and_reads_fall_through(tmp_path: Path) -> None:
     data = tmp_path / "data"
     url = f"file://{tmp_path / 'archive'}"
-    rt = RunningRuntime(data, "--archive-url", url, "--archive-after", "0", "--archive-interval", "0.2").start()
+    flags = ["--archive-url", url, "--archive-after", "0", "--archive-interval", "0.2", "--archive-export"]
+    rt = RunningRuntime(data, *flags).start()
     try:
         nc = await rt.connect()
         try:
@@ -43,5 +45,12 @@ async def test_memoir_run_archives_and_reads_fall_through(tmp_path: Path) -> Non
         assert json.loads(state.stdout)["state"]["units"] == 2 * 59
         status = rt.cli("archive", "status", "--json")
         assert json.loads(status.stdout)["events"] == 100
+
+        def exported() -> list[int]:
+            files = sorted((tmp_path / "archive" / "export").glob("*.jsonl.gz"))
+            return [json.loads(x)["seq"] for f in files for x in gzip.decompress(f.read_bytes()).splitlines()]
+
+        await eventually(lambda: len(exported()) == 150, what="the continuous export of all 150 events")
+        assert exported() == list(range(1, 151))
     finally:
         assert rt.stop() == 0

@@ -2,12 +2,15 @@
 
 With `archive_url` set, the service's journal is an `ArchivingJournal` (views' catch-up, replays,
 the admin's history reads see archived events) and the archiver runs as the cluster singleton
-`archive` (one process moves events at a time), guarded by the outbox publisher's checkpoints (one per type) so
-nothing moves before it reached the event streams. `archive_export` adds the continuous export,
-the singleton `archive.export`. Both loops end when the run's task group is cancelled.
+`archive` (one process moves events at a time), guarded by the outbox publisher's checkpoints
+(one per type) so nothing moves before it reached the event streams. `archive_export` adds the
+continuous export, the singleton `archive.export`, a round of files every `archive_interval`.
+Both loops end when the run's task group is cancelled.
 """
 
 from __future__ import annotations
+
+import functools
 
 from anyio.abc import TaskGroup
 
@@ -39,5 +42,6 @@ def start_archiving(group: TaskGroup, svc: Service, settings: Settings) -> Archi
     group.start_soon(svc.run_singleton, "archive", archiver.run)
     if settings.archive_export:
         exporter = Exporter(journal, journal.archive)
-        group.start_soon(svc.run_singleton, "archive.export", exporter.follow)
+        follow = functools.partial(exporter.follow, settings.archive_interval)
+        group.start_soon(svc.run_singleton, "archive.export", follow)
     return archiver
