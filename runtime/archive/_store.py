@@ -22,7 +22,8 @@ _SCHEMES = ("file", "memory", "s3", "s3a", "gs", "az", "azure", "abfs", "abfss",
 class ObjectStore:
     """Put, get, list and delete whole objects under one URL; every failure names the URL."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, create: bool = True) -> None:
+        """`create`: a `file://` directory that is not there is made (else: an error naming it)."""
         self.url = url
         self.where = redact_url(url)
         scheme = url.split(":", 1)[0].lower() if "://" in url else ""
@@ -41,7 +42,11 @@ class ObjectStore:
         self._ob: Any = obstore
         options: dict[str, Any] = {}
         if scheme == "file":
-            Path(url.removeprefix("file://")).mkdir(parents=True, exist_ok=True)
+            root = Path(url.removeprefix("file://"))
+            if create:
+                root.mkdir(parents=True, exist_ok=True)
+            elif not root.is_dir():
+                raise ConfigError(f"archive URL {self.where!r}: no directory {root}")
         elif scheme in ("s3", "s3a") and os.environ.get("AWS_ALLOW_HTTP", "").lower() in ("1", "true"):
             options["client_options"] = {"allow_http": True}
         try:

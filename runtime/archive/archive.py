@@ -47,8 +47,9 @@ class Status(msgspec.Struct, frozen=True, kw_only=True):
 class Archive:
     """Segments, manifests and run files under one object-store URL."""
 
-    def __init__(self, url: str) -> None:
-        self.store = ObjectStore(url)
+    def __init__(self, url: str, *, create: bool = True) -> None:
+        """`create=False` for a reader: a local directory that is not there is an error, not made."""
+        self.store = ObjectStore(url, create=create)
         self.url = self.store.where
         self._runs: dict[int, list[Segment]] = {}
         self._cache: collections.OrderedDict[str, list[Envelope]] = collections.OrderedDict()

@@ -100,3 +100,7 @@ def test_a_bad_archive_url_is_named(tmp_path: Path) -> None:
     result = memoir(tmp_path, "archive", "status")
     assert result.returncode == 2
     assert "no archive: give --archive-url" in result.stderr
+    result = memoir(tmp_path, "archive", "verify", "--archive-url", f"file://{tmp_path / 'typo'}")
+    assert result.returncode == 2
+    assert f"archive URL 'file://{tmp_path / 'typo'}': no directory" in result.stderr
+    assert not (tmp_path / "typo").exists()  # a command that reads makes no directory

@@ -32,7 +32,7 @@ async def reading(target: Target) -> AsyncIterator[Journal]:
             )
     journal = open_journal(url, nats_auth=target.auth)
     if target.settings.archive_url:  # the runtime moved old events there: reads fall through to it
-        journal = ArchivingJournal(journal, Archive(target.settings.archive_url))
+        journal = ArchivingJournal(journal, Archive(target.settings.archive_url, create=False))
     async with journal:
         yield journal
 

@@ -23,12 +23,12 @@ from ..reading import reading
 from ..target import Target, client_target
 
 
-def _target(args: argparse.Namespace) -> Target:
+def _target(args: argparse.Namespace, *, writes: bool = False) -> Target:
     configure("auto", "warning")  # stdout is for results: the archiver's warnings go to stderr
     target = client_target(args)
     if not target.settings.archive_url:
         raise Failure("usage", "no archive: give --archive-url (or MEMOIR_ARCHIVE_URL, or run with --archive-url)")
-    Archive(target.settings.archive_url)  # a bad URL is named before anything else is opened
+    Archive(target.settings.archive_url, create=writes)  # a bad URL is named before anything is opened
     return target
 
 
@@ -69,7 +69,7 @@ async def restore(args: argparse.Namespace) -> int:
 
 
 async def run_once(args: argparse.Namespace) -> int:
-    async with reading(_target(args)) as journal:
+    async with reading(_target(args, writes=True)) as journal:
         assert isinstance(journal, ArchivingJournal)
         settings = ArchiverSettings(after=args.after if args.after is not None else ArchiverSettings().after)
         moved = await Archiver(journal.inner, journal.archive, settings, guards=args.guard or []).run_once()
@@ -78,7 +78,7 @@ async def run_once(args: argparse.Namespace) -> int:
 
 
 async def export(args: argparse.Namespace) -> int:
-    async with reading(_target(args)) as journal:
+    async with reading(_target(args, writes=True)) as journal:
         assert isinstance(journal, ArchivingJournal)
         exporter = Exporter(journal, journal.archive)
         if args.follow:
