@@ -13,7 +13,7 @@ import json
 
 from ....wire.nats import close_quietly
 from ...service.regions import MoveError, move
-from ..base import Subparsers, command, subcommand
+from ..base import Subparsers, subcommand
 from ..outcome import ANSWERED, Failure
 from ..target import client_target
 
@@ -44,7 +44,7 @@ async def region_move(args: argparse.Namespace) -> int:
 
 
 def add(sub: Subparsers) -> None:
-    r = command(
+    r = subcommand(
         sub,
         "region",
         "regions: move an entity's primary region (docs/guides/regions.md)",
