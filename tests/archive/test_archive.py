@@ -6,16 +6,14 @@ Each case archives, truncates and then reads the way the CLI and the views do: e
 from __future__ import annotations
 
 import gzip
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import msgspec
 import pytest
-from support.archive_data import ENTITIES, event, everything, fill
+from support.archive_data import ENTITIES, everything, fill
 from support.object_stores import moto_endpoint, s3_bucket
 
-from runtime.archive import Archive, Archiver, ArchiverSettings, ArchivingJournal, Exporter
+from runtime.archive import Archive, Archiver, ArchiverSettings, ArchivingJournal
 from runtime.archive.segments import Segment
 from runtime.journal import SqliteJournal
 from runtime.model.errors import ConfigError, JournalError, Unavailable
@@ -165,24 +163,6 @@ async def test_a_tombstone_deletes_the_archived_segments(journal: SqliteJournal,
     assert await everything(elsewhere) == rest  # skips the segment it finds gone with its manifest
     assert await everything(ArchivingJournal(journal, Archive(url))) == rest  # the run files no longer list it
     assert await Archive(url).verify() == (2, [])
-
-
-async def test_export_writes_every_event_once(journal: SqliteJournal, tmp_path: Path) -> None:
-    await fill(journal)
-    archive = Archive(f"file://{tmp_path / 'a'}")
-    reading = ArchivingJournal(journal, archive)
-    await Archiver(journal, archive, ArchiverSettings(after=86400)).run_once()
-    exporter = Exporter(reading, archive, page=40)
-    assert await exporter.run_once() == 90
-    await journal.append([event("cart", "C1", 31, time.time_ns())], 30)
-    assert await exporter.run_once() == 1
-    lines = [
-        msgspec.json.decode(line)
-        for f in sorted((tmp_path / "a" / "export").iterdir())
-        for line in gzip.decompress(f.read_bytes()).splitlines()
-    ]
-    assert [x["position"] for x in lines] == [e.position for e in await everything(reading)]
-    assert lines[0]["payload"] == {"units": 1, "id": "XYZ-1"}  # the event's own JSON, for analytics
 
 
 @pytest.mark.parametrize(

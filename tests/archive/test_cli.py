@@ -80,7 +80,7 @@ async def test_archive_commands_and_a_crash_before_truncation(tmp_path: Path) ->
     assert ok(memoir(data, "archive", "export", archive=url)) == "exported 0 events\n"  # from its checkpoint
     exported = [
         json.loads(x)
-        for f in (tmp_path / "archive" / "export").iterdir()
+        for f in sorted((tmp_path / "archive" / "export").rglob("*.gz"))
         for x in gzip.decompress(f.read_bytes()).splitlines()
     ]
     assert [x["seq"] for x in exported] == list(range(1, 151))

@@ -47,7 +47,7 @@ async def test_memoir_run_archives_and_reads_fall_through(tmp_path: Path) -> Non
         assert json.loads(status.stdout)["events"] == 100
 
         def exported() -> list[int]:
-            files = sorted((tmp_path / "archive" / "export").glob("*.jsonl.gz"))
+            files = sorted((tmp_path / "archive" / "export").rglob("*.jsonl.gz"))
             return [json.loads(x)["seq"] for f in files for x in gzip.decompress(f.read_bytes()).splitlines()]
 
         await eventually(lambda: len(exported()) == 150, what="the continuous export of all 150 events")
