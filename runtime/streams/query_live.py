@@ -70,7 +70,7 @@ Event = Snapshot[R] | Change[R] | Resync
 @dataclass(eq=False)
 class _Subscriber:
     send: MemoryObjectSendStream[Batch]
-    overflowed: bool = field(default=False)
+    cut_off: str | None = field(default=None)  # why it was cut off: its last event is Resync(this)
 
 
 class Changes:
@@ -86,11 +86,20 @@ class Changes:
             try:
                 sub.send.send_nowait(batch)
             except anyio.WouldBlock:
-                sub.overflowed = True
-                self._subs.discard(sub)
-                sub.send.close()
+                self._cut_off(sub, f"more than {self.buffer} batches behind: changes were dropped")
             except (anyio.BrokenResourceError, anyio.ClosedResourceError):
                 self._subs.discard(sub)
+
+    def end(self, reason: str) -> None:
+        """Cut every subscriber off with `Resync(reason)`: batches were committed that this process
+        did not publish (another member ran the view meanwhile)."""
+        for sub in list(self._subs):
+            self._cut_off(sub, reason)
+
+    def _cut_off(self, sub: _Subscriber, reason: str) -> None:
+        sub.cut_off = reason
+        self._subs.discard(sub)
+        sub.send.close()
 
     def subscribe(self) -> tuple[_Subscriber, MemoryObjectReceiveStream[Batch]]:
         send, receive = anyio.create_memory_object_stream[Batch](self.buffer or math.inf)
@@ -150,8 +159,8 @@ async def live(
         async for batch in receive:
             for change in diff(where, batch, raw, decode):
                 yield change
-        if sub.overflowed:
-            yield Resync(f"more than {changes.buffer} batches behind: changes were dropped")
+        if sub.cut_off is not None:
+            yield Resync(sub.cut_off)
 
     try:
         with receive:

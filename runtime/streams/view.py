@@ -226,6 +226,11 @@ class ViewQuery(Generic[R]):
         Needs the view's runner in this process (the service that runs the view)."""
         if self.runner is None:
             raise QueryError(f"view {self.view.name}: live queries need the process that runs the view")
+        if not self.runner.running:  # another member runs it (or it is being rebuilt): nothing would come
+            raise Unavailable(
+                f"view {self.view.name} is not running in this process: follow it over NATS"
+                " ({prefix}.view.{name}.changes) or HTTP (?live=1), which any member serves; or retry"
+            )
         tree = parse_where(where) if isinstance(where, str) else where
         checked = plan(self.view.name, self.view.query_fields, Query(where=tree))
         await self.declare()
@@ -336,6 +341,7 @@ class ViewRunner(StreamRunner):
         self.changes = Changes()  # committed batches, to the live queries of this process
         self.on_batch: list[Callable[[Batch], Awaitable[None]]] = []  # after each commit: NATS notices
         self.version = 0  # batches committed (stored as the `@version` checkpoint)
+        self.running = False  # following its streams in this process (live queries need it)
         self.applied = 0
         self.forgotten = 0  # events skipped because their entity was forgotten
         self.from_journal = 0  # events read from the journal while catching up (applied or not)
@@ -350,7 +356,17 @@ class ViewRunner(StreamRunner):
     async def run(self) -> None:
         await self.query.declare()
         self._checkpoints = await self.store.checkpoints(self.view.name)
-        self.version = max(self.version, self._checkpoints.get(VERSION, 0))
+        stored = self._checkpoints.get(VERSION, 0)
+        if stored > self.version and self.version:  # another member ran the view meanwhile
+            self.changes.end(f"view {self.view.name} moved on elsewhere (version {self.version} to {stored})")
+        self.version = max(self.version, stored)
+        self.running = True
+        try:
+            await self._follow_sources()
+        finally:
+            self.running = False
+
+    async def _follow_sources(self) -> None:
         if self.journal is not None:
             await self._positions_of_older_checkpoints()
             try:

@@ -3,21 +3,26 @@ view rebuild (`Service.replay`); a subscriber that falls behind is told to resyn
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
 import anyio
 import msgspec
 import pytest
+from nats.aio.client import Client as NATS
 from support.waiting import eventually
 
-from entities.social import AuthorPosts, Post, PostsByAuthor, Profile
-from runtime import App, SqliteJournal
+from entities.social import AuthorPosts, Post, PostsByAuthor, Profile, Published
+from runtime import App, Envelope, SqliteJournal, Unavailable
+from runtime.model.entity import model_of
 from runtime.serve.service._service import Service
 from runtime.serve.service.embedded_nats import EmbeddedNats
 from runtime.streams.query import Ge
 from runtime.streams.query_live import Batch, Change, Changes, Resync, Snapshot, live
-from runtime.streams.view_store import SqliteViewStore
+from runtime.streams.view import ViewRunner
+from runtime.streams.view_store import MemoryViewStore, SqliteViewStore
+from runtime.wire.protocol import event_headers, event_subject, events_filter, stream_name
 
 pytestmark = pytest.mark.anyio
 
@@ -100,3 +105,59 @@ async def test_a_subscriber_that_falls_behind_is_told_to_resync() -> None:
     assert [e.key for e in got[1:-1] if isinstance(e, Change)] == ["k8", "k9"]
     assert isinstance(got[-1], Resync) and "behind" in got[-1].reason
     assert changes.subscribers == 0
+
+
+async def _publish_raw(nc: NATS, start: int, n: int) -> None:
+    """Posts p{start}… straight onto the post stream, as the outbox publishes them."""
+    codec = model_of(Post).codec
+    for i in range(start, start + n):
+        env = Envelope(
+            entity_type="post", entity_id=f"p{i}", seq=1, position=i + 1, name="Published", version=1,
+            payload=codec.encode(Published(f"a{i % 2}", "x")), recorded_at=time.time_ns(),
+        )  # fmt: skip
+        await nc.jetstream().publish(
+            event_subject("lq", "post", env.entity_id), env.payload, headers=event_headers(env)
+        )
+
+
+async def test_a_live_query_is_told_to_resync_when_another_runner_moved_the_view_on(nc: NATS) -> None:
+    """Two runners of one view over one store, as two members taking turns with its singleton: the
+    first one's live subscribers cannot know what the second committed, so when the first runs the
+    view again they are told to resync; a live query where the view is not running is refused."""
+    await nc.jetstream().add_stream(name=stream_name("lq", "post"), subjects=[events_filter("lq", "post")])
+    store = MemoryViewStore()
+    first, second = (ViewRunner(Authors, store, nc, prefix="lq") for _ in range(2))
+    with pytest.raises(Unavailable, match="not running in this process"):
+        async with first.query.live(Ge("posts", 1)):
+            pass
+    await _publish_raw(nc, 0, 4)
+
+    async def run(runner: ViewRunner, scope: anyio.CancelScope) -> None:
+        with scope:
+            await runner.run()
+
+    def posts(rows: dict[str, AuthorPosts]) -> dict[str, int]:
+        return {k: r.posts for k, r in rows.items()}
+
+    async with anyio.create_task_group() as tg:
+        turns = [anyio.CancelScope() for _ in range(3)]
+        tg.start_soon(run, first, turns[0])
+        await eventually(lambda: first.applied == 4, what="the first runner applied the posts")
+        async with first.query.live(Ge("posts", 1)) as events:
+            snapshot = await anext(events)
+            assert isinstance(snapshot, Snapshot) and posts(snapshot.rows) == {"a0": 2, "a1": 2}
+            turns[0].cancel()  # the first member lets the view go
+            await eventually(lambda: not first.running, what="the first runner stopped")
+            tg.start_soon(run, second, turns[1])  # the second takes it over and moves it on
+            await _publish_raw(nc, 4, 2)
+            await eventually(lambda: second.applied == 2, what="the second runner applied the new posts")
+            turns[1].cancel()
+            await eventually(lambda: not second.running, what="the second runner stopped")
+            tg.start_soon(run, first, turns[2])  # the first runs it again
+            with anyio.fail_after(10):
+                told = await anext(events)
+            assert isinstance(told, Resync) and "moved on elsewhere" in told.reason, told
+        async with first.query.live(Ge("posts", 1)) as again:  # a new subscription is right
+            fresh = await anext(again)
+            assert isinstance(fresh, Snapshot) and posts(fresh.rows) == {"a0": 3, "a1": 3}
+        turns[2].cancel()
