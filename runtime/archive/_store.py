@@ -33,6 +33,7 @@ class ObjectStore:
             )
         try:
             import obstore
+            from obstore.exceptions import AlreadyExistsError, PreconditionError
             from obstore.store import from_url
         except ImportError:
             raise ConfigError(
@@ -40,6 +41,7 @@ class ObjectStore:
                 " (or install memoir with its archive extra)"
             ) from None
         self._ob: Any = obstore
+        self._exists: tuple[type[Exception], ...] = (AlreadyExistsError, PreconditionError, FileExistsError)
         options: dict[str, Any] = {}
         if scheme == "file":
             root = Path(url.removeprefix("file://"))
@@ -62,6 +64,16 @@ class ObjectStore:
             await self._ob.put_async(self._store, path, data, use_multipart=False)
         except Exception as exc:
             raise self._fail(f"writing {path}", exc) from exc
+
+    async def create(self, path: str, data: bytes) -> bool:
+        """Write an object only if there is none at `path` (a conditional put); False if there was one."""
+        try:
+            await self._ob.put_async(self._store, path, data, mode="create")
+        except self._exists:
+            return False
+        except Exception as exc:
+            raise self._fail(f"creating {path}", exc) from exc
+        return True
 
     async def get(self, path: str) -> bytes | None:
         """The object's bytes, or None if there is no such object."""

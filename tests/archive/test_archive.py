@@ -137,11 +137,14 @@ async def test_a_pass_cut_short_before_its_run_file_is_indexed_by_the_next(
         with pytest.raises(Unavailable):
             await Archiver(journal, Archive(url), ArchiverSettings(after=86400)).run_once()
     assert await everything(journal) == before_all  # nothing dropped
+    checked, problems = await Archive(url).verify()
+    assert checked == 3 and all("no run file lists it" in p.error for p in problems) and len(problems) == 3
 
     again = await Archiver(journal, Archive(url), ArchiverSettings(after=86400)).run_once()
 
     assert (again.events, again.segments) == (60, 0)
     assert await everything(ArchivingJournal(journal, Archive(url))) == before_all
+    assert await Archive(url).verify() == (3, [])
 
 
 async def test_a_tombstone_deletes_the_archived_segments(journal: SqliteJournal, tmp_path: Path) -> None:
@@ -172,3 +175,12 @@ async def test_a_tombstone_deletes_the_archived_segments(journal: SqliteJournal,
 def test_a_bad_archive_url_is_named(url: str, names: str) -> None:
     with pytest.raises(ConfigError, match=f"archive URL '{names}'"):
         Archive(url)
+
+
+async def test_two_passes_never_share_a_run_number(archive_url: str) -> None:
+    """Run files are created with a conditional put: a number another process took is not overwritten."""
+    first, second = Archive(archive_url), Archive(archive_url)
+    assert await first.save_run([]) == 1
+    assert await second.store.create("runs/00000000000000000001.json", b"{}") is False  # taken
+    assert await second.save_run([]) == 2
+    assert await first.save_run([]) == 3
