@@ -2,7 +2,7 @@
 
 `status` and `verify` read the archive; `restore TYPE ID` puts an entity's archived events back
 into the journal at their own seqs and positions; `run` makes one archiving pass (what `memoir
-run --archive-url` does every interval: for a stopped runtime, or a journal shared by a cluster);
+run --archive-url` does every interval), for a runtime started without it: one archiver at a time;
 `export [--follow]` writes the journal as position-ordered files for analytics. The archive is
 `--archive-url`, MEMOIR_ARCHIVE_URL, or what the data dir's `memoir run` recorded.
 """
