@@ -11,6 +11,13 @@ same load from uncapped client processes using Memoir's `Client` (it follows the
 Each phase has a fresh prefix and schema; it measures the members idle (cgroup CPU use over a
 few seconds), then under load: commands/s, KV writes/s (the buckets' stream sequences),
 forwarded share and lease losses (the members' metrics) and each member's CPU per command.
+
+`--capped --types 2` spreads the same load over two entity types (inventory `receive` and
+profile `count_post`, alternately), as a service with several types sees it: the outbox
+publisher is one partition per type (a singleton each), so with one loaded type its whole
+publishing stays on one member however many there are. The JSON line says `load_types`; the
+default (1) is the line measured before the partitions. `singletons_per_member_3` counts the
+singleton leases each member holds in the 3-member phase.
 """
 
 from __future__ import annotations
@@ -102,8 +109,12 @@ CAP = 0.25  # of a core, per member
 IDLE_S = 3.0
 
 
-def client_main(url: str, prefix: str, seconds: float, seed: int) -> None:
-    """One load process: Memoir's `Client` (it follows the shard map), INFLIGHT in flight."""
+PROFILE_PAYLOAD = b'{"post_id": "p"}'
+
+
+def client_main(url: str, prefix: str, seconds: float, seed: int, types: int = 1) -> None:
+    """One load process: Memoir's `Client` (it follows the shard map), INFLIGHT in flight; with
+    `types` 2, every other command goes to a profile instead of an inventory item."""
     from runtime import Client, CommandError
 
     async def go() -> None:
@@ -118,7 +129,11 @@ def client_main(url: str, prefix: str, seconds: float, seed: int) -> None:
                 while time.perf_counter() < deadline:
                     i += load.INFLIGHT
                     try:
-                        await client.send("inventory", f"SKU-{seed}-{i % 500}", "receive", load.PAYLOAD, timeout=10)
+                        if types > 1 and (i // load.INFLIGHT) % 2:
+                            key, command, payload = f"P-{seed}-{i % 500}", "count_post", PROFILE_PAYLOAD
+                            await client.send("profile", key, command, payload, timeout=10)
+                        else:
+                            await client.send("inventory", f"SKU-{seed}-{i % 500}", "receive", load.PAYLOAD, timeout=10)
                         done += 1
                     except (CommandError, TimeoutError):
                         errors += 1
@@ -132,9 +147,11 @@ def client_main(url: str, prefix: str, seconds: float, seed: int) -> None:
     c.run(go)
 
 
-def _load(url: str, prefix: str, seconds: float) -> dict[str, float]:
+def _load(url: str, prefix: str, seconds: float, types: int = 1) -> dict[str, float]:
     argv = [sys.executable, __file__, "--client", url, prefix, str(seconds)]
-    procs = [subprocess.Popen([*argv, str(k)], stdout=subprocess.PIPE, text=True) for k in range(load.CLIENTS)]
+    procs = [
+        subprocess.Popen([*argv, str(k), str(types)], stdout=subprocess.PIPE, text=True) for k in range(load.CLIENTS)
+    ]
     results = [json.loads(p.communicate()[0].strip().splitlines()[-1]) for p in procs]
     assert all(p.returncode == 0 for p in procs), [p.returncode for p in procs]
     done = sum(r["done"] for r in results)
@@ -166,6 +183,22 @@ def _metrics(port: int) -> dict[str, float]:
     return out
 
 
+async def _singletons_per_member(url: str, prefix: str) -> list[int]:
+    """How many singleton leases each member holds, most first."""
+    from collections import Counter
+
+    from runtime.serve.service.cluster import ClusterConfig, LeaseConfig, snapshot
+    from runtime.wire.nats import close_quietly, connect
+
+    nc = await connect(url)
+    try:
+        snap = await snapshot(nc, ClusterConfig(name=prefix, lease=LeaseConfig(ttl=LEASE_TTL)))
+        counts = Counter(lease.owner for lease in snap.singletons.values())
+        return sorted([counts.get(m.id, 0) for m in snap.members], reverse=True)
+    finally:
+        await close_quietly(nc)
+
+
 async def _kv_messages(url: str, prefix: str) -> int:
     """Messages ever written to the cluster's KV buckets (their streams' last sequence)."""
     from runtime.wire.nats import close_quietly, connect
@@ -181,7 +214,9 @@ async def _kv_messages(url: str, prefix: str) -> int:
         await close_quietly(nc)
 
 
-def _phase(caps: Caps, url: str, journal_base: str | None, d: Path, n: int, seconds: float) -> dict[str, Any]:
+def _phase(
+    caps: Caps, url: str, journal_base: str | None, d: Path, n: int, seconds: float, types: int = 1
+) -> dict[str, Any]:
     """n capped members on a fresh prefix (and schema): idle CPU, then the load; all stopped, exit 0."""
     prefix = f"cap{n}x{os.getpid() % 10000}"
     journal = f"{journal_base}?schema={prefix}" if journal_base else f"{url}?prefix={prefix}"
@@ -201,12 +236,13 @@ def _phase(caps: Caps, url: str, journal_base: str | None, d: Path, n: int, seco
         before = [caps.usage_us(g) for g in groups]
         time.sleep(IDLE_S)  # the measurement window: nothing is sent
         idle = [(caps.usage_us(g) - b) / (IDLE_S * 1e6) * 100 for g, b in zip(groups, before, strict=True)]
-        _load(url, prefix, 1.0)  # warm up: activations, the clients' shard maps
+        _load(url, prefix, 1.0, types)  # warm up: activations, the clients' shard maps
+        singletons = c.run(_singletons_per_member, url, prefix)
         kv0 = c.run(_kv_messages, url, prefix)
         m0 = [_metrics(p) for p in ports]
         cpu0 = [caps.usage_us(g) for g in groups]
         t0, busy0 = time.perf_counter(), _machine_busy()
-        result = _load(url, prefix, seconds)
+        result = _load(url, prefix, seconds, types)
         took, busy1 = time.perf_counter() - t0, _machine_busy()
         cpu = [caps.usage_us(g) - u for g, u in zip(groups, cpu0, strict=True)]
         m1 = [_metrics(p) for p in ports]
@@ -224,6 +260,7 @@ def _phase(caps: Caps, url: str, journal_base: str | None, d: Path, n: int, seco
             "clients_cores": round(result["clients_cores"], 2),
             "machine_busy_pct": round(100 * (busy1[0] - busy0[0]) / max(1.0, busy1[1] - busy0[1])),
             "throttled_pct": [round(caps.throttled_pct(g)) for g in groups] if caps.version == "v1" else [],
+            "singletons_per_member": singletons,
         }
     finally:
         statuses = []
@@ -237,7 +274,7 @@ def _phase(caps: Caps, url: str, journal_base: str | None, d: Path, n: int, seco
     return out
 
 
-def capped(quick: bool) -> None:
+def capped(quick: bool, types: int = 1) -> None:
     caps = Caps.find()
     if isinstance(caps, str):
         print(f"cluster --capped: {caps}", flush=True)
@@ -247,7 +284,9 @@ def capped(quick: bool) -> None:
     pg = _postgres_url()
     print(f"cluster --capped: members at {CAP:g} core each, {caps.what}", flush=True)
     print(
-        f"  load: {load.CLIENTS} client processes (uncapped) x {load.INFLIGHT} in flight, Memoir's Client", flush=True
+        f"  load: {load.CLIENTS} client processes (uncapped) x {load.INFLIGHT} in flight, Memoir's Client,"
+        f" over {types} entity type(s)",
+        flush=True,
     )
     print(f"  journal: {'PostgreSQL' if pg else 'JetStream'}; {seconds:g}s of load per phase", flush=True)
     phases: dict[int, dict[str, Any]] = {}
@@ -262,7 +301,7 @@ def capped(quick: bool) -> None:
         time.sleep(0.5)
         try:
             for n in (1, 2, 3):
-                phases[n] = _phase(caps, url, pg, d, n, seconds)
+                phases[n] = _phase(caps, url, pg, d, n, seconds, types)
                 print(f"  {n} member(s): {json.dumps(phases[n])}", flush=True)
         finally:
             caps.cleanup()
@@ -274,6 +313,7 @@ def capped(quick: bool) -> None:
         "cgroup": caps.version,
         "cap_cores": CAP,
         "journal": "postgres" if pg else "nats",
+        "load_types": types,
         "per_s_1": per_s[1],
         "per_s_2": per_s[2],
         "per_s_3": per_s[3],
@@ -287,6 +327,7 @@ def capped(quick: bool) -> None:
         "cpu_us_per_command_2": phases[2]["cpu_us_per_command"],
         "cpu_us_per_command_3": phases[3]["cpu_us_per_command"],
         "throttled_pct_3": phases[3]["throttled_pct"],
+        "singletons_per_member_3": phases[3]["singletons_per_member"],
         "machine_busy_pct": [phases[n]["machine_busy_pct"] for n in (1, 2, 3)],
         "clients_cores": [phases[n]["clients_cores"] for n in (1, 2, 3)],
         "errors": sum(p["errors"] for p in phases.values()),
@@ -302,13 +343,14 @@ def capped(quick: bool) -> None:
 
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--client":
-        client_main(sys.argv[2], sys.argv[3], float(sys.argv[4]), int(sys.argv[5]))
+        client_main(sys.argv[2], sys.argv[3], float(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6]))
         return
     p = c.parser(__doc__.splitlines()[0])
     p.add_argument("--capped", action="store_true", help="members in CPU-capped cgroups: 1, 2, 3 of them")
+    p.add_argument("--types", type=int, default=1, choices=(1, 2), help="--capped: entity types the load spreads over")
     args = c.parse(p)
     if args.capped:
-        capped(args.quick)
+        capped(args.quick, args.types)
         return
     seconds = 4.0 if args.quick else 12.0
     pg = _postgres_url()
