@@ -152,16 +152,19 @@ async def test_a_primary_moves_under_load_with_nothing_lost_or_doubled(regions: 
             load = Load(us, "account", ["M1"])  # pinned to eu, sent in us: each command crosses until the move
             tg.start_soon(load.run)
             await eventually(lambda: load.total >= 20, what="load on the entity")
+            first = await us.send("account", "M1", "deposit", {"amount": 1}, command_id="before-the-move")
             old, head = await move(nc, settings_for("us"), "account", "M1", "us")
             assert old == "eu" and head >= 20
             await eventually(lambda: load.total >= head + 20, what="load served by the new primary")
             load.stop.set()
+            again = await us.send("account", "M1", "deposit", {"amount": 1}, command_id="before-the-move")
+            assert again.duplicate and (again.result, again.seq) == (first.result, first.seq)  # the first reply
     finally:
         await close_quietly(nc)
     before = await journal_events(regions, "eu", "account", "M1")
     after = await journal_events(regions, "us", "account", "M1")
     assert [seq for seq, _, _ in before] == list(range(1, head + 1))  # the old primary stopped at head
-    assert [seq for seq, _, _ in after] == list(range(1, load.total + 1))  # one event per acknowledged command
+    assert [seq for seq, _, _ in after] == list(range(1, load.total + 2))  # one event per acknowledged command
     assert after[:head] == before  # the new primary started at head + 1, on the same history
     for region in REGIONS:
 

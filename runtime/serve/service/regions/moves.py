@@ -15,13 +15,13 @@ Between 2 and 3, commands for the entity answer `overloaded` (the old fence's "m
 no two regions write it at any moment, and no event is lost or doubled (the test moves an entity
 under load). A move stopped half-way leaves the entity unserved until it is run again: both
 steps can be repeated. The new primary's journal needs `restore_events` (SQLite, PostgreSQL,
-memory). A repeated command id across a move is recognised but answered without its first
-reply's result (the replica carries command ids, not replies).
+memory). A repeated command id across a move gets its first reply back (the release carries the
+replies of the entity's last REPLIES commands; after a promotion, without a release, a repeat is
+recognised but answered without its first result).
 """
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import anyio
@@ -42,6 +42,7 @@ from .settings import RegionSettings
 log = structlog.get_logger("memoir.region.moves")
 
 POLL = 0.05
+REPLIES = 1000  # the last commands of a moved entity whose replies go with it (dedupe keeps at most this many)
 
 
 class MoveError(MemoirError):
@@ -53,6 +54,14 @@ class _Ask(msgspec.Struct, forbid_unknown_fields=True):
     id: str
     head: int = 0
     revision: int = 0
+    replies: dict[int, bytes] = {}  # seq -> the encoded reply of the command that stored it (the last REPLIES)
+
+
+class _Answer(msgspec.Struct):
+    ok: bool
+    head: int = 0
+    replies: dict[int, bytes] = {}
+    error: str | None = None
 
 
 def subject(settings: RegionSettings, region: str, step: str) -> str:
@@ -102,21 +111,25 @@ class MoveDoor:
     async def _answer(self, msg: Msg, step: Any) -> None:
         try:
             ask = msgspec.json.decode(msg.data, type=_Ask)
-            head = await step(ask)
-            answer: dict[str, Any] = {"ok": True, "head": head}
+            answer: _Answer = await step(ask)
         except (MemoirError, msgspec.ValidationError, msgspec.DecodeError, NatsError) as exc:
-            answer = {"ok": False, "error": str(exc)}
-        log.info("region move step", region=self.settings.name, step=step.__name__, answer=answer)
+            answer = _Answer(ok=False, error=str(exc))
+        log.info(
+            "region move step", region=self.settings.name, step=step.__name__, head=answer.head, error=answer.error
+        )
         if msg.reply:
-            await msg.respond(json.dumps(answer).encode())
+            await msg.respond(msgspec.json.encode(answer))
 
-    async def release(self, ask: _Ask) -> int:
-        """Stop writing the entity here; returns its head in this region's journal."""
+    async def release(self, ask: _Ask) -> _Answer:
+        """Stop writing the entity here; answers its head in this region's journal, and the replies
+        of its last REPLIES commands with ids (the replica carries the ids, not the replies)."""
         self.primaries.release(ask.type, ask.id)
         await self.runtime.passivate_where(lambda t, i: (t, i) == (ask.type, ask.id))  # after its turn in flight
-        return await self.journal.head(ask.type, ask.id)
+        head = await self.journal.head(ask.type, ask.id)
+        recent = await self.journal.read(ask.type, ask.id, from_seq=max(1, head - REPLIES + 1))
+        return _Answer(ok=True, head=head, replies={e.seq: e.reply for e in recent if e.reply is not None})
 
-    async def adopt(self, ask: _Ask) -> int:
+    async def adopt(self, ask: _Ask) -> _Answer:
         """Take the entity's events up to `head` from the replica into this journal, then claim it.
 
         `head` -1 (a promotion: the old region is lost and cannot say its head) takes what the
@@ -136,25 +149,27 @@ class MoveDoor:
                 f"{ask.type}/{ask.id}: the replica of {self.settings.name} holds seqs up to "
                 f"{events[-1].seq if events else 0}, not {ask.head}, after {self.catch_up:g}s"
             )
-        await restore([msgspec.structs.replace(e, position=-e.position) for e in events])
+        await restore([msgspec.structs.replace(e, position=-e.position, reply=ask.replies.get(e.seq)) for e in events])
         head = await self.journal.head(ask.type, ask.id)
         if head != ask.head:
             raise MoveError(
                 f"{ask.type}/{ask.id}: this region's journal is at seq {head}, the old primary's at {ask.head}"
             )
         await self.primaries.take(ask.type, ask.id, ask.revision)
-        return head
+        return _Answer(ok=True, head=head)
 
 
-async def _request(nc: NATS, to: str, ask: _Ask, timeout: float) -> int:
+async def _request(nc: NATS, to: str, ask: _Ask, timeout: float) -> _Answer:
     try:
         msg = await nc.request(to, msgspec.json.encode(ask), timeout=timeout)
+        answer = msgspec.json.decode(msg.data, type=_Answer)
     except NatsError as exc:
         raise MoveError(f"no answer on {to}: {type(exc).__name__}") from None
-    answer = json.loads(msg.data)
-    if not answer.get("ok"):
-        raise MoveError(f"{to}: {answer.get('error')}")
-    return int(answer["head"])
+    except msgspec.DecodeError as exc:
+        raise MoveError(f"{to}: a bad answer: {exc}") from None
+    if not answer.ok:
+        raise MoveError(f"{to}: {answer.error}")
+    return answer
 
 
 async def move(
@@ -190,6 +205,8 @@ async def move(
     if old == to:
         return old, 0
     ask = _Ask(entity_type, entity_id, revision=claim.revision)
-    head = -1 if lost else await _request(nc, subject(settings, old, "release"), ask, timeout)
-    ask = _Ask(entity_type, entity_id, head=head, revision=claim.revision)
-    return old, await _request(nc, subject(settings, to, "adopt"), ask, timeout)
+    released = (
+        _Answer(ok=True, head=-1) if lost else await _request(nc, subject(settings, old, "release"), ask, timeout)
+    )
+    ask = _Ask(entity_type, entity_id, head=released.head, revision=claim.revision, replies=released.replies)
+    return old, (await _request(nc, subject(settings, to, "adopt"), ask, timeout)).head
