@@ -3,6 +3,7 @@ over real members (leases on a three-node NATS cluster) as members join and go."
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 
 import anyio
@@ -148,12 +149,14 @@ async def test_singletons_spread_a_joiner_takes_its_share_and_a_dead_member_s_mo
 
             dead = "b"
             lost = {n for n, m in runs.now.items() if m == dead}
+            closed = time.monotonic()
             await conns[dead].close()  # it can no longer renew: its singletons go elsewhere
             await eventually(
                 lambda: len(runs.now) == len(NAMES) and dead not in runs.per_member(),
                 TTL * 6,
                 "the dead member's singletons running elsewhere",
             )
+            print(f"singletons of a member cut off ran elsewhere after {time.monotonic() - closed:.2f} s (ttl {TTL})")
             assert all(runs.now[n] != dead for n in lost)
             await eventually(lambda: _balanced(runs, ["a", "c", "d"]), TTL * 6, "balanced again over 3")
             tg.cancel_scope.cancel()
