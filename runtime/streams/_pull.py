@@ -188,7 +188,7 @@ async def pull_loop(
     batch: int = 500,
     max_ack_pending: int = 10_000,
     ack_wait: float = 10.0,
-    fetch_timeout: float = 0.5,
+    fetch_timeout: float = 2.0,  # an idle pull's wait on the server: a message is delivered at once whatever it is
     start_seq: int | None = None,
     ahead: bool = False,
     nc: NATS,
