@@ -66,6 +66,7 @@ async def test_a_command_in_either_region_reaches_the_primary_and_every_region_r
         assert await part.state("account", "A1") == ((await part.state("account", "A1"))[0], 2)
         assert (await part.state("account", "A1"))[0].balance == 12
         assert (await part.state("wallet", "W1"))[0].balance == 7
+        assert (await part.state("account", "A1", seq=1))[0].balance == 5  # time travel, from the replica
         view = part.view("totals")
 
         async def in_view() -> bool:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import anyio
 import pytest
+from support.waiting import eventually
 
 from runtime import Client, CommandError
 from runtime.serve.process.local_cluster import LocalMember
@@ -16,9 +17,12 @@ from runtime.serve.process.local_regions import NatsRegions
 pytestmark = pytest.mark.anyio
 
 
+MEMOIR = [sys.executable, "-m", "runtime.serve.cli"]
+
+
 async def memoir(*argv: str) -> str:
     """The CLI as a user runs it; its stdout (it must exit 0)."""
-    done = await anyio.run_process([sys.executable, "-m", "runtime.serve.cli", *argv], check=False)
+    done = await anyio.run_process([*MEMOIR, *argv], check=False)
     assert done.returncode == 0, done.stderr.decode()
     return done.stdout.decode()
 
@@ -56,6 +60,18 @@ async def test_memoir_run_serves_a_region_and_commands_reach_the_primary(tmp_pat
                 assert (await eu.send("account", "A1", "deposit", {"amount": 1})).seq == 3  # crosses to us now
             async with Client(nats.url("us"), prefix="memoir.r.us", direct=False) as us_member:
                 assert (await us_member.send("account", "A1", "deposit", {"amount": 1})).result == 9  # us writes it
+            where = ["--app", "entities:sagas", "--nats-url", nats.url("eu"), "--data-dir", str(tmp_path / "cli")]
+
+            async def read_in_eu() -> bool:  # eu reads what us wrote, from its replica (eventually)
+                argv = [*MEMOIR, "region", "state", "account", "A1", "--in", "eu", *where]
+                done = await anyio.run_process(argv, check=False)
+                return done.returncode == 0 and bool(
+                    json.loads(done.stdout) == {"seq": 4, "state": {"balance": 9, "closed": False}}
+                )
+
+            await eventually(read_in_eu, timeout=30, what="the account's state in eu's replica")
+            history = await memoir("region", "events", "account", "A1", "--in", "eu", "--json", *where)
+            assert [json.loads(line)["seq"] for line in history.splitlines()] == [1, 2, 3, 4]
         finally:
             for m in members:
                 await m.stop()

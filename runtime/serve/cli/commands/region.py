@@ -1,4 +1,6 @@
-"""`memoir region move TYPE ID --to R`: move an entity's primary region (service/regions/moves.py).
+"""`memoir region move TYPE ID --to R`: move an entity's primary region (service/regions/moves.py);
+`memoir region events|state TYPE ID --in R`: an entity as region R's replica has it (the local,
+eventually consistent read a region serves, whichever region writes the entity).
 
 The old region stops writing it and says its last seq, the new one takes its events from its
 replica up to that seq and claims it; between the two, commands for it answer `overloaded`
@@ -10,12 +12,20 @@ from __future__ import annotations
 
 import argparse
 import json
+from typing import Any
 
+from ....engine.history import state_at
+from ....model.entity import model_of
 from ....wire.nats import close_quietly
-from ...service.regions import MoveError, move
-from ..base import Subparsers, subcommand
-from ..outcome import ANSWERED, Failure
+from ....wire.protocol import check_entity_id
+from ...service.journal_reader import JournalReader
+from ...service.regions import MoveError, RegionSettings, ReplicaJournal, move, replica_stream
+from ...service.regions.settings import check_region
+from ..base import Subparsers, entity_type, subcommand
+from ..outcome import ANSWERED, Failure, not_found
+from ..output import json_line, print_rows
 from ..target import client_target
+from .history import event_dict
 
 
 async def region_move(args: argparse.Namespace) -> int:
@@ -43,14 +53,54 @@ async def region_move(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _replica_read(args: argparse.Namespace) -> tuple[Any, ReplicaJournal, Any]:
+    """The app, region `--in`'s replica (on a NATS connection the caller closes) and the connection."""
+    check_entity_id(args.id)
+    check_region(args.in_region)
+    target = client_target(args)
+    app = target.app()
+    entity_type(app, args.type)
+    nc, _ = await target.connect(args.timeout)
+    prefix = target.settings.prefix
+    stream = replica_stream(RegionSettings(name=args.in_region, regions=(args.in_region,), prefix=prefix))
+    return app, ReplicaJournal(nc, stream, prefix=prefix), nc
+
+
+async def region_events(args: argparse.Namespace) -> int:
+    _, journal, nc = await _replica_read(args)
+    try:
+        reader = JournalReader(journal)
+        found = [event_dict(env, await reader.payload(env)) for env in await journal.read(args.type, args.id)]
+    finally:
+        await close_quietly(nc)
+    if not found:
+        raise not_found(f"{args.type}/{args.id}: no events in region {args.in_region}'s replica")
+    rows = [[d["seq"], d["recorded_at"], d["event"], d["payload"]] for d in found]
+    print_rows(args, ["seq", "recorded", "event", "payload"], rows, found)
+    return 0
+
+
+async def region_state(args: argparse.Namespace) -> int:
+    app, journal, nc = await _replica_read(args)
+    try:
+        model = model_of(entity_type(app, args.type))
+        value, seq = await state_at(journal, model, args.id, seq=args.seq)
+    finally:
+        await close_quietly(nc)
+    if seq == 0:
+        raise not_found(f"{args.type}/{args.id}: no events in region {args.in_region}'s replica")
+    print(json_line({"seq": seq, "state": value}))
+    return 0
+
+
 def add(sub: Subparsers) -> None:
     r = subcommand(
         sub,
         "region",
-        "regions: move an entity's primary region (docs/guides/regions.md)",
+        "regions: move an entity's primary region; read an entity from a region's replica",
         "memoir region move account A-1 --to us --regions eu,us --region-pinned account=eu",
     )
-    groups = r.add_subparsers(dest="region_command", metavar="{move}", prog="memoir region", required=True)
+    groups = r.add_subparsers(dest="region_command", metavar="{move,events,state}", prog="memoir region", required=True)
     m = subcommand(
         groups,
         "move",
@@ -70,3 +120,14 @@ def add(sub: Subparsers) -> None:
     g.add_argument("--region-pinned", help="type=region pairs, comma-separated (MEMOIR_REGION_PINNED)")
     g.add_argument("--region-home", help="the region keeping first-write claims (MEMOIR_REGION_HOME)")
     m.set_defaults(fn=region_move)
+    for name, fn, what in (
+        ("events", region_events, "an entity's history as region R's replica has it"),
+        ("state", region_state, "an entity's state as region R's replica has it (--seq: after that event)"),
+    ):
+        rd = subcommand(groups, name, what, f"memoir region {name} account A-1 --in us --nats-url nats://us-1:4222")
+        rd.add_argument("type", metavar="TYPE", help="entity type")
+        rd.add_argument("id", metavar="ID", help="entity id")
+        rd.add_argument("--in", dest="in_region", required=True, metavar="R", help="the region whose replica to read")
+        if name == "state":
+            rd.add_argument("--seq", type=int, help="the state right after this event")
+        rd.set_defaults(fn=fn)
