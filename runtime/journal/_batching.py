@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import queue
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Hashable
 from typing import Any, Generic, TypeVar
 
 import anyio
@@ -117,6 +117,76 @@ class Batcher(Generic[Req, Res]):
                 fut.set_exception(res)
             else:
                 fut.set_result(res)
+
+
+class PipelinedBatcher(Batcher[Req, Res]):
+    """Group commit with up to `in_flight` batches written at once, no key in two of them.
+
+    For a store that answers each batch after a round trip (JetStream's atomic batch: the send,
+    the server's write and fsync, the ack): with one batch at a time the store idles while the
+    process encodes the next batch and the ack travels, and the process idles while the store
+    writes. Two batches in flight overlap the two (measured on raw nats-py atomic batches of
+    470 events: +20-25 % rows/s). A batch holds no key that a batch still in flight holds, so
+    each one's checks (a JetStream subject's expected last sequence) do not depend on the
+    other's outcome; a request whose key is in flight waits for a later batch, and so does
+    every later request of that key: one key's requests are written in the order they came.
+    """
+
+    def __init__(
+        self,
+        flush: Flush[Req, Res],
+        *,
+        key: Callable[[Req], Hashable],
+        in_flight: int = 2,
+        max_batch: int = 4096,
+        name: str = "batch",
+    ) -> None:
+        super().__init__(flush, max_batch=max_batch, name=name)
+        self._key = key
+        self._in_flight = in_flight
+        self._busy: set[Hashable] = set()  # keys of the batches in flight
+        self._running = 0
+
+    async def run(self) -> None:
+        async with anyio.create_task_group() as tg:
+            while True:
+                await self._wake.wait()
+                self._wake = anyio.Event()
+                while self._pending and self._running < self._in_flight:
+                    batch = self._take()
+                    if not batch:  # every pending request waits for a key in flight
+                        break
+                    keys = {self._key(req) for req, _ in batch}
+                    self._busy |= keys
+                    self._running += 1
+                    tg.start_soon(self._flight, batch, keys)
+                if self._closed and not self._pending and not self._running:
+                    return
+
+    def _take(self) -> list[tuple[Req, asyncio.Future[Res]]]:
+        """The next batch: pending requests in order, leaving those of keys in flight (and after them)."""
+        take: list[tuple[Req, asyncio.Future[Res]]] = []
+        keep: list[tuple[Req, asyncio.Future[Res]]] = []
+        held: set[Hashable] = set()
+        busy = self._busy
+        for item in self._pending:
+            k = self._key(item[0])
+            if len(take) < self._max_batch and k not in busy and k not in held:
+                take.append(item)
+            else:
+                keep.append(item)
+                held.add(k)
+        self._pending = keep
+        return take
+
+    async def _flight(self, batch: list[tuple[Req, asyncio.Future[Res]]], keys: set[Hashable]) -> None:
+        try:
+            with anyio.CancelScope(shield=True):  # a started batch always finishes and answers
+                await self._flush_batch(batch)
+        finally:
+            self._busy -= keys
+            self._running -= 1
+            self._wake.set()
 
 
 SyncFlush = Callable[[list[Req]], list[Res | BaseException]]

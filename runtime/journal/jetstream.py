@@ -31,7 +31,9 @@ publish: no outbox runs, and the stream sequence is the position.
   fsyncs once, which is what makes `sync_interval: always` affordable (a plain publish
   costs one fsync per event). If the server refuses the batch (one stale expectation, a
   duplicate id) it says not which append was at fault, so each is then written on its
-  own and gets its own answer. A flush of only a few appends publishes them one by one,
+  own and gets its own answer. Two group commits may be in flight at once, never with one
+  entity in both (`PipelinedBatcher`): while the server writes one, the next is encoded and
+  sent. A flush of only a few appends publishes them one by one,
   pipelined, each awaiting its own ack on a shared inbox (nats-py's publish_async would
   not report a refusal, nats.py #985): an atomic batch has a higher fixed cost.
 - Snapshots live in a second stream (the latest 16 per entity), checkpoints, deletion
@@ -102,7 +104,7 @@ from ..wire.protocol import (
     untoken,
 )
 from ..wire.redact import redact_url
-from ._batching import Batcher
+from ._batching import PipelinedBatcher
 from .base import Journal, check_batch
 from .jetstream_keys import KvKeyStore, kv_key
 from .keys import KeyStore
@@ -110,6 +112,7 @@ from .keys import KeyStore
 Key = tuple[str, str]
 MAX_BATCH = 1000  # events in one atomic batch: the server's `max_msgs` default
 ATOMIC_FROM = 16  # appends in one flush from which one atomic batch beats pipelined publishes
+IN_FLIGHT = 2  # group commits written at once, no entity in two of them (see `PipelinedBatcher`)
 H_REPLY = "Memoir-Reply"
 H_EXPECTED_LAST_SUBJECT_SEQ = "Nats-Expected-Last-Subject-Sequence"
 H_BATCH_ID = "Nats-Batch-Id"
@@ -136,6 +139,10 @@ class _Append(NamedTuple):
     key: Key
     expected: int
     events: Sequence[Envelope]
+
+
+def _append_key(req: _Append) -> Key:
+    return req.key
 
 
 class _Refused(Exception):
@@ -228,7 +235,9 @@ class JetStreamJournal(Journal):
         self._calls: set[anyio.CancelScope] = set()  # server calls in flight, ended at once on a drop
         # (entity) -> (last stream seq of its subject, head seq): what the next append expects
         self._last: dict[Key, tuple[int, int]] = {}
-        self._writes: Batcher[_Append, int] = Batcher(self._flush, max_batch=MAX_BATCH, name="jetstream")
+        self._writes: PipelinedBatcher[_Append, int] = PipelinedBatcher(
+            self._flush, key=_append_key, in_flight=IN_FLIGHT, max_batch=MAX_BATCH, name="jetstream"
+        )
         self._stack: contextlib.AsyncExitStack | None = None
 
     def event_stream(self, entity_type: str) -> str:
