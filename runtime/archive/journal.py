@@ -13,7 +13,9 @@ catch-up and `memoir replay` ask the journal as before and get the whole history
   event it no longer found in the journal is then already in a run it knows. Costs one
   checkpoint load per page.
 - `delete(type, id)` (a tombstone) deletes the entity's segments too, and moves the run
-  checkpoint so readers elsewhere drop them from what they loaded. Writes, snapshots and
+  checkpoint so readers elsewhere drop them from what they loaded.
+  `delete(type, id, to_seq)` drops the journal's copy only: archived events stay readable (it is
+  how the archiver, which holds the bare journal, drops what it moved). Writes, snapshots and
   checkpoints go to the journal unchanged: archived events keep their seqs and positions.
 """
 
