@@ -288,6 +288,10 @@ class Publisher:
                                 await news.wait()
                             continue
                     following = batch[-1].position + 1
+                    if not inflight and self._none_of_mine(batch):  # a partition passing other types' events
+                        self.checkpoint, batch = batch[-1].position, []
+                        await self._save_checkpoint()
+                        continue
                     batch = await self._publish_and_prefetch(acks, inflight, batch)
                     retry.reset()
                 except _RETRYABLE as exc:
@@ -316,6 +320,11 @@ class Publisher:
             with anyio.CancelScope(shield=True):
                 await acks.close()
                 await self._save_checkpoint(force=True, final=True)
+
+    def _none_of_mine(self, batch: list[Envelope]) -> bool:
+        """A partition's read holding only other types' events: nothing to send, nothing to wait for."""
+        only = self.only
+        return only is not None and all(env.entity_type != only for env in batch)
 
     async def _publish_and_prefetch(self, acks: AckInbox, inflight: _Inflight, batch: list[Envelope]) -> list[Envelope]:
         """Publish one batch while the next is read from the journal; returns the next batch.
