@@ -203,17 +203,18 @@ async def test_a_gateway_cut_fails_only_the_other_regions_entities_and_the_heal_
 
         regions.link.cut()
         before = (eu_load.total, us_load.total)
-        for i in range(3):  # blackholed first, then no responders once the servers see the gateway gone
-            with anyio.fail_after(8):  # answered by the region door, well before the client's 10 s
-                with pytest.raises(Unavailable):
-                    await us.send("account", "E0", "deposit", {"amount": 1}, command_id=f"cut-{i}", timeout=10)
-        await eventually(
-            lambda: eu_load.total > before[0] + 20 and us_load.total > before[1] + 20,
-            what="local commands served in both regions during the cut",
-        )
-        assert eu_load.failures == [] and us_load.failures == []
-
-        regions.link.heal()
+        try:
+            for i in range(3):  # blackholed first, then no responders once the servers see the gateway gone
+                with anyio.fail_after(8):  # answered by the region door, well before the client's 10 s
+                    with pytest.raises(Unavailable):
+                        await us.send("account", "E0", "deposit", {"amount": 1}, command_id=f"cut-{i}", timeout=10)
+            await eventually(
+                lambda: eu_load.total > before[0] + 20 and us_load.total > before[1] + 20,
+                what="local commands served in both regions during the cut",
+            )
+            assert eu_load.failures == [] and us_load.failures == []
+        finally:
+            regions.link.heal()  # the module's other tests share these regions
         await eventually(lambda: eu_load.total > before[0] + 40, what="load after the heal")
         eu_load.stop.set()
         us_load.stop.set()
