@@ -154,6 +154,7 @@ class NatsDoor:
         self._fwd_sub: Any = None
         self._direct_sub: Any = None
         self.served = 0
+        self.answering = 0  # commands `answer` serves in-process now
         self.command_log: CommandLog | None = None  # a line per command (`memoir run --log-commands`)
 
     async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
@@ -277,8 +278,11 @@ class NatsDoor:
         encoded answer, or None when none came in time (a forward the owner did not answer).
 
         Run here when this member owns the entity: no NATS round trip, no queue. A command for another
-        member's entity is forwarded to its owner, as a NATS client's would be.
+        member's entity is forwarded to its owner, as a NATS client's would be. At most `backlog` at once
+        (then `overloaded`), as the queue bounds NATS commands: load never turns into unbounded memory.
         """
+        if self.answering >= self._queue.maxsize:  # as many as the queue holds: overloaded, as it would be
+            return _AT_CAPACITY
         msg = Msg(self.nc, command_subject(self.prefix, entity_type, entity_id, command), _IN_PROCESS, payload, headers)
         answered: list[bytes] = []
 
@@ -286,7 +290,11 @@ class NatsDoor:
             answered.append(body)
 
         serve = self._serve if tracing.tracer() is None else self._serve_traced
-        await serve(msg, time.monotonic(), keep)
+        self.answering += 1
+        try:
+            await serve(msg, time.monotonic(), keep)
+        finally:
+            self.answering -= 1
         return answered[0] if answered else None
 
     async def _serve_traced(self, msg: Msg, arrived: float, answer: Answer | None = None) -> str:

@@ -1,6 +1,7 @@
 """`NatsDoor.answer`: a command another front door holds (HTTP) served in-process by the NATS door's
 own function: the answer a NATS client gets, the same dedupe, the same tracing decision (a command
-not sampled makes no span at all; a sampled parent's trace continues through `serve` and `turn`)."""
+not sampled makes no span at all; a sampled parent's trace continues through `serve` and `turn`),
+and no more at once than the door's queue holds."""
 
 from __future__ import annotations
 
@@ -59,6 +60,11 @@ async def test_answer_serves_in_process_as_over_nats(tmp_path: Path) -> None:
                 await sub.unsubscribe()  # (a drain would wait for someone to read it)
                 assert exported.get_finished_spans() == ()  # not sampled: not a span was made
                 assert door.served == 4
+
+                door.answering = 4096  # as many in-process commands at once as the queue holds
+                full = await door.answer("inventory", "A", "receive", RECEIVE, {})
+                assert full is not None and json.loads(full)["error"]["code"] == "overloaded"
+                door.answering = 0
 
                 parent = f"00-{TRACE}-00f067aa0ba902b7-01"  # a sampled caller: its trace goes on here
                 traced = await door.answer("inventory", "B", "receive", RECEIVE, {"traceparent": parent})
