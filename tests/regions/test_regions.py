@@ -14,7 +14,7 @@ from support.regions import REGIONS, Regions, settings_for, two_regions
 from support.waiting import eventually
 
 from runtime import Client, CommandError, Rejected, Unavailable
-from runtime.serve.service.regions import move
+from runtime.serve.service.regions import RegionSender, move
 from runtime.wire.nats import close_quietly, connect
 
 pytestmark = pytest.mark.anyio
@@ -111,6 +111,19 @@ async def test_two_regions_racing_for_a_new_entity_agree_on_one_primary(regions:
             assert sorted(replies) == [1, 2]  # both served, one after the other, by one writer
             stored = {r: len(await journal_events(regions, r, "wallet", entity_id)) for r in REGIONS}
             assert sorted(stored.values()) == [0, 2], stored
+
+
+async def test_a_consumer_reacts_once_in_the_writing_region_and_reaches_the_targets_primary(regions: Regions) -> None:
+    async with Client(regions.url("us"), direct=False) as us:
+        await us.send("wallet", "B1", "deposit", {"amount": 100})  # first written in us: us's consumer reacts
+
+    async def credited() -> bool:
+        return len(await journal_events(regions, "eu", "account", "bonus-B1")) == 1
+
+    await eventually(credited, what="the bonus written by the account's primary, eu")
+    assert await journal_events(regions, "us", "account", "bonus-B1") == []
+    sender = regions.members["us"].service.sender
+    assert isinstance(sender, RegionSender) and sender.sent.get("eu", 0) >= 1  # us's consumer sent it across
 
 
 class Load:

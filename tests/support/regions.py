@@ -17,7 +17,20 @@ from pathlib import Path
 import msgspec
 from cluster.proxy import Link
 
-from runtime import App, Effect, Envelope, EventSourcedEntity, Rows, SqliteJournal, View, applies, command, on
+from runtime import (
+    App,
+    Consumer,
+    Context,
+    Effect,
+    Envelope,
+    EventSourcedEntity,
+    Rows,
+    SqliteJournal,
+    View,
+    applies,
+    command,
+    on,
+)
 from runtime.serve.process.local_regions import NatsRegions
 from runtime.serve.service import Service
 from runtime.serve.service.regions import Region, RegionSettings, region_member
@@ -82,7 +95,17 @@ class Totals(View[Total], name="totals", sources=[Account, Wallet]):
         rows.put(key, Total(key, row.balance + e.amount, row.deposits + 1))
 
 
-APP = App("regions", entities=[Account, Wallet], views=[Totals])
+class Bonus(Consumer, name="bonus", sources=[Wallet]):
+    """A wallet's deposit of exactly 100 credits 1 to the account named after it (accounts are eu's):
+    the consumer runs in the wallet's region and its command reaches the account's."""
+
+    @on
+    async def deposited(self, ctx: Context, e: Deposited) -> None:
+        if e.amount == 100:
+            await ctx.send("account", f"bonus-{ctx.envelope.entity_id}", "deposit", {"amount": 1})
+
+
+APP = App("regions", entities=[Account, Wallet], views=[Totals], consumers=[Bonus])
 
 
 @dataclass

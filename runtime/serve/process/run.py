@@ -44,7 +44,7 @@ from ..service.embedded_nats import EmbeddedNats, free_port
 from ..service.http import HttpGateway
 from ..service.metrics import Metrics
 from ..service.nats_door import NatsDoor
-from ..service.regions import Fence, Region, regional_app
+from ..service.regions import Fence, Region, regional_app, route_commands
 from .appspec import load_app as load_app  # re-exported: callers load apps through the server module too
 from .archiving import archived, start_archiving
 from .datadir import lock_data_dir, write_manifest
@@ -203,12 +203,14 @@ async def _start_service(
         nats_auth=nats.auth,
     )
     fence = None if regions is None else Fence(service, regions)  # before it serves: no turn unfenced
+    sender = None if regions is None else route_commands(service, regions)  # consumers', timers', steps'
     svc = await stack.enter_async_context(service)
     assert svc.nc is not None
-    if regions is not None and fence is not None:
+    if regions is not None and fence is not None and sender is not None:
         writer = (svc.runtime, journal)  # it serves moves: releases and adoptions of entities
         region = Region(app, svc.nc, regions, streams=settings.streams(), view_store=views, writer=writer)
         fence.attach(region.primaries)
+        sender.attach(svc.nc, region.primaries)
         await stack.enter_async_context(region)
     return svc
 

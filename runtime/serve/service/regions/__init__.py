@@ -7,12 +7,13 @@ region's part of a process).
 """
 
 from .door import RegionDoor
-from .member import Fence, RegionMember, region_member
+from .member import Fence, RegionMember, region_member, route_commands
 from .moves import MoveDoor, MoveError, move
 from .primary import Primaries
 from .region import Region, regional_app
 from .replica import ReadOnly, ReplicaJournal
 from .replication import ensure_replica, replica_config, replica_stream
+from .sending import RegionSender
 from .settings import RegionSettings
 
 __all__ = [
@@ -24,6 +25,7 @@ __all__ = [
     "Region",
     "RegionDoor",
     "RegionMember",
+    "RegionSender",
     "RegionSettings",
     "ReplicaJournal",
     "ensure_replica",
@@ -32,4 +34,5 @@ __all__ = [
     "regional_app",
     "replica_config",
     "replica_stream",
+    "route_commands",
 ]

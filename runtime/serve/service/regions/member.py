@@ -31,6 +31,7 @@ from .._service import Service
 from ..nats_door import NatsDoor
 from .primary import Primaries
 from .region import Region, regional_app
+from .sending import RegionSender
 from .settings import RegionSettings
 
 
@@ -60,6 +61,15 @@ class Fence:
         return pinned is None or pinned == self.settings.name
 
 
+def route_commands(service: Service, settings: RegionSettings) -> RegionSender:
+    """Before the service starts: its consumers, timers and workflow steps send through a RegionSender
+    (`attach` it to the region's connection and primary rule once they exist)."""
+    sender = RegionSender(service.runtime, settings)
+    service.sender = sender
+    service.runtime.route_steps(sender)
+    return sender
+
+
 @dataclass
 class RegionMember:
     settings: RegionSettings
@@ -85,6 +95,7 @@ async def region_member(
     service = Service(regional_app(app), journal, nc=nc, prefix=prefix, streams=streams)
     region = Region(app, nc, settings, streams=streams, view_store=view_store, writer=(service.runtime, journal))
     Fence(service, settings).attach(region.primaries)
+    route_commands(service, settings).attach(nc, region.primaries)
     async with service, region, anyio.create_task_group() as tg:
         door = NatsDoor(service.runtime, nc, prefix=prefix, workers=workers)
         await tg.start(door.run)
