@@ -271,6 +271,58 @@ class ViewQuery(Generic[R]):
         return out
 
 
+_PASSES = 4  # passes over a batch to find the rows it reads, before the rest are read one by one
+
+
+class _Probe:
+    """Row reads of a pass that finds out which rows a batch reads: those fetched so far, and the
+    others noted (answered None until they are fetched)."""
+
+    def __init__(self, known: Mapping[str, bytes | None]) -> None:
+        self.known = known
+        self.missed: set[str] = set()
+
+    def get(self, key: str) -> bytes | None:
+        if key in self.known:
+            return self.known[key]
+        self.missed.add(key)
+        return None
+
+
+class _Known:
+    """A store's row reads, with the rows fetched ahead answered from memory."""
+
+    def __init__(self, raw: RawRows, known: Mapping[str, bytes | None]) -> None:
+        self.raw = raw
+        self.known = known
+
+    def get(self, key: str) -> bytes | None:
+        return self.known[key] if key in self.known else self.raw.get(key)
+
+
+def _fetch_ahead(
+    run: Callable[[RawRows], Rows[Any]], fetch: Callable[[Iterable[str]], dict[str, bytes | None]]
+) -> tuple[Rows[Any] | None, dict[str, bytes | None]]:
+    """Run a batch's handlers until a pass reads only rows fetched already, fetching the ones each
+    pass missed in one round trip: most batches take two passes and one query instead of a round
+    trip per row. Handlers are pure row updates, so running them again changes nothing but the
+    rows. A pass that fails after reading a missing row may have failed for want of it: it runs
+    again. Returns the rows of the pass that read everything (None if none did) and what was fetched."""
+    known: dict[str, bytes | None] = {}
+    for _ in range(_PASSES):
+        probe = _Probe(known)
+        try:
+            rows = run(probe)
+        except Exception:
+            if not probe.missed:
+                raise
+        else:
+            if not probe.missed:
+                return rows, known
+        known.update(fetch(probe.missed))
+    return None, known
+
+
 def _fast(
     plain: Mapping[str, tuple[str, Callable[[bytes], Any], Handler | None]], msg: Msg, position: int | None
 ) -> tuple[int, int, ToApply | None] | None:
@@ -433,15 +485,25 @@ class ViewRunner(StreamRunner):
         written: dict[str, bytes | None] = {}
         traced = tracing.tracer() is not None
 
-        def transaction(raw: RawRows) -> tuple[Mapping[str, bytes | None], Mapping[str, int]]:
+        def run(raw: RawRows, spans: bool) -> Rows[Any]:
             rows: Rows[Any] = Rows(raw, self._decoder, self._encoder)
             for handler, event, env in work:
                 args = (self.instance, rows, event, env) if handler.wants_envelope else (self.instance, rows, event)
-                if traced and env is not None:  # a span per event, in the trace of the command that stored it
+                if spans and env is not None:  # a span per event, in the trace of the command that stored it
                     with self._span(env):
                         handler.fn(*args)
                 else:
                     handler.fn(*args)
+            return rows
+
+        def transaction(raw: RawRows) -> tuple[Mapping[str, bytes | None], Mapping[str, int]]:
+            fetch: Callable[[Iterable[str]], dict[str, bytes | None]] | None = getattr(raw, "fetch", None)
+            rows = None
+            if fetch is not None:  # each read a round trip (PostgreSQL): find the batch's rows first
+                rows, known = _fetch_ahead(lambda probe: run(probe, False), fetch)
+                raw = _Known(raw, known)
+            if rows is None or traced:  # no pass read everything it needed, or spans are wanted
+                rows = run(raw, traced)
             written.clear()
             written.update(rows.writes())
             return written, {**checkpoints, VERSION: self.version + 1} if written else checkpoints

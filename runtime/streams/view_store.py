@@ -26,7 +26,7 @@ from __future__ import annotations
 import abc
 import contextlib
 import sqlite3
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Protocol, Self, TypeVar
@@ -399,23 +399,34 @@ CREATE OR REPLACE FUNCTION {s}.view_doc(r bytea) RETURNS jsonb
 
 class _PostgresRows:
     """Row reads from the worker thread that runs a batch's handlers, each a round trip through the
-    event loop to asyncpg inside the batch's transaction (`Rows` caches what a batch has read)."""
+    event loop to asyncpg inside the batch's transaction (`Rows` caches what a batch has read);
+    `fetch` reads many in one (the view's runner fetches a batch's rows ahead with it)."""
 
-    def __init__(self, conn: Any, sql: str, view: str) -> None:
+    def __init__(self, conn: Any, sql: str, many: str, view: str) -> None:
         self.conn = conn
         self.sql = sql
+        self.many = many
         self.view = view
 
     def get(self, key: str) -> bytes | None:
         row = anyio.from_thread.run(self.conn.fetchval, self.sql, self.view, key)
         return None if row is None else bytes(row)
 
+    def fetch(self, keys: Iterable[str]) -> dict[str, bytes | None]:
+        """The rows of `keys` (None: no such row), in one round trip."""
+        wanted = sorted(keys)
+        found = anyio.from_thread.run(self.conn.fetch, self.many, self.view, wanted)
+        out: dict[str, bytes | None] = dict.fromkeys(wanted)
+        out.update({r["key"]: bytes(r["row"]) for r in found})
+        return out
+
 
 class PostgresViewStore(ViewStore):
     """`postgresql://user@host/db?schema=memoir_views`: rows and checkpoints in PostgreSQL.
 
     A batch is one transaction: the handlers run in a worker thread (they are synchronous, asyncpg
-    is not), then the rows and the checkpoint are written with one `unnest` statement each. A
+    is not), their row reads fetched ahead in one query where the runner can (`_PostgresRows.fetch`),
+    then the rows and the checkpoint are written with one `unnest` statement each. A
     transaction-level advisory lock on the view's name serialises its batches, also between
     processes and between the pull loops of a view with several sources.
     """
@@ -470,7 +481,8 @@ class PostgresViewStore(ViewStore):
         async with self._conn() as conn, conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", f"memoir-view-{self.schema}-{view}")
             read = self._sql("SELECT row FROM {s}.view_rows WHERE view=$1 AND key=$2")
-            writes, checkpoints = await anyio.to_thread.run_sync(work, _PostgresRows(conn, read, view))
+            many = self._sql("SELECT key, row FROM {s}.view_rows WHERE view=$1 AND key = ANY($2::text[])")
+            writes, checkpoints = await anyio.to_thread.run_sync(work, _PostgresRows(conn, read, many, view))
             if retry and checkpoints and await self._landed(conn, view, checkpoints):
                 return  # the attempt that lost its connection committed after all
             puts = [(k, v) for k, v in writes.items() if v is not None]
