@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import sys
 from pathlib import Path
@@ -10,7 +11,7 @@ import anyio
 import pytest
 from support.waiting import eventually
 
-from runtime import Client, CommandError
+from runtime import Client, CommandError, Overloaded, Reply, Unavailable
 from runtime.serve.process.local_cluster import LocalMember
 from runtime.serve.process.local_regions import NatsRegions
 
@@ -25,6 +26,21 @@ async def memoir(*argv: str) -> str:
     done = await anyio.run_process([*MEMOIR, *argv], check=False)
     assert done.returncode == 0, done.stderr.decode()
     return done.stdout.decode()
+
+
+_ids = itertools.count()
+
+
+async def send(client: Client, entity_type: str, entity_id: str, command: str, args: dict[str, object]) -> Reply:
+    """As a client should: `unavailable` or `overloaded` (a slow crossing, a move just done) is retried
+    with the same command id, which the primary's dedupe makes safe."""
+    cid = f"c-{next(_ids)}"
+    for _ in range(5):
+        try:
+            return await client.send(entity_type, entity_id, command, args, command_id=cid, timeout=10)
+        except (Unavailable, Overloaded):
+            await anyio.sleep(0.5)
+    return await client.send(entity_type, entity_id, command, args, command_id=cid, timeout=10)
 
 
 def member(tmp_path: Path, nats: NatsRegions, region: str) -> LocalMember:
@@ -42,11 +58,11 @@ async def test_memoir_run_serves_a_region_and_commands_reach_the_primary(tmp_pat
                 await m.serving(90)
             assert "memoir.cmd" in members[1].banner
             async with Client(nats.url("us"), direct=False) as us, Client(nats.url("eu"), direct=False) as eu:
-                assert (await us.send("account", "A1", "deposit", {"amount": 5})).result == 5  # pinned to eu
-                assert (await eu.send("account", "A1", "deposit", {"amount": 2})).result == 7
+                assert (await send(us, "account", "A1", "deposit", {"amount": 5})).result == 5  # pinned to eu
+                assert (await send(eu, "account", "A1", "deposit", {"amount": 2})).result == 7
                 item = {"units": 3, "on": "2022-03-01"}
-                assert (await us.send("inventory", "I1", "receive", item)).seq == 1  # first written in us
-                assert (await eu.send("inventory", "I1", "receive", item)).seq == 2  # so it crosses to us
+                assert (await send(us, "inventory", "I1", "receive", item)).seq == 1  # first written in us
+                assert (await send(eu, "inventory", "I1", "receive", item)).seq == 2  # so it crosses to us
             async with Client(nats.url("us"), prefix="memoir.r.us", direct=False) as us_member:
                 with pytest.raises(CommandError) as refused:  # past the door: the fence refuses it
                     await us_member.send("account", "A1", "deposit", {"amount": 1})
@@ -57,7 +73,7 @@ async def test_memoir_run_serves_a_region_and_commands_reach_the_primary(tmp_pat
             )  # fmt: skip
             assert json.loads(moved) == {"type": "account", "id": "A1", "from": "eu", "to": "us", "after_seq": 2}
             async with Client(nats.url("eu"), direct=False) as eu:
-                assert (await eu.send("account", "A1", "deposit", {"amount": 1})).seq == 3  # crosses to us now
+                assert (await send(eu, "account", "A1", "deposit", {"amount": 1})).seq == 3  # crosses to us now
             async with Client(nats.url("us"), prefix="memoir.r.us", direct=False) as us_member:
                 assert (await us_member.send("account", "A1", "deposit", {"amount": 1})).result == 9  # us writes it
             where = ["--app", "entities:sagas", "--nats-url", nats.url("eu"), "--data-dir", str(tmp_path / "cli")]

@@ -130,6 +130,8 @@ class Regions:
 
 
 def settings_for(region: str, **options: object) -> RegionSettings:
+    """`account` pinned to eu; a command crossing regions may take 5 s (not 2): the machine is shared."""
+    options = {"remote_timeout": 5.0, **options}
     return RegionSettings(name=region, regions=REGIONS, pinned={"account": "eu"}, **options)  # type: ignore[arg-type]
 
 
