@@ -72,17 +72,21 @@ ToApply = tuple[Handler, msgspec.Struct, Envelope | None]
 """One event to apply: its handler, the event, its envelope (None on the fast path: nobody reads it)."""
 
 
-def plain_events(table: HandlerTable) -> dict[str, dict[str, tuple[str, Callable[[bytes], Any], Handler | None]]]:
+PlainEvent = tuple[str, int, Callable[[bytes], Any], Handler | None]
+"""An event of a plain type on the fast path: its current version (as the header writes it, and as
+a number), its payload decoder, and the view's handler (None: the view does not handle it)."""
+
+
+def plain_events(table: HandlerTable) -> dict[str, dict[str, PlainEvent]]:
     """The fast path's table: for each source type that is not encrypted (known from its model, so
-    no payload of it needs a key), stored event name -> (current version as the header writes it,
-    payload decoder, handler or None when the view does not handle it)."""
-    out: dict[str, dict[str, tuple[str, Callable[[bytes], Any], Handler | None]]] = {}
+    no payload of it needs a key), stored event name -> `PlainEvent`."""
+    out: dict[str, dict[str, PlainEvent]] = {}
     for entity_type, model in table.sources.items():
         if model.encrypted:
             continue
-        names: dict[str, tuple[str, Callable[[bytes], Any], Handler | None]] = {}
+        names: dict[str, PlainEvent] = {}
         for name, (cls, version, decode) in model.codec.decoders().items():
-            names[name] = (str(version), decode, table.handlers.get(cls))
+            names[name] = (str(version), version, decode, table.handlers.get(cls))
         out[entity_type] = names
     return out
 
@@ -323,31 +327,32 @@ def _fetch_ahead(
     return None, known
 
 
-def _fast(
-    plain: Mapping[str, tuple[str, Callable[[bytes], Any], Handler | None]], msg: Msg, position: int | None
-) -> tuple[int, int, ToApply | None] | None:
+def _fast(plain: Mapping[str, PlainEvent], msg: Msg, position: int | None) -> tuple[int, int, ToApply | None] | None:
     """(position, recorded time, what to apply or None) of a plain event's message, read off its
-    headers and payload alone; None sends it down the path that builds its envelope (an event of
-    another version, a sealed payload left from when the type was encrypted, anything odd: that
-    path names what is wrong)."""
+    headers and payload alone (the envelope is built only for a handler that takes it); None sends
+    it down the path that builds its envelope (an event of another version, a sealed payload left
+    from when the type was encrypted, anything odd: that path names what is wrong)."""
     h = msg.headers
-    if h is None or H_SEQ not in h:
+    if h is None:
         return None
     entry = plain.get(h.get(H_EVENT, ""))
-    if entry is None or h.get(H_VERSION, "1") != entry[0] or is_sealed(msg.data):
+    if entry is None:
         return None
-    _, decode, handler = entry
-    item: ToApply | None = None
+    text, version, decode, handler = entry
     try:
+        if handler is not None and handler.wants_envelope:
+            env = envelope_from_message(msg.subject, h, msg.data)
+            if env.version != version or is_sealed(env.payload):
+                return None
+            at = env.position if position is None else position
+            return at, env.recorded_at, (handler, decode(env.payload), env)
+        if H_SEQ not in h or h.get(H_VERSION, "1") != text or is_sealed(msg.data):
+            return None
         at = int(h.get(H_POSITION, 0)) if position is None else position
         recorded = int(h.get(H_RECORDED, 0))
-        if handler is not None and handler.wants_envelope:
-            item = (handler, decode(msg.data), envelope_from_message(msg.subject, h, msg.data))
-        elif handler is not None:
-            item = (handler, decode(msg.data), None)
+        return at, recorded, None if handler is None else (handler, decode(msg.data), None)
     except (ValueError, msgspec.DecodeError):
         return None
-    return at, recorded, item
 
 
 class ViewRunner(StreamRunner):

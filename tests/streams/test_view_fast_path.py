@@ -83,7 +83,7 @@ def test_the_fast_paths_table_holds_plain_types_at_their_current_version() -> No
     table = plain_events(Totals.table())
     assert set(table) == {"tally"}
     assert table["tally"]["Added"][0] == "2" and table["tally"]["Named"][0] == "1"
-    assert table["tally"]["Ignored"][2] is None  # known, not handled: skipped without decoding
+    assert table["tally"]["Ignored"][3] is None  # known, not handled: skipped without decoding
 
 
 async def test_both_paths_apply_the_same_events(nc: NATS) -> None:
