@@ -8,6 +8,11 @@ PostgreSQL delivers it on commit, once per transaction), and every journal insta
 dedicated connection LISTENing on its schema's channel. A notification whose payload is not this
 instance's own token sets the journal's `next_append()` event; its own appends set it already.
 
+The payload is `"{token} {position}"`, the last position the transaction stored: the journal keeps
+the highest it has heard of (`high`, together with its own appends and the counter read when
+listening starts), so a tailer at the tail, asking for positions past it, is answered "nothing"
+without a query (postgres.py `read_all`; bounded in time, see there).
+
 A listening connection can die silently (a failover, `pg_terminate_backend`, a half-open TCP
 link), so `up` is True only while it is known to work: a lost one is reconnected with backoff,
 a quiet one is probed every `check_every` seconds, and every change of `up` wakes the tailers
@@ -18,7 +23,7 @@ poll by `up` (`Journal.tail_poll`).
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
@@ -40,12 +45,22 @@ class AppendListener:
     """`run()` in a task group until cancelled; `up` says whether notifications are being heard."""
 
     def __init__(
-        self, dsn: str, channel: str, token: str, wake: Callable[[], None], *, where: str, check_every: float = 15.0
+        self,
+        dsn: str,
+        channel: str,
+        token: str,
+        wake: Callable[[], None],
+        *,
+        where: str,
+        position: Callable[[Any], Awaitable[int]],
+        check_every: float = 15.0,
     ) -> None:
         self.dsn = dsn
         self.channel = channel
         self.token = token  # the payload of this instance's own notifications: ignored
         self.wake = wake
+        self.position = position  # the journal's last position, read on a connection once it listens
+        self.high = 0  # the highest position heard of (notifications, and the counter when listening began)
         self.where = where
         self.check_every = check_every
         self.up = False
@@ -54,8 +69,11 @@ class AppendListener:
         self.pid: int | None = None  # the listening connection's server process (for tests)
 
     def _on_notify(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
-        if payload != self.token:
+        token, _, position = payload.partition(" ")
+        if token != self.token:
             self.heard += 1
+            if position.isdigit():
+                self.high = max(self.high, int(position))
             self.wake()
 
     async def run(self) -> None:
@@ -81,6 +99,7 @@ class AppendListener:
         lost = anyio.Event()
         conn.add_termination_listener(lambda _conn: lost.set())
         await conn.add_listener(self.channel, self._on_notify)
+        self.high = max(self.high, await self.position(conn))  # after LISTEN: any later commit is heard
         self.pid = conn.get_server_pid()
         self._set_up(True)
         while not lost.is_set():

@@ -22,21 +22,27 @@
   go through a pool, which replaces dead connections itself.
 - Tailers in other processes wake on commit: each append transaction notifies the schema's
   channel and every instance LISTENs on a connection of its own (_pg_listen.py), so an idle
-  process polls only every `idle_poll` seconds, and a busy one hears of appends at once.
+  process polls only every `idle_poll` seconds, and a busy one hears of appends at once. The
+  notification carries the transaction's last position, so a read past the highest position
+  known committed is answered empty without a query (a tailer at the tail, under load: its
+  next events are not written yet) while listening, and for `idle_poll` seconds after the last
+  read that did ask: a writer that does not notify (an older Memoir) is found that late.
 - Schema created on first use inside its own PostgreSQL schema, versioned in `memoir_meta`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 import secrets
+import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, TypeGuard
 
 import anyio
 from anyio.abc import TaskGroup
 
-from ..model.envelope import Recovery
+from ..model.envelope import Envelope, Recovery
 from ..model.errors import Conflict, EntityDeleted, JournalError
 from ._faults import Link, pg_connection_lost, pg_errors
 from ._pg_listen import AppendListener, channel_for
@@ -143,13 +149,19 @@ _ARGS = ", ".join(f"${i}" for i in range(1, 22))
 # delivers it with the commit.
 _APPEND = (
     "WITH a AS (SELECT {s}.memoir_append(" + _ARGS + ") AS last)"
-    " SELECT last, CASE WHEN last IS NOT NULL AND cardinality($7::bigint[]) > 0 THEN pg_notify($22, $23) END FROM a"
+    " SELECT last, CASE WHEN last IS NOT NULL AND cardinality($7::bigint[]) > 0"
+    " THEN pg_notify($22, $23 || ' ' || (last + cardinality($7::bigint[]))::text) END FROM a"
 )
 _NOTIFY = "SELECT pg_notify($1, $2)"
 
 _DDL = (  # `.format(s=schema)`; also for tools
     "CREATE SCHEMA IF NOT EXISTS {s};" + dialect("{s}").ddl() + _APPEND_FUNCTION
 )
+
+
+def _stored(op: Append | Op, result: Any) -> TypeGuard[Append]:
+    """Whether `op` is an append that stored events (`result`: the first one's position)."""
+    return isinstance(op, Append) and type(result) is int
 
 
 def prepare_appends(
@@ -218,9 +230,16 @@ class PostgresJournal(SqlJournal):
         self.channel = channel_for(self.schema)  # where its appends are announced (NOTIFY)
         self._token = secrets.token_hex(8)  # this instance's notifications carry it; its listener skips them
         self.listener: AppendListener | None = (
-            AppendListener(self.dsn, self.channel, self._token, self._notify_appended, where=where) if listen else None
+            AppendListener(
+                self.dsn, self.channel, self._token, self._notify_appended, where=where, position=self._position_on
+            )
+            if listen
+            else None
         )
         self._listening = anyio.CancelScope()
+        self._high = 0  # the highest position known committed: this instance's appends and reads
+        self._asked_at = -math.inf  # monotonic time of the last read_all that asked the store
+        self.reads_skipped = 0  # reads past `_high` answered empty without a query (tests, benchmarks)
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -257,6 +276,9 @@ class PostgresJournal(SqlJournal):
 
     def hears_others(self) -> bool:
         return self.listener is not None and self.listener.up
+
+    async def _position_on(self, conn: Any) -> int:
+        return int(await conn.fetchval(f"SELECT value FROM {self.schema}.memoir_meta WHERE key='position'"))
 
     async def _close_connections(self) -> None:
         pool, self._pool = self._pool, None
@@ -315,8 +337,12 @@ class PostgresJournal(SqlJournal):
                 hints = self._streams.heads.copy()  # the general path trusts none of them: it reads its own
                 async with conn.transaction():
                     results = await drive_async(self._execute, self._batch(batch))
-                    if any(isinstance(op, Append) and type(r) is int for op, r in zip(batch, results, strict=True)):
-                        await conn.execute(_NOTIFY, self.channel, self._token)
+                    high = max(
+                        (r + len(op.rows) - 1 for op, r in zip(batch, results, strict=True) if _stored(op, r)),
+                        default=0,
+                    )  # the last position this transaction stored (0: none)
+                    if high:
+                        await conn.execute(_NOTIFY, self.channel, f"{self._token} {high}")
                 if len(hints) < StreamIds.MAX and all(isinstance(op, Append) or op.keeps_heads for op in batch):
                     # the other streams' heads stay hints for the next batches (each checked when used)
                     hints.update(self._streams.heads)
@@ -344,6 +370,11 @@ class PostgresJournal(SqlJournal):
             return None
         return [r + last if type(r) is int else r for r in results]
 
+    async def append(self, events: Sequence[Envelope], expected_seq: int) -> list[Envelope]:
+        stored = await super().append(events, expected_seq)
+        self._high = max(self._high, stored[-1].position)
+        return stored
+
     def _make_key_store(self) -> KeyStore:
         return SqlKeyStore(write=self._write, query=self._query, after_erase=self.after_erase)
 
@@ -364,6 +395,32 @@ class PostgresJournal(SqlJournal):
     async def _fetch(self, sql: str, *args: Any) -> Rows:
         async with self._reading("read failed") as pool:
             return await pool.fetch(sql, *args)  # type: ignore[no-any-return]
+
+    async def read_all(self, from_position: int = 1, limit: int = 1000) -> list[Envelope]:
+        """As the SQL journals read, but "nothing" without a query for a read past every position
+        known committed, while other writers' commits are heard and `idle_poll` seconds after the
+        last read that asked (the module docstring says why)."""
+        listener = self.listener
+        if (
+            listener is not None
+            and listener.up
+            and from_position > max(self._high, listener.high)
+            and time.monotonic() - self._asked_at < self.idle_poll
+        ):
+            self.reads_skipped += 1
+            return []
+        asked_at, hits = time.monotonic(), self._tail.hits
+        page = await super().read_all(from_position, limit)
+        if self._tail.hits == hits:  # it asked the store (not the tail cache)
+            self._asked_at = asked_at
+        if page:
+            self._high = max(self._high, page[-1].position)
+        return page
+
+    async def last_position(self) -> int:
+        position = await super().last_position()
+        self._high = max(self._high, position)
+        return position
 
     async def recover(self, entity_type: str, entity_id: str) -> Recovery:
         """One repeatable-read transaction: the snapshot, the events after it, and the head agree."""

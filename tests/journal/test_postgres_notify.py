@@ -121,3 +121,43 @@ async def test_a_journal_that_does_not_listen_keeps_its_tailers_polling(url: str
     async with PostgresJournal(url, listen=False) as journal:
         assert not journal.hears_others()
         assert journal.tail_poll(0.25) == 0.25
+
+
+async def test_a_read_past_every_position_heard_of_asks_nothing_and_misses_nothing(url: str) -> None:
+    """Notifications carry the transaction's last position: a tail read past it is answered empty
+    without a query, and each append (one-statement path, general path, its own) moves it on."""
+    async with PostgresJournal(url) as tail, PostgresJournal(url) as writer:
+        await listening(tail)
+        assert await tail.read_all(1) == []  # asks the store once
+        assert await tail.read_all(1) == []
+        assert tail.reads_skipped == 1
+        expected = [("e", 1), ("e", 2), ("g", 1)]  # new entity: general path; known one: one statement
+        for position, (entity, seq) in enumerate(expected, start=1):
+            news = tail.next_append()
+            await writer.append([event(entity, seq)], seq - 1)
+            with anyio.fail_after(DEADLINE):
+                await news.wait()
+            assert [(e.entity_id, e.seq) for e in await tail.read_all(position)] == [(entity, seq)]
+            skipped = tail.reads_skipped
+            assert await tail.read_all(position + 1) == []
+            assert tail.reads_skipped == skipped + 1
+        await tail.append([event("own", 1)], 0)
+        assert [e.entity_id for e in await tail.read_all(4)] == ["own"]
+        assert [e.position for e in await tail.read_all(1)] == [1, 2, 3, 4]
+
+
+async def test_an_append_nobody_hears_of_is_read_once_the_skipping_runs_out(url: str) -> None:
+    """A writer whose notifications go elsewhere (as an older Memoir's, which sends none) is found
+    by the first read `idle_poll` seconds after the last one that asked the store."""
+    async with PostgresJournal(url) as tail, PostgresJournal(url) as writer:
+        await listening(tail)
+        tail.idle_poll = 1.0
+        writer.channel = "memoir_appended.nobody"
+        assert await tail.read_all(1) == []
+        await writer.append([event("quiet", 1)], 0)
+
+        async def found() -> bool:
+            return [e.entity_id for e in await tail.read_all(1)] == ["quiet"]
+
+        await eventually(found, DEADLINE, "the unheard append read")
+        assert tail.reads_skipped >= 1
