@@ -23,6 +23,8 @@ import random
 
 import anyio
 
+_SHARED = random.Random()  # seeding one per Backoff reads the OS's entropy; a lease renewal makes one
+
 
 class Backoff:
     """Delays growing by `factor` from `initial` up to `cap`; `jitter` (0..1) draws each from [d·(1-jitter), d]."""
@@ -47,7 +49,7 @@ class Backoff:
         self.cap = cap
         self.factor = factor
         self.jitter = jitter
-        self._random = rng or random.Random()
+        self._random = rng or _SHARED
         self._delay = min(initial, cap)
 
     def reset(self) -> None:

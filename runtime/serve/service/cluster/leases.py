@@ -380,6 +380,11 @@ class Singleton:
         self.handovers = 0  # times this member gave the singleton to its preferred member
         self._not_to: str | None = None  # a preferred member that left it vacant: never handed to
         self._poll = leases.config.ttl / 6
+        # A member not preferred for this singleton, and a holder watching for a hand-over, look
+        # less often: an idle member waits on a dozen singletons, and each look is a wake-up.
+        # Failover is bounded by the vacancy rule (and the new preferred member's own campaign),
+        # so this delays only a hand-over to a joiner or a standby's take, by at most ttl / 2.
+        self._standby = leases.config.ttl / 2
         self._stopped_at = float("-inf")  # monotonic: when this member last stopped holding it
 
     async def run(
@@ -402,7 +407,9 @@ class Singleton:
         began = time.monotonic()
         while True:
             preferred = self._preferred()
-            if preferred in (None, self.leases.holder) or self._vacant_for(began) >= self.leases.config.ttl:
+            mine = preferred in (None, self.leases.holder)
+            vacant = self._vacant_for(began)
+            if mine or vacant >= self.leases.config.ttl:
                 try:
                     held = await self.leases.try_take(self.key)
                 except Exception as exc:  # noqa: BLE001 - transient: retried
@@ -411,7 +418,10 @@ class Singleton:
                 if held is not None:
                     self._not_to = preferred if preferred not in (None, self.leases.holder) else None
                     return held
-            await self.leases.wait_changed(self._poll)
+            if mine:
+                await self.leases.wait_changed(self._poll)
+            else:  # another member's to take: look again when it could have stayed vacant a ttl
+                await anyio.sleep(min(self._standby, max(self._poll, self.leases.config.ttl - vacant)))
 
     def _vacant_for(self, began: float) -> float:
         """How long the lease has been free to take by this clock: released (or never written), or
@@ -432,7 +442,7 @@ class Singleton:
         placement = self.placement
         assert placement is not None
         while True:
-            await anyio.sleep(self._poll)
+            await anyio.sleep(self._standby)
             target = placement.preferred(self.name)
             if placement.current() and target not in (None, self.leases.holder, self._not_to):
                 self.handovers += 1
