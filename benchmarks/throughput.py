@@ -66,7 +66,7 @@ async def run_memoir(url: str, commands: int, entities: int, concurrency: int) -
         batches = (writes.batches - b0) if writes else 0
         avg_batch = ((writes.requests - r0) / batches) if writes and batches else 1.0
         ck = getattr(journal, "_checkpointer", None)  # SQLite's checkpoint thread, by kind of checkpoint
-        checkpoints = {"passive": ck.passive, "blocking": ck.blocking} if ck is not None else {}
+        checkpoints = {"passive": ck.passive, "tail": ck.tail, "blocking": ck.blocking} if ck is not None else {}
     return {
         "commands_per_s": commands / elapsed,
         "p50_ms": c.percentile(latencies, 50) * 1000,
@@ -319,7 +319,8 @@ def main() -> None:
         c.line("group-commit batches (avg size)", f"{m['batches']} ({m['avg_batch']:.0f})")
         if m["checkpoints"]:
             ck = m["checkpoints"]
-            c.line("WAL checkpoints: by the thread / by the writer", f"{ck['passive']} / {ck['blocking']}")
+            kinds = "{passive} / {tail} / {blocking}".format(**ck)
+            c.line("WAL checkpoints: thread / writer's tail / writer past the limit", kinds)
         batch = max(1, round(m["avg_batch"]))
         if args.journal == "sqlite":
             raw = raw_sqlite(d / "raw.db", commands, args.entities, batch)

@@ -6,11 +6,15 @@ every ~16 MiB, while every command of the next batch waited. Here the writer run
 `wal_autocheckpoint=0` and only looks at the WAL file's size after each commit (one `stat`):
 
 - past `soft` bytes it wakes this thread, which runs a PASSIVE checkpoint on its own connection:
-  PASSIVE never blocks a writer or a reader, so commits go on while it copies;
-- past `hard` bytes (the checkpoint could not keep up: the writer never paused long enough for
-  the WAL to be copied whole and restarted, or a reader held on to it) the writer runs a RESTART
-  checkpoint itself, waiting for it as autocheckpoint did. Most of the WAL is copied by then, so
-  this costs little; it is what keeps the WAL from growing without bound.
+  PASSIVE never blocks a writer or a reader, so commits go on while it copies the bulk;
+- once that checkpoint copied all it found, the writer's next commit copies the tail (the
+  frames committed meanwhile, a batch or two) with a PASSIVE checkpoint of its own. Only a WAL
+  copied whole when a write transaction begins is restarted, and a writer that never pauses
+  leaves the thread no such moment (measured: without the tail the WAL grew past 4 MiB of a
+  256 KiB limit). So a commit waits for a small checkpoint once per `soft` bytes, where it
+  waited for the whole one before;
+- past `hard` bytes (a reader held on to the WAL, or the thread could not copy it) the writer
+  runs a RESTART checkpoint itself and waits for it, as autocheckpoint did: the WAL's bound.
 
 Nothing runs when the journal is idle: a quiet WAL stays as it is (up to `soft`), as it did with
 autocheckpoint. An idle TRUNCATE was tried and left out: it frees the disk space a full disk's
@@ -61,8 +65,10 @@ class Checkpointer:
         self._connect = connect
         self._wake = threading.Event()
         self._stopping = False
-        self.passive = 0  # checkpoints by kind (for tests and benchmarks)
-        self.blocking = 0
+        self._copied = False  # the thread's last checkpoint copied all it found: the writer copies the tail
+        self.passive = 0  # checkpoints by kind (for tests and benchmarks): the thread's,
+        self.tail = 0  # the writer's small ones after it,
+        self.blocking = 0  # and the writer's past `hard`
 
     def setup_writer(self, conn: sqlite3.Connection) -> None:
         """The writer's connection: no checkpoint of its own, and its WAL file cut back to `soft` on restart."""
@@ -75,11 +81,16 @@ class Checkpointer:
             size = os.stat(self.wal).st_size
         except OSError:
             return
-        if size > self.hard:
+        if size <= self.soft:  # restarted (and cut back to `soft`), or not grown that far yet
+            self._copied = False
+        elif self._copied:
+            self._copied = False
+            self.tail += 1
+            self._checkpoint(conn, "PASSIVE")  # the next write transaction restarts the WAL
+        elif size > self.hard:
             self.blocking += 1
-            with contextlib.suppress(sqlite3.Error):  # the commit stands; the next one tries again
-                conn.execute("PRAGMA wal_checkpoint(RESTART)")  # waits for readers, up to the busy timeout
-        elif size > self.soft:
+            self._checkpoint(conn, "RESTART")  # waits for readers, up to the busy timeout
+        else:
             self._wake.set()
 
     async def run(self) -> None:
@@ -120,13 +131,17 @@ class Checkpointer:
                 self._wake.wait()
                 self._wake.clear()
                 if not self._stopping:
-                    self._passive(conn)
                     self.passive += 1
+                    self._copied = self._checkpoint(conn, "PASSIVE")
         finally:
             with contextlib.suppress(sqlite3.Error):
                 conn.close()
 
     @staticmethod
-    def _passive(conn: sqlite3.Connection) -> None:
-        with contextlib.suppress(sqlite3.Error):  # a full disk, say: the next commit past `soft` tries again
-            conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+    def _checkpoint(conn: sqlite3.Connection, mode: str) -> bool:
+        """Whether it copied every frame it found; an error (a full disk, say) is left for the next one."""
+        try:
+            busy, log, copied = conn.execute(f"PRAGMA wal_checkpoint({mode})").fetchone()
+        except (sqlite3.Error, TypeError, ValueError):
+            return False
+        return bool(busy == 0 and log > 0 and log == copied)
