@@ -3,9 +3,11 @@
 Why: with `wal_autocheckpoint` the connection that commits runs the checkpoint right after its
 commit, so the journal's writer thread copied the WAL back into the database file itself, 30-40 ms
 every ~16 MiB, while every command of the next batch waited. Here the writer runs with
-`wal_autocheckpoint=0` and only looks at the WAL file's size after each commit (one `stat`):
+`wal_autocheckpoint=0` and only wakes this thread after each commit, which looks at the WAL
+file's size (a `stat` on the writer's thread would cost it a wait for the GIL after each commit
+when the event loop is busy: a thread gives the GIL up for every system call):
 
-- past `soft` bytes it wakes this thread, which runs a PASSIVE checkpoint on its own connection:
+- past `soft` bytes the thread runs a PASSIVE checkpoint on its own connection:
   PASSIVE never blocks a writer or a reader, so commits go on while it copies the bulk;
 - once that checkpoint copied all it found, the writer's next commit copies the tail (the
   frames committed meanwhile, a batch or two) with a PASSIVE checkpoint of its own. Only a WAL
@@ -15,6 +17,8 @@ every ~16 MiB, while every command of the next batch waited. Here the writer run
   waited for the whole one before;
 - past `hard` bytes (a reader held on to the WAL, or the thread could not copy it) the writer
   runs a RESTART checkpoint itself and waits for it, as autocheckpoint did: the WAL's bound.
+  The writer looks at the size itself, after each commit, only once the thread saw it halfway
+  from `soft` to `hard`, so the bound holds however late the thread runs.
 
 Nothing runs when the journal is idle: a quiet WAL stays as it is (up to `soft`), as it did with
 autocheckpoint. An idle TRUNCATE was tried and left out: it frees the disk space a full disk's
@@ -65,7 +69,11 @@ class Checkpointer:
         self._connect = connect
         self._wake = threading.Event()
         self._stopping = False
-        self._copied = False  # the thread's last checkpoint copied all it found: the writer copies the tail
+        self._near = soft + (hard - soft) // 2
+        self._tail_due = False  # the thread's last checkpoint copied all it found: the writer copies the tail
+        self._near_hard = False  # the thread saw the WAL past `_near`: the writer checks the size itself
+        self._commits = 0
+        self._tail_at = -2  # the commit after which the writer copied the tail: the next one restarts the WAL
         self.passive = 0  # checkpoints by kind (for tests and benchmarks): the thread's,
         self.tail = 0  # the writer's small ones after it,
         self.blocking = 0  # and the writer's past `hard`
@@ -76,22 +84,23 @@ class Checkpointer:
         conn.execute(f"PRAGMA journal_size_limit={self.soft}")
 
     def committed(self, conn: sqlite3.Connection) -> None:
-        """Called by the writer after each commit, on its own connection."""
-        try:
-            size = os.stat(self.wal).st_size
-        except OSError:
-            return
-        if size <= self.soft:  # restarted (and cut back to `soft`), or not grown that far yet
-            self._copied = False
-        elif self._copied:
-            self._copied = False
+        """Called by the writer after each commit, on its own connection: usually only a wake-up."""
+        self._commits += 1
+        if self._tail_due:
+            self._tail_due = False
             self.tail += 1
-            self._checkpoint(conn, "PASSIVE")  # the next write transaction restarts the WAL
-        elif size > self.hard:
+            if self._checkpoint(conn, "PASSIVE"):  # the next write transaction restarts the WAL
+                self._tail_at = self._commits
+        elif self._near_hard and self._size() > self.hard:
             self.blocking += 1
             self._checkpoint(conn, "RESTART")  # waits for readers, up to the busy timeout
-        else:
-            self._wake.set()
+        self._wake.set()
+
+    def _size(self) -> int:
+        try:
+            return os.stat(self.wal).st_size
+        except OSError:
+            return 0
 
     async def run(self) -> None:
         """The checkpoint thread, from `open` to `close`; cancelled, it stops after the checkpoint it is in.
@@ -125,14 +134,18 @@ class Checkpointer:
         try:
             conn = self._connect()
         except (sqlite3.Error, OSError):
-            return  # the writer checkpoints at `hard` on its own: the WAL stays bounded without this thread
+            self._near_hard = True  # the writer checks at `hard` on its own: the WAL stays bounded without this thread
+            return
         try:
             while not self._stopping:
                 self._wake.wait()
                 self._wake.clear()
-                if not self._stopping:
+                size = self._size()
+                self._near_hard = size > self._near
+                waiting = self._commits <= self._tail_at + 1  # for the restart the writer's tail allows
+                if size > self.soft and not waiting and not self._tail_due and not self._stopping:
                     self.passive += 1
-                    self._copied = self._checkpoint(conn, "PASSIVE")
+                    self._tail_due = self._checkpoint(conn, "PASSIVE")
         finally:
             with contextlib.suppress(sqlite3.Error):
                 conn.close()
