@@ -215,13 +215,13 @@ async def _kv_messages(url: str, prefix: str) -> int:
 
 
 def _phase(
-    caps: Caps, url: str, journal_base: str | None, d: Path, n: int, seconds: float, types: int = 1
+    caps: Caps, url: str, journal_base: str | None, d: Path, n: int, seconds: float, types: int = 1, cap: float = CAP
 ) -> dict[str, Any]:
     """n capped members on a fresh prefix (and schema): idle CPU, then the load; all stopped, exit 0."""
     prefix = f"cap{n}x{os.getpid() % 10000}"
     journal = f"{journal_base}?schema={prefix}" if journal_base else f"{url}?prefix={prefix}"
     ports = [free_port() for _ in range(n)]
-    groups = [caps.make(f"memoir-bench-{os.getpid()}-{n}-{i}", CAP) for i in range(n)]
+    groups = [caps.make(f"memoir-bench-{os.getpid()}-{n}-{i}", cap) for i in range(n)]
     procs: list[subprocess.Popen[str]] = []
     out: dict[str, Any] = {}
     try:
@@ -274,7 +274,7 @@ def _phase(
     return out
 
 
-def capped(quick: bool, types: int = 1) -> None:
+def capped(quick: bool, types: int = 1, cap: float = CAP) -> None:
     caps = Caps.find()
     if isinstance(caps, str):
         print(f"cluster --capped: {caps}", flush=True)
@@ -282,7 +282,7 @@ def capped(quick: bool, types: int = 1) -> None:
         return
     seconds = 4.0 if quick else 10.0
     pg = _postgres_url()
-    print(f"cluster --capped: members at {CAP:g} core each, {caps.what}", flush=True)
+    print(f"cluster --capped: members at {cap:g} core each, {caps.what}", flush=True)
     print(
         f"  load: {load.CLIENTS} client processes (uncapped) x {load.INFLIGHT} in flight, Memoir's Client,"
         f" over {types} entity type(s)",
@@ -301,7 +301,7 @@ def capped(quick: bool, types: int = 1) -> None:
         time.sleep(0.5)
         try:
             for n in (1, 2, 3):
-                phases[n] = _phase(caps, url, pg, d, n, seconds, types)
+                phases[n] = _phase(caps, url, pg, d, n, seconds, types, cap)
                 print(f"  {n} member(s): {json.dumps(phases[n])}", flush=True)
         finally:
             caps.cleanup()
@@ -311,7 +311,7 @@ def capped(quick: bool, types: int = 1) -> None:
     fields: dict[str, Any] = {
         "capped": True,
         "cgroup": caps.version,
-        "cap_cores": CAP,
+        "cap_cores": cap,
         "journal": "postgres" if pg else "nats",
         "load_types": types,
         "per_s_1": per_s[1],
@@ -348,9 +348,15 @@ def main() -> None:
     p = c.parser(__doc__.splitlines()[0])
     p.add_argument("--capped", action="store_true", help="members in CPU-capped cgroups: 1, 2, 3 of them")
     p.add_argument("--types", type=int, default=1, choices=(1, 2), help="--capped: entity types the load spreads over")
+    p.add_argument(
+        "--cap",
+        type=float,
+        default=CAP,
+        help="--capped: cores per member; the members must be the bound: their throttled share says whether they were",
+    )
     args = c.parse(p)
     if args.capped:
-        capped(args.quick, args.types)
+        capped(args.quick, args.types, args.cap)
         return
     seconds = 4.0 if args.quick else 12.0
     pg = _postgres_url()
