@@ -100,7 +100,13 @@ def add(sub: Subparsers) -> None:
         "regions: move an entity's primary region; read an entity from a region's replica",
         "memoir region move account A-1 --to us --regions eu,us --region-pinned account=eu",
     )
-    groups = r.add_subparsers(dest="region_command", metavar="{move,events,state}", prog="memoir region", required=True)
+    groups = r.add_subparsers(
+        dest="region_command",
+        metavar="{move,events,state}",
+        prog="memoir region",
+        required=True,
+        help="move an entity's primary region, or read one region's replica",
+    )
     m = subcommand(
         groups,
         "move",
