@@ -116,7 +116,14 @@ class OnThread:
         self._loop, self._task = asyncio.get_running_loop(), asyncio.current_task()
         if self._stop.is_set():
             return
-        nc = await asyncio.wait_for(self.connect(), self.connect_timeout)
+        connecting = asyncio.ensure_future(asyncio.wait_for(self.connect(), self.connect_timeout))
+        try:
+            nc = await asyncio.shield(connecting)
+        except asyncio.CancelledError:  # stopped while connecting: close what the connect still opens
+            with contextlib.suppress(Exception):  # bounded by connect_timeout
+                opened = await connecting
+                await asyncio.wait_for(opened.close(), 1.0)
+            raise
         try:
             await body(nc)
         finally:
