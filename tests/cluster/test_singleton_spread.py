@@ -15,7 +15,7 @@ import anyio
 import pytest
 from support.deployment import APP, KINDS, Deployment, Ownership, deployed
 from support.members import Member
-from support.reading import journal_events, stream_messages
+from support.reading import journal_events, stream_messages, stream_total
 from support.waiting import eventually
 
 from runtime import open_journal
@@ -74,7 +74,8 @@ async def _streams_equal_journal(d: Deployment) -> None:
         stream = stream_name(d.prefix, entity_type)
 
         async def caught_up(stream: str = stream, want: int = len(keys)) -> bool:
-            return bool((await js.stream_info(stream)).state.messages >= want)
+            total = await stream_total(js, stream)
+            return total is not None and total >= want
 
         await eventually(caught_up, 60, f"{entity_type}: every stored event published")
         ids = [m.headers["Nats-Msg-Id"] for m in await stream_messages(js, stream)]
