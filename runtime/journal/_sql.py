@@ -16,6 +16,13 @@ against storing one id twice. Opening a version-1 journal fills it from the even
 Columns added since are guarded by their presence rather than a version (`ADDED_COLUMNS`):
 `events.principal`, the verified caller's subject (the audit trail), is added to a journal
 file or schema written before it existed, and is NULL on the events stored then.
+
+`events.entity_type` repeats the stream's type on each event, indexed with the position, so a
+reader of some types (`read_types`: an outbox publisher's partition) reads only theirs. Added
+to an older journal, it is filled from `streams`; and a trigger fills it on any event inserted
+without it (a Memoir from before it, still writing in a rolling upgrade), so no event is ever
+missing from its type's reads. This Memoir writes it itself, and the trigger's condition is
+all it costs.
 """
 
 from __future__ import annotations
@@ -24,7 +31,7 @@ import abc
 import functools
 import itertools
 import re
-from collections.abc import Awaitable, Callable, Generator, Sequence
+from collections.abc import Awaitable, Callable, Collection, Generator, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -34,7 +41,7 @@ from ..model.envelope import Envelope, Recovery, Snapshot
 from ..model.errors import Conflict, DuplicateCommand, EntityDeleted, JournalError
 from ._batching import Batcher
 from ._tail import TailCache
-from .base import Journal, check_batch, envelope_from_row, row_values, stream_envelopes
+from .base import Journal, Page, check_batch, envelope_from_row, row_values, stream_envelopes
 
 T = TypeVar("T")
 Key = tuple[str, str]
@@ -47,10 +54,10 @@ SCHEMA_VERSION = 2
 
 _EVENT_COLUMNS = (
     "position, stream, seq, name, version, recorded_at, command_id, correlation_id, causation_id, reply, payload,"
-    " principal"
+    " principal, entity_type"
 )
 _EVENT_TYPES = (
-    "bigint", "bigint", "bigint", "text", "int", "bigint", "text", "text", "text", "bytea", "bytea", "text"
+    "bigint", "bigint", "bigint", "text", "int", "bigint", "text", "text", "text", "bytea", "bytea", "text", "text"
 )  # fmt: skip
 _COLUMNS = (
     "e.position, s.entity_type, s.entity_id, e.seq, e.name, e.version, e.recorded_at,"
@@ -61,7 +68,14 @@ _STREAM_COLUMNS = (  # one entity's: `stream_envelopes` gives them its type and 
     " e.command_id, e.correlation_id, e.causation_id, e.reply, e.payload, e.principal"
 )
 # (table, column, type): columns added after the tables were first released, each added where missing
-ADDED_COLUMNS = (("events", "principal", "TEXT"),)
+ADDED_COLUMNS = (("events", "principal", "TEXT"), ("events", "entity_type", "TEXT"))
+# what fills a column added to a journal that has rows already
+_BACKFILL = {
+    ("events", "entity_type"): "UPDATE {s}events SET entity_type ="
+    " (SELECT s.entity_type FROM {s}streams s WHERE s.id = {s}events.stream) WHERE entity_type IS NULL",
+}
+TYPE_INDEX = "CREATE INDEX IF NOT EXISTS events_type_position ON {s}events (entity_type, position)"
+TYPE_TRIGGER = "events_type"  # the trigger filling `events.entity_type` (see the module docstring)
 _HEAD = "{greatest}(s.floor, coalesce((SELECT max(seq) FROM {s}events WHERE stream = s.id), 0))"
 _FOREVER = 2**62
 
@@ -88,6 +102,7 @@ CREATE TABLE IF NOT EXISTS {s}events (
     reply {blob},
     payload {blob} NOT NULL,
     principal TEXT,
+    entity_type TEXT,
     UNIQUE (stream, seq)
 );
 CREATE TABLE IF NOT EXISTS {s}snapshots (
@@ -131,6 +146,9 @@ class Dialect:
     keep_position: str | None  # stores the new last position at its end (None: the table does)
     first_command: str  # the v1 -> v2 migration: the first application of each stored command id
     has_column: str  # count(*) of column ? in table ? (the table with its prefix): guards ADDED_COLUMNS
+    # create the index on (entity_type, position) and the trigger that fills `events.entity_type` where an
+    # insert left it NULL, each only if missing (creating either locks out the writers of other processes)
+    type_fill: tuple[str, ...]
 
     def __hash__(self) -> int:
         return hash((self.name, self.prefix))
@@ -369,7 +387,7 @@ def decide(
         results.append(position + 1)
         for r in op.rows:
             position += 1
-            rows.append((position, sid, *r))
+            rows.append((position, sid, *r, op.key[0]))
         head += len(op.rows)
         heads[sid] = (head, deleted)  # a later append in this batch sees this one
         if op.command_id is not None:
@@ -420,7 +438,7 @@ def _restore(key: Key, rows: list[tuple[Any, ...]]) -> Callable[[Dialect, Stream
     def steps(d: Dialect, streams: StreamIds) -> Steps[None]:
         sid = yield from streams.one(d, key, create=True)
         template = f"INSERT INTO {{s}}events ({_EVENT_COLUMNS}) {{rows}} ON CONFLICT DO NOTHING"
-        for q in d.bulk(template, [(r[0], sid, *r[1:]) for r in rows], _EVENT_TYPES):  # noqa: UP028 - results are sent back
+        for q in d.bulk(template, [(r[0], sid, *r[1:], key[0]) for r in rows], _EVENT_TYPES):  # noqa: UP028 - results are sent back
             yield q
 
     return steps
@@ -453,6 +471,10 @@ def migrate(d: Dialect, where: str) -> Steps[None]:
         ((present,),) = yield (d.sql(d.has_column), (d.prefix + table, column))
         if not present:
             yield (d.sql(f"ALTER TABLE {{s}}{table} ADD COLUMN {column} {kind}"), ())
+            if (fill := _BACKFILL.get((table, column))) is not None:
+                yield (d.sql(fill), ())
+    for statement in d.type_fill:
+        yield (d.sql(statement), ())
 
 
 def recover_steps(d: Dialect, keys: Sequence[Key]) -> Steps[list[Recovery]]:
@@ -596,6 +618,31 @@ class SqlJournal(Journal):
             limit,
         )
         return [envelope_from_row(r) for r in rows]
+
+    async def read_types(self, types: Collection[str], from_position: int = 1, limit: int = 1000) -> Page:
+        """Only `types`' events, by the index on (type, position); it looked as far as a position
+        committed before the query (`_typed_rows`), or its last event if it read `limit`."""
+        if not types or limit < 1:
+            return Page([], from_position - 1)
+        recent = self._tail.read_types(types, from_position, limit)
+        if recent is not None:
+            return recent
+        wanted = sorted(types)
+        bound, rows = await self._typed_rows(
+            f"SELECT {_COLUMNS} FROM {{s}}events e JOIN {{s}}streams s ON s.id = e.stream"
+            f" WHERE e.entity_type IN ({', '.join('?' * len(wanted))}) AND e.position>=? ORDER BY e.position LIMIT ?",
+            (*wanted, from_position, limit),
+        )
+        events = [envelope_from_row(r) for r in rows]
+        if len(events) >= limit:
+            return Page(events, events[-1].position)
+        # Positions are committed in order: whatever the query saw, it saw everything below it too.
+        return Page(events, max(from_position - 1, bound, events[-1].position if events else 0))
+
+    async def _typed_rows(self, sql: str, args: Sequence[Any]) -> tuple[int, Rows]:
+        """A position committed before the query, and the query's rows (a backend does it in one go)."""
+        bound = await self.last_position()
+        return bound, await self._query(sql, *args)
 
     async def _stream(self, entity_type: str, entity_id: str) -> tuple[int, bool]:
         rows = await self._query(

@@ -15,9 +15,10 @@ events empties it: those reads go to the store until new appends refill it.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 from ..model.envelope import Envelope
+from .base import Page
 
 
 class TailCache:
@@ -49,6 +50,20 @@ class TailCache:
             position += 1
         self.hits += 1
         return out
+
+    def read_types(self, types: Collection[str], from_position: int, limit: int) -> Page | None:
+        """`read`, keeping only `types`' events: it looked as far as positions follow on here."""
+        held = self._by_position
+        if from_position not in held or limit < 1:
+            return None
+        out: list[Envelope] = []
+        position = from_position
+        while len(out) < limit and (env := held.get(position)) is not None:
+            if env.entity_type in types:
+                out.append(env)
+            position += 1
+        self.hits += 1
+        return Page(out, position - 1)
 
     def clear(self) -> None:
         self.generation += 1

@@ -13,6 +13,9 @@ Semantics (the conformance suite in tests/journal holds every backend to them):
 - positions are strictly increasing and never reused; `read_all` returns events
   in position order, and a reader that has seen position P never later finds a
   new event below P (the property a tailer relies on).
+- `read_types` is `read_all` for some entity types only: their events in position order
+  (not gapless: the others' lie between), and how far the read looked (`Page.through`), so a
+  reader of one type goes on past the others' events without reading them.
 - `delete` removes events (and, for the whole entity, marks it deleted); an
   entity's highest seq never goes down, so a seq is never reused.
 """
@@ -20,15 +23,28 @@ Semantics (the conformance suite in tests/journal holds every backend to them):
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, NamedTuple, Self
 
 import anyio
 
 from ..model.envelope import Envelope, Recovery, Snapshot
 from ..model.errors import JournalError
 from .keys import KeyStore
+
+
+class Page(NamedTuple):
+    """A read of some entity types (`Journal.read_types`): their events, and how far it looked.
+
+    Every event of those types with a position from the read's start up to `through` is in
+    `events`; a reader goes on from `through + 1`. `through` may pass the last event (the
+    others' events, or the journal's end, lie between), and is `from_position - 1` when the
+    read found nothing new at all: only that means "no more for now".
+    """
+
+    events: list[Envelope]
+    through: int
 
 
 class Journal(abc.ABC):
@@ -101,6 +117,15 @@ class Journal(abc.ABC):
         At most `limit`, and maybe fewer although more are stored (a read served from the
         writer's memory stops where its own appends do): only an empty read means "no more".
         """
+
+    async def read_types(self, types: Collection[str], from_position: int = 1, limit: int = 1000) -> Page:
+        """The events of `types` with position >= `from_position`, in position order (see `Page`).
+
+        At most `limit`. This default reads everything and keeps theirs: a backend that can
+        select by type (the SQL journals, by an index on the type and the position) does so,
+        and reads only what it returns."""
+        page = await self.read_all(from_position, limit)
+        return Page([e for e in page if e.entity_type in types], page[-1].position if page else from_position - 1)
 
     @abc.abstractmethod
     async def head(self, entity_type: str, entity_id: str) -> int:

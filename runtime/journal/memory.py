@@ -7,13 +7,13 @@ a repeat raises `DuplicateCommand`, checked before the seq, as in the SQL journa
 from __future__ import annotations
 
 import bisect
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 import msgspec
 
 from ..model.envelope import Envelope, Snapshot
 from ..model.errors import Conflict, DuplicateCommand, EntityDeleted
-from .base import Journal, check_batch
+from .base import Journal, Page, check_batch
 from .keys import KeyStore, MemoryKeyStore
 
 Key = tuple[str, str]
@@ -70,6 +70,15 @@ class MemoryJournal(Journal):
     async def read_all(self, from_position: int = 1, limit: int = 1000) -> list[Envelope]:
         i = bisect.bisect_left(self._positions, from_position)
         return self._log[i : i + limit]
+
+    async def read_types(self, types: Collection[str], from_position: int = 1, limit: int = 1000) -> Page:
+        out: list[Envelope] = []
+        for env in self._log[bisect.bisect_left(self._positions, from_position) :]:
+            if env.entity_type in types:
+                out.append(env)
+                if len(out) >= limit:
+                    return Page(out, env.position)
+        return Page(out, max(from_position - 1, self._position))
 
     async def head(self, entity_type: str, entity_id: str) -> int:
         return self._heads.get((entity_type, entity_id), 0)

@@ -36,7 +36,7 @@ import contextlib
 import math
 import secrets
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any, TypeGuard
 
 import anyio
@@ -46,8 +46,22 @@ from ..model.envelope import Envelope, Recovery
 from ..model.errors import Conflict, EntityDeleted, JournalError
 from ._faults import Link, pg_connection_lost, pg_errors
 from ._pg_listen import AppendListener, channel_for
-from ._sql import Append, Dialect, Op, Rows, SqlJournal, StreamIds, decide, drive_async, migrate, recover_steps
+from ._sql import (
+    TYPE_INDEX,
+    TYPE_TRIGGER,
+    Append,
+    Dialect,
+    Op,
+    Rows,
+    SqlJournal,
+    StreamIds,
+    decide,
+    drive_async,
+    migrate,
+    recover_steps,
+)
 from ._urls import parse_postgres_url, postgres_where
+from .base import Page
 from .keys import KeyStore
 from .sql_keys import SqlKeyStore
 
@@ -84,6 +98,16 @@ def dialect(schema: str) -> Dialect:
         ),
         has_column="SELECT count(*) FROM pg_attribute WHERE attrelid = to_regclass(?) AND attname = ? AND attnum > 0"
         " AND NOT attisdropped",
+        type_fill=(
+            "CREATE OR REPLACE FUNCTION {s}memoir_event_type() RETURNS trigger LANGUAGE plpgsql AS $f$ BEGIN"
+            " NEW.entity_type := (SELECT entity_type FROM {s}streams WHERE id = NEW.stream); RETURN NEW; END $f$",
+            "DO $d$ BEGIN"
+            " IF to_regclass('{s}events_type_position') IS NULL THEN " + TYPE_INDEX + "; END IF;"
+            " IF NOT EXISTS (SELECT 1 FROM pg_trigger WHERE tgrelid = '{s}events'::regclass"
+            f" AND tgname = '{TYPE_TRIGGER}') THEN CREATE TRIGGER {TYPE_TRIGGER} BEFORE INSERT ON {{s}}events"
+            " FOR EACH ROW WHEN (NEW.entity_type IS NULL) EXECUTE FUNCTION {s}memoir_event_type(); END IF;"
+            " END $d$",
+        ),
     )
 
 
@@ -106,7 +130,7 @@ CREATE OR REPLACE FUNCTION {s}.memoir_append(
     h_stream bigint[], h_head bigint[], h_deleted boolean[], h_refused boolean[], c_stream bigint[], c_id text[],
     e_stream bigint[], e_seq bigint[], e_name text[], e_version int[], e_recorded_at bigint[],
     e_command_id text[], e_correlation_id text[], e_causation_id text[], e_reply bytea[], e_payload bytea[],
-    e_principal text[], k_stream bigint[], k_id text[], k_seq bigint[], k_reply bytea[]
+    e_principal text[], e_entity_type text[], k_stream bigint[], k_id text[], k_seq bigint[], k_reply bytea[]
 ) RETURNS bigint LANGUAGE plpgsql VOLATILE AS $f$
 DECLARE
     last bigint;
@@ -125,12 +149,12 @@ BEGIN
     END IF;
     BEGIN
         INSERT INTO {s}.events (position, stream, seq, name, version, recorded_at, command_id, correlation_id,
-            causation_id, reply, payload, principal)
+            causation_id, reply, payload, principal, entity_type)
         SELECT last + u.p, u.stream, u.seq, u.name, u.version, u.recorded_at, u.command_id, u.correlation_id,
-            u.causation_id, u.reply, u.payload, u.principal
+            u.causation_id, u.reply, u.payload, u.principal, u.entity_type
         FROM unnest(e_stream, e_seq, e_name, e_version, e_recorded_at, e_command_id, e_correlation_id,
-            e_causation_id, e_reply, e_payload, e_principal) WITH ORDINALITY AS u(stream, seq, name, version,
-            recorded_at, command_id, correlation_id, causation_id, reply, payload, principal, p);
+            e_causation_id, e_reply, e_payload, e_principal, e_entity_type) WITH ORDINALITY AS u(stream, seq, name,
+            version, recorded_at, command_id, correlation_id, causation_id, reply, payload, principal, entity_type, p);
         INSERT INTO {s}.commands (stream, command_id, seq, reply)
         SELECT * FROM unnest(k_stream, k_id, k_seq, k_reply);
     EXCEPTION WHEN unique_violation THEN  -- another writer appended to one of the entities, or stored an id
@@ -143,14 +167,14 @@ BEGIN
 END
 $f$;
 """
-_ARGS = ", ".join(f"${i}" for i in range(1, 22))
-# The function's call, notifying the schema's channel ($22) with the writer's token ($23) when it stored events
+_ARGS = ", ".join(f"${i}" for i in range(1, 23))
+# The function's call, notifying the schema's channel ($23) with the writer's token ($24) when it stored events
 # ($7: their streams): one statement still, so the notification costs no round trip, and PostgreSQL
 # delivers it with the commit.
 _APPEND = (
     "WITH a AS (SELECT {s}.memoir_append(" + _ARGS + ") AS last)"
     " SELECT last, CASE WHEN last IS NOT NULL AND cardinality($7::bigint[]) > 0"
-    " THEN pg_notify($22, $23 || ' ' || (last + cardinality($7::bigint[]))::text) END FROM a"
+    " THEN pg_notify($23, $24 || ' ' || (last + cardinality($7::bigint[]))::text) END FROM a"
 )
 _NOTIFY = "SELECT pg_notify($1, $2)"
 
@@ -198,7 +222,7 @@ def prepare_appends(
             if op.command_id is not None:
                 asked.append((sid, op.command_id))
     # the events' columns after position (consecutive from 1: the function numbers them)
-    events = list(map(list, zip(*rows, strict=True)))[1:] if rows else [[] for _ in range(11)]
+    events = list(map(list, zip(*rows, strict=True)))[1:] if rows else [[] for _ in range(12)]
     args: list[Any] = [
         list(before),
         [h for h, _ in before.values()],
@@ -416,6 +440,35 @@ class PostgresJournal(SqlJournal):
         if page:
             self._high = max(self._high, page[-1].position)
         return page
+
+    async def read_types(self, types: Collection[str], from_position: int = 1, limit: int = 1000) -> Page:
+        """As `read_all`: past every position known committed, "nothing new" without a query."""
+        listener = self.listener
+        if (
+            listener is not None
+            and listener.up
+            and from_position > max(self._high, listener.high)
+            and time.monotonic() - self._asked_at < self.idle_poll
+        ):
+            self.reads_skipped += 1
+            return Page([], from_position - 1)
+        asked_at, hits = time.monotonic(), self._tail.hits
+        page = await super().read_types(types, from_position, limit)
+        if self._tail.hits == hits:
+            self._asked_at = asked_at
+        if page.events:
+            self._high = max(self._high, page.events[-1].position)
+        return page
+
+    async def _typed_rows(self, sql: str, args: Sequence[Any]) -> tuple[int, Rows]:
+        """While listening, the bound is the highest position heard of (committed: notifications come
+        with the commit), so the read is one query; else the counter is read first."""
+        listener = self.listener
+        if listener is not None and listener.up:
+            bound = max(self._high, listener.high)
+        else:
+            bound = await self.last_position()
+        return bound, await self._query(sql, *args)
 
     async def last_position(self) -> int:
         position = await super().last_position()

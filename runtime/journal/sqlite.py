@@ -45,7 +45,7 @@ from ..model.errors import ConfigError, JournalError
 from ._batching import Batcher, ThreadBatcher
 from ._checkpoint import HARD, SOFT, Checkpointer
 from ._faults import sqlite_error, sqlite_full
-from ._sql import Append, Dialect, Op, Rows, SqlJournal, drive_sync, migrate, recover_steps
+from ._sql import TYPE_INDEX, TYPE_TRIGGER, Append, Dialect, Op, Rows, SqlJournal, drive_sync, migrate, recover_steps
 from ._urls import parse_sqlite_url
 from .keys import KeyStore
 from .sql_keys import SqlKeyStore
@@ -68,10 +68,10 @@ DIALECT = Dialect(
         "without_rowid": " WITHOUT ROWID",
     },
     numbered=False,
-    # 400 events of 12 columns per INSERT: each distinct row count is a statement of its own in the
+    # 400 events of 13 columns per INSERT: each distinct row count is a statement of its own in the
     # connection's cache, and a multi-row one is big (hundreds of kB at this size), so not more;
     # lowered at open where a build allows fewer variables (999 before SQLite 3.32)
-    max_variables=4_800,
+    max_variables=5_200,
     take_position=(
         "SELECT coalesce((SELECT seq FROM sqlite_sequence WHERE name='events'), 0),"
         " (SELECT data_version FROM pragma_data_version)"
@@ -82,7 +82,14 @@ DIALECT = Dialect(
         " WHERE command_id IS NOT NULL ORDER BY stream, command_id, reply IS NULL, seq"
     ),
     has_column="SELECT count(*) FROM pragma_table_info(?) WHERE name=?",
+    type_fill=(
+        TYPE_INDEX,
+        f"CREATE TRIGGER IF NOT EXISTS {TYPE_TRIGGER} AFTER INSERT ON events WHEN NEW.entity_type IS NULL BEGIN"
+        " UPDATE events SET entity_type = (SELECT entity_type FROM streams WHERE id = NEW.stream)"
+        " WHERE position = NEW.position; END",
+    ),
 )
+_LAST_POSITION = "SELECT coalesce((SELECT seq FROM sqlite_sequence WHERE name='events'), 0)"
 
 _EVENT_LOG = """
 CREATE VIEW IF NOT EXISTS event_log AS
@@ -287,6 +294,16 @@ class SqliteJournal(SqlJournal):
 
     async def _fetch(self, sql: str, *args: Any) -> Rows:
         return await self._in_reader(functools.partial(self._read, sql, args), "read failed")
+
+    def _read_after_bound(self, sql: str, args: Sequence[Any]) -> tuple[int, Rows]:
+        bound = self._read(_LAST_POSITION, ())[0][0]  # its own statement: the rows' snapshot is later
+        return int(bound), self._read(sql, args)
+
+    async def _typed_rows(self, sql: str, args: Sequence[Any]) -> tuple[int, Rows]:
+        """The bound and the rows in one trip to the reader thread."""
+        return await self._in_reader(
+            functools.partial(self._read_after_bound, self.dialect.sql(sql), args), "read failed"
+        )
 
     # -- recovery, batched like writes -----------------------------------------------------------
 

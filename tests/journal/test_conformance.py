@@ -272,3 +272,63 @@ async def test_the_principal_round_trips(journal_factory: JournalFactory) -> Non
         assert [e.principal for e in (await j.recover("thing", "a")).events] == [who, who, None]
     async with journal_factory.open() as j:
         assert [e.principal for e in await j.read("thing", "a")] == [who, who, None]
+
+
+async def read_types_to_the_end(journal: Journal, types: set[str], limit: int = 7) -> tuple[list[Envelope], int]:
+    """Every event of `types`, page by page, as a tailer reads them; and how far the reads looked."""
+    out: list[Envelope] = []
+    through = 0
+    while True:
+        page = await journal.read_types(types, through + 1, limit)
+        assert len(page.events) <= limit
+        assert all(e.entity_type in types for e in page.events)
+        assert all(through < e.position <= page.through for e in page.events), "within what it says it looked at"
+        if len(page.events) == limit:
+            assert page.through == page.events[-1].position, "a full read looked no further than its last event"
+        if page.through == through:
+            assert not page.events, "a read that looked no further found nothing"
+            return out, through
+        assert page.through > through
+        out.extend(page.events)
+        through = page.through
+
+
+async def test_read_types_reads_only_those_types_in_position_order(journal_factory: JournalFactory) -> None:
+    """A reader of some types gets exactly their events, in position order, past the others' events;
+    from the writer itself (its recent appends) and from another instance (the store)."""
+    async with journal_factory.open() as j:
+
+        async def appender(w: int) -> None:
+            for i in range(12):
+                kind = ("a", "b", "c")[(w + i) % 3]
+                entity = f"e{w}"
+                head = await j.head(kind, entity)
+                await j.append(evs(entity, head + 1, 1 + i % 2, entity_type=kind), head)
+
+        async with anyio.create_task_group() as tg:
+            for w in range(6):
+                tg.start_soon(appender, w)
+        everything = await read_everything(j)
+        last = await j.last_position()
+        for types in ({"a"}, {"b", "c"}, {"nobody"}):
+            got, through = await read_types_to_the_end(j, types)
+            assert got == [e for e in everything if e.entity_type in types]
+            assert through == last, "it looked to the end of the journal"
+    async with journal_factory.open() as j:
+        for types in ({"a"}, {"a", "c"}):
+            got, through = await read_types_to_the_end(j, types, limit=1000)
+            assert got == [e for e in everything if e.entity_type in types] and through == last
+
+
+async def test_read_types_finds_what_is_appended_after_other_types(journal: Journal) -> None:
+    """A reader of one type whose reads passed only the others' events finds its next event."""
+    await journal.append(evs("x", 1, 5, entity_type="other"), 0)
+    page = await journal.read_types({"mine"}, 1)
+    assert page.events == [] and page.through == await journal.last_position()
+    assert await journal.read_types({"mine"}, page.through + 1) == (page.events, page.through)  # nothing new
+    await journal.append(evs("x", 6, 2, entity_type="other"), 5)
+    (stored,) = await journal.append([ev("m", 1, entity_type="mine")], 0)
+    following = await journal.read_types({"mine"}, page.through + 1)
+    assert following.events == [stored] and following.through >= stored.position
+    assert await journal.read_types({"mine"}, stored.position, limit=1) == ([stored], stored.position)
+    assert (await journal.read_types({"mine"}, stored.position + 1)).events == []

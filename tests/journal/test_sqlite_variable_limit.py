@@ -1,4 +1,4 @@
-"""The SQLite journal writes a batch as multi-row statements of at most 4,800 values, fewer where the
+"""The SQLite journal writes a batch as multi-row statements of at most 5,200 values, fewer where the
 build allows fewer: a build with the old limit of 999 (SQLite before 3.32, some system libraries still)
 stores the same events, only in more statements (it refused the batch before)."""
 
@@ -45,7 +45,7 @@ async def test_a_build_with_999_variables_stores_a_large_batch(tmp_path: Path, m
     assert [e.position for e in stored] == list(range(1, 361))
     assert {(e.entity_id, e.seq) for e in stored} == {(f"e{i}", s) for i in range(120) for s in (1, 2, 3)}
     inserts = [s for s in statements if s.startswith("INSERT INTO events")]
-    assert len(inserts) >= 360 * 12 // 999  # 83 rows of 12 values per statement at most
+    assert len(inserts) >= 360 * 13 // 999  # 76 rows of 13 values per statement at most
 
 
 async def test_batches_of_any_size_use_a_handful_of_statements(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
