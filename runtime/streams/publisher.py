@@ -59,10 +59,13 @@ shard range: each stream then keeps exactly one writer, so the expectation above
 last sequence, one ack per chain or atomic batch) stays exact. A partition by shard range would
 have several writers per stream, so each message could only name its subject's last sequence
 (`Nats-Expected-Last-Subject-Sequence`) and would need an ack of its own, and atomic batches
-(one stream, one writer) would be gone. The cost: each partition reads the whole journal and
-skips the other types' events. A partition that has no checkpoint yet starts from the
-whole-journal one (`memoir.publisher`, an upgrade), and any partition starts from the later of
-the two, which are both safe: everything at or below either is in its stream.
+(one stream, one writer) would be gone. A partition reads its type's events only
+(`Journal.read_types`: on SQL, by an index on type and position), so N partitions read the journal
+once between them, not N times; each read says how far it looked (`Page.through`), past the other
+types' events, and that is where the partition's checkpoint goes once what it sent is acknowledged:
+every event of its type at or below it is in its stream. A partition that has no checkpoint yet
+starts from the whole-journal one (`memoir.publisher`, an upgrade), and any partition starts from
+the later of the two, which are both safe: everything at or below either is in its stream.
 """
 
 from __future__ import annotations
@@ -86,6 +89,7 @@ from nats.js.errors import Error as JetStreamError
 from nats.js.errors import NotFoundError
 
 from ..journal import Journal
+from ..journal.base import Page
 from ..model.backoff import Backoff
 from ..model.envelope import Envelope
 from ..model.errors import JournalError, MemoirError
@@ -148,7 +152,7 @@ _RETRYABLE = (PublishError, NatsError, JetStreamError, TimeoutError, MemoirError
 
 
 class _Sent:
-    """One read of the journal in flight: its last position, and the acks that must all be in
+    """One read of the journal in flight: how far it looked, and the acks that must all be in
     before the checkpoint may pass it, each with how many messages it answers for and the stream
     sequence its message must have been stored at."""
 
@@ -274,25 +278,26 @@ class Publisher:
         try:
             for t in sorted(self._types):
                 await self._prepare(t)
-            batch: list[Envelope] = []
+            page: Page | None = None  # read ahead: the next to publish
             while True:
                 try:
-                    if not batch:
+                    if page is None:
                         news = self.journal.next_append()
-                        batch = await self.journal.read_all(following, limit=self.batch_size)
-                        if not batch:
+                        page = await self._read(following)
+                        if page.through < following:  # nothing new
+                            page = None
                             with anyio.fail_after(self.ack_timeout):
                                 await self._settle(inflight, all_=True)
                             await self._save_checkpoint(force=True)  # caught up: store where we are
                             with anyio.move_on_after(self.journal.tail_poll(self.poll_interval)):
                                 await news.wait()
                             continue
-                    following = batch[-1].position + 1
-                    if not inflight and self._none_of_mine(batch):  # a partition passing other types' events
-                        self.checkpoint, batch = batch[-1].position, []
+                    following = page.through + 1
+                    if not inflight and not page.events:  # a partition's read that passed other types' events
+                        self.checkpoint, page = page.through, None
                         await self._save_checkpoint()
-                        continue
-                    batch = await self._publish_and_prefetch(acks, inflight, batch)
+                        continue  # and reads on: only a read that looked no further is the tail
+                    page = await self._publish_and_prefetch(acks, inflight, page)
                     retry.reset()
                 except _RETRYABLE as exc:
                     delay = retry.next()
@@ -302,7 +307,7 @@ class Publisher:
                         checkpoint=self.checkpoint,
                         retry_in=delay,
                     )
-                    batch = []
+                    page = None
                     inflight.clear()  # their acks no longer count: everything after the checkpoint goes again
                     self._messages_in_flight = 0
                     following = self.checkpoint + 1
@@ -321,25 +326,29 @@ class Publisher:
                 await acks.close()
                 await self._save_checkpoint(force=True, final=True)
 
-    def _none_of_mine(self, batch: list[Envelope]) -> bool:
-        """A partition's read holding only other types' events: nothing to send, nothing to wait for."""
-        only = self.only
-        return only is not None and all(env.entity_type != only for env in batch)
+    async def _read(self, start: int, limit: int | None = None) -> Page:
+        """The journal from `start`: a partition's type's events only, the whole publisher's all of them."""
+        limit = self.batch_size if limit is None else limit
+        if self.only is not None:
+            return await self.journal.read_types((self.only,), start, limit)
+        events = await self.journal.read_all(start, limit)
+        return Page(events, events[-1].position if events else start - 1)
 
-    async def _publish_and_prefetch(self, acks: AckInbox, inflight: _Inflight, batch: list[Envelope]) -> list[Envelope]:
-        """Publish one batch while the next is read from the journal; returns the next batch.
+    async def _publish_and_prefetch(self, acks: AckInbox, inflight: _Inflight, page: Page) -> Page | None:
+        """Publish one read while the next is read from the journal; returns the next read.
 
         Only a full read has a next one to prefetch: a short one came from the tail, whose next
         events are not written yet, and asking the store for them is a thread hop and a query
         (a tenth of the process's time under a steady command load) to learn that. The main loop
         reads on from the journal's memory once they are appended.
         """
-        nxt: list[Envelope] = []
+        nxt: list[Page] = []
         failure: Exception | None = None
+        batch = page.events
 
         async def prefetch() -> None:
             with contextlib.suppress(JournalError):  # the main loop re-reads and reports it
-                nxt.extend(await self.journal.read_all(batch[-1].position + 1, limit=self.batch_size))
+                nxt.append(await self._read(page.through + 1))
 
         async with anyio.create_task_group() as tg:
             if len(batch) >= self.batch_size:
@@ -347,30 +356,28 @@ class Publisher:
             try:
                 # One deadline per batch, not per message: a timer per event costs more than the event.
                 with anyio.fail_after(self.ack_timeout + len(batch) / 1000):
-                    if tracing.tracer() is None:
-                        await self._publish(acks, inflight, batch)
+                    if tracing.tracer() is None or not batch:
+                        await self._publish(acks, inflight, page)
                     else:
                         with _span(batch):
-                            await self._publish(acks, inflight, batch)
+                            await self._publish(acks, inflight, page)
             except _RETRYABLE as exc:
                 failure = exc
                 tg.cancel_scope.cancel()
         if failure is not None:
             raise failure
-        return nxt
+        return nxt[0] if nxt and nxt[0].through > page.through else None
 
-    async def _publish(self, acks: AckInbox, inflight: _Inflight, batch: list[Envelope]) -> None:
+    async def _publish(self, acks: AckInbox, inflight: _Inflight, page: Page) -> None:
         """Send one read of the journal: per stream, atomic batches or message by message."""
         try:
             groups: dict[str, list[Envelope]] = {}
-            for env in batch:
-                if self.only is not None and env.entity_type != self.only:
-                    continue  # another partition's
+            for env in page.events:
                 if env.entity_type not in self._ready:
                     await self._prepare(env.entity_type)
                 if env.position > self._high_water.get(env.entity_type, 0):  # else already in its stream
                     groups.setdefault(env.entity_type, []).append(env)
-            sent = _Sent(batch[-1].position)
+            sent = _Sent(page.through)
             sent.messages = sum(len(g) for g in groups.values())
             # The window counts messages, not batches: each batch is committed as soon as it is sent,
             # so none stays open on the server (which holds at most 50 per stream), however many wait
@@ -464,7 +471,7 @@ class Publisher:
     async def flush(self, timeout: float = 30.0) -> None:
         """Wait until everything appended so far is published (for a graceful shutdown)."""
         with anyio.fail_after(timeout):
-            while await self.journal.read_all(self.checkpoint + 1, limit=1):
+            while (await self._read(self.checkpoint + 1, limit=1)).events:
                 await anyio.sleep(0.01)
 
 

@@ -3,6 +3,7 @@ checkpoint, and the upgrade from the single whole-journal checkpoint."""
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from pathlib import Path
 
 import anyio
@@ -13,7 +14,8 @@ from nats.js.errors import NotFoundError
 from support.reading import journal_events, stream_messages
 
 from entities import InventoryItem, Profile
-from runtime import App, Runtime, SqliteJournal
+from runtime import App, Envelope, Runtime, SqliteJournal
+from runtime.journal.base import Page
 from runtime.serve.service._service import Service
 from runtime.serve.service.embedded_nats import EmbeddedNats
 from runtime.streams.publisher import CHECKPOINT, CHECKPOINT_SYNCED, Publisher, partition_name
@@ -123,5 +125,42 @@ async def test_a_partition_checkpoint_behind_the_whole_journal_one_starts_at_the
             assert partition.published == 0, "nothing at or below the whole-journal checkpoint again"
             assert partition.checkpoint == await journal.last_position()
             assert await _ids(nc, "inventory") == []
+    finally:
+        await nc.close()
+
+
+class _Reads(SqliteJournal):
+    """A journal that remembers every event its reads of the whole journal returned."""
+
+    seen: list[str]
+
+    async def read_all(self, from_position: int = 1, limit: int = 1000) -> list[Envelope]:
+        page = await super().read_all(from_position, limit)
+        self.seen.extend(e.entity_type for e in page)
+        return page
+
+    async def read_types(self, types: Collection[str], from_position: int = 1, limit: int = 1000) -> Page:
+        page = await super().read_types(types, from_position, limit)
+        self.seen.extend(e.entity_type for e in page.events)
+        return page
+
+
+async def test_a_partition_reads_its_type_alone_and_its_checkpoint_passes_the_others(
+    tmp_path: Path, nats_server: EmbeddedNats
+) -> None:
+    """N partitions read the journal once between them: each reads its type's events only (here from the
+    store: another instance wrote them), and its checkpoint still goes past the other types' events."""
+    nc = await nats.connect(nats_server.url)
+    try:
+        async with SqliteJournal(tmp_path / "j.db") as writer, Runtime(app, writer) as rt:
+            await _append(rt, 0, 12)
+            await rt.ask("inventory", "late", "receive", {"units": 1, "on": "2022-03-01"})  # the last: another type's
+            async with _Reads(tmp_path / "j.db") as journal:
+                journal.seen = []
+                await _run_until_flushed(Publisher(journal, nc, only="profile"))
+                assert set(journal.seen) == {"profile"}, "not one of the other type's events was read"
+                assert await journal.load_checkpoint(partition_name("profile")) == await writer.last_position()
+            stored = await journal_events(writer)
+        assert sorted(await _ids(nc, "profile")) == sorted(e.key for e in stored if e.entity_type == "profile")
     finally:
         await nc.close()
