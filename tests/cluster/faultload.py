@@ -61,6 +61,7 @@ class Phase:
     slow: int = 0  # commands answered more than SLOW seconds after their first send
     recovery: float | None = None  # after the heal: until every entity had answered
     failed_sends: list[float] = field(default_factory=list)  # when each failed attempt was sent (monotonic)
+    examples: dict[str, str] = field(default_factory=dict)  # the last message of each kind, to read the cause
     fault_at: float | None = None  # when the fault began and ended (monotonic), set by the test
     healed_at: float | None = None
 
@@ -74,11 +75,12 @@ class Phase:
     def summary(self) -> str:
         failed = ", ".join(f"{k} {n}" for k, n in sorted(self.failures.items())) or "none"
         recovery = "-" if self.recovery is None else f"{self.recovery:.2f}s"
+        examples = "".join(f"; last {k}: {m}" for k, m in sorted(self.examples.items()))
         return (
             f"{self.name}: {len(self.acks)} acknowledged; failed attempts (all resent): {failed}{self._when()}; "
             f"{self.slow} waited over {SLOW:g}s, the longest {self.longest_wait:.2f}s; "
             f"longest per-entity gap {self.longest_gap():.2f}s; "
-            f"every entity answering {recovery} after the heal"
+            f"every entity answering {recovery} after the heal{examples}"
         )
 
     def _when(self) -> str:
@@ -144,6 +146,7 @@ async def _until_answered(client: Client, phase: Phase, entity: str, cid: str) -
                 assert exc.code in RETRYABLE, f"{entity} receive {cid}: an unjustified {exc.code}: {exc}"
                 phase.failures[str(exc.code)] += 1
                 phase.failed_sends.append(sent)
+                phase.examples[str(exc.code)] = f"{entity}: {exc}"[:300]
                 await anyio.sleep(0.05)  # a pause before resending, not a wait for something
             else:
                 now = time.monotonic()
@@ -160,10 +163,14 @@ async def every_entity_answers(url: str, prefix: str, within: float) -> float:
     1 s per try, until each has answered); returns how long that took, for the record."""
     started, silent = time.monotonic(), set(ENTITIES)
     async with Client(url, prefix=prefix) as client:
+        last: dict[str, str] = {}
 
         async def ask(entity: str) -> None:
-            with contextlib.suppress(CommandError, TimeoutError):
+            try:
                 await client.send("inventory", entity, "get", timeout=1.0)
+            except (CommandError, TimeoutError) as exc:
+                last[entity] = f"{type(exc).__name__}: {exc}"[:300]
+            else:
                 silent.discard(entity)
 
         async def all_answered() -> bool:
@@ -175,7 +182,8 @@ async def every_entity_answers(url: str, prefix: str, within: float) -> float:
         try:
             await eventually(all_answered, within, "every entity answering")
         except AssertionError:
-            raise AssertionError(f"silent {within:g} s after the heal: {sorted(silent)}") from None
+            answers = {e: last.get(e) for e in sorted(silent)}
+            raise AssertionError(f"silent {within:g} s after the heal, with their last answers: {answers}") from None
     return time.monotonic() - started
 
 
