@@ -19,7 +19,8 @@ from ....model.entity import model_of
 from ....wire.nats import close_quietly
 from ....wire.protocol import check_entity_id
 from ...service.journal_reader import JournalReader
-from ...service.regions import MoveError, RegionSettings, ReplicaJournal, move, replica_stream
+from ...service.regions import MoveError, RegionSettings, ReplicaJournal, move
+from ...service.regions.orphans import entity_replica
 from ...service.regions.settings import check_region
 from ..base import Subparsers, entity_type, subcommand
 from ..outcome import ANSWERED, Failure, not_found
@@ -62,8 +63,8 @@ async def _replica_read(args: argparse.Namespace) -> tuple[Any, ReplicaJournal, 
     entity_type(app, args.type)
     nc, _ = await target.connect(args.timeout)
     prefix = target.settings.prefix
-    stream = replica_stream(RegionSettings(name=args.in_region, regions=(args.in_region,), prefix=prefix))
-    return app, ReplicaJournal(nc, stream, prefix=prefix), nc
+    settings = RegionSettings(name=args.in_region, regions=(args.in_region,), prefix=prefix)
+    return app, await entity_replica(nc, settings, args.in_region, args.type, args.id), nc
 
 
 async def region_events(args: argparse.Namespace) -> int:

@@ -9,7 +9,8 @@ starts at the right seq (`memoir region move TYPE ID --to R`).
    the entity's events up to that head, puts them into its own journal at their seqs (with
    positions below 1, so its outbox never publishes them again: every region has them already),
    then claims the entity with the revision read in 1 (a KV update that fails if anything moved
-   it meanwhile) and starts serving it, at head + 1.
+   it meanwhile; the claim records that it writes from head + 1: `primary.py`'s epochs) and
+   starts serving it, at head + 1.
 
 Between 2 and 3, commands for the entity answer `overloaded` (the old fence's "moved": retry);
 no two regions write it at any moment, and no event is lost or doubled (the test moves an entity
@@ -35,7 +36,7 @@ from nats.errors import Error as NatsError
 from ....engine.runtime import Runtime
 from ....journal import Journal
 from ....model.errors import MemoirError
-from .primary import Primaries
+from .primary import Primaries, decode_claim, encode_claim
 from .replica import ReplicaJournal
 from .settings import RegionSettings
 
@@ -55,6 +56,7 @@ class _Ask(msgspec.Struct, forbid_unknown_fields=True):
     head: int = 0
     revision: int = 0
     replies: dict[int, bytes] = {}  # seq -> the encoded reply of the command that stored it (the last REPLIES)
+    was: str = ""  # the claim as the mover read it (its epochs), or the old region's name
 
 
 class _Answer(msgspec.Struct):
@@ -155,7 +157,8 @@ class MoveDoor:
             raise MoveError(
                 f"{ask.type}/{ask.id}: this region's journal is at seq {head}, the old primary's at {ask.head}"
             )
-        await self.primaries.take(ask.type, ask.id, ask.revision)
+        region, epochs = decode_claim(ask.was.encode())
+        await self.primaries.take(ask.type, ask.id, ask.revision, previous=epochs or ((region, 1),), start=head + 1)
         return _Answer(ok=True, head=head)
 
 
@@ -187,9 +190,10 @@ async def move(
     `lost`: promote `to` without the old region's release (it is gone): `to` starts after what its
     replica holds. The old region, if it comes back, learns the claim (its KV watch, read before
     it serves again) and refuses the entity. What it had not replicated when it was lost is lost
-    from the entity's history (the RPO: benchmarks/regions.py measures it); if its outbox still
-    publishes those events on its return, readers of the replica keep the first event of each seq
-    but views apply both (not handled yet).
+    from the entity's history (the RPO: benchmarks/regions.py measures it): the claim records the
+    seq `to` starts at, so when those events reach the replicas (its outbox publishing on return,
+    or sourcing resuming) no read or view applies them, and the returning region names them
+    (`Region.lost`, a warning in its log).
     """
     if to not in settings.regions:
         raise MoveError(f"region {to!r} is not one of {list(settings.regions)}")
@@ -204,9 +208,10 @@ async def move(
         raise MoveError(f"{entity_type}/{entity_id} has no primary yet: its first command will claim one")
     if old == to:
         return old, 0
+    was = encode_claim(claim.epochs).decode() if claim.epochs else old
     ask = _Ask(entity_type, entity_id, revision=claim.revision)
     released = (
         _Answer(ok=True, head=-1) if lost else await _request(nc, subject(settings, old, "release"), ask, timeout)
     )
-    ask = _Ask(entity_type, entity_id, head=released.head, revision=claim.revision, replies=released.replies)
+    ask = _Ask(entity_type, entity_id, head=released.head, revision=claim.revision, replies=released.replies, was=was)
     return old, (await _request(nc, subject(settings, to, "adopt"), ask, timeout)).head

@@ -7,6 +7,13 @@
 3. Otherwise (unpinned, never claimed) the region the entity's first command was sent in claims
    it, with a KV create (it fails if a claim exists, so two regions racing agree on one).
 
+A claim written by a move or a promotion also says which region wrote which seqs (its epochs:
+`eu@1,us@6` is "eu wrote 1-5, us writes from 6"; a first-write claim, `us`, is one epoch). Readers
+of a replica keep an event only from the region that held its seq (`Primaries.wrote`): after a
+promotion, the events the lost region wrote beyond what the new primary adopted (the RPO) are
+still in that region's journal and stream, and reach every replica when it returns, but no read
+or view applies them.
+
 Each process follows the bucket (a KV watch): every claim of a pinned type's entity (a moved
 one: few) and the claims it has read of others, so a move reaches every door and fence, and a
 pinned type's commands never wait for the bucket. The cost: an unpinned entity not in the cache
@@ -18,6 +25,7 @@ just started reads the moved entities while it starts serving (the watch's first
 from __future__ import annotations
 
 import base64
+from collections.abc import Callable
 from typing import Any
 
 import anyio
@@ -38,6 +46,50 @@ log = structlog.get_logger("memoir.region.primary")
 
 CACHE = 100_000  # entities whose primary a process remembers
 
+Epochs = tuple[tuple[str, int], ...]  # (region, the first seq it wrote), in seq order
+
+
+def encode_claim(epochs: Epochs) -> bytes:
+    """A claim's KV value: the region alone when it wrote every seq (a first write), else `eu@1,us@6`."""
+    if len(epochs) == 1 and epochs[0][1] == 1:
+        return epochs[0][0].encode()
+    return ",".join(f"{region}@{start}" for region, start in epochs).encode()
+
+
+def decode_claim(value: bytes) -> tuple[str, Epochs]:
+    """(the region that writes the entity now, its epochs: () when the value names a region alone)."""
+    text = value.decode()
+    if "@" not in text:
+        return text, ()
+    epochs = tuple((region, int(start)) for region, start in (part.rsplit("@", 1) for part in text.split(",")))
+    return epochs[-1][0], epochs
+
+
+def handed_over(epochs: Epochs, region: str, start: int) -> Epochs:
+    """`epochs` with `region` writing from `start` on: epochs that begin at or after it wrote nothing that stays."""
+    kept = tuple((r, s) for r, s in epochs if s < start)
+    if kept and kept[-1][0] == region:
+        return kept
+    return (*kept, (region, start))
+
+
+def writer_at(epochs: Epochs, seq: int) -> str | None:
+    """The region that held `seq` (None: before the first epoch, which a claim never leaves)."""
+    found = None
+    for region, start in epochs:
+        if start > seq:
+            break
+        found = region
+    return found
+
+
+def key_entity(key: str) -> tuple[str, str]:
+    """`claim_key`'s inverse: (type, id)."""
+    entity_type, encoded = key.split(".", 1)
+    if encoded == "_":
+        return entity_type, ""
+    return entity_type, base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4)).decode()
+
 
 def claims_bucket(settings: RegionSettings) -> str:
     return f"{stream_prefix(settings.prefix)}_REGION_PRIMARY"
@@ -51,10 +103,10 @@ def claim_key(entity_type: str, entity_id: str) -> str:
 class Claim:
     """What the bucket says of one entity: its region and the entry's revision (0: no entry)."""
 
-    __slots__ = ("region", "revision")
+    __slots__ = ("epochs", "region", "revision")
 
-    def __init__(self, region: str | None, revision: int) -> None:
-        self.region, self.revision = region, revision
+    def __init__(self, region: str | None, revision: int, epochs: Epochs = ()) -> None:
+        self.region, self.revision, self.epochs = region, revision, epochs
 
 
 class Primaries:
@@ -67,6 +119,8 @@ class Primaries:
         self._cache: dict[str, str] = {}  # claim key -> region
         self._released: set[str] = set()  # entities this region handed away: refused even before the claim moves
         self._moved: dict[str, str] = {}  # claims of pinned types' entities (moved off their pinned region)
+        self._epochs: dict[str, Epochs] = {}  # every moved entity's epochs (which region wrote which seqs)
+        self.on_epochs: list[Callable[[str, str, Epochs, int], None]] = []  # told (type, id, epochs, revision)
         self.claimed = 0  # entities this process claimed for its region
         self.followed = anyio.Event()  # set once `follow` has read every claim there was when it began
 
@@ -112,13 +166,41 @@ class Primaries:
                     self.followed.set()
                 if entry is None or entry.value is None:
                     continue
-                region = entry.value.decode()
+                region, epochs = decode_claim(entry.value)
+                self._learn(entry.key, epochs, entry.revision or 0)
                 if entry.key.split(".", 1)[0] in self.settings.pinned:
                     self._moved[entry.key] = region  # every one: the fence of a pinned type reads them
                 if entry.key in self._cache:
                     self._cache[entry.key] = region
         finally:
             await watcher.stop()
+
+    def _learn(self, key: str, epochs: Epochs, revision: int) -> None:
+        if len(epochs) < 2:  # one region wrote it all: nothing to tell apart
+            self._epochs.pop(key, None)
+            return
+        if self._epochs.get(key) == epochs:
+            return
+        self._epochs[key] = epochs
+        entity_type, entity_id = key_entity(key)
+        for tell in self.on_epochs:
+            tell(entity_type, entity_id, epochs, revision)
+
+    def epochs(self) -> dict[tuple[str, str], Epochs]:
+        """Every moved entity's epochs this process has read."""
+        return {key_entity(key): epochs for key, epochs in self._epochs.items()}
+
+    def moved(self) -> bool:
+        """Whether any entity moved (a reader's check of provenance costs nothing otherwise)."""
+        return bool(self._epochs)
+
+    def wrote(self, entity_type: str, entity_id: str, seq: int, region: str) -> bool:
+        """Whether `region` held the entity's `seq` (True when the entity never moved, as far as this
+        process has read): a replica's reader keeps an event only from the region that held its seq."""
+        if not self._epochs:
+            return True
+        epochs = self._epochs.get(claim_key(entity_type, entity_id))
+        return not epochs or writer_at(epochs, seq) == region
 
     def _bucket(self) -> Any:
         if self._kv is None:
@@ -152,7 +234,10 @@ class Primaries:
             return Claim(None, 0)
         except (NatsError, JetStreamError, TimeoutError) as exc:
             raise self._unreachable(entity_type, entity_id, exc) from None
-        return Claim(entry.value.decode() if entry.value else None, entry.revision or 0)
+        if not entry.value:
+            return Claim(None, entry.revision or 0)
+        region, epochs = decode_claim(entry.value)
+        return Claim(region, entry.revision or 0, epochs)
 
     async def _create(self, entity_type: str, entity_id: str) -> str:
         key = claim_key(entity_type, entity_id)
@@ -167,15 +252,18 @@ class Primaries:
         except (NatsError, JetStreamError, TimeoutError) as exc:
             raise self._unreachable(entity_type, entity_id, exc) from None
 
-    async def take(self, entity_type: str, entity_id: str, revision: int) -> None:
-        """Claim the entity for this region if the bucket's entry is still at `revision` (0: none)."""
+    async def take(self, entity_type: str, entity_id: str, revision: int, *, previous: Epochs, start: int) -> None:
+        """Claim the entity for this region from seq `start` on, if the bucket's entry is still at
+        `revision` (0: none); `previous` are the epochs until then (the old claim's, or its region's from 1)."""
         key = claim_key(entity_type, entity_id)
-        value = self.settings.name.encode()
+        epochs = handed_over(previous, self.settings.name, start)
+        value = encode_claim(epochs)
         if revision:
-            await self._bucket().update(key, value, last=revision)
+            stored = await self._bucket().update(key, value, last=revision)
         else:
-            await self._bucket().create(key, value)
+            stored = await self._bucket().create(key, value)
         self._released.discard(key)
+        self._learn(key, epochs, int(stored))
         if entity_type in self.settings.pinned:
             self._moved[key] = self.settings.name
         self._remember(key, self.settings.name)

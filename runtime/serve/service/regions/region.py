@@ -38,9 +38,10 @@ from ....streams.view_store import MemoryViewStore, ViewStore
 from ..supervision import supervised
 from .door import RegionDoor
 from .moves import MoveDoor
+from .orphans import Orphans, ReplicaViewRunner
 from .primary import Primaries
 from .replica import ReplicaJournal
-from .replication import ensure_replica
+from .replication import ensure_replica, source_stream
 from .settings import RegionSettings
 
 FOLLOW_TIMEOUT = 10.0  # seconds a region waits at start for the claims' first read (then serves anyway)
@@ -77,11 +78,41 @@ class Region:
         self.stream = ""
         self.journal: ReplicaJournal | None = None
         self.views: dict[str, ViewRunner] = {}
+        self.orphans: Orphans | None = None
         self._tg: anyio.abc.TaskGroup | None = None
+        self._view_scopes: dict[str, anyio.CancelScope] = {}
+        self._rebuilds: dict[str, anyio.Event] = {}
+
+    @property
+    def lost(self) -> dict[tuple[str, str], list[int]]:
+        """(type, id) -> the seqs this region wrote that a promotion left out of the entity's history
+        (the RPO, named here and in a warning when the region learns of the promotion: `orphans.py`)."""
+        return dict(self.orphans.lost) if self.orphans is not None else {}
 
     async def __aenter__(self) -> Self:
         self.stream = await _ensure(self.nc, self.settings, self.types, self.streams)
-        journal = self.journal = ReplicaJournal(self.nc, self.stream, prefix=self.settings.prefix)
+        origins = {source_stream(self.settings, r, t): r for r in self.settings.regions for t in self.types}
+        journal = self.journal = ReplicaJournal(
+            self.nc, self.stream, prefix=self.settings.prefix, provenance=self.primaries, origins=origins
+        )
+        for view in self.app.views:
+            self.views[view.name] = ReplicaViewRunner(
+                view,
+                self.view_store,
+                self.nc,
+                prefix=self.settings.prefix,
+                streams=journal.event_stream,
+                replica=journal,
+            )
+        orphans = self.orphans = Orphans(
+            self.settings.name,
+            journal,
+            self.writer[1] if self.writer is not None else None,
+            self.views,
+            self.view_store,
+            self.replay,
+        )
+        self.primaries.on_epochs.append(orphans.tell)
         await self.primaries.start()
         tg = self._tg = anyio.create_task_group()
         await tg.__aenter__()
@@ -89,24 +120,21 @@ class Region:
             tg.start_soon(supervised, "region claims", self.primaries.follow)
             with anyio.move_on_after(FOLLOW_TIMEOUT):  # a returning region learns what moved away before it serves
                 await self.primaries.followed.wait()
+            await orphans.drain()  # before the views run: one that applied lost events is rebuilt first
+            tg.start_soon(orphans.run)
             if self.door is not None:
                 await tg.start(self.door.run)
             if self.writer is not None:
                 runtime, own = self.writer
                 await tg.start(MoveDoor(self.nc, self.settings, runtime, own, journal, self.primaries).run)
-            for view in self.app.views:
-                runner = self.views[view.name] = ViewRunner(
-                    view,
-                    self.view_store,
-                    self.nc,
-                    prefix=self.settings.prefix,
-                    streams=journal.event_stream,
-                    journal=journal,
-                )
-                tg.start_soon(supervised, f"region view {view.name}", runner.run)
+            for name, runner in self.views.items():
+                tg.start_soon(supervised, f"region view {name}", lambda r=runner: self._keep_view(r))
         except BaseException:
             tg.cancel_scope.cancel()
-            await tg.__aexit__(None, None, None)
+            try:
+                await tg.__aexit__(None, None, None)
+            finally:
+                orphans.close()
             raise
         return self
 
@@ -115,7 +143,37 @@ class Region:
     ) -> None:
         assert self._tg is not None
         self._tg.cancel_scope.cancel()
-        await self._tg.__aexit__(None, None, None)
+        try:
+            await self._tg.__aexit__(None, None, None)
+        finally:
+            if self.orphans is not None:
+                self.orphans.close()
+
+    async def _keep_view(self, runner: ViewRunner) -> None:
+        """Run a view; `replay` stops it, rebuilds it from the replica and runs it again."""
+        name = runner.view.name
+        while True:
+            scope = self._view_scopes[name] = anyio.CancelScope()
+            with scope:
+                await runner.run()
+            rebuilt = self._rebuilds.pop(name, None)  # reached only when replay() cancelled `scope`
+            if rebuilt is None:
+                return
+            try:
+                await runner.rebuild()
+            finally:
+                rebuilt.set()
+
+    async def replay(self, name: str) -> None:
+        """Rebuild a view of this region from its replica (it runs again after)."""
+        runner = self.views[name]
+        scope = self._view_scopes.get(name)
+        if scope is None:  # not running yet
+            await runner.rebuild()
+            return
+        rebuilt = self._rebuilds[name] = anyio.Event()
+        scope.cancel()
+        await rebuilt.wait()
 
     def view(self, name: str) -> ViewQuery[Any]:
         return self.views[name].query

@@ -12,12 +12,19 @@ Consistency: eventual. An entity's events here are a prefix of its primary's jou
 order, behind it by the replication lag (measured in benchmarks/regions.py); a read in the
 primary region after a write there can still miss that write for that long. A seq seen twice
 (a replay beyond the duplicate window) is read once.
+
+Provenance: an event is kept only from the region that held its seq (`Primaries.wrote`, from the
+claims' epochs), known by the source stream JetStream names in each sourced message's
+`Nats-Stream-Source` header. After a promotion, the lost region's events beyond what the new
+primary adopted reach the replica when it returns; `read`, `read_all` and the region's views
+(`keeps`) pass over them.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Protocol
 
 import anyio
 import msgspec
@@ -27,12 +34,29 @@ from nats.aio.msg import Msg
 from ....journal.base import Journal
 from ....model.envelope import Envelope, Snapshot
 from ....model.errors import JournalError, Unavailable
-from ....wire.protocol import envelope_from_message, event_subject
+from ....wire.protocol import H_SEQ, envelope_from_message, event_subject, parse_event_subject
 
 PAGE = 1000  # messages per direct-get batch
 H_STATUS = "Status"
 H_SEQUENCE = "Nats-Sequence"
 H_SUBJECT = "Nats-Subject"
+H_SOURCE = "Nats-Stream-Source"  # set by JetStream on a sourced message: "{stream}[:{hash}] {seq} {filter} {dest}"
+
+
+class Provenance(Protocol):
+    """Which region wrote which seqs of the entities that moved (`Primaries`)."""
+
+    def moved(self) -> bool: ...
+
+    def wrote(self, entity_type: str, entity_id: str, seq: int, region: str) -> bool: ...
+
+
+def source_stream(headers: Mapping[str, str] | None) -> str | None:
+    """The stream a sourced message came from (None: not sourced)."""
+    value = (headers or {}).get(H_SOURCE)
+    if not value:
+        return None
+    return value.split(" ", 1)[0].split(":", 1)[0]
 
 
 class ReadOnly(JournalError):
@@ -80,11 +104,47 @@ async def direct_batch(
 class ReplicaJournal(Journal):
     """`ReplicaJournal(nc, "MEMOIR_REGION_EU", prefix="memoir")` — every region's events, read here."""
 
-    def __init__(self, nc: NATS, stream: str, *, prefix: str) -> None:
+    def __init__(
+        self,
+        nc: NATS,
+        stream: str,
+        *,
+        prefix: str,
+        provenance: Provenance | None = None,
+        origins: Mapping[str, str] | None = None,
+    ) -> None:
         self.nc = nc
         self.stream = stream
         self.prefix = prefix  # the global prefix: the replica's subjects are {prefix}.events.{type}.{id}
         self.url = f"replica://{stream}"
+        self.provenance = provenance
+        self.origins = dict(origins or {})  # source stream -> the region whose members write it
+        self.passed_over = 0  # events read and left out: written by a region that no longer held their seq
+
+    def _written_by_holder(self, entity_type: str, entity_id: str, seq: int, headers: Mapping[str, str] | None) -> bool:
+        assert self.provenance is not None
+        region = self.origins.get(source_stream(headers) or "")
+        if region is None or self.provenance.wrote(entity_type, entity_id, seq, region):
+            return True
+        self.passed_over += 1
+        return False
+
+    def keeps(self, msg: Msg) -> bool:
+        """Whether a message of the replica stream is part of its entity's history (a view's filter)."""
+        if self.provenance is None or not self.provenance.moved():
+            return True
+        headers = msg.headers or {}
+        try:
+            entity_type, entity_id = parse_event_subject(headers.get(H_SUBJECT, msg.subject))
+            seq = int(headers[H_SEQ])
+        except (KeyError, ValueError):
+            return True  # not an event: the view names what is wrong with it
+        return self._written_by_holder(entity_type, entity_id, seq, headers)
+
+    def _kept(self, env: Envelope, msg: Msg) -> bool:
+        if self.provenance is None or not self.provenance.moved():
+            return True
+        return self._written_by_holder(env.entity_type, env.entity_id, env.seq, msg.headers)
 
     def event_stream(self, entity_type: str) -> str:
         return self.stream
@@ -104,7 +164,7 @@ class ReplicaJournal(Journal):
             page = await direct_batch(self.nc, self.stream, start=start, subject=subject)
             for seq, msg in page:
                 env = self._envelope(seq, msg)
-                if env.seq <= last:
+                if env.seq <= last or not self._kept(env, msg):
                     continue  # stored twice (beyond the duplicate window): read once
                 last = env.seq
                 if env.seq < from_seq:
@@ -120,7 +180,8 @@ class ReplicaJournal(Journal):
         page = await direct_batch(
             self.nc, self.stream, start=max(1, from_position), subject=f"{self.prefix}.events.>", batch=limit
         )
-        return [self._envelope(seq, msg) for seq, msg in page]
+        out = [(self._envelope(seq, msg), msg) for seq, msg in page]
+        return [env for env, msg in out if self._kept(env, msg)]
 
     async def head(self, entity_type: str, entity_id: str) -> int:
         events = await self.read(entity_type, entity_id)

@@ -7,9 +7,16 @@ with no subjects of its own, sourcing every region's type streams (its own inclu
 subject transform from `{prefix}.r.{region}.events.{type}.*` to `{prefix}.events.{type}.*`, so
 views and readers in the region follow one stream with one subject shape whoever wrote.
 
-What sourcing gives: each source is read in order from where the replica left off, across the
-gateway, resumed after a cut by the server itself; a message keeps its headers, so a
-`Nats-Msg-Id` (`{type}/{id}/{seq}`) seen twice within the duplicate window is stored once.
+What sourcing gives: each source is read in order from where the replica left off (the server
+tracks each source's sequence, so a source's message is stored once), across the gateway,
+resumed after a cut by the server itself; a message keeps its headers. The replica hardly
+dedupes by `Nats-Msg-Id` (its duplicate window is `REPLICA_DUPLICATE_WINDOW`, the server's least):
+each source stream has dedupe by it already, and across sources the same id (`{type}/{id}/{seq}`)
+means two regions wrote that seq, which happens only after a promotion, when the lost region's
+unreplicated events meet the new primary's. The replica keeps both, in arrival order, and its
+readers keep the one from the region that held the seq (`replica.py`); a dedupe here would keep
+whichever came first, the lost region's event in some regions and the new primary's in others
+(with 100 ms, only when the two arrive that close together: the case this leaves open).
 Per entity the order is its seq order (one writer region, one source stream); between
 entities of different regions the replica's order is the order of arrival. The replica's own
 sequence is the position its readers use (`replica.py`), as in the JetStream journal.
@@ -27,6 +34,8 @@ from ....streams.publisher import StreamSettings
 from ....wire.nats import ensure_stream
 from ....wire.protocol import events_filter, stream_name, stream_prefix
 from .settings import RegionSettings
+
+REPLICA_DUPLICATE_WINDOW = 0.1  # seconds: the least nats-server takes (0 means 2 minutes)
 
 
 def replica_stream(settings: RegionSettings, region: str | None = None) -> str:
@@ -64,7 +73,7 @@ def replica_config(
         storage=api.StorageType(streams.storage),
         num_replicas=settings.replicas,
         retention=api.RetentionPolicy.LIMITS,
-        duplicate_window=streams.duplicate_window,
+        duplicate_window=REPLICA_DUPLICATE_WINDOW,
         placement=api.Placement(cluster=settings.name),
         allow_direct=True,  # readers get messages from any replica, no consumer (and no meta leader) needed
     )
