@@ -117,27 +117,38 @@ class Encoder:
         parts.append(_KIND[s.kind.value])
         parts.append(b"\x39" + _PACK_FIXED64(s.start_time or 0))
         parts.append(b"\x41" + _PACK_FIXED64(s.end_time or 0))
-        parts.extend(self._attributes(b"\x4a", s.attributes))
-        if s.dropped_attributes:
-            parts.append(b"\x50" + _varint(s.dropped_attributes))
-        for event in s.events:
-            body = [b"\x09" + _PACK_FIXED64(event.timestamp), _field(b"\x12", event.name.encode())]
-            body.extend(self._attributes(b"\x1a", event.attributes))
-            if event.dropped_attributes:
-                body.append(b"\x20" + _varint(event.dropped_attributes))
-            parts.append(_field(b"\x5a", b"".join(body)))
-        if s.dropped_events:
-            parts.append(b"\x60" + _varint(s.dropped_events))
-        for link in s.links:
-            lc = link.context
-            body = [b"\x0a\x10" + lc.trace_id.to_bytes(16, "big"), b"\x12\x08" + lc.span_id.to_bytes(8, "big")]
-            body.extend(self._attributes(b"\x22", link.attributes))
-            if link.dropped_attributes:
-                body.append(b"\x28" + _varint(link.dropped_attributes))
-            body.append(_LINK_FLAGS_REMOTE if lc.is_remote else _LINK_FLAGS_LOCAL)
-            parts.append(_field(b"\x6a", b"".join(body)))
-        if s.dropped_links:
-            parts.append(b"\x70" + _varint(s.dropped_links))
+        attributes = s.attributes
+        if attributes:
+            parts.extend(self._attributes(b"\x4a", attributes))
+            if s.dropped_attributes:  # only ever with some kept
+                parts.append(b"\x50" + _varint(s.dropped_attributes))
+        events = s.events
+        if events:
+            for event in events:
+                body = [b"\x09" + _PACK_FIXED64(event.timestamp), _field(b"\x12", event.name.encode())]
+                if event.attributes:
+                    body.extend(self._attributes(b"\x1a", event.attributes))
+                    if event.dropped_attributes:
+                        body.append(b"\x20" + _varint(event.dropped_attributes))
+                parts.append(_field(b"\x5a", b"".join(body)))
+            if s.dropped_events:
+                parts.append(b"\x60" + _varint(s.dropped_events))
+        links = s.links
+        if links:
+            for link in links:  # a publish links to each event it sent: the common link has no attributes
+                lc = link.context
+                ids = b"\x0a\x10" + lc.trace_id.to_bytes(16, "big") + b"\x12\x08" + lc.span_id.to_bytes(8, "big")
+                flags = _LINK_FLAGS_REMOTE if lc.is_remote else _LINK_FLAGS_LOCAL
+                if not link.attributes:
+                    parts.append(b"\x6a\x21" + ids + flags)  # 33 bytes: 18 + 10 + 5
+                    continue
+                body = [ids, *self._attributes(b"\x22", link.attributes)]
+                if link.dropped_attributes:
+                    body.append(b"\x28" + _varint(link.dropped_attributes))
+                body.append(flags)
+                parts.append(_field(b"\x6a", b"".join(body)))
+            if s.dropped_links:
+                parts.append(b"\x70" + _varint(s.dropped_links))
         status = s.status
         if status.status_code.value or status.description:
             message = _field(b"\x12", status.description.encode()) if status.description else b""
