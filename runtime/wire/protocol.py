@@ -255,6 +255,11 @@ _encoder = msgspec.json.Encoder()
 _answer = msgspec.json.Decoder(Answer)
 
 
+def encode_args(args: Mapping[str, Any] | msgspec.Struct | bytes | None) -> bytes:
+    """A command's arguments as its request payload: bytes as they are, anything else as JSON (None: `{}`)."""
+    return args if isinstance(args, bytes) else _encoder.encode(args if args is not None else {})
+
+
 def encode_reply(reply: Reply) -> bytes:
     return _encoder.encode(_Ok(True, reply.result, reply.seq, reply.duplicate))
 

@@ -45,10 +45,9 @@ from ...wire.protocol import (
     command_headers,
     command_subject,
     decode_answer,
+    encode_args,
 )
 from .shard_map import ShardMap
-
-_encoder = msgspec.json.Encoder()
 
 
 class NotServing(Overloaded):
@@ -119,7 +118,7 @@ class Client:
 
         `token` (a JWT) overrides the client's own for this command.
         """
-        payload = args if isinstance(args, bytes) else _encoder.encode(args if args is not None else {})
+        payload = encode_args(args)
         headers = command_headers(command_id, correlation_id, timeout)
         if (bearer := token or self.token) is not None:
             headers = {**(headers or {}), H_AUTHORIZATION: f"Bearer {bearer}"}

@@ -23,7 +23,7 @@ from nats.errors import TimeoutError as NatsTimeoutError
 
 from ...engine.runtime import Runtime
 from ...model.access import Caller
-from ...model.errors import CommandError, ErrorCode, Moved
+from ...model.errors import CommandError, ErrorCode, Moved, Unavailable
 from ...wire import tracing
 from ...wire.protocol import (
     H_CAUSATION_ID,
@@ -34,6 +34,7 @@ from ...wire.protocol import (
     Reply,
     command_subject,
     decode_answer,
+    encode_args,
     encode_error,
     encode_reply,
     header_id,
@@ -41,7 +42,48 @@ from ...wire.protocol import (
 )
 from .forwarding import FORWARD_TIMEOUT, H_HOPS, H_INSIDE, Forwards, Router, forward_subject, route
 
-_encoder = msgspec.json.Encoder()
+
+async def ask_over_nats(
+    nc: NATS,
+    subject: str,
+    args: bytes | Mapping[str, Any] | msgspec.Struct | None,
+    *,
+    timeout: float,
+    command_id: str | None = None,
+    correlation_id: str | None = None,
+    causation_id: str | None = None,
+    headers: Mapping[str, str] | None = None,
+    who: str,
+) -> Reply:
+    """A command sent from inside a process to the members serving `subject` (a cluster member's
+    forward to an owner, a region's to an entity's primary region), and its reply.
+
+    The ids go along (the receiver's dedupe makes a retry with the same command id safe), the time
+    left as `Memoir-Timeout-Ms`, and the current span's W3C `traceparent`, so the receiver's spans
+    continue the sender's trace. The receiver's error code is raised as the typed `CommandError`;
+    no answer in time, or NATS unreachable, is `unavailable` (it may have landed: retry with the
+    same id). `NoRespondersError` is raised as it is: the caller knows what "nobody serves it" means.
+    `who` names the receiver in errors.
+    """
+    ids = {H_COMMAND_ID: command_id, H_CORRELATION_ID: correlation_id, H_CAUSATION_ID: causation_id}
+    sent = {name: value for name, value in ids.items() if value is not None}
+    sent |= {**(headers or {}), H_TIMEOUT: str(max(1, int(timeout * 1000)))}
+    if (parent := tracing.traceparent()) is not None:  # the receiver's spans continue this one
+        sent[H_TRACEPARENT] = parent
+    try:
+        msg = await nc.request(subject, encode_args(args), timeout=timeout, headers=sent)
+    except NoRespondersError:
+        raise
+    except (NatsTimeoutError, TimeoutError):
+        raise Unavailable("no answer", f"{who} did not answer {subject} within {timeout:g}s") from None
+    except NatsError as exc:  # reconnecting: a retry with the same id is safe
+        raise Unavailable("connection lost", f"NATS is not reachable now ({exc}); retry") from None
+    try:
+        answer = decode_answer(msg.data)
+    except ValueError as exc:
+        raise CommandError(ErrorCode.INTERNAL, f"{who} answered {subject} with {exc}") from None
+    answer.raise_for_error()  # the typed CommandError of the receiver's code
+    return Reply(answer.result, answer.seq, answer.duplicate)
 
 
 class MemberSender:
@@ -88,26 +130,18 @@ class MemberSender:
                 raise CommandError(
                     ErrorCode.INTERNAL, "a command from outside reaches another member via the NATS door"
                 )
-            payload = args if isinstance(args, bytes) else _encoder.encode(args if args is not None else {})
-            ids = {H_COMMAND_ID: command_id, H_CORRELATION_ID: correlation_id, H_CAUSATION_ID: causation_id}
-            headers = {name: value for name, value in ids.items() if value is not None}
-            headers |= {H_INSIDE: "1", H_HOPS: "1", H_TIMEOUT: str(max(1, int(left * 1000)))}
-            if (parent := tracing.traceparent()) is not None:  # the owner's spans continue this one
-                headers[H_TRACEPARENT] = parent
             subject = forward_subject(self.prefix, owner, command_subject(self.prefix, entity_type, entity_id, command))
-            try:
-                msg = await self.nc.request(subject, payload, timeout=left, headers=headers)
-            except NoRespondersError:
-                raise  # routed again
-            except NatsTimeoutError:
-                raise CommandError(
-                    ErrorCode.UNAVAILABLE, f"{owner} did not answer {entity_type}/{entity_id} {command} in time"
-                ) from None
-            except NatsError as exc:  # reconnecting: a retry with the same id is safe
-                raise CommandError(ErrorCode.UNAVAILABLE, f"NATS is not reachable now ({exc}); retry") from None
-            answer = decode_answer(msg.data)
-            answer.raise_for_error()
-            return Reply(answer.result, answer.seq, answer.duplicate)
+            return await ask_over_nats(
+                self.nc,
+                subject,
+                args,
+                timeout=left,
+                command_id=command_id,
+                correlation_id=correlation_id,
+                causation_id=causation_id,
+                headers={H_INSIDE: "1", H_HOPS: "1"},
+                who=owner,
+            )  # NoRespondersError: routed again
 
         until = deadline if deadline is not None else time.monotonic() + self.timeout
         try:

@@ -2,10 +2,11 @@
 
 The command runs here when this region writes the entity (the runtime's fence says so again in
 the turn); otherwise it goes to the primary region's members on `{prefix}.r.{region}.cmd.…`, as
-the region door sends a client's command: the same command id (the primary's dedupe makes a
-consumer's redelivery or a retry safe), the deadline passed on as `Memoir-Timeout-Ms`, the
-primary's error code raised as the typed `CommandError`; an unreachable region is `unavailable`
-after `remote_timeout` (a consumer retries it, then parks it as a dead letter).
+the region door sends a client's command, by the cluster's own `ask_over_nats`: the same command
+id (the primary's dedupe makes a consumer's redelivery or a retry safe), the deadline passed on as
+`Memoir-Timeout-Ms`, the current span's `traceparent` (the primary's spans continue the
+consumer's trace), the primary's error code raised as the typed `CommandError`; an unreachable
+region is `unavailable` after `remote_timeout` (a consumer retries it, then parks it as a dead letter).
 
 Each region's consumers follow their own region's streams, so each event is reacted to once,
 in the region that wrote it, whichever region its reaction's target lives in. A cross-region
@@ -22,16 +23,14 @@ from typing import Any
 import msgspec
 from nats.aio.client import Client as NATS
 from nats.errors import NoRespondersError
-from nats.errors import TimeoutError as NatsTimeoutError
 
 from ....engine.runtime import Runtime
 from ....model.access import Caller
-from ....model.errors import CommandError, Unavailable
-from ....wire.protocol import H_CAUSATION_ID, Reply, command_headers, command_subject, decode_answer
+from ....model.errors import Unavailable
+from ....wire.protocol import Reply, command_subject
+from ..sending import ask_over_nats
 from .primary import Primaries
 from .settings import RegionSettings
-
-_encoder = msgspec.json.Encoder()
 
 
 class RegionSender:
@@ -78,19 +77,19 @@ class RegionSender:
         timeout = self.settings.remote_timeout
         if deadline is not None:
             timeout = max(0.001, min(timeout, deadline - time.monotonic()))
-        headers = command_headers(command_id, correlation_id, timeout) or {}
-        if causation_id is not None:
-            headers[H_CAUSATION_ID] = causation_id
-        payload = args if isinstance(args, bytes) else _encoder.encode(args if args is not None else {})
         subject = command_subject(self.settings.region_prefix(region), entity_type, entity_id, command)
         try:
-            msg = await self.nc.request(subject, payload, timeout=timeout, headers=headers)
-        except (NoRespondersError, NatsTimeoutError, TimeoutError):
-            raise Unavailable("region unreachable", f"no answer from region {region} on {subject}") from None
+            reply = await ask_over_nats(
+                self.nc,
+                subject,
+                args,
+                timeout=timeout,
+                command_id=command_id,
+                correlation_id=correlation_id,
+                causation_id=causation_id,
+                who=f"region {region}",
+            )
+        except NoRespondersError:
+            raise Unavailable("region unreachable", f"no member of region {region} serves {subject}") from None
         self.sent[region] = self.sent.get(region, 0) + 1
-        try:
-            answer = decode_answer(msg.data)
-        except ValueError as exc:
-            raise CommandError("internal", f"region {region} answered {subject} with {exc}") from None
-        answer.raise_for_error()  # the typed CommandError of the primary's code
-        return Reply(answer.result, answer.seq, answer.duplicate)
+        return reply
