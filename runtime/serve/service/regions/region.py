@@ -153,9 +153,10 @@ class Region:
         """Run a view; `replay` stops it, rebuilds it from the replica and runs it again."""
         name = runner.view.name
         while True:
-            scope = self._view_scopes[name] = anyio.CancelScope()
-            with scope:
-                await runner.run()
+            if name not in self._rebuilds:  # asked while the view was failing and restarting: rebuild first
+                scope = self._view_scopes[name] = anyio.CancelScope()
+                with scope:
+                    await runner.run()
             rebuilt = self._rebuilds.pop(name, None)  # reached only when replay() cancelled `scope`
             if rebuilt is None:
                 return
