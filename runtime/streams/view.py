@@ -36,12 +36,14 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
-from typing import Any, ClassVar, Generic, TypeVar
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
+from typing import Any, ClassVar, Generic, NamedTuple, TypeVar
 
 import anyio
 import msgspec
 import structlog
+from anyio.abc import ObjectSendStream
+from anyio.streams.memory import MemoryObjectReceiveStream
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
@@ -70,6 +72,16 @@ log = structlog.get_logger("memoir.view")
 
 ToApply = tuple[Handler, msgspec.Struct, Envelope | None]
 """One event to apply: its handler, the event, its envelope (None on the fast path: nobody reads it)."""
+
+
+class _Page(NamedTuple):
+    """A catch-up page, read and decoded."""
+
+    work: list[ToApply]
+    checkpoints: dict[str, int]  # the position checkpoints once it is applied
+    newest: int  # the recorded time of its newest event
+    read: int  # events read (applied or not)
+    last: int  # its last position
 
 
 PlainEvent = tuple[str, int, Callable[[bytes], Any], Handler | None]
@@ -327,6 +339,61 @@ def _fetch_ahead(
     return None, known
 
 
+def _waiting(
+    first: _Page | Exception, receive: MemoryObjectReceiveStream[_Page | Exception], most: int
+) -> tuple[list[_Page], Exception | None]:
+    """`first` and the pages already read behind it, up to `most` events: one transaction for all
+    of them. A catch-up's transactions grow as long as the store is slower than the journal reads,
+    and each row of an index b-tree's page written once per transaction costs less the more rows
+    a transaction puts on it. Also the read's error, if one came (the pages before it go first)."""
+    pages: list[_Page] = []
+    item: _Page | Exception = first
+    size = 0
+    while True:
+        if isinstance(item, Exception):
+            return pages, item
+        pages.append(item)
+        size += item.read
+        if size >= most:
+            return pages, None
+        try:
+            item = receive.receive_nowait()
+        except (anyio.WouldBlock, anyio.EndOfStream):
+            return pages, None
+
+
+def _merged(pages: list[_Page]) -> _Page:
+    """Consecutive pages as one: their work in order, the last one's checkpoints."""
+    if len(pages) == 1:
+        return pages[0]
+    return _Page(
+        [item for p in pages for item in p.work],
+        pages[-1].checkpoints,
+        max(p.newest for p in pages),
+        sum(p.read for p in pages),
+        pages[-1].last,
+    )
+
+
+@contextlib.contextmanager
+def _sole_error() -> Iterator[None]:
+    """A task group's one error raised as itself, not in a group: callers catch `JournalError`."""
+    try:
+        yield
+    except BaseExceptionGroup as group:
+        errors: list[BaseException] = []
+        pending: list[BaseException] = [group]
+        while pending:
+            e = pending.pop()
+            if isinstance(e, BaseExceptionGroup):
+                pending.extend(e.exceptions)
+            else:
+                errors.append(e)
+        if len(errors) == 1:
+            raise errors[0] from group
+        raise
+
+
 def _fast(plain: Mapping[str, PlainEvent], msg: Msg, position: int | None) -> tuple[int, int, ToApply | None] | None:
     """(position, recorded time, what to apply or None) of a plain event's message, read off its
     headers and payload alone (the envelope is built only for a handler that takes it); None sends
@@ -383,6 +450,7 @@ class ViewRunner(StreamRunner):
         journal: Journal | None = None,
         catchup_behind: int = 10_000,
         catchup_page: int = 10_000,
+        catchup_transaction: int = 10_000,
     ) -> None:
         self.table = view.table()
         self.keys = keys  # opens the events of encrypted entity types
@@ -393,7 +461,9 @@ class ViewRunner(StreamRunner):
         self.batch = batch
         self.journal = journal
         self.catchup_behind = catchup_behind  # read the journal when at least this many positions behind
-        self.catchup_page = catchup_page  # events per journal read and per store transaction
+        self.catchup_page = catchup_page  # events per journal read
+        # the most events a catch-up transaction takes: pages read while the one before was stored
+        self.catchup_transaction = max(catchup_page, catchup_transaction)
         self.query = ViewQuery(view, store, self)
         self.changes = Changes()  # committed batches, to the live queries of this process
         self.on_batch: list[Callable[[Batch], Awaitable[None]]] = []  # after each commit: NATS notices
@@ -630,28 +700,21 @@ class ViewRunner(StreamRunner):
             return 0
         applied, began = self.applied, time.perf_counter()
         log.info("view catching up from the journal", view=self.view.name, start=start, end=end)
-        while start < end:
-            page = await self.journal.read_all(start + 1, self.catchup_page)
-            if not page:
-                break
-            done = {t: self.position(t) for t in types}
-            work: list[ToApply] = []
-            newest = 0
-            for env in page:
-                if env.position <= done.get(env.entity_type, env.position):
-                    continue  # not a source, or applied already
-                item = (
-                    await self._prepare(env, env.position)
-                    if is_sealed(env.payload)
-                    else self._decode(env, env.position)
-                )
-                if item is not None:
-                    work.append(item)
-                if env.recorded_at > newest:
-                    newest = env.recorded_at
-            start = page[-1].position
-            self.from_journal += len(page)
-            await self._commit(work, {self.position_key(t): max(done[t], start) for t in types}, newest)
+        ahead = self.catchup_transaction // self.catchup_page - 1  # pages read while one is stored
+        send, receive = anyio.create_memory_object_stream[_Page | Exception](ahead)
+        with _sole_error():
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._read_pages, send, start, end)
+                async with receive:
+                    async for first in receive:
+                        pages, failed = _waiting(first, receive, self.catchup_transaction)
+                        if pages:
+                            page = _merged(pages)
+                            self.from_journal += page.read
+                            await self._commit(page.work, page.checkpoints, page.newest)
+                            start = page.last
+                        if failed is not None:
+                            raise failed  # after the pages read before it were committed
         log.info(
             "view caught up from the journal",
             view=self.view.name,
@@ -660,6 +723,52 @@ class ViewRunner(StreamRunner):
             seconds=round(time.perf_counter() - began, 3),
         )
         return self.applied - applied
+
+    async def _read_pages(self, send: ObjectSendStream[_Page | Exception], start: int, end: int) -> None:
+        """The catch-up's pages, read and decoded one ahead of the commits: while a page's rows are
+        written (in the store's thread, which SQLite leaves without the GIL) the next one is read
+        and decoded. Its checkpoints say what the pages before it will have applied once committed.
+        A read that fails is sent as the last item, so the pages before it are committed first."""
+        assert self.journal is not None
+        types = list(self.sources)
+        done = {t: self.position(t) for t in types}
+        async with send:
+            try:
+                while start < end:
+                    page = await self._read_page(start, done)
+                    if page is None:
+                        break
+                    start = page.last
+                    done = {t: max(done[t], start) for t in types}
+                    await send.send(page)
+                return
+            except anyio.BrokenResourceError:
+                return  # the commits stopped (their error is the one raised)
+            except Exception as exc:  # noqa: BLE001 - raised by the commits' side, in order
+                failed: Exception = exc
+            with contextlib.suppress(anyio.BrokenResourceError):
+                await send.send(failed)
+
+    async def _read_page(self, start: int, done: Mapping[str, int]) -> _Page | None:
+        """The journal's page after `start`, decoded (None: nothing more); `done`: each source type's
+        position applied already (or to be, by the pages before it)."""
+        assert self.journal is not None
+        page = await self.journal.read_all(start + 1, self.catchup_page)
+        if not page:
+            return None
+        work: list[ToApply] = []
+        newest = 0
+        for env in page:
+            if env.position <= done.get(env.entity_type, env.position):
+                continue  # not a source, or applied already
+            item = await self._prepare(env, env.position) if is_sealed(env.payload) else self._decode(env, env.position)
+            if item is not None:
+                work.append(item)
+            if env.recorded_at > newest:
+                newest = env.recorded_at
+        last = page[-1].position
+        checkpoints = {self.position_key(t): max(p, last) for t, p in done.items()}
+        return _Page(work, checkpoints, newest, len(page), last)
 
     # -- queries and rebuild ---------------------------------------------------------------------
 

@@ -18,6 +18,7 @@ from support.waiting import eventually
 from entities.social import Post, Published
 from runtime import Envelope, Journal, Service, SqliteJournal, SqliteViewStore, Unavailable
 from runtime.model.entity import model_of
+from runtime.model.errors import JournalError
 from runtime.serve.service.embedded_nats import EmbeddedNats
 from runtime.streams.handlers import on
 from runtime.streams.publisher import Publisher
@@ -78,8 +79,13 @@ async def _all_once(store: SqliteViewStore, n: int) -> None:
     assert rows == {f"p{i}/1": 1 for i in range(n)}, "every event applied, none twice"
 
 
-def _runner(store: SqliteViewStore, nc: NATS, journal: SqliteJournal, page: int = 300) -> ViewRunner:
-    return ViewRunner(Counting, store, nc, prefix=PREFIX, journal=journal, catchup_behind=100, catchup_page=page)
+def _runner(
+    store: SqliteViewStore, nc: NATS, journal: SqliteJournal, page: int = 300, transaction: int = 10_000
+) -> ViewRunner:
+    return ViewRunner(
+        Counting, store, nc, prefix=PREFIX, journal=journal, catchup_behind=100, catchup_page=page,
+        catchup_transaction=transaction,
+    )  # fmt: skip
 
 
 async def test_catch_up_from_the_journal_while_events_keep_arriving(tmp_path: Path, nc: NATS) -> None:
@@ -145,7 +151,7 @@ async def test_killed_mid_catch_up_then_restarted_applies_each_event_once(how: s
         async with anyio.create_task_group() as tg:
             tg.start_soon(Publisher(journal, nc, prefix=PREFIX, entity_types=["post"]).run)
             async with DyingStore(tmp_path / "v.db", 0 if how == "cancelled" else 4, how == "after-commit") as store:
-                first = _runner(store, nc, journal, page=400)
+                first = _runner(store, nc, journal, page=400, transaction=400)  # a page per transaction
                 if how == "cancelled":
                     with anyio.move_on_after(20):
                         async with anyio.create_task_group() as inner:
@@ -159,7 +165,7 @@ async def test_killed_mid_catch_up_then_restarted_applies_each_event_once(how: s
                 assert 0 < first.applied < 3000
             await _append(journal, 3000, 500)  # while it was down
             async with SqliteViewStore(tmp_path / "v.db") as store:
-                again = _runner(store, nc, journal, page=400)
+                again = _runner(store, nc, journal, page=400)  # pages waiting share a transaction
                 tg.start_soon(again.run)
                 await _all_once(store, 3500)
                 assert again.from_journal < 3500, "resumed from its checkpoint, not from the start"
@@ -287,3 +293,71 @@ async def test_a_view_from_before_position_checkpoints_catches_up_from_the_journ
                 await _all_once(store, 1500)
                 assert again.from_journal == 1000, "only what it had not applied, from the journal"
             tg.cancel_scope.cancel()
+
+
+class FailingJournal(SqliteJournal):
+    """Its third read by position fails, as a journal that went away would."""
+
+    reads = 0
+
+    async def read_all(self, from_position: int = 1, limit: int = 1000) -> list[Envelope]:
+        self.reads += 1
+        if self.reads == 3:
+            raise JournalError("the journal went away")
+        return await super().read_all(from_position, limit)
+
+
+async def test_a_failed_read_ahead_stops_the_catch_up_after_the_pages_read_before_it(tmp_path: Path) -> None:
+    """Pages are read one ahead of their commits: a read that fails raises its own JournalError
+    (which the runner answers by following the streams), after the pages before it landed."""
+    async with FailingJournal(tmp_path / "j.db") as journal, SqliteViewStore(tmp_path / "v.db") as store:
+        await _append(journal, 0, 1000)
+        runner = ViewRunner(Counting, store, NATS(), prefix=PREFIX, journal=journal, catchup_behind=1, catchup_page=300)
+        with pytest.raises(JournalError, match="went away"):
+            await runner.catch_up_from_journal()
+        assert len(await _rows(store)) == 600
+        assert runner.position("post") == 600
+
+
+class CountingJournal(SqliteJournal):
+    reads = 0
+
+    async def read_all(self, from_position: int = 1, limit: int = 1000) -> list[Envelope]:
+        self.reads += 1
+        return await super().read_all(from_position, limit)
+
+
+class SlowFirstStore(SqliteViewStore):
+    """Its first transaction waits until the journal has been read `reads` times (pages wait behind it)."""
+
+    def __init__(self, path: Path, journal: CountingJournal, reads: int) -> None:
+        super().__init__(path)
+        self.journal = journal
+        self.reads = reads
+        self.transactions = 0
+
+    async def transact(self, view: str, work: Work) -> None:
+        self.transactions += 1
+        while self.transactions == 1 and self.journal.reads < self.reads:
+            await anyio.sleep(0.001)
+        await super().transact(view, work)
+
+
+@pytest.mark.parametrize("transaction", [100, 1000])
+async def test_pages_read_while_the_store_writes_share_a_transaction(tmp_path: Path, transaction: int) -> None:
+    """Pages of 100 read ahead while a transaction is stored go into the next one together, up to
+    `catchup_transaction` events; each event once either way."""
+    async with CountingJournal(tmp_path / "j.db") as journal:
+        await _append(journal, 0, 3000)
+        async with SlowFirstStore(tmp_path / "v.db", journal, reads=11 if transaction > 100 else 2) as store:
+            runner = ViewRunner(
+                Counting, store, NATS(), prefix=PREFIX, journal=journal, catchup_behind=1, catchup_page=100,
+                catchup_transaction=transaction,
+            )  # fmt: skip
+            assert await runner.catch_up_from_journal() == 3000
+            await _all_once(store, 3000)
+            if transaction == 100:
+                assert store.transactions == 30, "a page per transaction"
+            else:
+                assert store.transactions <= 20, "pages that waited were stored together"
+                assert runner.position("post") == 3000
