@@ -133,10 +133,10 @@ class Actor:
         self.queued += 1
         try:
             async with self.lock:
-                if tracing.tracer() is None:
+                if tracing.tracer() is None or tracing.current() is None:  # off, or in no recorded trace
                     return await self._turn(host, spec, args, meta)
                 attributes = {"memoir.entity_id": self.entity_id, "memoir.command": spec.name}
-                with tracing.child(f"turn {self.model.type_name}.{spec.name}", attributes=attributes) as span:
+                with tracing.span(f"turn {self.model.type_name}.{spec.name}", attributes=attributes) as span:
                     before = self.seq
                     reply = await self._turn(host, spec, args, meta)
                     # the events it stored, by key: the spans reacting to them name them as parents
