@@ -8,7 +8,9 @@ import sys
 from pathlib import Path
 
 import anyio
+import asyncpg
 import pytest
+from support.postgres import schema_for
 from support.waiting import eventually
 
 from runtime import Client, CommandError, Overloaded, Reply, Unavailable
@@ -43,10 +45,13 @@ async def send(client: Client, entity_type: str, entity_id: str, command: str, a
     return await client.send(entity_type, entity_id, command, args, command_id=cid, timeout=10)
 
 
-def member(tmp_path: Path, nats: NatsRegions, region: str) -> LocalMember:
+def member(
+    tmp_path: Path, nats: NatsRegions, region: str, extra: list[str] | None = None, *, name: str | None = None
+) -> LocalMember:
+    name = name or region
     argv = [sys.executable, "-m", "runtime.serve.cli", "run", "entities:sagas", "--nats-url", nats.url(region)]
     argv += ["--region", region, "--regions", "eu,us", "--region-pinned", "account=eu", "--stream-replicas", "3"]
-    return LocalMember(region, tmp_path / region, [*argv, "--data-dir", str(tmp_path / region)])
+    return LocalMember(name, tmp_path / name, [*argv, *(extra or []), "--data-dir", str(tmp_path / name)])
 
 
 async def test_memoir_run_serves_a_region_and_commands_reach_the_primary(tmp_path: Path) -> None:
@@ -92,3 +97,41 @@ async def test_memoir_run_serves_a_region_and_commands_reach_the_primary(tmp_pat
             for m in members:
                 await m.stop()
         assert [m.exit_status for m in members] == [0, 0]
+
+
+async def test_memoir_run_serves_a_region_of_two_members(tmp_path: Path, postgres_url: str) -> None:
+    """`--cluster` with `--region`: two eu processes on one PostgreSQL schema (journal and views), one us."""
+    schema = schema_for("rr_", tmp_path)
+    pg = f"{postgres_url}?schema={schema}"
+    async with NatsRegions(tmp_path / "nats", ["eu", "us"]) as nats:
+        cluster = ["--cluster", "--journal", pg, "--view-store", pg, "--shards", "8", "--lease-ttl", "2"]
+        members = [
+            member(tmp_path, nats, "eu", cluster, name="eu-1"),
+            member(tmp_path, nats, "eu", cluster, name="eu-2"),
+            member(tmp_path, nats, "us"),
+        ]
+        try:
+            for m in members:
+                await m.spawn()
+                await m.serving(90)
+            async with Client(nats.url("us"), direct=False) as us, Client(nats.url("eu"), direct=False) as eu:
+                for k in range(8):  # pinned to eu: each stored once, by whichever eu member owns it
+                    client = us if k % 2 else eu
+                    assert (await send(client, "account", f"R{k}", "deposit", {"amount": 5})).seq == 1
+                    assert (await send(client, "account", f"R{k}", "deposit", {"amount": 1})).result == 6
+            moved = await memoir(
+                "region", "move", "account", "R3", "--to", "us", "--regions", "eu,us", "--region-pinned", "account=eu",
+                "--nats-url", nats.url("eu"), "--data-dir", str(tmp_path / "cli"), "--json",
+            )  # fmt: skip
+            assert json.loads(moved) == {"type": "account", "id": "R3", "from": "eu", "to": "us", "after_seq": 2}
+            async with Client(nats.url("eu"), direct=False) as eu:
+                assert (await send(eu, "account", "R3", "deposit", {"amount": 1})).seq == 3  # crosses to us now
+        finally:
+            for m in members:
+                await m.stop()
+            conn = await asyncpg.connect(postgres_url)
+            try:
+                await conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+            finally:
+                await conn.close()
+        assert [m.exit_status for m in members] == [0, 0, 0]

@@ -32,7 +32,7 @@ from anyio.abc import TaskGroup
 from ...journal import Journal, open_journal
 from ...model.app import App
 from ...model.errors import MemoirError
-from ...streams.view_store import ViewStore, open_view_store
+from ...streams.view_store import PostgresViewStore, ViewStore, open_view_store
 from ...wire import tracing
 from ...wire.auth import NatsAuth
 from ...wire.redact import redact_url
@@ -208,7 +208,17 @@ async def _start_service(
     assert svc.nc is not None
     if regions is not None and fence is not None and sender is not None:
         writer = (svc.runtime, journal)  # it serves moves: releases and adoptions of entities
-        region = Region(app, svc.nc, regions, streams=settings.streams(), view_store=views, writer=writer)
+        shared = svc.cluster is not None and isinstance(views, PostgresViewStore)  # one member runs each view
+        region = Region(
+            app,
+            svc.nc,
+            regions,
+            streams=settings.streams(),
+            view_store=views,
+            writer=writer,
+            router=svc.router,
+            run_singleton=svc.run_singleton if shared else None,
+        )
         fence.attach(region.primaries)
         sender.attach(svc.nc, region.primaries)
         await stack.enter_async_context(region)

@@ -119,8 +119,6 @@ class Settings(msgspec.Struct, kw_only=True):
                 "archive_url needs a SQLite or PostgreSQL journal: a nats:// journal is the event streams"
                 " views follow, and its events cannot be dropped from under them"
             )
-        if self.region_settings() is not None and self.cluster:
-            raise ConfigError("a region of several members (--cluster with --region) is not built yet: one member")
         if self.cluster:
             self.cluster_config()  # checks shards and lease_ttl
             scheme = self.journal().split(":", 1)[0]
@@ -155,8 +153,12 @@ class Settings(msgspec.Struct, kw_only=True):
         """The cluster this process joins (its buckets replicated like the streams), or None."""
         if not self.cluster:
             return None
+        regions = self.region_settings()  # a region's members are a cluster of their own
         return ClusterConfig(
-            name=self.prefix, shards=self.shards, replicas=self.stream_replicas, lease=LeaseConfig(ttl=self.lease_ttl)
+            name=self.prefix if regions is None else regions.cluster_name(),
+            shards=self.shards,
+            replicas=self.stream_replicas,
+            lease=LeaseConfig(ttl=self.lease_ttl),
         )
 
     def cors_origins(self) -> list[str]:

@@ -97,6 +97,7 @@ class Service:
         admits = self._admits if cluster is not None else None
         self.runtime = Runtime(app, journal, admits=admits, **runtime_options)
         self.sender: Sender = self.runtime  # how anything inside sends a command; a cluster's routes (_start)
+        self.wrap_sender: Callable[[Sender], Sender] | None = None  # around a cluster's sender (regions)
         self.publisher: Publishers | None = None  # one partition per entity type, each a singleton
         self.views: dict[str, ViewRunner] = {}
         self.consumers: dict[str, ConsumerRunner] = {}
@@ -153,6 +154,8 @@ class Service:
             self.shards = ShardManager(self.cluster, on_lost=self.router.release, on_release=self.router.release)
             self.router.attach(self.shards)
             self.sender = MemberSender(self.runtime, self.nc, self.router, prefix=self.prefix, timeout=INSIDE_TIMEOUT)
+            if self.wrap_sender is not None:  # a region member's: it sends to other regions, this one to the owner
+                self.sender = self.wrap_sender(self.sender)
             self.runtime.route_steps(self.sender)  # before any command: a step's target may live on another member
             if self._take_shards_on_start:
                 self._sharding = True

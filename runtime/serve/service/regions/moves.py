@@ -36,6 +36,7 @@ from nats.errors import Error as NatsError
 from ....engine.runtime import Runtime
 from ....journal import Journal
 from ....model.errors import MemoirError
+from ..forwarding import Router
 from .primary import Primaries, decode_claim, encode_claim
 from .replica import ReplicaJournal
 from .settings import RegionSettings
@@ -43,6 +44,7 @@ from .settings import RegionSettings
 log = structlog.get_logger("memoir.region.moves")
 
 POLL = 0.05
+ADOPT_QUEUE = "memoir-region-adopt"  # one member of the region adopts an entity
 REPLIES = 1000  # the last commands of a moved entity whose replies go with it (dedupe keeps at most this many)
 
 
@@ -83,9 +85,11 @@ class MoveDoor:
         primaries: Primaries,
         *,
         catch_up: float = 30.0,
+        router: Router | None = None,
     ) -> None:
         self.nc, self.settings, self.runtime, self.journal = nc, settings, runtime, journal
         self.replica, self.primaries, self.catch_up = replica, primaries, catch_up
+        self.router = router  # a region of several members: the entity's owner in the region answers a release
 
     async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         async with anyio.create_task_group() as tg:
@@ -96,11 +100,13 @@ class MoveDoor:
 
                 return cb
 
-            subs = [
+            subs = [  # every member releases (each one's fence refuses the entity); one adopts
                 await self.nc.subscribe(
                     subject(self.settings, self.settings.name, "release"), cb=serving(self.release)
                 ),
-                await self.nc.subscribe(subject(self.settings, self.settings.name, "adopt"), cb=serving(self.adopt)),
+                await self.nc.subscribe(
+                    subject(self.settings, self.settings.name, "adopt"), queue=ADOPT_QUEUE, cb=serving(self.adopt)
+                ),
             ]
             task_status.started()
             try:
@@ -113,20 +119,28 @@ class MoveDoor:
     async def _answer(self, msg: Msg, step: Any) -> None:
         try:
             ask = msgspec.json.decode(msg.data, type=_Ask)
-            answer: _Answer = await step(ask)
+            answer: _Answer | None = await step(ask)
         except (MemoirError, msgspec.ValidationError, msgspec.DecodeError, NatsError) as exc:
             answer = _Answer(ok=False, error=str(exc))
+        if answer is None:
+            return  # another member of the region answers
         log.info(
             "region move step", region=self.settings.name, step=step.__name__, head=answer.head, error=answer.error
         )
         if msg.reply:
             await msg.respond(msgspec.json.encode(answer))
 
-    async def release(self, ask: _Ask) -> _Answer:
+    async def release(self, ask: _Ask) -> _Answer | None:
         """Stop writing the entity here; answers its head in this region's journal, and the replies
-        of its last REPLIES commands with ids (the replica carries the ids, not the replies)."""
+        of its last REPLIES commands with ids (the replica carries the ids, not the replies).
+
+        In a region of several members every member refuses the entity from now on, and the one
+        that owns it (its shard's) answers, once its turn in flight is over; the others say nothing.
+        """
         self.primaries.release(ask.type, ask.id)
         await self.runtime.passivate_where(lambda t, i: (t, i) == (ask.type, ask.id))  # after its turn in flight
+        if self.router is not None and self.router.owner(ask.type, ask.id) != self.router.member:
+            return None
         head = await self.journal.head(ask.type, ask.id)
         recent = await self.journal.read(ask.type, ask.id, from_seq=max(1, head - REPLIES + 1))
         return _Answer(ok=True, head=head, replies={e.seq: e.reply for e in recent if e.reply is not None})

@@ -20,7 +20,7 @@ stay in its journal (nothing deletes them: `memoir events` on that journal shows
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import anyio
@@ -57,24 +57,27 @@ class ReplicaViewRunner(ViewRunner):
             await super()._apply(entity_type, stream, kept, in_journal)
 
 
-Replay = Callable[[str], Any]  # rebuild a view by name (the region's `_keep_view` loop runs it again)
-
-
 class Orphans:
-    """Told each moved entity's epochs as the claims are read (`Primaries.on_epochs`); `await drain()`
-    handles what was told so far (before the views start), `run` handles the rest as it comes."""
+    """Told each moved entity's epochs as the claims are read (`Primaries.on_epochs`): `drain()` names
+    the lost events of what was told so far (at start), `run` handles the rest as it comes, and a
+    view calls `check_view` before it runs (`Region._keep_view`). Only the views in `running` (those
+    this process runs: in a region of several members, the holder of the view's singleton) are
+    checked and rebuilt here."""
 
     def __init__(
         self,
         region: str,
         replica: ReplicaJournal,
         own: Journal | None,
+        primaries: Primaries,
         views: Mapping[str, ViewRunner],
         store: ViewStore,
-        replay: Callable[[str], Any],
+        replay: Callable[[str], Awaitable[None]],
     ) -> None:
-        self.region, self.replica, self.own, self.views, self.store = region, replica, own, views, store
-        self.replay = replay  # async (view name) -> None: stop, rebuild and run the view again
+        self.region, self.replica, self.own, self.primaries = region, replica, own, primaries
+        self.views, self.store = views, store
+        self.replay = replay  # stop, rebuild and run the view again
+        self.running: set[str] = set()  # the views this process runs now
         self.lost: dict[tuple[str, str], list[int]] = {}  # (type, id) -> seqs this region wrote that were lost
         self.rebuilt = 0  # views rebuilt because they had applied lost events
         self._send, self._receive = anyio.create_memory_object_stream[tuple[str, str, Epochs, int]](float("inf"))
@@ -90,19 +93,26 @@ class Orphans:
     async def drain(self) -> None:
         while True:
             try:
-                told = self._receive.receive_nowait()
+                entity_type, entity_id, epochs, _ = self._receive.receive_nowait()
             except anyio.WouldBlock:
                 return
-            await self._handle(*told)
+            await self._guarded(entity_type, entity_id, self._name_lost(entity_type, entity_id, epochs))
 
     async def run(self) -> None:
-        async for told in self._receive:
-            await self._handle(*told)
+        async for entity_type, entity_id, epochs, revision in self._receive:
+            await self._guarded(entity_type, entity_id, self._name_lost(entity_type, entity_id, epochs))
+            for name in list(self.running):
+                await self._guarded(entity_type, entity_id, self._check(name, entity_type, entity_id, revision))
 
-    async def _handle(self, entity_type: str, entity_id: str, epochs: Epochs, revision: int) -> None:
+    async def check_view(self, name: str) -> None:
+        """Before a view runs here: rebuild it if it applied events of an entity moved since it was last checked."""
+        for entity_type, entity_id, _, revision in self.primaries.moved_entities():
+            await self._guarded(entity_type, entity_id, self._check(name, entity_type, entity_id, revision))
+
+    @staticmethod
+    async def _guarded(entity_type: str, entity_id: str, work: Awaitable[None]) -> None:
         try:
-            await self._name_lost(entity_type, entity_id, epochs)
-            await self._check_views(entity_type, entity_id, revision)
+            await work
         except MemoirError as exc:  # a replica or journal unreachable now: the next start checks again
             log.warning("region orphans not checked", type=entity_type, id=entity_id, error=str(exc))
 
@@ -137,29 +147,23 @@ class Orphans:
                 return None
             start = page[-1][0] + 1
 
-    async def _check_views(self, entity_type: str, entity_id: str, revision: int) -> None:
-        """Rebuild each view of the entity's type that may have applied what a reader now passes over."""
-        first: int | None = None
-        looked = False
-        for name, runner in self.views.items():
-            if entity_type not in runner.sources:
-                continue
-            stored = await self.store.checkpoints(name)
-            if stored.get(CLAIMS, 0) >= revision:
-                continue  # checked against this claim already (a process started before)
-            if not looked:
-                first, looked = await self._passed_over(entity_type, entity_id), True
-            applied = max(stored.get(runner.source_key(entity_type), 0), runner.checkpoint(entity_type))
-            if first is not None and first <= applied:
-                log.warning(
-                    "region view rebuilt: it applied events lost by a promotion",
-                    view=name,
-                    type=entity_type,
-                    id=entity_id,
-                )
-                await self.replay(name)
-                self.rebuilt += 1
-            await self.store.transact(name, lambda _: ({}, {CLAIMS: revision}))
+    async def _check(self, name: str, entity_type: str, entity_id: str, revision: int) -> None:
+        """Rebuild the view if it may have applied what a reader now passes over (once per claim revision)."""
+        runner = self.views[name]
+        if entity_type not in runner.sources:
+            return
+        stored = await self.store.checkpoints(name)
+        if stored.get(CLAIMS, 0) >= revision:
+            return  # checked against this claim already (here, or by a process before)
+        first = await self._passed_over(entity_type, entity_id)
+        applied = max(stored.get(runner.source_key(entity_type), 0), runner.checkpoint(entity_type))
+        if first is not None and first <= applied:
+            log.warning(
+                "region view rebuilt: it applied events lost by a promotion", view=name, type=entity_type, id=entity_id
+            )
+            await self.replay(name)
+            self.rebuilt += 1
+        await self.store.transact(name, lambda _: ({}, {CLAIMS: revision}))
 
 
 class _OneEntity:

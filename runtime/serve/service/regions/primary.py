@@ -120,6 +120,7 @@ class Primaries:
         self._released: set[str] = set()  # entities this region handed away: refused even before the claim moves
         self._moved: dict[str, str] = {}  # claims of pinned types' entities (moved off their pinned region)
         self._epochs: dict[str, Epochs] = {}  # every moved entity's epochs (which region wrote which seqs)
+        self._revisions: dict[str, int] = {}  # the claims bucket's revision of each of those
         self.on_epochs: list[Callable[[str, str, Epochs, int], None]] = []  # told (type, id, epochs, revision)
         self.claimed = 0  # entities this process claimed for its region
         self.followed = anyio.Event()  # set once `follow` has read every claim there was when it began
@@ -168,6 +169,8 @@ class Primaries:
                     continue
                 region, epochs = decode_claim(entry.value)
                 self._learn(entry.key, epochs, entry.revision or 0)
+                if region == self.settings.name:  # moved (back) here: another member of the region adopted it
+                    self._released.discard(entry.key)
                 if entry.key.split(".", 1)[0] in self.settings.pinned:
                     self._moved[entry.key] = region  # every one: the fence of a pinned type reads them
                 if entry.key in self._cache:
@@ -178,17 +181,18 @@ class Primaries:
     def _learn(self, key: str, epochs: Epochs, revision: int) -> None:
         if len(epochs) < 2:  # one region wrote it all: nothing to tell apart
             self._epochs.pop(key, None)
+            self._revisions.pop(key, None)
             return
         if self._epochs.get(key) == epochs:
             return
-        self._epochs[key] = epochs
+        self._epochs[key], self._revisions[key] = epochs, revision
         entity_type, entity_id = key_entity(key)
         for tell in self.on_epochs:
             tell(entity_type, entity_id, epochs, revision)
 
-    def epochs(self) -> dict[tuple[str, str], Epochs]:
-        """Every moved entity's epochs this process has read."""
-        return {key_entity(key): epochs for key, epochs in self._epochs.items()}
+    def moved_entities(self) -> list[tuple[str, str, Epochs, int]]:
+        """Every moved entity this process has read: (type, id, epochs, the claim's revision)."""
+        return [(*key_entity(key), epochs, self._revisions[key]) for key, epochs in self._epochs.items()]
 
     def moved(self) -> bool:
         """Whether any entity moved (a reader's check of provenance costs nothing otherwise)."""

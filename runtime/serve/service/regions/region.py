@@ -21,6 +21,8 @@ consumer that reacts to other regions' events and sends commands through the doo
 from __future__ import annotations
 
 import dataclasses
+import functools
+from collections.abc import Awaitable, Callable, Coroutine
 from types import TracebackType
 from typing import Any, Self
 
@@ -35,6 +37,7 @@ from ....model.entity import model_of
 from ....streams.publisher import StreamSettings
 from ....streams.view import ViewQuery, ViewRunner
 from ....streams.view_store import MemoryViewStore, ViewStore
+from ..forwarding import Router
 from ..supervision import supervised
 from .door import RegionDoor
 from .moves import MoveDoor
@@ -65,6 +68,8 @@ class Region:
         streams: StreamSettings | None = None,
         door: bool = True,
         writer: tuple[Runtime, Journal] | None = None,
+        router: Router | None = None,
+        run_singleton: Callable[[str, Callable[[], Awaitable[None]]], Coroutine[Any, Any, None]] | None = None,
     ) -> None:
         self.app = app
         self.nc = nc
@@ -75,6 +80,8 @@ class Region:
         self.primaries = Primaries(nc, settings)
         self.door = RegionDoor(nc, settings, self.primaries) if door else None
         self.writer = writer  # the region's runtime and journal: it serves moves (`moves.py`)
+        self.router = router  # a region of several members: who owns an entity in the region (moves)
+        self.run_singleton = run_singleton  # ... and the views run where the cluster's singleton lease says
         self.stream = ""
         self.journal: ReplicaJournal | None = None
         self.views: dict[str, ViewRunner] = {}
@@ -108,6 +115,7 @@ class Region:
             self.settings.name,
             journal,
             self.writer[1] if self.writer is not None else None,
+            self.primaries,
             self.views,
             self.view_store,
             self.replay,
@@ -120,15 +128,20 @@ class Region:
             tg.start_soon(supervised, "region claims", self.primaries.follow)
             with anyio.move_on_after(FOLLOW_TIMEOUT):  # a returning region learns what moved away before it serves
                 await self.primaries.followed.wait()
-            await orphans.drain()  # before the views run: one that applied lost events is rebuilt first
+            await orphans.drain()  # names the lost events; each view is checked as it starts (`_keep_view`)
             tg.start_soon(orphans.run)
             if self.door is not None:
                 await tg.start(self.door.run)
             if self.writer is not None:
                 runtime, own = self.writer
-                await tg.start(MoveDoor(self.nc, self.settings, runtime, own, journal, self.primaries).run)
+                moves = MoveDoor(self.nc, self.settings, runtime, own, journal, self.primaries, router=self.router)
+                await tg.start(moves.run)
             for name, runner in self.views.items():
-                tg.start_soon(supervised, f"region view {name}", lambda r=runner: self._keep_view(r))
+                keep = functools.partial(self._keep_view, runner)
+                if self.run_singleton is None:
+                    tg.start_soon(supervised, f"region view {name}", keep)
+                else:  # one member of the region runs it: the views' store is the region's, shared
+                    tg.start_soon(self.run_singleton, f"region.view.{name}", keep)
         except BaseException:
             tg.cancel_scope.cancel()
             try:
@@ -152,24 +165,31 @@ class Region:
     async def _keep_view(self, runner: ViewRunner) -> None:
         """Run a view; `replay` stops it, rebuilds it from the replica and runs it again."""
         name = runner.view.name
-        while True:
-            if name not in self._rebuilds:  # asked while the view was failing and restarting: rebuild first
-                scope = self._view_scopes[name] = anyio.CancelScope()
-                with scope:
-                    await runner.run()
-            rebuilt = self._rebuilds.pop(name, None)  # reached only when replay() cancelled `scope`
-            if rebuilt is None:
-                return
-            try:
-                await runner.rebuild()
-            finally:
-                rebuilt.set()
+        assert self.orphans is not None
+        self.orphans.running.add(name)
+        try:
+            await self.orphans.check_view(name)  # it may have applied events a promotion has since left out
+            while True:
+                if name not in self._rebuilds:  # asked while the view was failing and restarting: rebuild first
+                    scope = self._view_scopes[name] = anyio.CancelScope()
+                    with scope:
+                        await runner.run()
+                rebuilt = self._rebuilds.pop(name, None)  # reached only when replay() cancelled `scope`
+                if rebuilt is None:
+                    return
+                try:
+                    await runner.rebuild()
+                finally:
+                    rebuilt.set()
+        finally:
+            self.orphans.running.discard(name)
+            self._view_scopes.pop(name, None)
 
     async def replay(self, name: str) -> None:
         """Rebuild a view of this region from its replica (it runs again after)."""
         runner = self.views[name]
         scope = self._view_scopes.get(name)
-        if scope is None:  # not running yet
+        if scope is None:  # not running yet (`_keep_view` checks before it runs the view)
             await runner.rebuild()
             return
         rebuilt = self._rebuilds[name] = anyio.Event()

@@ -25,6 +25,7 @@ from nats.aio.client import Client as NATS
 from nats.errors import NoRespondersError
 
 from ....engine.runtime import Runtime
+from ....engine.sender import Sender
 from ....model.access import Caller
 from ....model.errors import Unavailable
 from ....wire.protocol import Reply, command_subject
@@ -38,9 +39,16 @@ class RegionSender:
 
     def __init__(self, runtime: Runtime, settings: RegionSettings) -> None:
         self.runtime, self.settings = runtime, settings
+        self.local: Sender = runtime  # what this region writes goes through it: a cluster member's routes
         self.nc: NATS | None = None
         self.primaries: Primaries | None = None
         self.sent: dict[str, int] = {}  # region -> commands sent there
+
+    def over(self, local: Sender) -> RegionSender:
+        """This sender, with `local` (a cluster member's sender, reaching the entity's owner) for the
+        entities this region writes: what `Service.wrap_sender` is given."""
+        self.local = local
+        return self
 
     def attach(self, nc: NATS, primaries: Primaries) -> None:
         """Once the region's connection and primary rule exist (the service starts before them)."""
@@ -63,7 +71,7 @@ class RegionSender:
             raise Unavailable("region starting", "its primary rule is not ready yet: retry")
         region = await self.primaries.of(entity_type, entity_id)
         if region == self.settings.name:
-            return await self.runtime.ask(
+            return await self.local.ask(
                 entity_type,
                 entity_id,
                 command,

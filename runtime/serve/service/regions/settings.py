@@ -63,6 +63,11 @@ class RegionSettings(msgspec.Struct, frozen=True, kw_only=True):
         """The service prefix of `region` (this one by default): `{prefix}.r.{region}`."""
         return f"{self.prefix}.r.{region or self.name}"
 
+    def cluster_name(self) -> str:
+        """The name of this region's cluster, when it has several members (its KV buckets of shards,
+        leases and singletons): the region's prefix, as a bucket name allows."""
+        return self.region_prefix().replace(".", "_")
+
     @property
     def home_region(self) -> str:
         return self.home or self.regions[0]
