@@ -291,6 +291,8 @@ def tracing_main(seconds: float, rounds: int) -> None:
     c.line("vs off, median of rounds: 1 % / 100 %", f"{vs_off['1%']:.2f}x / {vs_off['100%']:.2f}x")
     c.line("runtime CPU per command (us): no hooks / off / 1 % / 100 %", " / ".join(f"{cpu[m]:.0f}" for m in MODES))
     c.line("commands per CPU second vs no hooks: off / 1 % / 100 %", " / ".join(f"{per_cpu[m]:.2f}x" for m in TRACING))
+    spread = {m: [r["before"]["cpu_us"] / r[m]["cpu_us"] for r in results] for m in TRACING}  # the machine's noise
+    c.line("  the same, lowest-highest round", " / ".join(f"{min(v):.2f}-{max(v):.2f}" for v in spread.values()))
     c.line("command errors", sum(x["errors"] for r in results for x in r.values()))
     c.goal("tracing off vs no tracing hooks (per CPU second)", per_cpu["off"], ">=", 0.98)
     c.goal("1 % sampling vs no tracing hooks (per CPU second)", per_cpu["1%"], ">=", 0.95)
