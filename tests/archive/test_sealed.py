@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from crypto.people import MARKER, Person, app
+from support.waiting import eventually
 
 from runtime import Runtime, SqliteJournal, model_of, state_at
 from runtime.archive import Archive, Archiver, ArchiverSettings, ArchivingJournal
@@ -26,6 +27,11 @@ async def test_sealed_in_the_archive_and_forgotten_there_too(tmp_path: Path) -> 
     async with ArchivingJournal(SqliteJournal(tmp_path / "j.db"), archive) as journal, Runtime(app, journal) as rt:
         for n in range(4):  # a snapshot at 3
             await rt.ask("person", "ann", "change", {"email": f"ann{n}-{MARKER}@x"})
+
+        async def snapshot_stored() -> bool:  # the runtime stores snapshots from a task of its own
+            return await journal.load_snapshot("person", "ann") is not None
+
+        await eventually(snapshot_stored, what="the snapshot at seq 3 stored")
         moved = await Archiver(journal.inner, archive, ArchiverSettings(after=0)).run_once()
         assert moved.events == 3
         assert b'"sealed"' in archived_bytes(tmp_path / "archive")
