@@ -96,7 +96,7 @@ from ..model.errors import JournalError, MemoirError
 from ..wire import tracing
 from ..wire.nats import AckInbox, PublishError, check_ack, watch
 from ..wire.nats import ensure_stream as ensure_stream_with
-from ..wire.protocol import H_POSITION, event_headers, event_subject, events_filter, stream_name
+from ..wire.protocol import H_MSG_ID, H_POSITION, event_headers, event_subject, events_filter, stream_name
 
 log = structlog.get_logger("memoir.publisher")
 
@@ -119,6 +119,9 @@ class StreamSettings(msgspec.Struct, frozen=True, kw_only=True):
     duplicate_window: float = 120.0  # seconds
     max_age: float = 0.0  # 0: keep forever; the journal is the source of truth either way
     atomic: bool = True  # atomic batch publish where the server has it (2.12+); else message by message
+    # appended to each `Nats-Msg-Id`: a region's `@{region}`, so a replica sourcing several regions'
+    # streams never dedupes one region's event against another's of the same seq (regions/replication.py)
+    msg_id_suffix: str = ""
 
     def config(self, prefix: str, entity_type: str) -> api.StreamConfig:
         return self.config_for(stream_name(prefix, entity_type), [events_filter(prefix, entity_type)])
@@ -410,6 +413,8 @@ class Publisher:
         messages = []
         for n, env in enumerate(envs):
             headers = event_headers(env)
+            if self.settings.msg_id_suffix:
+                headers[H_MSG_ID] += self.settings.msg_id_suffix
             if atomic:
                 headers[H_BATCH_ID] = batch_id
                 headers[H_BATCH_SEQ] = str(n + 1)

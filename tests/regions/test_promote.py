@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import anyio
 import pytest
 from support.regions import Member, settings_for, two_regions
 from support.waiting import eventually
@@ -15,7 +14,6 @@ from runtime import Client, CommandError
 from runtime.serve.service.regions import move
 from runtime.serve.service.regions.orphans import entity_replica
 from runtime.serve.service.regions.replica import direct_batch, source_stream
-from runtime.serve.service.regions.replication import REPLICA_DUPLICATE_WINDOW
 from runtime.wire.nats import close_quietly, connect
 from runtime.wire.protocol import event_subject
 
@@ -65,10 +63,8 @@ async def test_a_promoted_region_writes_on_and_the_returning_one_refuses(tmp_pat
         async with Client(regions.url("us"), direct=False) as us:
             for seq in (6, 7, 8):  # us writes it now, from seq 6: the same seqs as eu's lost ones
                 assert (await us.send("account", "P1", "deposit", {"amount": 1})).seq == seq
-        # Each replica dedupes by Nats-Msg-Id (`{type}/{id}/{seq}`) for 100 ms: past that, it keeps
-        # both regions' seq 6-8 and its readers must choose (within it, it keeps the first to come).
-        await anyio.sleep(2 * REPLICA_DUPLICATE_WINDOW)
-
+        # Each region's ids name it (`{type}/{id}/{seq}@{region}`): the replicas keep both regions'
+        # seq 6-8 however close together they arrive (the heal comes at once), and their readers choose.
         regions.link.heal()  # eu returns
         await eventually(
             lambda: not eu_part.region.primaries.admits("account", "P1"), what="eu reading the claim that moved P1"

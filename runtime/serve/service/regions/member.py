@@ -22,6 +22,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import anyio
+import msgspec
 from nats.aio.client import Client as NATS
 
 from ....journal import Journal
@@ -100,7 +101,10 @@ async def region_member(
 
     `cluster`: one of the region's several members, sharing the region's journal and view store
     (PostgreSQL): its shards, leases and singletons are the region's own (`RegionSettings.cluster_name`)."""
-    streams = streams or StreamSettings(replicas=settings.replicas)
+    # the region in each message id: the replicas keep both regions' events of one seq (a promotion's)
+    streams = msgspec.structs.replace(
+        streams or StreamSettings(replicas=settings.replicas), msg_id_suffix=f"@{settings.name}"
+    )
     prefix = settings.region_prefix()
     service = Service(
         regional_app(app),

@@ -11,12 +11,11 @@ What sourcing gives: each source is read in order from where the replica left of
 tracks each source's sequence, so a source's message is stored once), across the gateway,
 resumed after a cut by the server itself; a message keeps its headers. The replica hardly
 dedupes by `Nats-Msg-Id` (its duplicate window is `REPLICA_DUPLICATE_WINDOW`, the server's least):
-each source stream has dedupe by it already, and across sources the same id (`{type}/{id}/{seq}`)
-means two regions wrote that seq, which happens only after a promotion, when the lost region's
-unreplicated events meet the new primary's. The replica keeps both, in arrival order, and its
-readers keep the one from the region that held the seq (`replica.py`); a dedupe here would keep
-whichever came first, the lost region's event in some regions and the new primary's in others
-(with 100 ms, only when the two arrive that close together: the case this leaves open).
+each source stream has dedupe by it already, and a region's publisher names its region in each
+id (`{type}/{id}/{seq}@{region}`), so two regions' events of one seq, which happen only after a
+promotion (the lost region's unreplicated events meeting the new primary's), are never taken for
+one another. The replica keeps both, in arrival order, and its readers keep the one from the
+region that held the seq (`replica.py`).
 Per entity the order is its seq order (one writer region, one source stream); between
 entities of different regions the replica's order is the order of arrival. The replica's own
 sequence is the position its readers use (`replica.py`), as in the JetStream journal.
