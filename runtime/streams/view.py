@@ -25,8 +25,10 @@ added later starts at the beginning of its streams, so history flows into the
 new feature; `rebuild` drops the rows and does it again.
 
 Catch-up: a view whose service has the journal and that is far behind (new,
-rebuilt, after downtime) first reads the journal by position in big pages, a
-page per transaction, then follows its streams from where that read ended. The
+rebuilt, after downtime) first reads the journal by position in big pages, each
+read while the one before is stored and the pages that waited stored together
+(fewer, bigger transactions: cheaper index pages), then follows its streams
+from where that read ended. The
 journal position, which each stream message carries, is what both paths
 checkpoint and check, so the hand-over applies each event once (`ViewRunner`).
 """
@@ -682,8 +684,9 @@ class ViewRunner(StreamRunner):
                 self._checkpoints[self.position_key(t)] = found
 
     async def catch_up_from_journal(self) -> int:
-        """Apply the co-located journal's events by position, a page per transaction, while the view
-        is `catchup_behind` positions or more behind; returns how many events were applied.
+        """Apply the co-located journal's events by position, in transactions of the pages read
+        while the one before was stored (up to `catchup_transaction` events), while the view is
+        `catchup_behind` positions or more behind; returns how many events were applied.
 
         Stops at the journal's last position as it was when the catch-up began (or at an empty
         read); the streams take over from each type's position checkpoint. A view with a stream
