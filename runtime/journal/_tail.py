@@ -40,26 +40,18 @@ class TailCache:
 
     def read(self, from_position: int, limit: int) -> list[Envelope] | None:
         """Events from `from_position` on, as far as they follow on here; None if it is not held."""
-        held = self._by_position
-        if from_position not in held or limit < 1:
-            return None
-        out: list[Envelope] = []
-        position = from_position
-        while len(out) < limit and (env := held.get(position)) is not None:
-            out.append(env)
-            position += 1
-        self.hits += 1
-        return out
+        page = self.read_types(None, from_position, limit)
+        return None if page is None else page.events
 
-    def read_types(self, types: Collection[str], from_position: int, limit: int) -> Page | None:
-        """`read`, keeping only `types`' events: it looked as far as positions follow on here."""
+    def read_types(self, types: Collection[str] | None, from_position: int, limit: int) -> Page | None:
+        """`read`, keeping only `types`' events (None: every type): it looked as far as positions follow on here."""
         held = self._by_position
         if from_position not in held or limit < 1:
             return None
         out: list[Envelope] = []
         position = from_position
         while len(out) < limit and (env := held.get(position)) is not None:
-            if env.entity_type in types:
+            if types is None or env.entity_type in types:
                 out.append(env)
             position += 1
         self.hits += 1

@@ -433,25 +433,24 @@ class PostgresJournal(SqlJournal):
         """As the SQL journals read, but "nothing" without a query for a read past every position
         known committed, while other writers' commits are heard and `idle_poll` seconds after the
         last read that asked (the module docstring says why)."""
-        listener = self.listener
-        if (
-            listener is not None
-            and listener.up
-            and from_position > max(self._high, listener.high)
-            and time.monotonic() - self._asked_at < self.idle_poll
-        ):
-            self.reads_skipped += 1
+        if self._nothing_new(from_position):
             return []
         asked_at, hits = time.monotonic(), self._tail.hits
         page = await super().read_all(from_position, limit)
-        if self._tail.hits == hits:  # it asked the store (not the tail cache)
-            self._asked_at = asked_at
-        if page:
-            self._high = max(self._high, page[-1].position)
+        self._after_read(asked_at, hits, page)
         return page
 
     async def read_types(self, types: Collection[str], from_position: int = 1, limit: int = 1000) -> Page:
         """As `read_all`: past every position known committed, "nothing new" without a query."""
+        if self._nothing_new(from_position):
+            return Page([], from_position - 1)
+        asked_at, hits = time.monotonic(), self._tail.hits
+        page = await super().read_types(types, from_position, limit)
+        self._after_read(asked_at, hits, page.events)
+        return page
+
+    def _nothing_new(self, from_position: int) -> bool:
+        """A read past every position known committed, while commits are heard: answered without a query."""
         listener = self.listener
         if (
             listener is not None
@@ -460,14 +459,14 @@ class PostgresJournal(SqlJournal):
             and time.monotonic() - self._asked_at < self.idle_poll
         ):
             self.reads_skipped += 1
-            return Page([], from_position - 1)
-        asked_at, hits = time.monotonic(), self._tail.hits
-        page = await super().read_types(types, from_position, limit)
-        if self._tail.hits == hits:
+            return True
+        return False
+
+    def _after_read(self, asked_at: float, hits: int, events: Sequence[Envelope]) -> None:
+        if self._tail.hits == hits:  # it asked the store (not the tail cache)
             self._asked_at = asked_at
-        if page.events:
-            self._high = max(self._high, page.events[-1].position)
-        return page
+        if events:
+            self._high = max(self._high, events[-1].position)
 
     async def _typed_rows(self, sql: str, args: Sequence[Any]) -> tuple[int, Rows]:
         """While listening, the bound is the highest position heard of (committed: notifications come
