@@ -212,7 +212,7 @@ def exporter() -> Any:
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
     from opentelemetry.sdk.trace.export import SpanExportResult
 
-    class Exporter(OTLPSpanExporter):
+    class Exporter(OTLPSpanExporter):  # type: ignore[misc, unused-ignore]  # Any where the otel extra is not installed
         encoder = Encoder()
 
         def export(self, spans: Sequence[Any]) -> SpanExportResult:
