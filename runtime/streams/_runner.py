@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable, Iterable
+import contextlib
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import anyio
@@ -41,10 +42,14 @@ class StreamRunner(abc.ABC):
         self.streams = streams or event_streams(prefix)
 
     async def run(self) -> None:
-        """Follow every source type until cancelled; one failing pull is retried inside its loop."""
-        async with anyio.create_task_group() as tg:
-            for entity_type in self.sources:
-                tg.start_soon(self._follow, entity_type)
+        """Follow every source type until cancelled; one failing pull is retried inside its loop.
+
+        What ends a source's loop (a handler's store away, `Unavailable`) is raised as itself, not
+        in a group, so the supervisor that restarts transient failures knows it for one."""
+        with sole_error():
+            async with anyio.create_task_group() as tg:
+                for entity_type in self.sources:
+                    tg.start_soon(self._follow, entity_type)
 
     async def _follow(self, entity_type: str) -> None:
         await pull_loop(
@@ -60,3 +65,22 @@ class StreamRunner(abc.ABC):
     @abc.abstractmethod
     def pull_options(self, entity_type: str) -> dict[str, Any]:
         """`pull_loop` keywords of this kind of subscriber: its handler, ack policy, batch, start."""
+
+
+@contextlib.contextmanager
+def sole_error() -> Iterator[None]:
+    """A task group's one error raised as itself, not in a group: callers catch `JournalError`."""
+    try:
+        yield
+    except BaseExceptionGroup as group:
+        errors: list[BaseException] = []
+        pending: list[BaseException] = [group]
+        while pending:
+            e = pending.pop()
+            if isinstance(e, BaseExceptionGroup):
+                pending.extend(e.exceptions)
+            else:
+                errors.append(e)
+        if len(errors) == 1:
+            raise errors[0] from group
+        raise

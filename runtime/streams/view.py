@@ -38,7 +38,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from typing import Any, ClassVar, Generic, NamedTuple, TypeVar
 
 import anyio
@@ -60,7 +60,7 @@ from ..model.sealing import Forgotten, is_sealed
 from ..wire import tracing
 from ..wire.protocol import H_EVENT, H_POSITION, H_RECORDED, H_SEQ, H_VERSION, envelope_from_message
 from ._pull import delete_durable, first_above, stream_sequence
-from ._runner import StreamResolver, StreamRunner
+from ._runner import StreamResolver, StreamRunner, sole_error
 from .handlers import Handler, HandlerTable, Subscriber
 from .query import Field, Index, IndexDecl, Page, Query, QueryError, Where, declared_fields, encode_token, plan
 from .query_live import VERSION, Batch, Changes, Event, live
@@ -377,25 +377,6 @@ def _merged(pages: list[_Page]) -> _Page:
     )
 
 
-@contextlib.contextmanager
-def _sole_error() -> Iterator[None]:
-    """A task group's one error raised as itself, not in a group: callers catch `JournalError`."""
-    try:
-        yield
-    except BaseExceptionGroup as group:
-        errors: list[BaseException] = []
-        pending: list[BaseException] = [group]
-        while pending:
-            e = pending.pop()
-            if isinstance(e, BaseExceptionGroup):
-                pending.extend(e.exceptions)
-            else:
-                errors.append(e)
-        if len(errors) == 1:
-            raise errors[0] from group
-        raise
-
-
 def _fast(plain: Mapping[str, PlainEvent], msg: Msg, position: int | None) -> tuple[int, int, ToApply | None] | None:
     """(position, recorded time, what to apply or None) of a plain event's message, read off its
     headers and payload alone (the envelope is built only for a handler that takes it); None sends
@@ -705,7 +686,7 @@ class ViewRunner(StreamRunner):
         log.info("view catching up from the journal", view=self.view.name, start=start, end=end)
         ahead = self.catchup_transaction // self.catchup_page - 1  # pages read while one is stored
         send, receive = anyio.create_memory_object_stream[_Page | Exception](ahead)
-        with _sole_error():
+        with sole_error():
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._read_pages, send, start, end)
                 async with receive:

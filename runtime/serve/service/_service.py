@@ -48,6 +48,7 @@ from .cluster.routing import ShardRouter
 from .sending import MemberSender
 from .supervision import supervised
 from .timer_tasks import start_timers
+from .view_keeper import ViewKeeper
 
 log = structlog.get_logger("memoir.service")
 
@@ -104,8 +105,7 @@ class Service:
         self.timers: TimerStats | None = None  # counts of the timer relay and firer, once started
         self.stream_for: StreamResolver = event_streams(self.prefix, journal)
         self._stack: contextlib.AsyncExitStack | None = None
-        self._view_scopes: dict[str, anyio.CancelScope] = {}
-        self._rebuilds: dict[str, anyio.Event] = {}
+        self._views = ViewKeeper()  # runs each view, stops and rebuilds it on `replay`
 
     def view(self, name: str) -> ViewQuery[Any]:
         try:
@@ -192,7 +192,7 @@ class Service:
                 keys=self.runtime.keys,
                 journal=self.journal,  # co-located: a view far behind catches up from it
             )
-            background.start_soon(self.run_singleton, f"view.{view.name}", functools.partial(self._keep_view, runner))
+            background.start_soon(self.run_singleton, f"view.{view.name}", functools.partial(self._views.keep, runner))
         consumers = await stack.enter_async_context(anyio.create_task_group())
         stack.callback(consumers.cancel_scope.cancel)  # first to stop: no new commands from consumers
         for consumer in self.app.consumers:
@@ -287,21 +287,6 @@ class Service:
     def _admits(self, entity_type: str, entity_id: str) -> bool:
         return self.router is not None and self.router.admits(entity_type, entity_id)
 
-    async def _keep_view(self, runner: ViewRunner) -> None:
-        """Run a view; a replay request stops it, rebuilds it from history and runs it again."""
-        name = runner.view.name
-        while True:
-            scope = self._view_scopes[name] = anyio.CancelScope()
-            with scope:
-                await runner.run()
-            rebuilt = self._rebuilds.pop(name, None)  # reached only when replay() cancelled `scope`
-            if rebuilt is None:
-                return
-            try:
-                await runner.rebuild()
-            finally:
-                rebuilt.set()
-
     async def replay(self, name: str) -> bool:
         """Rebuild a view from the start of its streams while the service keeps running.
 
@@ -310,11 +295,9 @@ class Service:
         runner = self.views.get(name)
         if runner is None:
             raise KeyError(f"no view {name!r} (known: {sorted(self.views)})")
-        if not self.runs(f"view.{name}") or name not in self._view_scopes:
+        if not self.runs(f"view.{name}"):
             return False
-        rebuilt = self._rebuilds[name] = anyio.Event()
-        self._view_scopes[name].cancel()
-        await rebuilt.wait()
+        await self._views.rebuild(name)
         return True
 
     async def _flush(self) -> None:

@@ -39,6 +39,7 @@ from ....streams.view import ViewQuery, ViewRunner
 from ....streams.view_store import MemoryViewStore, ViewStore
 from ..forwarding import Router
 from ..supervision import supervised
+from ..view_keeper import ViewKeeper
 from .door import RegionDoor
 from .moves import MoveDoor
 from .orphans import Orphans, ReplicaViewRunner
@@ -87,8 +88,7 @@ class Region:
         self.views: dict[str, ViewRunner] = {}
         self.orphans: Orphans | None = None
         self._tg: anyio.abc.TaskGroup | None = None
-        self._view_scopes: dict[str, anyio.CancelScope] = {}
-        self._rebuilds: dict[str, anyio.Event] = {}
+        self._views = ViewKeeper()  # runs each view, stops and rebuilds it on `replay`
 
     @property
     def lost(self) -> dict[tuple[str, str], list[int]]:
@@ -169,32 +169,17 @@ class Region:
         self.orphans.running.add(name)
         try:
             await self.orphans.check_view(name)  # it may have applied events a promotion has since left out
-            while True:
-                if name not in self._rebuilds:  # asked while the view was failing and restarting: rebuild first
-                    scope = self._view_scopes[name] = anyio.CancelScope()
-                    with scope:
-                        await runner.run()
-                rebuilt = self._rebuilds.pop(name, None)  # reached only when replay() cancelled `scope`
-                if rebuilt is None:
-                    return
-                try:
-                    await runner.rebuild()
-                finally:
-                    rebuilt.set()
+            await self._views.keep(runner)
         finally:
             self.orphans.running.discard(name)
-            self._view_scopes.pop(name, None)
 
     async def replay(self, name: str) -> None:
         """Rebuild a view of this region from its replica (it runs again after)."""
         runner = self.views[name]
-        scope = self._view_scopes.get(name)
-        if scope is None:  # not running yet (`_keep_view` checks before it runs the view)
+        if self.orphans is None or name not in self.orphans.running:  # not kept now: nothing runs it meanwhile
             await runner.rebuild()
             return
-        rebuilt = self._rebuilds[name] = anyio.Event()
-        scope.cancel()
-        await rebuilt.wait()
+        await self._views.rebuild(name)  # its keeper rebuilds it, before its first run if it has not run yet
 
     def view(self, name: str) -> ViewQuery[Any]:
         return self.views[name].query
