@@ -37,6 +37,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from ..model.errors import ConfigError
+from . import otlp
 
 _UNKNOWN: Any = object()
 _tracer: Any = _UNKNOWN  # an opentelemetry Tracer, None when off; looked up once
@@ -344,8 +345,6 @@ def configure_from_env(env: Mapping[str, str] | None = None) -> bool:
         from opentelemetry.sdk.trace.export import BatchSpanProcessor
     except ImportError as exc:
         raise ConfigError(f"OTEL_* asks for traces but {exc.name} is missing: pip install 'memoir[otel]'") from None
-    from . import otlp
-
     provider = TracerProvider()  # its resource and sampler from OTEL_SERVICE_NAME, OTEL_TRACES_SAMPLER, …
     provider.add_span_processor(BatchSpanProcessor(otlp.exporter()))  # the SDK's exporter, with a cheaper encoder
     trace.set_tracer_provider(provider)
