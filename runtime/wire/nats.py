@@ -236,11 +236,31 @@ async def connect(
     }
     conn = _Connection(url, options.get("name", ""), disconnected_cb, reconnected_cb)
     nc = GuardedClient()
-    if await conn.attempt(nc, url, timeout, options):
-        return nc
-    with anyio.move_on_after(2, shield=True), contextlib.suppress(Exception):
-        await nc.close()  # an attempt cut short leaves its socket open otherwise
+    try:
+        if await conn.attempt(nc, url, timeout, options):
+            return nc
+    except BaseException:  # cancelled (a caller's own timeout): what the attempt opened is closed too
+        await _close_cut_short(nc)
+        raise
+    await _close_cut_short(nc)
     raise conn.failure(url, auth, options, timeout) from None
+
+
+async def _close_cut_short(nc: NATS) -> None:
+    """Close a connection whose attempt was cut short: it leaves its socket open otherwise (and a
+    socket left to the garbage collector after its loop closed is a ResourceWarning)."""
+    with anyio.move_on_after(2, shield=True), contextlib.suppress(Exception):
+        await nc.close()
+    abort_socket(nc)
+
+
+def abort_socket(nc: NATS) -> None:
+    """Drop the socket at once if a close could not finish (nats-py 2.x's transport holds an asyncio
+    StreamWriter; anything else is left alone)."""
+    writer = getattr(getattr(nc, "_transport", None), "_io_writer", None)
+    transport = getattr(writer, "transport", None)
+    if transport is not None and not transport.is_closing():
+        transport.abort()
 
 
 async def respond(msg: Msg, body: bytes) -> None:

@@ -33,7 +33,7 @@ import structlog
 from nats.aio.client import Client as NATS
 
 from ....model.backoff import Backoff
-from ....wire.nats import close_quietly, connect
+from ....wire.nats import abort_socket, close_quietly, connect
 from .leases import Held, Leases, OnLost
 from .store import describe
 
@@ -122,7 +122,9 @@ class OnThread:
         except asyncio.CancelledError:  # stopped while connecting: close what the connect still opens
             with contextlib.suppress(Exception):  # bounded by connect_timeout
                 opened = await connecting
-                await asyncio.wait_for(opened.close(), 1.0)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(opened.close(), 1.0)
+                abort_socket(opened)
             raise
         try:
             await body(nc)
@@ -130,8 +132,9 @@ class OnThread:
             try:  # bounded: a cut-off link would hold a drain for nats-py's drain_timeout (30 s)
                 await asyncio.wait_for(close_quietly(nc), 1.0)
             except TimeoutError:
-                with contextlib.suppress(TimeoutError):  # its socket goes with this thread's loop
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(nc.close(), 1.0)
+            abort_socket(nc)  # whatever is still open goes now, before this thread's loop closes
 
 
 class ThreadRenewer:
