@@ -11,9 +11,15 @@ command ids must not read as one, and a reader can tell them apart from real tex
 (`protocol.readable`). Anything else nats-py raises on one message is dropped and counted
 the same way, as are the messages it drops as a slow consumer (a subscription's pending limits).
 
+It also closes a reconnect's socket when that attempt's handshake fails: nats-py opens the next
+attempt's socket over the previous one's and leaves that to the garbage collector (a file
+descriptor per attempt against a server that accepts and says nothing, and a ResourceWarning
+wherever the collector next runs).
+
 For nats-py upstream: `Client._build_message` and `_process_headers` decode with strict UTF-8
 inside `_read_loop`, whose catch-all logs and exits without closing or reconnecting;
-`Msg.respond` sends the request's headers back with the reply.
+`Msg.respond` sends the request's headers back with the reply; `_attempt_reconnect`, after
+`_process_connect_init` fails, calls `TcpTransport.connect` again without closing its writer.
 """
 
 from __future__ import annotations
@@ -56,6 +62,16 @@ def _text(raw: bytes) -> str | None:
         return None
 
 
+def drop_socket(nc: NATS) -> None:
+    """Abort the client's socket at once if it is still open (nats-py 2.x's transport holds asyncio
+    StreamWriters: the one in use, and under TLS the plain one beneath; anything else is left alone)."""
+    transport = getattr(nc, "_transport", None)
+    for name in ("_io_writer", "_bare_io_writer"):
+        socket = getattr(getattr(transport, name, None), "transport", None)
+        if socket is not None and not socket.is_closing():
+            socket.abort()
+
+
 class GuardedClient(NATS):
     """nats-py's `Client`, dropping (and counting) what its read loop would die of."""
 
@@ -65,6 +81,10 @@ class GuardedClient(NATS):
         super().__init__()
         self.dropped = 0  # messages not delivered: not UTF-8, a header block nats-py chokes on, a full buffer
         self._answers: dict[int, bytes] = {}  # sid -> what to answer such a message when its reply reads
+
+    async def _connect_to_server(self, s: Any) -> None:
+        drop_socket(self)  # a previous attempt's, if its handshake failed; nothing while connected
+        await super()._connect_to_server(s)
 
     def slow_consumer(self, exc: Exception) -> None:
         """nats-py dropped a message: the subscription's buffer was full (its pending limits)."""

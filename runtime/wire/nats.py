@@ -31,6 +31,7 @@ from nats.js.errors import APIError, NotFoundError, ServiceUnavailableError
 from ..model.errors import MemoirError
 from . import frames
 from ._guard import GuardedClient as GuardedClient  # re-exported: the client `connect` makes
+from ._guard import drop_socket as drop_socket  # re-exported: drops a socket a close could not finish
 from .auth import NatsAuth
 from .redact import redact_url, scrub, url_secrets
 
@@ -251,16 +252,7 @@ async def _close_cut_short(nc: NATS) -> None:
     socket left to the garbage collector after its loop closed is a ResourceWarning)."""
     with anyio.move_on_after(2, shield=True), contextlib.suppress(Exception):
         await nc.close()
-    abort_socket(nc)
-
-
-def abort_socket(nc: NATS) -> None:
-    """Drop the socket at once if a close could not finish (nats-py 2.x's transport holds an asyncio
-    StreamWriter; anything else is left alone)."""
-    writer = getattr(getattr(nc, "_transport", None), "_io_writer", None)
-    transport = getattr(writer, "transport", None)
-    if transport is not None and not transport.is_closing():
-        transport.abort()
+    drop_socket(nc)
 
 
 async def respond(msg: Msg, body: bytes) -> None:

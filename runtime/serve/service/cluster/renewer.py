@@ -33,7 +33,7 @@ import structlog
 from nats.aio.client import Client as NATS
 
 from ....model.backoff import Backoff
-from ....wire.nats import abort_socket, close_quietly, connect
+from ....wire.nats import close_quietly, connect, drop_socket
 from .leases import Held, Leases, OnLost
 from .store import describe
 
@@ -124,7 +124,7 @@ class OnThread:
                 opened = await connecting
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(opened.close(), 1.0)
-                abort_socket(opened)
+                drop_socket(opened)
             raise
         try:
             await body(nc)
@@ -134,7 +134,7 @@ class OnThread:
             except TimeoutError:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(nc.close(), 1.0)
-            abort_socket(nc)  # whatever is still open goes now, before this thread's loop closes
+            drop_socket(nc)  # whatever is still open goes now, before this thread's loop closes
 
 
 class ThreadRenewer:
