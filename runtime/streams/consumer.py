@@ -20,9 +20,13 @@ its `code` tells the two kinds apart (`is_refusal`):
   gets the same answer, so it is never retried: catch it on `ctx.send` and record the
   outcome (the event is then acked like any handled one). A refusal the handler lets
   escape is parked at once, without retries.
-- a transient error (`overloaded`, `unavailable`, `conflict`, `internal`) or any other
-  exception (a timeout, a bug) is retried with backoff (the message is nak'ed with a
-  delay, and the ones behind it go on). After `max_attempts` it is parked.
+- a busy target (`overloaded`, `unavailable`, `conflict`) says nothing about the event:
+  it is retried with backoff (the message is nak'ed with a delay, capped at `max_backoff`,
+  and the ones behind it go on) for as long as the target stays busy, never parked. A
+  thousand events sent to one entity at once fill its mailbox; parking them would lose
+  their effects to an operator's replay.
+- any other failure (`internal`, a timeout, a bug in the handler) is retried the same
+  way, and after `max_attempts` deliveries it is parked.
 
 Events of one source entity are handled in order, different entities concurrently.
 Parked events go to `{prefix}.deadletter.{consumer}` with the error in `Memoir-Error`
@@ -96,16 +100,26 @@ class Consumer(Subscriber):
     """Base class of a consumer. Subclass with `name=` and `sources=[EntityClass, ...]`.
 
     A handler catches `CommandError` on `ctx.send` to react to a refusal (see the module
-    docstring); other errors it lets escape are retried `max_attempts` times, then parked.
+    docstring); a busy target is retried until it takes the command; other errors it lets
+    escape are retried until `max_attempts` deliveries, then parked.
     """
 
     kind = "consumer"
     max_attempts: ClassVar[int] = 5
     backoff: ClassVar[float] = 0.2  # seconds before the first retry; doubles each time
+    max_backoff: ClassVar[float] = 30.0  # the longest wait between two retries
 
 
-TRANSIENT = frozenset({ErrorCode.OVERLOADED, ErrorCode.UNAVAILABLE, ErrorCode.CONFLICT, ErrorCode.INTERNAL})
+BUSY = frozenset({ErrorCode.OVERLOADED, ErrorCode.UNAVAILABLE, ErrorCode.CONFLICT})
+"""The target could not take the command now: retried for as long as that lasts, never parked."""
+
+TRANSIENT = BUSY | {ErrorCode.INTERNAL}
 """Error codes that may clear on a retry with the same command id; every other code is an answer."""
+
+
+def is_busy(exc: BaseException) -> bool:
+    """Whether `exc` says only that the target could not take the command now."""
+    return isinstance(exc, CommandError) and exc.code in BUSY
 
 
 def is_refusal(exc: BaseException) -> bool:
@@ -180,9 +194,9 @@ class ConsumerRunner(StreamRunner):
                 self.refused += 1
                 await self._dead_letter(msg, exc)
                 return
-            if attempt < self.consumer.max_attempts:
+            if attempt < self.consumer.max_attempts or is_busy(exc):
                 self.retried += 1
-                delay = Backoff(self.consumer.backoff).at(attempt)
+                delay = Backoff(self.consumer.backoff, cap=self.consumer.max_backoff).at(attempt)
                 log.warning(
                     "consumer handler failed; will retry",
                     consumer=self.consumer.name,

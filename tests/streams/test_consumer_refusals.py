@@ -1,5 +1,6 @@
 """A refusal is an answer, not a failure: a consumer catches it on `ctx.send` and the event is done
-(never retried, never parked); one it lets escape is parked at once; transient errors are retried."""
+(never retried, never parked); one it lets escape is parked at once; a busy target is retried until it
+takes the command, however many attempts that takes; a broken handler is parked after `max_attempts`."""
 
 from __future__ import annotations
 
@@ -24,8 +25,8 @@ pytestmark = pytest.mark.anyio
 
 class Registrar(Consumer, name="registrar", sources=[Post]):
     """Registers each post's author. A second post by the same author is refused ("already
-    registered"): posts `caught-*` handle that refusal, `uncaught-*` let it escape, `busy-*`
-    fail with a transient error instead."""
+    registered"): posts `caught-*` handle that refusal, `uncaught-*` let it escape; `busy-*` find
+    the target overloaded for twice `max_attempts` deliveries, `broken-*` fail with a bug."""
 
     max_attempts = 3
     backoff = 0.05
@@ -36,8 +37,10 @@ class Registrar(Consumer, name="registrar", sources=[Post]):
     async def published(self, ctx: Context, e: Published) -> None:
         post = ctx.envelope.entity_id
         self.attempts[post] += 1
-        if post.startswith("busy"):
+        if post.startswith("busy") and self.attempts[post] <= 2 * self.max_attempts:
             raise CommandError("overloaded", "the mailbox is full")
+        if post.startswith("broken"):
+            raise RuntimeError("a bug in the handler")
         try:
             await ctx.send("profile", e.author, "register", {"name": e.author})
         except CommandError as no:
@@ -73,13 +76,13 @@ async def test_a_caught_refusal_is_done_an_escaped_one_parked_at_once_a_transien
 
         await post("first")
         await eventually(registered, what="ann registered by her first post")
-        for post_id in ("caught-1", "uncaught-1", "busy-1"):
+        for post_id in ("caught-1", "uncaught-1", "busy-1", "broken-1"):
             await post(post_id)
-        await eventually(lambda: runner.handled == 2 and runner.dead_lettered == 2, what="two handled, two parked")
+        await eventually(lambda: runner.handled == 3 and runner.dead_lettered == 2, 30, "three handled, two parked")
 
-        assert Registrar.refusals == ["caught-1: rejected"]
-        assert dict(Registrar.attempts) == {"first": 1, "caught-1": 1, "uncaught-1": 1, "busy-1": 3}
-        assert runner.refused == 1 and runner.retried == 2
+        assert Registrar.refusals == ["caught-1: rejected", "busy-1: rejected"]  # busy until it got its answer
+        assert dict(Registrar.attempts) == {"first": 1, "caught-1": 1, "uncaught-1": 1, "busy-1": 7, "broken-1": 3}
+        assert runner.refused == 1 and runner.retried == 6 + 2
         registrations = [e for e in await journal.read("profile", "ann") if e.name == "Registered"]
         assert [e.command_id for e in registrations] == ["post/first/1"]  # ids from the source event
 
@@ -87,6 +90,6 @@ async def test_a_caught_refusal_is_done_an_escaped_one_parked_at_once_a_transien
     parked = await stream_messages(client.jetstream(), "MEMOIR_DEADLETTER")
     await client.close()
     errors = {m.headers["Memoir-Original-Subject"]: m.headers["Memoir-Error"] for m in parked}
-    assert set(errors) == {"memoir.events.post.uncaught-1", "memoir.events.post.busy-1"}
+    assert set(errors) == {"memoir.events.post.uncaught-1", "memoir.events.post.broken-1"}
     assert "already registered" in errors["memoir.events.post.uncaught-1"]
-    assert "overloaded" in errors["memoir.events.post.busy-1"]
+    assert "a bug in the handler" in errors["memoir.events.post.broken-1"]
