@@ -14,7 +14,8 @@ the same way, as are the messages it drops as a slow consumer (a subscription's 
 It also closes a reconnect's socket when that attempt's handshake fails: nats-py opens the next
 attempt's socket over the previous one's and leaves that to the garbage collector (a file
 descriptor per attempt against a server that accepts and says nothing, and a ResourceWarning
-wherever the collector next runs).
+wherever the collector next runs). And a reconnect still running once the client is closed
+stops at its next attempt rather than connect a closed client again.
 
 For nats-py upstream: `Client._build_message` and `_process_headers` decode with strict UTF-8
 inside `_read_loop`, whose catch-all logs and exits without closing or reconnecting;
@@ -24,6 +25,7 @@ inside `_read_loop`, whose catch-all logs and exits without closing or reconnect
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import structlog
@@ -64,11 +66,15 @@ def _text(raw: bytes) -> str | None:
 
 def drop_socket(nc: NATS) -> None:
     """Abort the client's socket at once if it is still open (nats-py 2.x's transport holds asyncio
-    StreamWriters: the one in use, and under TLS the plain one beneath; anything else is left alone)."""
+    StreamWriters: the one in use, and under TLS the plain one beneath; anything else is left alone).
+
+    Also one already closing: a close waits for the write buffer to drain first, and towards a
+    server that stopped reading (paused, or cut off) it never does. An abort of a socket already
+    gone does nothing."""
     transport = getattr(nc, "_transport", None)
     for name in ("_io_writer", "_bare_io_writer"):
         socket = getattr(getattr(transport, name, None), "transport", None)
-        if socket is not None and not socket.is_closing():
+        if socket is not None:
             socket.abort()
 
 
@@ -81,10 +87,23 @@ class GuardedClient(NATS):
         super().__init__()
         self.dropped = 0  # messages not delivered: not UTF-8, a header block nats-py chokes on, a full buffer
         self._answers: dict[int, bytes] = {}  # sid -> what to answer such a message when its reply reads
+        self._closed_for_good = False
+
+    async def _close(self, status: int, do_cbs: bool = True) -> None:
+        if status == NATS.CLOSED:  # for good (a failed first attempt closes as DISCONNECTED and tries again)
+            self._closed_for_good = True
+        await super()._close(status, do_cbs)
 
     async def _connect_to_server(self, s: Any) -> None:
+        # A reconnect that outlived the close (its cancel lost in asyncio.wait_for's race with a connect
+        # that had just finished) would go on opening sockets on a closed client: it ends here instead.
+        if self._closed_for_good:
+            raise asyncio.CancelledError
         drop_socket(self)  # a previous attempt's, if its handshake failed; nothing while connected
         await super()._connect_to_server(s)
+        if self._closed_for_good:  # closed while this connect ran: what it opened goes too
+            drop_socket(self)
+            raise asyncio.CancelledError
 
     def slow_consumer(self, exc: Exception) -> None:
         """nats-py dropped a message: the subscription's buffer was full (its pending limits)."""

@@ -69,10 +69,14 @@ async def test_failed_handshakes_while_reconnecting_leave_no_socket_open(tmp_pat
                 await anyio.sleep(0.05)
         # each attempt's handshake timed out; only the attempt under way may hold a socket
         assert silent.most_open <= 1, f"{silent.most_open} of {silent.accepted} attempts' sockets open at once"
+        await nc.close()  # while an attempt waits for the server to speak
+        accepted = silent.accepted
+        with anyio.fail_after(5):
+            while silent.open:
+                await anyio.sleep(0.05)
+        await anyio.sleep(0.5)  # on purpose: longer than reconnect_time_wait, so a reconnect going on would show
+        assert silent.accepted == accepted, "the closed client connected again"
     finally:
         await nc.close()
         server.close()
         await server.wait_closed()
-    with anyio.fail_after(5):
-        while silent.open:
-            await anyio.sleep(0.05)
