@@ -24,9 +24,11 @@ Moves, all by compare-and-set on the allocation entry's revision:
   gives it to takes it at once by compare-and-set. Free rather than naming the successor:
   the successor is whoever wants it by its own view of the members, so two views that differ
   for a moment (the members and the leases are separate watches) never bounce a shard.
-- Takeover: a member takes a shard from another only once that member's lease is gone from
-  the bucket. It is gone when its holder released it, or when a taker saw it silent (the same
-  revision) for a whole ttl on its own clock and deleted it with a revision check (`fence`).
+- Takeover: a member takes a shard from another only once the lease that member wrote the
+  entry under is gone from the bucket: its key deleted at a later revision than the entry's
+  (the entries live in the leases bucket, so one stream's revisions order them). It is gone
+  when its holder released it, or when a taker saw it silent (the same revision) for a whole
+  ttl on its own clock and deleted it with a revision check (`fence`).
   The deleted revision was the holder's last successful renewal, sent no later than it was
   committed, and the taker received it no earlier: the holder stopped by send + ttl - margin,
   before the taker's deletion at receipt + ttl. A holder's renewal racing the deletion is
@@ -44,6 +46,13 @@ Failure cases:
 - Paused NATS leader of the bucket: nobody can write. Owners stop at their deadlines, nobody
   takes anything (a takeover is a write); when a leader answers again, members renew or start
   new leases and take their shards back. Unavailability, never two owners.
+- A taker whose view of the leases lags its view of the allocation (the leases watch down during
+  an election, an entry read directly after a lost compare-and-set): it fenced the owner's old
+  lease, the owner started a new one and wrote its entries again, and the taker reads such an
+  entry. The deletion it knows of comes before the entry, so it is an older lease's: the taker
+  reads the key again, finds the new lease, and waits for it to go silent like any other.
+  (Trusting "the lease is gone" from the taker's own fence made two owners, each of the owner's
+  shards, in test_manager's NATS-leader kill under load.)
 - Two members racing to take a shard: both compare-and-set the same entry revision; the server
   accepts one. Racing to fence the same lease: one deletion wins, the other sees it gone.
 No clock is compared across machines: each side measures with its own monotonic clock, and
@@ -350,7 +359,7 @@ class ShardManager:
         if slot is not None and slot.owner == me and slot.revision > lease.since:
             got: Slot | None = slot  # ours, written under this lease
         else:
-            if slot is not None and slot.owner not in (FREE, me) and not await self._gone(slot.owner):
+            if slot is not None and slot.owner not in (FREE, me) and not await self._gone(slot):
                 return  # its owner is alive: it hands the shard over when it sees placement moved
             got = await self.table.write(shard, me, by=me, last=slot)
         if got is None or self._lease is not lease or not self.serving() or self._stopped:
@@ -358,11 +367,21 @@ class ShardManager:
         self._holding[shard] = got
         await self.on_acquired(shard)
 
-    async def _gone(self, member: str) -> bool:
-        """Whether `member` can no longer serve: its lease released, or fenced here after a ttl of silence."""
-        if not self._has_lease(member):
-            return True
-        return await self.leases.fence(member_key(member))
+    async def _gone(self, slot: Slot) -> bool:
+        """Whether the lease `slot.owner` wrote `slot` under has ended, so that nothing it holds admits
+        the shard: its key deleted (released, or fenced here after a ttl of silence) at a later
+        revision than the slot's (the allocation shares the leases bucket's stream, so revisions
+        order them). A deletion before the slot ended an older lease: the owner wrote the slot under
+        a newer one this view has not seen (the watch lags or is down, and the slot was read
+        directly after a lost compare-and-set), so the key is read again first."""
+        key = member_key(slot.owner)
+        seen = self.leases.seen.get(key)
+        if seen is not None and seen.owner is not None and not await self.leases.fence(key):
+            return False  # renewed within a ttl by this clock: alive
+        seen = self.leases.seen.get(key)  # after a fence here: the fenced revision, before the deletion's
+        if seen is None or seen.owner is not None or seen.revision <= slot.revision:
+            seen = await self.leases.refresh(key)
+        return seen is None or (seen.owner is None and seen.revision > slot.revision)
 
     async def _fence_silent(self) -> None:
         """Delete the leases of members gone silent (killed ones), so the bucket does not keep a
