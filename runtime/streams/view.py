@@ -454,7 +454,7 @@ class ViewRunner(StreamRunner):
         self.running = False  # following its streams in this process (live queries need it)
         self.applied = 0
         self.forgotten = 0  # events skipped because their entity was forgotten
-        self.from_journal = 0  # events read from the journal while catching up (applied or not)
+        self.from_journal = 0  # source events read from the journal while catching up (applied or not)
         self.last_recorded_at = 0  # the recorded time of the newest event applied (view lag)
         self.lock = anyio.Lock()  # two source streams must not interleave their read-modify-writes
         self._decoder: msgspec.json.Decoder[Any] = msgspec.json.Decoder(view.row_type)
@@ -737,22 +737,22 @@ class ViewRunner(StreamRunner):
         """The journal's page after `start`, decoded (None: nothing more); `done`: each source type's
         position applied already (or to be, by the pages before it)."""
         assert self.journal is not None
-        page = await self.journal.read_all(start + 1, self.catchup_page)
-        if not page:
+        page = await self.journal.read_types(self.sources, start + 1, self.catchup_page)  # its sources' alone
+        if page.through <= start:
             return None
         work: list[ToApply] = []
         newest = 0
-        for env in page:
-            if env.position <= done.get(env.entity_type, env.position):
-                continue  # not a source, or applied already
+        for env in page.events:
+            if env.position <= done[env.entity_type]:
+                continue  # applied already
             item = await self._prepare(env, env.position) if is_sealed(env.payload) else self._decode(env, env.position)
             if item is not None:
                 work.append(item)
             if env.recorded_at > newest:
                 newest = env.recorded_at
-        last = page[-1].position
+        last = page.through
         checkpoints = {self.position_key(t): max(p, last) for t, p in done.items()}
-        return _Page(work, checkpoints, newest, len(page), last)
+        return _Page(work, checkpoints, newest, len(page.events), last)
 
     # -- queries and rebuild ---------------------------------------------------------------------
 

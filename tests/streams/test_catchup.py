@@ -5,6 +5,7 @@ crypto-shredding and timers handled as on the stream path."""
 from __future__ import annotations
 
 import time
+from collections.abc import Collection
 from pathlib import Path
 
 import anyio
@@ -17,6 +18,7 @@ from support.waiting import eventually
 
 from entities.social import Post, Published
 from runtime import Envelope, Journal, Service, SqliteJournal, SqliteViewStore, Unavailable
+from runtime.journal.base import Page
 from runtime.model.entity import model_of
 from runtime.model.errors import JournalError
 from runtime.serve.service.embedded_nats import EmbeddedNats
@@ -235,12 +237,12 @@ class LosingJournal(SqliteJournal):
 
     reads = 0
 
-    async def read_all(self, from_position: int = 1, limit: int = 1000) -> list[Envelope]:
+    async def read_types(self, types: Collection[str], from_position: int = 1, limit: int = 1000) -> Page:
         if limit == 300:
             self.reads += 1
             if self.reads > 1:
                 raise Unavailable("gone", "for this test")
-        return await super().read_all(from_position, limit)
+        return await super().read_types(types, from_position, limit)
 
 
 async def test_a_journal_lost_mid_catch_up_leaves_the_rest_to_the_stream(tmp_path: Path, nc: NATS) -> None:
@@ -300,11 +302,11 @@ class FailingJournal(SqliteJournal):
 
     reads = 0
 
-    async def read_all(self, from_position: int = 1, limit: int = 1000) -> list[Envelope]:
+    async def read_types(self, types: Collection[str], from_position: int = 1, limit: int = 1000) -> Page:
         self.reads += 1
         if self.reads == 3:
             raise JournalError("the journal went away")
-        return await super().read_all(from_position, limit)
+        return await super().read_types(types, from_position, limit)
 
 
 async def test_a_failed_read_ahead_stops_the_catch_up_after_the_pages_read_before_it(tmp_path: Path) -> None:
@@ -322,9 +324,9 @@ async def test_a_failed_read_ahead_stops_the_catch_up_after_the_pages_read_befor
 class CountingJournal(SqliteJournal):
     reads = 0
 
-    async def read_all(self, from_position: int = 1, limit: int = 1000) -> list[Envelope]:
+    async def read_types(self, types: Collection[str], from_position: int = 1, limit: int = 1000) -> Page:
         self.reads += 1
-        return await super().read_all(from_position, limit)
+        return await super().read_types(types, from_position, limit)
 
 
 class SlowFirstStore(SqliteViewStore):
