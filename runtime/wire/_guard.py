@@ -15,7 +15,8 @@ It also closes a reconnect's socket when that attempt's handshake fails: nats-py
 attempt's socket over the previous one's and leaves that to the garbage collector (a file
 descriptor per attempt against a server that accepts and says nothing, and a ResourceWarning
 wherever the collector next runs). And a reconnect still running once the client is closed
-stops at its next attempt rather than connect a closed client again.
+stops at its next attempt rather than connect a closed client again. Its TCP connect is bounded
+without `asyncio.wait_for`, which in Python 3.11 can drop a connection it just made.
 
 For nats-py upstream: `Client._build_message` and `_process_headers` decode with strict UTF-8
 inside `_read_loop`, whose catch-all logs and exits without closing or reconnecting;
@@ -30,6 +31,7 @@ from typing import Any
 
 import structlog
 from nats.aio.client import Client as NATS
+from nats.aio.transport import TcpTransport
 
 log = structlog.get_logger("memoir.nats")
 
@@ -78,6 +80,22 @@ def drop_socket(nc: NATS) -> None:
             socket.abort()
 
 
+class _TcpTransport(TcpTransport):
+    """nats-py's TCP transport, its connect bounded by `asyncio.timeout` instead of `asyncio.wait_for`.
+
+    In Python 3.11, `wait_for` runs the connect as a task of its own; cancelled just as that task
+    finished, it raises and drops the finished connection, whose socket nobody closes (CPython
+    gh-86296, fixed in 3.12). Seen here: every unclosed socket a cluster test's collector found
+    was opened by a lease thread's connect cut short. A timeout scope runs the connect in the
+    caller's task: what it opens is stored before any cancel can land."""
+
+    async def connect(self, uri: Any, buffer_size: int, connect_timeout: int) -> None:
+        async with asyncio.timeout(connect_timeout):
+            r, w = await asyncio.open_connection(host=uri.hostname, port=uri.port, limit=buffer_size)
+        self._bare_io_reader = self._io_reader = r
+        self._bare_io_writer = self._io_writer = w
+
+
 class GuardedClient(NATS):
     """nats-py's `Client`, dropping (and counting) what its read loop would die of."""
 
@@ -95,6 +113,8 @@ class GuardedClient(NATS):
         await super()._close(status, do_cbs)
 
     async def _connect_to_server(self, s: Any) -> None:
+        if self._transport is None and s.uri.scheme in ("nats", "tls"):
+            self._transport = _TcpTransport()  # type: ignore[no-untyped-call]  # nats-py: untyped __init__
         # A reconnect that outlived the close (its cancel lost in asyncio.wait_for's race with a connect
         # that had just finished) would go on opening sockets on a closed client: it ends here instead.
         if self._closed_for_good:
