@@ -27,9 +27,11 @@ inside `_read_loop`, whose catch-all logs and exits without closing or reconnect
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import structlog
+from nats.aio.client import DEFAULT_BUFFER_SIZE
 from nats.aio.client import Client as NATS
 from nats.aio.transport import TcpTransport
 
@@ -113,14 +115,18 @@ class GuardedClient(NATS):
         await super()._close(status, do_cbs)
 
     async def _connect_to_server(self, s: Any) -> None:
-        if self._transport is None and s.uri.scheme in ("nats", "tls"):
-            self._transport = _TcpTransport()  # type: ignore[no-untyped-call]  # nats-py: untyped __init__
         # A reconnect that outlived the close (its cancel lost in asyncio.wait_for's race with a connect
         # that had just finished) would go on opening sockets on a closed client: it ends here instead.
         if self._closed_for_good:
             raise asyncio.CancelledError
         drop_socket(self)  # a previous attempt's, if its handshake failed; nothing while connected
-        await super()._connect_to_server(s)
+        if s.uri.scheme in ("nats", "tls"):  # as nats-py does, on the transport above (TLS upgrades it later)
+            s.last_attempt = time.monotonic()
+            if not isinstance(self._transport, _TcpTransport):
+                self._transport = _TcpTransport()  # type: ignore[no-untyped-call]  # nats-py: untyped __init__
+            await self._transport.connect(s.uri, DEFAULT_BUFFER_SIZE, self.options["connect_timeout"])
+        else:
+            await super()._connect_to_server(s)
         if self._closed_for_good:  # closed while this connect ran: what it opened goes too
             drop_socket(self)
             raise asyncio.CancelledError
