@@ -250,9 +250,11 @@ async def connect(
 async def _close_cut_short(nc: NATS) -> None:
     """Close a connection whose attempt was cut short: it leaves its socket open otherwise (and a
     socket left to the garbage collector after its loop closed is a ResourceWarning)."""
-    with anyio.move_on_after(2, shield=True), contextlib.suppress(Exception):
-        await nc.close()
-    drop_socket(nc)
+    try:
+        with anyio.move_on_after(2, shield=True), contextlib.suppress(Exception):
+            await nc.close()
+    finally:
+        drop_socket(nc)  # also when the close was cut short, or returned at once (a failed attempt marks it closed)
 
 
 async def respond(msg: Msg, body: bytes) -> None:

@@ -116,25 +116,42 @@ class OnThread:
         self._loop, self._task = asyncio.get_running_loop(), asyncio.current_task()
         if self._stop.is_set():
             return
-        connecting = asyncio.ensure_future(asyncio.wait_for(self.connect(), self.connect_timeout))
+        opened: list[NATS] = []
+        connecting = asyncio.ensure_future(self._connect(opened))
         try:
             nc = await asyncio.shield(connecting)
-        except asyncio.CancelledError:  # stopped while connecting: close what the connect still opens
-            with contextlib.suppress(Exception):  # bounded by connect_timeout
-                opened = await connecting
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(opened.close(), 1.0)
-                drop_socket(opened)
+        except BaseException:  # stopped, timed out or refused: close what the connect opened, once it ends
+            while not connecting.done():  # bounded by connect_timeout, however often this is cancelled
+                with contextlib.suppress(Exception, asyncio.CancelledError):
+                    await asyncio.shield(connecting)
+            for cut_short in opened:
+                await _close(cut_short)
             raise
         try:
             await body(nc)
         finally:
-            try:  # bounded: a cut-off link would hold a drain for nats-py's drain_timeout (30 s)
-                await asyncio.wait_for(close_quietly(nc), 1.0)
-            except TimeoutError:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(nc.close(), 1.0)
-            drop_socket(nc)  # whatever is still open goes now, before this thread's loop closes
+            await _close(nc)
+
+    async def _connect(self, opened: list[NATS]) -> NATS:
+        """Connect within connect_timeout; the connection is in `opened` as soon as it exists. A cancel
+        that lands as the connect returns ends the task cancelled and drops its result (asyncio's
+        `wait_for` in 3.11 the same way): what `opened` holds is closed whatever the task's outcome."""
+        async with asyncio.timeout(self.connect_timeout):
+            opened.append(await self.connect())
+        return opened[-1]
+
+
+async def _close(nc: NATS) -> None:
+    """Close within 2 s (a cut-off link would hold a drain for nats-py's drain_timeout, 30 s); the
+    socket goes whatever happens, before this thread's loop closes."""
+    try:
+        try:
+            await asyncio.wait_for(close_quietly(nc), 1.0)
+        except TimeoutError:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(nc.close(), 1.0)
+    finally:
+        drop_socket(nc)
 
 
 class ThreadRenewer:
