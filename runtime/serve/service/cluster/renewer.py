@@ -121,9 +121,7 @@ class OnThread:
         try:
             nc = await asyncio.shield(connecting)
         except BaseException:  # stopped, timed out or refused: close what the connect opened, once it ends
-            while not connecting.done():  # bounded by connect_timeout, however often this is cancelled
-                with contextlib.suppress(Exception, asyncio.CancelledError):
-                    await asyncio.shield(connecting)
+            await _settle(connecting, self.connect_timeout + _CLOSE_S)
             for cut_short in opened:
                 await _close(cut_short)
             raise
@@ -141,17 +139,33 @@ class OnThread:
         return opened[-1]
 
 
+_CLOSE_S = 1.0
+
+
+async def _settle(task: asyncio.Future[Any], seconds: float) -> None:
+    """Wait up to `seconds` for `task` to end, however often this is cancelled meanwhile; then cancel it.
+
+    Never `asyncio.wait_for`: on its timeout it waits for the task to take its cancel, and nats-py's
+    close swallows a cancel (while it waits for a reconnect to end) and may then wait for a socket
+    that never closes: the thread, and the member's stop, would wait forever."""
+    deadline = time.monotonic() + seconds
+    while not task.done() and (left := deadline - time.monotonic()) > 0:
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.wait({task}, timeout=left)
+    if not task.done():
+        task.cancel()
+
+
 async def _close(nc: NATS) -> None:
-    """Close within 2 s (a cut-off link would hold a drain for nats-py's drain_timeout, 30 s); the
-    socket goes whatever happens, before this thread's loop closes."""
+    """Drain and close within a second (a cut-off link would hold a drain for nats-py's drain_timeout,
+    30 s); then drop the socket whatever happened, which also ends a close waiting on it."""
+    closing = asyncio.ensure_future(close_quietly(nc))
     try:
-        try:
-            await asyncio.wait_for(close_quietly(nc), 1.0)
-        except TimeoutError:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(nc.close(), 1.0)
+        await _settle(closing, _CLOSE_S)
     finally:
         drop_socket(nc)
+    if not closing.done():
+        await asyncio.wait({closing}, timeout=_CLOSE_S)  # what is left of it, now that the socket is gone
 
 
 class ThreadRenewer:
