@@ -31,7 +31,7 @@ from nats.js.errors import APIError, NotFoundError, ServiceUnavailableError
 from ..model.errors import MemoirError
 from . import frames
 from ._guard import GuardedClient as GuardedClient  # re-exported: the client `connect` makes
-from ._guard import drop_socket as drop_socket  # re-exported: drops a socket a close could not finish
+from ._guard import drop_socket
 from .auth import NatsAuth
 from .redact import redact_url, scrub, url_secrets
 
@@ -241,20 +241,25 @@ async def connect(
         if await conn.attempt(nc, url, timeout, options):
             return nc
     except BaseException:  # cancelled (a caller's own timeout): what the attempt opened is closed too
-        await _close_cut_short(nc)
+        await close_within(nc, 2.0)
         raise
-    await _close_cut_short(nc)
+    await close_within(nc, 2.0)
     raise conn.failure(url, auth, options, timeout) from None
 
 
-async def _close_cut_short(nc: NATS) -> None:
-    """Close a connection whose attempt was cut short: it leaves its socket open otherwise (and a
-    socket left to the garbage collector after its loop closed is a ResourceWarning)."""
+async def close_within(nc: NATS, seconds: float, *, drain: bool = False) -> None:
+    """Close (`drain`: flush first) for at most `seconds`, then drop the socket whatever happened.
+
+    A socket left open goes to the garbage collector, a ResourceWarning once its loop has closed;
+    and nats-py's close can wait for ever on one (it swallows a cancel while it waits for a
+    reconnect, then waits for a socket a stopped server never reads). The cancel scope here is
+    re-delivered until the close gives up, which `asyncio.wait_for`'s one cancel is not; the
+    socket goes also when the close returned at once (a failed first attempt marks it closed)."""
     try:
-        with anyio.move_on_after(2, shield=True), contextlib.suppress(Exception):
-            await nc.close()
+        with anyio.move_on_after(seconds, shield=True), contextlib.suppress(Exception):
+            await (close_quietly(nc) if drain else nc.close())
     finally:
-        drop_socket(nc)  # also when the close was cut short, or returned at once (a failed attempt marks it closed)
+        drop_socket(nc)
 
 
 async def respond(msg: Msg, body: bytes) -> None:

@@ -33,7 +33,7 @@ import structlog
 from nats.aio.client import Client as NATS
 
 from ....model.backoff import Backoff
-from ....wire.nats import close_quietly, connect, drop_socket
+from ....wire.nats import close_within, connect
 from .leases import Held, Leases, OnLost
 from .store import describe
 
@@ -116,56 +116,14 @@ class OnThread:
         self._loop, self._task = asyncio.get_running_loop(), asyncio.current_task()
         if self._stop.is_set():
             return
-        opened: list[NATS] = []
-        connecting = asyncio.ensure_future(self._connect(opened))
+        nc: NATS | None = None  # closed below whatever cancels what: a stop, the connect's deadline
         try:
-            nc = await asyncio.shield(connecting)
-        except BaseException:  # stopped, timed out or refused: close what the connect opened, once it ends
-            await _settle(connecting, self.connect_timeout + _CLOSE_S)
-            for cut_short in opened:
-                await _close(cut_short)
-            raise
-        try:
+            with anyio.fail_after(self.connect_timeout):  # connected by then, or `error`
+                nc = await self.connect()
             await body(nc)
         finally:
-            await _close(nc)
-
-    async def _connect(self, opened: list[NATS]) -> NATS:
-        """Connect within connect_timeout; the connection is in `opened` as soon as it exists. A cancel
-        that lands as the connect returns ends the task cancelled and drops its result (asyncio's
-        `wait_for` in 3.11 the same way): what `opened` holds is closed whatever the task's outcome."""
-        async with asyncio.timeout(self.connect_timeout):
-            opened.append(await self.connect())
-        return opened[-1]
-
-
-_CLOSE_S = 1.0
-
-
-async def _settle(task: asyncio.Future[Any], seconds: float) -> None:
-    """Wait up to `seconds` for `task` to end, however often this is cancelled meanwhile; then cancel it.
-
-    Never `asyncio.wait_for`: on its timeout it waits for the task to take its cancel, and nats-py's
-    close swallows a cancel (while it waits for a reconnect to end) and may then wait for a socket
-    that never closes: the thread, and the member's stop, would wait forever."""
-    deadline = time.monotonic() + seconds
-    while not task.done() and (left := deadline - time.monotonic()) > 0:
-        with contextlib.suppress(asyncio.CancelledError):
-            await asyncio.wait({task}, timeout=left)
-    if not task.done():
-        task.cancel()
-
-
-async def _close(nc: NATS) -> None:
-    """Drain and close within a second (a cut-off link would hold a drain for nats-py's drain_timeout,
-    30 s); then drop the socket whatever happened, which also ends a close waiting on it."""
-    closing = asyncio.ensure_future(close_quietly(nc))
-    try:
-        await _settle(closing, _CLOSE_S)
-    finally:
-        drop_socket(nc)
-    if not closing.done():
-        await asyncio.wait({closing}, timeout=_CLOSE_S)  # what is left of it, now that the socket is gone
+            if nc is not None:  # bounded: a cut-off link would hold a drain for nats-py's drain_timeout (30 s)
+                await close_within(nc, 1.0, drain=True)
 
 
 class ThreadRenewer:
