@@ -169,12 +169,13 @@ $f$;
 """
 _ARGS = ", ".join(f"${i}" for i in range(1, 23))
 # The function's call, notifying the schema's channel ($23) with the writer's token ($24) when it stored events
-# ($7: their streams): one statement still, so the notification costs no round trip, and PostgreSQL
-# delivers it with the commit.
+# ($7: their streams), the last position and the events' types ($18; `_pg_listen.py`): one statement
+# still, so the notification costs no round trip, and PostgreSQL delivers it with the commit.
 _APPEND = (
     "WITH a AS (SELECT {s}.memoir_append(" + _ARGS + ") AS last)"
     " SELECT last, CASE WHEN last IS NOT NULL AND cardinality($7::bigint[]) > 0"
-    " THEN pg_notify($23, $24 || ' ' || (last + cardinality($7::bigint[]))::text) END FROM a"
+    " THEN pg_notify($23, $24 || ' ' || (last + cardinality($7::bigint[]))::text || ' '"
+    " || array_to_string(ARRAY(SELECT DISTINCT unnest($18::text[])), ',')) END FROM a"
 )
 _NOTIFY = "SELECT pg_notify($1, $2)"
 
@@ -269,6 +270,7 @@ class PostgresJournal(SqlJournal):
         )
         self._listening = anyio.CancelScope()
         self._high = 0  # the highest position known committed: this instance's appends and reads
+        self._type_high: dict[str, int] = {}  # entity type -> the last position this instance appended of it
         self._asked_at = -math.inf  # monotonic time of the last read_all that asked the store
         self.reads_skipped = 0  # reads past `_high` answered empty without a query (tests, benchmarks)
 
@@ -375,7 +377,8 @@ class PostgresJournal(SqlJournal):
                         default=0,
                     )  # the last position this transaction stored (0: none)
                     if high:
-                        await conn.execute(_NOTIFY, self.channel, f"{self._token} {high}")
+                        types = ",".join({op.key[0] for op, r in zip(batch, results, strict=True) if _stored(op, r)})
+                        await conn.execute(_NOTIFY, self.channel, f"{self._token} {high} {types}")
                 if len(hints) < StreamIds.MAX and all(isinstance(op, Append) or op.keeps_heads for op in batch):
                     # the other streams' heads stay hints for the next batches (each checked when used)
                     hints.update(self._streams.heads)
@@ -406,7 +409,21 @@ class PostgresJournal(SqlJournal):
     async def append(self, events: Sequence[Envelope], expected_seq: int) -> list[Envelope]:
         stored = await super().append(events, expected_seq)
         self._high = max(self._high, stored[-1].position)
+        self._type_high[stored[-1].entity_type] = stored[-1].position
         return stored
+
+    async def save_checkpoint(self, name: str, position: int) -> None:
+        """One statement on a pool connection, not a write in the writer's batch: a batch holding
+        anything but appends leaves the one-statement path for a transaction of several, and the
+        outbox publisher and the timer relay save several times a second (a checkpoint has no
+        order to keep with appends: its caller awaits it)."""
+        async with self._reading("cannot save checkpoint") as pool:
+            await pool.execute(
+                f"INSERT INTO {self.schema}.checkpoints VALUES ($1, $2)"
+                " ON CONFLICT (name) DO UPDATE SET position = excluded.position",
+                name,
+                position,
+            )
 
     def _make_key_store(self) -> KeyStore:
         return SqlKeyStore(write=self._write, query=self._query, after_erase=self.after_erase)
@@ -444,6 +461,9 @@ class PostgresJournal(SqlJournal):
         """As `read_all`: past every position known committed, "nothing new" without a query."""
         if self._nothing_new(from_position):
             return Page([], from_position - 1)
+        if self._none_of(types, from_position):
+            assert self.listener is not None
+            return Page([], max(from_position - 1, self._high, self.listener.high))
         asked_at, hits = time.monotonic(), self._tail.hits
         page = await super().read_types(types, from_position, limit)
         self._after_read(asked_at, hits, page.events)
@@ -458,6 +478,19 @@ class PostgresJournal(SqlJournal):
             and from_position > max(self._high, listener.high)
             and time.monotonic() - self._asked_at < self.idle_poll
         ):
+            self.reads_skipped += 1
+            return True
+        return False
+
+    def _none_of(self, types: Collection[str], from_position: int) -> bool:
+        """No event of `types` committed from `from_position` on, by what was heard: each notification
+        names its events' types, and this instance's own appends are known (a partition of the outbox
+        publisher or a view, reading its types while others are written, asks nothing)."""
+        listener = self.listener
+        if listener is None or not listener.up or time.monotonic() - self._asked_at >= self.idle_poll:
+            return False
+        last = max(listener.last_of(types), max((self._type_high.get(t, 0) for t in types), default=0))
+        if from_position > last:
             self.reads_skipped += 1
             return True
         return False

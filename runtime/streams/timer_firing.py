@@ -77,6 +77,9 @@ ACK_WAIT = 5.0  # seconds before a firing held by a process that died is deliver
 # seconds one idle pull for firings waits on the server: a firing is delivered as soon as it is
 # stored whatever this is; it bounds how long a pull lost with a connection goes unnoticed (+5 s)
 FETCH_WAIT = 2.0
+# seconds between checkpoint saves while pages keep coming (caught up, it saves at once): a crash
+# re-reads at most that much, and nothing it re-reads fires twice (`fire_command_id`)
+CHECKPOINT_EVERY = 0.2
 POLL = 0.1  # seconds between journal reads while other processes' appends go unseen (`Journal.tail_poll`)
 _DEFINITE = {ErrorCode.INVALID, ErrorCode.REJECTED, ErrorCode.UNKNOWN_COMMAND, ErrorCode.UNKNOWN_ENTITY_TYPE}
 _fire_encoder = msgspec.json.Encoder()
@@ -191,7 +194,7 @@ class TimerRelay:
 
     async def _tail(self) -> None:
         retry = Backoff(0.1, cap=5.0)
-        saved = self.position
+        saved, saved_at = self.position, time.monotonic()
         while True:
             wake = self.journal.next_append()
             try:
@@ -200,9 +203,9 @@ class TimerRelay:
                     await self._relay(page)
                     self.position = page[-1].position
                 floor = self._floor()
-                if floor != saved:
+                if floor != saved and (not page or time.monotonic() - saved_at >= CHECKPOINT_EVERY):
                     await self.journal.save_checkpoint(CHECKPOINT, floor)
-                    saved = floor
+                    saved, saved_at = floor, time.monotonic()
                 retry.reset()
             except Exception as exc:  # noqa: BLE001 - storage or NATS trouble: retried, never fatal
                 log.warning("timer relay failed; retrying", position=self.position, error=str(exc))

@@ -6,6 +6,7 @@ the generous deadlines below came from a notification, not from a poll."""
 
 from __future__ import annotations
 
+import itertools
 import os
 import subprocess
 import sys
@@ -16,10 +17,12 @@ from pathlib import Path
 
 import anyio
 import asyncpg
+import msgspec
 import pytest
 from support.waiting import eventually
 
 from runtime import Envelope
+from runtime.journal.base import Page
 from runtime.journal.postgres import PostgresJournal
 
 pytestmark = pytest.mark.anyio
@@ -94,6 +97,48 @@ async def test_both_write_paths_notify_and_a_journal_ignores_its_own_appends(url
         assert tail.listener.heard == 2
 
 
+async def test_a_burst_of_notifications_wakes_the_tailers_once_per_gather_and_never_misses_the_last(url: str) -> None:
+    """A member hears every other member's commits: wake-ups are spaced `gather` apart, the ones
+    that came meanwhile are taken together, and the trailing one always comes (a tailer whose
+    poll is 60 s still reads every event)."""
+    async with PostgresJournal(url) as tail, PostgresJournal(url) as writer:
+        await listening(tail)
+        listener = tail.listener
+        assert listener is not None
+        listener.gather = 0.3
+        woke: list[float] = []
+        wake = listener.wake
+
+        def counted() -> None:
+            woke.append(time.monotonic())
+            wake()
+
+        listener.wake = counted
+        appends = 30
+
+        async def write() -> None:
+            for seq in range(1, appends + 1):  # one transaction, so one notification, each
+                await writer.append([event("burst", seq)], seq - 1)
+
+        async def follow() -> None:
+            position, seen = 1, 0
+            while seen < appends:
+                news = tail.next_append()
+                page = await tail.read_all(position)
+                seen, position = seen + len(page), (page[-1].position + 1 if page else position)
+                if not page:
+                    await news.wait()
+
+        with anyio.fail_after(DEADLINE):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(follow)
+                await write()
+        assert listener.heard == appends
+        gaps = [b - a for a, b in itertools.pairwise(woke)]
+        assert all(gap >= 0.9 * listener.gather for gap in gaps), gaps
+        assert len(woke) < appends  # taken together (each wake-up spans several of the 30)
+
+
 async def test_a_killed_listening_connection_reconnects_and_wakes_the_tail_again(url: str, postgres_url: str) -> None:
     async with PostgresJournal(url) as tail, PostgresJournal(url) as writer:
         await listening(tail)
@@ -161,3 +206,48 @@ async def test_an_append_nobody_hears_of_is_read_once_the_skipping_runs_out(url:
 
         await eventually(found, DEADLINE, "the unheard append read")
         assert tail.reads_skipped >= 1
+
+
+def typed(entity_type: str, entity_id: str, seq: int) -> Envelope:
+    return msgspec.structs.replace(event(entity_id, seq), entity_type=entity_type)
+
+
+async def test_a_read_of_types_nobody_wrote_asks_nothing_while_others_are_written(url: str) -> None:
+    """Notifications name their events' types: a reader of other types (an outbox publisher's
+    partition, a view) moves past those appends without a query, on both write paths, and reads
+    its own types' events as soon as one is written; a notification without types (an older
+    Memoir) counts for every type."""
+    async with PostgresJournal(url) as tail, PostgresJournal(url) as writer:
+        await listening(tail)
+        assert (await tail.read_types(["b"], 1)).through == 0  # asks the store once
+        for seq in (1, 2):  # a new entity (the general path), a known one (one statement)
+            news = tail.next_append()
+            await writer.append([typed("a", "x", seq)], seq - 1)
+            with anyio.fail_after(DEADLINE):
+                await news.wait()
+            skipped = tail.reads_skipped
+            page = await tail.read_types(["b"], seq)
+            assert page == Page([], seq) and tail.reads_skipped == skipped + 1  # past "a"'s event, unasked
+            assert [(e.entity_id, e.seq) for e in (await tail.read_types(["a"], seq)).events] == [("x", seq)]
+        news = tail.next_append()
+        await writer.append([typed("b", "y", 1)], 0)
+        with anyio.fail_after(DEADLINE):
+            await news.wait()
+        page = await tail.read_types(["b"], 3)
+        assert [(e.entity_type, e.position) for e in page.events] == [("b", 3)] and page.through == 3
+        await tail.append([typed("c", "own", 1)], 0)  # its own append: known without a notification
+        assert [e.entity_id for e in (await tail.read_types(["c"], 4)).events] == ["own"]
+        assert (await tail.read_types(["b"], 4)).through == 4
+
+        listener = tail.listener
+        assert listener is not None
+        heard = listener.heard
+        admin = await asyncpg.connect(url.split("?")[0])
+        try:
+            await admin.execute("SELECT pg_notify($1, $2)", tail.channel, "older-memoir 5")
+        finally:
+            await admin.close()
+        await eventually(lambda: listener.heard == heard + 1, DEADLINE, "the untyped notification heard")
+        skipped = tail.reads_skipped
+        await tail.read_types(["b"], 5)
+        assert tail.reads_skipped == skipped  # it might hold a "b": the store is asked
