@@ -7,7 +7,8 @@ journal and NATS server. The client processes and the load are those of nats_com
 `--capped` (the scaling measurement that does not depend on the machine's cores): 1, then 2, then
 3 members, each in a cgroup of its own capped at a quarter of a core from its first instruction
 (`_cgroup.py`: v1 or v2, whichever is writable; it says which, or that neither is), under the
-same load from uncapped client processes using Memoir's `Client` (it follows the shard map).
+same load from uncapped client processes using Memoir's `Client` (it follows the shard map; 2 x 128
+requests in flight, so that every member has queued work; the caps' period is 10 ms, see _cgroup.py).
 Each phase has a fresh prefix and schema; it measures the members idle (cgroup CPU use over a
 few seconds), then under load: commands/s, KV writes/s (the buckets' stream sequences),
 forwarded share and lease losses (the members' metrics) and each member's CPU per command.
@@ -34,7 +35,7 @@ from typing import Any
 import _common as c  # puts the repository on sys.path
 import anyio
 import nats_commands as load
-from _cgroup import Caps
+from _cgroup import PERIOD_US, Caps
 
 from runtime.serve.service.embedded_nats import find_binary, free_port
 
@@ -107,13 +108,18 @@ async def _drop_schema(pg: str, schema: str) -> None:
 
 CAP = 0.25  # of a core, per member
 IDLE_S = 3.0
+# requests in flight per client process in --capped mode: enough that 3 capped members all have
+# queued work (with 32, the third member sat below its cap while the clients waited on the others)
+CAPPED_INFLIGHT = 128
 
 
 PROFILE_PAYLOAD = b'{"post_id": "p"}'
 
 
-def client_main(url: str, prefix: str, seconds: float, seed: int, types: int = 1) -> None:
-    """One load process: Memoir's `Client` (it follows the shard map), INFLIGHT in flight; with
+def client_main(
+    url: str, prefix: str, seconds: float, seed: int, types: int = 1, inflight: int = CAPPED_INFLIGHT
+) -> None:
+    """One load process: Memoir's `Client` (it follows the shard map), `inflight` in flight; with
     `types` 2, every other command goes to a profile instead of an inventory item."""
     from runtime import Client, CommandError
 
@@ -127,9 +133,9 @@ def client_main(url: str, prefix: str, seconds: float, seed: int, types: int = 1
                 nonlocal done, errors
                 i = w
                 while time.perf_counter() < deadline:
-                    i += load.INFLIGHT
+                    i += inflight
                     try:
-                        if types > 1 and (i // load.INFLIGHT) % 2:
+                        if types > 1 and (i // inflight) % 2:
                             key, command, payload = f"P-{seed}-{i % 500}", "count_post", PROFILE_PAYLOAD
                             await client.send("profile", key, command, payload, timeout=10)
                         else:
@@ -139,7 +145,7 @@ def client_main(url: str, prefix: str, seconds: float, seed: int, types: int = 1
                         errors += 1
 
             async with anyio.create_task_group() as tg:
-                for w in range(load.INFLIGHT):
+                for w in range(inflight):
                     tg.start_soon(worker, w)
         took, cpu = time.perf_counter() - started, time.process_time()
         print(json.dumps({"done": done, "errors": errors, "seconds": took, "cpu_s": cpu}), flush=True)
@@ -147,10 +153,11 @@ def client_main(url: str, prefix: str, seconds: float, seed: int, types: int = 1
     c.run(go)
 
 
-def _load(url: str, prefix: str, seconds: float, types: int = 1) -> dict[str, float]:
+def _load(url: str, prefix: str, seconds: float, types: int = 1, inflight: int = CAPPED_INFLIGHT) -> dict[str, float]:
     argv = [sys.executable, __file__, "--client", url, prefix, str(seconds)]
     procs = [
-        subprocess.Popen([*argv, str(k), str(types)], stdout=subprocess.PIPE, text=True) for k in range(load.CLIENTS)
+        subprocess.Popen([*argv, str(k), str(types), str(inflight)], stdout=subprocess.PIPE, text=True)
+        for k in range(load.CLIENTS)
     ]
     results = [json.loads(p.communicate()[0].strip().splitlines()[-1]) for p in procs]
     assert all(p.returncode == 0 for p in procs), [p.returncode for p in procs]
@@ -282,9 +289,9 @@ def capped(quick: bool, types: int = 1, cap: float = CAP) -> None:
         return
     seconds = 4.0 if quick else 10.0
     pg = _postgres_url()
-    print(f"cluster --capped: members at {cap:g} core each, {caps.what}", flush=True)
+    print(f"cluster --capped: members at {cap:g} core each, {caps.what}, period {PERIOD_US // 1000} ms", flush=True)
     print(
-        f"  load: {load.CLIENTS} client processes (uncapped) x {load.INFLIGHT} in flight, Memoir's Client,"
+        f"  load: {load.CLIENTS} client processes (uncapped) x {CAPPED_INFLIGHT} in flight, Memoir's Client,"
         f" over {types} entity type(s)",
         flush=True,
     )
@@ -312,6 +319,8 @@ def capped(quick: bool, types: int = 1, cap: float = CAP) -> None:
         "capped": True,
         "cgroup": caps.version,
         "cap_cores": cap,
+        "period_ms": PERIOD_US / 1000,
+        "inflight": load.CLIENTS * CAPPED_INFLIGHT,
         "journal": "postgres" if pg else "nats",
         "load_types": types,
         "per_s_1": per_s[1],
@@ -343,7 +352,7 @@ def capped(quick: bool, types: int = 1, cap: float = CAP) -> None:
 
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--client":
-        client_main(sys.argv[2], sys.argv[3], float(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6]))
+        client_main(sys.argv[2], sys.argv[3], float(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6]), int(sys.argv[7]))
         return
     p = c.parser(__doc__.splitlines()[0])
     p.add_argument("--capped", action="store_true", help="members in CPU-capped cgroups: 1, 2, 3 of them")
