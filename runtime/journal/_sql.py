@@ -31,7 +31,7 @@ import abc
 import functools
 import itertools
 import re
-from collections.abc import Awaitable, Callable, Collection, Generator, Sequence
+from collections.abc import Awaitable, Callable, Generator, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -41,7 +41,7 @@ from ..model.envelope import Envelope, Recovery, Snapshot
 from ..model.errors import Conflict, DuplicateCommand, EntityDeleted, JournalError
 from ._batching import Batcher
 from ._tail import TailCache
-from .base import Journal, Page, check_batch, envelope_from_row, row_values, stream_envelopes
+from .base import Journal, Page, Selection, check_batch, envelope_from_row, row_values, stream_envelopes
 
 T = TypeVar("T")
 Key = tuple[str, str]
@@ -619,19 +619,26 @@ class SqlJournal(Journal):
         )
         return [envelope_from_row(r) for r in rows]
 
-    async def read_types(self, types: Collection[str], from_position: int = 1, limit: int = 1000) -> Page:
-        """Only `types`' events, by the index on (type, position); it looked as far as a position
-        committed before the query (`_typed_rows`), or its last event if it read `limit`."""
-        if not types or limit < 1:
+    async def read_selected(self, selection: Selection, from_position: int = 1, limit: int = 1000) -> Page:
+        """Only the selected events (types by the index on (type, position)); it looked as far as a
+        position committed before the query (`_typed_rows`), or its last event if it read `limit`."""
+        if selection.empty() or limit < 1:
             return Page([], from_position - 1)
-        recent = self._tail.read_types(types, from_position, limit)
+        recent = self._tail.read_where(selection.keeps, from_position, limit)
         if recent is not None:
             return recent
-        wanted = sorted(types)
+        either: list[str] = []
+        args: list[Any] = []
+        for column, values in (("e.entity_type", selection.types), ("e.name", selection.names)):
+            if values:
+                either.append(f"{column} IN ({', '.join('?' * len(values))})")
+                args.extend(sorted(values))
+        if selection.firsts:
+            either.append("e.seq = 1")
         bound, rows = await self._typed_rows(
             f"SELECT {_COLUMNS} FROM {{s}}events e JOIN {{s}}streams s ON s.id = e.stream"
-            f" WHERE e.entity_type IN ({', '.join('?' * len(wanted))}) AND e.position>=? ORDER BY e.position LIMIT ?",
-            (*wanted, from_position, limit),
+            f" WHERE ({' OR '.join(either)}) AND e.position>=? ORDER BY e.position LIMIT ?",
+            (*args, from_position, limit),
         )
         events = [envelope_from_row(r) for r in rows]
         if len(events) >= limit:

@@ -15,7 +15,7 @@ events empties it: those reads go to the store until new appends refill it.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Sequence
 
 from ..model.envelope import Envelope
 from .base import Page
@@ -40,18 +40,18 @@ class TailCache:
 
     def read(self, from_position: int, limit: int) -> list[Envelope] | None:
         """Events from `from_position` on, as far as they follow on here; None if it is not held."""
-        page = self.read_types(None, from_position, limit)
+        page = self.read_where(None, from_position, limit)
         return None if page is None else page.events
 
-    def read_types(self, types: Collection[str] | None, from_position: int, limit: int) -> Page | None:
-        """`read`, keeping only `types`' events (None: every type): it looked as far as positions follow on here."""
+    def read_where(self, keeps: Callable[[Envelope], bool] | None, from_position: int, limit: int) -> Page | None:
+        """`read`, keeping only the events `keeps` (None: all): it looked as far as positions follow on here."""
         held = self._by_position
         if from_position not in held or limit < 1:
             return None
         out: list[Envelope] = []
         position = from_position
         while len(out) < limit and (env := held.get(position)) is not None:
-            if types is None or env.entity_type in types:
+            if keeps is None or keeps(env):
                 out.append(env)
             position += 1
         self.hits += 1

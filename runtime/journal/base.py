@@ -15,7 +15,9 @@ Semantics (the conformance suite in tests/journal holds every backend to them):
   new event below P (the property a tailer relies on).
 - `read_types` is `read_all` for some entity types only: their events in position order
   (not gapless: the others' lie between), and how far the read looked (`Page.through`), so a
-  reader of one type goes on past the others' events without reading them.
+  reader of one type goes on past the others' events without reading them. `read_selected`
+  is the same for a `Selection`: some types, some event names of any type, every entity's
+  first event (the timer relay's).
 - `delete` removes events (and, for the whole entity, marks it deleted); an
   entity's highest seq never goes down, so a seq is never reused.
 """
@@ -45,6 +47,21 @@ class Page(NamedTuple):
 
     events: list[Envelope]
     through: int
+
+
+class Selection(NamedTuple):
+    """Which events a tailer reads (`Journal.read_selected`): every event of `types`, every event
+    named one of `names` whatever its type, and with `firsts` every entity's first event."""
+
+    types: frozenset[str] = frozenset()
+    names: frozenset[str] = frozenset()
+    firsts: bool = False
+
+    def keeps(self, env: Envelope) -> bool:
+        return env.entity_type in self.types or env.name in self.names or (self.firsts and env.seq == 1)
+
+    def empty(self) -> bool:
+        return not (self.types or self.names or self.firsts)
 
 
 class Journal(abc.ABC):
@@ -121,11 +138,17 @@ class Journal(abc.ABC):
     async def read_types(self, types: Collection[str], from_position: int = 1, limit: int = 1000) -> Page:
         """The events of `types` with position >= `from_position`, in position order (see `Page`).
 
-        At most `limit`. This default reads everything and keeps theirs: a backend that can
-        select by type (the SQL journals, by an index on the type and the position) does so,
-        and reads only what it returns."""
+        At most `limit`. A backend that can select by type (the SQL journals, by an index on
+        the type and the position) does so, and reads only what it returns."""
+        return await self.read_selected(Selection(frozenset(types)), from_position, limit)
+
+    async def read_selected(self, selection: Selection, from_position: int = 1, limit: int = 1000) -> Page:
+        """`read_types` for a `Selection`. This default reads everything and keeps the selected;
+        the SQL journals select in the query."""
+        if selection.empty() or limit < 1:
+            return Page([], from_position - 1)
         page = await self.read_all(from_position, limit)
-        return Page([e for e in page if e.entity_type in types], page[-1].position if page else from_position - 1)
+        return Page([e for e in page if selection.keeps(e)], page[-1].position if page else from_position - 1)
 
     @abc.abstractmethod
     async def head(self, entity_type: str, entity_id: str) -> int:

@@ -26,7 +26,12 @@
   notification carries the transaction's last position, so a read past the highest position
   known committed is answered empty without a query (a tailer at the tail, under load: its
   next events are not written yet) while listening, and for `idle_poll` seconds after the last
-  read that did ask: a writer that does not notify (an older Memoir) is found that late.
+  read that did ask: a writer that does not notify (an older Memoir) is found that late. The
+  notification also names the transaction's entity types, so a read of other types
+  (`read_types`: a publisher partition, a view) is answered "nothing new" without a query,
+  except while this instance's own append of those types is in flight or ended in doubt, and
+  once every `idle_poll` seconds (an unheard writer's events are found that late; the read moves
+  on only by asking, never past a position it did not see).
 - Schema created on first use inside its own PostgreSQL schema, versioned in `memoir_meta`.
 """
 
@@ -36,7 +41,8 @@ import contextlib
 import math
 import secrets
 import time
-from collections.abc import Collection, Sequence
+from collections import Counter
+from collections.abc import Sequence
 from typing import Any, TypeGuard
 
 import anyio
@@ -61,7 +67,7 @@ from ._sql import (
     recover_steps,
 )
 from ._urls import parse_postgres_url, postgres_where
-from .base import Page
+from .base import Page, Selection
 from .keys import KeyStore
 from .sql_keys import SqlKeyStore
 
@@ -270,7 +276,9 @@ class PostgresJournal(SqlJournal):
         )
         self._listening = anyio.CancelScope()
         self._high = 0  # the highest position known committed: this instance's appends and reads
-        self._type_high: dict[str, int] = {}  # entity type -> the last position this instance appended of it
+        self._type_high: dict[str, float] = {}  # entity type -> the last position this instance appended of it
+        self._appending: Counter[str] = Counter()  # entity type -> this instance's appends of it in flight
+        self._selection_asked_at: dict[Selection, float] = {}  # the last read of each that asked the store
         self._asked_at = -math.inf  # monotonic time of the last read_all that asked the store
         self.reads_skipped = 0  # reads past `_high` answered empty without a query (tests, benchmarks)
 
@@ -407,9 +415,19 @@ class PostgresJournal(SqlJournal):
         return [r + last if type(r) is int else r for r in results]
 
     async def append(self, events: Sequence[Envelope], expected_seq: int) -> list[Envelope]:
-        stored = await super().append(events, expected_seq)
+        entity_type = events[-1].entity_type if events else ""
+        self._appending[entity_type] += 1  # `_none_of` trusts nothing of this type until it returns
+        try:
+            stored = await super().append(events, expected_seq)
+        except BaseException:
+            # It may have committed, unheard (this instance's own notifications are skipped): no read of
+            # the type is skipped until an append of it succeeds, at a later position (one writer).
+            self._type_high[entity_type] = math.inf
+            raise
+        finally:
+            self._appending[entity_type] -= 1
         self._high = max(self._high, stored[-1].position)
-        self._type_high[stored[-1].entity_type] = stored[-1].position
+        self._type_high[entity_type] = stored[-1].position
         return stored
 
     async def save_checkpoint(self, name: str, position: int) -> None:
@@ -457,16 +475,16 @@ class PostgresJournal(SqlJournal):
         self._after_read(asked_at, hits, page)
         return page
 
-    async def read_types(self, types: Collection[str], from_position: int = 1, limit: int = 1000) -> Page:
-        """As `read_all`: past every position known committed, "nothing new" without a query."""
-        if self._nothing_new(from_position):
+    async def read_selected(self, selection: Selection, from_position: int = 1, limit: int = 1000) -> Page:
+        """As `read_all`: past every position known committed, "nothing new" without a query; and
+        for some types only, "nothing new" while none of them was heard of (`_none_of`)."""
+        if self._nothing_new(from_position) or self._none_of(selection, from_position):
             return Page([], from_position - 1)
-        if self._none_of(types, from_position):
-            assert self.listener is not None
-            return Page([], max(from_position - 1, self._high, self.listener.high))
         asked_at, hits = time.monotonic(), self._tail.hits
-        page = await super().read_types(types, from_position, limit)
+        page = await super().read_selected(selection, from_position, limit)
         self._after_read(asked_at, hits, page.events)
+        if self._tail.hits == hits:
+            self._selection_asked_at[selection] = asked_at
         return page
 
     def _nothing_new(self, from_position: int) -> bool:
@@ -482,12 +500,19 @@ class PostgresJournal(SqlJournal):
             return True
         return False
 
-    def _none_of(self, types: Collection[str], from_position: int) -> bool:
+    def _none_of(self, selection: Selection, from_position: int) -> bool:
         """No event of `types` committed from `from_position` on, by what was heard: each notification
         names its events' types, and this instance's own appends are known (a partition of the outbox
-        publisher or a view, reading its types while others are written, asks nothing)."""
+        publisher or a view, reading its types while others are written, asks nothing). "Nothing new"
+        only, never "looked as far as": a writer that does not notify (an older Memoir) is found by
+        the read of these types `idle_poll` seconds after the last one that asked the store."""
         listener = self.listener
-        if listener is None or not listener.up or time.monotonic() - self._asked_at >= self.idle_poll:
+        if listener is None or not listener.up or selection.names or selection.firsts:
+            return False  # notifications name types only
+        if time.monotonic() - self._selection_asked_at.get(selection, -math.inf) >= self.idle_poll:
+            return False
+        types = selection.types
+        if any(self._appending[t] for t in types):  # committed perhaps, not yet known here
             return False
         last = max(listener.last_of(types), max((self._type_high.get(t, 0) for t in types), default=0))
         if from_position > last:

@@ -37,7 +37,7 @@ from nats.js import api
 from nats.js.errors import Error as JetStreamError
 from nats.js.errors import NotFoundError
 
-from ..journal.base import Journal
+from ..journal.base import Journal, Selection
 from ..model.backoff import Backoff
 from ..model.envelope import Envelope
 from ..model.errors import CommandError, ErrorCode
@@ -170,6 +170,9 @@ class TimerRelay:
     ) -> None:
         self.journal = journal
         self.workflows = frozenset(workflows)  # entity types whose own events carry their timer (model/workflow.py)
+        # what it reads of the journal: timer events of any type, the workflows' own events, and every
+        # entity's first event (`_born_here`); on SQL the query selects them, not this loop
+        self.selection = Selection(types=self.workflows, names=frozenset((SCHEDULED, CANCELLED)), firsts=True)
         self.js = nc.jetstream()
         self.prefix = prefix
         self.stream = timer_stream(prefix)
@@ -198,12 +201,13 @@ class TimerRelay:
         while True:
             wake = self.journal.next_append()
             try:
-                page = await self.journal.read_all(self.position + 1, limit=1000)
-                if page:
-                    await self._relay(page)
-                    self.position = page[-1].position
+                page = await self.journal.read_selected(self.selection, self.position + 1, limit=1000)
+                news = page.through > self.position
+                if page.events:
+                    await self._relay(page.events)
+                self.position = max(self.position, page.through)
                 floor = self._floor()
-                if floor != saved and (not page or time.monotonic() - saved_at >= CHECKPOINT_EVERY):
+                if floor != saved and (not news or time.monotonic() - saved_at >= CHECKPOINT_EVERY):
                     await self.journal.save_checkpoint(CHECKPOINT, floor)
                     saved, saved_at = floor, time.monotonic()
                 retry.reset()
@@ -211,7 +215,7 @@ class TimerRelay:
                 log.warning("timer relay failed; retrying", position=self.position, error=str(exc))
                 await retry.sleep()
                 continue
-            if not page:
+            if not news:
                 with anyio.move_on_after(self.journal.tail_poll(POLL)):
                     await wake.wait()
 

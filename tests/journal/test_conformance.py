@@ -18,6 +18,7 @@ from runtime import (
     JournalError,
     Snapshot,
 )
+from runtime.journal.base import Selection
 
 pytestmark = pytest.mark.anyio
 
@@ -274,14 +275,21 @@ async def test_the_principal_round_trips(journal_factory: JournalFactory) -> Non
         assert [e.principal for e in await j.read("thing", "a")] == [who, who, None]
 
 
-async def read_types_to_the_end(journal: Journal, types: set[str], limit: int = 7) -> tuple[list[Envelope], int]:
-    """Every event of `types`, page by page, as a tailer reads them; and how far the reads looked."""
+async def read_types_to_the_end(
+    journal: Journal, types: set[str] | Selection, limit: int = 7
+) -> tuple[list[Envelope], int]:
+    """Every event of `types` (or of a selection), page by page, as a tailer reads them; and how far
+    the reads looked."""
+    selection = types if isinstance(types, Selection) else Selection(frozenset(types))
     out: list[Envelope] = []
     through = 0
     while True:
-        page = await journal.read_types(types, through + 1, limit)
+        if isinstance(types, Selection):
+            page = await journal.read_selected(types, through + 1, limit)
+        else:
+            page = await journal.read_types(types, through + 1, limit)
         assert len(page.events) <= limit
-        assert all(e.entity_type in types for e in page.events)
+        assert all(selection.keeps(e) for e in page.events)
         assert all(through < e.position <= page.through for e in page.events), "within what it says it looked at"
         if len(page.events) == limit:
             assert page.through == page.events[-1].position, "a full read looked no further than its last event"
@@ -318,6 +326,34 @@ async def test_read_types_reads_only_those_types_in_position_order(journal_facto
         for types in ({"a"}, {"a", "c"}):
             got, through = await read_types_to_the_end(j, types, limit=1000)
             assert got == [e for e in everything if e.entity_type in types] and through == last
+
+
+async def test_read_selected_reads_types_names_and_first_events_in_position_order(
+    journal_factory: JournalFactory,
+) -> None:
+    """A selection (the timer relay's: some names of any type, some types, every entity's first
+    event) reads exactly those events, in position order, from the writer itself and from the store."""
+    async with journal_factory.open() as j:
+        for w in range(4):
+            for seq in range(1, 7):
+                kind, name = ("a", "b")[w % 2], ("Tick", "Tock", "Tick")[seq % 3]
+                await j.append([ev(f"e{w}", seq, entity_type=kind, name=name)], seq - 1)
+        everything = await read_everything(j)
+        last = await j.last_position()
+        selections = (
+            Selection(names=frozenset({"Tock"})),
+            Selection(firsts=True),
+            Selection(types=frozenset({"a"}), names=frozenset({"Tock", "nobody"}), firsts=True),
+        )
+        for selection in selections:
+            got, through = await read_types_to_the_end(j, selection)
+            assert got == [e for e in everything if selection.keeps(e)] and got
+            assert through == last, "it looked to the end of the journal"
+        assert await j.read_selected(Selection(), 1) == ([], 0)  # nothing selected: nothing read
+    async with journal_factory.open() as j:
+        for selection in selections:
+            got, through = await read_types_to_the_end(j, selection, limit=1000)
+            assert got == [e for e in everything if selection.keeps(e)] and through == last
 
 
 async def test_read_types_finds_what_is_appended_after_other_types(journal: Journal) -> None:
