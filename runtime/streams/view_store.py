@@ -272,12 +272,16 @@ class SqliteViewStore(ViewStore):
                 writes, checkpoints = work(_SqliteRows(conn, view))
                 puts = [(view, k, v) for k, v in writes.items() if v is not None]
                 dels = [(view, k) for k, v in writes.items() if v is None]
-                if puts:
-                    conn.executemany("INSERT OR REPLACE INTO view_rows VALUES (?,?,?)", puts)
+                if puts:  # an upsert changes a row in place: REPLACE deletes it and inserts it again
+                    conn.executemany(
+                        "INSERT INTO view_rows VALUES (?,?,?) ON CONFLICT (view, key) DO UPDATE SET row = excluded.row",
+                        puts,
+                    )
                 if dels:
                     conn.executemany("DELETE FROM view_rows WHERE view=? AND key=?", dels)
                 conn.executemany(
-                    "INSERT OR REPLACE INTO view_checkpoints VALUES (?,?,?)",
+                    "INSERT INTO view_checkpoints VALUES (?,?,?)"
+                    " ON CONFLICT (view, stream) DO UPDATE SET seq = excluded.seq",
                     [(view, s, seq) for s, seq in checkpoints.items()],
                 )
                 conn.execute("COMMIT")
