@@ -40,7 +40,7 @@ from _cgroup import PERIOD_US, Caps
 from runtime.serve.service.embedded_nats import find_binary, free_port
 
 ENTITIES = 200
-LEASE_TTL = 2.0
+LEASE_TTL = 3.0  # seconds: `memoir run`'s default (--lease-ttl); a member's idle cost and failover time follow it
 
 
 def _postgres_url() -> str | None:
@@ -53,21 +53,21 @@ def _postgres_url() -> str | None:
         return None
 
 
-def runtime(url: str, journal: str, data: str, *, cluster: bool, prefix: str) -> subprocess.Popen[str]:
+def runtime(url: str, journal: str, data: str, *, cluster: bool, prefix: str, ttl: float) -> subprocess.Popen[str]:
     argv = [sys.executable, "-m", "runtime.serve.cli", "run", "--nats-url", url, "--journal", journal]
     argv += ["--data-dir", data, "--prefix", prefix, "--log-format", "json", "--log-level", "warning"]
     if cluster:
-        argv += ["--cluster", "--lease-ttl", str(LEASE_TTL)]
+        argv += ["--cluster", "--lease-ttl", str(ttl)]
     return load.start(argv, "memoir: serving", {**os.environ, "PYTHONPATH": str(c.ROOT)})
 
 
-async def _members(url: str, prefix: str, want: int) -> None:
+async def _members(url: str, prefix: str, want: int, ttl: float) -> None:
     from runtime.serve.service.cluster import ClusterConfig, LeaseConfig, settled
     from runtime.wire.nats import close_quietly, connect
 
     nc = await connect(url)
     try:
-        await settled(nc, ClusterConfig(name=prefix, lease=LeaseConfig(ttl=LEASE_TTL)), want)
+        await settled(nc, ClusterConfig(name=prefix, lease=LeaseConfig(ttl=ttl)), want)
     finally:
         await close_quietly(nc)
 
@@ -190,7 +190,7 @@ def _metrics(port: int) -> dict[str, float]:
     return out
 
 
-async def _singletons_per_member(url: str, prefix: str) -> list[int]:
+async def _singletons_per_member(url: str, prefix: str, ttl: float) -> list[int]:
     """How many singleton leases each member holds, most first."""
     from collections import Counter
 
@@ -199,7 +199,7 @@ async def _singletons_per_member(url: str, prefix: str) -> list[int]:
 
     nc = await connect(url)
     try:
-        snap = await snapshot(nc, ClusterConfig(name=prefix, lease=LeaseConfig(ttl=LEASE_TTL)))
+        snap = await snapshot(nc, ClusterConfig(name=prefix, lease=LeaseConfig(ttl=ttl)))
         counts = Counter(lease.owner for lease in snap.singletons.values())
         return sorted([counts.get(m.id, 0) for m in snap.members], reverse=True)
     finally:
@@ -222,7 +222,15 @@ async def _kv_messages(url: str, prefix: str) -> int:
 
 
 def _phase(
-    caps: Caps, url: str, journal_base: str | None, d: Path, n: int, seconds: float, types: int = 1, cap: float = CAP
+    caps: Caps,
+    url: str,
+    journal_base: str | None,
+    d: Path,
+    n: int,
+    seconds: float,
+    types: int = 1,
+    cap: float = CAP,
+    ttl: float = LEASE_TTL,
 ) -> dict[str, Any]:
     """n capped members on a fresh prefix (and schema): idle CPU, then the load; all stopped, exit 0."""
     prefix = f"cap{n}x{os.getpid() % 10000}"
@@ -235,16 +243,16 @@ def _phase(
         for i in range(n):
             argv = [sys.executable, "-m", "runtime.serve.cli", "run", "--nats-url", url, "--journal", journal]
             argv += ["--data-dir", str(d / f"{prefix}-{i}"), "--prefix", prefix, "--log-format", "json"]
-            argv += ["--log-level", "warning", "--cluster", "--lease-ttl", str(LEASE_TTL)]
+            argv += ["--log-level", "warning", "--cluster", "--lease-ttl", str(ttl)]
             argv += ["--metrics-port", str(ports[i])]
             env = {**os.environ, "PYTHONPATH": str(c.ROOT)}
             procs.append(load.start(caps.wrap(groups[i], argv), "memoir: serving", env))
-        c.run(_members, url, prefix, n)
+        c.run(_members, url, prefix, n, ttl)
         before = [caps.usage_us(g) for g in groups]
         time.sleep(IDLE_S)  # the measurement window: nothing is sent
         idle = [(caps.usage_us(g) - b) / (IDLE_S * 1e6) * 100 for g, b in zip(groups, before, strict=True)]
         _load(url, prefix, 1.0, types)  # warm up: activations, the clients' shard maps
-        singletons = c.run(_singletons_per_member, url, prefix)
+        singletons = c.run(_singletons_per_member, url, prefix, ttl)
         kv0 = c.run(_kv_messages, url, prefix)
         m0 = [_metrics(p) for p in ports]
         cpu0 = [caps.usage_us(g) for g in groups]
@@ -281,7 +289,7 @@ def _phase(
     return out
 
 
-def capped(quick: bool, types: int = 1, cap: float = CAP) -> None:
+def capped(quick: bool, types: int = 1, cap: float = CAP, ttl: float = LEASE_TTL) -> None:
     caps = Caps.find()
     if isinstance(caps, str):
         print(f"cluster --capped: {caps}", flush=True)
@@ -308,7 +316,7 @@ def capped(quick: bool, types: int = 1, cap: float = CAP) -> None:
         time.sleep(0.5)
         try:
             for n in (1, 2, 3):
-                phases[n] = _phase(caps, url, pg, d, n, seconds, types, cap)
+                phases[n] = _phase(caps, url, pg, d, n, seconds, types, cap, ttl)
                 print(f"  {n} member(s): {json.dumps(phases[n])}", flush=True)
         finally:
             caps.cleanup()
@@ -319,6 +327,7 @@ def capped(quick: bool, types: int = 1, cap: float = CAP) -> None:
         "capped": True,
         "cgroup": caps.version,
         "cap_cores": cap,
+        "lease_ttl_s": ttl,
         "period_ms": PERIOD_US / 1000,
         "inflight": load.CLIENTS * CAPPED_INFLIGHT,
         "journal": "postgres" if pg else "nats",
@@ -363,9 +372,16 @@ def main() -> None:
         default=CAP,
         help="--capped: cores per member; the members must be the bound: their throttled share says whether they were",
     )
+    p.add_argument(
+        "--lease-ttl",
+        type=float,
+        default=LEASE_TTL,
+        help="the members' --lease-ttl: renewals (an idle member's cost) and failover time follow it",
+    )
     args = c.parse(p)
+    ttl = args.lease_ttl
     if args.capped:
-        capped(args.quick, args.types, args.cap)
+        capped(args.quick, args.types, args.cap, ttl)
         return
     seconds = 4.0 if args.quick else 12.0
     pg = _postgres_url()
@@ -384,21 +400,21 @@ def main() -> None:
         print(f"  journal: {'PostgreSQL' if pg else 'JetStream'}", flush=True)
         procs: list[subprocess.Popen[str]] = []
         try:
-            plain = runtime(url, journal, str(d / "plain"), cluster=False, prefix=prefix)
+            plain = runtime(url, journal, str(d / "plain"), cluster=False, prefix=prefix, ttl=ttl)
             load.run_clients(url, "memoir", 1.0)  # warm up: activations, connections
             base = load.run_clients(url, "memoir", seconds)
             base_slow = load.run_clients(url, "memoir", seconds / 2, rate=300)
             plain.terminate()
             plain.wait(30)
 
-            procs.append(runtime(url, journal, str(d / "m1"), cluster=True, prefix=prefix))
-            c.run(_members, url, prefix, 1)
+            procs.append(runtime(url, journal, str(d / "m1"), cluster=True, prefix=prefix, ttl=ttl))
+            c.run(_members, url, prefix, 1, ttl)
             load.run_clients(url, "memoir", 1.0)
             one = load.run_clients(url, "memoir", seconds)
             one_slow = load.run_clients(url, "memoir", seconds / 2, rate=300)
 
-            procs.append(runtime(url, journal, str(d / "m2"), cluster=True, prefix=prefix))
-            c.run(_members, url, prefix, 2)
+            procs.append(runtime(url, journal, str(d / "m2"), cluster=True, prefix=prefix, ttl=ttl))
+            c.run(_members, url, prefix, 2, ttl)
             load.run_clients(url, "memoir", 1.0)
             two = load.run_clients(url, "memoir", seconds)
             two_slow = load.run_clients(url, "memoir", seconds / 2, rate=300)
@@ -434,6 +450,7 @@ def main() -> None:
     c.finish(
         {
             "journal": "postgres" if pg else "nats",
+            "lease_ttl_s": ttl,
             "commands_per_s_plain": base["per_s"],
             "commands_per_s_1": one["per_s"],
             "commands_per_s_2": two["per_s"],
