@@ -174,6 +174,10 @@ class NatsDoor:
                 self._sub = [await self._subscribe(f"{self.prefix}.cmd.{s}", self.queue) for s in _SHARED]
             else:
                 self._sub = [await self._subscribe(f"{self.prefix}.cmd.>", self.queue)]
+            # Started means served: the server has the subscriptions (a request sent the moment after,
+            # from another connection, found no responders). A link down now re-subscribes on reconnect.
+            with contextlib.suppress(NatsError, asyncio.TimeoutError):
+                await self.nc.flush(timeout=5)
             task_status.started()
 
     async def _subscribe(self, subject: str, queue: str) -> Any:
