@@ -2,8 +2,9 @@
 query and an indexed range query with order and limit, against the same queries as full scans of
 the same rows in the same run; the apply rate with and without two indexes, of the store alone
 (rows written in batches) and of the view (a ViewRunner applying the same rows as events from a
-journal: decode, handler, store); and the latency of a live query's change events at 1,000 row
-changes/s."""
+journal: decode, handler, store); the store's rate when the rows exist already and change (an
+update, with and without the indexes); and the latency of a live query's change events at 1,000
+row changes/s."""
 
 from __future__ import annotations
 
@@ -246,6 +247,10 @@ async def bench_store(
         first_eq = await store.select("indexed", eq[0])
         assert first_eq == await store.select("plain", eq[0]), "the index and the scan agree"
         out["live_p99_ms"] = await live_latency(store, data, 1000, live_s)
+        # rows a view changes rather than adds (a balance, an owner): the same keys, new values
+        changed = rows(n, seed=26)[: min(n, view_events)]
+        out["update_rows_per_s_no_index"], _ = await fill(store, "plain", changed)
+        out["update_rows_per_s_two_indexes"], _ = await fill(store, "indexed", changed)
         events = min(n, view_events)
         journal = await journal_of(journal_path, data[:events])
         try:  # alternately, twice each: the best of two on a machine whose load moves
@@ -270,6 +275,7 @@ async def bench_store(
     out["view_apply_index_cost"] = (
         1 - out["view_apply_events_per_s_two_indexes"] / out["view_apply_events_per_s_no_index"]
     )
+    out["update_index_cost"] = 1 - out["update_rows_per_s_two_indexes"] / out["update_rows_per_s_no_index"]
     out["eq_speedup"] = out["eq_scan_p50_ms"] / out["eq_p50_ms"]
     out["range_speedup"] = out["range_scan_p50_ms"] / out["range_p50_ms"]
     return out
@@ -286,6 +292,8 @@ async def drop_schema(url: str, schema: str) -> None:
 def report(name: str, r: dict[str, float]) -> dict[str, Any]:
     c.line(f"{name} apply rows/s, no index", r["apply_rows_per_s_no_index"])
     c.line(f"{name} apply rows/s, two indexes", r["apply_rows_per_s_two_indexes"])
+    c.line(f"{name} update rows/s, no index", r["update_rows_per_s_no_index"])
+    c.line(f"{name} update rows/s, two indexes", r["update_rows_per_s_two_indexes"])
     c.line(f"{name} view apply events/s, no index", r["view_apply_events_per_s_no_index"])
     c.line(f"{name} view apply events/s, two indexes", r["view_apply_events_per_s_two_indexes"])
     c.line(f"{name} view apply events per transaction (mean)", r["view_apply_events_per_transaction"])
