@@ -9,8 +9,9 @@ journal and NATS server. The client processes and the load are those of nats_com
 (`_cgroup.py`: v1 or v2, whichever is writable; it says which, or that neither is), under the
 same load from uncapped client processes using Memoir's `Client` (it follows the shard map; 2 x 128
 requests in flight, so that every member has queued work; the caps' period is 10 ms, see _cgroup.py).
-Each phase has a fresh prefix and schema; it measures the members idle (cgroup CPU use over a
-few seconds), then under load: commands/s, KV writes/s (the buckets' stream sequences),
+Each phase has a fresh prefix and schema; it measures the members idle (cgroup CPU use over
+5 s, once the singletons have spread over the members; with --quick in the 3-member phase only),
+then under load: commands/s, KV writes/s (the buckets' stream sequences),
 forwarded share and lease losses (the members' metrics) and each member's CPU per command.
 
 `--capped --types 2` spreads the same load over two entity types (inventory `receive` and
@@ -107,7 +108,7 @@ async def _drop_schema(pg: str, schema: str) -> None:
 # -- capped mode: members in CPU-capped cgroups, 1, 2 and 3 of them under the same load ------------
 
 CAP = 0.25  # of a core, per member
-IDLE_S = 3.0
+IDLE_S = 5.0  # seconds of the idle window, once the singletons have spread
 # requests in flight per client process in --capped mode: enough that 3 capped members all have
 # queued work (with 32, the third member sat below its cap while the clients waited on the others)
 CAPPED_INFLIGHT = 128
@@ -206,6 +207,19 @@ async def _singletons_per_member(url: str, prefix: str, ttl: float) -> list[int]
         await close_quietly(nc)
 
 
+async def _singletons_spread(url: str, prefix: str, n: int, ttl: float) -> None:
+    """Until the singletons are spread over the n members (within one of each other, the same count
+    twice running): a joiner's share moves to it a settle period (the ttl) after it joins."""
+    deadline, last = time.monotonic() + 6 * ttl, None
+    while time.monotonic() < deadline:
+        counts = await _singletons_per_member(url, prefix, ttl)
+        if len(counts) == n and counts[0] - counts[-1] <= 1 and counts == last:
+            return
+        last = counts
+        await anyio.sleep(0.5)
+    print(f"  (singletons not spread after {6 * ttl:g}s: {last}; idle measured anyway)", flush=True)
+
+
 async def _kv_messages(url: str, prefix: str) -> int:
     """Messages ever written to the cluster's KV buckets (their streams' last sequence)."""
     from runtime.wire.nats import close_quietly, connect
@@ -231,8 +245,10 @@ def _phase(
     types: int = 1,
     cap: float = CAP,
     ttl: float = LEASE_TTL,
+    idle_s: float = IDLE_S,
 ) -> dict[str, Any]:
-    """n capped members on a fresh prefix (and schema): idle CPU, then the load; all stopped, exit 0."""
+    """n capped members on a fresh prefix (and schema): idle CPU (over `idle_s`; 0: not measured),
+    then the load; all stopped, exit 0."""
     prefix = f"cap{n}x{os.getpid() % 10000}"
     journal = f"{journal_base}?schema={prefix}" if journal_base else f"{url}?prefix={prefix}"
     ports = [free_port() for _ in range(n)]
@@ -248,9 +264,12 @@ def _phase(
             env = {**os.environ, "PYTHONPATH": str(c.ROOT)}
             procs.append(load.start(caps.wrap(groups[i], argv), "memoir: serving", env))
         c.run(_members, url, prefix, n, ttl)
-        before = [caps.usage_us(g) for g in groups]
-        time.sleep(IDLE_S)  # the measurement window: nothing is sent
-        idle = [(caps.usage_us(g) - b) / (IDLE_S * 1e6) * 100 for g, b in zip(groups, before, strict=True)]
+        if idle_s:  # a member with nothing to do: after the joiners' singletons have moved to them
+            c.run(_singletons_spread, url, prefix, n, ttl)
+            before = [caps.usage_us(g) for g in groups]
+            time.sleep(idle_s)  # the measurement window: nothing is sent
+            used = [caps.usage_us(g) - b for g, b in zip(groups, before, strict=True)]
+            out["idle_cpu_pct"] = max(u / (idle_s * 1e6) * 100 for u in used)
         _load(url, prefix, 1.0, types)  # warm up: activations, the clients' shard maps
         singletons = c.run(_singletons_per_member, url, prefix, ttl)
         kv0 = c.run(_kv_messages, url, prefix)
@@ -264,10 +283,9 @@ def _phase(
         kv = c.run(_kv_messages, url, prefix) - kv0
         served = [b["commands"] - a["commands"] for a, b in zip(m0, m1, strict=True)]
         forwards = sum(b["forwards"] - a["forwards"] for a, b in zip(m0, m1, strict=True))
-        out = {
+        out |= {
             "per_s": result["per_s"],
             "errors": result["errors"],
-            "idle_cpu_pct": max(idle),
             "kv_writes_per_s": kv / took,
             "forwarded_share": forwards / max(1.0, result["done"]),
             "ownership_losses": sum(m["losses"] for m in m1),
@@ -316,7 +334,9 @@ def capped(quick: bool, types: int = 1, cap: float = CAP, ttl: float = LEASE_TTL
         time.sleep(0.5)
         try:
             for n in (1, 2, 3):
-                phases[n] = _phase(caps, url, pg, d, n, seconds, types, cap, ttl)
+                # quick: the idle window in the last phase only (the most members, the most to hear)
+                idle_s = IDLE_S if not quick or n == 3 else 0.0
+                phases[n] = _phase(caps, url, pg, d, n, seconds, types, cap, ttl, idle_s)
                 print(f"  {n} member(s): {json.dumps(phases[n])}", flush=True)
         finally:
             caps.cleanup()
@@ -337,7 +357,7 @@ def capped(quick: bool, types: int = 1, cap: float = CAP, ttl: float = LEASE_TTL
         "per_s_3": per_s[3],
         "scaling_2": per_s[2] / per_s[1],
         "scaling_3": per_s[3] / per_s[1],
-        "idle_cpu_pct": max(p["idle_cpu_pct"] for p in phases.values()),
+        "idle_cpu_pct": max(p["idle_cpu_pct"] for p in phases.values() if "idle_cpu_pct" in p),
         "kv_writes_per_s": phases[3]["kv_writes_per_s"],
         "forwarded_share": max(p["forwarded_share"] for p in phases.values()),
         "ownership_losses": sum(p["ownership_losses"] for p in phases.values()),
