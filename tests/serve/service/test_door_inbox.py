@@ -10,6 +10,7 @@ from pathlib import Path
 
 import anyio
 import pytest
+from support.waiting import eventually
 
 from entities.inventory import InventoryItem
 from runtime import MemoryJournal, Runtime
@@ -45,6 +46,7 @@ async def test_a_command_goes_from_the_socket_to_a_worker_and_refusals_are_answe
             held = [await client.publish("idle.cmd.inventory.B.receive", RECEIVE, reply=f"_h.{n}") for n in range(2)]
             assert held == [None, None]
             await client.flush()
+            await eventually(lambda: full._queue.qsize() == 2, 10, "the two requests queued")
             third = await client.request("idle.cmd.inventory.B.receive", RECEIVE, timeout=10)
             assert json.loads(third.data)["error"]["code"] == "overloaded"
             big = await client.request("idle.cmd.inventory.B.receive", b" " * 65 + RECEIVE, timeout=10)
