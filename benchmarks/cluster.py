@@ -117,10 +117,8 @@ CAPPED_INFLIGHT = 128
 PROFILE_PAYLOAD = b'{"post_id": "p"}'
 
 
-def client_main(
-    url: str, prefix: str, seconds: float, seed: int, types: int = 1, inflight: int = CAPPED_INFLIGHT
-) -> None:
-    """One load process: Memoir's `Client` (it follows the shard map), `inflight` in flight; with
+def client_main(url: str, prefix: str, seconds: float, seed: int, types: int = 1) -> None:
+    """One load process: Memoir's `Client` (it follows the shard map), CAPPED_INFLIGHT in flight; with
     `types` 2, every other command goes to a profile instead of an inventory item."""
     from runtime import Client, CommandError
 
@@ -134,9 +132,9 @@ def client_main(
                 nonlocal done, errors
                 i = w
                 while time.perf_counter() < deadline:
-                    i += inflight
+                    i += CAPPED_INFLIGHT
                     try:
-                        if types > 1 and (i // inflight) % 2:
+                        if types > 1 and (i // CAPPED_INFLIGHT) % 2:
                             key, command, payload = f"P-{seed}-{i % 500}", "count_post", PROFILE_PAYLOAD
                             await client.send("profile", key, command, payload, timeout=10)
                         else:
@@ -146,7 +144,7 @@ def client_main(
                         errors += 1
 
             async with anyio.create_task_group() as tg:
-                for w in range(inflight):
+                for w in range(CAPPED_INFLIGHT):
                     tg.start_soon(worker, w)
         took, cpu = time.perf_counter() - started, time.process_time()
         print(json.dumps({"done": done, "errors": errors, "seconds": took, "cpu_s": cpu}), flush=True)
@@ -154,11 +152,10 @@ def client_main(
     c.run(go)
 
 
-def _load(url: str, prefix: str, seconds: float, types: int = 1, inflight: int = CAPPED_INFLIGHT) -> dict[str, float]:
+def _load(url: str, prefix: str, seconds: float, types: int = 1) -> dict[str, float]:
     argv = [sys.executable, __file__, "--client", url, prefix, str(seconds)]
     procs = [
-        subprocess.Popen([*argv, str(k), str(types), str(inflight)], stdout=subprocess.PIPE, text=True)
-        for k in range(load.CLIENTS)
+        subprocess.Popen([*argv, str(k), str(types)], stdout=subprocess.PIPE, text=True) for k in range(load.CLIENTS)
     ]
     results = [json.loads(p.communicate()[0].strip().splitlines()[-1]) for p in procs]
     assert all(p.returncode == 0 for p in procs), [p.returncode for p in procs]
@@ -381,7 +378,7 @@ def capped(quick: bool, types: int = 1, cap: float = CAP, ttl: float = LEASE_TTL
 
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--client":
-        client_main(sys.argv[2], sys.argv[3], float(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6]), int(sys.argv[7]))
+        client_main(sys.argv[2], sys.argv[3], float(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6]))
         return
     p = c.parser(__doc__.splitlines()[0])
     p.add_argument("--capped", action="store_true", help="members in CPU-capped cgroups: 1, 2, 3 of them")

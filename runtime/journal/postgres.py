@@ -482,8 +482,7 @@ class PostgresJournal(SqlJournal):
             return Page([], from_position - 1)
         asked_at, hits = time.monotonic(), self._tail.hits
         page = await super().read_selected(selection, from_position, limit)
-        self._after_read(asked_at, hits, page.events)
-        if self._tail.hits == hits:
+        if self._after_read(asked_at, hits, page.events):
             self._selection_asked_at[selection] = asked_at
         return page
 
@@ -520,11 +519,14 @@ class PostgresJournal(SqlJournal):
             return True
         return False
 
-    def _after_read(self, asked_at: float, hits: int, events: Sequence[Envelope]) -> None:
-        if self._tail.hits == hits:  # it asked the store (not the tail cache)
-            self._asked_at = asked_at
+    def _after_read(self, asked_at: float, hits: int, events: Sequence[Envelope]) -> bool:
+        """Note what a read learnt; True if it asked the store (not the tail cache)."""
         if events:
             self._high = max(self._high, events[-1].position)
+        if self._tail.hits != hits:
+            return False
+        self._asked_at = asked_at
+        return True
 
     async def _typed_rows(self, sql: str, args: Sequence[Any]) -> tuple[int, Rows]:
         """While listening, the bound is the highest position heard of (committed: notifications come
