@@ -166,10 +166,41 @@ async def test_singletons_spread_a_joiner_takes_its_share_and_a_dead_member_s_mo
     assert runs.overlaps == []
 
 
-async def test_a_preferred_member_that_loses_its_lease_campaigns_again(
+async def test_running_singletons_costs_no_kv_writes_beyond_the_member_lease(
     nats_cluster: NatsCluster, config: ClusterConfig
 ) -> None:
-    """The lease taken from under the holder (deleted, as a fence does): its work stops, and being
+    """Idle, two members running 13 singletons between them write only their own lease and
+    heartbeat (3 each per ttl): a singleton's key is written when it moves, never renewed.
+    Counted as messages of the buckets' streams over two ttls, once the singletons have settled."""
+    runs = Runs()
+    conns = {m: await client(nats_cluster, m) for m in ("a", "b")}
+    js = conns["a"].jetstream()
+
+    async def kv_writes() -> int:
+        return sum([(await js.stream_info(f"KV_{config.name}_{b}")).state.last_seq for b in ("leases", "members")])
+
+    try:
+        async with anyio.create_task_group() as tg:
+            clusters = [await tg.start(_member, conns[m], config, m, runs) for m in conns]
+            await eventually(lambda: _balanced(runs, list(conns)), TTL * 6, "13 singletons over 2 members")
+            await anyio.sleep(TTL)  # on purpose: what is counted next is the idle state
+            before = await kv_writes()
+            await anyio.sleep(2 * TTL)  # on purpose: the window counted
+            per_member_per_ttl = (await kv_writes() - before) / 2 / 2
+            assert _balanced(runs, list(conns)) and all(c.lease.serving() for c in clusters)
+            tg.cancel_scope.cancel()
+    finally:
+        for nc in conns.values():
+            await close(nc)
+    print(f"KV writes per member per ttl with {len(NAMES)} singletons: {per_member_per_ttl}")
+    assert per_member_per_ttl <= 8, per_member_per_ttl  # one lease per singleton would add 3 x 6.5 more
+    assert runs.overlaps == []
+
+
+async def test_a_preferred_member_that_loses_its_singleton_key_campaigns_again(
+    nats_cluster: NatsCluster, config: ClusterConfig
+) -> None:
+    """The singleton's key deleted from under the holder (as by hand): its work stops, and being
     preferred, it takes the singleton again rather than waiting on a hand-over that never comes."""
     runs = Runs()
     nc = await client(nats_cluster, "solo")

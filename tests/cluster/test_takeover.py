@@ -18,7 +18,7 @@ from support.waiting import eventually
 
 from runtime.serve.service.cluster import Cluster, ClusterConfig, ShardManager
 from runtime.serve.service.cluster.leases import member_key
-from runtime.serve.service.cluster.placement import _Lease
+from runtime.serve.service.cluster.member_lease import Generation
 
 from .natscluster import NatsCluster
 
@@ -32,7 +32,7 @@ async def _nothing() -> None:
 async def _lease(manager: ShardManager, tg: anyio.abc.TaskGroup) -> anyio.CancelScope:
     """Start a new lease for `manager`'s member, renewed until the returned scope is cancelled."""
     held = await manager.leases.acquire(member_key(manager.member))
-    manager._lease = lease = _Lease(held, held.revision)
+    manager.lease.current = lease = Generation(held, held.revision)
     renewing = anyio.CancelScope()
 
     async def renew() -> None:

@@ -8,10 +8,12 @@ work that runs once in the cluster, `snapshot` for `memoir cluster`.
 
 from .allocation import Allocation, AllocationTable
 from .coordinator import Cluster, ClusterConfig
-from .leases import LeaseConfig, Leases, Singleton
+from .leases import LeaseConfig, Leases
+from .member_lease import MemberLease
 from .membership import MemberInfo, Membership, new_member_id
 from .placement import ShardManager, assign, owner
 from .shards import DEFAULT_SHARDS, shard_key, shard_of
+from .singleton import Singleton
 from .snapshot import ClusterSnapshot, settled, snapshot
 
 __all__ = [
@@ -24,6 +26,7 @@ __all__ = [
     "LeaseConfig",
     "Leases",
     "MemberInfo",
+    "MemberLease",
     "Membership",
     "ShardManager",
     "Singleton",

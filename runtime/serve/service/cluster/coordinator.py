@@ -1,9 +1,10 @@
 """One process's place in a cluster: its buckets, its membership, its view of the leases.
 
 `async with Cluster.join(nc, config) as cluster:` opens (or creates) the buckets, checks the
-shard count and starts watching; `announce()` starts heartbeating, so the others count this
-member; leaving the block leaves the cluster. A ShardManager (which announces) and any
-Singleton run on top of it.
+shard count, starts watching and acquires this member's lease (member_lease.py);
+`announce()` starts heartbeating, so the others count this member; leaving the block leaves
+the cluster and deletes the lease. A ShardManager (which announces) and any Singleton run on
+top of it, both under that one lease.
 """
 
 from __future__ import annotations
@@ -21,10 +22,12 @@ from nats.js.kv import KeyValue
 
 from ....model.errors import ConfigError, MemoirError
 from .allocation import AllocationTable
-from .leases import LeaseConfig, Leases, Singleton
+from .leases import LeaseConfig, Leases
+from .member_lease import MemberLease
 from .membership import Membership, new_member_id
 from .renewer import Connect, connect_like
 from .shards import DEFAULT_SHARDS, SHARD_COUNT_KEY, check_shard_count, mismatch, shard_from_key
+from .singleton import Singleton
 from .singleton_placement import SpreadPlacement
 from .store import Entry, bucket_name, describe, ensure_bucket, log, watch_forever
 
@@ -80,6 +83,7 @@ class Cluster:
             connect=self.connect,
             alive=lambda: nc.is_connected,
         )
+        self.lease = MemberLease(self.leases, bucket_name(config.name, "leases"), connect=self.connect, nc=nc)
         self.singletons: dict[str, Singleton] = {}
         self.placement = SpreadPlacement(member_id, self.membership.live, self.singletons.keys, settle=config.settle)
         self._tg: anyio.abc.TaskGroup | None = None
@@ -103,10 +107,13 @@ class Cluster:
             with cluster._starting("join"):
                 await tg.start(cluster.watch_leases)
                 await tg.start(cluster.membership.watch)
+                await tg.start(cluster.lease.run)
             try:
                 yield cluster
             finally:
                 await cluster.membership.leave()
+                with anyio.CancelScope(shield=True):
+                    await cluster.lease.stop()
                 tg.cancel_scope.cancel()
 
     def _on_lease_entry(self, entry: Entry) -> None:
@@ -121,6 +128,11 @@ class Cluster:
         await watch_forever(
             self.leases_kv, self._on_lease_entry, quiet=self.config.lease.ttl, what="leases", task_status=task_status
         )
+
+    @property
+    def lease_running(self) -> bool:
+        """Whether `join` holds the member lease (a cluster only `open`ed leaves it to its ShardManager)."""
+        return self._tg is not None
 
     async def announce(self) -> None:
         """Start heartbeating: from now on the others count this member and move shards to it.
@@ -174,7 +186,7 @@ class Cluster:
         the names it knows, and every member should know the same ones."""
         if name not in self.singletons:
             placement = self.placement if self.config.spread_singletons else None
-            self.singletons[name] = Singleton(self.leases, name, placement=placement)
+            self.singletons[name] = Singleton(self.lease, name, placement=placement)
         return self.singletons[name]
 
 

@@ -27,7 +27,6 @@ from __future__ import annotations
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Protocol
 
 import anyio
 import anyio.abc
@@ -188,15 +187,22 @@ class Leases:
         """One attempt: a free lease is created, a silent one (same revision for a whole ttl by
         this clock) or one of this holder's own is taken over; else None. Transient NATS errors raise."""
         seen = self.seen.get(key)
+        if seen is None or seen.owner is None or seen.owner == self.holder:
+            return await self.write(key, seen)
+        if time.monotonic() - seen.since >= self.config.ttl:
+            return await self.write(key, seen)
+        return None
+
+    async def write(self, key: str, over: Seen | None) -> Held | None:
+        """Name this holder in `key`, by compare-and-set over what was seen there (`create` if it
+        was free); None if someone wrote it since (then it is read again). Transient NATS errors raise."""
         acquired_at = time.time()
         sent = time.monotonic()
         try:
-            if seen is None or seen.owner is None:
+            if over is None or over.owner is None:
                 revision = await self.kv.create(key, self._value(acquired_at, 1))
-            elif seen.owner == self.holder or sent - seen.since >= self.config.ttl:
-                revision = await self.kv.update(key, self._value(acquired_at, 1), last=seen.revision)
             else:
-                return None
+                revision = await self.kv.update(key, self._value(acquired_at, 1), last=over.revision)
         except nats.js.errors.KeyWrongLastSequenceError:
             await self.refresh(key)  # someone wrote since: start the clock on what is there now
             return None
@@ -328,170 +334,3 @@ class Leases:
 def member_key(member: str) -> str:
     """The key of a member's own lease: its shards are served only while it is renewed."""
     return f"member.{member}"
-
-
-def singleton_key(name: str) -> str:
-    return f"singleton.{name}"
-
-
-class Placement(Protocol):
-    """Who should run a singleton (singleton_placement.py): only that member campaigns at once."""
-
-    def preferred(self, name: str) -> str | None:
-        """The member that should run `name`; None: nobody can tell, so anyone campaigns at once."""
-        ...
-
-    def current(self) -> bool:
-        """Whether this member's own view is fresh enough to hand a singleton over on."""
-        ...
-
-
-class Singleton:
-    """Run `work` in exactly one process of the cluster at a time, failing over when its holder goes.
-
-    `run` campaigns for the lease, runs `work` while it holds it, cancels `work` (and waits for
-    it) when the lease is lost, then campaigns again; cancelled, it stops `work` and releases.
-
-    With a `placement`, only the preferred member campaigns at once; the others wait until the
-    lease has been vacant (released, or silent past its ttl) for a further ttl, so a singleton
-    whose preferred member does not take it still runs somewhere. A holder whose view names
-    another member hands over: it stops `work` (which checkpoints as it stops), releases the
-    lease, and the preferred member, waiting on the lease, takes it at once. A holder that took
-    the singleton because its preferred member left it vacant never hands it back to that member
-    (it may not run this singleton: a rolling upgrade), so nothing bounces.
-    """
-
-    def __init__(
-        self,
-        leases: Leases,
-        name: str,
-        *,
-        on_acquired: Callable[[], Awaitable[None]] | None = None,
-        on_lost: Callable[[], Awaitable[None]] | None = None,
-        placement: Placement | None = None,
-    ) -> None:
-        self.leases = leases
-        self.name = name
-        self.key = singleton_key(name)
-        self.on_acquired = on_acquired
-        self.on_lost = on_lost
-        self.placement = placement
-        self.holding = False
-        self.handovers = 0  # times this member gave the singleton to its preferred member
-        self._not_to: str | None = None  # a preferred member that left it vacant: never handed to
-        self._poll = leases.config.ttl / 6
-        # A member not preferred for this singleton, and a holder watching for a hand-over, look
-        # less often: an idle member waits on a dozen singletons, and each look is a wake-up.
-        # Failover is bounded by the vacancy rule (and the new preferred member's own campaign),
-        # so this delays only a hand-over to a joiner or a standby's take, by at most ttl / 2.
-        self._standby = leases.config.ttl / 2
-        self._stopped_at = float("-inf")  # monotonic: when this member last stopped holding it
-
-    async def run(
-        self,
-        work: Callable[[], Awaitable[None]],
-        *,
-        task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
-    ) -> None:
-        task_status.started()
-        while True:
-            held = await self._campaign()
-            if await self._run_holding(held, work):
-                return
-
-    def _preferred(self) -> str | None:
-        return None if self.placement is None else self.placement.preferred(self.name)
-
-    async def _campaign(self) -> Held:
-        """Until this member holds the lease: at once if preferred, else once it has stayed vacant a ttl."""
-        began = time.monotonic()
-        while True:
-            preferred = self._preferred()
-            mine = preferred in (None, self.leases.holder)
-            vacant = self._vacant_for(began)
-            if mine or vacant >= self.leases.config.ttl:
-                try:
-                    held = await self.leases.try_take(self.key)
-                except Exception as exc:  # noqa: BLE001 - transient: retried
-                    log.debug("lease take failed; retrying", key=self.key, reason=describe(exc))
-                    held = None
-                if held is not None:
-                    self._not_to = preferred if preferred not in (None, self.leases.holder) else None
-                    return held
-            if mine:
-                await self.leases.wait_changed(self._poll)
-            else:  # another member's to take: look again when it could have stayed vacant a ttl
-                await anyio.sleep(min(self._standby, max(self._poll, self.leases.config.ttl - vacant)))
-
-    def _vacant_for(self, began: float) -> float:
-        """How long the lease has been free to take by this clock: released (or never written), or
-        silent past its ttl."""
-        seen = self.leases.seen.get(self.key)
-        now = time.monotonic()
-        if seen is None:
-            return now - began
-        if seen.owner is None:
-            return now - seen.since
-        if seen.owner == self.leases.holder:  # ours until the watch shows the release; or it expires
-            return now - (self._stopped_at + self.leases.config.ttl)
-        return now - (seen.since + self.leases.config.ttl)
-
-    async def _hand_over_when_moved(self, work_scope: anyio.CancelScope) -> None:
-        """Stop `work` once this member's view prefers another member (the lease is released after).
-        Cancelled as soon as `work` ends, however it ends."""
-        placement = self.placement
-        assert placement is not None
-        while True:
-            await anyio.sleep(self._standby)
-            target = placement.preferred(self.name)
-            if placement.current() and target not in (None, self.leases.holder, self._not_to):
-                self.handovers += 1
-                log.info("singleton handed over", name=self.name, holder=self.leases.holder, to=target)
-                work_scope.cancel()
-                return
-
-    async def _run_holding(self, held: Held, work: Callable[[], Awaitable[None]]) -> bool:
-        """True when `work` finished by itself (the singleton is done)."""
-        finished = False
-        work_done = anyio.Event()
-        work_scope = anyio.CancelScope()
-        watch_scope = anyio.CancelScope()
-
-        async def watch() -> None:
-            with watch_scope:
-                await self._hand_over_when_moved(work_scope)
-
-        async def lost() -> None:
-            work_scope.cancel()
-            await work_done.wait()
-            self.holding = False
-            if self.on_lost is not None:
-                await self.on_lost()
-
-        try:
-            self.holding = True
-            log.info("singleton acquired", name=self.name, holder=self.leases.holder)
-            if self.on_acquired is not None:
-                await self.on_acquired()
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(self.leases.hold, held, lost)
-                if self.placement is not None:
-                    tg.start_soon(watch)
-                try:
-                    with work_scope:
-                        await work()
-                        finished = True
-                finally:
-                    work_done.set()
-                    watch_scope.cancel()  # a lost lease ends `work` too: nothing left to hand over
-                    if not held.lost:
-                        tg.cancel_scope.cancel()
-        finally:
-            self._stopped_at = time.monotonic()
-            if not held.lost:
-                self.holding = False
-                with anyio.CancelScope(shield=True):
-                    if self.on_lost is not None:
-                        await self.on_lost()
-                    await self.leases.release(held)
-        return finished

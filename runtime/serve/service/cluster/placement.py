@@ -5,7 +5,7 @@ pair and the highest score wins. Every member computes the same answer from the 
 set, and a join or leave moves only the shards whose winner changed: about 1/n of them.
 
 Ownership costs per member, not per shard. Each member holds one lease of its own
-(`member.<id>`, leases.py: renewed every ttl/3 with a revision check) and the shard
+(`member.<id>`, member_lease.py: renewed every ttl/3 with a revision check) and the shard
 allocation (allocation.py: one entry per shard naming its owner, with an epoch that grows on
 every write) changes only when a shard moves. Idle, a member writes its lease and its
 heartbeat: six KV writes per ttl whatever the shard count.
@@ -64,7 +64,6 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass
 from types import TracebackType
 from typing import Self
 
@@ -74,9 +73,8 @@ import structlog
 
 from .allocation import FREE, Slot
 from .coordinator import Cluster
-from .leases import Held, member_key
-from .renewer import ThreadRenewer
-from .store import bucket_name, describe
+from .member_lease import Generation
+from .store import describe
 
 log = structlog.get_logger("memoir.cluster")
 
@@ -107,14 +105,6 @@ async def _nothing(shard: int) -> None:
     pass
 
 
-@dataclass(frozen=True)
-class _Lease:
-    """One generation of this member's lease: `since` is the KV revision it began at."""
-
-    held: Held
-    since: int
-
-
 class ShardManager:
     """`async with ShardManager(cluster, on_acquired=..., on_lost=...) as shards:` — holds this
     member's share of the shards until the block ends, then hands every one off.
@@ -134,16 +124,15 @@ class ShardManager:
         self.cluster = cluster
         self.member = cluster.member_id
         self.leases = cluster.leases
+        self.lease = cluster.lease
         self.table = cluster.allocation
         self.membership = cluster.membership
         self.config = cluster.config.lease
         self.shards = cluster.config.shards
-        self.leases_bucket = bucket_name(cluster.config.name, "leases")
         self.on_acquired = on_acquired
         self.on_lost = on_lost
         self.on_release = on_release if on_release is not None else on_lost
         self.clock = clock
-        self._lease: _Lease | None = None
         self._holding: dict[int, Slot] = {}
         self._busy: set[int] = set()  # a take or a hand-over in flight
         self._releasing: dict[int, anyio.Event] = {}
@@ -151,20 +140,21 @@ class ShardManager:
         self._limit = anyio.CapacityLimiter(concurrency)
         self._tg: anyio.abc.TaskGroup | None = None
         self._reconcile_scope = anyio.CancelScope()
-        self._lease_scope = anyio.CancelScope()
-        self._lease_stopped = anyio.Event()
+        self._own_lease = False  # the cluster was opened, not joined: this manager runs the member lease
         self._stopped = False
         self.handoffs = 0  # shards freed for a successor
         self.losses = 0  # shards dropped because this member's lease lapsed or was fenced
+        self.lease.on_lost(self._lease_lost)
 
     # -- what it holds ---------------------------------------------------------------------------
 
+    @property
+    def _lease(self) -> Generation | None:
+        return self.lease.current
+
     def deadline(self) -> float:
         """Until when (this clock) this member may serve: its lease's deadline; -inf without one."""
-        lease = self._lease
-        if lease is None or lease.held.lost:
-            return float("-inf")
-        return lease.held.deadline(self.config)
+        return self.lease.deadline()
 
     def serving(self) -> bool:
         return self.clock() < self.deadline()
@@ -196,17 +186,18 @@ class ShardManager:
         """Who the allocation names for the shard (for forwarding); None: nobody, or a member whose
         lease is gone (released or fenced: it serves nothing, and a taker is on its way)."""
         named = self.table.owner(shard)
-        return named if named is not None and (named == self.member or self._has_lease(named)) else None
-
-    def _has_lease(self, member: str) -> bool:
-        return self.leases.owner(member_key(member)) == member
+        return named if named is not None and (named == self.member or self.lease.has_lease(named)) else None
 
     # -- running ---------------------------------------------------------------------------------
 
     async def __aenter__(self) -> Self:
         self._tg = anyio.create_task_group()
         await self._tg.__aenter__()
-        await self._tg.start(self._keep_lease)
+        if self.cluster.lease_running:
+            await self.lease.generation()
+        else:
+            self._own_lease = True
+            await self._tg.start(self.lease.run)
         await self.cluster.announce()  # placement counts this member from here on
         self._tg.start_soon(self._reconcile_forever)
         return self
@@ -222,36 +213,6 @@ class ShardManager:
             self._tg.cancel_scope.cancel()
             await self._tg.__aexit__(et, e, tb)
 
-    async def _keep_lease(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        """Hold this member's lease; when it lapses, drop every shard and start a new one."""
-        key = member_key(self.member)
-        try:
-            with self._lease_scope:
-                while True:
-                    held = await self.leases.acquire(key)
-                    self._lease = _Lease(held, held.revision)
-                    log.info("member lease acquired", member=self.member, revision=held.revision)
-                    task_status.started()
-                    task_status = anyio.TASK_STATUS_IGNORED
-                    await self._renew(held)
-        finally:
-            self._lease_stopped.set()
-
-    async def _renew(self, held: Held) -> None:
-        """Until the lease lapses: on a thread of its own (renewer.py), or on this loop if that fails."""
-        connect = self.cluster.connect
-        if connect is not None:
-            nc = self.cluster.nc
-            renewer = ThreadRenewer(self.leases, held, connect, self.leases_bucket, lambda: nc.is_connected)
-            await renewer.hold(self._lease_lost)
-            if renewer.error is None:
-                return
-            log.warning("lease renewal thread failed; renewing on the event loop", reason=describe(renewer.error))
-            if held.lost:
-                await self._lease_lost()
-                return
-        await self.leases.hold(held, self._lease_lost, fenced=True)
-
     async def _lease_lost(self) -> None:
         shards = list(self._holding)
         self._holding.clear()
@@ -262,7 +223,8 @@ class ShardManager:
 
     async def stop(self) -> None:
         """Leave the membership (so the others stop counting this member), hand every shard to
-        a successor (on_release, then its allocation entry written free), then delete this member's lease."""
+        a successor (on_release, then its allocation entry written free); the member lease stays
+        with the cluster (its singletons hang on it too), unless this manager started it."""
         if self._stopped:
             return
         self._stopped = True
@@ -273,11 +235,8 @@ class ShardManager:
                 tg.start_soon(self._release, shard)
         for done in list(self._releasing.values()):
             await done.wait()
-        self._lease_scope.cancel()
-        await self._lease_stopped.wait()
-        lease = self._lease
-        if lease is not None:
-            await self.leases.release(lease.held)
+        if self._own_lease:
+            await self.lease.stop()
         log.info("shards handed off", member=self.member)
 
     async def _reconcile_forever(self) -> None:
@@ -322,7 +281,7 @@ class ShardManager:
                 del self._holding[shard]
                 self.losses += 1
                 await self.on_lost(shard)
-        await self._fence_silent()
+        await self.lease.fence_silent(self.membership.live())
         desired = self.desired()
         for shard in set(self._holding) - desired:
             self._tg.start_soon(self._release, shard)
@@ -338,7 +297,7 @@ class ShardManager:
                 for shard in todo:
                     tg.start_soon(self._settle, shard, lease, shard in desired)
 
-    async def _settle(self, shard: int, lease: _Lease, wanted: bool) -> None:
+    async def _settle(self, shard: int, lease: Generation, wanted: bool) -> None:
         async with self._limit:
             if self._stopped or self._lease is not lease or shard in self._holding or shard in self._busy:
                 return
@@ -353,46 +312,20 @@ class ShardManager:
             finally:
                 self._busy.discard(shard)
 
-    async def _take(self, shard: int, lease: _Lease) -> None:
+    async def _take(self, shard: int, lease: Generation) -> None:
         me = self.member
         slot = self.table.slots.get(shard)
         if slot is not None and slot.owner == me and slot.revision > lease.since:
             got: Slot | None = slot  # ours, written under this lease
         else:
-            if slot is not None and slot.owner not in (FREE, me) and not await self._gone(slot):
-                return  # its owner is alive: it hands the shard over when it sees placement moved
+            if slot is not None and slot.owner not in (FREE, me):  # noqa: SIM102 - the comment is the second test's
+                if not await self.lease.gone(slot.owner, slot.revision):
+                    return  # its owner is alive: it hands the shard over when it sees placement moved
             got = await self.table.write(shard, me, by=me, last=slot)
         if got is None or self._lease is not lease or not self.serving() or self._stopped:
             return  # lost the race, or our lease lapsed meanwhile: a later round sorts it out
         self._holding[shard] = got
         await self.on_acquired(shard)
-
-    async def _gone(self, slot: Slot) -> bool:
-        """Whether the lease `slot.owner` wrote `slot` under has ended, so that nothing it holds admits
-        the shard: its key deleted (released, or fenced here after a ttl of silence) at a later
-        revision than the slot's (the allocation shares the leases bucket's stream, so revisions
-        order them). A deletion before the slot ended an older lease: the owner wrote the slot under
-        a newer one this view has not seen (the watch lags or is down, and the slot was read
-        directly after a lost compare-and-set), so the key is read again first."""
-        key = member_key(slot.owner)
-        seen = self.leases.seen.get(key)
-        if seen is not None and seen.owner is not None and not await self.leases.fence(key):
-            return False  # renewed within a ttl by this clock: alive
-        seen = self.leases.seen.get(key)  # after a fence here: the fenced revision, before the deletion's
-        if seen is None or seen.owner is not None or seen.revision <= slot.revision:
-            seen = await self.leases.refresh(key)
-        return seen is None or (seen.owner is None and seen.revision > slot.revision)
-
-    async def _fence_silent(self) -> None:
-        """Delete the leases of members gone silent (killed ones), so the bucket does not keep a
-        lease per process ever started and `memoir cluster` stops counting them."""
-        live = self.membership.live()
-        for key, seen in list(self.leases.seen.items()):
-            if key.startswith("member.") and seen.owner is not None and seen.owner not in live:
-                try:
-                    await self.leases.fence(key)
-                except Exception as exc:  # noqa: BLE001 - transient: the next round retries
-                    log.debug("lease fence failed", key=key, reason=describe(exc))
 
     async def _hand_over(self, shard: int) -> None:
         """Free an entry naming us that we do not serve (an older lease's) and placement gives elsewhere."""

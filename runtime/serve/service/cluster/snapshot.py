@@ -89,6 +89,7 @@ async def snapshot(nc: NATS, config: ClusterConfig | None = None) -> ClusterSnap
     leases: list[LeaseView] = []
     per_member: dict[str, list[int]] = {}
     singletons: dict[str, LeaseView] = {}
+    claims: dict[str, LeaseView] = {}
     allocation: dict[int, str] = {}
     member_leases: dict[str, LeaseView] = {}
     for entry in await read_all(leases_kv):
@@ -106,10 +107,14 @@ async def snapshot(nc: NATS, config: ClusterConfig | None = None) -> ClusterSnap
             continue
         view = LeaseView(entry.key, value.owner, _age(entry, now), max(0.0, wall - value.acquired_at))
         if entry.key.startswith("singleton."):
-            singletons[entry.key.removeprefix("singleton.")] = view
-            leases.append(view)
+            claims[entry.key.removeprefix("singleton.")] = view
         elif entry.key == member_key(value.owner):
             member_leases[value.owner] = view
+    for name, claim in sorted(claims.items()):  # held under its holder's lease, as shards are
+        lease = member_leases.get(claim.owner)
+        if lease is not None:
+            singletons[name] = LeaseView(claim.key, claim.owner, lease.age_s, claim.held_s)
+            leases.append(singletons[name])
     for shard, holder in sorted(allocation.items()):
         lease = member_leases.get(holder)
         if lease is not None:
