@@ -14,11 +14,11 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-import anyio
 import msgspec
 import nats.js.errors
 from nats.js.kv import KeyValue
 
+from .changes import Changes
 from .shards import shard_from_key, shard_key
 from .store import Entry, is_deleted
 from .store import revision as entry_revision
@@ -58,12 +58,11 @@ class Slot:
 class AllocationTable:
     """The allocation as this process sees it (fed by the leases bucket's watch), and its writes."""
 
-    def __init__(self, kv: KeyValue, shards: int) -> None:
+    def __init__(self, kv: KeyValue, shards: int, *, changes: Changes | None = None) -> None:
         self.kv = kv
         self.shards = shards
         self.slots: dict[int, Slot] = {}
-        self._changed = anyio.Event()
-        self.version = 0  # counts owner changes
+        self.changes = Changes(changes)  # fired on owner changes
         self.writes = 0
 
     def on_entry(self, entry: Entry) -> None:
@@ -80,9 +79,7 @@ class AllocationTable:
         slot = Slot(value.owner if value is not None else FREE, value.epoch if value is not None else 0, revision)
         self.slots[shard] = slot
         if old is None or old.owner != slot.owner:
-            self.version += 1
-            self._changed.set()
-            self._changed = anyio.Event()
+            self.changes.fire()
 
     def owner(self, shard: int) -> str | None:
         slot = self.slots.get(shard)
@@ -90,8 +87,7 @@ class AllocationTable:
 
     async def wait_changed(self, timeout: float) -> None:
         """Until a shard changes owner, or `timeout`."""
-        with anyio.move_on_after(timeout):
-            await self._changed.wait()
+        await self.changes.wait(timeout)
 
     async def write(self, shard: int, owner: str, *, by: str, last: Slot | None) -> Slot | None:
         """Name `owner` for `shard` with the epoch bumped, if its entry is still `last` (None: never

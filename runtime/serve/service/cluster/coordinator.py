@@ -22,6 +22,7 @@ from nats.js.kv import KeyValue
 
 from ....model.errors import ConfigError, MemoirError
 from .allocation import AllocationTable
+from .changes import Changes
 from .leases import LeaseConfig, Leases
 from .member_lease import MemberLease
 from .membership import Membership, new_member_id
@@ -71,8 +72,9 @@ class Cluster:
         self.member_id = member_id
         self.leases_kv = leases_kv
         self.members_kv = members_kv
-        self.leases = Leases(leases_kv, member_id, config.lease)
-        self.allocation = AllocationTable(leases_kv, config.shards)
+        self.changes = Changes()  # any owner or member change: what the background loops wait on
+        self.leases = Leases(leases_kv, member_id, config.lease, changes=self.changes)
+        self.allocation = AllocationTable(leases_kv, config.shards, changes=self.changes)
         # the member lease's renewal and the heartbeat each on a thread with its own connection (renewer.py)
         self.connect: Connect | None = connect_like(nc, f"{member_id}-lease") if config.renew_on_thread else None
         self.membership = Membership(
@@ -82,6 +84,7 @@ class Cluster:
             bucket=bucket_name(config.name, "members"),
             connect=self.connect,
             alive=lambda: nc.is_connected,
+            changes=self.changes,
         )
         self.lease = MemberLease(self.leases, bucket_name(config.name, "leases"), connect=self.connect, nc=nc)
         self.singletons: dict[str, Singleton] = {}
@@ -186,7 +189,7 @@ class Cluster:
         the names it knows, and every member should know the same ones."""
         if name not in self.singletons:
             placement = self.placement if self.config.spread_singletons else None
-            self.singletons[name] = Singleton(self.lease, name, placement=placement)
+            self.singletons[name] = Singleton(self.lease, name, placement=placement, changes=self.changes)
         return self.singletons[name]
 
 

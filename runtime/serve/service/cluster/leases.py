@@ -37,6 +37,7 @@ from nats.js.kv import KeyValue
 
 from ....model.backoff import Backoff
 from ....model.errors import ConfigError
+from .changes import Changes
 from .store import Entry, describe, is_deleted, is_wrong_last, watch_forever
 from .store import revision as entry_revision
 
@@ -128,13 +129,12 @@ class Seen:
 class Leases:
     """The leases of one bucket as seen and held by one holder (a member id)."""
 
-    def __init__(self, kv: KeyValue, holder: str, config: LeaseConfig) -> None:
+    def __init__(self, kv: KeyValue, holder: str, config: LeaseConfig, *, changes: Changes | None = None) -> None:
         self.kv = kv
         self.holder = holder
         self.config = config
         self.seen: dict[str, Seen] = {}
-        self._changed = anyio.Event()
-        self.version = 0  # counts owner changes: a waiter that was busy can tell it missed one
+        self.changes = Changes(changes)  # fired on owner changes
         self.renewals = 0
         self.renewal_failures = 0
 
@@ -147,9 +147,7 @@ class Leases:
         owner = value.owner if value is not None else None
         self.seen[key] = Seen(revision, owner, time.monotonic(), value.renewed_at if value else 0.0)
         if old is None or old.owner != owner:
-            self.version += 1
-            self._changed.set()
-            self._changed = anyio.Event()
+            self.changes.fire()
 
     def on_entry(self, entry: Entry) -> None:
         self.observe(entry.key, entry_revision(entry), None if is_deleted(entry) else decode_held(entry.value))
@@ -160,8 +158,7 @@ class Leases:
 
     async def wait_changed(self, timeout: float) -> None:
         """Until a lease changes owner or is released, or `timeout`."""
-        with anyio.move_on_after(timeout):
-            await self._changed.wait()
+        await self.changes.wait(timeout)
 
     async def refresh(self, key: str) -> Seen | None:
         try:
@@ -248,9 +245,7 @@ class Leases:
             fresh = await self.refresh(key)  # renewed meanwhile (alive), or deleted by another taker
             return fresh is None or fresh.owner is None
         self.seen[key] = Seen(seen.revision, None, time.monotonic())
-        self.version += 1
-        self._changed.set()
-        self._changed = anyio.Event()
+        self.changes.fire()
         log.info("silent lease fenced", key=key, holder=seen.owner, by=self.holder)
         return True
 

@@ -34,6 +34,7 @@ from nats.aio.client import Client as NATS
 from nats.js.kv import KeyValue
 
 from ....model.backoff import Backoff
+from .changes import Changes
 from .renewer import Connect, OnThread
 from .store import Entry, describe, is_deleted, revision, safe_key, watch_forever
 
@@ -81,6 +82,7 @@ class Membership:
         bucket: str | None = None,
         connect: Connect | None = None,
         alive: Callable[[], bool] = lambda: True,
+        changes: Changes | None = None,
     ) -> None:
         self.kv = kv
         self.id = member_id
@@ -94,8 +96,7 @@ class Membership:
         self.started_at = time.time()
         self._seen: dict[str, _Seen] = {}
         self._last_beat: float | None = None  # monotonic send time of the last successful heartbeat
-        self._changed = anyio.Event()
-        self.version = 0  # counts joins and graceful leaves
+        self.changes = Changes(changes)  # fired on joins and graceful leaves
         self._leaving = False
         self._announced = False
         self.heartbeat_failures = 0
@@ -106,7 +107,7 @@ class Membership:
     def _on_entry(self, entry: Entry) -> None:
         if is_deleted(entry):
             if self._seen.pop(entry.key, None) is not None:
-                self._notify()
+                self.changes.fire()
             return
         old = self._seen.get(entry.key)
         if old is not None and old.revision >= revision(entry):
@@ -117,12 +118,7 @@ class Membership:
             info = None
         self._seen[entry.key] = _Seen(revision(entry), time.monotonic(), info)
         if old is None:
-            self._notify()
-
-    def _notify(self) -> None:
-        self.version += 1
-        self._changed.set()
-        self._changed = anyio.Event()
+            self.changes.fire()
 
     def live(self) -> frozenset[str]:
         """Members heard from within the ttl; this one while its own heartbeats succeed."""
@@ -138,8 +134,7 @@ class Membership:
 
     async def wait_changed(self, timeout: float) -> None:
         """Until a member joins or leaves gracefully, or `timeout` (deaths are noticed by polling `live`)."""
-        with anyio.move_on_after(timeout):
-            await self._changed.wait()
+        await self.changes.wait(timeout)
 
     async def beat(self, kv: KeyValue | None = None) -> bool:
         """One heartbeat, through `kv` (the thread's) or the member's own; False if it failed."""
@@ -251,7 +246,7 @@ class Membership:
         if self._leaving:
             return
         self._leaving = True
-        self._notify()
+        self.changes.fire()
         if not self._announced:
             return  # never seen: nothing to delete
         with anyio.CancelScope(shield=True), anyio.move_on_after(timeout):

@@ -243,30 +243,17 @@ class ShardManager:
         poll = self.config.ttl / 6
         with self._reconcile_scope:
             while True:
-                seen = self._versions()
+                seen = self.cluster.changes.version
                 try:
                     await self.reconcile()
                 except Exception as exc:  # noqa: BLE001 - one bad round is logged; the next retries
                     log.warning("shard reconcile failed", reason=describe(exc))
-                if self._versions() == seen:  # else: changed during the round
-                    await self._wait_for_change(poll)
+                if self.cluster.changes.version == seen:  # else: changed during the round
+                    # a lease, member or allocation change, or `poll` (silent leases and dead
+                    # members show up by polling)
+                    await self.cluster.changes.wait(poll)
                 else:
                     await anyio.sleep(0.005)  # a busy cluster still lets the others run
-
-    def _versions(self) -> tuple[int, int, int]:
-        return (self.leases.version, self.membership.version, self.table.version)
-
-    async def _wait_for_change(self, timeout: float) -> None:
-        """A lease, member or allocation change, or `timeout` (silent leases show up by polling)."""
-        async with anyio.create_task_group() as tg:
-
-            async def wait(waiter: Callable[[float], Awaitable[None]]) -> None:
-                await waiter(timeout)
-                tg.cancel_scope.cancel()
-
-            tg.start_soon(wait, self.leases.wait_changed)
-            tg.start_soon(wait, self.membership.wait_changed)
-            tg.start_soon(wait, self.table.wait_changed)
 
     async def reconcile(self) -> None:
         """One round: drop what was taken from us, hand off what placement moved away, take or

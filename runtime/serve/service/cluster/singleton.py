@@ -33,6 +33,7 @@ import anyio
 import anyio.abc
 import structlog
 
+from .changes import Changes
 from .leases import Held, member_key
 from .member_lease import Generation, MemberLease
 from .store import describe
@@ -78,6 +79,7 @@ class Singleton:
         on_acquired: Callable[[], Awaitable[None]] | None = None,
         on_lost: Callable[[], Awaitable[None]] | None = None,
         placement: Placement | None = None,
+        changes: Changes | None = None,
     ) -> None:
         self.lease = lease
         self.leases = lease.leases
@@ -87,6 +89,7 @@ class Singleton:
         self.on_acquired = on_acquired
         self.on_lost = on_lost
         self.placement = placement
+        self.changes = changes if changes is not None else self.leases.changes  # what `_watch` wakes on
         self.holding = False
         self.handovers = 0  # times this member gave the singleton to its preferred member
         self._not_to: str | None = None  # a preferred member that left it vacant: never handed to
@@ -167,7 +170,7 @@ class Singleton:
         member (the key is released after). Cancelled as soon as `work` ends, however it ends."""
         placement = self.placement
         while True:
-            await self.leases.wait_changed(self._standby)
+            await self.changes.wait(self._standby)
             seen = self.leases.seen.get(self.key)
             if seen is None or seen.revision != held.revision:
                 held.lost = True
