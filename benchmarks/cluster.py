@@ -310,7 +310,7 @@ def capped(quick: bool, types: int = 1, cap: float = CAP, ttl: float = LEASE_TTL
         print(f"cluster --capped: {caps}", flush=True)
         c.finish({"capped": False, "cgroup": caps})
         return
-    seconds = 4.0 if quick else 10.0
+    seconds = 3.0 if quick else 10.0
     pg = _postgres_url()
     print(f"cluster --capped: members at {cap:g} core each, {caps.what}, period {PERIOD_US // 1000} ms", flush=True)
     print(
