@@ -184,9 +184,7 @@ class Leases:
         """One attempt: a free lease is created, a silent one (same revision for a whole ttl by
         this clock) or one of this holder's own is taken over; else None. Transient NATS errors raise."""
         seen = self.seen.get(key)
-        if seen is None or seen.owner is None or seen.owner == self.holder:
-            return await self.write(key, seen)
-        if time.monotonic() - seen.since >= self.config.ttl:
+        if seen is None or seen.owner in (None, self.holder) or time.monotonic() - seen.since >= self.config.ttl:
             return await self.write(key, seen)
         return None
 

@@ -132,10 +132,6 @@ class Membership:
         seen = self._seen.get(member)
         return seen.info if seen is not None else None
 
-    async def wait_changed(self, timeout: float) -> None:
-        """Until a member joins or leaves gracefully, or `timeout` (deaths are noticed by polling `live`)."""
-        await self.changes.wait(timeout)
-
     async def beat(self, kv: KeyValue | None = None) -> bool:
         """One heartbeat, through `kv` (the thread's) or the member's own; False if it failed."""
         sent = time.monotonic()

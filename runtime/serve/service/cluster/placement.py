@@ -305,8 +305,9 @@ class ShardManager:
         if slot is not None and slot.owner == me and slot.revision > lease.since:
             got: Slot | None = slot  # ours, written under this lease
         else:
-            if slot is not None and slot.owner not in (FREE, me):  # noqa: SIM102 - the comment is the second test's
-                if not await self.lease.gone(slot.owner, slot.revision):
+            if slot is not None and slot.owner not in (FREE, me):
+                alive = not await self.lease.gone(slot.owner, slot.revision)
+                if alive:
                     return  # its owner is alive: it hands the shard over when it sees placement moved
             got = await self.table.write(shard, me, by=me, last=slot)
         if got is None or self._lease is not lease or not self.serving() or self._stopped:

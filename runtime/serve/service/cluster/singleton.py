@@ -143,11 +143,11 @@ class Singleton:
         seen = self.leases.seen.get(self.key)
         if seen is not None and seen.owner == self.member and seen.revision > generation.since:
             return Held(self.key, seen.revision, time.monotonic(), time.time(), 0)  # ours already
-        if seen is None or seen.owner is None or seen.owner == self.member:
-            return await self.leases.write(self.key, seen)
-        if await self.lease.gone(seen.owner, seen.revision):
-            return await self.leases.write(self.key, seen)
-        return None
+        if seen is not None and seen.owner not in (None, self.member):
+            alive = not await self.lease.gone(seen.owner, seen.revision)
+            if alive:
+                return None
+        return await self.leases.write(self.key, seen)
 
     def _vacant_for(self, began: float) -> float:
         """How long the key has been free to take by this clock: released (or never written), or
