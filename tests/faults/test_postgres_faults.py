@@ -12,7 +12,7 @@ import anyio
 import asyncpg
 import pytest
 import structlog
-from support.postgres import POSTGRES_URL
+from support.postgres import POSTGRES_URL, schema_for
 from support.waiting import eventually
 
 from runtime import Envelope
@@ -24,10 +24,6 @@ pytestmark = pytest.mark.anyio
 
 WRITERS = 16
 RECOVER_WITHIN_S = 10.0  # seconds after a kill until a write succeeds again
-
-
-def schema_for(tmp_path: Path, prefix: str) -> str:
-    return prefix + "".join(ch for ch in tmp_path.name.lower() if ch.isalnum())[-30:]
 
 
 async def terminate(app: str) -> int:
@@ -46,7 +42,7 @@ async def terminate(app: str) -> int:
 
 @pytest.fixture
 async def schema(tmp_path: Path, postgres_url: str) -> AsyncIterator[str]:
-    name = schema_for(tmp_path, "f_")
+    name = schema_for("f_", tmp_path)
     yield name
     conn = await asyncpg.connect(postgres_url)
     await conn.execute(f"DROP SCHEMA IF EXISTS {name} CASCADE")
@@ -156,7 +152,7 @@ class Counter:
 
 
 async def test_view_store_reconnects_after_its_backends_are_terminated(tmp_path: Path, postgres_url: str) -> None:
-    schema = schema_for(tmp_path, "fv_")
+    schema = schema_for("fv_", tmp_path)
     app = f"memoir-fault-{schema}"
     batches = 0
     kills: list[float] = []

@@ -12,6 +12,7 @@ from pathlib import Path
 import anyio
 import pytest
 from support.journals import JournalFactory, ev
+from support.postgres import schema_for
 
 from runtime import Conflict, Envelope, Journal
 from runtime.model.errors import DuplicateCommand
@@ -185,7 +186,7 @@ async def test_a_version_1_postgres_journal_is_migrated(tmp_path: Path, postgres
 
     from runtime.journal.postgres import PostgresJournal
 
-    schema = "t_mig_" + "".join(ch for ch in tmp_path.name.lower() if ch.isalnum())[-30:]
+    schema = schema_for("t_mig_", tmp_path)
     v1 = (
         _V1_SQLITE.replace("INTEGER PRIMARY KEY AUTOINCREMENT", "bigint PRIMARY KEY")
         .replace(" WITHOUT ROWID", "")

@@ -8,6 +8,7 @@ from pathlib import Path
 import msgspec
 import pytest
 from support.journals import ev
+from support.postgres import schema_for
 
 from runtime import Journal
 
@@ -55,7 +56,7 @@ async def test_a_postgres_journal_from_before_the_principal_gains_it(tmp_path: P
 
     from runtime.journal.postgres import PostgresJournal
 
-    schema = "t_pr_" + "".join(ch for ch in tmp_path.name.lower() if ch.isalnum())[-30:]
+    schema = schema_for("t_pr_", tmp_path)
     url = f"{postgres_url}?schema={schema}"
     conn = await asyncpg.connect(postgres_url)
     try:

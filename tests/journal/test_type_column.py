@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from support.journals import ev
+from support.postgres import schema_for
 
 from runtime import Journal
 
@@ -65,7 +66,7 @@ async def test_a_postgres_journal_from_before_the_type_column_gains_it(tmp_path:
 
     from runtime.journal.postgres import PostgresJournal
 
-    schema = "t_ty_" + "".join(ch for ch in tmp_path.name.lower() if ch.isalnum())[-30:]
+    schema = schema_for("t_ty_", tmp_path)
     url = f"{postgres_url}?schema={schema}"
     conn = await asyncpg.connect(postgres_url)
     try:

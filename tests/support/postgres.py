@@ -38,5 +38,10 @@ def need_postgres() -> str:
 
 
 def schema_for(prefix: str, directory: Path) -> str:
-    """A schema name private to one test, from its tmp directory (the same directory, the same schema)."""
-    return prefix + "".join(ch for ch in directory.name.lower() if ch.isalnum())[-40:]
+    """A schema name private to one test, from its tmp directory (the same directory, the same schema).
+
+    Under pytest-xdist each worker numbers its tmp directories on its own, so two workers can
+    give two tests the same directory name: the worker's id keeps their schemas apart.
+    """
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    return prefix + worker + "".join(ch for ch in directory.name.lower() if ch.isalnum())[-40:]
