@@ -218,7 +218,10 @@ def without_tracing(into: Path) -> tuple[Path, int]:
 
 class _OtlpSink(http.server.BaseHTTPRequestHandler):
     """An OTLP/HTTP collector that takes every export and keeps nothing: the runtime pays for
-    recording, batching, encoding and sending its spans, not for a collector's work."""
+    recording, batching, encoding and sending its spans, not for a collector's work. It keeps
+    connections open between exports, as a collector does (HTTP/1.1)."""
+
+    protocol_version = "HTTP/1.1"
 
     def do_POST(self) -> None:
         self.rfile.read(int(self.headers.get("Content-Length", 0)))

@@ -17,9 +17,11 @@ the context: at 1 % sampling, 99 % of commands take the untraced path.
 Context crosses processes as a W3C `traceparent` header on NATS messages (`H_TRACEPARENT`),
 parsed and written here directly (the SDK's propagator builds a context per call).
 
-A recorded span costs what the SDK's span objects cost (about 15 µs each to make and end, the
-floor at 100 % sampling); around them this module adds little: a span is started and made
-current without the SDK's generator-based context managers, an event's link is made without a
+A recorded span is Memoir's own `spans.Recording` where the SDK tracer's sampler is one it
+models exactly (the default and every `parentbased_*` one): a few attributes kept while it runs
+and one `ReadableSpan` handed to the SDK's span processors at its end, a fraction of what the
+SDK's span objects cost (about 28 µs each to make and end); with any other sampler the SDK
+makes its spans itself. Around them this module adds little: an event's link is made without a
 traceparent written and parsed, and `memoir run` exports with the SDK's OTLP/HTTP exporter
 writing its protobuf itself (`otlp`: a few µs per span against the SDK encoder's ~19).
 """
@@ -38,11 +40,13 @@ from typing import Any
 
 from ..model.errors import ConfigError
 from . import otlp
+from .spans import Recorder
 
 _UNKNOWN: Any = object()
 _tracer: Any = _UNKNOWN  # an opentelemetry Tracer, None when off; looked up once
 _root_sampled: Callable[[int], bool] | None = None  # the tracer's root decision for a trace id, when it can say
 _ids: _TraceIds | None = None  # the tracer's id generator, to which a new root's trace id is handed
+_records: Any = None  # a spans.Recorder for the tracer, when its sampler is one Memoir's spans follow
 _OFF = contextlib.nullcontext()
 
 SERVER, CLIENT, PRODUCER, CONSUMER, INTERNAL = "server", "client", "producer", "consumer", "internal"
@@ -102,13 +106,14 @@ class _TraceIds:
 
 def _install(t: Any) -> None:
     """Use the tracer `t` (None: off), with what deciding before making a span needs from it."""
-    global _tracer, _root_sampled, _ids
-    _tracer, _root_sampled, _ids = t, None, None
+    global _tracer, _root_sampled, _ids, _records
+    _tracer, _root_sampled, _ids, _records = t, None, None, None
     if t is None or not hasattr(t, "id_generator") or not hasattr(t, "sampler"):
         return  # not the SDK's tracer: every root is made, and its sampler decides then
     _ids = t.id_generator if isinstance(t.id_generator, _TraceIds) else _TraceIds(t.id_generator)
     t.id_generator = _ids
     _root_sampled = _root_rule(t.sampler)
+    _records = Recorder.of(t)
 
 
 def _root_rule(sampler: Any) -> Callable[[int], bool]:
@@ -163,11 +168,15 @@ def span(
     if t is None or (parent is not None and parent.endswith("-00")):
         return _OFF  # off, or continuing a trace nobody records: nothing to make
     api = _api()
+    if _records is not None:  # Memoir's own span; None (the no-op) when its parent-based rule drops it
+        remote = None if parent is None else _remote(parent)
+        made = _records.start(name, api.kinds[kind], remote, attributes, _links(api, links), trace_id)
+        return _OFF if made is None else made
     context = None if parent is None else _parent_context(parent)
     if context is None and trace_id and _ids is not None:
         _ids.next = trace_id  # taken by this root, made just below
         context = api.Context()  # a root, whatever span is current
-    made = t.start_span(name, context, api.kinds[kind], attributes, [api.Link(c) for c in links] if links else None)
+    made = t.start_span(name, context, api.kinds[kind], attributes, _links(api, links))
     return _Current(made, api)
 
 
@@ -194,14 +203,23 @@ class _Current:
         sp.end()
 
 
-def _parent_context(parent: str) -> Any:
-    """A context holding the remote span `parent` names (a W3C traceparent); None if it names none."""
+def _links(api: Any, links: list[Any] | None) -> list[Any] | None:
+    return [api.Link(c) for c in links] if links else None
+
+
+def _remote(parent: str) -> Any:
+    """The remote span context `parent` names (a W3C traceparent); None if it names none."""
     m = _TRACEPARENT.fullmatch(parent)
     if m is None or not (trace_id := _valid(m)):
         return None
     api = _api()
-    remote = api.SpanContext(trace_id, int(m[3], 16), is_remote=True, trace_flags=api.TraceFlags(int(m[4], 16)))
-    return api.set_span_in_context(api.NonRecordingSpan(remote))
+    return api.SpanContext(trace_id, int(m[3], 16), is_remote=True, trace_flags=api.TraceFlags(int(m[4], 16)))
+
+
+def _parent_context(parent: str) -> Any:
+    """A context holding the remote span `parent` names (a W3C traceparent); None if it names none."""
+    remote = _remote(parent)
+    return None if remote is None else _api().set_span_in_context(_api().NonRecordingSpan(remote))
 
 
 def child(
