@@ -39,6 +39,8 @@ from .store import describe
 
 log = structlog.get_logger("memoir.cluster")
 
+_STOP_TRIES = 30  # seconds a stopping thread is given, with a cancel each
+
 Connect = Callable[[], Awaitable[NATS]]
 Body = Callable[[NATS], Awaitable[None]]  # work done on a thread's own connection
 
@@ -96,11 +98,26 @@ class OnThread:
         thread = threading.Thread(target=self._main, args=(main, ended, body), name=self.name, daemon=True)
         thread.start()
         try:
-            await ended.wait()
+            while not self._stop.is_set():  # a stop from elsewhere is also seen to its end
+                with anyio.move_on_after(1.0):
+                    await ended.wait()
+                    return
         finally:
-            self.stop()
             with anyio.CancelScope(shield=True):
-                await anyio.to_thread.run_sync(thread.join)
+                await self._stopped(thread)
+
+    async def _stopped(self, thread: threading.Thread) -> None:
+        """Stop the thread and wait for it, cancelling its body again each second it lives on: a
+        cancel can be lost on the way (Python 3.11's `asyncio.wait_for` drops one that arrives with
+        the result it awaited, gh-86296), and a lease thread that outlived its stop would renew the
+        member's lease, and hold its shutdown, for ever. Bounded: a thread still alive after
+        `_STOP_TRIES` seconds is left (a daemon) and said so."""
+        for _ in range(_STOP_TRIES):
+            self.stop()
+            await anyio.to_thread.run_sync(thread.join, 1.0)
+            if not thread.is_alive():
+                return
+        log.error("a cluster thread did not stop; left running", thread=self.name)
 
     def _main(self, main: asyncio.AbstractEventLoop, ended: anyio.Event, body: Body) -> None:
         try:
