@@ -311,11 +311,9 @@ class NatsDoor:
         trace = tracing.sampled(parent)
         if trace is None:
             return await self._serve(msg, arrived, answer)
-        try:
-            entity_type, _, command = parse_command_subject(self._command_subject(msg)[0], self._prefix_tokens)
-            name = f"serve {entity_type}.{command}"
-        except CommandError:
-            name = "serve ?"
+        # named from the subject's tokens, checked by `_serve` (the span name does not need the id)
+        parts = self._command_subject(msg)[0].split(".")[self._prefix_tokens + 1 :]
+        name = f"serve {parts[0]}.{parts[2]}" if len(parts) == 3 else "serve ?"
         attributes = {"memoir.subject": msg.subject}
         with tracing.span(name, kind=tracing.SERVER, parent=parent, attributes=attributes, trace_id=trace) as sp:
             # this span's traceparent in place of the caller's: the forward and the correlation id
