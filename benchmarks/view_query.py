@@ -323,17 +323,22 @@ def main() -> None:
         default=os.environ.get("MEMOIR_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"),
     )
     p.add_argument("--no-postgres", action="store_true", help="SQLite only")
+    p.add_argument("--no-sqlite", action="store_true", help="PostgreSQL only")
     args = c.parse(p)
     n = args.rows or (20_000 if args.quick else 1_000_000)
     queries, scans, live_s = (200, 10, 2.0) if args.quick else (1000, 10, 10.0)
     view_events = 20_000 if args.quick else VIEW_EVENTS
-    print(f"view queries: {n:,} rows, {queries} indexed queries, {scans} scans each (SQLite, PostgreSQL)", flush=True)
+    stores = ", ".join(
+        name for name, skip in (("SQLite", args.no_sqlite), ("PostgreSQL", args.no_postgres)) if not skip
+    )
+    print(f"view queries: {n:,} rows, {queries} indexed queries, {scans} scans each ({stores})", flush=True)
     fields: dict[str, Any] = {"rows": n, "view_events": min(n, view_events)}
-    with c.scratch_dir() as d:
-        r = c.run(
-            bench_store, lambda: SqliteViewStore(d / "views.db"), n, queries, scans, live_s, d / "j.db", view_events
-        )
-        fields.update(report("sqlite", r))
+    if not args.no_sqlite:
+        with c.scratch_dir() as d:
+            r = c.run(
+                bench_store, lambda: SqliteViewStore(d / "views.db"), n, queries, scans, live_s, d / "j.db", view_events
+            )
+            fields.update(report("sqlite", r))
     if not args.no_postgres:
         schema = f"bench_vq_{os.getpid()}"
         with c.scratch_dir() as d:

@@ -30,7 +30,8 @@ read while the one before is stored and the pages that waited stored together
 (fewer, bigger transactions: cheaper index pages), then follows its streams
 from where that read ended. The
 journal position, which each stream message carries, is what both paths
-checkpoint and check, so the hand-over applies each event once (`ViewRunner`).
+checkpoint and check, so the hand-over applies each event once (`ViewRunner`). A big catch-up
+into no rows (new, rebuilt) builds the view's indexes once at its end, not row by row.
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ from nats.js.errors import Error as JetStreamError
 
 from ..engine.keyring import KeyRing
 from ..journal.base import Journal
+from ..model.backoff import Backoff
 from ..model.envelope import Envelope
 from ..model.errors import ConfigError, EventDecodeError, JournalError, SealError, Unavailable
 from ..model.events import spec_of
@@ -69,6 +71,7 @@ from .view_store import RawRows, ViewStore
 
 R = TypeVar("R")
 
+_REBUILD_ON_FAILURE_S = 30.0  # how long a failed catch-up may build the indexes it suspended (then: the next start)
 FORGOTTEN = spec_of(Forgotten).name  # the event a forget appends: the view scrubs after it
 log = structlog.get_logger("memoir.view")
 
@@ -184,9 +187,11 @@ class ViewQuery(Generic[R]):
         self._decoder: msgspec.json.Decoder[R] = msgspec.json.Decoder(view.row_type)
         self._declared = False
 
-    async def declare(self) -> None:
-        """Create the view's declared indexes in its store (once; drops the ones no longer declared)."""
-        if not self._declared:
+    async def declare(self, *, again: bool = False) -> None:
+        """Create the view's declared indexes in its store (once, or `again`: each start of its
+        runner, which also builds any a stopped catch-up left suspended; drops the ones no longer
+        declared)."""
+        if again or not self._declared:
             await self.store.declare(self.view.name, self.view.query_indexes)
             self._declared = True
 
@@ -434,6 +439,7 @@ class ViewRunner(StreamRunner):
         catchup_behind: int = 10_000,
         catchup_page: int = 10_000,
         catchup_transaction: int = 10_000,
+        catchup_builds_indexes: int = 100_000,
     ) -> None:
         self.table = view.table()
         self.keys = keys  # opens the events of encrypted entity types
@@ -447,6 +453,8 @@ class ViewRunner(StreamRunner):
         self.catchup_page = catchup_page  # events per journal read
         # the most events a catch-up transaction takes: pages read while the one before was stored
         self.catchup_transaction = max(catchup_page, catchup_transaction)
+        # a catch-up into no rows at least this many positions long builds the indexes at its end
+        self.catchup_builds_indexes = catchup_builds_indexes
         self.query = ViewQuery(view, store, self)
         self.changes = Changes()  # committed batches, to the live queries of this process
         self.on_batch: list[Callable[[Batch], Awaitable[None]]] = []  # after each commit: NATS notices
@@ -464,7 +472,7 @@ class ViewRunner(StreamRunner):
         self._plain = plain_events(self.table)  # the fast path of the stream's plain events
 
     async def run(self) -> None:
-        await self.query.declare()
+        await self.query.declare(again=True)
         self._checkpoints = await self.store.checkpoints(self.view.name)
         stored = self._checkpoints.get(VERSION, 0)
         if stored > self.version and self.version:  # another member ran the view meanwhile
@@ -673,6 +681,10 @@ class ViewRunner(StreamRunner):
         read); the streams take over from each type's position checkpoint. A view with a stream
         checkpoint whose position is unknown (stored before position checkpoints, and its message
         gone from the stream) keeps to the stream: it cannot tell where it is in the journal.
+
+        A catch-up into a view with no rows, `catchup_builds_indexes` positions or more long, goes
+        without the view's indexes and builds them before it returns (`_suspends_indexes`); one that
+        fails builds them before its error is raised (or, given no time to, the next start does).
         """
         assert self.journal is not None
         types = list(self.sources)
@@ -684,6 +696,61 @@ class ViewRunner(StreamRunner):
             return 0
         applied, began = self.applied, time.perf_counter()
         log.info("view catching up from the journal", view=self.view.name, start=start, end=end)
+        suspended = await self._suspends_indexes(end - start)
+        try:
+            await self._catch_up(start, end)
+            if suspended:
+                await self._build_indexes()
+        except BaseException:
+            if suspended:  # bounded, even when cancelled: what is not built then, the next start builds
+                with anyio.move_on_after(_REBUILD_ON_FAILURE_S, shield=True):
+                    try:
+                        await self.store.declare(self.view.name, self.view.query_indexes)
+                    except Exception as exc:  # noqa: BLE001 - the catch-up's own error is the one raised
+                        log.warning("view indexes left to the next start", view=self.view.name, error=str(exc))
+            raise
+        log.info(
+            "view caught up from the journal",
+            view=self.view.name,
+            position=min(self.position(t) for t in types),
+            applied=self.applied - applied,
+            seconds=round(time.perf_counter() - began, 3),
+        )
+        return self.applied - applied
+
+    async def _suspends_indexes(self, behind: int) -> bool:
+        """Whether this catch-up goes without the view's indexes, and if so suspend them
+        (`ViewStore.suspend_indexes`): it is `catchup_builds_indexes` positions or more long and the
+        view has no rows yet (new, or reset for a rebuild), so they are built once at its end.
+
+        The threshold is in journal positions, all types. A CREATE INDEX reads the store's whole
+        rows table, other views' rows too (the indexes are partial, on the view's name), where
+        entering rows one at a time costs per row of this view alone: so the catch-up has to be
+        big (100,000 by default) to gain in a store shared with views of millions of rows.
+        Nothing else writes the view's rows meanwhile: its runner is one per cluster."""
+        if not self.view.query_indexes or behind < self.catchup_builds_indexes:
+            return False
+        if await self.store.scan(self.view.name, limit=1):
+            return False  # rows already: the indexes hold them, and keep them
+        await self.store.suspend_indexes(self.view.name)
+        log.info("view indexes suspended for the catch-up", view=self.view.name, behind=behind)
+        return True
+
+    async def _build_indexes(self) -> None:
+        """The suspended indexes built, before the view follows its streams (retried while the
+        store is away, as a batch would be)."""
+        began, retry = time.perf_counter(), Backoff(0.1, cap=2.0)
+        while True:
+            try:
+                await self.store.declare(self.view.name, self.view.query_indexes)
+                break
+            except Unavailable as exc:
+                log.warning("view indexes not built yet", view=self.view.name, error=str(exc))
+                await retry.sleep()
+        log.info("view indexes built", view=self.view.name, seconds=round(time.perf_counter() - began, 3))
+
+    async def _catch_up(self, start: int, end: int) -> None:
+        """The catch-up's pages from `start` to `end`, read and committed."""
         ahead = self.catchup_transaction // self.catchup_page - 1  # pages read while one is stored
         send, receive = anyio.create_memory_object_stream[_Page | Exception](ahead)
         with sole_error():
@@ -699,14 +766,6 @@ class ViewRunner(StreamRunner):
                             start = page.last
                         if failed is not None:
                             raise failed  # after the pages read before it were committed
-        log.info(
-            "view caught up from the journal",
-            view=self.view.name,
-            position=start,
-            applied=self.applied - applied,
-            seconds=round(time.perf_counter() - began, 3),
-        )
-        return self.applied - applied
 
     async def _read_pages(self, send: ObjectSendStream[_Page | Exception], start: int, end: int) -> None:
         """The catch-up's pages, read and decoded one ahead of the commits: while a page's rows are

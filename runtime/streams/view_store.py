@@ -123,8 +123,24 @@ class ViewStore(abc.ABC):
 
     @abc.abstractmethod
     async def declare(self, view: str, indexes: Sequence[Index]) -> None:
-        """Make the view's indexes exactly these: create the new ones, drop the ones no longer
-        declared (a changed index is a new one: its name is a digest of its definition)."""
+        """Make the view's indexes exactly these: create the ones missing (new, or suspended by a
+        catch-up that did not get to build them again), drop the ones no longer declared (a
+        changed index is a new one: its name is a digest of its definition)."""
+
+    async def suspend_indexes(self, view: str) -> None:
+        """Drop the view's indexes while it catches up into no rows of its own; `declare` builds
+        them again, one CREATE INDEX each (PostgreSQL's bulk-load advice: a b-tree built from the
+        sorted rows costs less than one entered a row at a time, at random places).
+
+        They stay recorded as declared, so whatever stops the catch-up, the next `declare` (each
+        start of the view's runner makes one) sees them missing and builds them: a crash between
+        the two leaves a view slower to query, never one without its indexes for good.
+
+        Queries meanwhile run without them: correct, on the rows applied so far, but each reads
+        the view's own rows (its primary-key prefix, never other views'). A view catching up
+        from empty answers with a part of its rows anyway, and other members of a cluster that
+        share a PostgreSQL store could not be told to refuse (the suspension is one process's);
+        the fields queried are still only declared ones. The memory store has nothing to drop."""
 
     @abc.abstractmethod
     async def select(self, view: str, plan: Plan) -> list[tuple[str, bytes]]:
@@ -202,6 +218,9 @@ CREATE TABLE IF NOT EXISTS view_indexes (
     view TEXT NOT NULL, name TEXT NOT NULL, PRIMARY KEY (view, name)
 ) WITHOUT ROWID;
 """
+
+
+_SQLITE_INDEXES = "SELECT name FROM sqlite_master WHERE type='index' AND tbl_name='view_rows'"
 
 
 class _SqliteRows:
@@ -331,11 +350,13 @@ class SqliteViewStore(ViewStore):
             conn.execute("BEGIN IMMEDIATE")
             try:
                 have = {n for (n,) in conn.execute("SELECT name FROM view_indexes WHERE view=?", (view,))}
+                built = {n for (n,) in conn.execute(_SQLITE_INDEXES)}
                 for name in have - set(want):
                     conn.execute(f"DROP INDEX IF EXISTS {name}")
                     conn.execute("DELETE FROM view_indexes WHERE view=? AND name=?", (view, name))
-                for name in set(want) - have:
+                for name in set(want) - built:  # new, or recorded and suspended
                     conn.execute(create_index_sql(sqlite_dialect(), "view_rows", view, want[name]))
+                for name in set(want) - have:
                     conn.execute("INSERT INTO view_indexes VALUES (?,?)", (view, name))
                 conn.execute("COMMIT")
             except BaseException:
@@ -346,6 +367,24 @@ class SqliteViewStore(ViewStore):
 
         await self._run(run)
         self._indexes[view] = list(indexes)
+
+    async def suspend_indexes(self, view: str) -> None:
+        """Drop the view's indexes, still recorded (`ViewStore.suspend_indexes`); a query's
+        `INDEXED BY` then fails with "no such index" and it runs without the hint."""
+
+        def run(conn: sqlite3.Connection) -> None:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                for (name,) in conn.execute("SELECT name FROM view_indexes WHERE view=?", (view,)).fetchall():
+                    conn.execute(f"DROP INDEX IF EXISTS {name}")
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    with contextlib.suppress(sqlite3.Error):
+                        conn.execute("ROLLBACK")
+                raise
+
+        await self._run(run)
 
     def _select(self, view: str, plan: Plan, prefix: str = "") -> Callable[[sqlite3.Connection], list[Any]]:
         """The query with the index that serves it named (`INDEXED BY`), or without if SQLite finds
@@ -399,6 +438,9 @@ CREATE TABLE IF NOT EXISTS {s}.view_indexes (
 CREATE OR REPLACE FUNCTION {s}.view_doc(r bytea) RETURNS jsonb
     LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS $$ SELECT convert_from(r, 'UTF8')::jsonb $$;
 """
+
+
+_PG_INDEXES = "SELECT indexname FROM pg_indexes WHERE schemaname=$1 AND tablename='view_rows'"
 
 
 class _PostgresRows:
@@ -559,13 +601,24 @@ class PostgresViewStore(ViewStore):
             await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", f"memoir-view-{self.schema}-{view}")
             rows = await conn.fetch(self._sql("SELECT name FROM {s}.view_indexes WHERE view=$1"), view)
             have = {r["name"] for r in rows}
+            built = {r[0] for r in await conn.fetch(_PG_INDEXES, self.schema)}
             for name in have - set(want):
                 await conn.execute(self._sql(f"DROP INDEX IF EXISTS {{s}}.{name}"))
                 await conn.execute(self._sql("DELETE FROM {s}.view_indexes WHERE view=$1 AND name=$2"), view, name)
-            for name in set(want) - have:
+            for name in set(want) - built:  # new, or recorded and suspended
                 table = self._sql("{s}.view_rows")
                 await conn.execute(create_index_sql(self._dialect(), table, view, want[name]))
+            for name in set(want) - have:
                 await conn.execute(self._sql("INSERT INTO {s}.view_indexes VALUES ($1, $2)"), view, name)
+
+    async def suspend_indexes(self, view: str) -> None:
+        """Drop the view's indexes, still recorded (`ViewStore.suspend_indexes`), under the lock
+        its batches take."""
+        async with self._conn() as conn, conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", f"memoir-view-{self.schema}-{view}")
+            rows = await conn.fetch(self._sql("SELECT name FROM {s}.view_indexes WHERE view=$1"), view)
+            for r in rows:
+                await conn.execute(self._sql(f"DROP INDEX IF EXISTS {{s}}.{r['name']}"))
 
     def _dialect(self) -> Dialect:
         return postgres_dialect(self.schema)
