@@ -26,7 +26,7 @@ from __future__ import annotations
 import abc
 import contextlib
 import sqlite3
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Protocol, Self, TypeVar
@@ -223,6 +223,21 @@ CREATE TABLE IF NOT EXISTS view_indexes (
 _SQLITE_INDEXES = "SELECT name FROM sqlite_master WHERE type='index' AND tbl_name='view_rows'"
 
 
+@contextlib.contextmanager
+def _immediate(conn: sqlite3.Connection) -> Iterator[None]:
+    """A write transaction taken at its start (BEGIN IMMEDIATE), committed, or rolled back on any
+    error or cancel (unless SQLite rolled it back itself, as a full disk does)."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+        raise
+
+
 class _SqliteRows:
     def __init__(self, conn: sqlite3.Connection, view: str) -> None:
         self.conn = conn
@@ -286,8 +301,7 @@ class SqliteViewStore(ViewStore):
 
     async def transact(self, view: str, work: Work) -> None:
         def run(conn: sqlite3.Connection) -> None:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
+            with _immediate(conn):
                 writes, checkpoints = work(_SqliteRows(conn, view))
                 puts = [(view, k, v) for k, v in writes.items() if v is not None]
                 dels = [(view, k) for k, v in writes.items() if v is None]
@@ -303,12 +317,6 @@ class SqliteViewStore(ViewStore):
                     " ON CONFLICT (view, stream) DO UPDATE SET seq = excluded.seq",
                     [(view, s, seq) for s, seq in checkpoints.items()],
                 )
-                conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:  # a full disk has already rolled it back
-                    with contextlib.suppress(sqlite3.Error):
-                        conn.execute("ROLLBACK")
-                raise
 
         await _until_stored(self._link, lambda _: self._run(run))
 
@@ -347,8 +355,7 @@ class SqliteViewStore(ViewStore):
         want = desired(view, indexes)
 
         def run(conn: sqlite3.Connection) -> None:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
+            with _immediate(conn):
                 have = {n for (n,) in conn.execute("SELECT name FROM view_indexes WHERE view=?", (view,))}
                 built = {n for (n,) in conn.execute(_SQLITE_INDEXES)}
                 for name in have - set(want):
@@ -358,12 +365,6 @@ class SqliteViewStore(ViewStore):
                     conn.execute(create_index_sql(sqlite_dialect(), "view_rows", view, want[name]))
                 for name in set(want) - have:
                     conn.execute("INSERT INTO view_indexes VALUES (?,?)", (view, name))
-                conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:
-                    with contextlib.suppress(sqlite3.Error):
-                        conn.execute("ROLLBACK")
-                raise
 
         await self._run(run)
         self._indexes[view] = list(indexes)
@@ -373,16 +374,9 @@ class SqliteViewStore(ViewStore):
         `INDEXED BY` then fails with "no such index" and it runs without the hint."""
 
         def run(conn: sqlite3.Connection) -> None:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
+            with _immediate(conn):
                 for (name,) in conn.execute("SELECT name FROM view_indexes WHERE view=?", (view,)).fetchall():
                     conn.execute(f"DROP INDEX IF EXISTS {name}")
-                conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:
-                    with contextlib.suppress(sqlite3.Error):
-                        conn.execute("ROLLBACK")
-                raise
 
         await self._run(run)
 
