@@ -93,17 +93,17 @@ class Recorder:
         }
 
     @classmethod
-    def of(cls, tracer: Any) -> Recorder | None:
-        """A recorder for the SDK tracer `tracer`, or None if its sampler or id generator is one
-        whose decisions a recording would not make exactly as the SDK's span would."""
+    def of(cls, tracer: Any, root: Callable[[int], bool]) -> Recorder | None:
+        """A recorder for the SDK tracer `tracer` whose sampler decides a root by `root` (a trace
+        id's rule, `tracing._root_rule`), or None if its sampler or id generator is one whose
+        decisions a recording would not make exactly as the SDK's span would."""
         try:
             sampler, ids = tracer.sampler, tracer.id_generator
             resource, processor = tracer.resource, tracer.span_processor
             scope = getattr(tracer, "_instrumentation_scope", None)
         except AttributeError:
             return None
-        root = _root_rule(sampler)
-        if root is None or type(getattr(ids, "inner", ids)) is not _otel().RandomIdGenerator:
+        if not _follows(sampler) or type(getattr(ids, "inner", ids)) is not _otel().RandomIdGenerator:
             return None
         if type(getattr(tracer, "_tracer_metrics", None)).__name__ not in ("NoneType", "NoOpTracerMetrics"):
             return None  # the SDK counts its spans (a meter provider was given to it): its spans do
@@ -165,13 +165,13 @@ def _reads_back(recorder: Recorder) -> bool:
     )
 
 
-def _root_rule(sampler: Any) -> Callable[[int], bool] | None:
-    """A parent-based sampler's rule for a root, by trace id; None for a sampler a recording would
-    not follow exactly (its delegates for parents not the defaults, or a root sampler that reads
-    more than the trace id)."""
+def _follows(sampler: Any) -> bool:
+    """Whether a recording decides as `sampler` does: a parent-based one with the default
+    delegates for parents (a parent's sampled flag decides) over a root sampler that reads the
+    trace id alone (a ratio, ALWAYS_ON, ALWAYS_OFF)."""
     api = _otel()
     if not isinstance(sampler, api.ParentBased) or type(sampler).should_sample is not api.ParentBased.should_sample:
-        return None  # (ParentBasedTraceIdRatio and the others of OTEL_TRACES_SAMPLER only choose the root)
+        return False  # (ParentBasedTraceIdRatio and the others of OTEL_TRACES_SAMPLER only choose the root)
     delegates = (
         (sampler._remote_parent_sampled, True),
         (sampler._remote_parent_not_sampled, False),
@@ -179,16 +179,9 @@ def _root_rule(sampler: Any) -> Callable[[int], bool] | None:
         (sampler._local_parent_not_sampled, False),
     )
     if any(not _static(d, sampled) for d, sampled in delegates):
-        return None
+        return False
     root = sampler._root
-    if type(root) is api.TraceIdRatioBased:
-        bound, low = root.bound, api.TraceIdRatioBased.TRACE_ID_LIMIT
-        return lambda trace_id: trace_id & low < bound
-    if _static(root, True):
-        return lambda trace_id: True
-    if _static(root, False):
-        return lambda trace_id: False
-    return None
+    return type(root) is api.TraceIdRatioBased or _static(root, True) or _static(root, False)
 
 
 def _static(sampler: Any, sampled: bool) -> bool:

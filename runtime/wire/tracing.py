@@ -113,18 +113,20 @@ def _install(t: Any) -> None:
     _ids = t.id_generator if isinstance(t.id_generator, _TraceIds) else _TraceIds(t.id_generator)
     t.id_generator = _ids
     _root_sampled = _root_rule(t.sampler)
-    _records = Recorder.of(t)
+    _records = Recorder.of(t, _root_sampled)
 
 
 def _root_rule(sampler: Any) -> Callable[[int], bool]:
     """The sampler's decision for a new root with a given trace id, as cheap as it can be had: a
     ratio sampler's is one comparison (its own rule: the trace id's low 64 bits under its bound)."""
-    from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+    from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ALWAYS_ON, ParentBased, TraceIdRatioBased
 
     root = getattr(sampler, "_root", sampler) if isinstance(sampler, ParentBased) else sampler
     if type(root) is TraceIdRatioBased:
         bound, low = root.bound, TraceIdRatioBased.TRACE_ID_LIMIT
         return lambda trace_id: trace_id & low < bound
+    if root is ALWAYS_ON or root is ALWAYS_OFF:  # the same for every trace id
+        return (lambda trace_id: True) if root is ALWAYS_ON else (lambda trace_id: False)
     return lambda trace_id: bool(sampler.should_sample(None, trace_id, "root").decision.is_sampled())
 
 

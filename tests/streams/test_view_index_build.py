@@ -12,7 +12,6 @@ from pathlib import Path
 import msgspec
 import pytest
 from nats.aio.client import Client as NATS
-from support.views import VIEW_STORES, drop_view_schema, open_view_store_for_test
 
 from runtime import Effect, EventSourcedEntity, Rows, SqliteJournal, applies, command, on
 from runtime.model.entity import model_of
@@ -58,14 +57,6 @@ class Slots(View[Slot], name="slots", sources=[Ledger], indexes=["owner", "size"
 
 def _slot(i: int) -> Slot:
     return Slot(f"o{i % 37}", (i * 7919) % 1000)
-
-
-@pytest.fixture(params=VIEW_STORES)
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[ViewStore]:
-    async with open_view_store_for_test(request.param, tmp_path) as s:
-        yield s
-    if request.param == "postgres":
-        await drop_view_schema(tmp_path)
 
 
 def _booked(encode: Callable[[Booked], bytes], i: int, now: int) -> Envelope:

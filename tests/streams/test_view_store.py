@@ -4,26 +4,17 @@ batches of one view do not lose each other's updates."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import anyio
 import pytest
-from support.views import VIEW_STORES, drop_view_schema, open_view_store_for_test
 
 from runtime.model.errors import ConfigError
 from runtime.streams.view_store import RawRows, SqliteViewStore, ViewStore, open_view_store
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture(params=VIEW_STORES)
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[ViewStore]:
-    async with open_view_store_for_test(request.param, tmp_path) as s:
-        yield s
-    if request.param == "postgres":
-        await drop_view_schema(tmp_path)
 
 
 def put(rows: Mapping[str, bytes | None], checkpoints: Mapping[str, int]) -> Any:
