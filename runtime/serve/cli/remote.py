@@ -45,9 +45,13 @@ async def asking(target: Target, request: Any) -> Any:
         raise Failure("timeout", f"{exc} (the runtime is up but did not answer in time)") from None
 
 
-async def request(args: argparse.Namespace, target: Target, subject: str, payload: dict[str, Any]) -> Any:
-    """One request to the runtime's protocol; its result."""
+async def request(
+    args: argparse.Namespace, target: Target, subject: str, payload: dict[str, Any], *, at_least: float = 0.0
+) -> Any:
+    """One request to the runtime's protocol; its result. `at_least`: the seconds an operation that
+    answers once its work is done (a view's reset, a dead-letter replay) may take, whatever
+    `--timeout` says."""
     async with Connected(target, args) as client:
-        asked = client.request(subject, msgspec.json.encode(payload), timeout=args.timeout)
+        asked = client.request(subject, msgspec.json.encode(payload), timeout=max(args.timeout, at_least))
         answer = await asking(target, asked)
     return answer.result

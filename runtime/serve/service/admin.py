@@ -42,6 +42,11 @@ from .journal_reader import ForgetArgs, ForgetResult
 
 log = structlog.get_logger("memoir.admin")
 
+REBUILD_SECONDS = 60.0
+"""How long `admin.replay` waits for the view to stop (its batch in flight applied) and be reset;
+the answer comes then, and history replays as the view runs again. Its clients wait at least this
+long, whatever their own timeout: a loaded member may take seconds to get there."""
+
 
 class GetArgs(msgspec.Struct, forbid_unknown_fields=True):
     key: str
@@ -145,7 +150,7 @@ class Admin:
     async def _on_replay(self, msg: Msg) -> None:
         try:
             args = _decode(msg.data, ReplayArgs)
-            with anyio.fail_after(60):
+            with anyio.fail_after(REBUILD_SECONDS):
                 if not await self.service.replay(args.view):
                     return  # another member of the cluster runs this view, and answers
             body = encode_result()

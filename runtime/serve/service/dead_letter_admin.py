@@ -30,6 +30,10 @@ log = structlog.get_logger("memoir.admin")
 
 OPS = ("list", "show", "replay", "purge")
 
+REPLAY_SECONDS = 30.0
+"""How long a client waits at least for a dead-letter replay's answer: it runs the consumer's
+handler once per parked event, and that handler's commands."""
+
 
 class DeadLetterArgs(msgspec.Struct, forbid_unknown_fields=True):
     consumer: str

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from ...service.dead_letter_admin import REPLAY_SECONDS
 from ..base import Subparsers, subcommand
 from ..outcome import Failure
 from ..output import json_line, print_rows, table
@@ -20,7 +21,8 @@ from ..target import client_target
 
 async def _ask(args: argparse.Namespace, op: str, body: dict[str, Any]) -> Any:
     target = client_target(args)
-    return await request(args, target, f"{target.settings.prefix}.admin.deadletters.{op}", body)
+    subject = f"{target.settings.prefix}.admin.deadletters.{op}"
+    return await request(args, target, subject, body, at_least=REPLAY_SECONDS if op == "replay" else 0.0)
 
 
 async def list_parked(args: argparse.Namespace) -> int:

@@ -14,6 +14,7 @@ import msgspec
 
 from ....streams.query import CountQuery, Query
 from ....streams.query_text import parse_order, parse_where
+from ...service.admin import REBUILD_SECONDS
 from ..base import Subparsers, subcommand
 from ..outcome import Failure, not_found
 from ..output import columns_of, json_line, print_rows, table
@@ -77,7 +78,8 @@ async def query(args: argparse.Namespace) -> int:
 
 async def replay(args: argparse.Namespace) -> int:
     target = client_target(args)
-    await request(args, target, f"{target.settings.prefix}.admin.replay", {"view": args.view})
+    subject = f"{target.settings.prefix}.admin.replay"
+    await request(args, target, subject, {"view": args.view}, at_least=REBUILD_SECONDS)
     print(json_line({"ok": True}) if args.json else f"view {args.view} is being rebuilt from the start of its streams")
     return 0
 

@@ -23,6 +23,7 @@ from nats.errors import TimeoutError as NatsTimeoutError
 
 from ....model.errors import ErrorCode
 from ....wire.protocol import decode_answer
+from ..dead_letter_admin import REPLAY_SECONDS
 from .asgi import Headers
 from .request import HttpError, Query, segment
 from .status import status_of
@@ -102,7 +103,8 @@ async def _ask(api: HttpApi, op: str, raw_consumer: str, body: dict[str, Any]) -
     subject = f"{api.prefix}.admin.deadletters.{op}"
     try:
         payload = msgspec.json.encode({"consumer": consumer, **body})
-        msg = await api.nc.request(subject, payload, timeout=max(api.timeout, 30.0) if op == "replay" else api.timeout)
+        timeout = max(api.timeout, REPLAY_SECONDS) if op == "replay" else api.timeout
+        msg = await api.nc.request(subject, payload, timeout=timeout)
     except (NoRespondersError, NatsTimeoutError, NatsError):
         raise HttpError(ErrorCode.UNAVAILABLE, f"no answer on {subject}; retry") from None
     answer = decode_answer(msg.data)
