@@ -13,10 +13,9 @@ import time
 from pathlib import Path
 
 import pytest
+from support.gated_view_app import GATE
 from support.process import MEMOIR, ROOT, RunningRuntime
 from support.waiting import eventually_sync
-
-from tests.serve.cli.views_app import GATE
 
 HELD = 2.5  # seconds the view is held mid-batch after the replay is asked: past --timeout 1
 
@@ -25,7 +24,7 @@ def test_replay_waits_past_the_timeout_for_the_view_to_stop(tmp_path: Path, monk
     gate = tmp_path / "gate"
     gate.touch()
     monkeypatch.setenv(GATE, str(gate))
-    rt = RunningRuntime(tmp_path / "data", "tests.serve.cli.views_app:gated").start()
+    rt = RunningRuntime(tmp_path / "data", "tests.support.gated_view_app:app").start()
     try:
         sent = rt.cli("send", "post", "p0", "publish", json.dumps({"author": "ann", "text": "x"}))
         assert sent.returncode == 0, sent.stderr
