@@ -17,8 +17,11 @@ when the event loop is busy: a thread gives the GIL up for every system call):
   waited for the whole one before;
 - past `hard` bytes (a reader held on to the WAL, or the thread could not copy it) the writer
   runs a RESTART checkpoint itself and waits for it, as autocheckpoint did: the WAL's bound.
-  The writer looks at the size itself, after each commit, only once the thread saw it halfway
-  from `soft` to `hard`, so the bound holds however late the thread runs.
+  The writer looks at the size itself, after a commit, once the thread saw it halfway from
+  `soft` to `hard`, or when the thread has not looked since the commit before (it lags behind a
+  loaded machine's writer): so the bound holds however late the thread runs, and a writer whose
+  thread keeps up makes no system call of its own. (A CI run saw the WAL reach 2.9 times the
+  bound when only the first rule held: the thread had last looked well below halfway.)
 
 Nothing runs when the journal is idle: a quiet WAL stays as it is (up to `soft`), as it did with
 autocheckpoint. An idle TRUNCATE was tried and left out: it frees the disk space a full disk's
@@ -73,6 +76,7 @@ class Checkpointer:
         self._tail_due = False  # the thread's last checkpoint copied all it found: the writer copies the tail
         self._near_hard = False  # the thread saw the WAL past `_near`: the writer checks the size itself
         self._commits = 0
+        self._looked = 0  # the commits the thread's last look at the size came after
         self._tail_at = -2  # the commit after which the writer copied the tail: the next one restarts the WAL
         self.passive = 0  # checkpoints by kind (for tests and benchmarks): the thread's,
         self.tail = 0  # the writer's small ones after it,
@@ -91,7 +95,7 @@ class Checkpointer:
             self.tail += 1
             if self._checkpoint(conn, "PASSIVE"):  # the next write transaction restarts the WAL
                 self._tail_at = self._commits
-        elif self._near_hard and self._size() > self.hard:
+        elif (self._near_hard or self._looked < self._commits - 1) and self._size() > self.hard:
             self.blocking += 1
             self._checkpoint(conn, "RESTART")  # waits for readers, up to the busy timeout
         self._wake.set()
@@ -140,8 +144,10 @@ class Checkpointer:
             while not self._stopping:
                 self._wake.wait()
                 self._wake.clear()
+                commits = self._commits
                 size = self._size()
                 self._near_hard = size > self._near
+                self._looked = commits  # after `_near_hard`: the writer trusts it from this look on
                 waiting = self._commits <= self._tail_at + 1  # for the restart the writer's tail allows
                 if size > self.soft and not waiting and not self._tail_due and not self._stopping:
                     self.passive += 1
