@@ -105,6 +105,7 @@ _AT_CAPACITY = encode_error(CommandError(ErrorCode.OVERLOADED, "the runtime is a
 _UNDECODABLE = encode_error(CommandError(ErrorCode.INVALID, "subject is not valid UTF-8"))
 
 _REFUSALS = 1024  # refusals waiting to be sent; beyond, a refused message gets no answer
+_FLUSH_TRIES = 6  # flushes (5 s each) for the server to confirm the subscriptions before the door says it serves
 _SHARED = ("*", "*.*", "*.*.*", "*.*.*.*.>")  # `cmd.…` with any token count but the direct subjects' 4
 
 Observer = Callable[[str, str, str, float], None]
@@ -175,9 +176,15 @@ class NatsDoor:
             else:
                 self._sub = [await self._subscribe(f"{self.prefix}.cmd.>", self.queue)]
             # Started means served: the server has the subscriptions (a request sent the moment after,
-            # from another connection, found no responders). A link down now re-subscribes on reconnect.
-            with contextlib.suppress(NatsError, asyncio.TimeoutError):
-                await self.nc.flush(timeout=5)
+            # from another connection, found no responders). A loaded machine may take longer than one
+            # flush's timeout (a CI run's first request found no responders): flush again, a while.
+            # A link down now re-subscribes on reconnect.
+            for _ in range(_FLUSH_TRIES):
+                try:
+                    await self.nc.flush(timeout=5)
+                    break
+                except (TimeoutError, NatsError) as exc:
+                    log.warning("nats door: subscriptions not confirmed by the server yet", error=repr(exc))
             task_status.started()
 
     async def _subscribe(self, subject: str, queue: str) -> Any:
