@@ -60,7 +60,15 @@ from ..model.errors import ConfigError, EventDecodeError, JournalError, SealErro
 from ..model.events import spec_of
 from ..model.sealing import Forgotten, is_sealed
 from ..wire import tracing
-from ..wire.protocol import H_EVENT, H_POSITION, H_RECORDED, H_SEQ, H_VERSION, envelope_from_message
+from ..wire.protocol import (
+    H_CORRELATION_ID,
+    H_EVENT,
+    H_POSITION,
+    H_RECORDED,
+    H_SEQ,
+    H_VERSION,
+    envelope_from_message,
+)
 from ._pull import delete_durable, first_above, stream_sequence
 from ._runner import StreamResolver, StreamRunner, sole_error
 from .handlers import Handler, HandlerTable, Subscriber
@@ -549,7 +557,9 @@ class ViewRunner(StreamRunner):
         recorded time of the newest event read (handled or not), for the view's lag."""
 
         written: dict[str, bytes | None] = {}
-        traced = tracing.tracer() is not None
+        traced = tracing.tracer() is not None and any(
+            env is not None and tracing.recorded(env.correlation_id) for _, _, env in work
+        )  # spans for some event of the batch: the handlers run once more, in them, on PostgreSQL
 
         def run(raw: RawRows, spans: bool) -> Rows[Any]:
             rows: Rows[Any] = Rows(raw, self._decoder, self._encoder)
@@ -598,13 +608,17 @@ class ViewRunner(StreamRunner):
         last = seen
         top = done
         newest = 0
-        plain = None if tracing.tracer() is not None else self._plain.get(entity_type)
+        plain = self._plain.get(entity_type)
+        traced = tracing.tracer() is not None
         for msg in msgs:
             seq = stream_sequence(msg)
             if seq <= seen:
                 continue  # a redelivery of something already applied
             last = max(last, seq)
-            fast = None if plain is None else _fast(plain, msg, seq if in_journal else None)
+            # an event in a recorded trace gets its envelope, for its span; the others, the fast path
+            fast = None
+            if plain is not None and not (traced and tracing.recorded((msg.headers or {}).get(H_CORRELATION_ID))):
+                fast = _fast(plain, msg, seq if in_journal else None)
             if fast is not None:  # a plain event: no envelope, no key ring, one lookup
                 position, recorded, item = fast
             else:

@@ -283,6 +283,14 @@ def traceparent() -> str | None:
     return f"00-{found.trace_id:032x}-{found.span_id:016x}-{found.trace_flags:02x}"
 
 
+def recorded(correlation_id: str | None) -> bool:
+    """Whether an event with this correlation id is in a trace this process records (its
+    reactions make spans): at 1 % sampling, 99 % of events are not, and take the untraced path."""
+    if correlation_id is None or tracer() is None or not _TRACE_ID.fullmatch(correlation_id):
+        return False
+    return _root_sampled is None or _root_sampled(int(correlation_id, 16))
+
+
 def event_parent(correlation_id: str | None, key: str) -> str | None:
     """The traceparent a reaction to an event continues: the trace its command was in, or None.
 
@@ -307,10 +315,9 @@ def _sampled(trace_id: str) -> bool:
 def reaction(name: str, correlation_id: str | None, key: str) -> contextlib.AbstractContextManager[Any]:
     """A consumer-kind span for handling the event `key`, in its command's trace; the no-op when
     that trace is not recorded (or the event has none): a reaction is never a trace's root."""
-    parent = event_parent(correlation_id, key)
-    if parent is None:
+    if not recorded(correlation_id):  # before a traceparent is written for a span nobody records
         return _OFF
-    return span(name, kind=CONSUMER, parent=parent, attributes={"memoir.event": key})
+    return span(name, kind=CONSUMER, parent=event_parent(correlation_id, key), attributes={"memoir.event": key})
 
 
 def event_link(correlation_id: str | None, key: str) -> Any:
@@ -318,10 +325,11 @@ def event_link(correlation_id: str | None, key: str) -> Any:
 
     What `event_parent` names, made without writing and parsing a traceparent: a publish links to
     every event it sends."""
-    if tracer() is None or correlation_id is None or not _TRACE_ID.fullmatch(correlation_id):
+    if not recorded(correlation_id):
         return None
+    assert correlation_id is not None
     trace_id = int(correlation_id, 16)
-    if not trace_id or (_root_sampled is not None and not _root_sampled(trace_id)):
+    if not trace_id:
         return None
     api = _api()
     span_id = int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big")  # event_span_id's, as a number

@@ -81,9 +81,24 @@ def test_an_events_reactions_are_sampled_as_its_command_was() -> None:
             parent = tracing.event_parent(trace, "post/p1/1")
             assert parent == f"00-{trace}-{tracing.event_span_id('post/p1/1')}-{flag}"
             assert (tracing.event_link(trace, "post/p1/1") is None) == (flag == "00")
+            assert tracing.recorded(trace) == (flag == "01")  # the view's fast path takes the others
             assert tracing.event_parent("not-a-trace-id", "post/p1/1") is None
+            assert not tracing.recorded("not-a-trace-id") and not tracing.recorded(None)
         finally:
             tracing.reset()
+
+
+def test_events_of_a_ratio_sampled_trace_are_recorded_by_their_trace_id() -> None:
+    from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+
+    tracing.use(None)
+    assert not tracing.recorded("4bf92f3577b34da6a3ce929d0e0e4736")  # off
+    tracing.use(TracerProvider(sampler=ParentBased(TraceIdRatioBased(0.5))))
+    try:  # the ratio sampler's rule: the trace id's low 64 bits under half their range
+        assert tracing.recorded("4bf92f3577b34da60000000000000001")
+        assert not tracing.recorded("4bf92f3577b34da6ffffffffffffffff")
+    finally:
+        tracing.reset()
 
 
 def test_sampling_is_decided_before_any_span_is_made() -> None:
