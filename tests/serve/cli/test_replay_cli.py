@@ -17,7 +17,8 @@ from support.gated_view_app import GATE
 from support.process import MEMOIR, ROOT, RunningRuntime
 from support.waiting import eventually_sync
 
-HELD = 2.5  # seconds the view is held mid-batch after the replay is asked: past --timeout 1
+HELD = 6.0  # seconds the view is held mid-batch after the replay is asked: past --timeout 3 (which also bounds
+# the CLI's connect, so not shorter: a loaded machine may take a second to connect)
 
 
 def test_replay_waits_past_the_timeout_for_the_view_to_stop(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -30,7 +31,7 @@ def test_replay_waits_past_the_timeout_for_the_view_to_stop(tmp_path: Path, monk
         assert sent.returncode == 0, sent.stderr
         eventually_sync(lambda: gate.with_name("gate.entered").exists(), what="the view to hold its first batch")
         with subprocess.Popen(
-            [*MEMOIR, "replay", "authors", "--timeout", "1", "--data-dir", str(rt.data)],
+            [*MEMOIR, "replay", "authors", "--timeout", "3", "--data-dir", str(rt.data)],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
