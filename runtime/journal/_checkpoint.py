@@ -16,7 +16,9 @@ when the event loop is busy: a thread gives the GIL up for every system call):
   256 KiB limit). So a commit waits for a small checkpoint once per `soft` bytes, where it
   waited for the whole one before;
 - past `hard` bytes (a reader held on to the WAL, or the thread could not copy it) the writer
-  runs a RESTART checkpoint itself and waits for it, as autocheckpoint did: the WAL's bound.
+  runs a RESTART checkpoint itself and waits for it, as autocheckpoint did: the WAL's bound. It
+  waits for a checkpoint of the thread's in progress first: SQLite answers a checkpoint that
+  meets another one `busy` at once, and each such miss let the WAL grow by another batch.
   The writer looks at the size itself, after a commit, once the thread saw it halfway from
   `soft` to `hard`, or when the thread has not looked since the commit before (it lags behind a
   loaded machine's writer): so the bound holds however late the thread runs, and a writer whose
@@ -71,6 +73,7 @@ class Checkpointer:
         self.hard = hard
         self._connect = connect
         self._wake = threading.Event()
+        self._copying = threading.Lock()  # held by the thread's checkpoint: the writer's RESTART waits for it
         self._stopping = False
         self._near = soft + (hard - soft) // 2
         self._tail_due = False  # the thread's last checkpoint copied all it found: the writer copies the tail
@@ -95,9 +98,12 @@ class Checkpointer:
             self.tail += 1
             if self._checkpoint(conn, "PASSIVE"):  # the next write transaction restarts the WAL
                 self._tail_at = self._commits
-        elif (self._near_hard or self._looked < self._commits - 1) and self._size() > self.hard:
+        if (self._near_hard or self._looked < self._commits - 1) and self._size() > self.hard:
             self.blocking += 1
-            self._checkpoint(conn, "RESTART")  # waits for readers, up to the busy timeout
+            # SQLite answers a checkpoint that meets another one busy at once, without its busy
+            # handler: wait for the thread's to end first (else the WAL grew by a batch per miss)
+            with self._copying:
+                self._checkpoint(conn, "RESTART")  # waits for readers, up to the busy timeout
         self._wake.set()
 
     def _size(self) -> int:
@@ -151,7 +157,8 @@ class Checkpointer:
                 waiting = self._commits <= self._tail_at + 1  # for the restart the writer's tail allows
                 if size > self.soft and not waiting and not self._tail_due and not self._stopping:
                     self.passive += 1
-                    self._tail_due = self._checkpoint(conn, "PASSIVE")
+                    with self._copying:
+                        self._tail_due = self._checkpoint(conn, "PASSIVE")
         finally:
             with contextlib.suppress(sqlite3.Error):
                 conn.close()
