@@ -288,7 +288,7 @@ def recorded(correlation_id: str | None) -> bool:
     reactions make spans): at 1 % sampling, 99 % of events are not, and take the untraced path."""
     if correlation_id is None or tracer() is None or not _TRACE_ID.fullmatch(correlation_id):
         return False
-    return _root_sampled is None or _root_sampled(int(correlation_id, 16))
+    return _sampled(correlation_id)
 
 
 def event_parent(correlation_id: str | None, key: str) -> str | None:
@@ -325,9 +325,8 @@ def event_link(correlation_id: str | None, key: str) -> Any:
 
     What `event_parent` names, made without writing and parsing a traceparent: a publish links to
     every event it sends."""
-    if not recorded(correlation_id):
+    if correlation_id is None or not recorded(correlation_id):
         return None
-    assert correlation_id is not None
     trace_id = int(correlation_id, 16)
     if not trace_id:
         return None
